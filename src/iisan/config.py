@@ -1,0 +1,88 @@
+"""Configuration: one frozen dataclass per stage, validated on construction."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from iisan.errors import ConfigError
+
+FORMATS = ("iisan-tsv", "amazon2023", "csv", "movielens")
+
+
+@dataclass(frozen=True)
+class CsvColumns:
+    """Column names of the generic ``csv`` format."""
+
+    user: str = "user"
+    item: str = "item"
+    timestamp: str = "timestamp"
+    item_key: str = "item"
+    text: str = "text"
+    image: str = "image"
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """How to turn a source into a prepared dataset directory.
+
+    Args:
+        format: one of :data:`FORMATS`.
+        max_seq_len: the model's input length; each user keeps the last ``max_seq_len + 3``
+            items (train inputs, plus the valid and test targets and one shift).
+        min_seq_len: users with fewer kept items are dropped (and counted).
+        kcore: iterative k-core filter on users and items before truncation; ``None``
+            means the format's default (5 for ``amazon2023``, off otherwise).
+        strict: stop at the first problem in the input instead of counting it.
+        images: folder with ``<key>.jpg|.jpeg|.png|.webp`` files.
+        images_lmdb: LMDB with item keys as keys and encoded image bytes as values.
+        items: items table for the ``csv`` format when SOURCE is the interactions file.
+        columns: column names for the ``csv`` format.
+    """
+
+    format: str
+    max_seq_len: int = 10
+    min_seq_len: int = 5
+    kcore: int | None = None
+    strict: bool = False
+    images: Path | None = None
+    images_lmdb: Path | None = None
+    items: Path | None = None
+    columns: CsvColumns = field(default_factory=CsvColumns)
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ConfigError(f"unknown format {self.format!r}; choose one of {', '.join(FORMATS)}")
+        if self.max_seq_len < 1:
+            raise ConfigError(f"max_seq_len must be at least 1, got {self.max_seq_len}")
+        if self.min_seq_len < 3:
+            # Leave-one-out needs at least one training transition plus valid and test targets.
+            raise ConfigError(f"min_seq_len must be at least 3, got {self.min_seq_len}")
+        if self.min_seq_len > self.max_seq_len + 3:
+            raise ConfigError(
+                f"min_seq_len ({self.min_seq_len}) cannot exceed max_seq_len + 3 "
+                f"({self.max_seq_len + 3}): every user would be dropped"
+            )
+        if self.kcore is not None and self.kcore < 0:
+            raise ConfigError(f"kcore must be 0 (off) or positive, got {self.kcore}")
+        if self.images is not None and self.images_lmdb is not None:
+            raise ConfigError("give either --images or --images-lmdb, not both")
+
+    @property
+    def keep_len(self) -> int:
+        """How many of each user's most recent items are kept."""
+        return self.max_seq_len + 3
+
+    @property
+    def effective_kcore(self) -> int:
+        if self.kcore is not None:
+            return self.kcore
+        return 5 if self.format == "amazon2023" else 0
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        for key in ("images", "images_lmdb", "items"):
+            out[key] = str(out[key]) if out[key] is not None else None
+        out["kcore"] = self.effective_kcore
+        return out

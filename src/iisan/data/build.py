@@ -1,0 +1,234 @@
+"""From a source's raw tables to the prepared dataset directory.
+
+Every source reader produces a :class:`RawSource`; everything after that (duplicate
+users and items, unknown keys, k-core, keeping each user's recent items, the item
+vocabulary, images, the fingerprint, the files) is done here once, in polars, for all
+formats.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from iisan import __version__
+from iisan.config import PrepareConfig
+from iisan.data.dataset import DATASET_VERSION, ITEMS_FILE, META_FILE, SEQUENCES_FILE
+from iisan.data.images import ImageSource, materialise_images
+from iisan.data.problems import Problems
+from iisan.data.text import clean_text
+from iisan.errors import InputError
+from iisan.fileio import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RawSource:
+    """What a source reader hands over.
+
+    Attributes:
+        interactions: ``[user: str, item: str, line: int64]``, one row per interaction,
+            rows of one user contiguous and in time order, users in the order they should
+            be numbered (their first appearance). ``line`` locates the row for reports.
+        items: ``[key: str, text: str|null, image: str|null, line: int64]``; ``image`` is
+            a locator for ``image_source`` (a path for CSV tables), may be all null.
+        interactions_file / items_file: names used in problem reports.
+        image_source: where images come from, or ``None`` for a text-only source.
+        info: extra facts for ``dataset.json`` (for example ``{"synthetic": {...}}``).
+        extra_item_columns: further item columns to carry into ``items.parquet``.
+    """
+
+    interactions: pl.DataFrame
+    items: pl.DataFrame
+    interactions_file: str
+    items_file: str
+    image_source: ImageSource | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    extra_item_columns: tuple[str, ...] = ()
+
+
+def build_dataset(
+    raw: RawSource, config: PrepareConfig, problems: Problems, out_dir: Path, source: str
+) -> dict[str, Any]:
+    """Filter, split and number ``raw``; write the dataset files into ``out_dir``.
+
+    Returns the content written to ``dataset.json``.
+
+    Raises:
+        InputError: nothing usable is left (every user filtered out or no data at all).
+    """
+    filtered: dict[str, int] = {}
+    items = _drop_duplicate_items(raw.items, raw.items_file, problems)
+    inter = _drop_duplicate_users(raw.interactions, raw.interactions_file, problems)
+    inter = _drop_unknown_items(inter, items, raw.interactions_file, problems)
+
+    kcore = config.effective_kcore
+    if kcore > 0:
+        before = inter.height
+        inter = _kcore(inter, kcore)
+        filtered["kcore_removed_interactions"] = before - inter.height
+
+    inter, short_users, truncated = _keep_recent(inter, config.keep_len, config.min_seq_len)
+    filtered["short_users"] = short_users
+    filtered["truncated_interactions"] = truncated
+    if inter.height == 0:
+        raise InputError(
+            f"no user has at least {config.min_seq_len} interactions after filtering "
+            f"({problems.summary()}); check the source or lower --min-seq-len"
+        )
+
+    # Item ids 1..N in order of first appearance in the kept sequences; 0 is padding.
+    vocab = inter.select(pl.col("item").unique(maintain_order=True)).with_columns(
+        pl.int_range(1, pl.len() + 1, dtype=pl.Int32).alias("item_id")
+    )
+    filtered["unused_items"] = items.height - vocab.height
+    inter = inter.join(vocab, on="item", how="left", maintain_order="left")
+    item_table = _item_table(vocab, items, raw, out_dir, problems)
+    sequences = inter.group_by("run", maintain_order=True).agg(
+        pl.col("user").first().alias("user_key"), pl.col("item_id").alias("items")
+    ).drop("run")
+
+    item_table.drop("image_sha256").write_parquet(out_dir / ITEMS_FILE)
+    sequences.write_parquet(out_dir / SEQUENCES_FILE)
+
+    meta = {
+        "version": DATASET_VERSION,
+        "iisan_version": __version__,
+        "format": config.format,
+        "source": source,
+        "synthetic": bool(raw.info.get("synthetic")),
+        "max_seq_len": config.max_seq_len,
+        "min_seq_len": config.min_seq_len,
+        "kcore": kcore,
+        "counts": {
+            "users": sequences.height,
+            "items": item_table.height,
+            "interactions": inter.height,
+            "items_with_text": int(item_table["text"].is_not_null().sum()),
+            "items_with_image": int(item_table["image"].is_not_null().sum()),
+        },
+        "filtered": filtered,
+        "problems": problems.to_json(),
+        "fingerprint": _fingerprint(item_table, sequences),
+        "config": config.to_json(),
+        **{k: v for k, v in raw.info.items() if k != "synthetic"},
+    }
+    if raw.info.get("synthetic"):
+        meta["synthetic_config"] = raw.info["synthetic"]
+    write_json_atomic(out_dir / META_FILE, meta)
+    return meta
+
+
+def _drop_duplicate_items(items: pl.DataFrame, file: str, problems: Problems) -> pl.DataFrame:
+    first = items["key"].is_first_distinct()
+    dups = items.filter(~first)
+    problems.add_many(
+        "duplicate_item", file,
+        ((line, f"item {key} first defined earlier") for line, key in dups.select("line", "key").iter_rows()),
+        count=dups.height,
+    )
+    return items.filter(first)
+
+
+def _drop_duplicate_users(inter: pl.DataFrame, file: str, problems: Problems) -> pl.DataFrame:
+    # Rows of one user are contiguous, so each run of equal user keys is one source
+    # record; a key with two runs is a duplicate user. The first run wins.
+    inter = inter.with_columns(pl.col("user").rle_id().alias("run"))
+    runs = inter.unique(subset="run", keep="first", maintain_order=True)
+    later = runs.filter(~pl.col("user").is_first_distinct())
+    problems.add_many(
+        "duplicate_user", file,
+        ((line, f"user {user} already seen") for line, user in later.select("line", "user").iter_rows()),
+        count=later.height,
+    )
+    return inter.filter(~pl.col("run").is_in(later["run"].implode()))
+
+
+def _drop_unknown_items(
+    inter: pl.DataFrame, items: pl.DataFrame, file: str, problems: Problems
+) -> pl.DataFrame:
+    known = inter["item"].is_in(items["key"].implode())
+    unknown = inter.filter(~known)
+    problems.add_many(
+        "unknown_item", file,
+        ((line, f"user {user}: item {item} is not in the items file")
+         for line, user, item in unknown.select("line", "user", "item").iter_rows()),
+        count=unknown.height,
+    )
+    return inter.filter(known)
+
+
+def _kcore(inter: pl.DataFrame, k: int) -> pl.DataFrame:
+    """Drop users and items with fewer than ``k`` interactions until none are left."""
+    while True:
+        kept = inter.filter((pl.len().over("user") >= k) & (pl.len().over("item") >= k))
+        if kept.height == inter.height:
+            return kept
+        inter = kept
+
+
+def _keep_recent(inter: pl.DataFrame, keep_len: int, min_len: int) -> tuple[pl.DataFrame, int, int]:
+    """Keep each user's last ``keep_len`` items; drop users left with fewer than ``min_len``.
+
+    Returns the kept rows, the number of users dropped and of older interactions cut.
+    """
+    inter = inter.with_columns(pl.col("run").rle_id())  # runs renumbered after filters
+    # pl.len() is unsigned: cast before subtracting, or short users underflow.
+    length = pl.len().over("run").cast(pl.Int64)
+    position = pl.int_range(pl.len(), dtype=pl.Int64).over("run")
+    recent = inter.filter(position >= length - keep_len)
+    kept = recent.filter(pl.len().over("run") >= min_len)
+    users_before = recent["run"].n_unique() if recent.height else 0
+    users_after = kept["run"].n_unique() if kept.height else 0
+    return kept, users_before - users_after, inter.height - recent.height
+
+
+def _item_table(
+    vocab: pl.DataFrame, items: pl.DataFrame, raw: RawSource, out_dir: Path, problems: Problems
+) -> pl.DataFrame:
+    table = vocab.join(items, left_on="item", right_on="key", how="left", maintain_order="left")
+    table = table.rename({"item": "key"}).with_columns(clean_text(table["text"]).alias("text"))
+    no_text = table.filter(pl.col("text").is_null())
+    problems.add_many(
+        "empty_text", raw.items_file,
+        ((line, f"item {key} has no text") for line, key in no_text.select("line", "key").iter_rows()),
+        count=no_text.height,
+    )
+    image_paths: list[str | None] = [None] * table.height
+    image_hashes: list[str | None] = [None] * table.height
+    if raw.image_source is not None:
+        placed = materialise_images(
+            raw.image_source, table["key"].to_list(), table["image"].to_list(),
+            table["item_id"].to_list(), out_dir, problems,
+        )
+        image_paths = [p.relative_path if p else None for p in placed]
+        image_hashes = [p.sha256 if p else None for p in placed]
+    table = table.with_columns(
+        pl.Series("image", image_paths, dtype=pl.String),
+        pl.Series("image_sha256", image_hashes, dtype=pl.String),
+    )
+    return table.select("item_id", "key", "text", "image", *raw.extra_item_columns, "image_sha256")
+
+
+def _fingerprint(items: pl.DataFrame, sequences: pl.DataFrame) -> str:
+    """A hash of the dataset's content: item keys, texts, image bytes and sequences.
+
+    Computed from values, not from Parquet bytes, so it does not depend on the writer.
+    """
+    digest = hashlib.sha256()
+    for column in ("key", "text", "image_sha256"):
+        values = items[column].fill_null("\x00").to_list()
+        digest.update("\x1f".join(values).encode("utf-8") + b"\x1e")
+    digest.update("\x1f".join(sequences["user_key"].to_list()).encode("utf-8") + b"\x1e")
+    flat = sequences["items"].explode().to_numpy().astype("<i4")
+    lengths = sequences["items"].list.len().to_numpy().astype("<i4")
+    digest.update(np.ascontiguousarray(flat).tobytes())
+    digest.update(np.ascontiguousarray(lengths).tobytes())
+    return digest.hexdigest()[:32]

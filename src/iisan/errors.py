@@ -1,0 +1,28 @@
+"""Errors raised by the library.
+
+Library code raises these; only ``cli.py`` turns them into exit codes and one-line
+messages. Each subclasses a built-in where one fits, so callers that do not know our
+types can still catch ``ValueError`` or ``FileNotFoundError``.
+"""
+
+from __future__ import annotations
+
+
+class IisanError(Exception):
+    """Base class for every error the library raises on purpose."""
+
+
+class ConfigError(IisanError, ValueError):
+    """An option or configuration value is out of range or inconsistent."""
+
+
+class InputError(IisanError, ValueError):
+    """Source data is malformed (raised at the first problem in ``--strict`` mode)."""
+
+
+class DatasetError(IisanError, ValueError):
+    """A prepared dataset directory is missing, incomplete or of another format version."""
+
+
+class MissingDependencyError(IisanError, ImportError):
+    """An optional package needed for this operation is not installed."""

@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny sources written on the fly, and the shared real data set."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SCIENTIFIC = SHARED / "datasets" / "amazon-scientific"
+
+
+def write_tsv_source(
+    folder: Path,
+    items: dict[str, str] | list[str],
+    users: list[str],
+) -> Path:
+    """Write ``items.tsv`` / ``users.tsv``; lines are given raw (``items`` may be a dict)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    item_lines = [f"{k}\t{v}" for k, v in items.items()] if isinstance(items, dict) else items
+    (folder / "items.tsv").write_text("\n".join(item_lines) + "\n", encoding="utf-8")
+    (folder / "users.tsv").write_text("\n".join(users) + "\n", encoding="utf-8")
+    return folder
+
+
+def png_bytes(colour: tuple[int, int, int] = (200, 30, 30), size: int = 8) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def small_source(tmp_path: Path) -> Path:
+    """Six items, four users; user u4 is too short, u1 is longer than max_seq_len + 3 = 6."""
+    items = {f"i{n}": f"Item &amp; number  {n}" for n in range(1, 7)}
+    users = [
+        "u1\ti1 i2 i3 i4 i5 i6 i1 i2",  # 8 items: keeps the last 6
+        "u2\ti3 i3 i4 i5 i6",
+        "u3\ti6 i5 i4 i3 i2",
+        "u4\ti1 i2",  # shorter than min_seq_len: dropped
+    ]
+    return write_tsv_source(tmp_path / "src", items, users)
