@@ -179,15 +179,22 @@ def _keep_recent(inter: pl.DataFrame, keep_len: int, min_len: int) -> tuple[pl.D
 
     Returns the kept rows, the number of users dropped and of older interactions cut.
     """
-    inter = inter.with_columns(pl.col("run").rle_id())  # runs renumbered after filters
-    # pl.len() is unsigned: cast before subtracting, or short users underflow.
-    length = pl.len().over("run").cast(pl.Int64)
-    position = pl.int_range(pl.len(), dtype=pl.Int64).over("run")
-    recent = inter.filter(position >= length - keep_len)
-    kept = recent.filter(pl.len().over("run") >= min_len)
-    users_before = recent["run"].n_unique() if recent.height else 0
-    users_after = kept["run"].n_unique() if kept.height else 0
-    return kept, users_before - users_after, inter.height - recent.height
+    # Each user's rows are one contiguous run, so run-length arithmetic in numpy does
+    # what a window function over users would, without hashing keys.
+    run = inter["run"].rle_id().to_numpy()
+    if run.size == 0:
+        return inter, 0, 0
+    starts = np.flatnonzero(np.diff(run, prepend=-1))
+    lengths = np.diff(np.append(starts, run.size))
+    position = np.arange(run.size) - np.repeat(starts, lengths)
+    recent = position >= np.repeat(lengths - keep_len, lengths)
+    long_enough = np.minimum(lengths, keep_len) >= min_len
+    keep = recent & np.repeat(long_enough, lengths)
+    return (
+        inter.filter(pl.Series(keep)),
+        int((~long_enough).sum()),
+        int(run.size - recent.sum()),
+    )
 
 
 def _item_table(

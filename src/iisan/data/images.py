@@ -36,9 +36,12 @@ class ImageSource(Protocol):
     label: str
 
     def fetch(self, key: str, locator: str | None) -> tuple[bytes | None, Path | None]:
-        """Return ``(bytes, file)`` for the item, ``(None, None)`` if it has no image.
+        """Return ``(bytes, file)`` for the item, ``(None, None)`` if it declares no image.
 
         ``file`` is the source file when there is one, so it can be hard-linked.
+
+        Raises:
+            FileNotFoundError: the item should have an image and it is not there.
         """
 
 
@@ -60,7 +63,7 @@ class DirectoryImages:
     def fetch(self, key: str, locator: str | None) -> tuple[bytes | None, Path | None]:
         name = self._by_key.get(key)
         if name is None:
-            return None, None
+            raise FileNotFoundError(f"no {key}.jpg|.jpeg|.png|.webp in {self.root}")
         path = self.root / name
         return path.read_bytes(), path
 
@@ -74,11 +77,11 @@ class PathImages:
 
     def fetch(self, key: str, locator: str | None) -> tuple[bytes | None, Path | None]:
         if not locator:
-            return None, None
+            return None, None  # an empty cell: the item has no image, which is fine
         path = Path(locator)
         path = path if path.is_absolute() else self.base / path
         if not path.is_file():
-            return None, None
+            raise FileNotFoundError(f"{path} does not exist")
         return path.read_bytes(), path
 
 
@@ -103,7 +106,9 @@ class LmdbImages:
     def fetch(self, key: str, locator: str | None) -> tuple[bytes | None, Path | None]:
         with self._env.begin() as txn:
             value = txn.get(key.encode("utf-8"))
-        return (bytes(value) if value is not None else None), None
+        if value is None:
+            raise FileNotFoundError(f"no key {key!r} in {self.label}")
+        return bytes(value), None
 
 
 @dataclass(frozen=True)
@@ -134,10 +139,12 @@ def materialise_images(
         key, item_id = keys[index], item_ids[index]
         try:
             data, src_file = source.fetch(key, locators[index])
+        except FileNotFoundError as err:
+            return None, "missing_image", f"item {key}: {err}"
         except OSError as err:
             return None, "unreadable_image", f"item {key}: {err}"
         if data is None:
-            return None, "missing_image", f"item {key}: no image in {source.label}"
+            return None, None, ""
         fmt, error = _check_image(data)
         if fmt is None:
             return None, "unreadable_image", f"item {key}: {error}"

@@ -38,9 +38,7 @@ def drop_missing(
     table: pl.DataFrame, columns: list[str], kind: str, file: str, problems: Problems
 ) -> pl.DataFrame:
     """Drop rows where any of ``columns`` is null or blank, counting them as ``kind``."""
-    missing = pl.any_horizontal(
-        [pl.col(c).is_null() | (pl.col(c).str.strip_chars().str.len_bytes() == 0) for c in columns]
-    )
+    missing = pl.any_horizontal([pl.col(c).is_null() | pl.col(c).str.contains(r"^\s*$") for c in columns])
     bad = table.filter(missing)
     detail = f"needs a non-empty {', '.join(columns)}"
     problems.add_many(kind, file, ((line, detail) for line in bad["line"].head(3)), count=bad.height)
@@ -53,8 +51,10 @@ def chronological(inter: pl.DataFrame) -> pl.DataFrame:
     Users are numbered by first appearance; within a user, rows go by timestamp and ties
     keep file order (the sort is stable on ``line``).
     """
-    first_seen = pl.col("line").min().over("user")
-    return inter.sort([first_seen, pl.col("timestamp"), pl.col("line")]).select("user", "item", "line")
+    # Two steps: sorting on plain integer columns is about twice as fast as sorting on
+    # the window expression directly.
+    ordered = inter.with_columns(pl.col("line").min().over("user").alias("first_seen"))
+    return ordered.sort(["first_seen", "timestamp", "line"]).select("user", "item", "line")
 
 
 def image_source_from_options(config: PrepareConfig, default_dir: Path | None = None) -> ImageSource | None:

@@ -99,26 +99,12 @@ def _read_table(path: Path, problems: Problems, string_columns: list[str]) -> pl
             raise InputError(f"cannot read {path}: {err}") from err
         return table.with_row_index("line", offset=1).with_columns(pl.col("line").cast(pl.Int64))
 
-    bad_lines: list[int] = []
-    bad_examples: list[tuple[int | None, str]] = []
-
-    def on_invalid_row(row: pacsv.InvalidRow) -> str:
-        bad_lines.append(row.number if row.number is not None else -1)
-        if len(bad_examples) < 3:
-            bad_examples.append((row.number, f"expected {row.expected_columns} columns, found {row.actual_columns}"))
-        return "skip"
-
-    delimiter = "\t" if ".tsv" in path.name else ","
     try:
-        table = pacsv.read_csv(
-            path,
-            read_options=pacsv.ReadOptions(block_size=64 << 20),
-            parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid_row),
-            # Keys are read as text so that item "007" stays "007", not 7.
-            convert_options=pacsv.ConvertOptions(
-                strings_can_be_null=True, column_types={c: pa.string() for c in string_columns}
-            ),
-        )
+        table, bad_lines, bad_examples = _parse_csv(path, string_columns, use_threads=True)
+        if bad_lines and min(bad_lines) < 0:
+            # Parallel parsing does not know line numbers; a file with bad rows is read
+            # again on one thread so that the report can name them.
+            table, bad_lines, bad_examples = _parse_csv(path, string_columns, use_threads=False)
     except pa.ArrowInvalid as err:
         if "Empty CSV file" in str(err):
             problems.add("empty_file", path.name, None, f"{path} has no header or rows")
@@ -131,6 +117,32 @@ def _read_table(path: Path, problems: Problems, string_columns: list[str]) -> pl
         problems.add("empty_file", path.name, None, f"{path} has a header but no rows")
     frame = pl.from_arrow(table)
     return frame.with_columns(pl.Series("line", _valid_line_numbers(table.num_rows, bad_lines)))
+
+
+def _parse_csv(
+    path: Path, string_columns: list[str], use_threads: bool
+) -> tuple[pa.Table, list[int], list[tuple[int | None, str]]]:
+    bad_lines: list[int] = []
+    bad_examples: list[tuple[int | None, str]] = []
+
+    def on_invalid_row(row: pacsv.InvalidRow) -> str:
+        bad_lines.append(row.number if row.number is not None else -1)
+        if len(bad_examples) < 3:
+            bad_examples.append((row.number, f"expected {row.expected_columns} columns, found {row.actual_columns}"))
+        return "skip"
+
+    table = pacsv.read_csv(
+        path,
+        read_options=pacsv.ReadOptions(block_size=64 << 20, use_threads=use_threads),
+        parse_options=pacsv.ParseOptions(
+            delimiter="\t" if ".tsv" in path.name else ",", invalid_row_handler=on_invalid_row
+        ),
+        # Keys are read as text so that item "007" stays "007", not 7.
+        convert_options=pacsv.ConvertOptions(
+            strings_can_be_null=True, column_types={c: pa.string() for c in string_columns}
+        ),
+    )
+    return table, bad_lines, bad_examples
 
 
 def _valid_line_numbers(num_rows: int, bad_lines: list[int]) -> np.ndarray:
@@ -158,7 +170,10 @@ def _timestamp(column: pl.Series) -> pl.Series:
         return column.cast(pl.Datetime("us")).dt.epoch("s").cast(pl.Float64)
     text = column.cast(pl.String).str.strip_chars()
     number = text.cast(pl.Float64, strict=False)
-    date = text.str.to_datetime(strict=False).dt.epoch("s").cast(pl.Float64)
+    try:
+        date = text.str.to_datetime(strict=False).dt.epoch("s").cast(pl.Float64)
+    except pl.exceptions.PolarsError:  # no date format fits any value
+        return number
     return number.fill_null(date)
 
 
