@@ -65,9 +65,9 @@ def stats_tables(stats: dict[str, Any], bar_width: int = 40) -> Group:
 
     head = Table(title="Most popular items", title_justify="left")
     head.add_column("item_id", justify="right", no_wrap=True, min_width=7)
-    head.add_column("key", no_wrap=True)
+    head.add_column("key", no_wrap=True, min_width=10)
     head.add_column("count", justify="right", no_wrap=True, min_width=5)
-    head.add_column("text", overflow="ellipsis", no_wrap=True, max_width=60)
+    head.add_column("text", overflow="ellipsis", no_wrap=True, max_width=48)
     for row in pop["head"]:
         head.add_row(str(row["item_id"]), str(row["key"]), f"{row['count']:,}", row["text"] or "")
     return Group(overview, histogram, head)
