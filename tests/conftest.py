@@ -32,6 +32,16 @@ def png_bytes(colour: tuple[int, int, int] = (200, 30, 30), size: int = 8) -> by
     return buffer.getvalue()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def iisan_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Derived model files (unzipped, converted, tiny random) go to a per-session folder."""
+    home = tmp_path_factory.mktemp("iisan-home")
+    patcher = pytest.MonkeyPatch()
+    patcher.setenv("IISAN_HOME", str(home))
+    yield home
+    patcher.undo()
+
+
 @pytest.fixture
 def small_source(tmp_path: Path) -> Path:
     """Six items, four users; user u4 is too short, u1 is longer than max_seq_len + 3 = 6."""

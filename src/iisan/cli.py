@@ -43,6 +43,8 @@ data_app = typer.Typer(
     help="Synthetic sources and dataset statistics.", no_args_is_help=True, rich_markup_mode="rich"
 )
 app.add_typer(data_app, name="data")
+encoders_app = typer.Typer(help="Frozen pretrained encoders.", no_args_is_help=True, rich_markup_mode="rich")
+app.add_typer(encoders_app, name="encoders")
 
 
 class SourceFormat(str, Enum):
@@ -232,6 +234,91 @@ def data_stats(
         _print_json(stats)
     else:
         stdout.print(stats_tables(stats))
+
+
+def _encoder_option(value: str) -> str | None:
+    return None if value.lower() in ("", "none") else value
+
+
+@app.command()
+@handles_errors
+def encode(
+    dataset: Annotated[Path, typer.Argument(help="Prepared dataset folder.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Cache folder to write or resume.", show_default=False)],
+    text_encoder: Annotated[str, typer.Option(help="Registry name or local Hugging Face folder; 'none' to skip.")] = "minilm",
+    image_encoder: Annotated[str, typer.Option(help="Registry name or local folder; 'none' to skip (skipped anyway without images).")] = "dinov2-small",
+    pooling: Annotated[str, typer.Option(help="Per-layer pooling: cls (first token) or mean.")] = "cls",
+    batch_size: Annotated[int, typer.Option(help="Items per forward pass.")] = 64,
+    max_text_tokens: Annotated[int, typer.Option(help="Truncate text to this many tokens.")] = 30,
+    image_size: Annotated[int, typer.Option(help="Resize and centre-crop images to this side.")] = 224,
+    workers: Annotated[int, typer.Option(help="Image-decoding threads.")] = 4,
+    force: Annotated[bool, typer.Option(help="Delete and rebuild the cache (another dataset or encoder).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Run each frozen encoder over every item once and cache every layer's pooled state.
+
+    The cache holds one float16 array per encoder, [items + 1, layers + 1, width], memory-mapped.
+    Killing encode loses at most the batch in flight: rerun the same command to resume.
+    A cache built for another dataset or encoder setting is refused unless --force.
+
+    [bold]Examples[/]
+
+      iisan encode data/scientific --out cache/scientific --image-encoder none
+
+      iisan encode data/synth --out cache/synth --text-encoder minilm --image-encoder dinov2-small --image-size 112
+    """
+    from iisan.cache.encode import encode as run_encode
+    from iisan.config import EncodeConfig
+
+    config = EncodeConfig(
+        text_encoder=_encoder_option(text_encoder), image_encoder=_encoder_option(image_encoder),
+        pooling=pooling, batch_size=batch_size, max_text_tokens=max_text_tokens,
+        image_size=image_size, workers=workers,
+    )
+    summary = run_encode(dataset, out, config, force=force)
+    if as_json:
+        _print_json(summary)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"Hidden-state cache {out}", title_justify="left")
+    for column in ("modality", "encoder", "layers", "width", "encoded now", "already done", "items/s"):
+        table.add_column(column, justify="left" if column in ("modality", "encoder") else "right")
+    for modality, row in summary["modalities"].items():
+        table.add_row(modality, row["encoder"], str(row["layers"]), str(row["hidden_size"]),
+                      f"{row['rows_encoded']:,}", f"{row['rows_already_done']:,}",
+                      f"{row['items_per_second']:,.1f}" if row["items_per_second"] else "-")
+    stdout.print(table)
+    if summary["problems"]:
+        stdout.print(f"problems: {summary['problems']}")
+
+
+@encoders_app.command("list")
+@handles_errors
+def encoders_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """The registered encoder names, what they are, and how to install their weights.
+
+    [bold]Example[/]
+
+      iisan encoders list
+    """
+    from iisan.encoders.registry import REGISTRY
+
+    rows = [{"name": s.name, "modality": s.modality, "description": s.description, "install": s.install}
+            for s in REGISTRY.values()]
+    if as_json:
+        _print_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table(title="Encoders (any local Hugging Face folder works too)", title_justify="left")
+    for column in ("name", "modality", "description", "install"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row.values())
+    stdout.print(table)
 
 
 def main() -> None:

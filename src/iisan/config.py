@@ -86,3 +86,43 @@ class PrepareConfig:
             out[key] = str(out[key]) if out[key] is not None else None
         out["kcore"] = self.effective_kcore
         return out
+
+
+@dataclass(frozen=True)
+class EncodeConfig:
+    """How to build the hidden-state cache.
+
+    Args:
+        text_encoder / image_encoder: registry name or local Hugging Face folder; ``None``
+            skips that modality (the image encoder is also skipped when no item has an image).
+        pooling: per-layer pooling, ``cls`` (first token, as in the paper) or ``mean``.
+        batch_size: items per forward pass.
+        max_text_tokens: text is truncated to this many tokens (special tokens included).
+        image_size: images are resized and centre-cropped to this side.
+        workers: threads decoding images while the model runs.
+    """
+
+    text_encoder: str | None = "minilm"
+    image_encoder: str | None = "dinov2-small"
+    pooling: str = "cls"
+    batch_size: int = 64
+    max_text_tokens: int = 30
+    image_size: int = 224
+    workers: int = 4
+
+    def __post_init__(self) -> None:
+        if self.pooling not in ("cls", "mean"):
+            raise ConfigError(f"pooling must be cls or mean, got {self.pooling!r}")
+        if self.text_encoder is None and self.image_encoder is None:
+            raise ConfigError("nothing to encode: give a text encoder, an image encoder or both")
+        for name in ("batch_size", "max_text_tokens", "image_size", "workers"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_text_tokens < 2:
+            raise ConfigError("max_text_tokens must leave room for the special tokens (at least 2)")
+
+    def settings(self, modality: str) -> dict[str, Any]:
+        """The options that change a modality's cached values (compared on resume)."""
+        if modality == "text":
+            return {"max_text_tokens": self.max_text_tokens}
+        return {"image_size": self.image_size}

@@ -26,3 +26,7 @@ class DatasetError(IisanError, ValueError):
 
 class MissingDependencyError(IisanError, ImportError):
     """An optional package needed for this operation is not installed."""
+
+
+class CacheMismatchError(IisanError):
+    """A hidden-state cache was built for another dataset or another encoder setting."""

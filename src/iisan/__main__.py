@@ -1,0 +1,3 @@
+from iisan.cli import main
+
+main()

@@ -1,0 +1,141 @@
+"""On-disk layout of the hidden-state cache, and reading it without loading it into RAM.
+
+::
+
+    CACHE_DIR/manifest.json          dataset fingerprint, format version, one entry per modality
+    CACHE_DIR/<modality>.npy         float16 [N + 1, L + 1, D]; row 0 is padding (zeros)
+    CACHE_DIR/<modality>.done.npy    uint8 [N + 1]: 1 once the row is written (resume truth)
+    CACHE_DIR/<modality>.present.npy uint8 [N + 1]: 0 where the item lacks that modality
+
+``.npy`` files are memory-mapped (``allow_pickle=False``), so a 1M-item cache is read by
+gathering rows, never loaded whole.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from iisan.errors import CacheMismatchError, DatasetError
+from iisan.fileio import write_json_atomic
+
+CACHE_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+MODALITIES = ("text", "image")
+
+
+def states_path(root: Path, modality: str) -> Path:
+    return root / f"{modality}.npy"
+
+
+def done_path(root: Path, modality: str) -> Path:
+    return root / f"{modality}.done.npy"
+
+
+def present_path(root: Path, modality: str) -> Path:
+    return root / f"{modality}.present.npy"
+
+
+def read_manifest(root: Path) -> dict[str, Any] | None:
+    path = root / MANIFEST_FILE
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CacheMismatchError(f"cannot read {path}: {err}; rebuild with `iisan encode --force`") from err
+    if manifest.get("version") != CACHE_VERSION:
+        raise CacheMismatchError(
+            f"cache {root} has format version {manifest.get('version')}, this iisan reads "
+            f"{CACHE_VERSION}; rebuild with `iisan encode --force`"
+        )
+    return manifest
+
+
+def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
+    write_json_atomic(root / MANIFEST_FILE, manifest)
+
+
+@dataclass(frozen=True)
+class HiddenStateCache:
+    """A complete cache, memory-mapped read-only.
+
+    Attributes:
+        root: the cache folder.
+        manifest: the content of ``manifest.json``.
+    """
+
+    root: Path
+    manifest: dict[str, Any]
+
+    @classmethod
+    def open(cls, root: str | Path, dataset_fingerprint: str | None = None) -> HiddenStateCache:
+        """Open a finished cache, checking it was built for ``dataset_fingerprint``.
+
+        Raises:
+            DatasetError: there is no cache at ``root``.
+            CacheMismatchError: it is unfinished, of another version, or for another dataset.
+        """
+        root = Path(root)
+        manifest = read_manifest(root)
+        if manifest is None:
+            raise DatasetError(f"{root} is not a hidden-state cache (no {MANIFEST_FILE}); build one with `iisan encode`")
+        if dataset_fingerprint is not None and manifest["dataset_fingerprint"] != dataset_fingerprint:
+            raise CacheMismatchError(
+                f"cache at {root} was built for dataset fingerprint {manifest['dataset_fingerprint'][:8]}…, "
+                f"this dataset is {dataset_fingerprint[:8]}…; rerun `iisan encode --force`"
+            )
+        unfinished = [m for m, e in manifest["encoders"].items() if e["completed_rows"] < manifest["num_items"] + 1]
+        if unfinished:
+            raise CacheMismatchError(
+                f"cache at {root} is unfinished ({', '.join(unfinished)}); rerun the same `iisan encode` to resume"
+            )
+        return cls(root, manifest)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(m for m in MODALITIES if m in self.manifest["encoders"])
+
+    @property
+    def num_items(self) -> int:
+        return int(self.manifest["num_items"])
+
+    def entry(self, modality: str) -> dict[str, Any]:
+        try:
+            return self.manifest["encoders"][modality]
+        except KeyError:
+            raise CacheMismatchError(
+                f"cache at {self.root} has no {modality} states (it has: {', '.join(self.modalities)})"
+            ) from None
+
+    def num_layers(self, modality: str) -> int:
+        """L + 1: the embedding output plus every block."""
+        return int(self.entry(modality)["num_layers"]) + 1
+
+    def hidden_size(self, modality: str) -> int:
+        return int(self.entry(modality)["hidden_size"])
+
+    def states(self, modality: str) -> np.memmap:
+        """The whole ``[N + 1, L + 1, D]`` float16 array, memory-mapped read-only."""
+        self.entry(modality)
+        return np.load(states_path(self.root, modality), mmap_mode="r", allow_pickle=False)
+
+    def present(self, modality: str) -> np.ndarray:
+        """``[N + 1]`` bool: whether each item has this modality (row 0, padding, is False)."""
+        self.entry(modality)
+        return np.load(present_path(self.root, modality), allow_pickle=False).astype(bool)
+
+    def gather(self, modality: str, item_ids: np.ndarray) -> np.ndarray:
+        """Rows for ``item_ids`` (any shape) as ``[*ids.shape, L + 1, D]`` float16.
+
+        Only the requested rows are read from disk (sorted, unique, for sequential access).
+        """
+        states = self.states(modality)
+        ids = np.asarray(item_ids)
+        unique, inverse = np.unique(ids.ravel(), return_inverse=True)
+        rows = states[unique]
+        return rows[inverse].reshape(*ids.shape, *states.shape[1:])

@@ -1,0 +1,144 @@
+"""A frozen encoder: prepares inputs and returns the pooled hidden state of every layer.
+
+Layer 0 is the embedding output, layers 1..L the transformer blocks (the model's
+``hidden_states`` tuple). Pooling per layer is the first token (CLS, as in the paper)
+or the mean over tokens (masked for text).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image
+
+from iisan.encoders.onnx_dinov2 import IMAGENET_MEAN, IMAGENET_STD
+from iisan.encoders.registry import EncoderLoadError, Modality, resolve, weights_hash
+
+log = logging.getLogger(__name__)
+
+Pooling = Literal["cls", "mean"]
+
+
+@dataclass
+class FrozenEncoder:
+    """A loaded, frozen encoder (``requires_grad`` off, eval mode).
+
+    Attributes:
+        name: registry name or resolved folder path.
+        modality: ``text`` or ``image``.
+        model: the Hugging Face model.
+        weight_hash: identifies the weights in cache manifests.
+        tokenizer: for text encoders.
+        image_mean / image_std: normalisation for image encoders.
+    """
+
+    name: str
+    modality: Modality
+    folder: Path
+    model: torch.nn.Module
+    weight_hash: str
+    tokenizer: Any = None
+    image_mean: tuple[float, ...] = tuple(IMAGENET_MEAN)
+    image_std: tuple[float, ...] = tuple(IMAGENET_STD)
+
+    @classmethod
+    def load(cls, name: str, modality: Modality) -> FrozenEncoder:
+        """Resolve ``name`` (registry name or local folder) and load it frozen.
+
+        Raises:
+            ConfigError: unknown name.
+            MissingDependencyError: the package carrying the weights is missing.
+            EncoderLoadError: the folder cannot be loaded.
+        """
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        resolved, folder = resolve(name, modality)
+        digest = weights_hash(folder)
+        hf_logging.set_verbosity_error()  # no "newly initialised pooler" notes for unused heads
+        hf_logging.disable_progress_bar()
+        try:
+            model = AutoModel.from_pretrained(folder, use_safetensors=True)
+            tokenizer = AutoTokenizer.from_pretrained(folder) if modality == "text" else None
+        except (OSError, ValueError, KeyError) as err:
+            raise EncoderLoadError(f"cannot load {modality} encoder from {folder}: {err}") from err
+        model.eval().requires_grad_(False)
+        encoder = cls(resolved, modality, folder, model, digest, tokenizer)
+        if modality == "image":
+            encoder.image_mean, encoder.image_std = _normalisation(folder)
+        return encoder
+
+    @property
+    def num_layers(self) -> int:
+        """L: the number of transformer blocks (the cache stores L + 1 layers)."""
+        return int(self.model.config.num_hidden_layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    # ---- inputs ------------------------------------------------------------------------
+
+    def tokenize(self, texts: list[str], max_tokens: int) -> list[list[int]]:
+        """Token ids per text (with special tokens, truncated), unpadded."""
+        return self.tokenizer(texts, truncation=True, max_length=max_tokens, padding=False)["input_ids"]
+
+    def collate_tokens(self, token_lists: list[list[int]]) -> dict[str, torch.Tensor]:
+        """Pad token lists into ``input_ids`` and ``attention_mask`` ``[batch, tokens]``."""
+        width = max(len(t) for t in token_lists)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = np.full((len(token_lists), width), pad, dtype=np.int64)
+        mask = np.zeros((len(token_lists), width), dtype=np.int64)
+        for row, tokens in enumerate(token_lists):
+            ids[row, : len(tokens)] = tokens
+            mask[row, : len(tokens)] = 1
+        return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
+
+    def preprocess_image(self, data: bytes, image_size: int) -> np.ndarray:
+        """Decode, resize the short side, centre-crop to ``image_size``, normalise: ``[3, S, S]``.
+
+        Raises:
+            OSError, ValueError: the bytes are not a decodable image.
+        """
+        short_side = round(image_size * 256 / 224)  # DINOv2/ImageNet evaluation ratio
+        with Image.open(io.BytesIO(data)) as image:
+            image.draft("RGB", (short_side, short_side))  # JPEG: decode at reduced size when possible
+            image = image.convert("RGB")
+            scale = short_side / min(image.size)
+            size = (max(image_size, round(image.width * scale)), max(image_size, round(image.height * scale)))
+            image = image.resize(size, Image.Resampling.BICUBIC)
+            left, top = (size[0] - image_size) // 2, (size[1] - image_size) // 2
+            image = image.crop((left, top, left + image_size, top + image_size))
+            pixels = np.asarray(image, dtype=np.float32) / 255.0
+        pixels = (pixels - np.asarray(self.image_mean, np.float32)) / np.asarray(self.image_std, np.float32)
+        return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+    # ---- forward -----------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def pooled_hidden_states(self, inputs: dict[str, torch.Tensor], pooling: Pooling) -> torch.Tensor:
+        """Run the model and pool every layer: ``[batch, L + 1, hidden]`` float32."""
+        outputs = self.model(**inputs, output_hidden_states=True)
+        states = torch.stack(outputs.hidden_states, dim=1)  # [batch, L + 1, tokens, hidden]
+        if pooling == "cls":
+            return states[:, :, 0]
+        mask = inputs.get("attention_mask")
+        if mask is None:
+            return states.mean(dim=2)
+        weights = mask[:, None, :, None].to(states.dtype)  # [batch, 1, tokens, 1]
+        return (states * weights).sum(dim=2) / weights.sum(dim=2).clamp_min(1.0)
+
+
+def _normalisation(folder: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    path = folder / "preprocessor_config.json"
+    if not path.is_file():
+        return tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)
+    config = json.loads(path.read_text())
+    return tuple(config.get("image_mean", IMAGENET_MEAN)), tuple(config.get("image_std", IMAGENET_STD))
