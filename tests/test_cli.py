@@ -61,3 +61,22 @@ def test_stats_on_missing_dataset_is_one_line_error(tmp_path):
 def test_bad_option_value_is_one_line_error(tmp_path):
     result = runner.invoke(app, ["data", "synth", "--items", "3", "--out", str(tmp_path / "s")])
     assert result.exit_code == 2 and "cannot cover" in result.stderr
+
+
+def test_encode_command_and_encoders_list(tmp_path):
+    src, ds, cache = tmp_path / "src", tmp_path / "ds", tmp_path / "cache"
+    runner.invoke(app, ["data", "synth", "--items", "60", "--users", "40", "--categories", "3",
+                        "--colours", "2", "--image-size", "16", "--out", str(src)])
+    runner.invoke(app, ["prepare", str(src), "-f", "iisan-tsv", "-o", str(ds)])
+    args = ["encode", str(ds), "--out", str(cache), "--text-encoder", "tiny-random-text",
+            "--image-encoder", "tiny-random-image", "--image-size", "32", "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert set(summary["modalities"]) == {"text", "image"}
+    assert summary["modalities"]["text"]["rows_encoded"] == summary["modalities"]["image"]["rows_encoded"] > 0
+    mismatch = runner.invoke(app, [*args[:-1], "--pooling", "mean"])
+    assert mismatch.exit_code == 2 and "--force" in mismatch.stderr
+    listed = json.loads(runner.invoke(app, ["encoders", "list", "--json"]).stdout)
+    assert {"minilm", "mpnet", "dinov2-small"} <= {row["name"] for row in listed}
+    assert "Example" in runner.invoke(app, ["encode", "--help"]).output
