@@ -53,3 +53,11 @@ def small_source(tmp_path: Path) -> Path:
         "u4\ti1 i2",  # shorter than min_seq_len: dropped
     ]
     return write_tsv_source(tmp_path / "src", items, users)
+
+
+@pytest.fixture(scope="session")
+def tiny_multimodal(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(dataset dir, cache dir) of a small synthetic multimodal set encoded with tiny encoders."""
+    from tests.conftest_multimodal import build_tiny_multimodal
+
+    return build_tiny_multimodal(tmp_path_factory.mktemp("tiny-mm"))

@@ -126,3 +126,116 @@ class EncodeConfig:
         if modality == "text":
             return {"max_text_tokens": self.max_text_tokens}
         return {"image_size": self.image_size}
+
+
+MODALITIES = ("text", "image", "intra", "inter", "intra_inter")
+METHODS = ("iisan", "frozen", "id")
+
+
+@dataclass(frozen=True)
+class SideNetworkConfig:
+    """IISAN's side network.
+
+    Args:
+        bottleneck: SANB bottleneck width.
+        layers: encoder layer indices the side network reads (0 = embedding output);
+            ``None`` means layer 0 and every other layer (LayerDrop, as in the paper).
+        modality: which towers feed the item embedding: ``text``, ``image``, ``intra``
+            (text + image), ``inter`` (the fused tower only) or ``intra_inter`` (all three).
+        gate_temperature: gates are ``sigmoid(w / temperature)``.
+    """
+
+    bottleneck: int = 64
+    layers: tuple[int, ...] | None = None
+    modality: str = "intra_inter"
+    gate_temperature: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.bottleneck <= 0:
+            raise ConfigError(f"bottleneck must be positive, got {self.bottleneck}")
+        if self.modality not in MODALITIES:
+            raise ConfigError(f"modality must be one of {', '.join(MODALITIES)}, got {self.modality!r}")
+        if self.layers is not None and (not self.layers or min(self.layers) < 0):
+            raise ConfigError(f"layers must be non-negative indices, got {self.layers}")
+        if self.gate_temperature <= 0:
+            raise ConfigError("gate_temperature must be positive")
+
+    @property
+    def encoder_modalities(self) -> tuple[str, ...]:
+        """The encoders this setting reads."""
+        return {"text": ("text",), "image": ("image",)}.get(self.modality, ("text", "image"))
+
+    def selected_layers(self, num_layers: int) -> tuple[int, ...]:
+        """Indices into ``num_layers`` (= L + 1) cached layers."""
+        layers = self.layers if self.layers is not None else tuple(range(0, num_layers, 2))
+        if max(layers) >= num_layers:
+            raise ConfigError(f"layer {max(layers)} does not exist: the encoder has layers 0..{num_layers - 1}")
+        return tuple(sorted(set(layers)))
+
+
+@dataclass(frozen=True)
+class UserEncoderConfig:
+    """The SASRec-style user encoder (and the item embedding width ``dim``)."""
+
+    dim: int = 64
+    blocks: int = 2
+    heads: int = 2
+    dropout: float = 0.1
+    max_seq_len: int = 10
+
+    def __post_init__(self) -> None:
+        if self.dim % self.heads:
+            raise ConfigError(f"dim {self.dim} must be divisible by heads {self.heads}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run.
+
+    Args:
+        method: ``iisan`` (side network), ``frozen`` (a linear head on the cached last
+            layer, no side network) or ``id`` (SASRec with item-id embeddings).
+        mode: ``cached`` reads the hidden-state cache (encoders never loaded);
+            ``uncached`` runs the frozen encoders in the graph under ``no_grad``.
+        lr: learning rate of the user encoder, heads and fusion; ``side_lr`` of the SANB
+            blocks and gates (the reference's two rates).
+        patience: stop after this many epochs without a better validation NDCG@10.
+    """
+
+    method: str = "iisan"
+    mode: str = "cached"
+    epochs: int = 50
+    batch_size: int = 64
+    lr: float = 2e-4
+    side_lr: float = 1e-4
+    weight_decay: float = 0.0
+    grad_clip: float = 5.0
+    patience: int = 5
+    seed: int = 42
+    eval_batch_size: int = 1024
+    include_history: bool = False
+    side: SideNetworkConfig = field(default_factory=SideNetworkConfig)
+    user: UserEncoderConfig = field(default_factory=UserEncoderConfig)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.mode not in ("cached", "uncached"):
+            raise ConfigError(f"mode must be cached or uncached, got {self.mode!r}")
+        for name in ("epochs", "batch_size", "eval_batch_size", "patience"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.lr <= 0 or self.side_lr <= 0:
+            raise ConfigError("learning rates must be positive")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainConfig:
+        side = dict(data.get("side", {}))
+        if side.get("layers") is not None:
+            side["layers"] = tuple(side["layers"])
+        return cls(**{**data, "side": SideNetworkConfig(**side), "user": UserEncoderConfig(**data.get("user", {}))})

@@ -1,0 +1,29 @@
+"""Full-ranking metrics: every item is a candidate, never a sample of negatives.
+
+Ties count against the model: the target's rank is the number of items scoring strictly
+higher plus the number of *other* items scoring exactly the same.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def pessimistic_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """0-based ranks of ``targets [U]`` in ``scores [U, N + 1]`` with ties broken against them."""
+    target_scores = scores.gather(1, targets[:, None])
+    # Items scoring >= the target: the higher ones, the tied ones, and the target itself.
+    return (scores >= target_scores).sum(dim=1) - 1
+
+
+def metrics_from_ranks(ranks: torch.Tensor, ks: tuple[int, ...]) -> dict[str, float]:
+    """HR@K, NDCG@K for each K, and MRR, averaged over users."""
+    ranks = ranks.double()
+    out: dict[str, float] = {}
+    for k in ks:
+        hit = ranks < k
+        out[f"hr@{k}"] = hit.double().mean().item()
+        out[f"ndcg@{k}"] = torch.where(hit, 1.0 / torch.log2(ranks + 2.0), 0.0).mean().item()
+    out["mrr"] = (1.0 / (ranks + 1.0)).mean().item()
+    return out
+

@@ -1,0 +1,34 @@
+"""``frozen``: the encoders' cached last layer through a linear head; no side network.
+
+The bar a side network must clear: it shows what adapting the intermediate layers adds
+over using the pretrained features as they are.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from iisan.models.features import ItemFeatures
+
+
+class FrozenFeatureItemEncoder(nn.Module):
+    """``Linear(D, d)`` per modality on the last cached layer, fused by ``Linear(k * d, d)``."""
+
+    def __init__(self, modalities: tuple[str, ...], shapes: dict[str, tuple[int, int]], dim: int) -> None:
+        super().__init__()
+        self.layers = {m: (shapes[m][0] - 1,) for m in modalities}
+        self.heads = nn.ModuleDict({m: nn.Linear(shapes[m][1], dim) for m in modalities})
+        self.fusion = nn.Linear(len(modalities) * dim, dim)
+
+    def side_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def forward(self, features: ItemFeatures) -> torch.Tensor:
+        outputs = []
+        for name, head in self.heads.items():
+            embedding = head(features.states[name][:, -1])
+            if name == "image" and "image" in features.present:
+                embedding = embedding * features.present["image"].unsqueeze(-1).to(embedding.dtype)
+            outputs.append(embedding)
+        return self.fusion(torch.cat(outputs, dim=-1))

@@ -1,0 +1,24 @@
+"""``id``: SASRec with learned item-id embeddings, the bar every content-based method must clear."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from iisan.models.features import ItemFeatures
+
+
+class IdItemEncoder(nn.Module):
+    def __init__(self, num_items: int, dim: int) -> None:
+        super().__init__()
+        self.layers: dict[str, tuple[int, ...]] = {}
+        self.embedding = nn.Embedding(num_items + 1, dim, padding_idx=0)  # id 0 is padding
+        nn.init.xavier_normal_(self.embedding.weight)
+        with torch.no_grad():
+            self.embedding.weight[0].zero_()
+
+    def side_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def forward(self, features: ItemFeatures) -> torch.Tensor:
+        return self.embedding(features.ids)

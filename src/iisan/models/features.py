@@ -1,0 +1,64 @@
+"""What an item tower reads: per-modality hidden states of the selected layers.
+
+A feature source turns item ids into :class:`ItemFeatures`; item towers never know
+whether the states came from the cache (``cached``) or from the frozen encoders run on
+raw content (``uncached``), which is what makes the two modes comparable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from iisan.cache.store import HiddenStateCache
+
+
+@dataclass
+class ItemFeatures:
+    """Inputs of an item tower for ``n`` items.
+
+    Attributes:
+        ids: ``[n]`` item ids (0 is padding).
+        states: modality -> ``[n, S, D]`` float32, the selected layers only.
+        present: modality -> ``[n]`` bool, False where the item lacks the modality.
+    """
+
+    ids: torch.Tensor
+    states: dict[str, torch.Tensor] = field(default_factory=dict)
+    present: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class FeatureSource(Protocol):
+    def features(self, ids: np.ndarray) -> ItemFeatures: ...
+
+
+class IdOnlySource:
+    """For towers that only need item ids (the ID baseline)."""
+
+    def features(self, ids: np.ndarray) -> ItemFeatures:
+        return ItemFeatures(ids=torch.as_tensor(ids, dtype=torch.long))
+
+
+class CachedSource:
+    """Gathers the needed layers of the needed rows straight from the memory-mapped cache."""
+
+    def __init__(self, cache: HiddenStateCache, layers: dict[str, tuple[int, ...]]) -> None:
+        self.cache = cache
+        self.layers = layers
+        self._states = {m: cache.states(m) for m in layers}
+        self._present = {m: torch.from_numpy(cache.present(m)) for m in layers}
+
+    def features(self, ids: np.ndarray) -> ItemFeatures:
+        ids = np.asarray(ids, dtype=np.int64)
+        order = np.argsort(ids, kind="stable")  # sorted reads are friendlier to the page cache
+        states = {}
+        for modality, layers in self.layers.items():
+            rows = np.empty((len(ids), len(layers), self._states[modality].shape[2]), dtype=np.float16)
+            rows[order] = self._states[modality][ids[order]][:, list(layers)]
+            states[modality] = torch.from_numpy(rows).float()
+        tensor_ids = torch.from_numpy(ids)
+        return ItemFeatures(ids=tensor_ids, states=states,
+                            present={m: p[tensor_ids] for m, p in self._present.items()})

@@ -1,0 +1,122 @@
+"""IISAN's item tower: a decoupled side network over frozen encoders' hidden states.
+
+For each selected layer ``i`` (LayerDrop: by default layer 0 and every other layer),
+with ``H_text[i]``, ``H_img[i]`` the encoders' pooled states and gates
+``g = sigmoid(w / 0.1)`` (``w`` initialised at 0, so ``g = 0.5``)::
+
+    intra-text:   t = SANB_t[i](g_t[i] * H_text[i] + (1 - g_t[i]) * t)
+    intra-image:  v = SANB_v[i](g_v[i] * H_img[i]  + (1 - g_v[i]) * v)
+    inter:        m = SANB_m[i](m + g_m[i] * H_img[i] + (1 - g_m[i]) * H_text[i])
+
+``t``, ``v`` and ``m`` start at zero. Each tower ends in a head ``Linear(D, D)`` then
+``Linear(D, d)``, and the item embedding is ``Linear(k * d, d)`` over the concatenation of
+the active towers (image, text, inter; ``k`` of them). Nothing here touches the encoders:
+gradients stop at the cached states.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from iisan.config import SideNetworkConfig
+from iisan.errors import ConfigError
+from iisan.models.features import ItemFeatures
+from iisan.models.sanb import SANB
+
+
+class GatedTower(nn.Module):
+    """One intra-modal tower: gated mix of the next layer's state into the running state."""
+
+    def __init__(self, width: int, steps: int, config: SideNetworkConfig) -> None:
+        super().__init__()
+        self.temperature = config.gate_temperature
+        self.blocks = nn.ModuleList(SANB(width, config.bottleneck) for _ in range(steps))
+        self.gates = nn.Parameter(torch.zeros(steps))
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        """``states``: ``[n, steps, D]`` -> ``[n, D]``."""
+        running = torch.zeros_like(states[:, 0])
+        gates = torch.sigmoid(self.gates / self.temperature)
+        for step, block in enumerate(self.blocks):
+            running = block(gates[step] * states[:, step] + (1 - gates[step]) * running)
+        return running
+
+
+class InterTower(nn.Module):
+    """The inter-modal tower: adds a gated mix of both modalities' states at every step."""
+
+    def __init__(self, width: int, steps: int, config: SideNetworkConfig) -> None:
+        super().__init__()
+        self.temperature = config.gate_temperature
+        self.blocks = nn.ModuleList(SANB(width, config.bottleneck) for _ in range(steps))
+        self.gates = nn.Parameter(torch.zeros(steps))
+
+    def forward(self, text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """``text``, ``image``: ``[n, steps, D]`` -> ``[n, D]``."""
+        running = torch.zeros_like(text[:, 0])
+        gates = torch.sigmoid(self.gates / self.temperature)
+        for step, block in enumerate(self.blocks):
+            running = block(running + gates[step] * image[:, step] + (1 - gates[step]) * text[:, step])
+        return running
+
+
+def _head(width: int, dim: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(width, width), nn.Linear(width, dim))
+
+
+class IISANItemEncoder(nn.Module):
+    """Side network + heads + fusion: cached per-layer states -> item embeddings ``[n, d]``.
+
+    Args:
+        config: the side network's settings.
+        shapes: modality -> ``(L + 1, D)`` of its encoder (from the cache manifest).
+        dim: the item embedding width ``d``.
+    """
+
+    def __init__(self, config: SideNetworkConfig, shapes: dict[str, tuple[int, int]], dim: int) -> None:
+        super().__init__()
+        self.config = config
+        missing = [m for m in config.encoder_modalities if m not in shapes]
+        if missing:
+            raise ConfigError(f"modality {config.modality!r} needs {' and '.join(missing)} states, "
+                              f"but the cache has only {', '.join(shapes) or 'none'}")
+        self.layers = {m: config.selected_layers(shapes[m][0]) for m in config.encoder_modalities}
+        uses_inter = config.modality in ("inter", "intra_inter")
+        if uses_inter:
+            (text_layers, text_width), (image_layers, image_width) = shapes["text"], shapes["image"]
+            if text_width != image_width or len(self.layers["text"]) != len(self.layers["image"]):
+                raise ConfigError(
+                    f"the inter-modal tower needs encoders of equal width and depth (text {text_layers}x{text_width}, "
+                    f"image {image_layers}x{image_width}); pick matching encoders or --modality intra"
+                )
+        self.towers = nn.ModuleDict()
+        self.heads = nn.ModuleDict()
+        if config.modality in ("image", "intra", "intra_inter"):
+            self.towers["image"] = GatedTower(shapes["image"][1], len(self.layers["image"]), config)
+            self.heads["image"] = _head(shapes["image"][1], dim)
+        if config.modality in ("text", "intra", "intra_inter"):
+            self.towers["text"] = GatedTower(shapes["text"][1], len(self.layers["text"]), config)
+            self.heads["text"] = _head(shapes["text"][1], dim)
+        if uses_inter:
+            self.towers["inter"] = InterTower(shapes["text"][1], len(self.layers["text"]), config)
+            self.heads["inter"] = _head(shapes["text"][1], dim)
+        self.fusion = nn.Linear(len(self.towers) * dim, dim)
+
+    def side_parameters(self) -> list[nn.Parameter]:
+        """The SANB blocks and gates (trained at ``side_lr``)."""
+        return list(self.towers.parameters())
+
+    def forward(self, features: ItemFeatures) -> torch.Tensor:
+        outputs = []
+        for name, tower in self.towers.items():
+            if name == "inter":
+                state = tower(features.states["text"], features.states["image"])
+            else:
+                state = tower(features.states[name])
+            embedding = self.heads[name](state)  # [n, d]
+            if name == "image" and "image" in features.present:
+                # An item without an image gets a zero image embedding: an explicit "absent".
+                embedding = embedding * features.present["image"].unsqueeze(-1).to(embedding.dtype)
+            outputs.append(embedding)
+        return self.fusion(torch.cat(outputs, dim=-1))

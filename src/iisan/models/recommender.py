@@ -1,0 +1,46 @@
+"""An item tower and a user encoder, put together: the whole sequential recommender."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from iisan.config import TrainConfig
+from iisan.models.baselines.frozen import FrozenFeatureItemEncoder
+from iisan.models.baselines.id import IdItemEncoder
+from iisan.models.features import ItemFeatures
+from iisan.models.iisan import IISANItemEncoder
+from iisan.models.user import UserEncoder
+
+
+def build_item_encoder(config: TrainConfig, shapes: dict[str, tuple[int, int]], num_items: int) -> nn.Module:
+    """The item tower for ``config.method``; ``shapes`` maps modality -> ``(L + 1, D)``."""
+    dim = config.user.dim
+    if config.method == "id":
+        return IdItemEncoder(num_items, dim)
+    if config.method == "frozen":
+        modalities = tuple(m for m in config.side.encoder_modalities if m in shapes)
+        return FrozenFeatureItemEncoder(modalities, shapes, dim)
+    return IISANItemEncoder(config.side, shapes, dim)
+
+
+class SequentialRecommender(nn.Module):
+    """``item`` maps features to embeddings ``[n, d]``; ``user`` maps a sequence of them to user states.
+
+    Parameter names start with ``item.`` or ``user.``, so filters stay one line.
+    """
+
+    def __init__(self, item: nn.Module, user: UserEncoder) -> None:
+        super().__init__()
+        self.item = item
+        self.user = user
+
+    @property
+    def layers(self) -> dict[str, tuple[int, ...]]:
+        """modality -> the encoder layers the item tower reads."""
+        return self.item.layers
+
+    def embed_items(self, features: ItemFeatures) -> torch.Tensor:
+        """Item embeddings ``[n, d]``; the padding id 0 maps to zeros."""
+        embeddings = self.item(features)
+        return embeddings * (features.ids != 0).unsqueeze(-1).to(embeddings.dtype)

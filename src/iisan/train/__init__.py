@@ -1,0 +1,1 @@
+"""Training: the in-batch loss, the loop, checkpoints."""

@@ -1,0 +1,200 @@
+"""``iisan train``: AdamW, gradient clipping, early stopping on validation NDCG@10,
+best checkpoint kept, resumable after a kill."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from iisan import __version__
+from iisan.config import TrainConfig
+from iisan.errors import ConfigError, MissingDependencyError
+from iisan.evaluate.runner import evaluate_split, item_embeddings
+from iisan.fileio import write_json_atomic
+from iisan.train.assemble import Assembled, assemble
+from iisan.train.checkpoint import (
+    CONFIG_FILE, RESUME_DIR, RUN_VERSION, WEIGHTS_FILE, append_metrics, load_optimizer, load_weights,
+    save_optimizer, save_weights,
+)
+from iisan.train.loss import in_batch_softmax_loss, log_popularity
+
+log = logging.getLogger(__name__)
+
+SELECT_METRIC = "ndcg@10"
+
+
+def train(
+    dataset_dir: str | Path,
+    run_dir: str | Path,
+    config: TrainConfig,
+    cache_dir: str | Path | None = None,
+    resume: bool = False,
+    force: bool = False,
+    tensorboard: bool = False,
+) -> dict[str, Any]:
+    """Train, keep the best epoch by validation NDCG@10, and evaluate it on test.
+
+    Returns:
+        A summary: epochs run, best epoch, valid and test metrics, seconds per epoch,
+        trainable and total parameter counts.
+    """
+    run_dir = Path(run_dir)
+    _prepare_run_dir(run_dir, resume, force)
+    parts = assemble(dataset_dir, cache_dir, config)
+    config = parts.config
+    model = parts.model
+    optimizer = build_optimizer(parts)
+    log_pop = log_popularity(torch.from_numpy(parts.splits.popularity))
+    state = {"epoch": 0, "best": -1.0, "best_epoch": 0, "bad_epochs": 0}
+    if resume and (run_dir / RESUME_DIR / "state.json").is_file():
+        load_weights(run_dir / RESUME_DIR / WEIGHTS_FILE, model)
+        load_optimizer(run_dir / RESUME_DIR, optimizer)
+        state = json.loads((run_dir / RESUME_DIR / "state.json").read_text())
+        log.info("resuming after epoch %d (best %s %.4f at epoch %d)", state["epoch"], SELECT_METRIC, state["best"], state["best_epoch"])
+    else:
+        _write_run_config(run_dir, parts, dataset_dir, cache_dir)
+    writer = _tensorboard(run_dir) if tensorboard else None
+
+    train_ids = parts.splits.train  # [U, L + 1]
+    epoch_seconds = []
+    while state["epoch"] < config.epochs and state["bad_epochs"] < config.patience:
+        epoch = state["epoch"] + 1
+        start = time.perf_counter()
+        loss = _train_epoch(parts, optimizer, train_ids, log_pop, epoch)
+        seconds = time.perf_counter() - start
+        epoch_seconds.append(seconds)
+        valid = evaluate_split(model, item_embeddings(model, parts.source, parts.dataset.num_items),
+                               parts.splits.valid, batch_size=config.eval_batch_size,
+                               include_history=config.include_history)
+        improved = valid[SELECT_METRIC] > state["best"]
+        if improved:
+            state.update(best=valid[SELECT_METRIC], best_epoch=epoch, bad_epochs=0)
+            save_weights(run_dir / WEIGHTS_FILE, model)
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch
+        record = {"epoch": epoch, "loss": loss, "seconds": round(seconds, 3), "valid": valid, "best": improved}
+        append_metrics(run_dir, record)
+        if writer is not None:
+            writer.add_scalar("train/loss", loss, epoch)
+            writer.add_scalar(f"valid/{SELECT_METRIC}", valid[SELECT_METRIC], epoch)
+        log.info("epoch %d  loss %.4f  valid %s %.4f  hr@10 %.4f  (%.1fs)%s", epoch, loss, SELECT_METRIC,
+                 valid[SELECT_METRIC], valid["hr@10"], seconds, "  *" if improved else "")
+        _save_resume_state(run_dir, model, optimizer, state)
+
+    load_weights(run_dir / WEIGHTS_FILE, model)
+    items = item_embeddings(model, parts.source, parts.dataset.num_items)
+    results = {
+        split: evaluate_split(model, items, getattr(parts.splits, split), batch_size=config.eval_batch_size,
+                              include_history=config.include_history)
+        for split in ("valid", "test")
+    }
+    write_json_atomic(run_dir / "metrics.json", results)
+    if writer is not None:
+        writer.close()
+    return {
+        "run": str(run_dir),
+        "method": config.method,
+        "mode": config.mode,
+        "epochs": state["epoch"],
+        "best_epoch": state["best_epoch"],
+        "seconds_per_epoch": round(float(np.mean(epoch_seconds)), 3) if epoch_seconds else None,
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "total_parameters": sum(p.numel() for p in model.parameters()),
+        **results,
+    }
+
+
+def _train_epoch(parts: Assembled, optimizer: torch.optim.Optimizer, train_ids: np.ndarray,
+                 log_pop: torch.Tensor, epoch: int) -> float:
+    config, model = parts.config, parts.model
+    model.train()
+    torch.manual_seed(config.seed * 1_000 + epoch)  # dropout: reproducible per epoch, so resume matches
+    order = np.random.default_rng(config.seed + epoch).permutation(len(train_ids))
+    total, steps = 0.0, 0
+    batches = range(0, len(order), config.batch_size)
+    for start in tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, mininterval=1):
+        loss = training_step(parts, optimizer, train_ids[order[start : start + config.batch_size]], log_pop)
+        total += loss
+        steps += 1
+    return total / max(steps, 1)
+
+
+def training_step(parts: Assembled, optimizer: torch.optim.Optimizer, batch_ids: np.ndarray,
+                  log_pop: torch.Tensor) -> float:
+    """One optimisation step on ``batch_ids [B, L + 1]``; returns the loss."""
+    model = parts.model
+    # Each distinct item goes through the item tower once, however often it occurs.
+    unique, inverse = np.unique(batch_ids, return_inverse=True)
+    embeddings = model.embed_items(parts.source.features(unique))[torch.from_numpy(inverse.reshape(batch_ids.shape))]
+    ids = torch.from_numpy(batch_ids)
+    input_mask = ids[:, :-1] != 0
+    user_states = model.user(embeddings[:, :-1], input_mask)  # [B, L, d]
+    loss = in_batch_softmax_loss(user_states, embeddings, ids, input_mask, log_pop)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), parts.config.grad_clip)
+    optimizer.step()
+    return float(loss.detach())
+
+
+def build_optimizer(parts: Assembled) -> torch.optim.AdamW:
+    config = parts.config
+    side = {id(p) for p in parts.model.item.side_parameters()}
+    side_params = [p for p in parts.model.parameters() if id(p) in side]
+    other = [p for p in parts.model.parameters() if id(p) not in side]
+    groups = [{"params": other, "lr": config.lr}]
+    if side_params:
+        groups.append({"params": side_params, "lr": config.side_lr})
+    return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
+    if resume:
+        if not (run_dir / CONFIG_FILE).is_file():
+            raise ConfigError(f"--resume: {run_dir} holds no run to continue")
+        return
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not force:
+            raise ConfigError(f"{run_dir} is not empty; pass --resume to continue that run or --force to replace it")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _write_run_config(run_dir: Path, parts: Assembled, dataset_dir, cache_dir) -> None:
+    write_json_atomic(run_dir / CONFIG_FILE, {
+        "version": RUN_VERSION,
+        "iisan_version": __version__,
+        "train": parts.config.to_json(),
+        "dataset": str(Path(dataset_dir).resolve()),
+        "dataset_fingerprint": parts.dataset.fingerprint,
+        "cache": str(Path(cache_dir).resolve()) if cache_dir is not None else None,
+        "encoders": {m: parts.cache.entry(m) for m in parts.model.layers} if parts.cache else {},
+        "layers": {m: list(v) for m, v in parts.model.layers.items()},
+        "num_items": parts.dataset.num_items,
+    })
+
+
+def _save_resume_state(run_dir: Path, model, optimizer, state: dict) -> None:
+    folder = run_dir / RESUME_DIR
+    folder.mkdir(exist_ok=True)
+    save_weights(folder / WEIGHTS_FILE, model)
+    save_optimizer(folder, optimizer)
+    write_json_atomic(folder / "state.json", state)  # last: it marks the epoch as complete
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as err:
+        raise MissingDependencyError("--tensorboard needs the tensorboard package: pip install tensorboard") from err
+    return SummaryWriter(str(run_dir / "tensorboard"))
+

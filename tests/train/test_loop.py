@@ -1,0 +1,92 @@
+"""Training end to end on a tiny multimodal set: files, learning, resume, baselines."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from iisan.config import SideNetworkConfig, TrainConfig, UserEncoderConfig
+from iisan.errors import ConfigError
+from iisan.train.assemble import assemble, assemble_run
+from iisan.train.loop import build_optimizer, train, training_step
+from iisan.train.loss import log_popularity
+
+FAST = TrainConfig(epochs=2, batch_size=32, patience=5, seed=1, eval_batch_size=64)
+
+
+def test_repeated_steps_reduce_the_loss(tiny_multimodal):
+    dataset, cache = tiny_multimodal
+    parts = assemble(dataset, cache, dataclasses.replace(FAST, lr=3e-3, side_lr=3e-3))
+    parts.model.train()
+    optimizer = build_optimizer(parts)
+    log_pop = log_popularity(torch.from_numpy(parts.splits.popularity))
+    batch = parts.splits.train[:32]
+    losses = [training_step(parts, optimizer, batch, log_pop) for _ in range(30)]
+    assert losses[-1] < losses[0] * 0.8
+
+
+def test_train_writes_a_complete_run(tiny_multimodal, tmp_path):
+    dataset, cache = tiny_multimodal
+    summary = train(dataset, tmp_path / "run", FAST, cache_dir=cache)
+    run = tmp_path / "run"
+    for name in ("config.json", "model.safetensors", "metrics.jsonl", "metrics.json", "resume/state.json",
+                 "resume/optimizer.safetensors"):
+        assert (run / name).is_file(), name
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2]
+    assert 0 <= summary["test"]["ndcg@10"] <= summary["test"]["hr@10"] <= 1
+    assert summary["trainable_parameters"] == summary["total_parameters"] > 0  # encoders are not in the model
+    saved = json.loads((run / "config.json").read_text())
+    assert TrainConfig.from_json(saved["train"]) == dataclasses.replace(
+        FAST, user=dataclasses.replace(FAST.user, max_seq_len=5))
+    assert saved["layers"] == {"text": [0, 2], "image": [0, 2]}
+    # The run reloads to the same weights.
+    reloaded = assemble_run(run)
+    weights = load_file(str(run / "model.safetensors"))
+    assert all(torch.equal(weights[k], v) for k, v in reloaded.model.state_dict().items())
+
+
+def test_resume_continues_to_the_same_result(tiny_multimodal, tmp_path):
+    dataset, cache = tiny_multimodal
+    train(dataset, tmp_path / "straight", FAST, cache_dir=cache)
+    train(dataset, tmp_path / "resumed", dataclasses.replace(FAST, epochs=1), cache_dir=cache)
+    train(dataset, tmp_path / "resumed", FAST, cache_dir=cache, resume=True)
+    a = load_file(str(tmp_path / "straight" / "resume" / "model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "resume" / "model.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert len((tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_refuses_to_overwrite_a_run(tiny_multimodal, tmp_path):
+    dataset, cache = tiny_multimodal
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "x").write_text("")
+    with pytest.raises(ConfigError, match="--resume.*--force"):
+        train(dataset, tmp_path / "run", FAST, cache_dir=cache)
+    with pytest.raises(ConfigError, match="no run to continue"):
+        train(dataset, tmp_path / "other", FAST, cache_dir=cache, resume=True)
+
+
+@pytest.mark.parametrize("method, modality", [("id", "intra_inter"), ("frozen", "intra"), ("iisan", "text"), ("iisan", "image")])
+def test_methods_and_modalities_train(tiny_multimodal, tmp_path, method, modality):
+    dataset, cache = tiny_multimodal
+    config = dataclasses.replace(FAST, epochs=1, method=method, side=SideNetworkConfig(modality=modality))
+    summary = train(dataset, tmp_path / "run", config, cache_dir=None if method == "id" else cache)
+    assert summary["epochs"] == 1 and np.isfinite(summary["test"]["mrr"])
+
+
+def test_content_method_needs_a_cache(tiny_multimodal, tmp_path):
+    dataset, _ = tiny_multimodal
+    with pytest.raises(ConfigError, match="--cache"):
+        train(dataset, tmp_path / "run", FAST)
+
+
+def test_config_round_trip():
+    config = TrainConfig(method="frozen", side=SideNetworkConfig(layers=(0, 3), modality="text"),
+                         user=UserEncoderConfig(dim=32, heads=4))
+    assert TrainConfig.from_json(json.loads(json.dumps(config.to_json()))) == config
