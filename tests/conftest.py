@@ -61,3 +61,15 @@ def tiny_multimodal(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pat
     from tests.conftest_multimodal import build_tiny_multimodal
 
     return build_tiny_multimodal(tmp_path_factory.mktemp("tiny-mm"))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_multimodal, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished two-epoch IISAN run on ``tiny_multimodal``."""
+    from iisan.config import TrainConfig
+    from iisan.train.loop import train
+
+    dataset, cache = tiny_multimodal
+    run = tmp_path_factory.mktemp("tiny-run") / "run"
+    train(dataset, run, TrainConfig(epochs=2, batch_size=32, seed=1, eval_batch_size=64), cache_dir=cache)
+    return run

@@ -30,3 +30,15 @@ class MissingDependencyError(IisanError, ImportError):
 
 class CacheMismatchError(IisanError):
     """A hidden-state cache was built for another dataset or another encoder setting."""
+
+
+class UnknownItemError(IisanError, KeyError):
+    """Item keys that the catalogue does not hold."""
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = keys
+        shown = ", ".join(repr(k) for k in keys[:10]) + (f" and {len(keys) - 10} more" if len(keys) > 10 else "")
+        super().__init__(f"unknown item key{'s' if len(keys) > 1 else ''}: {shown}")
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes
+        return str(self.args[0])

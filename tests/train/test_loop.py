@@ -90,3 +90,20 @@ def test_config_round_trip():
     config = TrainConfig(method="frozen", side=SideNetworkConfig(layers=(0, 3), modality="text"),
                          user=UserEncoderConfig(dim=32, heads=4))
     assert TrainConfig.from_json(json.loads(json.dumps(config.to_json()))) == config
+
+
+def test_resume_refuses_other_options_or_data(tiny_multimodal, tmp_path):
+    dataset, cache = tiny_multimodal
+    train(dataset, tmp_path / "run", dataclasses.replace(FAST, epochs=1), cache_dir=cache)
+    with pytest.raises(ConfigError, match=r"options differ.*\blr\b"):
+        train(dataset, tmp_path / "run", dataclasses.replace(FAST, lr=1e-2), cache_dir=cache, resume=True)
+
+
+def test_tensorboard_logs_every_epoch(tiny_multimodal, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    dataset, cache = tiny_multimodal
+    train(dataset, tmp_path / "run", FAST, cache_dir=cache, tensorboard=True)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("valid/ndcg@10")] == [1, 2]

@@ -22,7 +22,7 @@ from iisan.fileio import write_json_atomic
 from iisan.train.assemble import Assembled, assemble
 from iisan.train.checkpoint import (
     CONFIG_FILE, RESUME_DIR, RUN_VERSION, WEIGHTS_FILE, append_metrics, load_optimizer, load_weights,
-    save_optimizer, save_weights,
+    read_run_config, save_optimizer, save_weights,
 )
 from iisan.train.loss import in_batch_softmax_loss, log_popularity
 
@@ -54,6 +54,8 @@ def train(
     optimizer = build_optimizer(parts)
     log_pop = log_popularity(torch.from_numpy(parts.splits.popularity))
     state = {"epoch": 0, "best": -1.0, "best_epoch": 0, "bad_epochs": 0}
+    if resume:
+        _check_resumable(run_dir, parts)
     if resume and (run_dir / RESUME_DIR / "state.json").is_file():
         load_weights(run_dir / RESUME_DIR / WEIGHTS_FILE, model)
         load_optimizer(run_dir / RESUME_DIR, optimizer)
@@ -167,6 +169,19 @@ def _prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
             raise ConfigError(f"{run_dir} is not empty; pass --resume to continue that run or --force to replace it")
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _check_resumable(run_dir: Path, parts: Assembled) -> None:
+    """A resumed run must see the same data and options (only ``epochs`` may grow)."""
+    saved = read_run_config(run_dir)
+    if saved["dataset_fingerprint"] != parts.dataset.fingerprint:
+        raise ConfigError(f"--resume: {run_dir} was trained on another dataset ({saved['dataset']})")
+    before = {k: v for k, v in saved["train"].items() if k != "epochs"}
+    now = {k: v for k, v in json.loads(json.dumps(parts.config.to_json())).items() if k != "epochs"}
+    changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    if changed:
+        raise ConfigError(f"--resume: options differ from the run's own ({', '.join(changed)}); "
+                          "resume with the same options or start a new run")
 
 
 def _write_run_config(run_dir: Path, parts: Assembled, dataset_dir, cache_dir) -> None:

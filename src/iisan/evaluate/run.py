@@ -1,0 +1,58 @@
+"""``iisan evaluate``: score a trained run on one split and record it in ``metrics.json``."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from iisan.errors import ConfigError
+from iisan.evaluate.runner import DEFAULT_KS, evaluate_split, item_embeddings
+from iisan.fileio import write_json_atomic
+
+METRICS_FILE = "metrics.json"
+SPLITS = ("valid", "test")
+
+
+def metrics_key(split: str, include_history: bool) -> str:
+    """The key a result is stored under: ``test``, or ``test_with_history`` when history is ranked too."""
+    return f"{split}_with_history" if include_history else split
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    split: str = "test",
+    ks: tuple[int, ...] = DEFAULT_KS,
+    include_history: bool = False,
+    batch_size: int | None = None,
+) -> dict[str, Any]:
+    """Full-ranking metrics of a run's best weights on ``split``.
+
+    The result is merged into ``RUN_DIR/metrics.json`` under :func:`metrics_key`, so
+    evaluating another split or setting keeps the earlier entries.
+
+    Returns:
+        ``{"metrics": {...}, "users": U, "items": N, "seconds": t}``.
+    """
+    from iisan.train.assemble import assemble_run
+
+    if split not in SPLITS:
+        raise ConfigError(f"split must be valid or test, got {split!r}")
+    if not ks or min(ks) < 1:
+        raise ConfigError(f"k values must be positive integers, got {ks}")
+    run_dir = Path(run_dir)
+    parts = assemble_run(run_dir)
+    start = time.perf_counter()
+    items = item_embeddings(parts.model, parts.source, parts.dataset.num_items)
+    target = getattr(parts.splits, split)
+    metrics = evaluate_split(parts.model, items, target, ks=tuple(sorted(set(ks))),
+                             batch_size=batch_size or parts.config.eval_batch_size,
+                             include_history=include_history)
+    seconds = time.perf_counter() - start
+    path = run_dir / METRICS_FILE
+    recorded = json.loads(path.read_text()) if path.is_file() else {}
+    recorded[metrics_key(split, include_history)] = metrics
+    write_json_atomic(path, recorded)
+    return {"metrics": metrics, "users": len(target.targets), "items": parts.dataset.num_items,
+            "seconds": round(seconds, 3)}
