@@ -1,7 +1,10 @@
 """Mean and standard deviation of test metrics over seeds, one row per method.
 
 Run folders are named ``<label>-<seed>``; each holds the ``metrics.json`` that
-``iisan train`` wrote. Prints a Markdown table.
+``iisan train`` wrote (and ``iisan evaluate --include-history`` extended). Two protocols:
+history excluded from the ranking (the paper's, our default) and history ranked too
+(``test_with_history``: RecBole 1.2.1's full-sort protocol for sequential models).
+Prints a Markdown table.
 
     python bench/summarise_runs.py RUNS_DIR [--peer LABEL HR@10 NDCG@10]
 """
@@ -14,34 +17,41 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+COLUMNS = [("test", "hr@10"), ("test", "ndcg@10"), ("test_with_history", "hr@10"), ("test_with_history", "ndcg@10")]
+
+
+def cell(values: list[float], digits: int = 4) -> str:
+    if not values:
+        return "-"
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.{digits}f} ± {spread:.{digits}f}"
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", type=Path)
-    parser.add_argument("--peer", nargs=3, metavar=("LABEL", "HR10", "NDCG10"))
+    parser.add_argument("--peer", nargs=3, metavar=("LABEL", "HR10", "NDCG10"),
+                        help="a published figure measured with history ranked (RecBole's protocol)")
     args = parser.parse_args()
 
-    results: dict[str, list[dict]] = defaultdict(list)
+    runs: dict[str, list[tuple[str, dict, list[dict]]]] = defaultdict(list)
     for run in sorted(args.runs.iterdir()):
-        metrics = run / "metrics.json"
-        if metrics.is_file():
+        if (run / "metrics.json").is_file():
             label, _, seed = run.name.rpartition("-")
             epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-            results[label].append({"seed": seed, **json.loads(metrics.read_text())["test"],
-                                   "epochs": len(epochs), "s_per_epoch": statistics.fmean(e["seconds"] for e in epochs)})
+            runs[label].append((seed, json.loads((run / "metrics.json").read_text()), epochs))
 
-    print("| method | seeds | test HR@10 | test NDCG@10 | test MRR | epochs | s/epoch (train) |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for label, rows in results.items():
-        def cell(key: str, digits: int = 4) -> str:
-            values = [r[key] for r in rows]
-            spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            return f"{statistics.fmean(values):.{digits}f} ± {spread:.{digits}f}"
-        print(f"| {label} | {','.join(r['seed'] for r in rows)} | {cell('hr@10')} | {cell('ndcg@10')} | "
-              f"{cell('mrr')} | {cell('epochs', 1)} | {cell('s_per_epoch', 1)} |")
+    print("| method | seeds | HR@10 (history excluded) | NDCG@10 (history excluded) | HR@10 (history ranked) "
+          "| NDCG@10 (history ranked) | epochs | s/epoch |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for label, rows in runs.items():
+        cells = [cell([m[split][key] for _, m, _ in rows if split in m]) for split, key in COLUMNS]
+        epochs = cell([float(len(e)) for _, _, e in rows], 1)
+        seconds = cell([statistics.fmean(x["seconds"] for x in e) for _, _, e in rows], 1)
+        print(f"| {label} | {','.join(seed for seed, _, _ in rows)} | {' | '.join(cells)} | {epochs} | {seconds} |")
     if args.peer:
         label, hr, ndcg = args.peer
-        print(f"| {label} | - | {float(hr):.4f} | {float(ndcg):.4f} | - | - | - |")
+        print(f"| {label} | - | - | - | {float(hr):.4f} | {float(ndcg):.4f} | - | - |")
 
 
 if __name__ == "__main__":

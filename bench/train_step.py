@@ -6,9 +6,11 @@ On ../shared/datasets/amazon-scientific (text, minilm cache, modality text), bat
   - epoch: wall time of one full training epoch (every training user once);
   - evaluation: full ranking of the test split, 12,076 users x 20,314 items, including
     computing every item embedding once;
-  - peak RSS of this process (it holds the memory-mapped cache pages it touched).
+  - peak RSS of this process (it holds the memory-mapped cache pages it touched);
+  - side by side, the step time of the same model in uncached mode (minilm in the graph
+    under no_grad, same batches): what the cache saves per step.
 
-    python bench/train_step.py [--work bench/out/train] [--steps 100] [--batch-size 64]
+    python bench/train_step.py [--work bench/out/train] [--steps 100] [--uncached-steps 10] [--batch-size 64]
 
 The cache is built once in --work (about a minute) and reused by later runs.
 """
@@ -16,6 +18,7 @@ The cache is built once in --work (about a minute) and reused by later runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import statistics
@@ -48,6 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("bench/out/train"))
     parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--uncached-steps", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -86,6 +90,23 @@ def main() -> None:
         evaluate_split(parts.model, items, parts.splits.test, batch_size=config.eval_batch_size)
         evals.append(time.perf_counter() - start)
 
+    cached_peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # training + evaluation
+
+    # The same batches, cached and uncached, alternating so both see the same machine state.
+    uncached = assemble(dataset, cache, dataclasses.replace(config, mode="uncached"))
+    uncached_optimizer = build_optimizer(uncached)
+    uncached.model.train()
+    pairs = []
+    for _ in range(args.uncached_steps + 1):
+        batch = random_batch()
+        timed = []
+        for run, run_optimizer in ((parts, optimizer), (uncached, uncached_optimizer)):
+            start = time.perf_counter()
+            training_step(run, run_optimizer, batch, log_pop)
+            timed.append(time.perf_counter() - start)
+        pairs.append(timed)
+    pairs = pairs[1:]  # the first uncached step loads and warms the encoder
+
     report = {
         "torch_threads": torch.get_num_threads(),
         "batch_size": args.batch_size,
@@ -97,7 +118,12 @@ def main() -> None:
         "epoch_seconds": round(epoch_seconds, 2),
         "full_test_eval_seconds": [round(s, 2) for s in evals],
         "full_test_eval_seconds_best": round(min(evals), 2),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb_cached": round(cached_peak_rss_mb, 1),
+        "paired_step_ms_cached_median": round(1000 * statistics.median(p[0] for p in pairs), 2),
+        "paired_step_ms_uncached_median": round(1000 * statistics.median(p[1] for p in pairs), 2),
+        "uncached_over_cached_step_ratio": round(statistics.median(p[1] for p in pairs)
+                                                 / statistics.median(p[0] for p in pairs), 1),
+        "peak_rss_mb_after_uncached": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     print(json.dumps(report, indent=2))
 

@@ -363,12 +363,13 @@ def train(
     mode: Annotated[Mode, typer.Option(help="cached: read the cache; uncached: run the frozen encoders in the graph (same results, slower).")] = Mode.cached,
     epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 50,
     batch_size: Annotated[int, typer.Option(help="Users per batch (in-batch negatives come from them).")] = 64,
-    lr: Annotated[float, typer.Option(help="Learning rate of the user encoder, heads and fusion.")] = 2e-4,
-    side_lr: Annotated[float, typer.Option(help="Learning rate of the side network's blocks and gates.")] = 1e-4,
+    lr: Annotated[float, typer.Option(help="Learning rate of the user encoder, heads and fusion (the reference used 2e-4).")] = 1e-3,
+    side_lr: Annotated[float, typer.Option(help="Learning rate of the side network's blocks and gates (the reference used 1e-4).")] = 1e-3,
     patience: Annotated[int, typer.Option(help="Stop after this many epochs without a better validation NDCG@10.")] = 5,
     layers: Annotated[str | None, typer.Option(help="Encoder layers the side network reads, e.g. 0,2,4,6 (default: 0 and every other).", show_default=False)] = None,
     bottleneck: Annotated[int, typer.Option(help="Side-block bottleneck width.")] = 64,
     seed: Annotated[int, typer.Option(help="Random seed (initialisation, batch order, dropout).")] = 42,
+    include_history: Annotated[bool, typer.Option(help="Rank the user's own history too when validating and testing (RecBole's protocol); by default it is excluded, as in the paper.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out after its last finished epoch.")] = False,
     force: Annotated[bool, typer.Option(help="Replace a non-empty --out.")] = False,
     tensorboard: Annotated[bool, typer.Option(help="Also log to OUT/tensorboard (needs the tensorboard package).")] = False,
@@ -402,7 +403,7 @@ def train(
     else:
         config = TrainConfig(
             method=method.value, mode=mode.value, epochs=epochs, batch_size=batch_size, lr=lr,
-            side_lr=side_lr, patience=patience, seed=seed,
+            side_lr=side_lr, patience=patience, seed=seed, include_history=include_history,
             side=SideNetworkConfig(bottleneck=bottleneck, modality=modality.value,
                                    layers=_int_list(layers, "--layers") if layers else None),
         )

@@ -200,7 +200,10 @@ class TrainConfig:
         mode: ``cached`` reads the hidden-state cache (encoders never loaded);
             ``uncached`` runs the frozen encoders in the graph under ``no_grad``.
         lr: learning rate of the user encoder, heads and fusion; ``side_lr`` of the SANB
-            blocks and gates (the reference's two rates).
+            blocks and gates. The reference used 2e-4 and 1e-4 for 100 epochs on a GPU;
+            1e-3 (RecBole's SASRec default) reaches a better validation NDCG@10 within our
+            50-epoch, patience-5 budget, and on small catalogues (a few steps per epoch)
+            the reference rates stop early before learning anything.
         patience: stop after this many epochs without a better validation NDCG@10.
     """
 
@@ -208,8 +211,8 @@ class TrainConfig:
     mode: str = "cached"
     epochs: int = 50
     batch_size: int = 64
-    lr: float = 2e-4
-    side_lr: float = 1e-4
+    lr: float = 1e-3
+    side_lr: float = 1e-3
     weight_decay: float = 0.0
     grad_clip: float = 5.0
     patience: int = 5

@@ -11,6 +11,7 @@ from iisan.data.build import build_dataset
 from iisan.data.dataset import META_FILE
 from iisan.data.problems import Problems
 from iisan.data.sources import read_source
+from iisan.data.sources.movielens import BUILTIN
 from iisan.fileio import atomic_directory, check_replaceable
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ def prepare(
     log.info("reading %s (%s)", source, config.format)
     raw = read_source(source, config, problems)
     with atomic_directory(out_dir) as work:
-        meta = build_dataset(raw, config, problems, work, source=str(source.resolve()))
+        label = BUILTIN if str(source) == BUILTIN else str(source.resolve())  # not a path in the cwd
+        meta = build_dataset(raw, config, problems, work, source=label)
     return meta, problems
 
