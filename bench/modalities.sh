@@ -6,9 +6,8 @@
 #   bash bench/modalities.sh [WORK_DIR] [TEXT_ENCODER] [IMAGE_ENCODER] [MODALITIES]
 #
 # Defaults: bench/out/modalities, tiny-random-text + tiny-random-image (equal depth and
-# width, so the inter-modal tower applies; minutes on 2 cores). With minilm + dinov2-small
-# (6 vs 12 layers) the inter tower needs IISAN-Versa's group layer-dropping; until then
-# pass MODALITIES="text image intra".
+# width; minutes on 2 cores). Real encoders work too, e.g. minilm dinov2-small (6 vs 12
+# layers: the inter tower uses IISAN-Versa's group layer-dropping; see bench/versa.sh).
 set -euo pipefail
 
 WORK=${1:-bench/out/modalities}

@@ -73,3 +73,12 @@ def tiny_run(tiny_multimodal, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("tiny-run") / "run"
     train(dataset, run, TrainConfig(epochs=2, batch_size=32, seed=1, eval_batch_size=64), cache_dir=cache)
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_asymmetric(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(dataset dir, cache dir) like ``tiny_multimodal`` but with encoders of different shape:
+    text 2 layers x 32, image 4 layers x 48 (selected layers: 2 vs 3)."""
+    from tests.conftest_multimodal import build_tiny_multimodal
+
+    return build_tiny_multimodal(tmp_path_factory.mktemp("tiny-asym"), image_layers=4, image_hidden=48)

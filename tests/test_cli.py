@@ -93,7 +93,8 @@ def test_train_evaluate_and_resume_from_the_cli(tiny_multimodal, tmp_path):
     summary = json.loads(result.stdout)
     assert summary["epochs"] == 1 and set(summary["test"]) >= {"hr@10", "ndcg@10", "mrr"}
     saved = json.loads((run / "config.json").read_text())
-    assert saved["train"]["side"] == {"bottleneck": 8, "layers": [0, 1], "modality": "intra", "gate_temperature": 0.1}
+    assert saved["train"]["side"] == {"bottleneck": 8, "layers": [0, 1], "modality": "intra", "gate_temperature": 0.1,
+                                      "inter_layers": "last", "dtl_to": "smaller"}
 
     again = runner.invoke(app, args)
     assert again.exit_code == 2 and "--resume" in again.output
@@ -107,6 +108,19 @@ def test_train_evaluate_and_resume_from_the_cli(tiny_multimodal, tmp_path):
     as_json = json.loads(runner.invoke(app, ["evaluate", str(run), "--include-history", "--json"]).stdout)
     assert set(as_json["metrics"]) == {"hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr"}
     assert set(json.loads((run / "metrics.json").read_text())) == {"valid", "test", "test_with_history"}
+
+
+def test_train_asymmetric_encoders_from_the_cli(tiny_asymmetric, tmp_path):
+    dataset, cache = tiny_asymmetric
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", str(dataset), "--cache", str(cache), "--out", str(run), "--epochs", "1",
+                                 "--batch-size", "32", "--inter-layers", "truncate", "--dtl-to", "larger", "--json"])
+    assert result.exit_code == 0, result.output
+    side = json.loads((run / "config.json").read_text())["train"]["side"]
+    assert (side["modality"], side["inter_layers"], side["dtl_to"]) == ("intra_inter", "truncate", "larger")
+    bad = runner.invoke(app, ["train", str(dataset), "--cache", str(cache), "--out", str(tmp_path / "b"),
+                              "--inter-layers", "first"])
+    assert bad.exit_code == 2 and "Traceback" not in bad.output
 
 
 @pytest.mark.parametrize("args, message", [

@@ -66,6 +66,17 @@ class Mode(str, Enum):
     uncached = "uncached"
 
 
+class InterLayers(str, Enum):
+    last = "last"
+    mean = "mean"
+    truncate = "truncate"
+
+
+class DtlTo(str, Enum):
+    smaller = "smaller"
+    larger = "larger"
+
+
 class Split(str, Enum):
     valid = "valid"
     test = "test"
@@ -368,6 +379,8 @@ def train(
     patience: Annotated[int, typer.Option(help="Stop after this many epochs without a better validation NDCG@10.")] = 5,
     layers: Annotated[str | None, typer.Option(help="Encoder layers the side network reads, e.g. 0,2,4,6 (default: 0 and every other).", show_default=False)] = None,
     bottleneck: Annotated[int, typer.Option(help="Side-block bottleneck width.")] = 64,
+    inter_layers: Annotated[InterLayers, typer.Option(help="Encoders of different depth (IISAN-Versa): the inter-modal tower reads the deeper encoder's layers in contiguous groups, one per layer of the shallower: the group's last layer, or its mean; truncate drops the extra layers instead (a naive control).")] = InterLayers.last,
+    dtl_to: Annotated[DtlTo, typer.Option(help="Encoders of different width (IISAN-Versa): a linear layer maps the wider encoder's states to the smaller width, or the narrower one's to the larger, before inter-modal fusion.")] = DtlTo.smaller,
     seed: Annotated[int, typer.Option(help="Random seed (initialisation, batch order, dropout).")] = 42,
     include_history: Annotated[bool, typer.Option(help="Rank the user's own history too when validating and testing (RecBole's protocol); by default it is excluded, as in the paper.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out after its last finished epoch.")] = False,
@@ -388,6 +401,10 @@ def train(
       iisan train data/scientific --method id --out runs/sci-id
 
       iisan train data/synth --cache cache/synth --out runs/synth --epochs 20 --tensorboard
+
+    Encoders of different depth or width (e.g. a cache built with --text-encoder minilm,
+    6 layers, and --image-encoder dinov2-small, 12) need nothing more: IISAN-Versa's
+    group layer-dropping and dimension transformation are applied automatically.
     """
     import dataclasses
 
@@ -405,7 +422,8 @@ def train(
             method=method.value, mode=mode.value, epochs=epochs, batch_size=batch_size, lr=lr,
             side_lr=side_lr, patience=patience, seed=seed, include_history=include_history,
             side=SideNetworkConfig(bottleneck=bottleneck, modality=modality.value,
-                                   layers=_int_list(layers, "--layers") if layers else None),
+                                   layers=_int_list(layers, "--layers") if layers else None,
+                                   inter_layers=inter_layers.value, dtl_to=dtl_to.value),
         )
     summary = run_train(dataset, out, config, cache_dir=cache, resume=resume, force=force, tensorboard=tensorboard)
     if as_json:

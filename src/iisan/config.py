@@ -129,6 +129,8 @@ class EncodeConfig:
 
 
 MODALITIES = ("text", "image", "intra", "inter", "intra_inter")
+INTER_LAYERS = ("last", "mean", "truncate")
+DTL_TARGETS = ("smaller", "larger")
 METHODS = ("iisan", "frozen", "id")
 
 
@@ -143,12 +145,24 @@ class SideNetworkConfig:
         modality: which towers feed the item embedding: ``text``, ``image``, ``intra``
             (text + image), ``inter`` (the fused tower only) or ``intra_inter`` (all three).
         gate_temperature: gates are ``sigmoid(w / temperature)``.
+        inter_layers: IISAN-Versa, for encoders of different depth: the inter-modal tower
+            takes as many steps as the shallower encoder has selected layers, and reads the
+            deeper one's selected layers split into that many contiguous groups, one
+            representative each: the group's ``last`` layer (default) or its ``mean``;
+            ``truncate`` instead drops the deeper encoder's extra layers (a naive control).
+            No effect when the depths match.
+        dtl_to: IISAN-Versa, for encoders of different width: the dimension
+            transformation layer maps the wider encoder's states to the ``smaller`` width
+            (default) or the narrower one's to the ``larger`` width before inter-modal
+            fusion. No effect (and no parameters) when the widths match.
     """
 
     bottleneck: int = 64
     layers: tuple[int, ...] | None = None
     modality: str = "intra_inter"
     gate_temperature: float = 0.1
+    inter_layers: str = "last"
+    dtl_to: str = "smaller"
 
     def __post_init__(self) -> None:
         if self.bottleneck <= 0:
@@ -159,6 +173,10 @@ class SideNetworkConfig:
             raise ConfigError(f"layers must be non-negative indices, got {self.layers}")
         if self.gate_temperature <= 0:
             raise ConfigError("gate_temperature must be positive")
+        if self.inter_layers not in INTER_LAYERS:
+            raise ConfigError(f"inter_layers must be one of {', '.join(INTER_LAYERS)}, got {self.inter_layers!r}")
+        if self.dtl_to not in DTL_TARGETS:
+            raise ConfigError(f"dtl_to must be one of {', '.join(DTL_TARGETS)}, got {self.dtl_to!r}")
 
     @property
     def encoder_modalities(self) -> tuple[str, ...]:

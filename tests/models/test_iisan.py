@@ -64,9 +64,7 @@ def test_every_modality_is_the_same_code_path(modality, towers):
     assert encoder(features).shape == (3, 8)
 
 
-def test_inter_needs_matching_encoders():
-    with pytest.raises(ConfigError, match="equal width"):
-        IISANItemEncoder(SideNetworkConfig(), {"text": (7, 16), "image": (7, 32)}, dim=8)
+def test_missing_modality_is_a_clear_error():
     with pytest.raises(ConfigError, match="needs image"):
         IISANItemEncoder(SideNetworkConfig(modality="intra"), {"text": (7, 16)}, dim=8)
 

@@ -12,6 +12,10 @@ with ``H_text[i]``, ``H_img[i]`` the encoders' pooled states and gates
 ``Linear(D, d)``, and the item embedding is ``Linear(k * d, d)`` over the concatenation of
 the active towers (image, text, inter; ``k`` of them). Nothing here touches the encoders:
 gradients stop at the cached states.
+
+Encoders of different depth or width (IISAN-Versa) change only what the inter tower reads:
+see :mod:`iisan.models.versa`. The intra towers always read every selected layer of their
+own encoder at its own width.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from iisan.config import SideNetworkConfig
 from iisan.errors import ConfigError
 from iisan.models.features import ItemFeatures
 from iisan.models.sanb import SANB
+from iisan.models.versa import InterModalInputs
 
 
 class GatedTower(nn.Module):
@@ -83,13 +88,6 @@ class IISANItemEncoder(nn.Module):
                               f"but the cache has only {', '.join(shapes) or 'none'}")
         self.layers = {m: config.selected_layers(shapes[m][0]) for m in config.encoder_modalities}
         uses_inter = config.modality in ("inter", "intra_inter")
-        if uses_inter:
-            (text_layers, text_width), (image_layers, image_width) = shapes["text"], shapes["image"]
-            if text_width != image_width or len(self.layers["text"]) != len(self.layers["image"]):
-                raise ConfigError(
-                    f"the inter-modal tower needs encoders of equal width and depth (text {text_layers}x{text_width}, "
-                    f"image {image_layers}x{image_width}); pick matching encoders or --modality intra"
-                )
         self.towers = nn.ModuleDict()
         self.heads = nn.ModuleDict()
         if config.modality in ("image", "intra", "intra_inter"):
@@ -98,20 +96,27 @@ class IISANItemEncoder(nn.Module):
         if config.modality in ("text", "intra", "intra_inter"):
             self.towers["text"] = GatedTower(shapes["text"][1], len(self.layers["text"]), config)
             self.heads["text"] = _head(shapes["text"][1], dim)
+        self.inter_inputs = None
         if uses_inter:
-            self.towers["inter"] = InterTower(shapes["text"][1], len(self.layers["text"]), config)
-            self.heads["inter"] = _head(shapes["text"][1], dim)
+            self.inter_inputs = InterModalInputs(
+                {m: (len(self.layers[m]), shapes[m][1]) for m in ("text", "image")},
+                inter_layers=config.inter_layers, dtl_to=config.dtl_to,
+            )
+            self.towers["inter"] = InterTower(self.inter_inputs.width, self.inter_inputs.steps, config)
+            self.heads["inter"] = _head(self.inter_inputs.width, dim)
         self.fusion = nn.Linear(len(self.towers) * dim, dim)
 
     def side_parameters(self) -> list[nn.Parameter]:
-        """The SANB blocks and gates (trained at ``side_lr``)."""
-        return list(self.towers.parameters())
+        """The SANB blocks, gates and Versa's dimension transformation (trained at ``side_lr``)."""
+        extra = list(self.inter_inputs.parameters()) if self.inter_inputs is not None else []
+        return list(self.towers.parameters()) + extra
 
     def forward(self, features: ItemFeatures) -> torch.Tensor:
         outputs = []
         for name, tower in self.towers.items():
             if name == "inter":
-                state = tower(features.states["text"], features.states["image"])
+                state = tower(self.inter_inputs(features.states["text"], "text"),
+                              self.inter_inputs(features.states["image"], "image"))
             else:
                 state = tower(features.states[name])
             embedding = self.heads[name](state)  # [n, d]
