@@ -13,7 +13,8 @@ runner = CliRunner()
 
 
 @pytest.mark.parametrize("command", [["prepare"], ["data", "synth"], ["data", "stats"], ["encode"], ["encoders", "list"],
-                                     ["train"], ["evaluate"], ["quickstart"]])
+                                     ["train"], ["evaluate"], ["quickstart"], ["recommend"], ["index", "build"],
+                                     ["index", "check"], ["items", "add"], ["serve"]])
 def test_every_command_has_help_with_an_example(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0
@@ -164,3 +165,62 @@ def test_quickstart_with_minilm_learns(tmp_path):
     summary = json.loads(result.stdout)
     # Popularity alone gives about 0.05 HR@10 here; a trained model must clear it.
     assert summary["test"]["hr@10"] > 0.05
+
+
+def test_recommend_index_and_items_from_the_cli(tiny_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    from iisan.data.dataset import PreparedDataset
+
+    items = PreparedDataset.load(json.loads((run / "config.json").read_text())["dataset"]).items
+    history = ",".join(items["key"][:3].to_list())
+    answer = runner.invoke(app, ["recommend", str(run), "--history", history, "-k", "4", "--json"])
+    assert answer.exit_code == 0, answer.output
+    rows = json.loads(answer.stdout)
+    assert len(rows) == 4 and set(rows[0]) == {"key", "title", "score"}
+    assert not {r["key"] for r in rows} & set(history.split(","))
+    table = runner.invoke(app, ["recommend", str(run), "--history", history])
+    assert table.exit_code == 0 and "Top 10" in table.stdout
+    unknown = runner.invoke(app, ["recommend", str(run), "--history", f"{history},zzz"])
+    assert unknown.exit_code == 2 and "unknown item key: 'zzz'" in unknown.output
+    assert runner.invoke(app, ["recommend", str(run), "--history", f"{history},zzz", "--skip-unknown"]).exit_code == 0
+
+    built = runner.invoke(app, ["index", "build", str(run), "--index", "hnsw", "--json"])
+    assert built.exit_code == 0, built.output
+    assert json.loads(built.stdout)["index"] == "hnsw"
+    check = json.loads(runner.invoke(app, ["index", "check", str(run), "--queries", "50", "--json"]).stdout)
+    assert check["index"] == "hnsw" and 0.9 <= check["recall@10"] <= 1.0
+
+    new = tmp_path / "new.jsonl"
+    new.write_text(json.dumps({"key": "brand-new", "text": items["text"][0]}) + "\n")
+    added = runner.invoke(app, ["items", "add", str(run), str(new), "--json"])
+    assert added.exit_code == 0, added.output
+    assert json.loads(added.stdout)["keys"] == ["brand-new"]
+    again = runner.invoke(app, ["items", "add", str(run), str(new)])
+    assert again.exit_code == 2 and "already in the catalogue" in again.output
+    with_new = runner.invoke(app, ["recommend", str(run), "--history", "brand-new", "--json"])
+    assert with_new.exit_code == 0 and len(json.loads(with_new.stdout)) == 10
+
+
+def test_serve_starts_uvicorn_and_warns_when_exposed(tiny_run, tmp_path, monkeypatch):
+    import shutil
+
+    import uvicorn
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append((app, kwargs)))
+    exposed = runner.invoke(app, ["serve", str(run), "--host", "0.0.0.0", "--port", "8123"])
+    assert exposed.exit_code == 0, exposed.output
+    assert "warning" in exposed.output and "without --token-file" in exposed.output
+    assert calls[0][1]["host"] == "0.0.0.0" and calls[0][1]["port"] == 8123
+    (tmp_path / "token").write_text("abc\n")
+    local = runner.invoke(app, ["serve", str(run), "--token-file", str(tmp_path / "token")])
+    assert local.exit_code == 0 and "warning" not in local.output
+    (tmp_path / "empty").write_text("")
+    empty = runner.invoke(app, ["serve", str(run), "--token-file", str(tmp_path / "empty")])
+    assert empty.exit_code == 2 and "is empty" in empty.output
+    assert runner.invoke(app, ["serve", str(run), "--port", "0"]).exit_code == 2

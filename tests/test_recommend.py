@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import io
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
+from PIL import Image
 
-from iisan.errors import ConfigError, UnknownItemError
+from iisan.errors import ConfigError, InputError, UnknownItemError
 from iisan.evaluate.runner import user_vectors
-from iisan.recommend import Recommender
+from iisan.recommend import Recommender, read_new_items
+from tests.conftest import png_bytes
 
 
 @pytest.fixture(scope="module")
@@ -56,3 +62,81 @@ def test_titles_follow_keys(recommender):
     key = items["key"][7]
     assert recommender.title(key) == items["text"][7]
     assert not recommender.embeddings[0].any()  # padding row
+
+
+@pytest.fixture
+def run_copy(tiny_run, tmp_path) -> Path:
+    """A private copy of the tiny run: adding items writes to its index."""
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy)
+    return copy
+
+
+def test_index_is_built_once_and_stored(run_copy):
+    first = Recommender.load(run_copy)
+    assert (run_copy / "index" / "index.json").is_file() and first.index.kind == "flat"
+    again = Recommender.load(run_copy)  # read back, not recomputed: same rows bit for bit
+    assert torch.equal(first.embeddings, again.embeddings)
+    assert first.index_recall(queries=50)["recall@10"] == 1.0
+
+
+def test_a_new_item_with_known_content_ranks_next_to_its_twin(run_copy):
+    recommender = Recommender.load(run_copy)
+    items = recommender.parts.dataset.items
+    history = [recommender.keys[i] for i in recommender.parts.splits.test.inputs[0] if i]
+    best_key = recommender.recommend(history, k=1)[0][0]
+    row = items.filter(items["key"] == best_key).row(0, named=True)
+    image = (recommender.parts.dataset.root / row["image"]).read_bytes() if row["image"] else None
+    assert recommender.add_items([{"key": "new-twin", "text": row["text"], "image": image}]) == ["new-twin"]
+
+    top = [key for key, _ in recommender.recommend(history, k=3)]
+    assert "new-twin" in top[:2] and best_key in top[:2]  # the content tower places it at once
+    assert recommender.title("new-twin") == row["text"]
+    # Persisted: a fresh load knows the item and can use it in a history.
+    reloaded = Recommender.load(run_copy)
+    assert reloaded.num_items == recommender.num_items
+    assert torch.allclose(reloaded.embeddings[-1], recommender.embeddings[-1])
+    assert reloaded.recommend([*history, "new-twin"], k=2)
+
+
+@pytest.mark.parametrize("items, message", [
+    ([], "no items"),
+    (["not a dict"], "expected an object"),
+    ([{"text": "x"}], "key must be a non-empty string"),
+    ([{"key": "a", "text": 5}], "text must be a string"),
+    ([{"key": "a", "text": "x", "colour": "red"}], "unknown field colour"),
+    ([{"key": "a"}], "neither text nor an image"),
+    ([{"key": "a", "text": "x"}, {"key": "a", "text": "y"}], "keys given twice"),
+    ([{"key": "a", "text": "x", "image": b"not an image"}], "not a readable image"),
+    ([{"key": "a", "text": "x", "image": 3}], "bytes or a file path"),
+    ([{"key": "a", "text": "x", "image": "/no/such/file.png"}], "cannot read image"),
+])
+def test_bad_new_items_add_nothing(run_copy, items, message):
+    recommender = Recommender.load(run_copy)
+    before = recommender.num_items
+    with pytest.raises(InputError, match=message):
+        recommender.add_items(items)
+    assert recommender.num_items == before and Recommender.load(run_copy).num_items == before
+
+
+def test_existing_keys_and_decompression_bombs_are_refused(run_copy):
+    recommender = Recommender.load(run_copy)
+    with pytest.raises(InputError, match="already in the catalogue"):
+        recommender.add_items([{"key": recommender.keys[1], "text": "x"}])
+    bomb = io.BytesIO()
+    Image.new("1", (10_000, 10_000)).save(bomb, format="PNG")  # ~12 KB on disk, 100 Mpx decoded
+    assert len(bomb.getvalue()) < 100_000
+    with pytest.raises(InputError, match="pixel limit"):
+        recommender.add_items([{"key": "bomb", "text": "x", "image": bomb.getvalue()}])
+
+
+def test_new_items_file_is_read_with_line_numbers(tmp_path):
+    (tmp_path / "a.png").write_bytes(png_bytes())
+    good = tmp_path / "new.jsonl"
+    good.write_text('{"key": "n1", "text": "red lamp", "image": "a.png"}\n\n{"key": "n2", "text": "mug"}\n')
+    items = read_new_items(good)
+    assert [i["key"] for i in items] == ["n1", "n2"] and items[0]["image"] == tmp_path / "a.png"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"key": "n1"}\n{broken\n')
+    with pytest.raises(InputError, match="bad.jsonl:2: not valid JSON"):
+        read_new_items(bad)

@@ -522,5 +522,190 @@ def quickstart(
     stdout.print(f"Everything is in {out}; seconds per step: {result['seconds']}")
 
 
+class IndexKind(str, Enum):
+    flat = "flat"
+    hnsw = "hnsw"
+
+
+index_app = typer.Typer(help="The item-embedding index of a trained run.", no_args_is_help=True,
+                        rich_markup_mode="rich")
+app.add_typer(index_app, name="index")
+items_app = typer.Typer(help="Add items to a trained run's catalogue without retraining.", no_args_is_help=True,
+                        rich_markup_mode="rich")
+app.add_typer(items_app, name="items")
+
+
+@app.command()
+@handles_errors
+def recommend(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `iisan train`.", show_default=False)],
+    history: Annotated[str, typer.Option(help="The user's item keys, oldest first, comma-separated.", show_default=False)],
+    k: Annotated[int, typer.Option("-k", "--k", help="How many items to recommend.")] = 10,
+    include_seen: Annotated[bool, typer.Option(help="Allow items of the history in the answer.")] = False,
+    skip_unknown: Annotated[bool, typer.Option(help="Ignore keys the catalogue does not hold instead of failing.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")] = False,
+) -> None:
+    """Top-k next items for a history of item keys, with titles and scores.
+
+    The first call builds the run's exact item index (RUN/index) and stores it.
+
+    [bold]Examples[/]
+
+      iisan recommend runs/sci-iisan --history B0098MLBAO,B00E8JOCOE -k 5
+
+      iisan recommend iisan-quickstart/run --history 50,172,181 --json
+    """
+    from iisan.recommend import Recommender
+
+    keys = [key.strip() for key in history.split(",") if key.strip()]
+    if not keys:
+        raise ConfigError("--history needs at least one item key")
+    recommender = Recommender.load(run)
+    answer = recommender.recommend(keys, k=k, exclude_seen=not include_seen,
+                                   on_unknown="skip" if skip_unknown else "raise")
+    rows = [{"key": key, "title": recommender.title(key), "score": round(score, 4)} for key, score in answer]
+    if as_json:
+        _print_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"Top {len(rows)} after {len(keys)} item{'s' if len(keys) > 1 else ''}", title_justify="left")
+    for column, justify in (("#", "right"), ("key", "left"), ("title", "left"), ("score", "right")):
+        table.add_column(column, justify=justify)
+    for rank, row in enumerate(rows, start=1):
+        table.add_row(str(rank), row["key"], row["title"] or "", f"{row['score']:.3f}")
+    stdout.print(table)
+
+
+@index_app.command("build")
+@handles_errors
+def index_build(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `iisan train`.", show_default=False)],
+    index: Annotated[IndexKind, typer.Option(help="flat: exact inner-product search; hnsw: approximate, for catalogues past a million items.")] = IndexKind.flat,
+    hnsw_m: Annotated[int, typer.Option(help="HNSW links per node.")] = 32,
+    ef_search: Annotated[int, typer.Option(help="HNSW candidate list size at query time (higher: better recall, slower).")] = 128,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """(Re)build the run's item index from the trained model.
+
+    Items added with `iisan items add` are dropped from the rebuilt index; add them again.
+
+    [bold]Examples[/]
+
+      iisan index build runs/big --index hnsw && iisan index check runs/big
+    """
+    import time
+
+    from iisan.index import HnswSettings
+    from iisan.recommend import Recommender
+
+    recommender = Recommender.load(run)
+    start = time.perf_counter()
+    recommender.rebuild_index(index.value, HnswSettings(m=hnsw_m, ef_search=ef_search))
+    result = {"index": index.value, "items": recommender.num_items, "seconds": round(time.perf_counter() - start, 2),
+              "folder": str(recommender.index_dir)}
+    if as_json:
+        _print_json(result)
+        return
+    stdout.print(f"{result['index']} index over {result['items']:,} items in {result['seconds']} s: {result['folder']}")
+
+
+@index_app.command("check")
+@handles_errors
+def index_check(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `iisan train`.", show_default=False)],
+    queries: Annotated[int, typer.Option(help="Test users whose histories serve as queries.")] = 1000,
+    k: Annotated[int, typer.Option("-k", "--k", help="Cut-off for recall@k.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Recall@k of the run's index against exact search (1.0 for a flat index), over test
+    users' histories.
+
+    [bold]Example[/]
+
+      iisan index check runs/big --queries 2000 --json
+    """
+    from iisan.recommend import Recommender
+
+    if queries < 1 or k < 1:
+        raise ConfigError("--queries and -k must be positive")
+    result = Recommender.load(run).index_recall(queries=queries, k=k)
+    if as_json:
+        _print_json(result)
+        return
+    stdout.print(f"{result['index']} index, {result['items']:,} items: recall@{k} = {result[f'recall@{k}']:.4f} "
+                 f"over {result['queries']:,} queries")
+
+
+@items_app.command("add")
+@handles_errors
+def items_add(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `iisan train`.", show_default=False)],
+    file: Annotated[Path, typer.Argument(help='JSON Lines, one item per line: {"key": ..., "text": ..., "image": "path/relative/to/FILE"}.', show_default=False)],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Embed new items with the frozen encoders and the trained side network, and add them
+    to the run's index: they can be recommended at once, no retraining.
+
+    All or nothing: a malformed line, a key already in the catalogue or an unreadable
+    image stops the command before anything is added.
+
+    [bold]Example[/]
+
+      echo '{"key": "N1", "text": "Digital caliper, 150 mm", "image": "n1.jpg"}' > new.jsonl
+
+      iisan items add runs/sci-iisan new.jsonl
+    """
+    from iisan.recommend import Recommender, read_new_items
+
+    items = read_new_items(file)
+    recommender = Recommender.load(run)
+    keys = recommender.add_items(items)
+    result = {"added": len(keys), "items": recommender.num_items, "keys": keys}
+    if as_json:
+        _print_json(result)
+        return
+    stdout.print(f"added {len(keys):,} item{'s' if len(keys) != 1 else ''}; the catalogue now holds "
+                 f"{recommender.num_items:,}")
+
+
+@app.command()
+@handles_errors
+def serve(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `iisan train`.", show_default=False)],
+    host: Annotated[str, typer.Option(help="Address to bind; anything but loopback exposes the service.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    token_file: Annotated[Path | None, typer.Option(help="File holding the bearer token that POST /items requires.", show_default=False)] = None,
+) -> None:
+    """Serve recommendations over HTTP (FastAPI + uvicorn); OpenAPI docs at /docs.
+
+    POST /recommend {"history": [...], "k": 10, "exclude_seen": true}; POST /items (new items,
+    token required when --token-file is given); GET /items/{key}; GET /health; GET /metrics.
+
+    [bold]Examples[/]
+
+      iisan serve iisan-quickstart/run
+
+      curl -s localhost:8000/recommend -H 'content-type: application/json' -d '{"history": ["50", "172"], "k": 5}'
+
+      iisan serve runs/sci-iisan --host 0.0.0.0 --token-file secrets/iisan-token
+    """
+    import uvicorn
+
+    from iisan.recommend import Recommender
+    from iisan.service import create_app, is_loopback, read_token
+
+    if not 0 < port < 65536:
+        raise ConfigError(f"--port must be 1..65535, got {port}")
+    token = read_token(token_file) if token_file is not None else None
+    if token is None and not is_loopback(host):
+        stderr.print(f"[bold yellow]warning:[/] binding {host} without --token-file: anyone who can reach it "
+                     "can add items", highlight=False)
+    recommender = Recommender.load(run)
+    stderr.print(f"serving {recommender.num_items:,} items ({recommender.index.kind} index) on http://{host}:{port} "
+                 f"(docs: /docs)", highlight=False)
+    uvicorn.run(create_app(recommender, token), host=host, port=port, log_level="warning", access_log=False)
+
+
 def main() -> None:
     app()

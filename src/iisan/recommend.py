@@ -1,42 +1,131 @@
 """Recommendations from a trained run: history of item keys in, top-k item keys out.
 
-Item embeddings are computed once at load; a query is one user-encoder pass and one
-``[N]`` inner product, so it costs the same for any history length up to ``max_seq_len``.
+At load, the item embeddings come from the run's stored index (``RUN/index``), built once
+from the trained model and saved on first use. A query is one user-encoder pass over the
+history's embeddings and one index search, whatever the catalogue size.
+
+New items need no retraining: :meth:`Recommender.add_items` runs the frozen encoders and the
+trained item tower on their content, appends the embeddings to the index and persists them,
+so they can be recommended (and used in histories) at once.
 """
 
 from __future__ import annotations
 
+import io
+import threading
+import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import polars as pl
 import torch
+from PIL import Image
 
-from iisan.errors import ConfigError, UnknownItemError
+from iisan.data.text import clean_text
+from iisan.errors import ConfigError, InputError, UnknownItemError
 from iisan.evaluate.runner import item_embeddings, user_vectors
+from iisan.index import INDEX_DIR, HnswSettings, ItemIndex, load_index, save_added, save_index
 from iisan.train.assemble import Assembled, assemble_run
+from iisan.train.checkpoint import WEIGHTS_FILE
+
+MAX_IMAGE_BYTES = 20 * 1024 * 1024
+MAX_IMAGE_PIXELS = 40_000_000
 
 
 class Recommender:
-    """A trained run, ready to answer queries."""
+    """A trained run, ready to answer queries.
 
-    def __init__(self, parts: Assembled) -> None:
+    Thread-safe: queries and additions are serialised by one lock (a query takes about a
+    millisecond; faiss does not allow searching while adding).
+    """
+
+    def __init__(self, parts: Assembled, run_dir: Path) -> None:
         self.parts = parts
+        self.run_dir = run_dir
         items = parts.dataset.items
+        if items["item_id"].to_list() != list(range(1, len(items) + 1)):
+            raise ConfigError(f"{parts.dataset.root}: item ids are not 1..N; rerun `iisan prepare`")
         # Indexed by item id; id 0 is padding.
         self.keys: list[str] = ["", *items["key"].to_list()]
         self.titles: list[str | None] = [None, *items["text"].to_list()]
-        if items["item_id"].to_list() != list(range(1, len(self.keys))):
-            raise ConfigError(f"{parts.dataset.root}: item ids are not 1..N; rerun `iisan prepare`")
-        self.ids = {key: item_id for item_id, key in enumerate(self.keys) if item_id}
         self.max_seq_len = parts.config.user.max_seq_len
-        self.embeddings = item_embeddings(parts.model, parts.source, parts.dataset.num_items)
+        self._lock = threading.Lock()
+        self._live = None  # the frozen encoders, loaded on the first add_items
+        stored = load_index(self.index_dir, self.weights_file)
+        if stored is None:
+            base = item_embeddings(parts.model, parts.source, parts.dataset.num_items).numpy()
+            self.index = ItemIndex(base, "flat")
+            save_index(self.index_dir, self.index, base, self.weights_file)
+            self._embeddings = base
+            self.added = pl.DataFrame(schema={"item_id": pl.Int64, "key": pl.String, "text": pl.String})
+        else:
+            self.index, self._embeddings, self.added = stored.index, stored.embeddings, stored.added
+            self.keys += self.added["key"].to_list()
+            self.titles += self.added["text"].to_list()
+        self.ids = {key: item_id for item_id, key in enumerate(self.keys) if item_id}
+        self.embeddings = torch.from_numpy(self._embeddings)
 
     @classmethod
     def load(cls, run_dir: str | Path) -> Recommender:
-        return cls(assemble_run(run_dir))
+        """Load a run and its index (building and saving an exact index the first time).
+
+        Raises:
+            ConfigError, DatasetError: the run or its index cannot be used.
+        """
+        run_dir = Path(run_dir)
+        return cls(assemble_run(run_dir), run_dir)
+
+    @property
+    def index_dir(self) -> Path:
+        return self.run_dir / INDEX_DIR
+
+    @property
+    def weights_file(self) -> Path:
+        return self.run_dir / WEIGHTS_FILE
+
+    @property
+    def num_items(self) -> int:
+        return len(self.keys) - 1
+
+    @property
+    def trained_items(self) -> int:
+        """Items of the training catalogue; ids above it were added later."""
+        return self.parts.dataset.num_items
 
     def title(self, key: str) -> str | None:
         return self.titles[self.ids[key]]
+
+    def rebuild_index(self, kind: str = "flat", hnsw: HnswSettings = HnswSettings()) -> None:
+        """Recompute the trained catalogue's embeddings and store a fresh ``kind`` index.
+
+        Items added since the last build are dropped from the index (re-add them).
+        """
+        with self._lock:
+            base = item_embeddings(self.parts.model, self.parts.source, self.parts.dataset.num_items).numpy()
+            self.index = ItemIndex(base, kind, hnsw)
+            save_index(self.index_dir, self.index, base, self.weights_file)
+            self._embeddings = base
+            self.embeddings = torch.from_numpy(base)
+            self.keys = self.keys[: len(base)]
+            self.titles = self.titles[: len(base)]
+            self.ids = {key: item_id for item_id, key in enumerate(self.keys) if item_id}
+            self.added = self.added.clear()
+
+    def user_vector(self, history: list[str], on_unknown: str = "raise") -> tuple[np.ndarray, list[int]]:
+        """The user encoder's output for ``history`` (oldest first) and the known ids in it."""
+        if on_unknown not in ("raise", "skip"):
+            raise ConfigError(f"on_unknown must be raise or skip, got {on_unknown!r}")
+        unknown = [key for key in history if key not in self.ids]
+        if unknown and on_unknown == "raise":
+            raise UnknownItemError(unknown)
+        ids = [self.ids[key] for key in history if key in self.ids]
+        if not ids:
+            raise ConfigError("the history holds no known item")
+        inputs = np.zeros((1, self.max_seq_len), dtype=np.int64)
+        recent = ids[-self.max_seq_len:]
+        inputs[0, -len(recent):] = recent
+        return user_vectors(self.parts.model, self.embeddings, inputs).numpy(), ids
 
     def recommend(self, history: list[str], k: int = 10, exclude_seen: bool = True,
                   on_unknown: str = "raise") -> list[tuple[str, float]]:
@@ -47,23 +136,168 @@ class Recommender:
             exclude_seen: leave the history's items out of the answer.
             on_unknown: ``raise`` (:class:`UnknownItemError` naming them) or ``skip``.
         """
-        if on_unknown not in ("raise", "skip"):
-            raise ConfigError(f"on_unknown must be raise or skip, got {on_unknown!r}")
         if k < 1:
             raise ConfigError(f"k must be positive, got {k}")
-        unknown = [key for key in history if key not in self.ids]
-        if unknown and on_unknown == "raise":
-            raise UnknownItemError(unknown)
-        ids = [self.ids[key] for key in history if key in self.ids]
-        if not ids:
-            raise ConfigError("the history holds no known item")
-        inputs = np.zeros((1, self.max_seq_len), dtype=np.int64)
-        recent = ids[-self.max_seq_len:]
-        inputs[0, -len(recent):] = recent
-        scores = (user_vectors(self.parts.model, self.embeddings, inputs) @ self.embeddings.T)[0]
-        scores[0] = -torch.inf
-        if exclude_seen:
-            scores[torch.tensor(ids)] = -torch.inf
-        k = min(k, int(torch.isfinite(scores).sum()))
-        top = torch.topk(scores, k)
-        return [(self.keys[i], float(s)) for s, i in zip(top.values.tolist(), top.indices.tolist())]
+        with self._lock:
+            query, ids = self.user_vector(history, on_unknown)
+            exclude = [set(ids)] if exclude_seen else None
+            found, scores = self.index.search(query, min(k, self.num_items), exclude)
+        return [(self.keys[i], float(s)) for i, s in zip(found[0], scores[0]) if i > 0]
+
+    def add_items(self, items: list[dict[str, Any]]) -> list[str]:
+        """Embed new items from their content and add them to the catalogue, persisted.
+
+        Each item is ``{"key": str, "text": str | None, "image": bytes | str | Path | None}``
+        (an image as encoded bytes or a file path). The item needs the content the model
+        reads: text for a text model, text or an image for a multimodal one.
+
+        Returns:
+            the added keys.
+
+        Raises:
+            InputError: a malformed item, a key already in the catalogue, an unreadable
+                image; nothing is added then.
+        """
+        keys, texts, images = self._validate(items)
+        with self._lock:
+            taken = [key for key in keys if key in self.ids]
+            if taken:
+                raise InputError(f"already in the catalogue: {', '.join(map(repr, taken[:10]))}")
+            live = self._live_source()
+            ids = np.arange(len(self.keys), len(self.keys) + len(keys))
+            try:
+                features = live.content_features(ids, texts, images)
+            except (OSError, ValueError) as err:
+                raise InputError(f"cannot decode an image: {err}") from err
+            self.parts.model.eval()
+            with torch.no_grad():
+                rows = self.parts.model.embed_items(features).numpy().astype(np.float32)
+            table = pl.concat([self.added, pl.DataFrame({"item_id": ids.astype(np.int64), "key": keys,
+                                                         "text": [t or None for t in texts]})])
+            added = np.concatenate([self._embeddings[len(self._embeddings) - len(self.added):], rows])
+            self.index.add(rows)
+            save_added(self.index_dir, self.index, added, table)
+            self._embeddings = np.concatenate([self._embeddings, rows])
+            self.embeddings = torch.from_numpy(self._embeddings)
+            self.added = table
+            self.keys += keys
+            self.titles += [t or None for t in texts]
+            self.ids.update({key: int(i) for key, i in zip(keys, ids)})
+        return keys
+
+    def index_recall(self, queries: int = 1000, k: int = 10, seed: int = 0) -> dict[str, Any]:
+        """Recall@k of the stored index against exact search, on test users' histories."""
+        inputs = self.parts.splits.test.inputs
+        rows = np.random.default_rng(seed).choice(len(inputs), size=min(queries, len(inputs)), replace=False)
+        with self._lock:
+            vectors = user_vectors(self.parts.model, self.embeddings, inputs[rows]).numpy()
+            found, _ = self.index.search(vectors, k)
+            scores = vectors @ self._embeddings[1:].T
+        exact = np.argsort(-scores, axis=1)[:, :k] + 1
+        hits = sum(len(set(a) & set(b)) for a, b in zip(found.tolist(), exact.tolist()))
+        return {"index": self.index.kind, "items": self.num_items, "queries": len(rows), "k": k,
+                f"recall@{k}": round(hits / (len(rows) * k), 4)}
+
+    def _validate(self, items: list[dict[str, Any]]) -> tuple[list[str], list[str], list[bytes | None]]:
+        layers = self.parts.model.layers
+        if not layers:
+            raise InputError("this run's items are ids without content (method id): new items cannot be embedded")
+        if not items:
+            raise InputError("no items to add")
+        keys, texts, images = [], [], []
+        for n, item in enumerate(items, start=1):
+            where = f"item {n}"
+            if not isinstance(item, dict):
+                raise InputError(f"{where}: expected an object with key, text and image")
+            unknown = set(item) - {"key", "text", "image"}
+            if unknown:
+                raise InputError(f"{where}: unknown field{'s' if len(unknown) > 1 else ''} {', '.join(sorted(unknown))}")
+            key, text, image = item.get("key"), item.get("text"), item.get("image")
+            if not isinstance(key, str) or not key.strip():
+                raise InputError(f"{where}: key must be a non-empty string")
+            if text is not None and not isinstance(text, str):
+                raise InputError(f"{where} ({key!r}): text must be a string")
+            text = clean_text(pl.Series([text], dtype=pl.String))[0] if text else None
+            data = _image_bytes(image, f"{where} ({key!r})")
+            if "image" not in layers and "text" in layers and text is None:
+                raise InputError(f"{where} ({key!r}): this run reads text, and the item has none")
+            if "text" not in layers and data is None:
+                raise InputError(f"{where} ({key!r}): this run reads images, and the item has none")
+            if text is None and data is None:
+                raise InputError(f"{where} ({key!r}): the item has neither text nor an image")
+            keys.append(key.strip())
+            texts.append(text if text is not None else "")  # as the cache: an item without text reads ""
+            images.append(data)
+        duplicates = {key for key in keys if keys.count(key) > 1}
+        if duplicates:
+            raise InputError(f"keys given twice: {', '.join(map(repr, sorted(duplicates)))}")
+        return keys, texts, images
+
+    def _live_source(self):
+        if self._live is None:
+            from iisan.models.live import LiveSource
+
+            cache = self.parts.cache
+            self._live = LiveSource(self.parts.dataset, {m: cache.entry(m) for m in self.parts.model.layers},
+                                    self.parts.model.layers)
+        return self._live
+
+
+def _image_bytes(image: Any, where: str) -> bytes | None:
+    if image is None:
+        return None
+    if isinstance(image, bytes):
+        data = image
+    elif isinstance(image, (str, Path)):
+        path = Path(image)
+        try:
+            if path.stat().st_size > MAX_IMAGE_BYTES:
+                raise InputError(f"{where}: image {path} is larger than {MAX_IMAGE_BYTES // 2**20} MiB")
+            data = path.read_bytes()
+        except OSError as err:
+            raise InputError(f"{where}: cannot read image {path}: {err.strerror or err}") from err
+    else:
+        raise InputError(f"{where}: image must be bytes or a file path")
+    if len(data) > MAX_IMAGE_BYTES:
+        raise InputError(f"{where}: image is larger than {MAX_IMAGE_BYTES // 2**20} MiB")
+    # Read the header only: a small file can declare a huge canvas (a decompression bomb).
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we enforce our own limit
+            with Image.open(io.BytesIO(data)) as probe:
+                width, height = probe.size
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise InputError(f"{where}: not a readable image ({err})") from err
+    if width * height > MAX_IMAGE_PIXELS:
+        raise InputError(f"{where}: image of {width}x{height} pixels exceeds the {MAX_IMAGE_PIXELS:,}-pixel limit")
+    return data
+
+
+def read_new_items(path: str | Path) -> list[dict[str, Any]]:
+    """Items to add from a JSON Lines file: ``{"key": ..., "text": ..., "image": ...}`` per
+    line, ``image`` a path relative to the file's folder. Blank lines are skipped.
+
+    Raises:
+        InputError: the file cannot be read or a line is not a JSON object (naming the line).
+    """
+    import json
+
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"cannot read {path}: {err}") from err
+    items = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except ValueError as err:
+            raise InputError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+        if not isinstance(item, dict):
+            raise InputError(f"{path}:{number}: expected a JSON object with key, text and image")
+        if isinstance(item.get("image"), str):
+            item["image"] = path.parent / item["image"]
+        items.append(item)
+    return items

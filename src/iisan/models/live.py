@@ -40,19 +40,32 @@ class LiveSource:
 
     def features(self, ids: np.ndarray) -> ItemFeatures:
         ids = np.asarray(ids, dtype=np.int64)
+        texts = [self.texts[i - 1] if i > 0 else None for i in ids]
+        images = [(self.dataset.root / self.images[i - 1]).read_bytes() if i > 0 and self.images[i - 1] else None
+                  for i in ids] if "image" in self.layers else [None] * len(ids)
+        return self.content_features(ids, texts, images)
+
+    def content_features(self, ids: np.ndarray, texts: list[str | None], images: list[bytes | None]) -> ItemFeatures:
+        """Features of raw content: ``texts[r]`` (``None`` for padding rows, "" for an item
+        without text, as in the cache) and encoded image bytes ``images[r]`` (``None`` when
+        absent). Also what new items, never cached, go through.
+
+        Raises:
+            OSError, ValueError: image bytes that do not decode.
+        """
+        ids = np.asarray(ids, dtype=np.int64)
         features = ItemFeatures(ids=torch.from_numpy(ids))
         for modality, layers in self.layers.items():
             encoder, entry = self.encoders[modality], self.entries[modality]
             states = torch.zeros(len(ids), encoder.num_layers + 1, encoder.hidden_size)
             present = torch.zeros(len(ids), dtype=torch.bool)
             if modality == "text":
-                rows = np.flatnonzero(ids > 0)
-                tokens = encoder.tokenize([self.texts[i - 1] for i in ids[rows]], entry["settings"]["max_text_tokens"])
-                inputs = encoder.collate_tokens(tokens)
+                rows = np.array([r for r, text in enumerate(texts) if text is not None], dtype=np.int64)
+                tokens = encoder.tokenize([texts[r] for r in rows], entry["settings"]["max_text_tokens"])
+                inputs = encoder.collate_tokens(tokens) if len(rows) else None
             else:
-                rows = np.array([r for r, i in enumerate(ids) if i > 0 and self.images[i - 1] is not None], dtype=np.int64)
-                pixels = [encoder.preprocess_image((self.dataset.root / self.images[ids[r] - 1]).read_bytes(),
-                                                   entry["settings"]["image_size"]) for r in rows]
+                rows = np.array([r for r, image in enumerate(images) if image is not None], dtype=np.int64)
+                pixels = [encoder.preprocess_image(images[r], entry["settings"]["image_size"]) for r in rows]
                 inputs = {"pixel_values": torch.from_numpy(np.stack(pixels))} if len(rows) else None
             if len(rows):
                 # Inference-mode outputs cannot enter an autograd graph; a clone can.

@@ -1,0 +1,253 @@
+"""``iisan serve``: the HTTP service around a :class:`~iisan.recommend.Recommender`.
+
+Endpoints: ``POST /recommend``, ``POST /items`` (bearer token when one is configured),
+``GET /items/{key}``, ``GET /health``, ``GET /metrics`` (Prometheus), OpenAPI at ``/docs``.
+
+Bad input never reaches a 500: bodies are size-limited before parsing (413), fields are
+typed and bounded by pydantic (422), library errors map to 4xx, and every error body is
+``{"error": "<one line>"}`` (plus ``unknown`` keys or validation ``detail`` when useful).
+"""
+
+# No ``from __future__ import annotations`` here: FastAPI reads the request models'
+# annotations at runtime, and they are local to create_app (their bounds come from Limits).
+import base64
+import binascii
+import hmac
+import time
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from iisan.errors import ConfigError, IisanError, InputError, UnknownItemError
+
+MAX_K = 1000
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one request may ask for."""
+
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_history: int = 200
+    max_key_chars: int = 256
+    max_k: int = MAX_K
+    max_items_per_request: int = 100
+    max_text_chars: int = 10_000
+
+
+def create_app(recommender, token: str | None = None, limits: Limits = Limits()):
+    """The FastAPI application. ``token``: required as ``Authorization: Bearer`` on writes."""
+    from fastapi import Depends, FastAPI, Header, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, PlainTextResponse
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+    from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+    from starlette.exceptions import HTTPException
+
+    Key = Annotated[str, StringConstraints(min_length=1, max_length=limits.max_key_chars)]
+
+    class RecommendRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        history: list[Key] = Field(min_length=1, max_length=limits.max_history,
+                                   description="Item keys the user interacted with, oldest first.")
+        k: int = Field(10, ge=1, le=limits.max_k, description="How many items to return.")
+        exclude_seen: bool = Field(True, description="Leave the history's items out of the answer.")
+        skip_unknown: bool = Field(False, description="Ignore unknown keys instead of answering 422.")
+
+    class Recommendation(BaseModel):
+        key: str
+        title: str | None
+        score: float
+
+    class RecommendResponse(BaseModel):
+        items: list[Recommendation]
+
+    class NewItem(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        key: Key
+        text: str | None = Field(None, max_length=limits.max_text_chars)
+        image: str | None = Field(None, description="The image file's bytes, base64-encoded (JPEG, PNG, WebP).")
+
+    class AddItemsRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        items: list[NewItem] = Field(min_length=1, max_length=limits.max_items_per_request)
+
+    class AddItemsResponse(BaseModel):
+        added: list[str]
+        items: int
+
+    class Item(BaseModel):
+        key: str
+        title: str | None
+        added: bool
+
+    registry = CollectorRegistry()
+    requests = Counter("iisan_requests", "HTTP requests served.", ["method", "route", "status"], registry=registry)
+    latency = Histogram("iisan_request_seconds", "Time to serve a request.", ["route"], registry=registry,
+                        buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+
+    app = FastAPI(title="iisan", summary="Next-item recommendation with IISAN.",
+                  description="Recommend the next items for a history of item keys; add new items without retraining.")
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next):
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")  # the template, so label values stay few
+        requests.labels(request.method, path, str(response.status_code)).inc()
+        latency.labels(path).observe(time.perf_counter() - start)
+        return response
+
+    def error(status: int, message: str, **extra: Any) -> JSONResponse:
+        return JSONResponse({"error": message, **extra}, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+        first = detail[0] if detail else {"loc": [], "msg": "invalid request"}
+        where = ".".join(str(part) for part in first["loc"] if part != "body") or "body"
+        return error(422, f"{where}: {first['msg']}", detail=detail)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        response = error(exc.status_code, str(exc.detail))
+        for name, value in (exc.headers or {}).items():
+            response.headers[name] = value
+        return response
+
+    @app.exception_handler(UnknownItemError)
+    async def unknown_items(_: Request, exc: UnknownItemError) -> JSONResponse:
+        return error(422, str(exc), unknown=exc.keys[:100])
+
+    @app.exception_handler(IisanError)
+    async def library_error(_: Request, exc: IisanError) -> JSONResponse:
+        return error(422, str(exc))
+
+    @app.exception_handler(Exception)
+    async def internal(_: Request, exc: Exception) -> JSONResponse:  # a bug of ours: no traceback to the client
+        return error(500, f"internal error: {type(exc).__name__}")
+
+    def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
+        if token is None:
+            return
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise HTTPException(401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+
+    @app.post("/recommend", response_model=RecommendResponse, summary="Top-k next items for a history")
+    def recommend(body: RecommendRequest) -> dict:
+        answer = recommender.recommend(body.history, k=body.k, exclude_seen=body.exclude_seen,
+                                       on_unknown="skip" if body.skip_unknown else "raise")
+        return {"items": [{"key": key, "title": recommender.title(key), "score": score} for key, score in answer]}
+
+    @app.post("/items", response_model=AddItemsResponse, dependencies=[Depends(require_token)],
+              summary="Add items from their content, without retraining")
+    def add_items(body: AddItemsRequest) -> dict:
+        items = []
+        for n, item in enumerate(body.items, start=1):
+            image = None
+            if item.image is not None:
+                try:
+                    image = base64.b64decode(item.image, validate=True)
+                except (binascii.Error, ValueError):
+                    raise InputError(f"items.{n - 1}.image: not valid base64") from None
+            items.append({"key": item.key, "text": item.text, "image": image})
+        added = recommender.add_items(items)
+        return {"added": added, "items": recommender.num_items}
+
+    @app.get("/items/{key}", response_model=Item, summary="One item of the catalogue")
+    def get_item(key: str) -> dict:
+        if key not in recommender.ids:
+            raise HTTPException(404, f"unknown item key: {key[:limits.max_key_chars]!r}")
+        return {"key": key, "title": recommender.title(key), "added": recommender.ids[key] > recommender.trained_items}
+
+    @app.get("/health", summary="Liveness and catalogue size")
+    def health() -> dict:
+        return {"status": "ok", "items": recommender.num_items, "index": recommender.index.kind}
+
+    @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
+    def metrics() -> PlainTextResponse:
+        return PlainTextResponse(generate_latest(registry).decode(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: answer 413 for a body over ``max_bytes``, declared or streamed,
+    before anything parses it."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await self._reject(send)
+            return
+        received = 0
+        started = False
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _TooLarge
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await self._reject(send)
+
+    async def _reject(self, send) -> None:
+        import json
+
+        body = json.dumps({"error": f"request body over {self.max_bytes:,} bytes"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def read_token(path) -> str:
+    """The bearer token from a file (surrounding whitespace ignored).
+
+    Raises:
+        ConfigError: the file is unreadable or empty.
+    """
+    from pathlib import Path
+
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read the token file {path}: {err}") from err
+    if not token:
+        raise ConfigError(f"the token file {path} is empty")
+    return token
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,92 @@
+"""ItemIndex: exact and HNSW search, exclusions, storage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from iisan.errors import ConfigError, DatasetError
+from iisan.index import HnswSettings, ItemIndex, load_index, save_added, save_index
+
+
+def _embeddings(n: int = 500, d: int = 16, seed: int = 0) -> np.ndarray:
+    rows = np.random.default_rng(seed).standard_normal((n + 1, d)).astype(np.float32)
+    rows[0] = 0  # padding
+    return rows
+
+
+def _exact(embeddings: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    return np.argsort(-(queries @ embeddings[1:].T), axis=1)[:, :k] + 1
+
+
+def test_flat_index_is_exact_and_returns_item_ids():
+    embeddings = _embeddings()
+    queries = np.random.default_rng(1).standard_normal((20, 16)).astype(np.float32)
+    ids, scores = ItemIndex(embeddings).search(queries, 10)
+    assert np.array_equal(ids, _exact(embeddings, queries, 10))
+    assert np.allclose(scores, np.take_along_axis(queries @ embeddings.T, ids, axis=1), atol=1e-4)
+    assert (ids > 0).all()  # padding is never returned
+
+
+def test_exclusions_never_appear_and_rows_are_refilled():
+    embeddings = _embeddings()
+    queries = np.random.default_rng(2).standard_normal((3, 16)).astype(np.float32)
+    top = _exact(embeddings, queries, 15)
+    exclude = [set(top[0, :5].tolist()), set(), set(top[2, [0, 2]].tolist())]
+    ids, _ = ItemIndex(embeddings).search(queries, 10, exclude)
+    assert ids[0].tolist() == top[0, 5:15].tolist()
+    assert ids[1].tolist() == top[1, :10].tolist()
+    assert ids[2].tolist() == [top[2, i] for i in (1, 3, 4, 5, 6, 7, 8, 9, 10, 11)]
+
+
+def test_short_catalogue_pads_with_minus_inf():
+    ids, scores = ItemIndex(_embeddings(n=4)).search(np.ones((1, 16), np.float32), 4, [{1}])
+    assert ids[0, -1] == 0 and scores[0, -1] == -np.inf and set(ids[0, :3].tolist()) == {2, 3, 4}
+
+
+def test_hnsw_recall_is_high_on_random_vectors():
+    embeddings = _embeddings(n=3000, d=32)
+    queries = np.random.default_rng(3).standard_normal((100, 32)).astype(np.float32)
+    ids, _ = ItemIndex(embeddings, "hnsw", HnswSettings(m=16, ef_search=64)).search(queries, 10)
+    exact = _exact(embeddings, queries, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids.tolist(), exact.tolist())])
+    assert recall > 0.9
+    with pytest.raises(ConfigError, match="flat, hnsw"):
+        ItemIndex(embeddings, "ivf")
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_store_load_and_added_rows_round_trip(tmp_path, kind):
+    import polars as pl
+
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"weights v1")
+    base = _embeddings(n=200)
+    index = ItemIndex(base, kind)
+    save_index(tmp_path / "index", index, base, weights)
+    extra = np.random.default_rng(4).standard_normal((3, 16)).astype(np.float32)
+    index.add(extra)
+    table = pl.DataFrame({"item_id": [201, 202, 203], "key": ["a", "b", "c"], "text": ["x", None, "z"]})
+    save_added(tmp_path / "index", index, extra, table)
+
+    stored = load_index(tmp_path / "index", weights)
+    assert stored.index.kind == kind and stored.index.size == 203
+    assert np.array_equal(stored.embeddings, np.concatenate([base, extra]))
+    assert stored.added["key"].to_list() == ["a", "b", "c"]
+    ids, _ = stored.index.search(extra[1:2] * 100, 1)
+    assert ids[0, 0] == 202  # an added row is found under its item id
+
+    weights.write_bytes(b"weights v2")  # retrained: the index no longer matches
+    with pytest.raises(DatasetError, match="other weights"):
+        load_index(tmp_path / "index", weights)
+    assert load_index(tmp_path / "nothing", weights) is None
+
+
+def test_damaged_index_is_a_clear_error(tmp_path):
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"w")
+    base = _embeddings(n=10)
+    save_index(tmp_path / "index", ItemIndex(base), base, weights)
+    (tmp_path / "index" / "embeddings.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(DatasetError, match="damaged"):
+        load_index(tmp_path / "index", weights)

@@ -1,0 +1,165 @@
+"""The HTTP service, driven in-process: valid requests, and a corpus of bad ones that must
+all get a 4xx with a JSON error, never a 500."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+
+import pytest
+from fastapi.testclient import TestClient
+
+from iisan.recommend import Recommender
+from iisan.service import Limits, create_app, is_loopback, read_token
+from iisan.errors import ConfigError
+from tests.conftest import png_bytes
+
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture(scope="module")
+def recommender(tiny_run, tmp_path_factory) -> Recommender:
+    run = tmp_path_factory.mktemp("serve") / "run"
+    shutil.copytree(tiny_run, run)
+    return Recommender.load(run)
+
+
+@pytest.fixture(scope="module")
+def client(recommender) -> TestClient:
+    limits = Limits(max_body_bytes=64 * 1024, max_history=50, max_k=100, max_items_per_request=5)
+    return TestClient(create_app(recommender, token=TOKEN, limits=limits), raise_server_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def history(recommender) -> list[str]:
+    return recommender.keys[1:4]
+
+
+def test_recommend_matches_the_library(client, recommender, history):
+    response = client.post("/recommend", json={"history": history, "k": 5})
+    assert response.status_code == 200
+    items = response.json()["items"]
+    assert [(i["key"], pytest.approx(i["score"], rel=1e-5)) for i in items] == recommender.recommend(history, k=5)
+    assert all(i["title"] == recommender.title(i["key"]) for i in items)
+    with_seen = client.post("/recommend", json={"history": history, "k": 3, "exclude_seen": False}).json()["items"]
+    assert [i["key"] for i in with_seen] == [k for k, _ in recommender.recommend(history, k=3, exclude_seen=False)]
+
+
+def test_unknown_keys_are_named_or_skipped(client, history):
+    response = client.post("/recommend", json={"history": [*history, "nope"]})
+    assert response.status_code == 422 and response.json()["unknown"] == ["nope"]
+    assert "nope" in response.json()["error"]
+    assert client.post("/recommend", json={"history": [*history, "nope"], "skip_unknown": True}).status_code == 200
+
+
+def test_items_health_metrics_and_docs(client, recommender, history):
+    item = client.get(f"/items/{history[0]}").json()
+    assert item == {"key": history[0], "title": recommender.title(history[0]), "added": False}
+    assert client.get("/items/nope").status_code == 404
+    assert client.get("/health").json() == {"status": "ok", "items": recommender.num_items, "index": "flat"}
+    metrics = client.get("/metrics")
+    assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
+    assert 'iisan_requests_total{method="POST",route="/recommend",status="200"}' in metrics.text
+    assert "iisan_request_seconds_bucket" in metrics.text
+    assert client.get("/docs").status_code == 200
+    assert "/recommend" in client.get("/openapi.json").json()["paths"]
+
+
+def test_adding_items_needs_the_token_and_serves_them_at_once(client, recommender, history):
+    body = {"items": [{"key": "http-new", "text": "red lamp", "image": base64.b64encode(png_bytes()).decode()}]}
+    assert client.post("/items", json=body).status_code == 401
+    assert client.post("/items", json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    response = client.post("/items", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 200, response.text
+    assert response.json() == {"added": ["http-new"], "items": recommender.num_items}
+    assert client.get("/items/http-new").json()["added"] is True
+    answer = client.post("/recommend", json={"history": [*history, "http-new"], "k": 3})
+    assert answer.status_code == 200 and len(answer.json()["items"]) == 3
+    again = client.post("/items", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert again.status_code == 422 and "already in the catalogue" in again.json()["error"]
+
+
+def test_without_a_token_writes_are_open(recommender):
+    open_client = TestClient(create_app(recommender), raise_server_exceptions=False)
+    response = open_client.post("/items", json={"items": [{"key": "open-new", "text": "blue mug"}]})
+    assert response.status_code == 200
+
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+KEY = "__KNOWN__"  # replaced by a known key
+
+BAD_REQUESTS = [
+    # (method, path, body or raw bytes, headers, expected status)
+    ("POST", "/recommend", b"{not json", {}, 422),
+    ("POST", "/recommend", b"", {}, 422),
+    ("POST", "/recommend", b"null", {}, 422),
+    ("POST", "/recommend", b"[]", {}, 422),
+    ("POST", "/recommend", b'"history"', {}, 422),
+    ("POST", "/recommend", {}, {}, 422),
+    ("POST", "/recommend", {"history": []}, {}, 422),
+    ("POST", "/recommend", {"history": "abc"}, {}, 422),
+    ("POST", "/recommend", {"history": [1, 2]}, {}, 422),
+    ("POST", "/recommend", {"history": [None]}, {}, 422),
+    ("POST", "/recommend", {"history": [""]}, {}, 422),
+    ("POST", "/recommend", {"history": ["x" * 300]}, {}, 422),
+    ("POST", "/recommend", {"history": [KEY] * 51}, {}, 422),
+    ("POST", "/recommend", {"history": [KEY], "k": 0}, {}, 422),
+    ("POST", "/recommend", {"history": [KEY], "k": -3}, {}, 422),
+    ("POST", "/recommend", {"history": [KEY], "k": 101}, {}, 422),
+    ("POST", "/recommend", {"history": [KEY], "k": "ten"}, {}, 422),
+    ("POST", "/recommend", {"history": [KEY], "k": 2.5}, {}, 422),
+    ("POST", "/recommend", {"history": [KEY], "exclude_seen": "maybe"}, {}, 422),
+    ("POST", "/recommend", {"history": [KEY], "colour": "red"}, {}, 422),
+    ("POST", "/recommend", {"history": ["nope"]}, {}, 422),
+    ("POST", "/recommend", {"history": ["nope"], "skip_unknown": True}, {}, 422),
+    ("POST", "/recommend", {"history": [KEY], "pad": "x" * 70_000}, {}, 413),
+    ("POST", "/recommend", b"{}", {"content-length": "99999999"}, 413),
+    ("GET", "/recommend", None, {}, 405),
+    ("PUT", "/recommend", {"history": [KEY]}, {}, 405),
+    ("GET", "/nowhere", None, {}, 404),
+    ("GET", "/items/nope", None, {}, 404),
+    ("POST", "/items", {"items": [{"key": "a", "text": "x"}]}, {}, 401),
+    ("POST", "/items", {"items": [{"key": "a", "text": "x"}]}, {"Authorization": "Basic abc"}, 401),
+    ("POST", "/items", {"items": [{"key": "a", "text": "x"}]}, {"Authorization": "Bearer"}, 401),
+    ("POST", "/items", b"{broken", AUTH, 422),
+    ("POST", "/items", {"items": []}, AUTH, 422),
+    ("POST", "/items", {"items": "a"}, AUTH, 422),
+    ("POST", "/items", {"items": [{"text": "no key"}]}, AUTH, 422),
+    ("POST", "/items", {"items": [{"key": "a"}]}, AUTH, 422),
+    ("POST", "/items", {"items": [{"key": "a", "text": 7}]}, AUTH, 422),
+    ("POST", "/items", {"items": [{"key": "a", "text": "x", "image": "%%% not base64"}]}, AUTH, 422),
+    ("POST", "/items", {"items": [{"key": "a", "text": "x", "image": base64.b64encode(b"not an image").decode()}]}, AUTH, 422),
+    ("POST", "/items", {"items": [{"key": "a", "text": "x", "extra": 1}]}, AUTH, 422),
+    ("POST", "/items", {"items": [{"key": KEY, "text": "x"}]}, AUTH, 422),
+    ("POST", "/items", {"items": [{"key": "d", "text": "x"}, {"key": "d", "text": "y"}]}, AUTH, 422),
+    ("POST", "/items", {"items": [{"key": f"m{i}", "text": "x"} for i in range(6)]}, AUTH, 422),
+    ("POST", "/items", {"items": [{"key": "a", "text": "x" * 10_001}]}, AUTH, 422),
+]
+
+
+@pytest.mark.parametrize("method, path, body, headers, status", BAD_REQUESTS,
+                         ids=[f"{i:02d}-{m}-{p}" for i, (m, p, *_rest) in enumerate(BAD_REQUESTS)])
+def test_bad_requests_get_a_4xx_with_a_json_error(client, history, method, path, body, headers, status):
+    if isinstance(body, (dict, list)):
+        body = json.dumps(body).replace(KEY, history[0]).encode()
+    response = client.request(method, path, content=body,
+                              headers={"content-type": "application/json", **headers})
+    assert response.status_code == status, response.text
+    assert "error" in response.json() and "Traceback" not in response.text
+
+
+def test_the_bad_input_corpus_is_big_enough():
+    assert len(BAD_REQUESTS) >= 30
+
+
+def test_token_file_and_loopback_helpers(tmp_path):
+    (tmp_path / "t").write_text("  abc \n")
+    assert read_token(tmp_path / "t") == "abc"
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ConfigError, match="empty"):
+        read_token(tmp_path / "empty")
+    with pytest.raises(ConfigError, match="cannot read"):
+        read_token(tmp_path / "missing")
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("example.org")
