@@ -140,3 +140,22 @@ def test_new_items_file_is_read_with_line_numbers(tmp_path):
     bad.write_text('{"key": "n1"}\n{broken\n')
     with pytest.raises(InputError, match="bad.jsonl:2: not valid JSON"):
         read_new_items(bad)
+
+
+def test_a_batch_answers_like_single_queries_and_isolates_errors(recommender):
+    from iisan.recommend import Query
+
+    keys = recommender.keys
+    queries = [Query(keys[1:4], k=3), Query(["nope"]), Query(keys[5:12], k=7, exclude_seen=False),
+               Query(keys[2:3], k=0), Query([*keys[3:6], "nope"], k=2, on_unknown="skip")]
+    results = recommender.recommend_many(queries)
+
+    def same(batched, single):  # batched matmuls may differ in the last float bits
+        assert [k for k, _ in batched] == [k for k, _ in single]
+        assert [s for _, s in batched] == pytest.approx([s for _, s in single], rel=1e-5)
+
+    same(results[0], recommender.recommend(keys[1:4], k=3))
+    assert isinstance(results[1], UnknownItemError)
+    same(results[2], recommender.recommend(keys[5:12], k=7, exclude_seen=False))
+    assert isinstance(results[3], ConfigError)
+    same(results[4], recommender.recommend(keys[3:6], k=2))

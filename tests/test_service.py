@@ -163,3 +163,34 @@ def test_token_file_and_loopback_helpers(tmp_path):
         read_token(tmp_path / "missing")
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("example.org")
+
+
+def test_concurrent_queries_are_batched_and_answered_each_their_own(recommender):
+    import asyncio
+    import time
+
+    from iisan.errors import UnknownItemError
+    from iisan.recommend import Query
+    from iisan.service import QueryBatcher
+
+    sizes = []
+
+    class Slow:  # records batch sizes; the first batch is slow so that others queue up
+        def recommend_many(self, queries):
+            sizes.append(len(queries))
+            if len(sizes) == 1:
+                time.sleep(0.2)
+            return recommender.recommend_many(queries)
+
+    batcher = QueryBatcher(Slow())
+    keys = recommender.keys
+    queries = [Query(keys[i:i + 3], k=4) for i in range(1, 21)] + [Query(["nope"])]
+
+    async def ask_all():
+        return await asyncio.gather(*(batcher.answer(q) for q in queries), return_exceptions=True)
+
+    answers = asyncio.run(ask_all())
+    assert max(sizes) > 1 and sum(sizes) == len(queries)
+    for query, answer in zip(queries[:-1], answers[:-1]):
+        assert [k for k, _ in answer] == [k for k, _ in recommender.recommend(query.history, k=4)]
+    assert isinstance(answers[-1], UnknownItemError)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import threading
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import torch
 from PIL import Image
 
 from iisan.data.text import clean_text
-from iisan.errors import ConfigError, InputError, UnknownItemError
+from iisan.errors import ConfigError, IisanError, InputError, UnknownItemError
 from iisan.evaluate.runner import item_embeddings, user_vectors
 from iisan.index import INDEX_DIR, HnswSettings, ItemIndex, load_index, save_added, save_index
 from iisan.train.assemble import Assembled, assemble_run
@@ -31,6 +32,16 @@ from iisan.train.checkpoint import WEIGHTS_FILE
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 MAX_IMAGE_PIXELS = 40_000_000
+
+
+@dataclass(frozen=True)
+class Query:
+    """One recommendation request: see :meth:`Recommender.recommend`."""
+
+    history: list[str]
+    k: int = 10
+    exclude_seen: bool = True
+    on_unknown: str = "raise"
 
 
 class Recommender:
@@ -112,20 +123,48 @@ class Recommender:
             self.ids = {key: item_id for item_id, key in enumerate(self.keys) if item_id}
             self.added = self.added.clear()
 
-    def user_vector(self, history: list[str], on_unknown: str = "raise") -> tuple[np.ndarray, list[int]]:
-        """The user encoder's output for ``history`` (oldest first) and the known ids in it."""
-        if on_unknown not in ("raise", "skip"):
-            raise ConfigError(f"on_unknown must be raise or skip, got {on_unknown!r}")
-        unknown = [key for key in history if key not in self.ids]
-        if unknown and on_unknown == "raise":
+    def _known_ids(self, query: Query) -> list[int]:
+        if query.on_unknown not in ("raise", "skip"):
+            raise ConfigError(f"on_unknown must be raise or skip, got {query.on_unknown!r}")
+        if query.k < 1:
+            raise ConfigError(f"k must be positive, got {query.k}")
+        unknown = [key for key in query.history if key not in self.ids]
+        if unknown and query.on_unknown == "raise":
             raise UnknownItemError(unknown)
-        ids = [self.ids[key] for key in history if key in self.ids]
+        ids = [self.ids[key] for key in query.history if key in self.ids]
         if not ids:
             raise ConfigError("the history holds no known item")
-        inputs = np.zeros((1, self.max_seq_len), dtype=np.int64)
-        recent = ids[-self.max_seq_len:]
-        inputs[0, -len(recent):] = recent
-        return user_vectors(self.parts.model, self.embeddings, inputs).numpy(), ids
+        return ids
+
+    def recommend_many(self, queries: list[Query]) -> list[list[tuple[str, float]] | IisanError]:
+        """Answer several queries with one user-encoder pass and one index search.
+
+        What the HTTP service does with requests that arrive together: a batch costs little
+        more than one query. Each answer is a list of ``(key, score)`` or, for a query that
+        cannot be answered (unknown keys, empty history, bad ``k``), the error itself.
+        """
+        results: list[list[tuple[str, float]] | IisanError] = [[] for _ in queries]
+        with self._lock:
+            rows: list[tuple[int, list[int]]] = []
+            for n, query in enumerate(queries):
+                try:
+                    rows.append((n, self._known_ids(query)))
+                except IisanError as err:
+                    results[n] = err
+            if not rows:
+                return results
+            inputs = np.zeros((len(rows), self.max_seq_len), dtype=np.int64)
+            for row, (_, ids) in enumerate(rows):
+                recent = ids[-self.max_seq_len:]
+                inputs[row, -len(recent):] = recent
+            vectors = user_vectors(self.parts.model, self.embeddings, inputs).numpy()
+            exclude = [set(ids) if queries[n].exclude_seen else set() for n, ids in rows]
+            k = min(max(queries[n].k for n, _ in rows), self.num_items)
+            found, scores = self.index.search(vectors, k, exclude)
+            for row, (n, _) in enumerate(rows):
+                results[n] = [(self.keys[i], float(s)) for i, s in zip(found[row, :queries[n].k], scores[row])
+                              if i > 0]
+        return results
 
     def recommend(self, history: list[str], k: int = 10, exclude_seen: bool = True,
                   on_unknown: str = "raise") -> list[tuple[str, float]]:
@@ -136,13 +175,10 @@ class Recommender:
             exclude_seen: leave the history's items out of the answer.
             on_unknown: ``raise`` (:class:`UnknownItemError` naming them) or ``skip``.
         """
-        if k < 1:
-            raise ConfigError(f"k must be positive, got {k}")
-        with self._lock:
-            query, ids = self.user_vector(history, on_unknown)
-            exclude = [set(ids)] if exclude_seen else None
-            found, scores = self.index.search(query, min(k, self.num_items), exclude)
-        return [(self.keys[i], float(s)) for i, s in zip(found[0], scores[0]) if i > 0]
+        result = self.recommend_many([Query(history, k, exclude_seen, on_unknown)])[0]
+        if isinstance(result, IisanError):
+            raise result
+        return result
 
     def add_items(self, items: list[dict[str, Any]]) -> list[str]:
         """Embed new items from their content and add them to the catalogue, persisted.

@@ -10,14 +10,18 @@ typed and bounded by pydantic (422), library errors map to 4xx, and every error 
 
 # No ``from __future__ import annotations`` here: FastAPI reads the request models'
 # annotations at runtime, and they are local to create_app (their bounds come from Limits).
+import asyncio
 import base64
 import binascii
 import hmac
+import queue
+import threading
 import time
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from iisan.errors import ConfigError, IisanError, InputError, UnknownItemError
+from iisan.recommend import Query
 
 MAX_K = 1000
 
@@ -135,10 +139,12 @@ def create_app(recommender, token: str | None = None, limits: Limits = Limits())
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
             raise HTTPException(401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
 
+    batcher = QueryBatcher(recommender)
+
     @app.post("/recommend", response_model=RecommendResponse, summary="Top-k next items for a history")
-    def recommend(body: RecommendRequest) -> dict:
-        answer = recommender.recommend(body.history, k=body.k, exclude_seen=body.exclude_seen,
-                                       on_unknown="skip" if body.skip_unknown else "raise")
+    async def recommend(body: RecommendRequest) -> dict:
+        answer = await batcher.answer(Query(body.history, body.k, body.exclude_seen,
+                                            "skip" if body.skip_unknown else "raise"))
         return {"items": [{"key": key, "title": recommender.title(key), "score": score} for key, score in answer]}
 
     @app.post("/items", response_model=AddItemsResponse, dependencies=[Depends(require_token)],
@@ -171,6 +177,59 @@ def create_app(recommender, token: str | None = None, limits: Limits = Limits())
         return PlainTextResponse(generate_latest(registry).decode(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+class QueryBatcher:
+    """Answers concurrent ``/recommend`` requests in batches, off the event loop.
+
+    One worker thread takes every query waiting when it becomes free (up to ``max_batch``)
+    and answers them with one :meth:`~iisan.recommend.Recommender.recommend_many` call: a
+    user-encoder pass and an index search cost nearly the same for 16 queries as for one,
+    so under load throughput grows with the batch instead of requests queueing one by one.
+    No query waits for a batch to fill: an idle worker takes the first one at once.
+    """
+
+    def __init__(self, recommender, max_batch: int = 64) -> None:
+        self.recommender = recommender
+        self.max_batch = max_batch
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._started = False
+        self._start_lock = threading.Lock()
+
+    async def answer(self, query: Query) -> list[tuple[str, float]]:
+        if not self._started:
+            with self._start_lock:
+                if not self._started:
+                    threading.Thread(target=self._work, name="iisan-recommend", daemon=True).start()
+                    self._started = True
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self.queue.put((query, future, loop))
+        return await future
+
+    def _work(self) -> None:
+        while True:
+            batch = [self.queue.get()]
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                results = self.recommender.recommend_many([query for query, _, _ in batch])
+            except Exception as err:  # noqa: BLE001 - handed to every waiting request
+                results = [err] * len(batch)
+            for (_, future, loop), result in zip(batch, results):
+                loop.call_soon_threadsafe(_settle, future, result)
+
+
+def _settle(future, result) -> None:
+    if future.cancelled():  # the client went away
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
 
 
 class _TooLarge(Exception):
