@@ -4,8 +4,8 @@
    sequences, since only the query path matters here), an ID-SASRec run trained for one
    epoch on it (the query path, user encoder then index search, is the same for every
    method), its exact index built by the first load.
-2. `iisan serve` in a subprocess on 127.0.0.1; 16 concurrent clients (asyncio + httpx, one
-   process) post `/recommend` (k = 10, test users' histories) back to back for 30 s.
+2. `iisan serve` in a subprocess on 127.0.0.1; 16 concurrent clients (asyncio, one process,
+   a minimal keep-alive HTTP/1.1 client) post `/recommend` (k = 10, test users' histories) back to back for 30 s.
    Reports throughput, p50 / p99 latency seen by the clients, and errors.
 3. In-process `Recommender.recommend` with the catalogue grown to 1,000,000 items by
    appending random embeddings of the trained rows' scale (so no 1M-item training is
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -48,32 +49,58 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-async def load(url: str, histories: list[list[str]], clients: int, seconds: float) -> dict:
-    import httpx
+async def post_json(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, path: str,
+                    body: bytes) -> int:
+    """One HTTP/1.1 keep-alive POST on an open connection; returns the status code.
 
+    A minimal client on purpose: httpx costs about a millisecond of CPU per request, as
+    much as the server, and on a 2-core machine the load generator's CPU is the server's.
+    """
+    writer.write(b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (path.encode(), host.encode(), len(body), body))
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = next(int(line.split(b":", 1)[1]) for line in head.lower().split(b"\r\n")
+                  if line.startswith(b"content-length:"))
+    await reader.readexactly(length)
+    return status
+
+
+async def load(url: str, histories: list[list[str]], clients: int, seconds: float) -> dict:
+    host, port = url.removeprefix("http://").split(":")
+    bodies = [json.dumps({"history": h, "k": 10}).encode() for h in histories]
     latencies: list[float] = []
     errors = 0
     deadline = time.perf_counter() + seconds
 
     async def client(n: int) -> None:
         nonlocal errors
-        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
-            i = n
+        reader, writer = await asyncio.open_connection(host, int(port))
+        i = n
+        try:
             while time.perf_counter() < deadline:
-                body = {"history": histories[i % len(histories)], "k": 10}
                 start = time.perf_counter()
                 try:
-                    response = await http.post("/recommend", json=body)
-                    ok = response.status_code == 200
-                except httpx.HTTPError:
+                    ok = await post_json(reader, writer, f"{host}:{port}", "/recommend", bodies[i % len(bodies)]) == 200
+                except (OSError, asyncio.IncompleteReadError, ValueError, StopIteration):
                     ok = False
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(host, int(port))
                 latencies.append(time.perf_counter() - start)
                 errors += not ok
                 i += clients
+        finally:
+            writer.close()
 
     start = time.perf_counter()
     await asyncio.gather(*(client(n) for n in range(clients)))
@@ -102,7 +129,12 @@ def serve_under_load(run: Path, histories: list[list[str]], clients: int, second
                 raise SystemExit(f"iisan serve exited: {server.stderr.read().decode()}")
             time.sleep(0.2)
         asyncio.run(load(url, histories[:200], clients, 2))  # warm-up
-        return asyncio.run(load(url, histories, clients, seconds))
+        server_cpu, client_cpu = cpu_seconds(server.pid), time.process_time()
+        result = asyncio.run(load(url, histories, clients, seconds))
+        # Clients and server share this machine's cores: say who used them.
+        result["server_cpu_s"] = round(cpu_seconds(server.pid) - server_cpu, 1)
+        result["client_cpu_s"] = round(time.process_time() - client_cpu, 1)
+        return result
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -127,25 +159,29 @@ def in_process_big(run: Path, histories: list[list[str]], big_items: int, querie
     rec.titles += [None] * len(extra)
     results = []
     exact_top: list[set[str]] = []
-    for kind in ("flat", "hnsw"):
+    for kind, ef_searches in (("flat", [None]), ("hnsw", [128, 512])):
         start = time.perf_counter()
-        rec.index = ItemIndex(rec._embeddings, kind, HnswSettings(m=32, ef_construction=100, ef_search=128))
+        rec.index = ItemIndex(rec._embeddings, kind, HnswSettings(m=32, ef_construction=100))
         build = time.perf_counter() - start
-        for history in histories[:20]:
-            rec.recommend(history, k=10)  # warm-up
-        times, tops = [], []
-        for history in histories[:queries]:
-            start = time.perf_counter()
-            answer = rec.recommend(history, k=10)
-            times.append(1000 * (time.perf_counter() - start))
-            tops.append({key for key, _ in answer})
-        row = {"index": kind, "items": rec.num_items, "build_s": round(build, 1), "queries": len(times),
-               "median_ms": round(statistics.median(times), 3), "p99_ms": round(percentile(times, 99), 3)}
-        if kind == "flat":
-            exact_top = tops
-        else:
-            row["recall@10_vs_flat"] = round(np.mean([len(a & b) / 10 for a, b in zip(tops, exact_top)]), 4)
-        results.append(row)
+        for ef in ef_searches:
+            if ef is not None:
+                rec.index.faiss.hnsw.efSearch = ef
+            for history in histories[:20]:
+                rec.recommend(history, k=10)  # warm-up
+            times, tops = [], []
+            for history in histories[:queries]:
+                start = time.perf_counter()
+                answer = rec.recommend(history, k=10)
+                times.append(1000 * (time.perf_counter() - start))
+                tops.append({key for key, _ in answer})
+            row = {"index": kind, "ef_search": ef, "items": rec.num_items, "build_s": round(build, 1),
+                   "queries": len(times), "median_ms": round(statistics.median(times), 3),
+                   "p99_ms": round(percentile(times, 99), 3)}
+            if kind == "flat":
+                exact_top = tops
+            else:
+                row["recall@10_vs_flat"] = round(float(np.mean([len(a & b) / 10 for a, b in zip(tops, exact_top)])), 4)
+            results.append(row)
     return results
 
 
@@ -155,7 +191,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=30)
-    parser.add_argument("--big-items", type=int, default=1_000_000)
+    parser.add_argument("--big-items", type=int, default=1_000_000, help="0 skips the in-process part")
     parser.add_argument("--queries", type=int, default=1000)
     args = parser.parse_args()
 
@@ -180,6 +216,8 @@ def main() -> None:
     report = {"catalogue_items": len(keys) - 1,
               "http": serve_under_load(run, histories, args.clients, args.seconds)}
     print(json.dumps(report, indent=2), flush=True)
+    if not args.big_items:
+        return
     report["in_process"] = in_process_big(run, histories, args.big_items, args.queries)
     print(json.dumps(report["in_process"], indent=2))
     (args.work / "serve.json").write_text(json.dumps(report, indent=2))

@@ -90,3 +90,31 @@ def test_damaged_index_is_a_clear_error(tmp_path):
     (tmp_path / "index" / "embeddings.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(DatasetError, match="damaged"):
         load_index(tmp_path / "index", weights)
+
+
+@pytest.mark.parametrize("n, k", [(128, 1), (1280, 10), (4096, 200), (256, 256)])
+def test_blocked_top_k_equals_torch_top_k(n, k):
+    import torch
+
+    from iisan.index import blocked_topk
+
+    torch.manual_seed(n)
+    scores = torch.randn(7, n)
+    scores[0, :64] = -torch.inf  # excluded items, as the index marks them
+    values, columns = blocked_topk(scores, k)
+    expected = torch.topk(scores, k)
+    assert torch.equal(values, expected.values)
+    finite = torch.isfinite(values)  # equal scores (the -inf) may come in any order
+    assert torch.equal(columns[finite], expected.indices[finite])
+
+
+def test_flat_index_grows_by_added_rows_and_stays_exact():
+    embeddings = _embeddings(n=130)
+    index = ItemIndex(embeddings)
+    extra = np.random.default_rng(5).standard_normal((300, 16)).astype(np.float32)
+    for start in range(0, 300, 7):  # one small addition after another
+        index.add(extra[start:start + 7])
+    everything = np.concatenate([embeddings, extra])
+    queries = np.random.default_rng(6).standard_normal((5, 16)).astype(np.float32)
+    ids, _ = index.search(queries, 12)
+    assert index.size == 430 and np.array_equal(ids, _exact(everything, queries, 12))
