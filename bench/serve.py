@@ -177,11 +177,20 @@ def in_process_big(run: Path, histories: list[list[str]], big_items: int, querie
             row = {"index": kind, "ef_search": ef, "items": rec.num_items, "build_s": round(build, 1),
                    "queries": len(times), "median_ms": round(statistics.median(times), 3),
                    "p99_ms": round(percentile(times, 99), 3)}
+            row["distinct_answers"] = len({frozenset(t) for t in tops})  # few: the queries look alike
             if kind == "flat":
                 exact_top = tops
             else:
                 row["recall@10_vs_flat"] = round(float(np.mean([len(a & b) / 10 for a, b in zip(tops, exact_top)])), 4)
+                # The same index on varied queries: random vectors of the embeddings' scale.
+                probe = (rng.standard_normal((queries, trained.shape[1])) * trained[1:].std(0)).astype(np.float32)
+                approx, _ = rec.index.search(probe, 10)
+                exact, _ = exact_index.search(probe, 10)
+                row["recall@10_random_queries"] = round(float(np.mean(
+                    [len(set(a) & set(b)) / 10 for a, b in zip(approx.tolist(), exact.tolist())])), 4)
             results.append(row)
+        if kind == "flat":
+            exact_index = rec.index
     return results
 
 

@@ -583,7 +583,7 @@ def index_build(
     run: Annotated[Path, typer.Argument(help="Run folder written by `iisan train`.", show_default=False)],
     index: Annotated[IndexKind, typer.Option(help="flat: exact inner-product search; hnsw: approximate, for catalogues past a million items.")] = IndexKind.flat,
     hnsw_m: Annotated[int, typer.Option(help="HNSW links per node.")] = 32,
-    ef_search: Annotated[int, typer.Option(help="HNSW candidate list size at query time (higher: better recall, slower).")] = 128,
+    ef_search: Annotated[int, typer.Option(help="HNSW candidate list size at query time (higher: better recall, slower).")] = 512,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """(Re)build the run's item index from the trained model.
