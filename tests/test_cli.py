@@ -14,7 +14,7 @@ runner = CliRunner()
 
 @pytest.mark.parametrize("command", [["prepare"], ["data", "synth"], ["data", "stats"], ["encode"], ["encoders", "list"],
                                      ["train"], ["evaluate"], ["quickstart"], ["recommend"], ["index", "build"],
-                                     ["index", "check"], ["items", "add"], ["serve"]])
+                                     ["index", "check"], ["items", "add"], ["serve"], ["report"]])
 def test_every_command_has_help_with_an_example(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0
@@ -224,3 +224,11 @@ def test_serve_starts_uvicorn_and_warns_when_exposed(tiny_run, tmp_path, monkeyp
     empty = runner.invoke(app, ["serve", str(run), "--token-file", str(tmp_path / "empty")])
     assert empty.exit_code == 2 and "is empty" in empty.output
     assert runner.invoke(app, ["serve", str(run), "--port", "0"]).exit_code == 2
+
+
+def test_report_from_the_cli(tiny_run, tmp_path):
+    result = runner.invoke(app, ["report", str(tiny_run), "--out", str(tmp_path / "r.html")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "r.html").read_text().startswith("<!DOCTYPE html>")
+    missing = runner.invoke(app, ["report", str(tmp_path / "nope"), "--out", str(tmp_path / "x.html")])
+    assert missing.exit_code == 2 and "not a run directory" in missing.output

@@ -707,5 +707,24 @@ def serve(
     uvicorn.run(create_app(recommender, token), host=host, port=port, log_level="warning", access_log=False)
 
 
+@app.command()
+@handles_errors
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders written by `iisan train`.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write.")] = Path("report.html"),
+) -> None:
+    """One self-contained HTML page comparing runs: training curves, final metrics, the
+    efficiency table when present, and the configuration (differences first).
+
+    [bold]Example[/]
+
+      iisan report runs/sci-iisan runs/sci-frozen runs/sci-id --out sci.html
+    """
+    from iisan.report import write_report
+
+    path = write_report(runs, out)
+    stdout.print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB, {len(runs)} run{'s' if len(runs) > 1 else ''})")
+
+
 def main() -> None:
     app()
