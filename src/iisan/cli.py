@@ -288,6 +288,8 @@ def encode(
     image_size: Annotated[int, typer.Option(help="Resize and centre-crop images to this side.")] = 224,
     workers: Annotated[int, typer.Option(help="Image-decoding threads.")] = 4,
     force: Annotated[bool, typer.Option(help="Delete and rebuild the cache (another dataset or encoder).")] = False,
+    shard: Annotated[str | None, typer.Option(help="K/N: encode only the K-th of N item ranges, into OUT/shard-K-of-N (run N of these, on one machine or several sharing OUT).", show_default=False)] = None,
+    merge_check: Annotated[bool, typer.Option(help="After sharded runs: check that every row of every shard is done, then assemble the cache in OUT.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Run each frozen encoder over every item once and cache every layer's pooled state.
@@ -301,16 +303,38 @@ def encode(
       iisan encode data/scientific --out cache/scientific --image-encoder none
 
       iisan encode data/synth --out cache/synth --text-encoder minilm --image-encoder dinov2-small --image-size 112
+
+      iisan encode data/big --out /shared/cache --shard 1/4   (and 2/4, 3/4, 4/4 elsewhere; same options)
+
+      iisan encode data/big --out /shared/cache --merge-check
     """
     from iisan.cache.encode import encode as run_encode
+    from iisan.cache.encode import merge_shards
     from iisan.config import EncodeConfig
+
+    if merge_check:
+        if shard is not None:
+            raise ConfigError("--merge-check assembles finished shards; run it without --shard")
+        merged = merge_shards(dataset, out)
+        if as_json:
+            _print_json(merged)
+        else:
+            stdout.print(f"merged {merged['shards']} shards into {out}: every row of "
+                         f"{', '.join(merged['modalities'])} is complete ({merged['items']:,} items)")
+        return
+    shard_spec = None
+    if shard is not None:
+        index, _, count = shard.partition("/")
+        if not (index.strip().isdigit() and count.strip().isdigit()):
+            raise ConfigError(f"--shard takes K/N, e.g. 1/4, got {shard!r}")
+        shard_spec = (int(index), int(count))
 
     config = EncodeConfig(
         text_encoder=_encoder_option(text_encoder), image_encoder=_encoder_option(image_encoder),
         pooling=pooling, batch_size=batch_size, max_text_tokens=max_text_tokens,
         image_size=image_size, workers=workers,
     )
-    summary = run_encode(dataset, out, config, force=force)
+    summary = run_encode(dataset, out, config, force=force, shard=shard_spec)
     if as_json:
         _print_json(summary)
         return

@@ -29,7 +29,7 @@ from iisan.config import EncodeConfig
 from iisan.data.dataset import PreparedDataset
 from iisan.data.problems import Problems
 from iisan.encoders.frozen import FrozenEncoder
-from iisan.errors import CacheMismatchError
+from iisan.errors import CacheMismatchError, ConfigError
 from iisan.fileio import check_replaceable
 
 log = logging.getLogger(__name__)
@@ -40,9 +40,16 @@ IDENTITY_KEYS = ("name", "weight_hash", "pooling", "num_layers", "hidden_size", 
 
 
 def encode(
-    dataset_dir: str | Path, cache_dir: str | Path, config: EncodeConfig, force: bool = False
+    dataset_dir: str | Path, cache_dir: str | Path, config: EncodeConfig, force: bool = False,
+    shard: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Build or resume the cache for ``dataset_dir`` in ``cache_dir``.
+
+    With ``shard=(k, n)`` only the k-th of n contiguous item ranges is encoded, into its
+    own folder ``cache_dir/shard-k-of-n`` (a complete cache layout whose other rows stay
+    unwritten, so sparse on disk): shards share no file, so n processes or machines can
+    run against one cache folder on a shared filesystem. :func:`merge_shards` then checks
+    that every row is done and assembles the cache.
 
     Returns:
         A summary per modality (encoder, rows encoded now, rows already done, seconds,
@@ -54,6 +61,12 @@ def encode(
     """
     dataset = PreparedDataset.load(dataset_dir)
     root = Path(cache_dir)
+    item_range = (1, dataset.num_items + 1)
+    if shard is not None:
+        item_range = shard_range(shard, dataset.num_items)
+        if root.exists() and not root.is_dir():
+            raise ConfigError(f"--out {root} is a file; give a directory path")
+        root = root / shard_folder(shard)
     check_replaceable(root, MANIFEST_FILE, force)
     manifest = read_manifest(root) if root.exists() and not force else None
     if force and root.exists():
@@ -72,10 +85,13 @@ def encode(
         "encoders": {},
         "problems": {},
     }
+    if shard is not None:
+        manifest["shard"] = {"index": shard[0], "count": shard[1], "rows": list(item_range)}
     problems = Problems()
     summary: dict[str, Any] = {"cache": str(root), "modalities": {}}
     for modality, name in _plan(dataset, config):
-        summary["modalities"][modality] = _encode_modality(dataset, root, manifest, modality, name, config, problems)
+        summary["modalities"][modality] = _encode_modality(dataset, root, manifest, modality, name, config, problems,
+                                                           item_range)
     manifest["problems"] = problems.to_json()
     write_manifest(root, manifest)
     summary["problems"] = problems.to_json()
@@ -96,7 +112,7 @@ def _plan(dataset: PreparedDataset, config: EncodeConfig) -> list[tuple[str, str
 
 def _encode_modality(
     dataset: PreparedDataset, root: Path, manifest: dict, modality: str, name: str,
-    config: EncodeConfig, problems: Problems,
+    config: EncodeConfig, problems: Problems, item_range: tuple[int, int],
 ) -> dict[str, Any]:
     encoder = FrozenEncoder.load(name, modality)  # type: ignore[arg-type]
     identity = {
@@ -119,11 +135,11 @@ def _encode_modality(
     states, done, present = arrays
 
     if modality == "text":
-        batches, prepare = _text_batches(dataset, encoder, config)
+        batches, prepare = _text_batches(dataset, encoder, config, item_range)
     else:
-        batches, prepare = _image_batches(dataset, encoder, config, done, present, problems)
+        batches, prepare = _image_batches(dataset, encoder, config, done, present, problems, item_range)
     todo = [batch for batch in batches if not done[batch].all()]
-    already = int(done[1:].sum())  # row 0 is padding, not an item
+    already = int(done[item_range[0]:item_range[1]].sum())
 
     def checkpoint() -> None:
         # Data and flags reach the disk before the manifest counts them.
@@ -184,9 +200,11 @@ def _open_arrays(root: Path, modality: str, num_items: int, encoder: FrozenEncod
     return states, done, present
 
 
-def _text_batches(dataset: PreparedDataset, encoder: FrozenEncoder, config: EncodeConfig):
-    """Batches of item ids sorted by token length, and a function building their inputs."""
-    texts = dataset.items["text"].fill_null("").to_list()  # index i is item id i + 1
+def _text_batches(dataset: PreparedDataset, encoder: FrozenEncoder, config: EncodeConfig,
+                  item_range: tuple[int, int]):
+    """Batches of the range's item ids sorted by token length, and a function building their inputs."""
+    first, end = item_range
+    texts = dataset.items["text"].fill_null("").to_list()[first - 1 : end - 1]  # index i is item id first + i
     width = config.max_text_tokens
     tokens = np.zeros((len(texts), width), dtype=np.int32)  # compact: no per-token Python objects
     lengths = np.zeros(len(texts), dtype=np.int32)
@@ -194,12 +212,12 @@ def _text_batches(dataset: PreparedDataset, encoder: FrozenEncoder, config: Enco
         for row, ids in enumerate(encoder.tokenize(texts[start : start + TOKENIZE_CHUNK], width), start=start):
             tokens[row, : len(ids)] = ids
             lengths[row] = len(ids)
-    order = np.argsort(lengths, kind="stable") + 1
+    order = np.argsort(lengths, kind="stable") + first
     batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
     pad = encoder.tokenizer.pad_token_id or 0
 
     def prepare(batch: np.ndarray, pool: ThreadPoolExecutor) -> tuple[np.ndarray, dict[str, torch.Tensor]]:
-        rows = batch - 1
+        rows = batch - first
         longest = int(lengths[rows].max())
         ids = tokens[rows, :longest].astype(np.int64)
         mask = (np.arange(longest)[None, :] < lengths[rows][:, None]).astype(np.int64)
@@ -211,15 +229,17 @@ def _text_batches(dataset: PreparedDataset, encoder: FrozenEncoder, config: Enco
 
 def _image_batches(
     dataset: PreparedDataset, encoder: FrozenEncoder, config: EncodeConfig,
-    done: np.ndarray, present: np.ndarray, problems: Problems,
+    done: np.ndarray, present: np.ndarray, problems: Problems, item_range: tuple[int, int],
 ):
-    """Batches of item ids with an image (in id order); items without one are done at once."""
+    """Batches of the range's item ids with an image (in id order); items without one are done at once."""
     paths = dataset.items["image"].to_list()
+    in_range = np.zeros(len(paths), dtype=bool)
+    in_range[item_range[0] - 1 : item_range[1] - 1] = True
     has_image = np.array([p is not None for p in paths], dtype=bool)
-    without = np.flatnonzero(~has_image) + 1
+    without = np.flatnonzero(~has_image & in_range) + 1
     done[without] = 1  # a zero row and present = 0: the model sees the image is missing
     present[without] = 0
-    ids = np.flatnonzero(has_image) + 1
+    ids = np.flatnonzero(has_image & in_range) + 1
     batches = [ids[i : i + config.batch_size] for i in range(0, len(ids), config.batch_size)]
 
     def load(item_id: int) -> np.ndarray | None:
@@ -246,3 +266,96 @@ def _resolve(prepared: tuple[np.ndarray, Any]) -> tuple[np.ndarray, dict[str, to
     if not keep.any():
         return batch[:0], {}
     return batch[keep], {"pixel_values": torch.from_numpy(np.stack([p for p in pixels if p is not None]))}
+
+
+# ---- shards ----------------------------------------------------------------------------
+
+MERGE_CHUNK = 4096
+
+
+def shard_range(shard: tuple[int, int], num_items: int) -> tuple[int, int]:
+    """Item ids ``[first, end)`` of shard ``k`` of ``n`` (1-based): contiguous, near-equal."""
+    index, count = shard
+    if not 1 <= index <= count:
+        raise ConfigError(f"--shard K/N needs 1 <= K <= N, got {index}/{count}")
+    return 1 + num_items * (index - 1) // count, 1 + num_items * index // count
+
+
+def shard_folder(shard: tuple[int, int]) -> str:
+    return f"shard-{shard[0]}-of-{shard[1]}"
+
+
+def merge_shards(dataset_dir: str | Path, cache_dir: str | Path) -> dict[str, Any]:
+    """Check that the shards in ``cache_dir`` cover every row, then assemble the cache.
+
+    Rows are copied into ``cache_dir`` in bounded chunks, the manifest is written last,
+    and the shard folders are removed. Run it once, after every shard has finished.
+
+    Raises:
+        CacheMismatchError: shards missing, unfinished, from another dataset or with
+            different encoder settings (nothing is merged then).
+    """
+    dataset = PreparedDataset.load(dataset_dir)
+    root = Path(cache_dir)
+    folders = sorted(root.glob("shard-*-of-*")) if root.is_dir() else []
+    if not folders:
+        raise CacheMismatchError(f"{root} holds no shard folders (shard-K-of-N); run `iisan encode --shard K/N` first")
+    manifests = {folder: read_manifest(folder) for folder in folders}
+    counts = {m["shard"]["count"] for m in manifests.values() if m}
+    if len(counts) != 1:
+        raise CacheMismatchError(f"{root} mixes shards of different splits ({sorted(counts)} parts); remove the stale ones")
+    count = counts.pop()
+    found = {m["shard"]["index"]: (folder, m) for folder, m in manifests.items() if m}
+    problems = []
+    missing = [k for k in range(1, count + 1) if k not in found]
+    if missing:
+        problems.append(f"shard{'s' if len(missing) > 1 else ''} {', '.join(f'{k}/{count}' for k in missing)} not started")
+    reference = None
+    for index, (folder, manifest) in sorted(found.items()):
+        if manifest["dataset_fingerprint"] != dataset.fingerprint:
+            raise CacheMismatchError(f"{folder} was encoded from another dataset")
+        identity = {m: {k: e[k] for k in IDENTITY_KEYS} for m, e in manifest["encoders"].items()}
+        if reference is not None and identity != reference:
+            raise CacheMismatchError(f"{folder} used other encoder settings than shard 1/{count}")
+        reference = identity
+        first, end = shard_range((index, count), dataset.num_items)
+        for modality in identity:
+            done = np.load(done_path(folder, modality), mmap_mode="r", allow_pickle=False)
+            left = int((done[first:end] == 0).sum())
+            if left:
+                problems.append(f"shard {index}/{count} has {left:,} {modality} rows to go")
+    if problems:
+        raise CacheMismatchError("cannot merge: " + "; ".join(problems) + " (rerun those shards, then --merge-check)")
+
+    first_manifest = found[1][1]
+    manifest = {key: value for key, value in first_manifest.items() if key != "shard"}
+    manifest["encoders"], manifest["problems"] = {}, {}
+    for modality, entry in first_manifest["encoders"].items():
+        shape = np.load(states_path(found[1][0], modality), mmap_mode="r", allow_pickle=False).shape
+        states = np.lib.format.open_memmap(states_path(root, modality), mode="w+", dtype=np.float16, shape=shape)
+        done = np.lib.format.open_memmap(done_path(root, modality), mode="w+", dtype=np.uint8, shape=shape[:1])
+        present = np.lib.format.open_memmap(present_path(root, modality), mode="w+", dtype=np.uint8, shape=shape[:1])
+        done[0] = 1
+        for index, (folder, _) in found.items():
+            first, end = shard_range((index, count), dataset.num_items)
+            source = [np.load(path(folder, modality), mmap_mode="r", allow_pickle=False)
+                      for path in (states_path, done_path, present_path)]
+            for start in range(first, end, MERGE_CHUNK):
+                stop = min(start + MERGE_CHUNK, end)
+                states[start:stop] = source[0][start:stop]
+                done[start:stop] = source[1][start:stop]
+                present[start:stop] = source[2][start:stop]
+        for array in (states, done, present):
+            array.flush()
+        manifest["encoders"][modality] = {**entry, "completed_rows": int(done.sum())}
+    for _, shard_manifest in found.values():
+        for kind, record in shard_manifest.get("problems", {}).items():
+            merged = manifest["problems"].setdefault(
+                kind, {"count": 0, "description": record.get("description"), "examples": []})
+            merged["count"] += record.get("count", 0)
+            merged["examples"] = (merged["examples"] + record.get("examples", []))[:10]
+    write_manifest(root, manifest)
+    for folder, _ in found.values():
+        shutil.rmtree(folder)
+    return {"cache": str(root), "shards": count, "items": dataset.num_items,
+            "modalities": {m: e["completed_rows"] - 1 for m, e in manifest["encoders"].items()}}
