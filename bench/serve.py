@@ -154,7 +154,6 @@ def in_process_big(run: Path, histories: list[list[str]], big_items: int, querie
              + trained[1:].mean(0)).astype(np.float32)
     # Grow the catalogue the way add_items does, without running an item tower 900k times.
     rec._embeddings = np.concatenate([trained, extra])
-    rec.embeddings = torch.from_numpy(rec._embeddings)
     rec.keys += [f"x{i}" for i in range(len(extra))]
     rec.titles += [None] * len(extra)
     results = []

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from iisan import __version__
+from iisan.config import DTL_TARGETS, INTER_LAYERS, METHODS, MODALITIES, MODES
 from iisan.errors import ConfigError, IisanError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -47,34 +48,16 @@ encoders_app = typer.Typer(help="Frozen pretrained encoders.", no_args_is_help=T
 app.add_typer(encoders_app, name="encoders")
 
 
-class Method(str, Enum):
-    iisan = "iisan"
-    frozen = "frozen"
-    id = "id"
+def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """A str Enum for typer from the config's tuple of allowed values (one source of truth)."""
+    return Enum(name, {value: value for value in values}, type=str)  # type: ignore[return-value]
 
 
-class Modality(str, Enum):
-    text = "text"
-    image = "image"
-    intra = "intra"
-    inter = "inter"
-    intra_inter = "intra_inter"
-
-
-class Mode(str, Enum):
-    cached = "cached"
-    uncached = "uncached"
-
-
-class InterLayers(str, Enum):
-    last = "last"
-    mean = "mean"
-    truncate = "truncate"
-
-
-class DtlTo(str, Enum):
-    smaller = "smaller"
-    larger = "larger"
+Method = _choices("Method", METHODS)
+Modality = _choices("Modality", MODALITIES)
+Mode = _choices("Mode", MODES)
+InterLayers = _choices("InterLayers", INTER_LAYERS)
+DtlTo = _choices("DtlTo", DTL_TARGETS)
 
 
 class Split(str, Enum):

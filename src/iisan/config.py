@@ -132,6 +132,7 @@ MODALITIES = ("text", "image", "intra", "inter", "intra_inter")
 INTER_LAYERS = ("last", "mean", "truncate")
 DTL_TARGETS = ("smaller", "larger")
 METHODS = ("iisan", "frozen", "id")
+MODES = ("cached", "uncached")
 
 
 @dataclass(frozen=True)
@@ -243,8 +244,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.mode not in ("cached", "uncached"):
-            raise ConfigError(f"mode must be cached or uncached, got {self.mode!r}")
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         for name in ("epochs", "batch_size", "eval_batch_size", "patience"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")

@@ -32,6 +32,7 @@ from iisan.train.checkpoint import WEIGHTS_FILE
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 MAX_IMAGE_PIXELS = 40_000_000
+RECALL_CHUNK = 128
 
 
 @dataclass(frozen=True)
@@ -65,17 +66,12 @@ class Recommender:
         self._live = None  # the frozen encoders, loaded on the first add_items
         stored = load_index(self.index_dir, self.weights_file)
         if stored is None:
-            base = item_embeddings(parts.model, parts.source, parts.dataset.num_items).numpy()
-            self.index = ItemIndex(base, "flat")
-            save_index(self.index_dir, self.index, base, self.weights_file)
-            self._embeddings = base
-            self.added = pl.DataFrame(schema={"item_id": pl.Int64, "key": pl.String, "text": pl.String})
+            self._build_index("flat", HnswSettings())
         else:
             self.index, self._embeddings, self.added = stored.index, stored.embeddings, stored.added
             self.keys += self.added["key"].to_list()
             self.titles += self.added["text"].to_list()
-        self.ids = {key: item_id for item_id, key in enumerate(self.keys) if item_id}
-        self.embeddings = torch.from_numpy(self._embeddings)
+            self.ids = {key: item_id for item_id, key in enumerate(self.keys) if item_id}
 
     @classmethod
     def load(cls, run_dir: str | Path) -> Recommender:
@@ -96,6 +92,11 @@ class Recommender:
         return self.run_dir / WEIGHTS_FILE
 
     @property
+    def embeddings(self) -> torch.Tensor:
+        """Every item's embedding ``[N + 1 + added, d]`` (row 0 padding), sharing memory with the index's source."""
+        return torch.from_numpy(self._embeddings)
+
+    @property
     def num_items(self) -> int:
         return len(self.keys) - 1
 
@@ -113,15 +114,18 @@ class Recommender:
         Items added since the last build are dropped from the index (re-add them).
         """
         with self._lock:
-            base = item_embeddings(self.parts.model, self.parts.source, self.parts.dataset.num_items).numpy()
-            self.index = ItemIndex(base, kind, hnsw)
-            save_index(self.index_dir, self.index, base, self.weights_file)
-            self._embeddings = base
-            self.embeddings = torch.from_numpy(base)
-            self.keys = self.keys[: len(base)]
-            self.titles = self.titles[: len(base)]
-            self.ids = {key: item_id for item_id, key in enumerate(self.keys) if item_id}
-            self.added = self.added.clear()
+            self._build_index(kind, hnsw)
+
+    def _build_index(self, kind: str, hnsw: HnswSettings) -> None:
+        """Embed the trained catalogue, index and store it; forget added items."""
+        base = item_embeddings(self.parts.model, self.parts.source, self.trained_items).numpy()
+        self.index = ItemIndex(base, kind, hnsw)
+        save_index(self.index_dir, self.index, base, self.weights_file)
+        self._embeddings = base
+        self.keys = self.keys[: len(base)]
+        self.titles = self.titles[: len(base)]
+        self.ids = {key: item_id for item_id, key in enumerate(self.keys) if item_id}
+        self.added = pl.DataFrame(schema={"item_id": pl.Int64, "key": pl.String, "text": pl.String})
 
     def _known_ids(self, query: Query) -> list[int]:
         if query.on_unknown not in ("raise", "skip"):
@@ -210,11 +214,9 @@ class Recommender:
                 rows = self.parts.model.embed_items(features).numpy().astype(np.float32)
             table = pl.concat([self.added, pl.DataFrame({"item_id": ids.astype(np.int64), "key": keys,
                                                          "text": [t or None for t in texts]})])
-            added = np.concatenate([self._embeddings[len(self._embeddings) - len(self.added):], rows])
             self.index.add(rows)
-            save_added(self.index_dir, self.index, added, table)
             self._embeddings = np.concatenate([self._embeddings, rows])
-            self.embeddings = torch.from_numpy(self._embeddings)
+            save_added(self.index_dir, self.index, self._embeddings[self.trained_items + 1:], table)
             self.added = table
             self.keys += keys
             self.titles += [t or None for t in texts]
@@ -228,8 +230,11 @@ class Recommender:
         with self._lock:
             vectors = user_vectors(self.parts.model, self.embeddings, inputs[rows]).numpy()
             found, _ = self.index.search(vectors, k)
-            scores = vectors @ self._embeddings[1:].T
-        exact = np.argsort(-scores, axis=1)[:, :k] + 1
+            # Exact answers from the flat index, in chunks: a [queries, N] score matrix
+            # would take gigabytes at the million-item sizes HNSW is meant for.
+            exact_index = self.index if self.index.kind == "flat" else ItemIndex(self._embeddings, "flat")
+            exact = np.concatenate([exact_index.search(vectors[s:s + RECALL_CHUNK], k)[0]
+                                    for s in range(0, len(vectors), RECALL_CHUNK)])
         hits = sum(len(set(a) & set(b)) for a, b in zip(found.tolist(), exact.tolist()))
         return {"index": self.index.kind, "items": self.num_items, "queries": len(rows), "k": k,
                 f"recall@{k}": round(hits / (len(rows) * k), 4)}

@@ -30,14 +30,18 @@ from iisan.models.sanb import SANB
 from iisan.models.versa import InterModalInputs
 
 
-class GatedTower(nn.Module):
-    """One intra-modal tower: gated mix of the next layer's state into the running state."""
+class _SideTower(nn.Module):
+    """One SANB block and one gate logit per step (the towers differ only in what they mix)."""
 
     def __init__(self, width: int, steps: int, config: SideNetworkConfig) -> None:
         super().__init__()
         self.temperature = config.gate_temperature
         self.blocks = nn.ModuleList(SANB(width, config.bottleneck) for _ in range(steps))
         self.gates = nn.Parameter(torch.zeros(steps))
+
+
+class GatedTower(_SideTower):
+    """One intra-modal tower: gated mix of the next layer's state into the running state."""
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
         """``states``: ``[n, steps, D]`` -> ``[n, D]``."""
@@ -48,14 +52,8 @@ class GatedTower(nn.Module):
         return running
 
 
-class InterTower(nn.Module):
+class InterTower(_SideTower):
     """The inter-modal tower: adds a gated mix of both modalities' states at every step."""
-
-    def __init__(self, width: int, steps: int, config: SideNetworkConfig) -> None:
-        super().__init__()
-        self.temperature = config.gate_temperature
-        self.blocks = nn.ModuleList(SANB(width, config.bottleneck) for _ in range(steps))
-        self.gates = nn.Parameter(torch.zeros(steps))
 
     def forward(self, text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """``text``, ``image``: ``[n, steps, D]`` -> ``[n, D]``."""
