@@ -20,9 +20,10 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from iisan import __version__
-from iisan.config import DTL_TARGETS, INTER_LAYERS, METHODS, MODALITIES, MODES
+from iisan.config import DEVICES, DTL_TARGETS, INTER_LAYERS, METHODS, MODALITIES, MODES
 from iisan.errors import ConfigError, IisanError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -58,6 +59,7 @@ Modality = _choices("Modality", MODALITIES)
 Mode = _choices("Mode", MODES)
 InterLayers = _choices("InterLayers", INTER_LAYERS)
 DtlTo = _choices("DtlTo", DTL_TARGETS)
+Device = _choices("Device", DEVICES)
 
 
 class Split(str, Enum):
@@ -106,7 +108,7 @@ def handles_errors(fn: F) -> F:
         except IisanError as err:
             if debug:
                 raise
-            stderr.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            stderr.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             stderr.print("interrupted")
@@ -115,7 +117,7 @@ def handles_errors(fn: F) -> F:
             if debug:
                 raise
             stderr.print(
-                f"[bold red]internal error:[/] {type(err).__name__}: {err}\n"
+                f"[bold red]internal error:[/] {type(err).__name__}: {escape(str(err))}\n"
                 "This is a bug in iisan; rerun with IISAN_DEBUG=1 for the traceback and report it.",
                 highlight=False, soft_wrap=True,
             )
@@ -271,7 +273,8 @@ def encode(
     image_size: Annotated[int, typer.Option(help="Resize and centre-crop images to this side.")] = 224,
     workers: Annotated[int, typer.Option(help="Image-decoding threads.")] = 4,
     force: Annotated[bool, typer.Option(help="Delete and rebuild the cache (another dataset or encoder).")] = False,
-    shard: Annotated[str | None, typer.Option(help="K/N: encode only the K-th of N item ranges, into OUT/shard-K-of-N (run N of these, on one machine or several sharing OUT).", show_default=False)] = None,
+    shard: Annotated[str | None, typer.Option(help="K/N: encode only the K-th of N item ranges, into OUT/shard-K-of-N (run N of these, on one machine or several sharing OUT); auto: K and N from torchrun's RANK and WORLD_SIZE.", show_default=False)] = None,
+    device: Annotated[Device, typer.Option(help="auto: this process's GPU if there is one (under torchrun, the one of its LOCAL_RANK), else the CPU.")] = Device.auto,
     merge_check: Annotated[bool, typer.Option(help="After sharded runs: check that every row of every shard is done, then assemble the cache in OUT.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
@@ -288,6 +291,8 @@ def encode(
       iisan encode data/synth --out cache/synth --text-encoder minilm --image-encoder dinov2-small --image-size 112
 
       iisan encode data/big --out /shared/cache --shard 1/4   (and 2/4, 3/4, 4/4 elsewhere; same options)
+
+      torchrun --nnodes 4 --nproc-per-node 1 --rdzv-endpoint node0:29400 -m iisan encode data/big --out /shared/cache --shard auto
 
       iisan encode data/big --out /shared/cache --merge-check
     """
@@ -306,6 +311,10 @@ def encode(
                          f"{', '.join(merged['modalities'])} is complete ({merged['items']:,} items)")
         return
     shard_spec = None
+    if shard == "auto":
+        if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+            raise ConfigError("--shard auto takes K/N from torchrun's RANK and WORLD_SIZE; outside torchrun give K/N")
+        shard = f"{int(os.environ['RANK']) + 1}/{os.environ['WORLD_SIZE']}"
     if shard is not None:
         index, _, count = shard.partition("/")
         if not (index.strip().isdigit() and count.strip().isdigit()):
@@ -317,7 +326,7 @@ def encode(
         pooling=pooling, batch_size=batch_size, max_text_tokens=max_text_tokens,
         image_size=image_size, workers=workers,
     )
-    summary = run_encode(dataset, out, config, force=force, shard=shard_spec)
+    summary = run_encode(dataset, out, config, force=force, shard=shard_spec, device=device.value)
     if as_json:
         _print_json(summary)
         return
@@ -388,11 +397,14 @@ def train(
     bottleneck: Annotated[int, typer.Option(help="Side-block bottleneck width.")] = 64,
     inter_layers: Annotated[InterLayers, typer.Option(help="Encoders of different depth (IISAN-Versa): the inter-modal tower reads the deeper encoder's layers in contiguous groups, one per layer of the shallower: the group's last layer, or its mean; truncate drops the extra layers instead (a naive control).")] = InterLayers.last,
     dtl_to: Annotated[DtlTo, typer.Option(help="Encoders of different width (IISAN-Versa): a linear layer maps the wider encoder's states to the smaller width, or the narrower one's to the larger, before inter-modal fusion.")] = DtlTo.smaller,
+    dropout: Annotated[float, typer.Option(help="Dropout of the user encoder.")] = 0.1,
     seed: Annotated[int, typer.Option(help="Random seed (initialisation, batch order, dropout).")] = 42,
     include_history: Annotated[bool, typer.Option(help="Rank the user's own history too when validating and testing (RecBole's protocol); by default it is excluded, as in the paper.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out after its last finished epoch.")] = False,
     force: Annotated[bool, typer.Option(help="Replace a non-empty --out.")] = False,
     tensorboard: Annotated[bool, typer.Option(help="Also log to OUT/tensorboard (needs the tensorboard package).")] = False,
+    distributed: Annotated[bool, typer.Option(help="Spread the run over the processes torchrun started (also turned on by torchrun's environment); --batch-size is then the global batch.")] = False,
+    device: Annotated[Device, typer.Option(help="auto: this process's GPU if there is one, else the CPU.")] = Device.auto,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Train a recommender, keep the epoch with the best validation NDCG@10, test it.
@@ -412,10 +424,18 @@ def train(
     Encoders of different depth or width (e.g. a cache built with --text-encoder minilm,
     6 layers, and --image-encoder dinov2-small, 12) need nothing more: IISAN-Versa's
     group layer-dropping and dimension transformation are applied automatically.
+
+    Several processes or machines (DistributedDataParallel; gloo on CPU, NCCL on GPUs):
+
+      torchrun --nproc-per-node 2 -m iisan train data/synth --cache cache/synth --out runs/ddp
+
+    Each rank takes its share of every global batch and of every evaluation; the result
+    matches one process with the same --batch-size. Only rank 0 writes to --out.
     """
     import dataclasses
 
-    from iisan.config import SideNetworkConfig, TrainConfig
+    from iisan.config import SideNetworkConfig, TrainConfig, UserEncoderConfig
+    from iisan.train.distributed import is_main_process
     from iisan.train.loop import train as run_train
 
     if resume:
@@ -428,11 +448,15 @@ def train(
         config = TrainConfig(
             method=method.value, mode=mode.value, epochs=epochs, batch_size=batch_size, lr=lr,
             side_lr=side_lr, patience=patience, seed=seed, include_history=include_history,
+            user=UserEncoderConfig(dropout=dropout),
             side=SideNetworkConfig(bottleneck=bottleneck, modality=modality.value,
                                    layers=_int_list(layers, "--layers") if layers else None,
                                    inter_layers=inter_layers.value, dtl_to=dtl_to.value),
         )
-    summary = run_train(dataset, out, config, cache_dir=cache, resume=resume, force=force, tensorboard=tensorboard)
+    summary = run_train(dataset, out, config, cache_dir=cache, resume=resume, force=force, tensorboard=tensorboard,
+                        distributed=distributed, device=device.value)
+    if not is_main_process():
+        return
     if as_json:
         _print_json(summary)
         return

@@ -133,6 +133,7 @@ INTER_LAYERS = ("last", "mean", "truncate")
 DTL_TARGETS = ("smaller", "larger")
 METHODS = ("iisan", "frozen", "id")
 MODES = ("cached", "uncached")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)

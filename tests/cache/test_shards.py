@@ -31,15 +31,34 @@ def test_shard_ranges_cover_every_item_once(items, count):
         shard_range((0, count), items)
 
 
-def test_two_concurrent_shard_processes_merge_into_the_single_process_cache(tiny_multimodal, tmp_path):
-    dataset, _ = tiny_multimodal
-    cache = tmp_path / "sharded"
-    command = [sys.executable, "-m", "iisan", "-q", "encode", str(dataset), "--out", str(cache), *ENCODE_ARGS]
-    processes = [subprocess.Popen([*command, "--shard", f"{k}/2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  env=os.environ.copy()) for k in (1, 2)]
+def _launch_shards(dataset, cache, launcher: str) -> None:
+    """Two concurrent shard processes: started one by one with K/N, or by torchrun with ``auto``."""
+    command = ["-m", "iisan", "-q", "encode", str(dataset), "--out", str(cache), *ENCODE_ARGS]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if launcher == "torchrun":
+        commands = [[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                     *command, "--shard", "auto"]]
+    else:
+        commands = [[sys.executable, *command, "--shard", f"{k}/2"] for k in (1, 2)]
+    processes = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) for c in commands]
     for process in processes:
         _, err = process.communicate(timeout=300)
-        assert process.returncode == 0, err.decode()
+        assert process.returncode == 0, err.decode()[-3000:]
+
+
+def test_shard_auto_outside_torchrun_is_a_clear_error(tiny_multimodal, tmp_path, monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    result = CliRunner().invoke(app, ["encode", str(tiny_multimodal[0]), "--out", str(tmp_path / "c"),
+                                      "--shard", "auto", *ENCODE_ARGS])
+    assert result.exit_code == 2
+    assert "torchrun" in result.output
+
+
+@pytest.mark.parametrize("launcher", ["processes", "torchrun"])
+def test_two_concurrent_shard_processes_merge_into_the_single_process_cache(tiny_multimodal, tmp_path, launcher):
+    dataset, _ = tiny_multimodal
+    cache = tmp_path / "sharded"
+    _launch_shards(dataset, cache, launcher)
     assert sorted(p.name for p in cache.iterdir()) == ["shard-1-of-2", "shard-2-of-2"]
 
     result = CliRunner().invoke(app, ["encode", str(dataset), "--out", str(cache), "--merge-check", "--json"])

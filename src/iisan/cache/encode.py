@@ -23,11 +23,13 @@ import torch
 from tqdm import tqdm
 
 from iisan.cache.store import (
-    CACHE_VERSION, MANIFEST_FILE, MODALITIES, done_path, present_path, read_manifest, states_path, write_manifest,
+    CACHE_VERSION, MANIFEST_FILE, MODALITIES, done_path, present_path, read_manifest, release_resident_pages,
+    states_path, write_manifest,
 )
 from iisan.config import EncodeConfig
 from iisan.data.dataset import PreparedDataset
 from iisan.data.problems import Problems
+from iisan.devices import pick_device
 from iisan.encoders.frozen import FrozenEncoder
 from iisan.errors import CacheMismatchError, ConfigError
 from iisan.fileio import check_replaceable
@@ -41,7 +43,7 @@ IDENTITY_KEYS = ("name", "weight_hash", "pooling", "num_layers", "hidden_size", 
 
 def encode(
     dataset_dir: str | Path, cache_dir: str | Path, config: EncodeConfig, force: bool = False,
-    shard: tuple[int, int] | None = None,
+    shard: tuple[int, int] | None = None, device: str = "auto",
 ) -> dict[str, Any]:
     """Build or resume the cache for ``dataset_dir`` in ``cache_dir``.
 
@@ -49,7 +51,7 @@ def encode(
     own folder ``cache_dir/shard-k-of-n`` (a complete cache layout whose other rows stay
     unwritten, so sparse on disk): shards share no file, so n processes or machines can
     run against one cache folder on a shared filesystem. :func:`merge_shards` then checks
-    that every row is done and assembles the cache.
+    that every row is done and assembles the cache. ``device``: see :func:`iisan.devices.pick_device`.
 
     Returns:
         A summary per modality (encoder, rows encoded now, rows already done, seconds,
@@ -91,7 +93,7 @@ def encode(
     summary: dict[str, Any] = {"cache": str(root), "modalities": {}}
     for modality, name in _plan(dataset, config):
         summary["modalities"][modality] = _encode_modality(dataset, root, manifest, modality, name, config, problems,
-                                                           item_range)
+                                                           item_range, pick_device(device))
     manifest["problems"] = problems.to_json()
     write_manifest(root, manifest)
     summary["problems"] = problems.to_json()
@@ -112,9 +114,9 @@ def _plan(dataset: PreparedDataset, config: EncodeConfig) -> list[tuple[str, str
 
 def _encode_modality(
     dataset: PreparedDataset, root: Path, manifest: dict, modality: str, name: str,
-    config: EncodeConfig, problems: Problems, item_range: tuple[int, int],
+    config: EncodeConfig, problems: Problems, item_range: tuple[int, int], device: torch.device,
 ) -> dict[str, Any]:
-    encoder = FrozenEncoder.load(name, modality)  # type: ignore[arg-type]
+    encoder = FrozenEncoder.load(name, modality, device)  # type: ignore[arg-type]
     identity = {
         "name": encoder.name, "weight_hash": encoder.weight_hash, "pooling": config.pooling,
         "num_layers": encoder.num_layers, "hidden_size": encoder.hidden_size,
@@ -145,6 +147,7 @@ def _encode_modality(
         # Data and flags reach the disk before the manifest counts them.
         for array in (states, present, done):
             array.flush()
+        release_resident_pages(states)  # flushed: the written pages need not stay in this process
         entry["completed_rows"] = int(done.sum())
         write_manifest(root, manifest)
 
@@ -166,7 +169,7 @@ def _encode_modality(
             rows, inputs = _resolve(prepared)
             if len(rows):
                 pooled = encoder.pooled_hidden_states(inputs, config.pooling)  # [b, L + 1, D]
-                states[rows] = pooled.to(torch.float16).numpy()
+                states[rows] = pooled.to(torch.float16).cpu().numpy()
                 present[rows] = 1
             done[batch] = 1
             written += len(batch)
@@ -345,6 +348,9 @@ def merge_shards(dataset_dir: str | Path, cache_dir: str | Path) -> dict[str, An
                 states[start:stop] = source[0][start:stop]
                 done[start:stop] = source[1][start:stop]
                 present[start:stop] = source[2][start:stop]
+                states.flush()  # a merge streams the whole cache: keep this process's share of it small
+                release_resident_pages(states)
+                release_resident_pages(source[0])
         for array in (states, done, present):
             array.flush()
         manifest["encoders"][modality] = {**entry, "completed_rows": int(done.sum())}

@@ -49,8 +49,8 @@ class FrozenEncoder:
     image_std: tuple[float, ...] = tuple(IMAGENET_STD)
 
     @classmethod
-    def load(cls, name: str, modality: Modality) -> FrozenEncoder:
-        """Resolve ``name`` (registry name or local folder) and load it frozen.
+    def load(cls, name: str, modality: Modality, device: torch.device | str = "cpu") -> FrozenEncoder:
+        """Resolve ``name`` (registry name or local folder) and load it frozen onto ``device``.
 
         Raises:
             ConfigError: unknown name.
@@ -69,7 +69,7 @@ class FrozenEncoder:
             tokenizer = AutoTokenizer.from_pretrained(folder) if modality == "text" else None
         except (OSError, ValueError, KeyError) as err:
             raise EncoderLoadError(f"cannot load {modality} encoder from {folder}: {err}") from err
-        model.eval().requires_grad_(False)
+        model.eval().requires_grad_(False).to(device)
         encoder = cls(resolved, modality, folder, model, digest, tokenizer)
         if modality == "image":
             encoder.image_mean, encoder.image_std = _normalisation(folder)
@@ -124,7 +124,9 @@ class FrozenEncoder:
 
     @torch.inference_mode()
     def pooled_hidden_states(self, inputs: dict[str, torch.Tensor], pooling: Pooling) -> torch.Tensor:
-        """Run the model and pool every layer: ``[batch, L + 1, hidden]`` float32."""
+        """Run the model and pool every layer: ``[batch, L + 1, hidden]`` float32, on the model's device."""
+        device = next(self.model.parameters()).device
+        inputs = {key: value.to(device) for key, value in inputs.items()}
         outputs = self.model(**inputs, output_hidden_states=True)
         states = torch.stack(outputs.hidden_states, dim=1)  # [batch, L + 1, tokens, hidden]
         if pooling == "cls":

@@ -9,25 +9,38 @@ from iisan.data.split import EvalSplit
 from iisan.evaluate.metrics import metrics_from_ranks, pessimistic_ranks
 from iisan.models.features import FeatureSource
 from iisan.models.recommender import SequentialRecommender
+from iisan.train.distributed import LOCAL, Workers
 
 ITEM_CHUNK = 4096
+SCORE_BUDGET = 1 << 26  # scores held at once (256 MB of float32), whatever the catalogue size
 DEFAULT_KS = (5, 10, 20)
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 @torch.no_grad()
-def item_embeddings(model: SequentialRecommender, source: FeatureSource, num_items: int) -> torch.Tensor:
-    """Embeddings of every item ``[N + 1, d]`` (row 0, padding, is zero), computed once."""
+def item_embeddings(model: SequentialRecommender, source: FeatureSource, num_items: int,
+                    workers: Workers = LOCAL) -> torch.Tensor:
+    """Embeddings of every item ``[N + 1, d]`` (row 0, padding, is zero), computed once.
+
+    Under torchrun each rank embeds its share of the catalogue and every rank gets all rows.
+    """
     model.eval()
-    chunks = [model.embed_items(source.features(np.arange(s, min(s + ITEM_CHUNK, num_items + 1))))
-              for s in range(0, num_items + 1, ITEM_CHUNK)]
-    return torch.cat(chunks)
+    device = model_device(model)
+    share = workers.share(num_items + 1)
+    chunks = [model.embed_items(source.features(np.arange(s, min(s + ITEM_CHUNK, share.stop))).to(device))
+              for s in range(share.start, share.stop, ITEM_CHUNK)]
+    local = torch.cat(chunks) if chunks else torch.zeros(0, model.dim, device=device)
+    return workers.gather(local)[0]
 
 
 @torch.no_grad()
 def user_vectors(model: SequentialRecommender, items: torch.Tensor, inputs: np.ndarray) -> torch.Tensor:
     """The user encoder's last-position output for left-padded ``inputs [U, L]``."""
     model.eval()
-    ids = torch.from_numpy(inputs)
+    ids = torch.from_numpy(inputs).to(items.device)
     return model.user(items[ids], ids != 0)[:, -1]
 
 
@@ -39,22 +52,27 @@ def evaluate_split(
     ks: tuple[int, ...] = DEFAULT_KS,
     batch_size: int = 1024,
     include_history: bool = False,
+    workers: Workers = LOCAL,
 ) -> dict[str, float]:
     """Full-ranking HR@K, NDCG@K and MRR over all users of ``split``.
 
-    Users are scored in chunks of ``batch_size`` so memory stays ``batch_size x N``
-    whatever the catalogue size. Unless ``include_history``, each user's history is
-    excluded from ranking, as in the reference; a target that repeats a history item is
-    excluded too and counts as a miss.
+    Users are scored in chunks of at most ``batch_size``, fewer when the catalogue is so
+    large that ``batch_size x N`` scores would exceed :data:`SCORE_BUDGET`, so memory
+    stays bounded whatever the catalogue size. Unless ``include_history``, each user's
+    history is excluded from ranking, as in the reference; a target that repeats a
+    history item is excluded too and counts as a miss. Under torchrun each rank ranks its
+    share of the users and the metrics cover all of them.
     """
-    ranks = []
-    users = len(split.targets)
-    for start in range(0, users, batch_size):
-        chunk = np.arange(start, min(start + batch_size, users))
+    device = items.device
+    chunk_size = max(1, min(batch_size, SCORE_BUDGET // items.shape[0]))
+    share = workers.share(len(split.targets))
+    ranks = [torch.zeros(0, dtype=torch.long, device=device)]
+    for start in range(share.start, share.stop, chunk_size):
+        chunk = np.arange(start, min(start + chunk_size, share.stop))
         scores = user_vectors(model, items, split.inputs[chunk]) @ items.T  # [chunk, N + 1]
         scores[:, 0] = -torch.inf  # padding is never recommended
         if not include_history:
             rows, cols = split.history_pairs(chunk)
-            scores[torch.from_numpy(rows), torch.from_numpy(cols)] = -torch.inf
-        ranks.append(pessimistic_ranks(scores, torch.from_numpy(split.targets[chunk])))
-    return metrics_from_ranks(torch.cat(ranks), ks)
+            scores[torch.from_numpy(rows).to(device), torch.from_numpy(cols).to(device)] = -torch.inf
+        ranks.append(pessimistic_ranks(scores, torch.from_numpy(split.targets[chunk]).to(device)))
+    return metrics_from_ranks(workers.gather(torch.cat(ranks))[0].cpu(), ks)

@@ -13,7 +13,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from iisan.cache.store import HiddenStateCache
+from iisan.cache.store import HiddenStateCache, release_resident_pages
 
 
 @dataclass
@@ -30,6 +30,13 @@ class ItemFeatures:
     states: dict[str, torch.Tensor] = field(default_factory=dict)
     present: dict[str, torch.Tensor] = field(default_factory=dict)
 
+    def to(self, device: torch.device) -> ItemFeatures:
+        if self.ids.device == device:
+            return self
+        return ItemFeatures(ids=self.ids.to(device),
+                            states={m: s.to(device, non_blocking=True) for m, s in self.states.items()},
+                            present={m: p.to(device) for m, p in self.present.items()})
+
 
 class FeatureSource(Protocol):
     def features(self, ids: np.ndarray) -> ItemFeatures: ...
@@ -43,13 +50,21 @@ class IdOnlySource:
 
 
 class CachedSource:
-    """Gathers the needed layers of the needed rows straight from the memory-mapped cache."""
+    """Gathers the needed layers of the needed rows straight from the memory-mapped cache.
 
-    def __init__(self, cache: HiddenStateCache, layers: dict[str, tuple[int, ...]]) -> None:
+    Whatever the access pattern (a training run's random rows, an evaluation's pass over
+    the whole catalogue), at most about ``resident_limit`` bytes of the cache stay
+    resident in this process; older pages are handed back to the OS page cache.
+    """
+
+    def __init__(self, cache: HiddenStateCache, layers: dict[str, tuple[int, ...]],
+                 resident_limit: int = 256 << 20) -> None:
         self.cache = cache
         self.layers = layers
+        self.resident_limit = resident_limit
         self._states = {m: cache.states(m) for m in layers}
         self._present = {m: torch.from_numpy(cache.present(m)) for m in layers}
+        self._touched = 0
 
     def features(self, ids: np.ndarray) -> ItemFeatures:
         ids = np.asarray(ids, dtype=np.int64)
@@ -59,6 +74,11 @@ class CachedSource:
             rows = np.empty((len(ids), len(layers), self._states[modality].shape[2]), dtype=np.float16)
             rows[order] = self._states[modality][ids[order]][:, list(layers)]
             states[modality] = torch.from_numpy(rows).float()
+            self._touched += len(ids) * self._states[modality][0].nbytes
+        if self._touched > self.resident_limit:
+            for array in self._states.values():
+                release_resident_pages(array)
+            self._touched = 0
         tensor_ids = torch.from_numpy(ids)
         return ItemFeatures(ids=tensor_ids, states=states,
                             present={m: p[tensor_ids] for m, p in self._present.items()})

@@ -69,7 +69,7 @@ class LiveSource:
                 inputs = {"pixel_values": torch.from_numpy(np.stack(pixels))} if len(rows) else None
             if len(rows):
                 # Inference-mode outputs cannot enter an autograd graph; a clone can.
-                states[torch.from_numpy(rows)] = encoder.pooled_hidden_states(inputs, entry["pooling"]).clone()
+                states[torch.from_numpy(rows)] = encoder.pooled_hidden_states(inputs, entry["pooling"]).cpu().clone()
                 present[torch.from_numpy(rows)] = True
             features.states[modality] = states[:, list(layers)]
             features.present[modality] = present

@@ -36,6 +36,11 @@ class SequentialRecommender(nn.Module):
         self.user = user
 
     @property
+    def dim(self) -> int:
+        """The width ``d`` of item embeddings and user states."""
+        return self.user.positions.embedding_dim
+
+    @property
     def layers(self) -> dict[str, tuple[int, ...]]:
         """modality -> the encoder layers the item tower reads."""
         return self.item.layers

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from iisan import __version__
@@ -19,11 +20,16 @@ from iisan.config import TrainConfig
 from iisan.errors import ConfigError, MissingDependencyError
 from iisan.evaluate.runner import evaluate_split, item_embeddings
 from iisan.fileio import write_json_atomic
+from iisan.models.features import ItemFeatures
+from iisan.models.recommender import SequentialRecommender
 from iisan.train.assemble import Assembled, assemble
 from iisan.train.checkpoint import (
     CONFIG_FILE, RESUME_DIR, RUN_VERSION, WEIGHTS_FILE, append_metrics, load_optimizer, load_weights,
     read_run_config, save_optimizer, save_weights,
 )
+from iisan.train.distributed import LOCAL, Workers
+from iisan.train.distributed import start as start_workers
+from iisan.train.distributed import stop as stop_workers
 from iisan.train.loss import in_batch_softmax_loss, log_popularity
 
 log = logging.getLogger(__name__)
@@ -39,69 +45,96 @@ def train(
     resume: bool = False,
     force: bool = False,
     tensorboard: bool = False,
+    distributed: bool = False,
+    device: str = "auto",
 ) -> dict[str, Any]:
     """Train, keep the best epoch by validation NDCG@10, and evaluate it on test.
 
+    Under torchrun (or with ``distributed``) the run is spread over the ranks with
+    DistributedDataParallel: ``config.batch_size`` is the global batch, each rank takes
+    its share of every batch and of every evaluation, and only rank 0 writes to
+    ``run_dir``. See :mod:`iisan.train.distributed`.
+
     Returns:
         A summary: epochs run, best epoch, valid and test metrics, seconds per epoch,
-        trainable and total parameter counts.
+        trainable and total parameter counts, number of ranks.
     """
-    run_dir = Path(run_dir)
-    _prepare_run_dir(run_dir, resume, force)
+    workers = start_workers(distributed, device)
+    try:
+        return _train(Path(dataset_dir), Path(run_dir), config, cache_dir, resume, force, tensorboard, workers)
+    finally:
+        stop_workers(workers)
+
+
+def _train(dataset_dir: Path, run_dir: Path, config: TrainConfig, cache_dir, resume: bool, force: bool,
+           tensorboard: bool, workers: Workers) -> dict[str, Any]:
+    if workers.is_main:
+        _prepare_run_dir(run_dir, resume, force)
+    else:
+        logging.getLogger("iisan").setLevel(logging.WARNING)  # one rank speaks for the run
+    workers.barrier()
     parts = assemble(dataset_dir, cache_dir, config)
     config = parts.config
-    model = parts.model
+    model = parts.model.to(workers.device)
     optimizer = build_optimizer(parts)
-    log_pop = log_popularity(torch.from_numpy(parts.splits.popularity))
+    log_pop = log_popularity(torch.from_numpy(parts.splits.popularity)).to(workers.device)
+    objective = step_objective(parts, log_pop, workers)
     state = {"epoch": 0, "best": -1.0, "best_epoch": 0, "bad_epochs": 0}
     if resume:
         _check_resumable(run_dir, parts)
     if resume and (run_dir / RESUME_DIR / "state.json").is_file():
+        # Every rank reads the same files, so the run folder must be on a shared filesystem.
         load_weights(run_dir / RESUME_DIR / WEIGHTS_FILE, model)
         load_optimizer(run_dir / RESUME_DIR, optimizer)
         state = json.loads((run_dir / RESUME_DIR / "state.json").read_text())
         log.info("resuming after epoch %d (best %s %.4f at epoch %d)", state["epoch"], SELECT_METRIC, state["best"], state["best_epoch"])
-    else:
-        _write_run_config(run_dir, parts, dataset_dir, cache_dir)
-    writer = _tensorboard(run_dir) if tensorboard else None
+    elif workers.is_main:
+        _write_run_config(run_dir, parts, dataset_dir, cache_dir, workers)
+    writer = _tensorboard(run_dir) if tensorboard and workers.is_main else None
 
-    train_ids = parts.splits.train  # [U, L + 1]
+    def evaluate(split: str) -> dict[str, float]:
+        items = item_embeddings(model, parts.source, parts.dataset.num_items, workers)
+        return evaluate_split(model, items, getattr(parts.splits, split), batch_size=config.eval_batch_size,
+                              include_history=config.include_history, workers=workers)
+
+    best_weights = None  # kept in memory: ranks need not read back what rank 0 wrote
     epoch_seconds = []
     while state["epoch"] < config.epochs and state["bad_epochs"] < config.patience:
         epoch = state["epoch"] + 1
         start = time.perf_counter()
-        loss = _train_epoch(parts, optimizer, train_ids, log_pop, epoch)
+        loss = _train_epoch(parts, objective, optimizer, log_pop, epoch, workers)
         seconds = time.perf_counter() - start
         epoch_seconds.append(seconds)
-        valid = evaluate_split(model, item_embeddings(model, parts.source, parts.dataset.num_items),
-                               parts.splits.valid, batch_size=config.eval_batch_size,
-                               include_history=config.include_history)
+        valid = evaluate("valid")
         improved = valid[SELECT_METRIC] > state["best"]
         if improved:
             state.update(best=valid[SELECT_METRIC], best_epoch=epoch, bad_epochs=0)
-            save_weights(run_dir / WEIGHTS_FILE, model)
+            best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if workers.is_main:
+                save_weights(run_dir / WEIGHTS_FILE, model)
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch
-        record = {"epoch": epoch, "loss": loss, "seconds": round(seconds, 3), "valid": valid, "best": improved}
-        append_metrics(run_dir, record)
-        if writer is not None:
-            writer.add_scalar("train/loss", loss, epoch)
-            writer.add_scalar(f"valid/{SELECT_METRIC}", valid[SELECT_METRIC], epoch)
+        if workers.is_main:
+            record = {"epoch": epoch, "loss": loss, "seconds": round(seconds, 3), "valid": valid, "best": improved}
+            append_metrics(run_dir, record)
+            if writer is not None:
+                writer.add_scalar("train/loss", loss, epoch)
+                writer.add_scalar(f"valid/{SELECT_METRIC}", valid[SELECT_METRIC], epoch)
+            _save_resume_state(run_dir, model, optimizer, state)
         log.info("epoch %d  loss %.4f  valid %s %.4f  hr@10 %.4f  (%.1fs)%s", epoch, loss, SELECT_METRIC,
                  valid[SELECT_METRIC], valid["hr@10"], seconds, "  *" if improved else "")
-        _save_resume_state(run_dir, model, optimizer, state)
 
-    load_weights(run_dir / WEIGHTS_FILE, model)
-    items = item_embeddings(model, parts.source, parts.dataset.num_items)
-    results = {
-        split: evaluate_split(model, items, getattr(parts.splits, split), batch_size=config.eval_batch_size,
-                              include_history=config.include_history)
-        for split in ("valid", "test")
-    }
-    write_json_atomic(run_dir / "metrics.json", results)
+    if best_weights is not None:
+        model.load_state_dict(best_weights)
+    else:  # resumed after the last epoch: the best weights are only on disk
+        load_weights(run_dir / WEIGHTS_FILE, model)
+    results = {split: evaluate(split) for split in ("valid", "test")}
+    if workers.is_main:
+        write_json_atomic(run_dir / "metrics.json", results)
     if writer is not None:
         writer.close()
+    workers.barrier()  # nobody leaves before rank 0 has written everything
     return {
         "run": str(run_dir),
         "method": config.method,
@@ -111,39 +144,82 @@ def train(
         "seconds_per_epoch": round(float(np.mean(epoch_seconds)), 3) if epoch_seconds else None,
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "total_parameters": sum(p.numel() for p in model.parameters()),
+        "ranks": workers.world_size,
         **results,
     }
 
 
-def _train_epoch(parts: Assembled, optimizer: torch.optim.Optimizer, train_ids: np.ndarray,
-                 log_pop: torch.Tensor, epoch: int) -> float:
+class NextItemObjective(torch.nn.Module):
+    """The training loss of one batch as a module, so that DistributedDataParallel can wrap it
+    (it synchronises gradients of what runs inside ``forward``)."""
+
+    def __init__(self, model: SequentialRecommender, log_pop: torch.Tensor, workers: Workers = LOCAL) -> None:
+        super().__init__()
+        self.model = model
+        self.log_pop = log_pop  # a plain attribute, not a buffer: DDP must not broadcast it
+        self.workers = workers
+
+    def forward(self, features: ItemFeatures, inverse: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """``features`` of the batch's distinct items; ``inverse [B, L + 1]`` maps each slot
+        to its row there; ``ids [B, L + 1]`` the slots' item ids."""
+        embeddings = self.model.embed_items(features)[inverse]
+        input_mask = ids[:, :-1] != 0
+        user_states = self.model.user(embeddings[:, :-1], input_mask)  # [B, L, d]
+        return in_batch_softmax_loss(user_states, embeddings, ids, input_mask, self.log_pop, self.workers)
+
+
+def step_objective(parts: Assembled, log_pop: torch.Tensor, workers: Workers = LOCAL) -> torch.nn.Module:
+    """The module a training step calls: the objective, wrapped in DDP when there are several ranks."""
+    objective = NextItemObjective(parts.model, log_pop, workers)
+    if not workers.distributed:
+        return objective
+    device_ids = [workers.device] if workers.device.type == "cuda" else None
+    return DistributedDataParallel(objective, device_ids=device_ids, broadcast_buffers=False)
+
+
+def _train_epoch(parts: Assembled, objective: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 log_pop: torch.Tensor, epoch: int, workers: Workers) -> float:
+    """One pass over the training users; the mean loss over batches (over all ranks)."""
     config, model = parts.config, parts.model
+    train_ids = parts.splits.train  # [U, L + 1]
     model.train()
-    torch.manual_seed(config.seed * 1_000 + epoch)  # dropout: reproducible per epoch, so resume matches
+    # Dropout: reproducible per epoch (so resume matches) and different on every rank.
+    torch.manual_seed(config.seed * 1_000 + epoch + 7_919 * workers.rank)
     order = np.random.default_rng(config.seed + epoch).permutation(len(train_ids))
     total, steps = 0.0, 0
     batches = range(0, len(order), config.batch_size)
-    for start in tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, mininterval=1):
-        loss = training_step(parts, optimizer, train_ids[order[start : start + config.batch_size]], log_pop)
-        total += loss
+    for start in tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, mininterval=1,
+                      disable=not workers.is_main):
+        batch = train_ids[order[start : start + config.batch_size]]
+        mine = batch[workers.share(len(batch))]
+        if not len(mine):
+            # A last batch smaller than the number of ranks: this rank still has to take part
+            # in the collectives; an all-padding row adds no target, no candidate, no gradient.
+            mine = np.zeros((1, batch.shape[1]), dtype=batch.dtype)
+        total += training_step(parts, optimizer, mine, log_pop, objective=objective, workers=workers)
         steps += 1
-    return total / max(steps, 1)
+    return workers.sum(total) / (workers.world_size * max(steps, 1))
 
 
 def training_step(parts: Assembled, optimizer: torch.optim.Optimizer, batch_ids: np.ndarray,
-                  log_pop: torch.Tensor) -> float:
-    """One optimisation step on ``batch_ids [B, L + 1]``; returns the loss."""
-    model = parts.model
+                  log_pop: torch.Tensor, objective: torch.nn.Module | None = None,
+                  workers: Workers = LOCAL) -> float:
+    """One optimisation step on ``batch_ids [B, L + 1]``; returns the loss.
+
+    Under torchrun ``batch_ids`` is this rank's share of the global batch, ``objective``
+    the DDP-wrapped :class:`NextItemObjective`, and the value returned this rank's share
+    of the global loss (their mean over ranks is the global loss).
+    """
+    objective = objective if objective is not None else NextItemObjective(parts.model, log_pop, workers)
+    device = workers.device
     # Each distinct item goes through the item tower once, however often it occurs.
     unique, inverse = np.unique(batch_ids, return_inverse=True)
-    embeddings = model.embed_items(parts.source.features(unique))[torch.from_numpy(inverse.reshape(batch_ids.shape))]
-    ids = torch.from_numpy(batch_ids)
-    input_mask = ids[:, :-1] != 0
-    user_states = model.user(embeddings[:, :-1], input_mask)  # [B, L, d]
-    loss = in_batch_softmax_loss(user_states, embeddings, ids, input_mask, log_pop)
+    features = parts.source.features(unique).to(device)
+    loss = objective(features, torch.from_numpy(inverse.reshape(batch_ids.shape)).to(device),
+                     torch.from_numpy(batch_ids).to(device))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), parts.config.grad_clip)
+    torch.nn.utils.clip_grad_norm_(parts.model.parameters(), parts.config.grad_clip)
     optimizer.step()
     return float(loss.detach())
 
@@ -184,7 +260,7 @@ def _check_resumable(run_dir: Path, parts: Assembled) -> None:
                           "resume with the same options or start a new run")
 
 
-def _write_run_config(run_dir: Path, parts: Assembled, dataset_dir, cache_dir) -> None:
+def _write_run_config(run_dir: Path, parts: Assembled, dataset_dir, cache_dir, workers: Workers) -> None:
     write_json_atomic(run_dir / CONFIG_FILE, {
         "version": RUN_VERSION,
         "iisan_version": __version__,
@@ -195,6 +271,7 @@ def _write_run_config(run_dir: Path, parts: Assembled, dataset_dir, cache_dir) -
         "encoders": {m: parts.cache.entry(m) for m in parts.model.layers} if parts.cache else {},
         "layers": {m: list(v) for m, v in parts.model.layers.items()},
         "num_items": parts.dataset.num_items,
+        "ranks": workers.world_size,
     })
 
 

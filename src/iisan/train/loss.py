@@ -16,8 +16,12 @@ the reference's ``debias_logits``).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch.nn import functional as F
+
+from iisan.train.distributed import LOCAL, Workers
 
 MASKED = -1e4
 
@@ -34,6 +38,7 @@ def in_batch_softmax_loss(
     item_ids: torch.Tensor,
     input_mask: torch.Tensor,
     log_pop: torch.Tensor,
+    workers: Workers = LOCAL,
 ) -> torch.Tensor:
     """Mean cross-entropy over real positions.
 
@@ -43,16 +48,24 @@ def in_batch_softmax_loss(
         item_ids: ``[B, L + 1]`` their ids (0 = padding).
         input_mask: ``[B, L]`` True where position ``j`` has a target (slot ``j + 1``).
         log_pop: ``[N + 1]`` log popularity.
+        workers: under torchrun, this rank holds its slice of the global batch: the
+            candidates are every rank's slots, and the value returned is this rank's share
+            of the global mean, scaled so that averaging gradients over ranks (as
+            DistributedDataParallel does) gives the gradient of the global mean.
     """
     batch, slots, dim = item_embeddings.shape
     length = slots - 1
-    candidate_ids = item_ids.reshape(-1)  # [C], C = B * (L + 1)
-    logits = user_states.reshape(batch * length, dim) @ item_embeddings.reshape(-1, dim).T
+    candidates, first_slot = workers.gather(item_embeddings.reshape(-1, dim))  # [C, d]
+    candidate_ids, _ = workers.gather(item_ids.reshape(-1))  # [C]
+    logits = user_states.reshape(batch * length, dim) @ candidates.T
     logits = (logits - log_pop[candidate_ids]).view(batch, length, -1)  # [B, L, C]
 
-    labels = torch.arange(batch, device=item_ids.device)[:, None] * slots + torch.arange(1, slots, device=item_ids.device)
+    arange = functools.partial(torch.arange, device=item_ids.device)
+    labels = first_slot + arange(batch)[:, None] * slots + arange(1, slots)
     in_own_sequence = (item_ids[:, :, None] == candidate_ids[None, None, :]).any(dim=1)  # [B, C]
     masked = (in_own_sequence | (candidate_ids == 0)[None, :])[:, None, :].expand(batch, length, -1).clone()
     masked.scatter_(2, labels[:, :, None], False)  # the positive itself stays
     logits = logits.masked_fill(masked, MASKED)
-    return F.cross_entropy(logits[input_mask], labels[input_mask])
+    total = F.cross_entropy(logits[input_mask], labels[input_mask], reduction="sum")
+    positions = workers.sum(int(input_mask.sum()))
+    return total * (workers.world_size / positions)
