@@ -24,6 +24,7 @@ from rich.markup import escape
 
 from iisan import __version__
 from iisan.config import DEVICES, DTL_TARGETS, INTER_LAYERS, METHODS, MODALITIES, MODES
+from iisan.efficiency import DEFAULT_METHODS as EFFICIENCY_METHODS
 from iisan.errors import ConfigError, IisanError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -47,6 +48,8 @@ data_app = typer.Typer(
 app.add_typer(data_app, name="data")
 encoders_app = typer.Typer(help="Frozen pretrained encoders.", no_args_is_help=True, rich_markup_mode="rich")
 app.add_typer(encoders_app, name="encoders")
+bench_app = typer.Typer(help="Measured comparisons between methods.", no_args_is_help=True, rich_markup_mode="rich")
+app.add_typer(bench_app, name="bench")
 
 
 def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
@@ -385,13 +388,14 @@ def train(
     dataset: Annotated[Path, typer.Argument(help="Prepared dataset folder.", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.", show_default=False)],
     cache: Annotated[Path | None, typer.Option(help="Hidden-state cache from `iisan encode` (not needed for --method id).", show_default=False)] = None,
-    method: Annotated[Method, typer.Option(help="iisan: side network; frozen: linear head on the last cached layer; id: SASRec with item-id embeddings.")] = Method.iisan,
+    method: Annotated[Method, typer.Option(help="iisan: side network; frozen: linear head on the last cached layer; id: SASRec with item-id embeddings; fft, adapter, lora, bitfit: the encoders (named by --cache's manifest) run on raw content and are trained: all weights, Houlsby adapters, LoRA, biases.")] = Method.iisan,
     modality: Annotated[Modality, typer.Option(help="Towers feeding the item embedding.")] = Modality.intra_inter,
     mode: Annotated[Mode, typer.Option(help="cached: read the cache; uncached: run the frozen encoders in the graph (same results, slower).")] = Mode.cached,
     epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 50,
     batch_size: Annotated[int, typer.Option(help="Users per batch (in-batch negatives come from them).")] = 64,
     lr: Annotated[float, typer.Option(help="Learning rate of the user encoder, heads and fusion (the reference used 2e-4).")] = 1e-3,
-    side_lr: Annotated[float, typer.Option(help="Learning rate of the side network's blocks and gates (the reference used 1e-4).")] = 1e-3,
+    side_lr: Annotated[float | None, typer.Option(help="Learning rate of the side network's blocks and gates (the reference used 1e-4), or of the trained encoder parameters for fft, adapter, lora, bitfit. Default: 1e-4 for fft, 1e-3 otherwise.", show_default=False)] = None,
+    lora_rank: Annotated[int, typer.Option(help="LoRA rank for --method lora (alpha = 2 x rank).")] = 8,
     patience: Annotated[int, typer.Option(help="Stop after this many epochs without a better validation NDCG@10.")] = 5,
     layers: Annotated[str | None, typer.Option(help="Encoder layers the side network reads, e.g. 0,2,4,6 (default: 0 and every other).", show_default=False)] = None,
     bottleneck: Annotated[int, typer.Option(help="Side-block bottleneck width.")] = 64,
@@ -419,6 +423,8 @@ def train(
 
       iisan train data/scientific --method id --out runs/sci-id
 
+      iisan train data/scientific --cache cache/scientific --method lora --modality text --out runs/sci-lora
+
       iisan train data/synth --cache cache/synth --out runs/synth --epochs 20 --tensorboard
 
     Encoders of different depth or width (e.g. a cache built with --text-encoder minilm,
@@ -434,7 +440,7 @@ def train(
     """
     import dataclasses
 
-    from iisan.config import SideNetworkConfig, TrainConfig, UserEncoderConfig
+    from iisan.config import SideNetworkConfig, TrainConfig, UserEncoderConfig, default_side_lr
     from iisan.train.distributed import is_main_process
     from iisan.train.loop import train as run_train
 
@@ -447,7 +453,8 @@ def train(
     else:
         config = TrainConfig(
             method=method.value, mode=mode.value, epochs=epochs, batch_size=batch_size, lr=lr,
-            side_lr=side_lr, patience=patience, seed=seed, include_history=include_history,
+            side_lr=side_lr if side_lr is not None else default_side_lr(method.value), patience=patience,
+            lora_rank=lora_rank, seed=seed, include_history=include_history,
             user=UserEncoderConfig(dropout=dropout),
             side=SideNetworkConfig(bottleneck=bottleneck, modality=modality.value,
                                    layers=_int_list(layers, "--layers") if layers else None,
@@ -755,6 +762,65 @@ def report(
 
     path = write_report(runs, out)
     stdout.print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB, {len(runs)} run{'s' if len(runs) > 1 else ''})")
+
+
+@bench_app.command("efficiency")
+@handles_errors
+def bench_efficiency(
+    dataset: Annotated[Path, typer.Argument(help="Prepared dataset folder.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for efficiency.csv/.json/.md/.png (and the cache it builds).")] = Path("efficiency"),
+    methods: Annotated[str, typer.Option(help="Comma-separated, from: fft, adapter, lora, bitfit, frozen, iisan-uncached, iisan-cached.")] = ",".join(EFFICIENCY_METHODS),
+    steps: Annotated[int, typer.Option(help="Timed training steps per method (after 3 warm-up steps).")] = 20,
+    batch_size: Annotated[int, typer.Option(help="Users per step.")] = 16,
+    image_size: Annotated[int, typer.Option(help="Image side in pixels (224 as in the paper; 112 keeps a CPU run to minutes).")] = 224,
+    text_encoder: Annotated[str, typer.Option(help="Text encoder (registry name or folder).")] = "minilm",
+    image_encoder: Annotated[str, typer.Option(help="Image encoder (used when the dataset has images).")] = "dinov2-small",
+    cache: Annotated[Path | None, typer.Option(help="Use this cache instead of building one (its build time is then not reported).", show_default=False)] = None,
+    typical_epochs: Annotated[int, typer.Option(help="Epochs of a typical run, to amortise the cache's one-off cost over.")] = 20,
+    device: Annotated[Device, typer.Option(help="auto: the GPU if there is one (memory is then CUDA max_memory_allocated).")] = Device.auto,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Time, parameters and memory of every training method, side by side, and TPME.
+
+    Builds the hidden-state cache first (timed: the one-off cost the cached method pays),
+    then trains each method in a fresh subprocess on the same batches: seconds per step,
+    trainable and total parameters, peak memory (CUDA max_memory_allocated on a GPU; on
+    CPU peak RSS and the training footprint, peak RSS minus the RSS after imports), and
+    TPME = 0.45 time + 0.1 parameters + 0.45 memory, each min-max normalised (lower is
+    better). Ratios are relative to fft.
+
+    [bold]Examples[/]
+
+      iisan bench efficiency data/synth --image-size 112 --out bench/out/efficiency
+
+      iisan bench efficiency data/scientific --methods fft,lora,iisan-cached --steps 10
+    """
+    from iisan.efficiency import EfficiencyConfig, run_efficiency, table_rows
+
+    config = EfficiencyConfig(
+        methods=tuple(m.strip() for m in methods.split(",") if m.strip()), steps=steps, batch_size=batch_size,
+        image_size=image_size, text_encoder=text_encoder, image_encoder=image_encoder,
+        typical_epochs=typical_epochs, device=device.value,
+    )
+    report = run_efficiency(dataset, out, config, cache=cache,
+                            progress=(lambda line: None) if as_json else (lambda line: stderr.print(line, highlight=False)))
+    if as_json:
+        _print_json(report)
+        return
+    from rich.table import Table
+
+    header, rows = table_rows(report)
+    table = Table(title=f"Training efficiency ({report['methods'][0]['device']}; memory: {report['memory_measure']})",
+                  title_justify="left")
+    for column in header:
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for row in rows:
+        table.add_row(*row)
+    stdout.print(table)
+    if report["cache_build_seconds"] is not None:
+        stdout.print(f"cache build (one-off): {report['cache_build_seconds']:.1f} s = "
+                     f"{report['cache_build_seconds_per_epoch']:.1f} s per epoch over {typical_epochs} epochs")
+    stdout.print(f"wrote {out}/efficiency.csv, .json, .md, .png")
 
 
 def main() -> None:

@@ -129,13 +129,18 @@ class FrozenEncoder:
         inputs = {key: value.to(device) for key, value in inputs.items()}
         outputs = self.model(**inputs, output_hidden_states=True)
         states = torch.stack(outputs.hidden_states, dim=1)  # [batch, L + 1, tokens, hidden]
-        if pooling == "cls":
-            return states[:, :, 0]
-        mask = inputs.get("attention_mask")
-        if mask is None:
-            return states.mean(dim=2)
-        weights = mask[:, None, :, None].to(states.dtype)  # [batch, 1, tokens, 1]
-        return (states * weights).sum(dim=2) / weights.sum(dim=2).clamp_min(1.0)
+        return pool_tokens(states, inputs.get("attention_mask"), pooling)
+
+
+def pool_tokens(states: torch.Tensor, mask: torch.Tensor | None, pooling: Pooling) -> torch.Tensor:
+    """Pool ``states [batch, ..., tokens, hidden]`` over tokens: the first (``cls``) or the
+    mean over the real ones (``mask [batch, tokens]``, 1 = real; ``None``: all real)."""
+    if pooling == "cls":
+        return states[..., 0, :]
+    if mask is None:
+        return states.mean(dim=-2)
+    weights = mask.reshape(mask.shape[0], *([1] * (states.dim() - 3)), mask.shape[1], 1).to(states.dtype)
+    return (states * weights).sum(dim=-2) / weights.sum(dim=-2).clamp_min(1.0)
 
 
 def _normalisation(folder: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:

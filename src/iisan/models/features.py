@@ -24,18 +24,24 @@ class ItemFeatures:
         ids: ``[n]`` item ids (0 is padding).
         states: modality -> ``[n, S, D]`` float32, the selected layers only.
         present: modality -> ``[n]`` bool, False where the item lacks the modality.
+        inputs: for towers that run the encoders themselves (``fft``, ``adapter``, ``lora``,
+            ``bitfit``): modality -> the encoder's model inputs (``input_ids`` and
+            ``attention_mask``, or ``pixel_values``) for the rows that have the modality,
+            which are ``present[modality].nonzero()`` in order.
     """
 
     ids: torch.Tensor
     states: dict[str, torch.Tensor] = field(default_factory=dict)
     present: dict[str, torch.Tensor] = field(default_factory=dict)
+    inputs: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     def to(self, device: torch.device) -> ItemFeatures:
         if self.ids.device == device:
             return self
         return ItemFeatures(ids=self.ids.to(device),
                             states={m: s.to(device, non_blocking=True) for m, s in self.states.items()},
-                            present={m: p.to(device) for m, p in self.present.items()})
+                            present={m: p.to(device) for m, p in self.present.items()},
+                            inputs={m: {k: v.to(device) for k, v in i.items()} for m, i in self.inputs.items()})
 
 
 class FeatureSource(Protocol):
@@ -47,6 +53,11 @@ class IdOnlySource:
 
     def features(self, ids: np.ndarray) -> ItemFeatures:
         return ItemFeatures(ids=torch.as_tensor(ids, dtype=torch.long))
+
+
+# A page fault on a file mapping maps the neighbouring cached pages too (Linux's
+# fault_around_bytes, 64 KiB by default): one random row read adds that much to RSS.
+FAULT_AROUND_BYTES = 64 << 10
 
 
 class CachedSource:
@@ -74,7 +85,7 @@ class CachedSource:
             rows = np.empty((len(ids), len(layers), self._states[modality].shape[2]), dtype=np.float16)
             rows[order] = self._states[modality][ids[order]][:, list(layers)]
             states[modality] = torch.from_numpy(rows).float()
-            self._touched += len(ids) * self._states[modality][0].nbytes
+            self._touched += len(ids) * (self._states[modality][0].nbytes + FAULT_AROUND_BYTES)
         if self._touched > self.resident_limit:
             for array in self._states.values():
                 release_resident_pages(array)

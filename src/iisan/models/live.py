@@ -1,8 +1,11 @@
-"""``uncached`` mode: the frozen encoders run on raw content for every batch.
+"""Items read from raw content at every batch, not from the cache.
 
-Same :class:`ItemFeatures` as the cache, computed under ``no_grad`` (nothing
-back-propagates into the encoders either way). It exists to show that cached training
-is the same computation, only cheaper, and to measure how much cheaper.
+:class:`LiveSource` (``uncached`` mode) runs the frozen encoders and yields the same
+:class:`ItemFeatures` as the cache, computed under ``no_grad`` (nothing back-propagates
+into the encoders either way): it shows that cached training is the same computation,
+only cheaper, and measures how much cheaper. :class:`RawContentSource` yields the
+encoders' inputs instead, for the baselines whose item tower runs and trains the
+encoders itself (``fft``, ``adapter``, ``lora``, ``bitfit``).
 """
 
 from __future__ import annotations
@@ -16,7 +19,58 @@ from iisan.errors import CacheMismatchError
 from iisan.models.features import ItemFeatures
 
 
-class LiveSource:
+def content_inputs(encoder: FrozenEncoder, entry: dict, modality: str, texts: list[str | None],
+                   images: list[bytes | None]) -> tuple[np.ndarray, dict[str, torch.Tensor] | None]:
+    """The rows that have ``modality`` and the encoder's inputs for them (``None`` if no row has it).
+
+    ``texts[r]`` is ``None`` for padding rows and "" for an item without text (encoded, as in
+    the cache); ``images[r]`` is encoded image bytes or ``None`` when absent. Preprocessing
+    follows the manifest ``entry``'s settings, so cached and live states agree.
+
+    Raises:
+        OSError, ValueError: image bytes that do not decode.
+    """
+    if modality == "text":
+        rows = np.array([r for r, text in enumerate(texts) if text is not None], dtype=np.int64)
+        if not len(rows):
+            return rows, None
+        return rows, encoder.collate_tokens(encoder.tokenize([texts[r] for r in rows],
+                                                             entry["settings"]["max_text_tokens"]))
+    rows = np.array([r for r, image in enumerate(images) if image is not None], dtype=np.int64)
+    if not len(rows):
+        return rows, None
+    pixels = [encoder.preprocess_image(images[r], entry["settings"]["image_size"]) for r in rows]
+    return rows, {"pixel_values": torch.from_numpy(np.stack(pixels))}
+
+
+class _RawContent:
+    """Texts and image bytes of a prepared dataset's items, by item id."""
+
+    def __init__(self, dataset: PreparedDataset, modalities) -> None:
+        self.dataset = dataset
+        self.modalities = tuple(modalities)
+        self.texts = dataset.items["text"].fill_null("").to_list()
+        self.images = dataset.items["image"].to_list()
+
+    def content(self, ids: np.ndarray) -> tuple[list[str | None], list[bytes | None]]:
+        texts = [self.texts[i - 1] if i > 0 else None for i in ids]
+        images = [(self.dataset.root / self.images[i - 1]).read_bytes() if i > 0 and self.images[i - 1] else None
+                  for i in ids] if "image" in self.modalities else [None] * len(ids)
+        return texts, images
+
+
+def load_encoders(entries: dict[str, dict], modalities, device: torch.device | str = "cpu") -> dict[str, FrozenEncoder]:
+    """The encoders named by cache manifest ``entries``, checked to be the same weights."""
+    encoders = {}
+    for modality in modalities:
+        encoder = FrozenEncoder.load(entries[modality]["name"], modality, device)  # type: ignore[arg-type]
+        if encoder.weight_hash != entries[modality]["weight_hash"]:
+            raise CacheMismatchError(f"the {modality} encoder's weights changed since the cache was built")
+        encoders[modality] = encoder
+    return encoders
+
+
+class LiveSource(_RawContent):
     """Runs the encoders named by a cache manifest's entries, with the same settings.
 
     Args:
@@ -25,30 +79,20 @@ class LiveSource:
         layers: modality -> the layers the item tower reads.
     """
 
-    def __init__(self, dataset: PreparedDataset, entries: dict[str, dict], layers: dict[str, tuple[int, ...]]) -> None:
-        self.dataset = dataset
+    def __init__(self, dataset: PreparedDataset, entries: dict[str, dict], layers: dict[str, tuple[int, ...]],
+                 device: torch.device | str = "cpu") -> None:
+        super().__init__(dataset, layers)
         self.layers = layers
         self.entries = entries
-        self.encoders: dict[str, FrozenEncoder] = {}
-        for modality in layers:
-            encoder = FrozenEncoder.load(entries[modality]["name"], modality)  # type: ignore[arg-type]
-            if encoder.weight_hash != entries[modality]["weight_hash"]:
-                raise CacheMismatchError(f"the {modality} encoder's weights changed since the cache was built")
-            self.encoders[modality] = encoder
-        self.texts = dataset.items["text"].fill_null("").to_list()
-        self.images = dataset.items["image"].to_list()
+        self.encoders = load_encoders(entries, layers, device)
 
     def features(self, ids: np.ndarray) -> ItemFeatures:
         ids = np.asarray(ids, dtype=np.int64)
-        texts = [self.texts[i - 1] if i > 0 else None for i in ids]
-        images = [(self.dataset.root / self.images[i - 1]).read_bytes() if i > 0 and self.images[i - 1] else None
-                  for i in ids] if "image" in self.layers else [None] * len(ids)
-        return self.content_features(ids, texts, images)
+        return self.content_features(ids, *self.content(ids))
 
     def content_features(self, ids: np.ndarray, texts: list[str | None], images: list[bytes | None]) -> ItemFeatures:
-        """Features of raw content: ``texts[r]`` (``None`` for padding rows, "" for an item
-        without text, as in the cache) and encoded image bytes ``images[r]`` (``None`` when
-        absent). Also what new items, never cached, go through.
+        """Features of raw content (see :func:`content_inputs`). Also what new items, never
+        cached, go through.
 
         Raises:
             OSError, ValueError: image bytes that do not decode.
@@ -59,18 +103,39 @@ class LiveSource:
             encoder, entry = self.encoders[modality], self.entries[modality]
             states = torch.zeros(len(ids), encoder.num_layers + 1, encoder.hidden_size)
             present = torch.zeros(len(ids), dtype=torch.bool)
-            if modality == "text":
-                rows = np.array([r for r, text in enumerate(texts) if text is not None], dtype=np.int64)
-                tokens = encoder.tokenize([texts[r] for r in rows], entry["settings"]["max_text_tokens"])
-                inputs = encoder.collate_tokens(tokens) if len(rows) else None
-            else:
-                rows = np.array([r for r, image in enumerate(images) if image is not None], dtype=np.int64)
-                pixels = [encoder.preprocess_image(images[r], entry["settings"]["image_size"]) for r in rows]
-                inputs = {"pixel_values": torch.from_numpy(np.stack(pixels))} if len(rows) else None
+            rows, inputs = content_inputs(encoder, entry, modality, texts, images)
             if len(rows):
                 # Inference-mode outputs cannot enter an autograd graph; a clone can.
                 states[torch.from_numpy(rows)] = encoder.pooled_hidden_states(inputs, entry["pooling"]).cpu().clone()
                 present[torch.from_numpy(rows)] = True
             features.states[modality] = states[:, list(layers)]
             features.present[modality] = present
+        return features
+
+
+class RawContentSource(_RawContent):
+    """Model inputs of raw content, for item towers that run (and train) the encoders themselves.
+
+    Args:
+        dataset: the prepared dataset.
+        entries: modality -> manifest entry (its settings: token limit, image size).
+        encoders: modality -> the loaded encoder (its tokenizer and image preprocessing).
+    """
+
+    def __init__(self, dataset: PreparedDataset, entries: dict[str, dict], encoders: dict[str, FrozenEncoder]) -> None:
+        super().__init__(dataset, encoders)
+        self.entries = entries
+        self.encoders = encoders
+
+    def features(self, ids: np.ndarray) -> ItemFeatures:
+        ids = np.asarray(ids, dtype=np.int64)
+        texts, images = self.content(ids)
+        features = ItemFeatures(ids=torch.from_numpy(ids))
+        for modality, encoder in self.encoders.items():
+            rows, inputs = content_inputs(encoder, self.entries[modality], modality, texts, images)
+            present = torch.zeros(len(ids), dtype=torch.bool)
+            present[torch.from_numpy(rows)] = True
+            features.present[modality] = present
+            if inputs is not None:
+                features.inputs[modality] = inputs
         return features

@@ -9,12 +9,13 @@ from pathlib import Path
 import torch
 
 from iisan.cache.store import HiddenStateCache
-from iisan.config import TrainConfig
+from iisan.config import EMBEDDED_METHODS, TrainConfig
 from iisan.data.dataset import PreparedDataset
 from iisan.data.split import Splits, split_sequences
 from iisan.errors import ConfigError
 from iisan.models.features import CachedSource, FeatureSource, IdOnlySource
-from iisan.models.live import LiveSource
+from iisan.models.baselines.embedded import EmbeddedEncoderItemEncoder
+from iisan.models.live import LiveSource, RawContentSource, load_encoders
 from iisan.models.recommender import SequentialRecommender, build_item_encoder
 from iisan.models.user import UserEncoder
 from iisan.train.checkpoint import WEIGHTS_FILE, load_weights, read_run_config
@@ -30,8 +31,12 @@ class Assembled:
     splits: Splits
 
 
-def assemble(dataset_dir: str | Path, cache_dir: str | Path | None, config: TrainConfig) -> Assembled:
+def assemble(dataset_dir: str | Path, cache_dir: str | Path | None, config: TrainConfig,
+             device: torch.device | str = "cpu") -> Assembled:
     """Build everything a run needs. Sizes come from the cache manifest, never from literals.
+
+    ``device`` is where encoders that run at every step (``uncached`` mode, the encoder
+    baselines) are loaded; the caller moves the model.
 
     Raises:
         ConfigError: a content method without a cache, or a cache lacking a needed modality.
@@ -48,16 +53,30 @@ def assemble(dataset_dir: str | Path, cache_dir: str | Path | None, config: Trai
         cache = HiddenStateCache.open(cache_dir, dataset.fingerprint)
         shapes = {m: (cache.num_layers(m), cache.hidden_size(m)) for m in cache.modalities}
     torch.manual_seed(config.seed)
-    model = SequentialRecommender(build_item_encoder(config, shapes, dataset.num_items), UserEncoder(config.user))
-    if config.method == "id":
-        source: FeatureSource = IdOnlySource()
-    elif config.mode == "cached":
-        source = CachedSource(cache, model.layers)
-    else:
-        source = LiveSource(dataset, {m: cache.entry(m) for m in model.layers}, model.layers)
+    model, source = _model_and_source(config, dataset, cache, shapes, device)
     flat, offsets = dataset.sequence_arrays()
     splits = split_sequences(flat, offsets, config.user.max_seq_len, dataset.num_items)
     return Assembled(config, dataset, cache, model, source, splits)
+
+
+def _model_and_source(config: TrainConfig, dataset: PreparedDataset, cache: HiddenStateCache | None,
+                      shapes: dict[str, tuple[int, int]], device) -> tuple[SequentialRecommender, FeatureSource]:
+    user = UserEncoder(config.user)
+    if config.method in EMBEDDED_METHODS:
+        # The encoders run inside the tower on raw content; the cache only names them.
+        modalities = tuple(m for m in config.side.encoder_modalities if m in shapes)
+        entries = {m: cache.entry(m) for m in modalities}
+        encoders = load_encoders(entries, modalities, device)
+        item = EmbeddedEncoderItemEncoder(config.method, {m: e.model for m, e in encoders.items()},
+                                          {m: entries[m]["pooling"] for m in modalities}, config.user.dim,
+                                          adapter_bottleneck=config.side.bottleneck, lora_rank=config.lora_rank)
+        return SequentialRecommender(item, user), RawContentSource(dataset, entries, encoders)
+    model = SequentialRecommender(build_item_encoder(config, shapes, dataset.num_items), user)
+    if config.method == "id":
+        return model, IdOnlySource()
+    if config.mode == "cached":
+        return model, CachedSource(cache, model.layers)
+    return model, LiveSource(dataset, {m: cache.entry(m) for m in model.layers}, model.layers, device)
 
 
 def assemble_run(run_dir: str | Path, mode: str | None = None) -> Assembled:

@@ -73,7 +73,7 @@ def _train(dataset_dir: Path, run_dir: Path, config: TrainConfig, cache_dir, res
     else:
         logging.getLogger("iisan").setLevel(logging.WARNING)  # one rank speaks for the run
     workers.barrier()
-    parts = assemble(dataset_dir, cache_dir, config)
+    parts = assemble(dataset_dir, cache_dir, config, device=workers.device)
     config = parts.config
     model = parts.model.to(workers.device)
     optimizer = build_optimizer(parts)

@@ -1,0 +1,295 @@
+"""``iisan bench efficiency``: training cost of every method, side by side, in one run.
+
+Each method trains in a subprocess of its own (fresh memory) on the same batches: a few
+warm-up steps, then ``steps`` timed ones. Measured per method: seconds per step (median)
+and the epoch time it implies, trainable and total parameters (from ``requires_grad``),
+and memory: on a GPU ``max_memory_allocated``; on CPU the process's peak RSS and its
+training footprint, peak RSS minus the RSS after imports (what compares with the GPU
+figure). The one-off cost of building the cache is measured too and shown amortised over
+a typical run's epochs. TPME (DESIGN.md) combines time, trainable parameters and memory,
+each min-max normalised over the compared methods; lower is better.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from iisan.errors import ConfigError
+
+METHODS = {
+    # name -> (TrainConfig.method, TrainConfig.mode)
+    "fft": ("fft", "cached"),
+    "adapter": ("adapter", "cached"),
+    "lora": ("lora", "cached"),
+    "bitfit": ("bitfit", "cached"),
+    "frozen": ("frozen", "cached"),
+    "iisan-uncached": ("iisan", "uncached"),
+    "iisan-cached": ("iisan", "cached"),
+}
+DEFAULT_METHODS = ("fft", "adapter", "lora", "bitfit", "iisan-uncached", "iisan-cached")
+TPME_WEIGHTS = (0.45, 0.1, 0.45)  # time, trainable parameters, memory
+WARMUP_STEPS = 3
+
+
+@dataclass(frozen=True)
+class EfficiencyConfig:
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    steps: int = 20
+    batch_size: int = 16
+    image_size: int = 224
+    text_encoder: str = "minilm"
+    image_encoder: str = "dinov2-small"
+    modality: str | None = None  # None: intra_inter when the data has images, else text
+    typical_epochs: int = 20
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise ConfigError(f"unknown method {', '.join(unknown) or '(none)'}; choose from {', '.join(METHODS)}")
+        for name in ("steps", "batch_size", "image_size", "typical_epochs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+
+
+# ---- one method, in its own process -----------------------------------------------------
+
+
+def _rss_mb(field: str) -> float:
+    status = Path("/proc/self/status").read_text()
+    return int(status.split(f"{field}:")[1].split()[0]) / 1024
+
+
+def measure_method(dataset: Path, cache: Path, name: str, config: EfficiencyConfig) -> dict[str, Any]:
+    """Train ``name`` for warm-up + ``config.steps`` steps in this process and measure it."""
+    import numpy as np
+    import torch
+
+    from iisan.config import SideNetworkConfig, TrainConfig
+    from iisan.devices import pick_device
+    from iisan.train.assemble import assemble
+    from iisan.train.distributed import Workers
+    from iisan.train.loop import build_optimizer, training_step
+    from iisan.train.loss import log_popularity
+
+    import peft  # noqa: F401  (imports count before the baseline, not in the footprint)
+    import transformers  # noqa: F401
+
+    device = pick_device(config.device)
+    Path("/proc/self/clear_refs").write_text("5")  # peak RSS restarts here: after imports, before the model
+    baseline_mb = _rss_mb("VmRSS")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    method, mode = METHODS[name]
+    train_config = TrainConfig(method=method, mode=mode, batch_size=config.batch_size, seed=config.seed,
+                               side=SideNetworkConfig(modality=config.modality or "intra_inter"))
+    parts = assemble(dataset, cache, train_config, device=device)
+    parts.model.to(device).train()
+    optimizer = build_optimizer(parts)
+    log_pop = log_popularity(torch.from_numpy(parts.splits.popularity)).to(device)
+    workers = Workers(device=device)
+    users = len(parts.splits.train)
+    order = np.random.default_rng(config.seed).permutation(users)  # the same batches in every process
+    total_steps = WARMUP_STEPS + config.steps
+    batches = parts.splits.train[np.resize(order, total_steps * config.batch_size)].reshape(
+        total_steps, config.batch_size, -1)
+    seconds, losses = [], []
+    for index, batch in enumerate(batches):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        losses.append(training_step(parts, optimizer, batch, log_pop, workers=workers))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if index >= WARMUP_STEPS:
+            seconds.append(time.perf_counter() - start)
+    step = statistics.median(seconds)
+    peak_mb = _rss_mb("VmHWM")
+    result = {
+        "method": name,
+        "device": str(device),
+        "seconds_per_step": step,
+        "seconds_per_epoch": step * math.ceil(users / config.batch_size),
+        "trainable_parameters": sum(p.numel() for p in parts.model.parameters() if p.requires_grad),
+        "total_parameters": sum(p.numel() for p in parts.model.parameters()),
+        "peak_rss_mb": peak_mb,
+        "footprint_mb": peak_mb - baseline_mb,
+        "first_loss": losses[0],
+        "last_loss": losses[-1],
+    }
+    if device.type == "cuda":
+        result["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return result
+
+
+# ---- the whole comparison -----------------------------------------------------------------
+
+
+def tpme(rows: list[dict[str, Any]], memory_key: str) -> list[float]:
+    """``a1 * norm(time) + a2 * norm(trainable params) + a3 * norm(memory)`` per row."""
+    def norm(values: list[float]) -> list[float]:
+        low, high = min(values), max(values)
+        return [0.0 if high == low else (v - low) / (high - low) for v in values]
+
+    columns = [norm([r[key] for r in rows]) for key in ("seconds_per_step", "trainable_parameters", memory_key)]
+    return [sum(w * c[i] for w, c in zip(TPME_WEIGHTS, columns)) for i in range(len(rows))]
+
+
+def run_efficiency(dataset: str | Path, out: str | Path, config: EfficiencyConfig,
+                   cache: str | Path | None = None, progress=print) -> dict[str, Any]:
+    """Build the cache unless given (timed), measure every method in its own process, write the files.
+
+    Raises:
+        ConfigError: a method failed (its last error lines are in the message).
+    """
+    from iisan.data.dataset import PreparedDataset
+
+    dataset, out = Path(dataset), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    has_images = PreparedDataset.load(dataset).items["image"].is_not_null().any()
+    modality = config.modality or ("intra_inter" if has_images else "text")
+    config = EfficiencyConfig(**{**config.__dict__, "modality": modality})
+    cache_seconds = None
+    if cache is None:
+        cache = out / "cache"
+        progress(f"building the cache in {cache} (timed)")
+        command = [sys.executable, "-m", "iisan", "-q", "encode", str(dataset), "--out", str(cache),
+                   "--text-encoder", config.text_encoder,
+                   "--image-encoder", config.image_encoder if has_images and modality != "text" else "none",
+                   "--image-size", str(config.image_size), "--device", config.device, "--force"]
+        start = time.perf_counter()
+        _run(command, "encode")
+        cache_seconds = time.perf_counter() - start
+
+    rows = []
+    for name in config.methods:
+        progress(f"{name}: {WARMUP_STEPS} warm-up + {config.steps} timed steps of {config.batch_size} users")
+        command = [sys.executable, "-m", "iisan.efficiency", str(dataset), str(cache), name,
+                   json.dumps(config.__dict__)]
+        rows.append(json.loads(_run(command, name).strip().splitlines()[-1]))
+
+    memory_key = "cuda_max_allocated_mb" if all("cuda_max_allocated_mb" in r for r in rows) else "footprint_mb"
+    for row, score in zip(rows, tpme(rows, memory_key)):
+        row["tpme"] = score
+    reference = next((r for r in rows if r["method"] == "fft"), None)
+    for row in rows:
+        if reference is not None:
+            row["speedup_vs_fft"] = reference["seconds_per_step"] / row["seconds_per_step"]
+            row["memory_reduction_vs_fft"] = reference[memory_key] / max(row[memory_key], 1e-9)
+    report = {
+        "dataset": str(dataset),
+        "cache": str(cache),
+        "settings": config.__dict__,
+        "memory_measure": memory_key,
+        "cache_build_seconds": cache_seconds,
+        "cache_build_seconds_per_epoch": cache_seconds / config.typical_epochs if cache_seconds else None,
+        "methods": rows,
+    }
+    write_outputs(out, report)
+    return report
+
+
+def _run(command: list[str], what: str) -> str:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    if result.returncode:
+        tail = " | ".join(result.stderr.strip().splitlines()[-3:])
+        raise ConfigError(f"{what} failed: {tail}")
+    return result.stdout
+
+
+COLUMNS = (
+    ("method", "method", "{}"),
+    ("seconds_per_step", "s/step", "{:.4f}"),
+    ("seconds_per_epoch", "s/epoch (est.)", "{:.1f}"),
+    ("trainable_parameters", "trainable params", "{:,}"),
+    ("total_parameters", "total params", "{:,}"),
+    ("footprint_mb", "footprint MB", "{:,.0f}"),
+    ("peak_rss_mb", "peak RSS MB", "{:,.0f}"),
+    ("cuda_max_allocated_mb", "CUDA max alloc MB", "{:,.0f}"),
+    ("speedup_vs_fft", "speed x fft", "{:.1f}x"),
+    ("memory_reduction_vs_fft", "memory ÷ fft", "{:.1f}x"),
+    ("tpme", "TPME", "{:.3f}"),
+)
+
+
+def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    present = [c for c in COLUMNS if all(c[0] in r for r in report["methods"])]
+    return [c[1] for c in present], [[fmt.format(r[key]) for key, _, fmt in present] for r in report["methods"]]
+
+
+def markdown(report: dict[str, Any]) -> str:
+    header, rows = table_rows(report)
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    settings = report["settings"]
+    notes = [f"Batch {settings['batch_size']} users, {settings['steps']} timed steps after {WARMUP_STEPS} warm-up, "
+             f"modality {settings['modality']}, image size {settings['image_size']}, device {report['methods'][0]['device']}.",
+             f"Memory in TPME and ratios: {report['memory_measure']}."]
+    if report["cache_build_seconds"] is not None:
+        notes.append(f"Cache build (one-off): {report['cache_build_seconds']:.1f} s, "
+                     f"{report['cache_build_seconds_per_epoch']:.1f} s per epoch over {settings['typical_epochs']} epochs.")
+    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+
+
+def write_outputs(out: Path, report: dict[str, Any]) -> None:
+    from iisan.fileio import write_atomic, write_json_atomic
+
+    write_json_atomic(out / "efficiency.json", report)
+    keys = sorted({k for r in report["methods"] for k in r}, key=lambda k: (k != "method", k))
+
+    def write_csv(tmp: Path) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(report["methods"])
+
+    write_atomic(out / "efficiency.csv", write_csv)
+    write_atomic(out / "efficiency.md", lambda tmp: tmp.write_text(markdown(report), encoding="utf-8"))
+    write_atomic(out / "efficiency.png", lambda tmp: _chart(report, tmp))
+
+
+def _chart(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    rows = report["methods"]
+    names = [r["method"] for r in rows]
+    memory = report["memory_measure"]
+    panels = (("seconds_per_step", "seconds per step", True), (memory, memory.replace("_", " "), True),
+              ("trainable_parameters", "trainable parameters", True))
+    figure, axes = plt.subplots(1, 3, figsize=(13, 4))
+    for axis, (key, title, log) in zip(axes, panels):
+        axis.bar(names, [max(r[key], 1e-9) for r in rows], color="#4C72B0")
+        axis.set_title(title)
+        if log:
+            axis.set_yscale("log")
+        axis.tick_params(axis="x", rotation=45)
+    figure.tight_layout()
+    figure.savefig(path, format="png", dpi=110)
+    plt.close(figure)
+
+
+def _child() -> None:
+    dataset, cache, name, settings = sys.argv[1:5]
+    data = json.loads(settings)
+    data["methods"] = tuple(data["methods"])
+    print(json.dumps(measure_method(Path(dataset), Path(cache), name, EfficiencyConfig(**data))))
+
+
+if __name__ == "__main__":
+    _child()

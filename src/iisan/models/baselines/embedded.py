@@ -1,0 +1,167 @@
+"""``fft``, ``adapter``, ``lora``, ``bitfit``: the encoders inside the item tower, trained.
+
+These are the baselines IISAN is measured against. Each runs the pretrained encoders on
+raw text and images at every step, with gradients, and differs only in what is trained:
+
+- ``fft``: every encoder weight;
+- ``adapter``: Houlsby bottleneck adapters inserted in every encoder layer, after the
+  attention output projection and after the feed-forward output projection;
+- ``lora``: LoRA on the attention's query, key and value projections, through ``peft``;
+- ``bitfit``: the encoders' bias terms.
+
+On top of the encoders the tower is the ``frozen`` baseline's: each modality's last-layer
+state, pooled as in the cache (CLS or mean), through ``Linear(D, d)``, fused by
+``Linear(k * d, d)``. Adapters start as the identity and LoRA's update at zero, so before
+training these towers compute exactly what ``frozen`` computes on the same encoders.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from iisan.encoders.frozen import pool_tokens
+from iisan.errors import ConfigError
+from iisan.models.features import ItemFeatures
+
+EMBEDDED_METHODS = ("fft", "adapter", "lora", "bitfit")
+
+# Where, inside one transformer layer of each supported architecture, the attention and
+# feed-forward outputs are projected back to the hidden width (BERT/MiniLM, DINOv2, MPNet).
+ATTENTION_OUTPUTS = ("attention.output.dense", "attention.o_proj", "attention.attn.o")
+FEED_FORWARD_OUTPUTS = ("output.dense", "mlp.fc2")
+
+
+class HoulsbyAdapter(nn.Module):
+    """``x + up(gelu(down(x)))``; ``up`` starts at zero, so the adapter starts as the identity."""
+
+    def __init__(self, width: int, bottleneck: int) -> None:
+        super().__init__()
+        self.down = nn.Linear(width, bottleneck)
+        self.up = nn.Linear(bottleneck, width)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.up(nn.functional.gelu(self.down(x)))
+
+
+class Adapted(nn.Module):
+    """A projection followed by an adapter (the adapter sees the projection's output)."""
+
+    def __init__(self, projection: nn.Linear, bottleneck: int) -> None:
+        super().__init__()
+        self.projection = projection
+        self.adapter = HoulsbyAdapter(projection.out_features, bottleneck)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.adapter(self.projection(x))
+
+
+def encoder_layers(model: nn.Module) -> nn.ModuleList:
+    layers = getattr(getattr(model, "encoder", None), "layer", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ConfigError(f"{type(model).__name__}: no encoder.layer list; adapter and lora baselines support "
+                          "BERT-, MPNet- and DINOv2-style encoders")
+    return layers
+
+
+def _find(layer: nn.Module, names: tuple[str, ...], what: str) -> str:
+    for name in names:
+        try:
+            module = layer.get_submodule(name)
+        except AttributeError:
+            continue
+        if isinstance(module, nn.Linear):
+            return name
+    raise ConfigError(f"{type(layer).__name__}: cannot find the {what} projection (looked for {', '.join(names)})")
+
+
+def insert_adapters(model: nn.Module, bottleneck: int) -> None:
+    """Houlsby adapters after the attention and feed-forward output projections of every layer."""
+    for layer in encoder_layers(model):
+        for name in (_find(layer, ATTENTION_OUTPUTS, "attention output"),
+                     _find(layer, FEED_FORWARD_OUTPUTS, "feed-forward output")):
+            parent_name, _, child = name.rpartition(".")
+            parent = layer.get_submodule(parent_name) if parent_name else layer
+            setattr(parent, child, Adapted(getattr(parent, child), bottleneck))
+
+
+def attention_projections(model: nn.Module) -> list[str]:
+    """Full names of every layer's query, key and value projections: the attention's
+    linear layers other than its output projection."""
+    names = []
+    for index, layer in enumerate(encoder_layers(model)):
+        output = _find(layer, ATTENTION_OUTPUTS, "attention output")
+        for name, module in layer.attention.named_modules():
+            if isinstance(module, nn.Linear) and f"attention.{name}" != output:
+                names.append(f"encoder.layer.{index}.attention.{name}")
+    return names
+
+
+def add_lora(model: nn.Module, rank: int) -> nn.Module:
+    """LoRA (``peft``) on the query, key and value projections; ``alpha = 2 * rank``, no dropout."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=attention_projections(model))
+    return inject_adapter_in_model(config, model)
+
+
+def prepare_encoder(model: nn.Module, method: str, adapter_bottleneck: int = 64, lora_rank: int = 8) -> nn.Module:
+    """Apply ``method`` to a pretrained encoder and leave trainable exactly what it trains."""
+    if method not in EMBEDDED_METHODS:
+        raise ConfigError(f"method must be one of {', '.join(EMBEDDED_METHODS)}, got {method!r}")
+    model.requires_grad_(method == "fft")
+    if method == "adapter":
+        insert_adapters(model, adapter_bottleneck)  # new modules: trainable
+    elif method == "lora":
+        model = add_lora(model, lora_rank)
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_("lora_" in name)
+    elif method == "bitfit":
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(name.endswith("bias"))
+    return model
+
+
+class EmbeddedEncoderItemEncoder(nn.Module):
+    """Encoders on raw content (adapted by ``method``), last-layer pooling, linear heads and fusion.
+
+    Args:
+        method: one of :data:`EMBEDDED_METHODS`.
+        models: modality -> the pretrained Hugging Face model (modified in place).
+        poolings: modality -> ``cls`` or ``mean``, as the cache was built.
+        dim: the item embedding width ``d``.
+    """
+
+    def __init__(self, method: str, models: dict[str, nn.Module], poolings: dict[str, str], dim: int,
+                 adapter_bottleneck: int = 64, lora_rank: int = 8) -> None:
+        super().__init__()
+        self.method = method
+        self.poolings = dict(poolings)
+        self.encoders = nn.ModuleDict({m: prepare_encoder(model, method, adapter_bottleneck, lora_rank)
+                                       for m, model in models.items()})
+        self.widths = {m: int(model.config.hidden_size) for m, model in models.items()}
+        self.layers = {m: (int(model.config.num_hidden_layers),) for m, model in models.items()}
+        self.heads = nn.ModuleDict({m: nn.Linear(width, dim) for m, width in self.widths.items()})
+        self.fusion = nn.Linear(len(models) * dim, dim)
+
+    def side_parameters(self) -> list[nn.Parameter]:
+        """The trainable encoder parameters (trained at ``side_lr``)."""
+        return [p for p in self.encoders.parameters() if p.requires_grad]
+
+    def forward(self, features: ItemFeatures) -> torch.Tensor:
+        outputs = []
+        for name, encoder in self.encoders.items():
+            present = features.present[name]
+            pooled = self.heads[name].weight.new_zeros(len(features.ids), self.widths[name])
+            if name in features.inputs:
+                inputs = features.inputs[name]
+                last = encoder(**inputs, output_hidden_states=True).hidden_states[-1]  # as cached: before any final norm
+                pooled = pooled.index_put((present.nonzero().squeeze(1),),
+                                          pool_tokens(last, inputs.get("attention_mask"), self.poolings[name]))
+            embedding = self.heads[name](pooled)
+            if name == "image":
+                embedding = embedding * present.unsqueeze(-1).to(embedding.dtype)
+            outputs.append(embedding)
+        return self.fusion(torch.cat(outputs, dim=-1))
