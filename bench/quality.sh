@@ -12,6 +12,11 @@
 #
 # Extra `iisan train` options for every run can be passed in TRAIN_ARGS, e.g.
 #   TRAIN_ARGS="--epochs 20" bash bench/quality.sh
+#
+# The encoder baselines (fft, adapter, lora, bitfit: minilm trained on raw text at every
+# step) cost minutes per epoch on a CPU, so they run on ENCODER_SEEDS (default 42) for at
+# most ENCODER_EPOCHS epochs (default 2; an epoch is 189 steps of 64 users); their
+# metrics.jsonl holds the validation curve. ENCODER_METHODS="" skips them.
 set -euo pipefail
 
 WORK=${1:-bench/out/quality}
@@ -30,6 +35,14 @@ for seed in $SEEDS; do
     --out "$WORK/runs/frozen-text-$seed" --force $TRAIN_ARGS
   iisan -q train "$WORK/scientific" --method id --seed "$seed" \
     --out "$WORK/runs/id-$seed" --force $TRAIN_ARGS
+done
+ENCODER_METHODS=${ENCODER_METHODS-"fft adapter lora bitfit"}
+for seed in ${ENCODER_SEEDS:-42}; do
+  for method in $ENCODER_METHODS; do
+    [ -f "$WORK/runs/$method-text-$seed/metrics.json" ] && continue  # finished earlier: keep it
+    iisan -q train "$WORK/scientific" --cache "$WORK/cache" --method "$method" --modality text --seed "$seed" \
+      --epochs "${ENCODER_EPOCHS:-2}" --out "$WORK/runs/$method-text-$seed" --force $TRAIN_ARGS
+  done
 done
 for run in "$WORK"/runs/*; do
   iisan -q evaluate "$run" --split test --include-history > /dev/null

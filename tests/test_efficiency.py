@@ -45,8 +45,9 @@ def test_bench_efficiency_writes_its_files(tiny_multimodal, tmp_path):
     rows = {r["method"]: r for r in report["methods"]}
     assert list(rows) == ["fft", "lora", "iisan-cached"]
     assert report["settings"]["modality"] == "intra_inter"  # the data has images
-    # Counted from the models: fft trains everything; the cached side network holds no encoder.
-    assert rows["fft"]["trainable_parameters"] == rows["fft"]["total_parameters"]
+    # Counted from the models: fft trains (nearly) everything; the cached side network holds no encoder.
+    assert rows["fft"]["trainable_parameters"] > 0.95 * rows["fft"]["total_parameters"]
+    assert rows["fft"]["trainable_parameters"] > rows["lora"]["trainable_parameters"]
     assert rows["lora"]["trainable_parameters"] < rows["lora"]["total_parameters"]
     assert rows["iisan-cached"]["total_parameters"] < rows["fft"]["total_parameters"]
     for row in rows.values():

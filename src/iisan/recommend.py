@@ -27,6 +27,7 @@ from iisan.data.text import clean_text
 from iisan.errors import ConfigError, IisanError, InputError, UnknownItemError
 from iisan.evaluate.runner import item_embeddings, user_vectors
 from iisan.index import INDEX_DIR, HnswSettings, ItemIndex, load_index, save_added, save_index
+from iisan.models.live import RawContentSource
 from iisan.train.assemble import Assembled, assemble_run
 from iisan.train.checkpoint import WEIGHTS_FILE
 
@@ -275,6 +276,8 @@ class Recommender:
         return keys, texts, images
 
     def _live_source(self):
+        if isinstance(self.parts.source, RawContentSource):
+            return self.parts.source  # the encoder baselines read raw content anyway
         if self._live is None:
             from iisan.models.live import LiveSource
 

@@ -129,7 +129,15 @@ class RawContentSource(_RawContent):
 
     def features(self, ids: np.ndarray) -> ItemFeatures:
         ids = np.asarray(ids, dtype=np.int64)
-        texts, images = self.content(ids)
+        return self.content_features(ids, *self.content(ids))
+
+    def content_features(self, ids: np.ndarray, texts: list[str | None], images: list[bytes | None]) -> ItemFeatures:
+        """Model inputs of raw content (see :func:`content_inputs`), also for new items.
+
+        Raises:
+            OSError, ValueError: image bytes that do not decode.
+        """
+        ids = np.asarray(ids, dtype=np.int64)
         features = ItemFeatures(ids=torch.from_numpy(ids))
         for modality, encoder in self.encoders.items():
             rows, inputs = content_inputs(encoder, self.entries[modality], modality, texts, images)

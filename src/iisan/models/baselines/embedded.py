@@ -30,6 +30,8 @@ EMBEDDED_METHODS = ("fft", "adapter", "lora", "bitfit")
 # feed-forward outputs are projected back to the hidden width (BERT/MiniLM, DINOv2, MPNet).
 ATTENTION_OUTPUTS = ("attention.output.dense", "attention.o_proj", "attention.attn.o")
 FEED_FORWARD_OUTPUTS = ("output.dense", "mlp.fc2")
+OFF_PATH_MODULES = ("pooler", "layernorm")  # after the last hidden state (BERT/MPNet pooler, DINOv2 final norm)
+OFF_PATH_PARAMETERS = ("embeddings.mask_token",)  # DINOv2: used only for masked-image pretraining
 
 
 class HoulsbyAdapter(nn.Module):
@@ -121,6 +123,15 @@ def prepare_encoder(model: nn.Module, method: str, adapter_bottleneck: int = 64,
     elif method == "bitfit":
         for name, parameter in model.named_parameters():
             parameter.requires_grad_(name.endswith("bias"))
+    for name in OFF_PATH_MODULES:
+        # The tower reads the last layer's hidden states: a pooler or a final norm after it
+        # gets no gradient, so it is neither trained nor counted as trainable.
+        module = getattr(model, name, None)
+        if isinstance(module, nn.Module):
+            module.requires_grad_(False)
+    for name, parameter in model.named_parameters():
+        if name.endswith(OFF_PATH_PARAMETERS):
+            parameter.requires_grad_(False)
     return model
 
 
