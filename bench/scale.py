@@ -34,19 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
+from iisan.efficiency import reset_peak_rss, rss_mb
+
 SEQUENCE_LENGTH = 10
 BATCH_SIZE = 64
 WARMUP_STEPS = 10
-
-
-def peak_rss_mb() -> float:
-    """VmHWM of this process since the last :func:`reset_peak` (or its start)."""
-    status = Path("/proc/self/status").read_text()
-    return int(status.split("VmHWM:")[1].split()[0]) / 1024
-
-
-def reset_peak() -> None:
-    Path("/proc/self/clear_refs").write_text("5")  # Linux: restart VmHWM from the current RSS
 
 
 def write_source(folder: Path, items: int, users: int, seed: int) -> None:
@@ -84,15 +76,15 @@ def run_size(work: Path, items: int, users: int, steps: int, eval_users: int, en
     report: dict = {"items": items, "users": users, "stages": {}}
 
     def stage(name: str, fn):
-        reset_peak()
+        reset_peak_rss()
         start = time.perf_counter()
         result = fn()
         report["stages"][name] = {"seconds": round(time.perf_counter() - start, 2),
-                                  "peak_rss_mb": round(peak_rss_mb(), 1)}
+                                  "peak_rss_mb": round(rss_mb("VmHWM"), 1)}
         return result
 
     source, dataset, cache = work / "source", work / "dataset", work / "cache"
-    report["baseline_rss_mb"] = round(peak_rss_mb(), 1)
+    report["baseline_rss_mb"] = round(rss_mb("VmHWM"), 1)
     if not (dataset / "dataset.json").is_file():
         stage("source", lambda: write_source(source, items, users, seed=0))
         stage("prepare", lambda: prepare(source, dataset, PrepareConfig(format="iisan-tsv", max_seq_len=SEQUENCE_LENGTH - 3)))

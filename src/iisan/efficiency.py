@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -67,9 +68,16 @@ class EfficiencyConfig:
 # ---- one method, in its own process -----------------------------------------------------
 
 
-def _rss_mb(field: str) -> float:
+def rss_mb(field: str = "VmRSS") -> float:
+    """This process's resident memory in MB: ``VmRSS`` now, or ``VmHWM``, its peak since the
+    start or the last :func:`reset_peak_rss` (Linux)."""
     status = Path("/proc/self/status").read_text()
     return int(status.split(f"{field}:")[1].split()[0]) / 1024
+
+
+def reset_peak_rss() -> None:
+    """Restart ``VmHWM`` from the current RSS (Linux ``clear_refs``)."""
+    Path("/proc/self/clear_refs").write_text("5")
 
 
 def measure_method(dataset: Path, cache: Path, name: str, config: EfficiencyConfig) -> dict[str, Any]:
@@ -81,15 +89,15 @@ def measure_method(dataset: Path, cache: Path, name: str, config: EfficiencyConf
     from iisan.devices import pick_device
     from iisan.train.assemble import assemble
     from iisan.train.distributed import Workers
-    from iisan.train.loop import build_optimizer, training_step
+    from iisan.train.loop import build_optimizer, step_objective, training_step
     from iisan.train.loss import log_popularity
 
     import peft  # noqa: F401  (imports count before the baseline, not in the footprint)
     import transformers  # noqa: F401
 
     device = pick_device(config.device)
-    Path("/proc/self/clear_refs").write_text("5")  # peak RSS restarts here: after imports, before the model
-    baseline_mb = _rss_mb("VmRSS")
+    reset_peak_rss()  # the peak restarts here: after imports, before the model
+    baseline_mb = rss_mb()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     method, mode = METHODS[name]
@@ -100,6 +108,7 @@ def measure_method(dataset: Path, cache: Path, name: str, config: EfficiencyConf
     optimizer = build_optimizer(parts)
     log_pop = log_popularity(torch.from_numpy(parts.splits.popularity)).to(device)
     workers = Workers(device=device)
+    objective = step_objective(parts, log_pop, workers)
     users = len(parts.splits.train)
     order = np.random.default_rng(config.seed).permutation(users)  # the same batches in every process
     total_steps = WARMUP_STEPS + config.steps
@@ -110,13 +119,13 @@ def measure_method(dataset: Path, cache: Path, name: str, config: EfficiencyConf
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
-        losses.append(training_step(parts, optimizer, batch, log_pop, workers=workers))
+        losses.append(training_step(parts, optimizer, batch, objective=objective, workers=workers))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if index >= WARMUP_STEPS:
             seconds.append(time.perf_counter() - start)
     step = statistics.median(seconds)
-    peak_mb = _rss_mb("VmHWM")
+    peak_mb = rss_mb("VmHWM")
     result = {
         "method": name,
         "device": str(device),
@@ -160,7 +169,7 @@ def run_efficiency(dataset: str | Path, out: str | Path, config: EfficiencyConfi
     out.mkdir(parents=True, exist_ok=True)
     has_images = PreparedDataset.load(dataset).items["image"].is_not_null().any()
     modality = config.modality or ("intra_inter" if has_images else "text")
-    config = EfficiencyConfig(**{**config.__dict__, "modality": modality})
+    config = dataclasses.replace(config, modality=modality)
     cache_seconds = None
     if cache is None:
         cache = out / "cache"

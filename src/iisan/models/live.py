@@ -44,13 +44,18 @@ def content_inputs(encoder: FrozenEncoder, entry: dict, modality: str, texts: li
 
 
 class _RawContent:
-    """Texts and image bytes of a prepared dataset's items, by item id."""
+    """Texts and image bytes of a prepared dataset's items, by item id; subclasses turn them
+    into features with ``content_features``."""
 
     def __init__(self, dataset: PreparedDataset, modalities) -> None:
         self.dataset = dataset
         self.modalities = tuple(modalities)
         self.texts = dataset.items["text"].fill_null("").to_list()
         self.images = dataset.items["image"].to_list()
+
+    def features(self, ids: np.ndarray) -> ItemFeatures:
+        ids = np.asarray(ids, dtype=np.int64)
+        return self.content_features(ids, *self.content(ids))
 
     def content(self, ids: np.ndarray) -> tuple[list[str | None], list[bytes | None]]:
         texts = [self.texts[i - 1] if i > 0 else None for i in ids]
@@ -85,10 +90,6 @@ class LiveSource(_RawContent):
         self.layers = layers
         self.entries = entries
         self.encoders = load_encoders(entries, layers, device)
-
-    def features(self, ids: np.ndarray) -> ItemFeatures:
-        ids = np.asarray(ids, dtype=np.int64)
-        return self.content_features(ids, *self.content(ids))
 
     def content_features(self, ids: np.ndarray, texts: list[str | None], images: list[bytes | None]) -> ItemFeatures:
         """Features of raw content (see :func:`content_inputs`). Also what new items, never
@@ -126,10 +127,6 @@ class RawContentSource(_RawContent):
         super().__init__(dataset, encoders)
         self.entries = entries
         self.encoders = encoders
-
-    def features(self, ids: np.ndarray) -> ItemFeatures:
-        ids = np.asarray(ids, dtype=np.int64)
-        return self.content_features(ids, *self.content(ids))
 
     def content_features(self, ids: np.ndarray, texts: list[str | None], images: list[bytes | None]) -> ItemFeatures:
         """Model inputs of raw content (see :func:`content_inputs`), also for new items.

@@ -92,20 +92,21 @@ def _train(dataset_dir: Path, run_dir: Path, config: TrainConfig, cache_dir, res
         _write_run_config(run_dir, parts, dataset_dir, cache_dir, workers)
     writer = _tensorboard(run_dir) if tensorboard and workers.is_main else None
 
-    def evaluate(split: str) -> dict[str, float]:
-        items = item_embeddings(model, parts.source, parts.dataset.num_items, workers)
-        return evaluate_split(model, items, getattr(parts.splits, split), batch_size=config.eval_batch_size,
-                              include_history=config.include_history, workers=workers)
+    def evaluate(*splits: str) -> dict[str, dict[str, float]]:
+        items = item_embeddings(model, parts.source, parts.dataset.num_items, workers)  # once for all splits
+        return {split: evaluate_split(model, items, getattr(parts.splits, split), batch_size=config.eval_batch_size,
+                                      include_history=config.include_history, workers=workers)
+                for split in splits}
 
     best_weights = None  # kept in memory: ranks need not read back what rank 0 wrote
     epoch_seconds = []
     while state["epoch"] < config.epochs and state["bad_epochs"] < config.patience:
         epoch = state["epoch"] + 1
         start = time.perf_counter()
-        loss = _train_epoch(parts, objective, optimizer, log_pop, epoch, workers)
+        loss = _train_epoch(parts, objective, optimizer, epoch, workers)
         seconds = time.perf_counter() - start
         epoch_seconds.append(seconds)
-        valid = evaluate("valid")
+        valid = evaluate("valid")["valid"]
         improved = valid[SELECT_METRIC] > state["best"]
         if improved:
             state.update(best=valid[SELECT_METRIC], best_epoch=epoch, bad_epochs=0)
@@ -129,7 +130,7 @@ def _train(dataset_dir: Path, run_dir: Path, config: TrainConfig, cache_dir, res
         model.load_state_dict(best_weights)
     else:  # resumed after the last epoch: the best weights are only on disk
         load_weights(run_dir / WEIGHTS_FILE, model)
-    results = {split: evaluate(split) for split in ("valid", "test")}
+    results = evaluate("valid", "test")
     if workers.is_main:
         write_json_atomic(run_dir / "metrics.json", results)
     if writer is not None:
@@ -178,7 +179,7 @@ def step_objective(parts: Assembled, log_pop: torch.Tensor, workers: Workers = L
 
 
 def _train_epoch(parts: Assembled, objective: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 log_pop: torch.Tensor, epoch: int, workers: Workers) -> float:
+                 epoch: int, workers: Workers) -> float:
     """One pass over the training users; the mean loss over batches (over all ranks)."""
     config, model = parts.config, parts.model
     train_ids = parts.splits.train  # [U, L + 1]
@@ -196,21 +197,26 @@ def _train_epoch(parts: Assembled, objective: torch.nn.Module, optimizer: torch.
             # A last batch smaller than the number of ranks: this rank still has to take part
             # in the collectives; an all-padding row adds no target, no candidate, no gradient.
             mine = np.zeros((1, batch.shape[1]), dtype=batch.dtype)
-        total += training_step(parts, optimizer, mine, log_pop, objective=objective, workers=workers)
+        total += training_step(parts, optimizer, mine, objective=objective, workers=workers)
         steps += 1
     return workers.sum(total) / (workers.world_size * max(steps, 1))
 
 
 def training_step(parts: Assembled, optimizer: torch.optim.Optimizer, batch_ids: np.ndarray,
-                  log_pop: torch.Tensor, objective: torch.nn.Module | None = None,
+                  log_pop: torch.Tensor | None = None, objective: torch.nn.Module | None = None,
                   workers: Workers = LOCAL) -> float:
     """One optimisation step on ``batch_ids [B, L + 1]``; returns the loss.
 
-    Under torchrun ``batch_ids`` is this rank's share of the global batch, ``objective``
-    the DDP-wrapped :class:`NextItemObjective`, and the value returned this rank's share
-    of the global loss (their mean over ranks is the global loss).
+    Give ``log_pop`` (the objective is then built for this step) or ``objective`` (from
+    :func:`step_objective`, which holds it). Under torchrun ``batch_ids`` is this rank's
+    share of the global batch, ``objective`` the DDP-wrapped :class:`NextItemObjective`,
+    and the value returned this rank's share of the global loss (their mean over ranks is
+    the global loss).
     """
-    objective = objective if objective is not None else NextItemObjective(parts.model, log_pop, workers)
+    if objective is None:
+        if log_pop is None:
+            raise ValueError("training_step needs log_pop or an objective")
+        objective = NextItemObjective(parts.model, log_pop, workers)
     device = workers.device
     # Each distinct item goes through the item tower once, however often it occurs.
     unique, inverse = np.unique(batch_ids, return_inverse=True)
