@@ -1,7 +1,7 @@
 """Overhead of `iisan encode` over the bare encoder forward pass, for text and images.
 
 In one process and on the same items:
-  (a) the floor: the encoder's forward pass alone (output_hidden_states, CLS pooling),
+  (a) the floor: the encoder's forward pass alone (output_hidden_states, the encoder's own pooling),
       over the same batches encode uses, with inputs prepared outside the timer,
       measured before and after (b) and the faster run kept;
   (b) `encode` itself: reading, tokenising or decoding, the forward pass, pooling, and
@@ -42,8 +42,9 @@ def text_floor(dataset: PreparedDataset, encoder: FrozenEncoder, config: EncodeC
                for s in range(0, len(order), config.batch_size)]
     encoder.pooled_hidden_states(batches[0], "cls")  # warm-up
     start = time.perf_counter()
+    pooling = encoder.resolve_pooling(config.pooling_for("text"))
     for inputs in batches:
-        encoder.pooled_hidden_states(inputs, config.pooling)
+        encoder.pooled_hidden_states(inputs, pooling)
     return time.perf_counter() - start
 
 
@@ -51,6 +52,7 @@ def image_floor(dataset: PreparedDataset, encoder: FrozenEncoder, config: Encode
     paths = [dataset.root / p for p in dataset.items["image"].drop_nulls().to_list()]
     elapsed = 0.0
     warm = False
+    pooling = encoder.resolve_pooling(config.pooling_for("image"))
     for s in range(0, len(paths), config.batch_size):
         pixels = np.stack([encoder.preprocess_image(p.read_bytes(), config.image_size)
                            for p in paths[s : s + config.batch_size]])
@@ -59,7 +61,7 @@ def image_floor(dataset: PreparedDataset, encoder: FrozenEncoder, config: Encode
             encoder.pooled_hidden_states(inputs, "cls")
             warm = True
         start = time.perf_counter()
-        encoder.pooled_hidden_states(inputs, config.pooling)
+        encoder.pooled_hidden_states(inputs, pooling)
         elapsed += time.perf_counter() - start
     return elapsed
 

@@ -16,7 +16,7 @@ IMAGE=${3:-tiny-random-image}
 MODALITIES=${4:-"text image intra inter intra_inter"}
 SEEDS=${SEEDS:-"42 43 44"}
 TRAIN_ARGS=${TRAIN_ARGS:-}
-POOLING=cls
+POOLING=auto  # each encoder's own: mean for minilm, CLS for dinov2-small
 IMAGE_SIZE=112
 case "$TEXT" in tiny-*) POOLING=mean; IMAGE_SIZE=32 ;; esac  # a random tiny BERT's CLS carries no content
 mkdir -p "$WORK"

@@ -94,7 +94,8 @@ def test_train_evaluate_and_resume_from_the_cli(tiny_multimodal, tmp_path):
     summary = json.loads(result.stdout)
     assert summary["epochs"] == 1 and set(summary["test"]) >= {"hr@10", "ndcg@10", "mrr"}
     saved = json.loads((run / "config.json").read_text())
-    assert saved["train"]["side"] == {"bottleneck": 8, "layers": [0, 1], "modality": "intra", "gate_temperature": 0.1,
+    assert saved["train"]["side"] == {"bottleneck": 8, "layers": [0, 1], "layer_rule": "every_other", "modality": "intra",
+                                      "gate_temperature": 0.1,
                                       "inter_layers": "last", "dtl_to": "smaller"}
 
     again = runner.invoke(app, args)

@@ -23,7 +23,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 
 from iisan import __version__
-from iisan.config import DEVICES, DTL_TARGETS, INTER_LAYERS, METHODS, MODALITIES, MODES
+from iisan.config import DEVICES, DTL_TARGETS, INTER_LAYERS, LAYER_RULES, LOSSES, METHODS, MODALITIES, MODES
 from iisan.efficiency import DEFAULT_METHODS as EFFICIENCY_METHODS
 from iisan.errors import ConfigError, IisanError
 
@@ -63,6 +63,7 @@ Mode = _choices("Mode", MODES)
 InterLayers = _choices("InterLayers", INTER_LAYERS)
 DtlTo = _choices("DtlTo", DTL_TARGETS)
 Device = _choices("Device", DEVICES)
+Loss = _choices("Loss", LOSSES)
 
 
 class Split(str, Enum):
@@ -270,7 +271,9 @@ def encode(
     out: Annotated[Path, typer.Option("--out", "-o", help="Cache folder to write or resume.", show_default=False)],
     text_encoder: Annotated[str, typer.Option(help="Registry name or local Hugging Face folder; 'none' to skip.")] = "minilm",
     image_encoder: Annotated[str, typer.Option(help="Registry name or local folder; 'none' to skip (skipped anyway without images).")] = "dinov2-small",
-    pooling: Annotated[str, typer.Option(help="Per-layer pooling: cls (first token) or mean.")] = "cls",
+    pooling: Annotated[str, typer.Option(help="Per-layer pooling for both encoders: auto (the pooling each encoder was trained for: mean for sentence-transformers folders such as minilm and mpnet, last token for decoder LLMs, else cls), cls (first token, as in the paper), mean (over real tokens) or last (last real token).")] = "auto",
+    text_pooling: Annotated[str | None, typer.Option(help="Override --pooling for the text encoder.", show_default=False)] = None,
+    image_pooling: Annotated[str | None, typer.Option(help="Override --pooling for the image encoder.", show_default=False)] = None,
     batch_size: Annotated[int, typer.Option(help="Items per forward pass.")] = 64,
     max_text_tokens: Annotated[int, typer.Option(help="Truncate text to this many tokens.")] = 30,
     image_size: Annotated[int, typer.Option(help="Resize and centre-crop images to this side.")] = 224,
@@ -326,7 +329,8 @@ def encode(
 
     config = EncodeConfig(
         text_encoder=_encoder_option(text_encoder), image_encoder=_encoder_option(image_encoder),
-        pooling=pooling, batch_size=batch_size, max_text_tokens=max_text_tokens,
+        pooling=pooling, text_pooling=text_pooling, image_pooling=image_pooling,
+        batch_size=batch_size, max_text_tokens=max_text_tokens,
         image_size=image_size, workers=workers,
     )
     summary = run_encode(dataset, out, config, force=force, shard=shard_spec, device=device.value)
@@ -382,6 +386,14 @@ def _int_list(value: str, option: str) -> tuple[int, ...]:
         raise ConfigError(f"{option} takes comma-separated integers, got {value!r}") from None
 
 
+def _layer_choice(value: str) -> dict:
+    """``--layers``: a rule name or an explicit list, as SideNetworkConfig fields."""
+    rule = value.strip().replace("-", "_")
+    if rule in LAYER_RULES:
+        return {"layer_rule": rule, "layers": None}
+    return {"layers": _int_list(value, "--layers")}
+
+
 @app.command()
 @handles_errors
 def train(
@@ -392,12 +404,16 @@ def train(
     modality: Annotated[Modality, typer.Option(help="Towers feeding the item embedding.")] = Modality.intra_inter,
     mode: Annotated[Mode, typer.Option(help="cached: read the cache; uncached: run the frozen encoders in the graph (same results, slower).")] = Mode.cached,
     epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 50,
-    batch_size: Annotated[int, typer.Option(help="Users per batch (in-batch negatives come from them).")] = 64,
+    batch_size: Annotated[int, typer.Option(help="Users per batch (with --loss in_batch the negatives come from them).")] = 64,
+    loss: Annotated[Loss, typer.Option(help="Candidates of the next-item softmax: full (every item of the catalogue, RecBole's cross-entropy), sampled (the batch's items plus --negatives drawn by popularity, log-popularity corrected), in_batch (the reference's: the batch's item slots, log-popularity corrected).")] = Loss.in_batch,
+    negatives: Annotated[int, typer.Option(help="Extra negatives per step for --loss sampled.")] = 1024,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.0,
+    id_offset: Annotated[bool, typer.Option(help="iisan, frozen: add a learned per-item vector (zero at the start) to each training item's content embedding; items added later stay content only.")] = False,
     lr: Annotated[float, typer.Option(help="Learning rate of the user encoder, heads and fusion (the reference used 2e-4).")] = 1e-3,
     side_lr: Annotated[float | None, typer.Option(help="Learning rate of the side network's blocks and gates (the reference used 1e-4), or of the trained encoder parameters for fft, adapter, lora, bitfit. Default: 1e-4 for fft, 1e-3 otherwise.", show_default=False)] = None,
     lora_rank: Annotated[int, typer.Option(help="LoRA rank for --method lora (alpha = 2 x rank).")] = 8,
     patience: Annotated[int, typer.Option(help="Stop after this many epochs without a better validation NDCG@10.")] = 5,
-    layers: Annotated[str | None, typer.Option(help="Encoder layers the side network reads, e.g. 0,2,4,6 (default: 0 and every other).", show_default=False)] = None,
+    layers: Annotated[str, typer.Option(help="Encoder layers the side network reads: every-other (LayerDrop: every other layer counting back from the last), all, or a list such as 0,2,4,6. The rules skip a layer whose state is the same for every item (layer 0 under CLS pooling).")] = "every-other",
     bottleneck: Annotated[int, typer.Option(help="Side-block bottleneck width.")] = 64,
     inter_layers: Annotated[InterLayers, typer.Option(help="Encoders of different depth (IISAN-Versa): the inter-modal tower reads the deeper encoder's layers in contiguous groups, one per layer of the shallower: the group's last layer, or its mean; truncate drops the extra layers instead (a naive control).")] = InterLayers.last,
     dtl_to: Annotated[DtlTo, typer.Option(help="Encoders of different width (IISAN-Versa): a linear layer maps the wider encoder's states to the smaller width, or the narrower one's to the larger, before inter-modal fusion.")] = DtlTo.smaller,
@@ -454,10 +470,11 @@ def train(
         config = TrainConfig(
             method=method.value, mode=mode.value, epochs=epochs, batch_size=batch_size, lr=lr,
             side_lr=side_lr if side_lr is not None else default_side_lr(method.value), patience=patience,
-            lora_rank=lora_rank, seed=seed, include_history=include_history,
+            lora_rank=lora_rank, seed=seed, include_history=include_history, loss=loss.value,
+            negatives=negatives, weight_decay=weight_decay, id_offset=id_offset,
             user=UserEncoderConfig(dropout=dropout),
             side=SideNetworkConfig(bottleneck=bottleneck, modality=modality.value,
-                                   layers=_int_list(layers, "--layers") if layers else None,
+                                   **_layer_choice(layers),
                                    inter_layers=inter_layers.value, dtl_to=dtl_to.value),
         )
     summary = run_train(dataset, out, config, cache_dir=cache, resume=resume, force=force, tensorboard=tensorboard,

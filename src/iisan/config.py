@@ -9,6 +9,7 @@ from typing import Any
 from iisan.errors import ConfigError
 
 FORMATS = ("iisan-tsv", "amazon2023", "csv", "movielens")
+POOLINGS = ("auto", "cls", "mean", "last")
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,11 @@ class EncodeConfig:
     Args:
         text_encoder / image_encoder: registry name or local Hugging Face folder; ``None``
             skips that modality (the image encoder is also skipped when no item has an image).
-        pooling: per-layer pooling, ``cls`` (first token, as in the paper) or ``mean``.
+        pooling: per-layer pooling for both encoders: ``auto`` (default: the pooling each
+            encoder was trained for, from its sentence-transformers config; else ``last``
+            for decoder LLMs and ``cls`` for the rest), ``cls`` (first token, as in the
+            paper), ``mean`` (over real tokens) or ``last`` (last real token).
+        text_pooling / image_pooling: override ``pooling`` for one encoder.
         batch_size: items per forward pass.
         max_text_tokens: text is truncated to this many tokens (special tokens included).
         image_size: images are resized and centre-cropped to this side.
@@ -104,15 +109,19 @@ class EncodeConfig:
 
     text_encoder: str | None = "minilm"
     image_encoder: str | None = "dinov2-small"
-    pooling: str = "cls"
+    pooling: str = "auto"
+    text_pooling: str | None = None
+    image_pooling: str | None = None
     batch_size: int = 64
     max_text_tokens: int = 30
     image_size: int = 224
     workers: int = 4
 
     def __post_init__(self) -> None:
-        if self.pooling not in ("cls", "mean"):
-            raise ConfigError(f"pooling must be cls or mean, got {self.pooling!r}")
+        for name in ("pooling", "text_pooling", "image_pooling"):
+            value = getattr(self, name)
+            if value is not None and value not in POOLINGS:
+                raise ConfigError(f"{name} must be one of {', '.join(POOLINGS)}, got {value!r}")
         if self.text_encoder is None and self.image_encoder is None:
             raise ConfigError("nothing to encode: give a text encoder, an image encoder or both")
         for name in ("batch_size", "max_text_tokens", "image_size", "workers"):
@@ -120,6 +129,10 @@ class EncodeConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_text_tokens < 2:
             raise ConfigError("max_text_tokens must leave room for the special tokens (at least 2)")
+
+    def pooling_for(self, modality: str) -> str:
+        """This modality's pooling (``auto`` is resolved by the encoder)."""
+        return getattr(self, f"{modality}_pooling") or self.pooling
 
     def settings(self, modality: str) -> dict[str, Any]:
         """The options that change a modality's cached values (compared on resume)."""
@@ -134,6 +147,8 @@ DTL_TARGETS = ("smaller", "larger")
 METHODS = ("iisan", "frozen", "id", "fft", "adapter", "lora", "bitfit")
 EMBEDDED_METHODS = ("fft", "adapter", "lora", "bitfit")  # run and train the encoders on raw content
 MODES = ("cached", "uncached")
+LAYER_RULES = ("every_other", "all")
+LOSSES = ("full", "sampled", "in_batch")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -144,7 +159,12 @@ class SideNetworkConfig:
     Args:
         bottleneck: SANB bottleneck width.
         layers: encoder layer indices the side network reads (0 = embedding output);
-            ``None`` means layer 0 and every other layer (LayerDrop, as in the paper).
+            ``None`` applies ``layer_rule``.
+        layer_rule: without explicit ``layers``: ``every_other`` (LayerDrop: every other
+            layer counting back from the last, which for an even depth is the paper's
+            "layer 0 and every other layer") or ``all``. Either way a layer whose state is
+            the same for every item (layer 0 under CLS pooling, the first token of a
+            causal model) is skipped: a step spent on a constant adds nothing.
         modality: which towers feed the item embedding: ``text``, ``image``, ``intra``
             (text + image), ``inter`` (the fused tower only) or ``intra_inter`` (all three).
         gate_temperature: gates are ``sigmoid(w / temperature)``.
@@ -162,6 +182,7 @@ class SideNetworkConfig:
 
     bottleneck: int = 64
     layers: tuple[int, ...] | None = None
+    layer_rule: str = "every_other"
     modality: str = "intra_inter"
     gate_temperature: float = 0.1
     inter_layers: str = "last"
@@ -174,6 +195,8 @@ class SideNetworkConfig:
             raise ConfigError(f"modality must be one of {', '.join(MODALITIES)}, got {self.modality!r}")
         if self.layers is not None and (not self.layers or min(self.layers) < 0):
             raise ConfigError(f"layers must be non-negative indices, got {self.layers}")
+        if self.layer_rule not in LAYER_RULES:
+            raise ConfigError(f"layer_rule must be one of {', '.join(LAYER_RULES)}, got {self.layer_rule!r}")
         if self.gate_temperature <= 0:
             raise ConfigError("gate_temperature must be positive")
         if self.inter_layers not in INTER_LAYERS:
@@ -186,12 +209,19 @@ class SideNetworkConfig:
         """The encoders this setting reads."""
         return {"text": ("text",), "image": ("image",)}.get(self.modality, ("text", "image"))
 
-    def selected_layers(self, num_layers: int) -> tuple[int, ...]:
-        """Indices into ``num_layers`` (= L + 1) cached layers."""
-        layers = self.layers if self.layers is not None else tuple(range(0, num_layers, 2))
-        if max(layers) >= num_layers:
-            raise ConfigError(f"layer {max(layers)} does not exist: the encoder has layers 0..{num_layers - 1}")
-        return tuple(sorted(set(layers)))
+    def selected_layers(self, num_layers: int, constant: tuple[int, ...] = ()) -> tuple[int, ...]:
+        """Indices into ``num_layers`` (= L + 1) cached layers; ``constant``: layers whose state
+        is the same for every item, never chosen by a rule (explicit ``layers`` are kept)."""
+        if self.layers is not None:
+            if max(self.layers) >= num_layers:
+                raise ConfigError(f"layer {max(self.layers)} does not exist: the encoder has layers 0..{num_layers - 1}")
+            return tuple(sorted(set(self.layers)))
+        step = 2 if self.layer_rule == "every_other" else 1
+        layers = tuple(sorted(i for i in range(num_layers - 1, -1, -step) if i not in constant))
+        if not layers:
+            raise ConfigError("every cached layer holds the same state for every item: nothing to learn from "
+                              "(was the cache built from empty texts?)")
+        return layers
 
 
 @dataclass(frozen=True)
@@ -236,6 +266,16 @@ class TrainConfig:
             50-epoch, patience-5 budget, and on small catalogues (a few steps per epoch)
             the reference rates stop early before learning anything.
         patience: stop after this many epochs without a better validation NDCG@10.
+        loss: the next-item softmax's candidates: ``full`` (every item of the catalogue,
+            RecBole's cross-entropy; the item tower embeds the whole catalogue at every
+            step), ``sampled`` (the batch's items plus ``negatives`` drawn in proportion to
+            popularity, with log-popularity correction) or ``in_batch`` (the reference's:
+            every item slot of the batch, with log-popularity correction). ``sampled`` and
+            ``in_batch`` mask the user's own items other than the positive.
+        negatives: extra negatives per step for ``loss="sampled"``.
+        id_offset: content methods (``iisan``, ``frozen``) add a learned per-item vector,
+            zero at the start, to each training-catalogue item's content embedding; items
+            added later stay content only (see :mod:`iisan.models.id_offset`).
     """
 
     method: str = "iisan"
@@ -247,6 +287,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 5.0
     patience: int = 5
+    loss: str = "in_batch"
+    negatives: int = 1024
+    id_offset: bool = False
     seed: int = 42
     eval_batch_size: int = 1024
     include_history: bool = False
@@ -262,6 +305,12 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size", "patience", "lora_rank"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.id_offset and self.method not in ("iisan", "frozen"):
+            raise ConfigError(f"id_offset applies to the cached content methods (iisan, frozen), not {self.method}")
+        if self.negatives < 0:
+            raise ConfigError(f"negatives must be 0 or more, got {self.negatives}")
         if self.lr <= 0 or self.side_lr <= 0:
             raise ConfigError("learning rates must be positive")
 

@@ -83,6 +83,27 @@ def test_cached_rows_equal_a_direct_forward_pass(built, multimodal):
     assert torch.allclose(cached, direct, atol=2e-3, rtol=2e-3)
 
 
+def test_cls_layer_zero_is_detected_as_constant_and_never_selected(built, multimodal, tmp_path):
+    """Under CLS pooling layer 0 is the CLS token's embedding, the same for every item: the
+    cache says so, and the default layer rules never spend a side-network step on it."""
+    from iisan.config import SideNetworkConfig, TrainConfig
+    from iisan.train.assemble import assemble
+
+    assert built.manifest["encoders"]["text"]["pooling"] == "cls"  # auto: a plain BERT folder
+    assert built.constant_layers("text") == (0,)
+    states = built.states("text")[1:].astype(np.float32)
+    assert np.ptp(states[:, 0], axis=0).max() == 0 and np.ptp(states[:, 2], axis=0).max() > 0
+    for rule in ("every_other", "all"):
+        config = TrainConfig(side=SideNetworkConfig(modality="text", layer_rule=rule))
+        assert 0 not in assemble(multimodal, built.root, config).model.layers["text"]
+    explicit = TrainConfig(side=SideNetworkConfig(modality="text", layers=(0, 2)))
+    assert assemble(multimodal, built.root, explicit).model.layers["text"] == (0, 2)  # asked for: kept
+
+    mean = tmp_path / "mean"
+    encode(multimodal, mean, EncodeConfig(**{**TINY.__dict__, "image_encoder": None, "pooling": "mean"}))
+    assert HiddenStateCache.open(mean).constant_layers("text") == ()
+
+
 def test_gather_keeps_the_shape_of_the_ids(built):
     ids = np.array([[3, 0, 3], [1, 2, 5]])
     rows = built.gather("text", ids)

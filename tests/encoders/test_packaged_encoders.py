@@ -63,3 +63,9 @@ def test_dinov2_conversion_equals_onnx_backbone_output():
         actual = encoder.model(pixel_values=torch.from_numpy(pixels)).last_hidden_state.numpy()
     assert actual.shape == expected.shape == (2, 257, 384)
     assert np.abs(actual - expected).max() < MAX_ABS_ERROR
+
+
+@pytest.mark.parametrize("name, modality, pooling", [("minilm", "text", "mean"), ("dinov2-small", "image", "cls")])
+def test_packaged_encoders_default_to_their_trained_pooling(name, modality, pooling):
+    """minilm ships a sentence-transformers pooling config (masked mean); DINOv2 has none: CLS."""
+    assert FrozenEncoder.load(name, modality).default_pooling == pooling

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import zipfile
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from iisan.encoders.frozen import FrozenEncoder
+from iisan.encoders.frozen import FrozenEncoder, default_pooling, pool_tokens
 from iisan.encoders.packaged import package_dir, unpack_split_zip
 from iisan.encoders.registry import EncoderLoadError, resolve, weights_hash
 from iisan.errors import ConfigError, MissingDependencyError
@@ -124,3 +125,35 @@ def test_image_preprocessing_and_states(tiny_image):
     assert states.shape == (1, tiny_image.num_layers + 1, tiny_image.hidden_size)
     with pytest.raises(OSError):
         tiny_image.preprocess_image(b"not an image", 32)
+
+
+def test_mean_and_last_pooling_match_a_loop_over_rows():
+    """Masked mean over each row's real tokens, and its last real token, with right padding."""
+    torch.manual_seed(0)
+    states = torch.randn(3, 4, 6, 5)  # [batch, layers, tokens, hidden]
+    lengths = [6, 2, 4]
+    mask = torch.zeros(3, 6, dtype=torch.long)
+    for row, length in enumerate(lengths):
+        mask[row, :length] = 1
+    mean, last = pool_tokens(states, mask, "mean"), pool_tokens(states, mask, "last")
+    for row, length in enumerate(lengths):
+        for layer in range(4):
+            assert torch.allclose(mean[row, layer], states[row, layer, :length].mean(dim=0), atol=1e-6)
+            assert torch.equal(last[row, layer], states[row, layer, length - 1])
+    assert torch.equal(pool_tokens(states, mask, "cls"), states[:, :, 0])
+    assert torch.equal(pool_tokens(states, None, "last"), states[:, :, -1])
+
+
+def test_default_pooling_is_the_one_the_encoder_was_trained_for(tmp_path):
+    from transformers import BertConfig, LlamaConfig
+
+    assert default_pooling(tmp_path, BertConfig()) == "cls"  # a plain BERT folder: its CLS token
+    assert default_pooling(tmp_path, LlamaConfig()) == "last"  # a causal LM: the last token has read the text
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    assert default_pooling(tmp_path, BertConfig()) == "mean"
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
+    assert default_pooling(tmp_path, BertConfig()) == "cls"

@@ -103,3 +103,16 @@ def test_cached_and_uncached_agree(tiny_multimodal):
     assert all(torch.equal(frozen_before[k], after[k]) for k in frozen_before)
     side = uncached.model.item.towers["text"].blocks[0].down.weight
     assert side.grad is not None and side.grad.abs().sum() > 0
+
+
+def test_layer_rules_count_back_from_the_last_layer_and_skip_constant_ones():
+    every_other = SideNetworkConfig()
+    assert every_other.selected_layers(7) == (0, 2, 4, 6)  # the paper's "layer 0 and every other"
+    assert every_other.selected_layers(7, constant=(0,)) == (2, 4, 6)
+    assert every_other.selected_layers(6) == (1, 3, 5)  # the last layer is always read
+    assert SideNetworkConfig(layer_rule="all").selected_layers(7, constant=(0,)) == (1, 2, 3, 4, 5, 6)
+    assert SideNetworkConfig(layers=(0, 3)).selected_layers(7, constant=(0,)) == (0, 3)
+    with pytest.raises(ConfigError, match="same state for every item"):
+        SideNetworkConfig(layer_rule="all").selected_layers(2, constant=(0, 1))
+    with pytest.raises(ConfigError, match="layer_rule"):
+        SideNetworkConfig(layer_rule="some")

@@ -107,3 +107,43 @@ def test_tensorboard_logs_every_epoch(tiny_multimodal, tmp_path):
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
     events.Reload()
     assert [e.step for e in events.Scalars("valid/ndcg@10")] == [1, 2]
+
+
+@pytest.mark.parametrize("loss", ["full", "sampled"])
+@pytest.mark.parametrize("method", ["iisan", "frozen", "id"])
+def test_catalogue_and_sampled_losses_train_every_method(tiny_multimodal, tmp_path, method, loss):
+    dataset, cache = tiny_multimodal
+    config = dataclasses.replace(FAST, epochs=1, method=method, loss=loss, negatives=16)
+    summary = train(dataset, tmp_path / "run", config, cache_dir=None if method == "id" else cache)
+    assert summary["epochs"] == 1 and np.isfinite(summary["test"]["mrr"])
+
+
+@pytest.mark.parametrize("loss", ["full", "sampled"])
+def test_full_and_sampled_steps_reduce_the_loss(tiny_multimodal, loss):
+    dataset, cache = tiny_multimodal
+    parts = assemble(dataset, cache, dataclasses.replace(FAST, lr=3e-3, side_lr=3e-3, loss=loss))
+    parts.model.train()
+    optimizer = build_optimizer(parts)
+    log_pop = log_popularity(torch.from_numpy(parts.splits.popularity))
+    batch = parts.splits.train[:32]
+    negatives = np.arange(1, 40)
+    losses = [training_step(parts, optimizer, batch, log_pop, negatives=negatives) for _ in range(30)]
+    assert losses[-1] < losses[0] * 0.8
+
+
+def test_in_memory_features_equal_the_ones_read_per_batch(tiny_multimodal):
+    """A cache that fits is read once into memory; a batch gathers the same values the
+    memory-mapped path reads (float16 -> float32 either way)."""
+    from iisan.cache import HiddenStateCache
+    from iisan.models.features import CachedSource
+
+    _, cache_dir = tiny_multimodal
+    cache = HiddenStateCache.open(cache_dir)
+    layers = {"text": (0, 2), "image": (1, 2)}
+    resident, streamed = CachedSource(cache, layers), CachedSource(cache, layers, in_memory_limit=0)
+    assert resident._in_memory is not None and streamed._in_memory is None
+    for ids in (np.array([5, 0, 3, 5, 9]), np.arange(cache.num_items + 1)):
+        a, b = resident.features(ids), streamed.features(ids)
+        assert torch.equal(a.ids, b.ids)
+        for m in layers:
+            assert torch.equal(a.states[m], b.states[m]) and torch.equal(a.present[m], b.present[m])

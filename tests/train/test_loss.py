@@ -1,12 +1,15 @@
-"""The vectorised in-batch loss against a slow loop written position by position."""
+"""The vectorised losses against slow loops written position by position."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
-from iisan.train.loss import MASKED, in_batch_softmax_loss, log_popularity
+from iisan.train.loss import (
+    MASKED, candidate_softmax_loss, in_batch_softmax_loss, log_popularity, sampling_probabilities,
+)
 
 
 def loop_reference(user_states, item_embeddings, item_ids, input_mask, log_pop):
@@ -58,3 +61,62 @@ def test_gradient_flows_to_both_towers():
 def test_log_popularity_is_finite_for_unseen_items():
     values = log_popularity(torch.tensor([0, 0, 10]))
     assert torch.isfinite(values).all() and values[2] > values[1]
+
+
+def candidate_loop_reference(user_states, table, table_ids, labels, input_mask, log_q, own_items):
+    """Position by position: softmax over the distinct candidates, as candidate_softmax_loss."""
+    losses = []
+    for b in range(user_states.shape[0]):
+        own = set(own_items[b].tolist()) if own_items is not None else set()
+        for j in range(user_states.shape[1]):
+            if not input_mask[b, j]:
+                continue
+            positive = int(labels[b, j])
+            logits = []
+            for c in range(table.shape[0]):
+                value = float(user_states[b, j] @ table[c])
+                if log_q is not None:
+                    value -= float(log_q[c])
+                item = int(table_ids[c])
+                if c != positive and (item == 0 or item in own):
+                    value = MASKED
+                logits.append(value)
+            top = max(logits)
+            log_sum = top + math.log(sum(math.exp(v - top) for v in logits))
+            losses.append(log_sum - logits[positive])
+    return sum(losses) / len(losses)
+
+
+def test_full_catalogue_loss_matches_loop_reference():
+    """Every item is a candidate (RecBole's cross-entropy); only padding is excluded, so an
+    item the user had before is an ordinary negative."""
+    torch.manual_seed(1)
+    item_ids = torch.tensor([[0, 0, 3, 5, 3], [0, 2, 3, 4, 6], [1, 7, 8, 2, 9]])
+    table = torch.randn(10, 8)  # the whole catalogue, row = item id (row 0 padding)
+    user_states = torch.randn(3, 4, 8)
+    input_mask = item_ids[:, :-1] != 0
+    fast = candidate_softmax_loss(user_states, table, torch.arange(10), item_ids[:, 1:], input_mask)
+    slow = candidate_loop_reference(user_states, table, torch.arange(10), item_ids[:, 1:], input_mask, None, None)
+    assert abs(float(fast) - slow) < 1e-4
+
+
+def test_sampled_loss_matches_loop_reference():
+    """Distinct candidates (the batch's items plus sampled ones), log-q corrected, the user's
+    own items other than the positive masked."""
+    torch.manual_seed(2)
+    item_ids = torch.tensor([[0, 0, 3, 5, 3], [0, 2, 3, 4, 6], [1, 7, 8, 2, 9]])
+    negatives = torch.tensor([11, 12, 3, 14])
+    table_ids, inverse = torch.unique(torch.cat([item_ids.reshape(-1), negatives]), return_inverse=True)
+    labels = inverse[: item_ids.numel()].view_as(item_ids)[:, 1:]
+    table = torch.randn(len(table_ids), 8)
+    log_q = log_popularity(torch.arange(15) % 4)[table_ids]
+    user_states = torch.randn(3, 4, 8)
+    input_mask = item_ids[:, :-1] != 0
+    fast = candidate_softmax_loss(user_states, table, table_ids, labels, input_mask, log_q=log_q, own_items=item_ids)
+    slow = candidate_loop_reference(user_states, table, table_ids, labels, input_mask, log_q, item_ids)
+    assert abs(float(fast) - slow) < 1e-4
+
+
+def test_sampling_probabilities_never_draw_padding():
+    probabilities = sampling_probabilities(np.array([7, 0, 3]))
+    assert probabilities[0] == 0 and abs(probabilities.sum() - 1) < 1e-12 and probabilities[2] > probabilities[1] > 0

@@ -117,8 +117,9 @@ def _encode_modality(
     config: EncodeConfig, problems: Problems, item_range: tuple[int, int], device: torch.device,
 ) -> dict[str, Any]:
     encoder = FrozenEncoder.load(name, modality, device)  # type: ignore[arg-type]
+    pooling = encoder.resolve_pooling(config.pooling_for(modality))
     identity = {
-        "name": encoder.name, "weight_hash": encoder.weight_hash, "pooling": config.pooling,
+        "name": encoder.name, "weight_hash": encoder.weight_hash, "pooling": pooling,
         "num_layers": encoder.num_layers, "hidden_size": encoder.hidden_size,
         "settings": config.settings(modality),
     }
@@ -168,7 +169,7 @@ def _encode_modality(
                 next_index += 1
             rows, inputs = _resolve(prepared)
             if len(rows):
-                pooled = encoder.pooled_hidden_states(inputs, config.pooling)  # [b, L + 1, D]
+                pooled = encoder.pooled_hidden_states(inputs, pooling)  # [b, L + 1, D]
                 states[rows] = pooled.to(torch.float16).cpu().numpy()
                 present[rows] = 1
             done[batch] = 1

@@ -143,6 +143,22 @@ class HiddenStateCache:
         self.entry(modality)
         return np.load(present_path(self.root, modality), allow_pickle=False).astype(bool)
 
+    def constant_layers(self, modality: str, sample: int = 512) -> tuple[int, ...]:
+        """Layers whose state is the same for every item (up to float16 rounding), judged on
+        up to ``sample`` evenly spaced items that have the modality.
+
+        Under CLS pooling layer 0 is one: the embedding of the CLS token at position 0,
+        whatever the text. Such a state tells the side network nothing about the item.
+        """
+        present = np.flatnonzero(self.present(modality))
+        if len(present) < 2:
+            return ()
+        rows = np.asarray(self.states(modality)[present[np.linspace(0, len(present) - 1, min(sample, len(present))).astype(int)]],
+                          dtype=np.float32)  # [n, L + 1, D]
+        spread = (rows.max(axis=0) - rows.min(axis=0)).max(axis=-1)  # [L + 1]
+        scale = np.abs(rows).max(axis=(0, 2))
+        return tuple(int(i) for i in np.flatnonzero(spread <= 1e-3 * scale + 1e-6))
+
     def gather(self, modality: str, item_ids: np.ndarray) -> np.ndarray:
         """Rows for ``item_ids`` (any shape) as ``[*ids.shape, L + 1, D]`` float16.
 

@@ -1,8 +1,9 @@
 """A frozen encoder: prepares inputs and returns the pooled hidden state of every layer.
 
 Layer 0 is the embedding output, layers 1..L the transformer blocks (the model's
-``hidden_states`` tuple). Pooling per layer is the first token (CLS, as in the paper)
-or the mean over tokens (masked for text).
+``hidden_states`` tuple). Pooling per layer is the first token (CLS, as in the paper),
+the mean over real tokens, or the last real token (decoder LLMs). By default each
+encoder is pooled the way it was trained: see :func:`default_pooling`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ from iisan.encoders.registry import EncoderLoadError, Modality, resolve, weights
 
 log = logging.getLogger(__name__)
 
-Pooling = Literal["cls", "mean"]
+Pooling = Literal["cls", "mean", "last"]
+POOLINGS = ("cls", "mean", "last")
+
+# Causal language models: every state sees only earlier tokens, so only the last one has read
+# the whole text (and the first is the same for every input).
+DECODER_TYPES = ("llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "gemma3", "gpt2", "phi", "phi3", "opt")
 
 
 @dataclass
@@ -74,6 +80,14 @@ class FrozenEncoder:
         if modality == "image":
             encoder.image_mean, encoder.image_std = _normalisation(folder)
         return encoder
+
+    @property
+    def default_pooling(self) -> Pooling:
+        return default_pooling(self.folder, self.model.config)
+
+    def resolve_pooling(self, requested: str) -> Pooling:
+        """``requested``, or this encoder's own pooling for ``auto``."""
+        return self.default_pooling if requested == "auto" else requested  # type: ignore[return-value]
 
     @property
     def num_layers(self) -> int:
@@ -132,11 +146,45 @@ class FrozenEncoder:
         return pool_tokens(states, inputs.get("attention_mask"), pooling)
 
 
+def default_pooling(folder: Path, config: Any) -> Pooling:
+    """The pooling an encoder was trained for.
+
+    A sentence-transformers folder says so in its pooling module's config (all-MiniLM-L6-v2
+    and all-mpnet-base-v2: masked mean; their CLS state was never trained as a sentence
+    representation). Otherwise a decoder (causal LM) is pooled at its last token and any
+    other model at its first (BERT's and ViT/DINOv2's CLS token).
+    """
+    modules = folder / "modules.json"
+    if modules.is_file():
+        try:
+            entries = json.loads(modules.read_text(encoding="utf-8"))
+            pooling_dir = next(e["path"] for e in entries if str(e.get("type", "")).endswith(".Pooling"))
+            settings = json.loads((folder / pooling_dir / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError, KeyError, TypeError, StopIteration):
+            settings = {}
+        for key, pooling in (("pooling_mode_mean_tokens", "mean"), ("pooling_mode_cls_token", "cls"),
+                             ("pooling_mode_lasttoken", "last")):
+            if settings.get(key):
+                return pooling  # type: ignore[return-value]
+    if getattr(config, "is_decoder", False) or getattr(config, "model_type", "") in DECODER_TYPES:
+        return "last"
+    return "cls"
+
+
 def pool_tokens(states: torch.Tensor, mask: torch.Tensor | None, pooling: Pooling) -> torch.Tensor:
-    """Pool ``states [batch, ..., tokens, hidden]`` over tokens: the first (``cls``) or the
-    mean over the real ones (``mask [batch, tokens]``, 1 = real; ``None``: all real)."""
+    """Pool ``states [batch, ..., tokens, hidden]`` over tokens: the first (``cls``), the mean
+    over the real ones, or the last real one (``mask [batch, tokens]``, 1 = real, padding
+    on the right; ``None``: all real)."""
     if pooling == "cls":
         return states[..., 0, :]
+    if pooling == "last":
+        if mask is None:
+            return states[..., -1, :]
+        last = (mask.sum(dim=1) - 1).clamp_min(0)  # [batch]
+        index = last.reshape(-1, *([1] * (states.dim() - 2)), 1).expand(*states.shape[:-2], 1, states.shape[-1])
+        return states.gather(-2, index.to(states.device)).squeeze(-2)
+    if pooling != "mean":
+        raise ValueError(f"pooling must be one of cls, mean, last; got {pooling!r}")
     if mask is None:
         return states.mean(dim=-2)
     weights = mask.reshape(mask.shape[0], *([1] * (states.dim() - 3)), mask.shape[1], 1).to(states.dtype)

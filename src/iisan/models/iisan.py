@@ -75,16 +75,25 @@ class IISANItemEncoder(nn.Module):
         config: the side network's settings.
         shapes: modality -> ``(L + 1, D)`` of its encoder (from the cache manifest).
         dim: the item embedding width ``d``.
+        constant: modality -> layers whose state is the same for every item (from the
+            cache); the default layer rule skips them.
+        layers: modality -> the layers to read, overriding the config (a trained run's
+            own, so that it reloads exactly as it was trained).
     """
 
-    def __init__(self, config: SideNetworkConfig, shapes: dict[str, tuple[int, int]], dim: int) -> None:
+    def __init__(self, config: SideNetworkConfig, shapes: dict[str, tuple[int, int]], dim: int,
+                 constant: dict[str, tuple[int, ...]] | None = None,
+                 layers: dict[str, tuple[int, ...]] | None = None) -> None:
         super().__init__()
         self.config = config
         missing = [m for m in config.encoder_modalities if m not in shapes]
         if missing:
             raise ConfigError(f"modality {config.modality!r} needs {' and '.join(missing)} states, "
                               f"but the cache has only {', '.join(shapes) or 'none'}")
-        self.layers = {m: config.selected_layers(shapes[m][0]) for m in config.encoder_modalities}
+        constant = constant or {}
+        self.layers = {m: tuple(layers[m]) if layers and m in layers else
+                       config.selected_layers(shapes[m][0], constant.get(m, ()))
+                       for m in config.encoder_modalities}
         uses_inter = config.modality in ("inter", "intra_inter")
         self.towers = nn.ModuleDict()
         self.heads = nn.ModuleDict()

@@ -32,11 +32,13 @@ class Assembled:
 
 
 def assemble(dataset_dir: str | Path, cache_dir: str | Path | None, config: TrainConfig,
-             device: torch.device | str = "cpu") -> Assembled:
+             device: torch.device | str = "cpu", layers: dict[str, tuple[int, ...]] | None = None) -> Assembled:
     """Build everything a run needs. Sizes come from the cache manifest, never from literals.
 
     ``device`` is where encoders that run at every step (``uncached`` mode, the encoder
-    baselines) are loaded; the caller moves the model.
+    baselines) are loaded; the caller moves the model. ``layers``: the side network's
+    layers per modality when they are already decided (a trained run's); by default the
+    config's rule picks them, skipping layers the cache shows to be constant.
 
     Raises:
         ConfigError: a content method without a cache, or a cache lacking a needed modality.
@@ -53,14 +55,15 @@ def assemble(dataset_dir: str | Path, cache_dir: str | Path | None, config: Trai
         cache = HiddenStateCache.open(cache_dir, dataset.fingerprint)
         shapes = {m: (cache.num_layers(m), cache.hidden_size(m)) for m in cache.modalities}
     torch.manual_seed(config.seed)
-    model, source = _model_and_source(config, dataset, cache, shapes, device)
+    model, source = _model_and_source(config, dataset, cache, shapes, device, layers)
     flat, offsets = dataset.sequence_arrays()
     splits = split_sequences(flat, offsets, config.user.max_seq_len, dataset.num_items)
     return Assembled(config, dataset, cache, model, source, splits)
 
 
 def _model_and_source(config: TrainConfig, dataset: PreparedDataset, cache: HiddenStateCache | None,
-                      shapes: dict[str, tuple[int, int]], device) -> tuple[SequentialRecommender, FeatureSource]:
+                      shapes: dict[str, tuple[int, int]], device,
+                      layers: dict[str, tuple[int, ...]] | None = None) -> tuple[SequentialRecommender, FeatureSource]:
     user = UserEncoder(config.user)
     if config.method in EMBEDDED_METHODS:
         # The encoders run inside the tower on raw content; the cache only names them.
@@ -71,7 +74,8 @@ def _model_and_source(config: TrainConfig, dataset: PreparedDataset, cache: Hidd
                                           {m: entries[m]["pooling"] for m in modalities}, config.user.dim,
                                           adapter_bottleneck=config.side.bottleneck, lora_rank=config.lora_rank)
         return SequentialRecommender(item, user), RawContentSource(dataset, entries, encoders)
-    model = SequentialRecommender(build_item_encoder(config, shapes, dataset.num_items), user)
+    constant = {m: cache.constant_layers(m) for m in shapes} if config.method == "iisan" and layers is None else None
+    model = SequentialRecommender(build_item_encoder(config, shapes, dataset.num_items, constant, layers), user)
     if config.method == "id":
         return model, IdOnlySource()
     if config.mode == "cached":
@@ -86,7 +90,8 @@ def assemble_run(run_dir: str | Path, mode: str | None = None) -> Assembled:
     config = TrainConfig.from_json(saved["train"])
     if mode is not None:
         config = dataclasses.replace(config, mode=mode)
-    assembled = assemble(saved["dataset"], saved.get("cache"), config)
+    layers = {m: tuple(v) for m, v in saved.get("layers", {}).items()} or None
+    assembled = assemble(saved["dataset"], saved.get("cache"), config, layers=layers)
     load_weights(run_dir / WEIGHTS_FILE, assembled.model)
     assembled.model.eval()
     return assembled

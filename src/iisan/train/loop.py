@@ -30,7 +30,7 @@ from iisan.train.checkpoint import (
 from iisan.train.distributed import LOCAL, Workers
 from iisan.train.distributed import start as start_workers
 from iisan.train.distributed import stop as stop_workers
-from iisan.train.loss import in_batch_softmax_loss, log_popularity
+from iisan.train.loss import candidate_softmax_loss, in_batch_softmax_loss, log_popularity, sampling_probabilities
 
 log = logging.getLogger(__name__)
 
@@ -154,24 +154,33 @@ class NextItemObjective(torch.nn.Module):
     """The training loss of one batch as a module, so that DistributedDataParallel can wrap it
     (it synchronises gradients of what runs inside ``forward``)."""
 
-    def __init__(self, model: SequentialRecommender, log_pop: torch.Tensor, workers: Workers = LOCAL) -> None:
+    def __init__(self, model: SequentialRecommender, log_pop: torch.Tensor, workers: Workers = LOCAL,
+                 loss: str = "in_batch") -> None:
         super().__init__()
         self.model = model
         self.log_pop = log_pop  # a plain attribute, not a buffer: DDP must not broadcast it
         self.workers = workers
+        self.loss = loss
 
     def forward(self, features: ItemFeatures, inverse: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """``features`` of the batch's distinct items; ``inverse [B, L + 1]`` maps each slot
-        to its row there; ``ids [B, L + 1]`` the slots' item ids."""
-        embeddings = self.model.embed_items(features)[inverse]
+        """``features`` of the distinct items the step needs (the batch's, plus every
+        candidate of the ``full`` and ``sampled`` losses); ``inverse [B, L + 1]`` maps each
+        slot to its row there; ``ids [B, L + 1]`` the slots' item ids."""
+        table = self.model.embed_items(features)
+        embeddings = table[inverse]
         input_mask = ids[:, :-1] != 0
         user_states = self.model.user(embeddings[:, :-1], input_mask)  # [B, L, d]
-        return in_batch_softmax_loss(user_states, embeddings, ids, input_mask, self.log_pop, self.workers)
+        if self.loss == "in_batch":
+            return in_batch_softmax_loss(user_states, embeddings, ids, input_mask, self.log_pop, self.workers)
+        sampled = self.loss == "sampled"
+        return candidate_softmax_loss(user_states, table, features.ids, inverse[:, 1:], input_mask,
+                                      log_q=self.log_pop[features.ids] if sampled else None,
+                                      own_items=ids if sampled else None, workers=self.workers)
 
 
 def step_objective(parts: Assembled, log_pop: torch.Tensor, workers: Workers = LOCAL) -> torch.nn.Module:
     """The module a training step calls: the objective, wrapped in DDP when there are several ranks."""
-    objective = NextItemObjective(parts.model, log_pop, workers)
+    objective = NextItemObjective(parts.model, log_pop, workers, parts.config.loss)
     if not workers.distributed:
         return objective
     device_ids = [workers.device] if workers.device.type == "cuda" else None
@@ -187,6 +196,9 @@ def _train_epoch(parts: Assembled, objective: torch.nn.Module, optimizer: torch.
     # Dropout: reproducible per epoch (so resume matches) and different on every rank.
     torch.manual_seed(config.seed * 1_000 + epoch + 7_919 * workers.rank)
     order = np.random.default_rng(config.seed + epoch).permutation(len(train_ids))
+    # Sampled negatives: the same draws on every rank (each rank scores all candidates).
+    negative_rng = np.random.default_rng([config.seed, epoch])
+    probabilities = sampling_probabilities(parts.splits.popularity) if config.loss == "sampled" else None
     total, steps = 0.0, 0
     batches = range(0, len(order), config.batch_size)
     for start in tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, mininterval=1,
@@ -197,15 +209,21 @@ def _train_epoch(parts: Assembled, objective: torch.nn.Module, optimizer: torch.
             # A last batch smaller than the number of ranks: this rank still has to take part
             # in the collectives; an all-padding row adds no target, no candidate, no gradient.
             mine = np.zeros((1, batch.shape[1]), dtype=batch.dtype)
-        total += training_step(parts, optimizer, mine, objective=objective, workers=workers)
+        negatives = None
+        if probabilities is not None:
+            negatives = negative_rng.choice(len(probabilities), size=config.negatives, p=probabilities)
+        total += training_step(parts, optimizer, mine, objective=objective, workers=workers, negatives=negatives)
         steps += 1
     return workers.sum(total) / (workers.world_size * max(steps, 1))
 
 
 def training_step(parts: Assembled, optimizer: torch.optim.Optimizer, batch_ids: np.ndarray,
                   log_pop: torch.Tensor | None = None, objective: torch.nn.Module | None = None,
-                  workers: Workers = LOCAL) -> float:
+                  workers: Workers = LOCAL, negatives: np.ndarray | None = None) -> float:
     """One optimisation step on ``batch_ids [B, L + 1]``; returns the loss.
+
+    The item tower embeds each distinct item the loss needs once: the batch's items, with
+    ``loss="full"`` the whole catalogue, with ``loss="sampled"`` also ``negatives`` (item ids).
 
     Give ``log_pop`` (the objective is then built for this step) or ``objective`` (from
     :func:`step_objective`, which holds it). Under torchrun ``batch_ids`` is this rank's
@@ -216,10 +234,15 @@ def training_step(parts: Assembled, optimizer: torch.optim.Optimizer, batch_ids:
     if objective is None:
         if log_pop is None:
             raise ValueError("training_step needs log_pop or an objective")
-        objective = NextItemObjective(parts.model, log_pop, workers)
+        objective = NextItemObjective(parts.model, log_pop, workers, parts.config.loss)
     device = workers.device
-    # Each distinct item goes through the item tower once, however often it occurs.
-    unique, inverse = np.unique(batch_ids, return_inverse=True)
+    if parts.config.loss == "full":
+        unique, inverse = np.arange(parts.dataset.num_items + 1), batch_ids
+    else:
+        # Each distinct item goes through the item tower once, however often it occurs.
+        extra = negatives if parts.config.loss == "sampled" and negatives is not None else np.zeros(0, np.int64)
+        unique, inverse = np.unique(np.concatenate([batch_ids.ravel(), extra]), return_inverse=True)
+        inverse = inverse[: batch_ids.size]
     features = parts.source.features(unique).to(device)
     loss = objective(features, torch.from_numpy(inverse.reshape(batch_ids.shape)).to(device),
                      torch.from_numpy(batch_ids).to(device))

@@ -1,4 +1,6 @@
-"""In-batch softmax with log-popularity correction (the reference's loss, vectorised).
+"""Next-item softmax losses: the reference's in-batch softmax with log-popularity correction
+(vectorised), and a softmax over distinct candidates (the whole catalogue, or the batch's
+items plus sampled negatives).
 
 For a batch of ``B`` users with ``L + 1`` item slots each, every user position ``(b, j)``
 with a target scores all ``B * (L + 1)`` items in the batch. Its positive is the next
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -69,3 +72,56 @@ def in_batch_softmax_loss(
     total = F.cross_entropy(logits[input_mask], labels[input_mask], reduction="sum")
     positions = workers.sum(int(input_mask.sum()))
     return total * (workers.world_size / positions)
+
+
+def candidate_softmax_loss(
+    user_states: torch.Tensor,
+    candidates: torch.Tensor,
+    candidate_ids: torch.Tensor,
+    labels: torch.Tensor,
+    input_mask: torch.Tensor,
+    log_q: torch.Tensor | None = None,
+    own_items: torch.Tensor | None = None,
+    workers: Workers = LOCAL,
+) -> torch.Tensor:
+    """Mean cross-entropy of each position's next item over a set of distinct candidates.
+
+    With every item of the catalogue as candidates this is RecBole's full cross-entropy;
+    with the batch's items plus sampled negatives, a sampled softmax.
+
+    Args:
+        user_states: ``[B, L, d]`` user-encoder outputs.
+        candidates: ``[C, d]`` embeddings of the distinct candidate items ``candidate_ids [C]``
+            (id 0, padding, may be among them: it is never a candidate).
+        labels: ``[B, L]`` the row of ``candidates`` holding each position's positive.
+        input_mask: ``[B, L]`` True where a position has a target.
+        log_q: ``[C]`` log sampling probability of each candidate, subtracted from its logit
+            (``None`` for the full catalogue, which samples nothing).
+        own_items: ``[B, L + 1]`` each user's item ids: candidates among them, other than the
+            positive, are masked, as in :func:`in_batch_softmax_loss` (``None``: no masking).
+        workers: as in :func:`in_batch_softmax_loss`; every rank holds all candidates.
+    """
+    states = user_states[input_mask]  # [P, d]
+    targets = labels[input_mask]  # [P]
+    logits = states @ candidates.T  # [P, C]
+    if log_q is not None:
+        logits = logits - log_q
+    if own_items is None:
+        logits[:, candidate_ids == 0] = MASKED
+    else:
+        in_own = (own_items[:, :, None] == candidate_ids[None, None, :]).any(dim=1)  # [B, C]
+        rows = torch.arange(len(user_states), device=states.device)[:, None].expand_as(input_mask)[input_mask]
+        masked = in_own[rows] | (candidate_ids == 0)[None, :]  # [P, C]
+        masked.scatter_(1, targets[:, None], False)  # the positive itself stays
+        logits = logits.masked_fill(masked, MASKED)
+    total = F.cross_entropy(logits, targets, reduction="sum")
+    positions = workers.sum(int(input_mask.sum()))
+    return total * (workers.world_size / positions)
+
+
+def sampling_probabilities(counts: np.ndarray) -> np.ndarray:
+    """Add-one smoothed popularity over items ``1..N`` (padding 0 is never drawn): ``[N + 1]``,
+    the distribution ``log_popularity`` corrects for."""
+    probabilities = counts.astype(np.float64) + 1.0
+    probabilities[0] = 0.0
+    return probabilities / probabilities.sum()
