@@ -17,7 +17,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-COLUMNS = [("test", "hr@10"), ("test", "ndcg@10"), ("test_with_history", "hr@10"), ("test_with_history", "ndcg@10")]
+COLUMNS = [("valid", "ndcg@10"), ("test", "hr@10"), ("test", "ndcg@10"), ("test_with_history", "hr@10"),
+           ("test_with_history", "ndcg@10")]
 
 
 def cell(values: list[float], digits: int = 4) -> str:
@@ -41,9 +42,9 @@ def main() -> None:
             epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
             runs[label].append((seed, json.loads((run / "metrics.json").read_text()), epochs))
 
-    print("| method | seeds | HR@10 (history excluded) | NDCG@10 (history excluded) | HR@10 (history ranked) "
-          "| NDCG@10 (history ranked) | epochs | s/epoch |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| method | seeds | valid NDCG@10 | HR@10 (history excluded) | NDCG@10 (history excluded) "
+          "| HR@10 (history ranked) | NDCG@10 (history ranked) | epochs | s/epoch |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for label, rows in runs.items():
         cells = [cell([m[split][key] for _, m, _ in rows if split in m]) for split, key in COLUMNS]
         epochs = cell([float(len(e)) for _, _, e in rows], 1)
@@ -51,7 +52,7 @@ def main() -> None:
         print(f"| {label} | {','.join(seed for seed, _, _ in rows)} | {' | '.join(cells)} | {epochs} | {seconds} |")
     if args.peer:
         label, hr, ndcg = args.peer
-        print(f"| {label} | - | - | - | {float(hr):.4f} | {float(ndcg):.4f} | - | - |")
+        print(f"| {label} | - | - | - | - | {float(hr):.4f} | {float(ndcg):.4f} | - | - |")
 
 
 if __name__ == "__main__":

@@ -84,6 +84,37 @@ def test_encode_command_and_encoders_list(tmp_path):
     assert "Example" in runner.invoke(app, ["encode", "--help"]).output
 
 
+def test_encode_pooling_per_encoder_is_recorded(tiny_multimodal, tmp_path):
+    dataset, _ = tiny_multimodal
+    cache = tmp_path / "cache"
+    result = runner.invoke(app, ["encode", str(dataset), "--out", str(cache), "--text-encoder", "tiny-random-text",
+                                 "--image-encoder", "tiny-random-image", "--image-size", "32",
+                                 "--text-pooling", "last", "--json"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((cache / "manifest.json").read_text())
+    assert manifest["encoders"]["text"]["pooling"] == "last"
+    assert manifest["encoders"]["image"]["pooling"] == "cls"  # auto: a DINOv2 folder without a pooling config
+    bad = runner.invoke(app, ["encode", str(dataset), "--out", str(tmp_path / "c2"), "--pooling", "max"])
+    assert bad.exit_code == 2 and "pooling must be one of" in bad.stderr
+
+
+def test_train_loss_layer_rule_and_id_offset_options(tiny_multimodal, tmp_path):
+    dataset, cache = tiny_multimodal
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", str(dataset), "--cache", str(cache), "--out", str(run), "--epochs", "1",
+                                 "--batch-size", "32", "--modality", "text", "--loss", "sampled", "--negatives", "8",
+                                 "--layers", "all", "--id-offset", "--weight-decay", "0.01", "--json"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["train"]["loss"] == "sampled" and saved["train"]["negatives"] == 8 and saved["train"]["id_offset"]
+    assert saved["layers"] == {"text": [0, 1, 2]} and saved["train"]["side"]["layer_rule"] == "all"
+    reloaded = runner.invoke(app, ["evaluate", str(run), "--split", "test", "--json"])  # the run reloads as trained
+    assert reloaded.exit_code == 0 and json.loads(reloaded.stdout)["metrics"]["ndcg@10"] == pytest.approx(
+        json.loads(result.stdout)["test"]["ndcg@10"], abs=1e-6)
+    bad = runner.invoke(app, ["train", str(dataset), "--method", "id", "--id-offset", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "--id-offset applies to iisan and frozen" in bad.stderr
+
+
 def test_train_evaluate_and_resume_from_the_cli(tiny_multimodal, tmp_path):
     dataset, cache = tiny_multimodal
     run = tmp_path / "run"
@@ -94,9 +125,8 @@ def test_train_evaluate_and_resume_from_the_cli(tiny_multimodal, tmp_path):
     summary = json.loads(result.stdout)
     assert summary["epochs"] == 1 and set(summary["test"]) >= {"hr@10", "ndcg@10", "mrr"}
     saved = json.loads((run / "config.json").read_text())
-    assert saved["train"]["side"] == {"bottleneck": 8, "layers": [0, 1], "layer_rule": "every_other", "modality": "intra",
-                                      "gate_temperature": 0.1,
-                                      "inter_layers": "last", "dtl_to": "smaller"}
+    assert saved["train"]["side"] == {"bottleneck": 8, "layers": [0, 1], "layer_rule": "all", "modality": "intra",
+                                      "gate_temperature": 0.1, "inter_layers": "last", "dtl_to": "smaller"}
 
     again = runner.invoke(app, args)
     assert again.exit_code == 2 and "--resume" in again.output

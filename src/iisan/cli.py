@@ -23,7 +23,9 @@ from rich.logging import RichHandler
 from rich.markup import escape
 
 from iisan import __version__
-from iisan.config import DEVICES, DTL_TARGETS, INTER_LAYERS, LAYER_RULES, LOSSES, METHODS, MODALITIES, MODES
+from iisan.config import (
+    DEVICES, DTL_TARGETS, INTER_LAYERS, LAYER_RULES, LOSSES, METHODS, MODALITIES, MODES, OFFSET_METHODS,
+)
 from iisan.efficiency import DEFAULT_METHODS as EFFICIENCY_METHODS
 from iisan.errors import ConfigError, IisanError
 
@@ -405,19 +407,20 @@ def train(
     mode: Annotated[Mode, typer.Option(help="cached: read the cache; uncached: run the frozen encoders in the graph (same results, slower).")] = Mode.cached,
     epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 50,
     batch_size: Annotated[int, typer.Option(help="Users per batch (with --loss in_batch the negatives come from them).")] = 64,
-    loss: Annotated[Loss, typer.Option(help="Candidates of the next-item softmax: full (every item of the catalogue, RecBole's cross-entropy), sampled (the batch's items plus --negatives drawn by popularity, log-popularity corrected), in_batch (the reference's: the batch's item slots, log-popularity corrected).")] = Loss.in_batch,
+    loss: Annotated[Loss | None, typer.Option(help="Candidates of the next-item softmax: full (every item of the catalogue, RecBole's cross-entropy; the default for id), sampled (the batch's items plus --negatives drawn by popularity, log-popularity corrected), in_batch (the reference's: the batch's item slots, log-popularity corrected; the default for content methods).", show_default=False)] = None,
     negatives: Annotated[int, typer.Option(help="Extra negatives per step for --loss sampled.")] = 1024,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.0,
-    id_offset: Annotated[bool, typer.Option(help="iisan, frozen: add a learned per-item vector (zero at the start) to each training item's content embedding; items added later stay content only.")] = False,
+    id_offset: Annotated[bool | None, typer.Option("--id-offset/--no-id-offset", help="iisan, frozen: add a learned per-item vector (zero at the start) to each training item's content embedding; items added later stay content only. Default: on for iisan and frozen.", show_default=False)] = None,
+    id_offset_lr: Annotated[float, typer.Option(help="Learning rate of the id offsets (10x below --lr: at --lr they memorise the training items within a few epochs).")] = 1e-4,
     lr: Annotated[float, typer.Option(help="Learning rate of the user encoder, heads and fusion (the reference used 2e-4).")] = 1e-3,
     side_lr: Annotated[float | None, typer.Option(help="Learning rate of the side network's blocks and gates (the reference used 1e-4), or of the trained encoder parameters for fft, adapter, lora, bitfit. Default: 1e-4 for fft, 1e-3 otherwise.", show_default=False)] = None,
     lora_rank: Annotated[int, typer.Option(help="LoRA rank for --method lora (alpha = 2 x rank).")] = 8,
-    patience: Annotated[int, typer.Option(help="Stop after this many epochs without a better validation NDCG@10.")] = 5,
-    layers: Annotated[str, typer.Option(help="Encoder layers the side network reads: every-other (LayerDrop: every other layer counting back from the last), all, or a list such as 0,2,4,6. The rules skip a layer whose state is the same for every item (layer 0 under CLS pooling).")] = "every-other",
+    patience: Annotated[int | None, typer.Option(help="Stop after this many epochs without a better validation NDCG@10. Default: 10 for id, 5 otherwise.", show_default=False)] = None,
+    layers: Annotated[str, typer.Option(help="Encoder layers the side network reads: all, every-other (the paper's LayerDrop: every other layer counting back from the last), or a list such as 0,2,4,6. The two rules skip a layer whose state is the same for every item (layer 0 under CLS pooling).")] = "all",
     bottleneck: Annotated[int, typer.Option(help="Side-block bottleneck width.")] = 64,
     inter_layers: Annotated[InterLayers, typer.Option(help="Encoders of different depth (IISAN-Versa): the inter-modal tower reads the deeper encoder's layers in contiguous groups, one per layer of the shallower: the group's last layer, or its mean; truncate drops the extra layers instead (a naive control).")] = InterLayers.last,
     dtl_to: Annotated[DtlTo, typer.Option(help="Encoders of different width (IISAN-Versa): a linear layer maps the wider encoder's states to the smaller width, or the narrower one's to the larger, before inter-modal fusion.")] = DtlTo.smaller,
-    dropout: Annotated[float, typer.Option(help="Dropout of the user encoder.")] = 0.1,
+    dropout: Annotated[float | None, typer.Option(help="Dropout of the user encoder. Default: 0.5 for id (RecBole's SASRec), 0.1 otherwise.", show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Random seed (initialisation, batch order, dropout).")] = 42,
     include_history: Annotated[bool, typer.Option(help="Rank the user's own history too when validating and testing (RecBole's protocol); by default it is excluded, as in the paper.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out after its last finished epoch.")] = False,
@@ -456,7 +459,7 @@ def train(
     """
     import dataclasses
 
-    from iisan.config import SideNetworkConfig, TrainConfig, UserEncoderConfig, default_side_lr
+    from iisan.config import SideNetworkConfig, TrainConfig, UserEncoderConfig, method_default
     from iisan.train.distributed import is_main_process
     from iisan.train.loop import train as run_train
 
@@ -467,12 +470,15 @@ def train(
         config = dataclasses.replace(TrainConfig.from_json(saved["train"]), epochs=epochs)
         cache = cache or (Path(saved["cache"]) if saved.get("cache") else None)
     else:
-        config = TrainConfig(
-            method=method.value, mode=mode.value, epochs=epochs, batch_size=batch_size, lr=lr,
-            side_lr=side_lr if side_lr is not None else default_side_lr(method.value), patience=patience,
-            lora_rank=lora_rank, seed=seed, include_history=include_history, loss=loss.value,
-            negatives=negatives, weight_decay=weight_decay, id_offset=id_offset,
-            user=UserEncoderConfig(dropout=dropout),
+        if id_offset and method.value not in OFFSET_METHODS:
+            raise ConfigError(f"--id-offset applies to {' and '.join(OFFSET_METHODS)}, not {method.value}")
+        given = {"side_lr": side_lr, "patience": patience, "loss": loss.value if loss else None,
+                 "id_offset": id_offset}
+        config = TrainConfig.for_method(
+            method.value, mode=mode.value, epochs=epochs, batch_size=batch_size, lr=lr, lora_rank=lora_rank,
+            seed=seed, include_history=include_history, negatives=negatives, weight_decay=weight_decay,
+            id_offset_lr=id_offset_lr, **{k: v for k, v in given.items() if v is not None},
+            user=UserEncoderConfig(dropout=dropout if dropout is not None else method_default(method.value, "dropout", 0.1)),
             side=SideNetworkConfig(bottleneck=bottleneck, modality=modality.value,
                                    **_layer_choice(layers),
                                    inter_layers=inter_layers.value, dtl_to=dtl_to.value),

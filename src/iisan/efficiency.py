@@ -101,8 +101,8 @@ def measure_method(dataset: Path, cache: Path, name: str, config: EfficiencyConf
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     method, mode = METHODS[name]
-    train_config = TrainConfig(method=method, mode=mode, batch_size=config.batch_size, seed=config.seed,
-                               side=SideNetworkConfig(modality=config.modality or "intra_inter"))
+    train_config = TrainConfig.for_method(method, mode=mode, batch_size=config.batch_size, seed=config.seed,
+                                          side=SideNetworkConfig(modality=config.modality or "intra_inter"))
     parts = assemble(dataset, cache, train_config, device=device)
     parts.model.to(device).train()
     optimizer = build_optimizer(parts)

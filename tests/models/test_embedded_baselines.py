@@ -74,7 +74,7 @@ def test_untrained_tower_computes_what_frozen_computes_on_the_cache(tiny_multimo
     dataset, cache = tiny_multimodal
     text_only = dataclasses.replace(CONFIG, side=SideNetworkConfig(modality="text"))
     embedded = assemble(dataset, cache, dataclasses.replace(text_only, method=method))
-    frozen = assemble(dataset, cache, dataclasses.replace(text_only, method="frozen"))
+    frozen = assemble(dataset, cache, dataclasses.replace(text_only, method="frozen", id_offset=False))
     assert isinstance(frozen.source, CachedSource)
     frozen.model.item.heads.load_state_dict(embedded.model.item.heads.state_dict())
     frozen.model.item.fusion.load_state_dict(embedded.model.item.fusion.state_dict())

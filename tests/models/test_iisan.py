@@ -18,6 +18,11 @@ from iisan.train.loop import training_step, build_optimizer
 from iisan.train.loss import log_popularity
 
 
+def paper_side(**changes) -> SideNetworkConfig:
+    """The paper's side network (LayerDrop: every other layer), which these tests spell out."""
+    return SideNetworkConfig(**{"layer_rule": "every_other", **changes})
+
+
 def test_sanb_starts_near_identity_with_zero_biases():
     torch.manual_seed(0)
     block = SANB(32, 8)
@@ -29,7 +34,7 @@ def test_sanb_starts_near_identity_with_zero_biases():
 
 def test_gated_tower_follows_the_equation():
     torch.manual_seed(0)
-    config = SideNetworkConfig(bottleneck=4)
+    config = paper_side(bottleneck=4)
     tower = GatedTower(6, 3, config)
     with torch.no_grad():
         tower.gates.copy_(torch.tensor([0.0, 0.2, -0.1]))
@@ -43,11 +48,11 @@ def test_gated_tower_follows_the_equation():
 
 
 def test_default_layers_are_zero_and_every_other():
-    assert SideNetworkConfig().selected_layers(7) == (0, 2, 4, 6)
-    assert SideNetworkConfig().selected_layers(13) == (0, 2, 4, 6, 8, 10, 12)
-    assert SideNetworkConfig(layers=(1, 3)).selected_layers(7) == (1, 3)
+    assert paper_side().selected_layers(7) == (0, 2, 4, 6)
+    assert paper_side().selected_layers(13) == (0, 2, 4, 6, 8, 10, 12)
+    assert paper_side(layers=(1, 3)).selected_layers(7) == (1, 3)
     with pytest.raises(ConfigError, match="does not exist"):
-        SideNetworkConfig(layers=(9,)).selected_layers(7)
+        paper_side(layers=(9,)).selected_layers(7)
 
 
 @pytest.mark.parametrize("modality, towers", [
@@ -56,7 +61,7 @@ def test_default_layers_are_zero_and_every_other():
 ])
 def test_every_modality_is_the_same_code_path(modality, towers):
     shapes = {"text": (5, 16), "image": (5, 16)}
-    encoder = IISANItemEncoder(SideNetworkConfig(modality=modality, bottleneck=4), shapes, dim=8)
+    encoder = IISANItemEncoder(paper_side(modality=modality, bottleneck=4), shapes, dim=8)
     assert list(encoder.towers) == towers
     features = ItemFeatures(ids=torch.arange(1, 4),
                             states={m: torch.randn(3, 3, 16) for m in shapes},
@@ -66,11 +71,11 @@ def test_every_modality_is_the_same_code_path(modality, towers):
 
 def test_missing_modality_is_a_clear_error():
     with pytest.raises(ConfigError, match="needs image"):
-        IISANItemEncoder(SideNetworkConfig(modality="intra"), {"text": (7, 16)}, dim=8)
+        IISANItemEncoder(paper_side(modality="intra"), {"text": (7, 16)}, dim=8)
 
 
 def test_missing_image_gives_zero_image_embedding():
-    encoder = IISANItemEncoder(SideNetworkConfig(modality="image", bottleneck=4), {"image": (3, 8)}, dim=4)
+    encoder = IISANItemEncoder(paper_side(modality="image", bottleneck=4), {"image": (3, 8)}, dim=4)
     states = torch.randn(2, 2, 8)
     present = ItemFeatures(ids=torch.tensor([1, 2]), states={"image": states}, present={"image": torch.tensor([True, True])})
     absent = dataclasses.replace(present, present={"image": torch.tensor([False, True])})
@@ -80,7 +85,7 @@ def test_missing_image_gives_zero_image_embedding():
 
 def test_cached_and_uncached_agree(tiny_multimodal):
     dataset, cache = tiny_multimodal
-    config = TrainConfig(epochs=1, batch_size=16, seed=3)
+    config = TrainConfig(epochs=1, batch_size=16, seed=3, id_offset=False, side=paper_side())
     cached = assemble(dataset, cache, config)
     uncached = assemble(dataset, cache, dataclasses.replace(config, mode="uncached"))
     assert all(torch.equal(a, b) for a, b in zip(cached.model.state_dict().values(), uncached.model.state_dict().values()))
@@ -106,13 +111,13 @@ def test_cached_and_uncached_agree(tiny_multimodal):
 
 
 def test_layer_rules_count_back_from_the_last_layer_and_skip_constant_ones():
-    every_other = SideNetworkConfig()
+    every_other = paper_side(layer_rule="every_other")
     assert every_other.selected_layers(7) == (0, 2, 4, 6)  # the paper's "layer 0 and every other"
     assert every_other.selected_layers(7, constant=(0,)) == (2, 4, 6)
     assert every_other.selected_layers(6) == (1, 3, 5)  # the last layer is always read
-    assert SideNetworkConfig(layer_rule="all").selected_layers(7, constant=(0,)) == (1, 2, 3, 4, 5, 6)
-    assert SideNetworkConfig(layers=(0, 3)).selected_layers(7, constant=(0,)) == (0, 3)
+    assert paper_side(layer_rule="all").selected_layers(7, constant=(0,)) == (1, 2, 3, 4, 5, 6)
+    assert paper_side(layers=(0, 3)).selected_layers(7, constant=(0,)) == (0, 3)
     with pytest.raises(ConfigError, match="same state for every item"):
-        SideNetworkConfig(layer_rule="all").selected_layers(2, constant=(0, 1))
+        paper_side(layer_rule="all").selected_layers(2, constant=(0, 1))
     with pytest.raises(ConfigError, match="layer_rule"):
-        SideNetworkConfig(layer_rule="some")
+        paper_side(layer_rule="some")

@@ -18,6 +18,11 @@ from iisan.train.loop import build_optimizer, train, training_step
 from iisan.train.loss import log_popularity
 
 
+def paper_side(**changes) -> SideNetworkConfig:
+    """The paper's side network (LayerDrop: every other layer), which these tests spell out."""
+    return SideNetworkConfig(**{"layer_rule": "every_other", **changes})
+
+
 @pytest.mark.parametrize("deep, steps", [(7, 4), (13, 7), (5, 2), (6, 6), (9, 1), (4, 3)])
 def test_groups_are_contiguous_near_equal_and_cover_every_layer(deep, steps):
     groups = layer_groups(deep, steps)
@@ -31,7 +36,7 @@ def test_minilm_with_dinov2_small_pairs_first_and_last_layers():
     # Default LayerDrop: minilm (6 layers) selects 0,2,4,6; dinov2-small (12) selects 0,2,...,12.
     groups = layer_groups(7, 4)
     assert groups == [(0,), (1, 2), (3, 4), (5, 6)]
-    dinov2_layers = SideNetworkConfig().selected_layers(13)
+    dinov2_layers = paper_side().selected_layers(13)
     assert [dinov2_layers[g[-1]] for g in groups] == [0, 4, 8, 12]
 
 
@@ -55,7 +60,7 @@ def _features(shapes: dict[str, tuple[int, int]], n: int = 5) -> ItemFeatures:
 
 def test_symmetric_encoders_reduce_exactly_to_iisan():
     shapes = {"text": (7, 16), "image": (7, 16)}  # 4 selected layers each
-    reference = IISANItemEncoder(SideNetworkConfig(bottleneck=4), shapes, dim=8)
+    reference = IISANItemEncoder(paper_side(bottleneck=4), shapes, dim=8)
     assert not list(reference.inter_inputs.parameters()) and not list(reference.inter_inputs.buffers())
     features = _features({m: (4, 16) for m in shapes})
     # The inter tower reads the raw selected states, step by step, as in IISAN.
@@ -66,7 +71,7 @@ def test_symmetric_encoders_reduce_exactly_to_iisan():
                                            reference.heads["inter"](inter)], dim=-1))
     for inter_layers in ("last", "mean", "truncate"):
         for dtl_to in ("smaller", "larger"):
-            variant = IISANItemEncoder(SideNetworkConfig(bottleneck=4, inter_layers=inter_layers, dtl_to=dtl_to),
+            variant = IISANItemEncoder(paper_side(bottleneck=4, inter_layers=inter_layers, dtl_to=dtl_to),
                                        shapes, dim=8)
             variant.load_state_dict(reference.state_dict())  # same parameter names and shapes
             assert torch.equal(variant(features), expected)
@@ -74,15 +79,15 @@ def test_symmetric_encoders_reduce_exactly_to_iisan():
 
 def test_different_depth_groups_the_deeper_encoder():
     shapes = {"text": (7, 16), "image": (13, 16)}  # 4 vs 7 selected layers
-    encoder = IISANItemEncoder(SideNetworkConfig(bottleneck=4), shapes, dim=8)
+    encoder = IISANItemEncoder(paper_side(bottleneck=4), shapes, dim=8)
     assert len(encoder.towers["inter"].blocks) == 4
     assert len(encoder.towers["image"].blocks) == 7 and len(encoder.towers["text"].blocks) == 4  # intra: own depth
     features = _features({"text": (4, 16), "image": (7, 16)})
     image = features.states["image"]
     assert torch.equal(encoder.inter_inputs(image, "image"), image[:, [0, 2, 4, 6]])
-    mean = IISANItemEncoder(SideNetworkConfig(bottleneck=4, inter_layers="mean"), shapes, dim=8)
+    mean = IISANItemEncoder(paper_side(bottleneck=4, inter_layers="mean"), shapes, dim=8)
     assert torch.allclose(mean.inter_inputs(image, "image")[:, 2], image[:, 3:5].mean(1))
-    truncate = IISANItemEncoder(SideNetworkConfig(bottleneck=4, inter_layers="truncate"), shapes, dim=8)
+    truncate = IISANItemEncoder(paper_side(bottleneck=4, inter_layers="truncate"), shapes, dim=8)
     assert torch.equal(truncate.inter_inputs(image, "image"), image[:, :4])
     assert encoder(features).shape == (5, 8)
     # Grouping adds no parameters: only the fixed alignment.
@@ -92,7 +97,7 @@ def test_different_depth_groups_the_deeper_encoder():
 @pytest.mark.parametrize("dtl_to, mapped, width", [("smaller", "image", 16), ("larger", "text", 32)])
 def test_different_width_adds_one_linear_map(dtl_to, mapped, width):
     shapes = {"text": (7, 16), "image": (7, 32)}
-    encoder = IISANItemEncoder(SideNetworkConfig(bottleneck=4, dtl_to=dtl_to), shapes, dim=8)
+    encoder = IISANItemEncoder(paper_side(bottleneck=4, dtl_to=dtl_to), shapes, dim=8)
     assert list(encoder.inter_inputs.dtl) == [mapped]
     linear = encoder.inter_inputs.dtl[mapped]
     assert (linear.in_features, linear.out_features) == (shapes[mapped][1], width)
@@ -107,7 +112,7 @@ def test_different_width_adds_one_linear_map(dtl_to, mapped, width):
 
 def test_different_depth_and_width_together():
     shapes = {"text": (13, 24), "image": (5, 16)}  # text deeper and wider
-    encoder = IISANItemEncoder(SideNetworkConfig(bottleneck=4, modality="inter"), shapes, dim=8)
+    encoder = IISANItemEncoder(paper_side(bottleneck=4, modality="inter"), shapes, dim=8)
     assert encoder.inter_inputs.steps == 3 and encoder.inter_inputs.width == 16
     assert list(encoder.inter_inputs.dtl) == ["text"]
     assert encoder(_features({"text": (7, 24), "image": (3, 16)})).shape == (5, 8)
@@ -115,14 +120,14 @@ def test_different_depth_and_width_together():
 
 def test_bad_versa_options_are_config_errors():
     with pytest.raises(ConfigError, match="inter_layers"):
-        SideNetworkConfig(inter_layers="first")
+        paper_side(inter_layers="first")
     with pytest.raises(ConfigError, match="dtl_to"):
-        SideNetworkConfig(dtl_to="middle")
+        paper_side(dtl_to="middle")
 
 
 def test_asymmetric_cache_cached_equals_uncached(tiny_asymmetric):
     dataset, cache = tiny_asymmetric
-    config = TrainConfig(epochs=1, batch_size=16, seed=3)
+    config = TrainConfig(epochs=1, batch_size=16, seed=3, id_offset=False, side=paper_side())
     cached = assemble(dataset, cache, config)
     uncached = assemble(dataset, cache, dataclasses.replace(config, mode="uncached"))
     inter_inputs = cached.model.item.inter_inputs
@@ -146,7 +151,8 @@ def test_asymmetric_training_run_saves_and_reloads(tiny_asymmetric, tmp_path):
     from iisan.train.assemble import assemble_run
 
     dataset, cache = tiny_asymmetric
-    config = TrainConfig(epochs=2, batch_size=32, seed=1, side=SideNetworkConfig(inter_layers="mean", dtl_to="larger"))
+    config = TrainConfig(epochs=2, batch_size=32, seed=1, id_offset=False,
+                         side=paper_side(inter_layers="mean", dtl_to="larger"))
     summary = train(dataset, tmp_path / "run", config, cache_dir=cache)
     assert summary["epochs"] == 2
     reloaded = assemble_run(tmp_path / "run")

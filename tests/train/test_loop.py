@@ -44,7 +44,7 @@ def test_train_writes_a_complete_run(tiny_multimodal, tmp_path):
     saved = json.loads((run / "config.json").read_text())
     assert TrainConfig.from_json(saved["train"]) == dataclasses.replace(
         FAST, user=dataclasses.replace(FAST.user, max_seq_len=5))
-    assert saved["layers"] == {"text": [0, 2], "image": [0, 2]}
+    assert saved["layers"] == {"text": [0, 1, 2], "image": [0, 1, 2]}  # every layer, by default
     # The run reloads to the same weights.
     reloaded = assemble_run(run)
     weights = load_file(str(run / "model.safetensors"))
@@ -147,3 +147,13 @@ def test_in_memory_features_equal_the_ones_read_per_batch(tiny_multimodal):
         assert torch.equal(a.ids, b.ids)
         for m in layers:
             assert torch.equal(a.states[m], b.states[m]) and torch.equal(a.present[m], b.present[m])
+
+
+def test_method_defaults_follow_the_measured_recipes():
+    """id trains as RecBole's SASRec (full-catalogue loss, dropout 0.5, patience 10); fft
+    updates pretrained weights at 1e-4; explicit options still win."""
+    id_config = TrainConfig.for_method("id")
+    assert (id_config.loss, id_config.patience, id_config.user.dropout) == ("full", 10, 0.5)
+    assert TrainConfig.for_method("fft").side_lr == 1e-4
+    assert TrainConfig.for_method("iisan") == TrainConfig()
+    assert TrainConfig.for_method("id", loss="in_batch", patience=3).loss == "in_batch"

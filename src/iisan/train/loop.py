@@ -254,13 +254,17 @@ def training_step(parts: Assembled, optimizer: torch.optim.Optimizer, batch_ids:
 
 
 def build_optimizer(parts: Assembled) -> torch.optim.AdamW:
+    """AdamW with three groups: the side network at ``side_lr``, the per-item id offsets (if
+    any) at ``id_offset_lr``, everything else at ``lr``."""
     config = parts.config
     side = {id(p) for p in parts.model.item.side_parameters()}
-    side_params = [p for p in parts.model.parameters() if id(p) in side]
-    other = [p for p in parts.model.parameters() if id(p) not in side]
-    groups = [{"params": other, "lr": config.lr}]
-    if side_params:
-        groups.append({"params": side_params, "lr": config.side_lr})
+    offsets = getattr(parts.model.item, "offsets", None)
+    offset_params = {id(p) for p in offsets.parameters()} if offsets is not None else set()
+    groups = [{"params": [p for p in parts.model.parameters() if id(p) not in side | offset_params], "lr": config.lr}]
+    for chosen, lr in ((side, config.side_lr), (offset_params, config.id_offset_lr)):
+        params = [p for p in parts.model.parameters() if id(p) in chosen]
+        if params:
+            groups.append({"params": params, "lr": lr})
     return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
 
 
