@@ -39,7 +39,6 @@ PAPER="--layers 0,2,4,6 --loss in_batch --dropout 0.1 --batch-size 64 --patience
 # label | cache | options
 LEVERS=$(cat <<EOF
 reference        | cache-cls  | $PAPER
-cls-skip0        | cache-cls  | $PAPER --layers every-other
 mean             | cache-mean | $PAPER
 mean-all         | cache-mean | $PAPER --layers all
 mean-sampled     | cache-mean | $PAPER --loss sampled --negatives 2048 --batch-size 256
@@ -48,6 +47,7 @@ all-d05          | cache-mean | $PAPER --layers all --dropout 0.5
 all-offset-lr1e3 | cache-mean | $PAPER --layers all --id-offset --id-offset-lr 1e-3
 all-offset-lr3e5 | cache-mean | $PAPER --layers all --id-offset --id-offset-lr 3e-5
 defaults         | cache-mean |
+defaults-sidelr  | cache-mean | --side-lr 1e-4
 frozen-nooffset  | cache-mean | --method frozen --no-id-offset
 frozen           | cache-mean | --method frozen
 id               | none       | --method id
@@ -56,10 +56,11 @@ id-inbatch       | none       | --method id $PAPER
 EOF
 )
 # Each lever row differs from one other row in one setting:
-#   cls-skip0 vs reference: skip the constant layer 0; mean vs reference: the encoder's own pooling;
+#   mean vs reference: the encoder's own pooling (mean for minilm);
 #   mean-all vs mean: every layer; mean-sampled, mean-full vs mean: the loss's candidates;
 #   all-d05 vs mean-all: user-encoder dropout; all-offset-* and defaults vs mean-all: id offsets
-#   at lr 1e-3, 3e-5 and 1e-4 (the default); frozen-nooffset vs frozen: the offset without a
+#   at lr 1e-3, 3e-5 and 1e-4 (the default); defaults-sidelr vs defaults: the reference's
+#   side-network learning rate; frozen-nooffset vs frozen: the offset without a
 #   side network; id: RecBole's recipe, 64 users a batch (default); id-b256: 256; id-inbatch: the
 #   in-batch recipe id used before.
 

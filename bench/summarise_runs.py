@@ -24,8 +24,9 @@ COLUMNS = [("valid", "ndcg@10"), ("test", "hr@10"), ("test", "ndcg@10"), ("test_
 def cell(values: list[float], digits: int = 4) -> str:
     if not values:
         return "-"
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.{digits}f} ± {spread:.{digits}f}"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"  # one seed: no spread to show
+    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def main() -> None:
