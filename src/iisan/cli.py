@@ -459,7 +459,7 @@ def train(
     """
     import dataclasses
 
-    from iisan.config import SideNetworkConfig, TrainConfig, UserEncoderConfig, method_default
+    from iisan.config import SideNetworkConfig, TrainConfig, UserEncoderConfig
     from iisan.train.distributed import is_main_process
     from iisan.train.loop import train as run_train
 
@@ -473,12 +473,11 @@ def train(
         if id_offset and method.value not in OFFSET_METHODS:
             raise ConfigError(f"--id-offset applies to {' and '.join(OFFSET_METHODS)}, not {method.value}")
         given = {"side_lr": side_lr, "patience": patience, "loss": loss.value if loss else None,
-                 "id_offset": id_offset}
+                 "id_offset": id_offset, "user": UserEncoderConfig(dropout=dropout) if dropout is not None else None}
         config = TrainConfig.for_method(
             method.value, mode=mode.value, epochs=epochs, batch_size=batch_size, lr=lr, lora_rank=lora_rank,
             seed=seed, include_history=include_history, negatives=negatives, weight_decay=weight_decay,
             id_offset_lr=id_offset_lr, **{k: v for k, v in given.items() if v is not None},
-            user=UserEncoderConfig(dropout=dropout if dropout is not None else method_default(method.value, "dropout", 0.1)),
             side=SideNetworkConfig(bottleneck=bottleneck, modality=modality.value,
                                    **_layer_choice(layers),
                                    inter_layers=inter_layers.value, dtl_to=dtl_to.value),

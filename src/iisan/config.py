@@ -254,11 +254,6 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def method_default(method: str, name: str, general: Any) -> Any:
-    """The default of option ``name`` for ``method``: its own where it has one, else ``general``."""
-    return METHOD_DEFAULTS.get(method, {}).get(name, general)
-
-
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run.

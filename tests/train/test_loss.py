@@ -12,6 +12,12 @@ from iisan.train.loss import (
 )
 
 
+def cross_entropy(logits: list[float], positive: int) -> float:
+    """``-log softmax(logits)[positive]``, written out."""
+    top = max(logits)
+    return top + math.log(sum(math.exp(v - top) for v in logits)) - logits[positive]
+
+
 def loop_reference(user_states, item_embeddings, item_ids, input_mask, log_pop):
     batch, slots, _ = item_embeddings.shape
     candidates = item_embeddings.reshape(batch * slots, -1)
@@ -29,9 +35,7 @@ def loop_reference(user_states, item_embeddings, item_ids, input_mask, log_pop):
                 if c != positive and (candidate_ids[c] == 0 or candidate_ids[c] in own):
                     value = MASKED
                 logits.append(value)
-            top = max(logits)
-            log_sum = top + math.log(sum(math.exp(v - top) for v in logits))
-            losses.append(log_sum - logits[positive])
+            losses.append(cross_entropy(logits, positive))
     return sum(losses) / len(losses)
 
 
@@ -81,9 +85,7 @@ def candidate_loop_reference(user_states, table, table_ids, labels, input_mask, 
                 if c != positive and (item == 0 or item in own):
                     value = MASKED
                 logits.append(value)
-            top = max(logits)
-            log_sum = top + math.log(sum(math.exp(v - top) for v in logits))
-            losses.append(log_sum - logits[positive])
+            losses.append(cross_entropy(logits, positive))
     return sum(losses) / len(losses)
 
 
