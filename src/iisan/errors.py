@@ -32,6 +32,13 @@ class CacheMismatchError(IisanError):
     """A hidden-state cache was built for another dataset or another encoder setting."""
 
 
+class NonFiniteError(IisanError, ArithmeticError):
+    """A number that must be finite is NaN or infinite: a diverged step, damaged weights or states.
+
+    Raised where the number is born, so a NaN never travels on to become a metric or a ranking.
+    """
+
+
 class UnknownItemError(IisanError, KeyError):
     """Item keys that the catalogue does not hold."""
 

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from iisan.errors import ConfigError
+from iisan.errors import ConfigError, DatasetError
 
 
 @contextmanager
@@ -55,7 +55,9 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
-    text = json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
+    """Strict JSON: NaN or infinity raise ``ValueError`` instead of writing ``NaN``, which
+    JSON does not have and other readers refuse."""
+    text = json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False, allow_nan=False) + "\n"
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
@@ -95,3 +97,51 @@ def check_replaceable(out_dir: Path, marker: str, force: bool) -> None:
             f"--out {out_dir} is a non-empty folder that iisan did not write; "
             "choose another path or pass --force to replace it"
         )
+
+
+def read_json_object(path: str | os.PathLike[str], required: dict[str, type | tuple[type, ...]], fix: str,
+                     error: type[Exception] = DatasetError) -> dict[str, Any]:
+    """Read a JSON object, checking that ``required`` fields are there with the right types.
+
+    Raises:
+        ``error`` (by default :class:`DatasetError`): one line naming the file, what is wrong
+        and ``fix`` (for instance "rerun `iisan prepare`").
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{path} does not exist; {fix}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise error(f"cannot read {path} ({getattr(err, 'strerror', None) or err}); {fix}") from None
+    except ValueError as err:
+        raise error(f"{path} is not valid JSON ({err}); it is damaged or truncated: {fix}") from None
+    if not isinstance(data, dict):
+        raise error(f"{path} holds a JSON {type(data).__name__}, not an object; it is damaged: {fix}")
+    for name, kind in required.items():
+        if name not in data:
+            raise error(f"{path} lacks the field {name!r}; it is damaged or from another tool: {fix}")
+        # bool is an int in Python, but never a valid count or size here
+        if not isinstance(data[name], kind) or (isinstance(data[name], bool) and kind in (int, (int, float))):
+            raise error(f"{path}: field {name!r} is a {type(data[name]).__name__}, expected "
+                        f"{getattr(kind, '__name__', None) or ' or '.join(k.__name__ for k in kind)}; {fix}")
+    return data
+
+
+def load_tensors(path: str | os.PathLike[str], fix: str) -> dict[str, Any]:
+    """Every tensor of a safetensors file (torch tensors), or one clear :class:`DatasetError`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path} does not exist; {fix}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise DatasetError(f"{path} is damaged or truncated ({_first_line(err)}); {fix}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__

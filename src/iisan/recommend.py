@@ -56,9 +56,7 @@ class Recommender:
     def __init__(self, parts: Assembled, run_dir: Path) -> None:
         self.parts = parts
         self.run_dir = run_dir
-        items = parts.dataset.items
-        if items["item_id"].to_list() != list(range(1, len(items) + 1)):
-            raise ConfigError(f"{parts.dataset.root}: item ids are not 1..N; rerun `iisan prepare`")
+        items = parts.dataset.items  # ids 1..N, checked when the dataset was loaded
         # Indexed by item id; id 0 is padding.
         self.keys: list[str] = ["", *items["key"].to_list()]
         self.titles: list[str | None] = [None, *items["text"].to_list()]

@@ -31,7 +31,7 @@ from iisan.data.dataset import PreparedDataset
 from iisan.data.problems import Problems
 from iisan.devices import pick_device
 from iisan.encoders.frozen import FrozenEncoder
-from iisan.errors import CacheMismatchError, ConfigError
+from iisan.errors import CacheMismatchError, ConfigError, NonFiniteError
 from iisan.fileio import check_replaceable
 
 log = logging.getLogger(__name__)
@@ -169,8 +169,9 @@ def _encode_modality(
                 next_index += 1
             rows, inputs = _resolve(prepared)
             if len(rows):
-                pooled = encoder.pooled_hidden_states(inputs, pooling)  # [b, L + 1, D]
-                states[rows] = pooled.to(torch.float16).cpu().numpy()
+                pooled = encoder.pooled_hidden_states(inputs, pooling).to(torch.float16).cpu()  # [b, L + 1, D]
+                _require_finite(pooled, rows, dataset, modality)
+                states[rows] = pooled.numpy()
                 present[rows] = 1
             done[batch] = 1
             written += len(batch)
@@ -190,6 +191,22 @@ def _encode_modality(
         "items_per_second": round(written / seconds, 1) if seconds > 0 and written else None,
         "items_with_modality": int(present.sum()),
     }
+
+
+def _require_finite(pooled: torch.Tensor, rows: np.ndarray, dataset: PreparedDataset, modality: str) -> None:
+    """Refuse states that are NaN or beyond float16's range (+-65504): the cache must never
+    hold a number that training or ranking would turn into a perfect-looking result."""
+    bad = ~torch.isfinite(pooled).flatten(1).all(dim=1)
+    if not bool(bad.any()):
+        return
+    ids = rows[bad.numpy()]
+    keys = dataset.items["key"].gather(ids.astype(np.int64) - 1).to_list()
+    shown = ", ".join(map(repr, keys[:5])) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+    raise NonFiniteError(
+        f"encode {modality}: the encoder gave non-finite hidden states (NaN, or beyond float16's "
+        f"range) for {len(keys)} item{'s' if len(keys) > 1 else ''}: {shown}; check the encoder's weights; "
+        "the rows encoded so far are kept, so the same command resumes once the cause is fixed"
+    )
 
 
 def _open_arrays(root: Path, modality: str, num_items: int, encoder: FrozenEncoder, new: bool):

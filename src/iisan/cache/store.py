@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from iisan.errors import CacheMismatchError, DatasetError
-from iisan.fileio import write_json_atomic
+from iisan.fileio import read_json_object, write_json_atomic
 
 CACHE_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -54,19 +54,34 @@ def release_resident_pages(array: np.ndarray) -> None:
         mapping.madvise(mmap.MADV_DONTNEED)
 
 
+REBUILD = "rebuild it with `iisan encode --force`"
+MANIFEST_FIELDS = {"version": int, "dataset_fingerprint": str, "num_items": int, "encoders": dict}
+ENTRY_FIELDS = {"name": str, "weight_hash": str, "pooling": str, "num_layers": int, "hidden_size": int,
+                "settings": dict, "completed_rows": int}
+
+
 def read_manifest(root: Path) -> dict[str, Any] | None:
+    """The cache's manifest, checked for every field the cache is read by; ``None`` if absent.
+
+    Raises:
+        CacheMismatchError: another format version, or a damaged manifest.
+    """
     path = root / MANIFEST_FILE
     if not path.is_file():
         return None
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise CacheMismatchError(f"cannot read {path}: {err}; rebuild with `iisan encode --force`") from err
-    if manifest.get("version") != CACHE_VERSION:
+    manifest = read_json_object(path, {"version": int}, REBUILD, CacheMismatchError)
+    if manifest["version"] != CACHE_VERSION:
         raise CacheMismatchError(
             f"cache {root} has format version {manifest.get('version')}, this iisan reads "
-            f"{CACHE_VERSION}; rebuild with `iisan encode --force`"
+            f"{CACHE_VERSION}; {REBUILD}"
         )
+    read_json_object(path, MANIFEST_FIELDS, REBUILD, CacheMismatchError)
+    for modality, entry in manifest["encoders"].items():
+        if modality not in MODALITIES or not isinstance(entry, dict):
+            raise CacheMismatchError(f"{path}: unknown encoder entry {modality!r}; {REBUILD}")
+        for name, kind in ENTRY_FIELDS.items():
+            if not isinstance(entry.get(name), kind) or isinstance(entry.get(name), bool):
+                raise CacheMismatchError(f"{path}: the {modality} entry lacks a valid {name!r}; {REBUILD}")
     return manifest
 
 
@@ -108,7 +123,33 @@ class HiddenStateCache:
             raise CacheMismatchError(
                 f"cache at {root} is unfinished ({', '.join(unfinished)}); rerun the same `iisan encode` to resume"
             )
-        return cls(root, manifest)
+        cache = cls(root, manifest)
+        for modality in cache.modalities:
+            cache.check_arrays(modality)
+        return cache
+
+    def check_arrays(self, modality: str) -> None:
+        """The modality's arrays exist, are whole, and have the shapes the manifest describes.
+
+        Reads only the ``.npy`` headers (a memory map of a truncated file fails at once).
+
+        Raises:
+            CacheMismatchError: naming the file and what differs.
+        """
+        rows = self.num_items + 1
+        expected = {states_path(self.root, modality): ((rows, self.num_layers(modality), self.hidden_size(modality)), np.float16),
+                    present_path(self.root, modality): ((rows,), np.uint8)}
+        for path, (shape, dtype) in expected.items():
+            try:
+                array = np.load(path, mmap_mode="r", allow_pickle=False)
+            except FileNotFoundError:
+                raise CacheMismatchError(f"{path} is missing; {REBUILD}") from None
+            except (OSError, ValueError, EOFError) as err:
+                raise CacheMismatchError(f"{path} is damaged or truncated ({err}); {REBUILD}") from None
+            if array.shape != shape or array.dtype != dtype:
+                raise CacheMismatchError(
+                    f"{path} holds {array.dtype} {list(array.shape)}, the manifest describes {np.dtype(dtype)} "
+                    f"{list(shape)} ({self.num_items} items + padding, layers, hidden size); {REBUILD}")
 
     @property
     def modalities(self) -> tuple[str, ...]:

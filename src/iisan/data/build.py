@@ -19,7 +19,7 @@ import polars as pl
 
 from iisan import __version__
 from iisan.config import PrepareConfig
-from iisan.data.dataset import DATASET_VERSION, ITEMS_FILE, META_FILE, SEQUENCES_FILE
+from iisan.data.dataset import DATASET_VERSION, ITEMS_FILE, META_FILE, SEQUENCES_FILE, file_sha256
 from iisan.data.images import ImageSource, materialise_images
 from iisan.data.problems import Problems
 from iisan.data.text import clean_text
@@ -97,6 +97,7 @@ def build_dataset(
 
     item_table.drop("image_sha256").write_parquet(out_dir / ITEMS_FILE)
     sequences.write_parquet(out_dir / SEQUENCES_FILE)
+    files = {name: file_sha256(out_dir / name) for name in (ITEMS_FILE, SEQUENCES_FILE)}
 
     meta = {
         "version": DATASET_VERSION,
@@ -117,6 +118,7 @@ def build_dataset(
         "filtered": filtered,
         "problems": problems.to_json(),
         "fingerprint": _fingerprint(item_table, sequences),
+        "files": files,  # checked at every load: an edited table is refused, never half-trusted
         "config": config.to_json(),
         **{k: v for k, v in raw.info.items() if k != "synthetic"},
     }

@@ -10,7 +10,7 @@ Layout (see DESIGN.md "Data")::
 
 from __future__ import annotations
 
-import json
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,8 +19,11 @@ import numpy as np
 import polars as pl
 
 from iisan.errors import DatasetError
+from iisan.fileio import read_json_object
 
 DATASET_VERSION = 1
+REPREPARE = "rerun `iisan prepare`"
+META_FIELDS = {"version": int, "fingerprint": str, "max_seq_len": int, "counts": dict}
 ITEMS_FILE = "items.parquet"
 SEQUENCES_FILE = "sequences.parquet"
 META_FILE = "dataset.json"
@@ -55,21 +58,37 @@ class PreparedDataset:
             raise DatasetError(
                 f"{root} is not a prepared dataset (no {META_FILE}); create one with `iisan prepare`"
             )
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise DatasetError(f"cannot read {meta_path}: {err}") from err
-        version = meta.get("version")
+        meta = read_json_object(meta_path, {"version": int}, REPREPARE)
+        version = meta["version"]
         if version != DATASET_VERSION:
             raise DatasetError(
                 f"{root} has dataset format version {version}, this iisan reads version "
                 f"{DATASET_VERSION}; rerun `iisan prepare`"
             )
+        read_json_object(meta_path, META_FIELDS, REPREPARE)
+        for name, digest in meta.get("files", {}).items():  # datasets prepared before 0.2 have none
+            path = root / name
+            if not path.is_file():
+                raise DatasetError(f"{path} is missing; {REPREPARE}")
+            if file_sha256(path) != digest:
+                raise DatasetError(f"{path} was changed after `iisan prepare` wrote it (its content hash "
+                                   f"differs from {META_FILE}); {REPREPARE}")
         try:
             items = pl.read_parquet(root / ITEMS_FILE).sort("item_id")
             sequences = pl.read_parquet(root / SEQUENCES_FILE)
         except (OSError, pl.exceptions.PolarsError) as err:
-            raise DatasetError(f"{root} is incomplete or damaged: {err}; rerun `iisan prepare`") from err
+            raise DatasetError(f"{root} is incomplete or damaged: {err}; {REPREPARE}") from err
+        for name, table, columns in ((ITEMS_FILE, items, ("item_id", "key", "text", "image")),
+                                     (SEQUENCES_FILE, sequences, ("user_key", "items"))):
+            missing = [c for c in columns if c not in table.columns]
+            if missing:
+                raise DatasetError(f"{root / name} lacks the column{'s' if len(missing) > 1 else ''} "
+                                   f"{', '.join(missing)}; {REPREPARE}")
+        if items["item_id"].to_list() != list(range(1, items.height + 1)):
+            raise DatasetError(f"{root / ITEMS_FILE}: item ids are not 1..{items.height}; {REPREPARE}")
+        flat = sequences["items"].explode().drop_nulls()
+        if len(flat) and (flat.min() < 1 or flat.max() > items.height):
+            raise DatasetError(f"{root / SEQUENCES_FILE} names item ids outside 1..{items.height}; {REPREPARE}")
         return cls(root=root, meta=meta, items=items, sequences=sequences)
 
     @property
@@ -88,3 +107,12 @@ class PreparedDataset:
         np.cumsum(lengths, out=offsets[1:])
         flat = self.sequences["items"].explode().to_numpy().astype(np.int32)
         return flat, offsets
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -13,7 +13,10 @@ def pessimistic_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     """0-based ranks of ``targets [U]`` in ``scores [U, N + 1]`` with ties broken against them."""
     target_scores = scores.gather(1, targets[:, None])
     # Items scoring >= the target: the higher ones, the tied ones, and the target itself.
-    return (scores >= target_scores).sum(dim=1) - 1
+    ranks = (scores >= target_scores).sum(dim=1) - 1
+    # NaN compares false with everything: the rank would be -1, a perfect hit. A target
+    # without a real score ranks last instead (callers refuse NaN before; this is the floor).
+    return torch.where(torch.isnan(target_scores[:, 0]), scores.shape[1] - 1, ranks)
 
 
 def metrics_from_ranks(ranks: torch.Tensor, ks: tuple[int, ...]) -> dict[str, float]:

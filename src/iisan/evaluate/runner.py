@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from iisan.data.split import EvalSplit
+from iisan.errors import NonFiniteError
 from iisan.evaluate.metrics import metrics_from_ranks, pessimistic_ranks
 from iisan.models.features import FeatureSource
 from iisan.models.recommender import SequentialRecommender
@@ -33,7 +34,20 @@ def item_embeddings(model: SequentialRecommender, source: FeatureSource, num_ite
     chunks = [model.embed_items(source.features(np.arange(s, min(s + ITEM_CHUNK, share.stop))).to(device))
               for s in range(share.start, share.stop, ITEM_CHUNK)]
     local = torch.cat(chunks) if chunks else torch.zeros(0, model.dim, device=device)
-    return workers.gather(local)[0]
+    items = workers.gather(local)[0]
+    require_finite_rows(items, "item", "items")
+    return items
+
+
+def require_finite_rows(rows: torch.Tensor, one: str, many: str) -> None:
+    """Raise :class:`NonFiniteError` naming how many rows hold NaN or infinity: such an
+    embedding would rank as a hit or vanish from every ranking, never be a real score."""
+    bad = int((~torch.isfinite(rows).all(dim=-1)).sum())
+    if bad:
+        raise NonFiniteError(
+            f"{bad} {one if bad == 1 else many} of {len(rows)} got non-finite embeddings (NaN or infinity): "
+            "the run's weights or the cache are damaged; retrain the run or rebuild the cache"
+        )
 
 
 @torch.no_grad()
@@ -67,12 +81,19 @@ def evaluate_split(
     chunk_size = max(1, min(batch_size, SCORE_BUDGET // items.shape[0]))
     share = workers.share(len(split.targets))
     ranks = [torch.zeros(0, dtype=torch.long, device=device)]
+    broken = 0  # users whose vector is not finite: counted on every rank, then refused together
     for start in range(share.start, share.stop, chunk_size):
         chunk = np.arange(start, min(start + chunk_size, share.stop))
-        scores = user_vectors(model, items, split.inputs[chunk]) @ items.T  # [chunk, N + 1]
+        users = user_vectors(model, items, split.inputs[chunk])
+        broken += int((~torch.isfinite(users).all(dim=-1)).sum())
+        scores = users @ items.T  # [chunk, N + 1]
         scores[:, 0] = -torch.inf  # padding is never recommended
         if not include_history:
             rows, cols = split.history_pairs(chunk)
             scores[torch.from_numpy(rows).to(device), torch.from_numpy(cols).to(device)] = -torch.inf
         ranks.append(pessimistic_ranks(scores, torch.from_numpy(split.targets[chunk]).to(device)))
+    broken = int(workers.sum(broken))
+    if broken:
+        raise NonFiniteError(f"{broken} of {len(split.targets)} users got non-finite user vectors (NaN or "
+                             "infinity): the run's weights are damaged; retrain the run")
     return metrics_from_ranks(workers.gather(torch.cat(ranks))[0].cpu(), ks)

@@ -18,16 +18,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from iisan.errors import DatasetError
-from iisan.fileio import write_atomic, write_json_atomic
+from iisan.fileio import load_tensors, read_json_object, write_atomic, write_json_atomic
 
 RUN_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 METRICS_LOG = "metrics.jsonl"
 RESUME_DIR = "resume"
+RESUME_FIX = "the resume state is damaged: start the run again with --force"
+# What every run's config.json holds (written by train.loop._write_run_config).
+RUN_FIELDS: dict[str, Any] = {"version": int, "train": dict, "dataset": str, "dataset_fingerprint": str,
+                              "cache": (str, type(None)), "layers": dict, "num_items": int}
 
 
 def save_weights(path: Path, module: torch.nn.Module) -> None:
@@ -35,10 +39,34 @@ def save_weights(path: Path, module: torch.nn.Module) -> None:
     write_atomic(path, lambda tmp: save_file(tensors, str(tmp)))
 
 
-def load_weights(path: Path, module: torch.nn.Module) -> None:
-    if not path.is_file():
-        raise DatasetError(f"{path} does not exist; is this a finished run directory?")
-    module.load_state_dict(load_file(str(path)))
+def load_weights(path: Path, module: torch.nn.Module, fix: str = "retrain the run or restore the file") -> None:
+    """Load weights, checking them first: a readable file, the tensors the module has with
+    their shapes, and finite values.
+
+    Raises:
+        DatasetError: one line naming the file, what is wrong and ``fix``.
+    """
+    tensors = load_tensors(path, fix)
+    expected = module.state_dict()
+    missing = sorted(expected.keys() - tensors.keys())
+    unexpected = sorted(tensors.keys() - expected.keys())
+    reshaped = [name for name in expected.keys() & tensors.keys() if expected[name].shape != tensors[name].shape]
+    if missing or unexpected or reshaped:
+        if reshaped:
+            name = sorted(reshaped)[0]
+            first = (f"tensor {name} has shape {list(tensors[name].shape)}, the run's config.json makes "
+                     f"{list(expected[name].shape)}")
+        else:
+            first = f"tensor {(missing or unexpected)[0]} is {'missing' if missing else 'not in the model'}"
+        more = len(missing) + len(unexpected) + len(reshaped) - 1
+        raise DatasetError(f"{path} does not match the model its config.json describes: {first}"
+                           f"{f' (and {more} more differences)' if more else ''}; {fix}")
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise DatasetError(f"{path}: tensor {name} holds {bad} non-finite value{'s' if bad > 1 else ''} "
+                               f"(NaN or infinity); the file is damaged: {fix}")
+    module.load_state_dict(tensors)
 
 
 def save_optimizer(folder: Path, optimizer: torch.optim.Optimizer) -> None:
@@ -56,8 +84,9 @@ def save_optimizer(folder: Path, optimizer: torch.optim.Optimizer) -> None:
 
 
 def load_optimizer(folder: Path, optimizer: torch.optim.Optimizer) -> None:
-    tensors = load_file(str(folder / "optimizer.safetensors"))
-    meta = json.loads((folder / "optimizer.json").read_text())
+    fix = RESUME_FIX
+    tensors = load_tensors(folder / "optimizer.safetensors", fix)
+    meta = read_json_object(folder / "optimizer.json", {"param_groups": list, "scalars": dict}, fix)
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
         _, param, key = name.split(".", 2)
@@ -69,15 +98,20 @@ def load_optimizer(folder: Path, optimizer: torch.optim.Optimizer) -> None:
 
 
 def read_run_config(run_dir: Path) -> dict[str, Any]:
+    """The run's ``config.json``, checked for the fields a run is rebuilt from.
+
+    Raises:
+        DatasetError: no run here, another format version, or a damaged file.
+    """
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         raise DatasetError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); create one with `iisan train`")
-    config = json.loads(path.read_text())
-    if config.get("version") != RUN_VERSION:
-        raise DatasetError(f"{run_dir} has run format version {config.get('version')}, this iisan reads {RUN_VERSION}")
-    return config
+    config = read_json_object(path, {"version": int}, fix="retrain the run or restore the file")
+    if config["version"] != RUN_VERSION:
+        raise DatasetError(f"{run_dir} has run format version {config['version']}, this iisan reads {RUN_VERSION}")
+    return read_json_object(path, RUN_FIELDS, fix="retrain the run or restore the file")
 
 
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
     with open(run_dir / METRICS_LOG, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
+        handle.write(json.dumps(record, allow_nan=False) + "\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import time
 from pathlib import Path
@@ -17,14 +18,14 @@ from tqdm import tqdm
 
 from iisan import __version__
 from iisan.config import TrainConfig
-from iisan.errors import ConfigError, MissingDependencyError
+from iisan.errors import ConfigError, MissingDependencyError, NonFiniteError
 from iisan.evaluate.runner import evaluate_split, item_embeddings
-from iisan.fileio import write_json_atomic
+from iisan.fileio import read_json_object, write_json_atomic
 from iisan.models.features import ItemFeatures
 from iisan.models.recommender import SequentialRecommender
 from iisan.train.assemble import Assembled, assemble
 from iisan.train.checkpoint import (
-    CONFIG_FILE, RESUME_DIR, RUN_VERSION, WEIGHTS_FILE, append_metrics, load_optimizer, load_weights,
+    CONFIG_FILE, RESUME_DIR, RESUME_FIX, RUN_VERSION, WEIGHTS_FILE, append_metrics, load_optimizer, load_weights,
     read_run_config, save_optimizer, save_weights,
 )
 from iisan.train.distributed import LOCAL, Workers
@@ -35,6 +36,7 @@ from iisan.train.loss import candidate_softmax_loss, in_batch_softmax_loss, log_
 log = logging.getLogger(__name__)
 
 SELECT_METRIC = "ndcg@10"
+RESUME_STATE = {"epoch": int, "best": (int, float), "best_epoch": int, "bad_epochs": int}
 
 
 def train(
@@ -84,9 +86,9 @@ def _train(dataset_dir: Path, run_dir: Path, config: TrainConfig, cache_dir, res
         _check_resumable(run_dir, parts)
     if resume and (run_dir / RESUME_DIR / "state.json").is_file():
         # Every rank reads the same files, so the run folder must be on a shared filesystem.
-        load_weights(run_dir / RESUME_DIR / WEIGHTS_FILE, model)
+        state = read_json_object(run_dir / RESUME_DIR / "state.json", RESUME_STATE, RESUME_FIX)
+        load_weights(run_dir / RESUME_DIR / WEIGHTS_FILE, model, RESUME_FIX)
         load_optimizer(run_dir / RESUME_DIR, optimizer)
-        state = json.loads((run_dir / RESUME_DIR / "state.json").read_text())
         log.info("resuming after epoch %d (best %s %.4f at epoch %d)", state["epoch"], SELECT_METRIC, state["best"], state["best_epoch"])
     elif workers.is_main:
         _write_run_config(run_dir, parts, dataset_dir, cache_dir, workers)
@@ -212,7 +214,15 @@ def _train_epoch(parts: Assembled, objective: torch.nn.Module, optimizer: torch.
         negatives = None
         if probabilities is not None:
             negatives = negative_rng.choice(len(probabilities), size=config.negatives, p=probabilities)
-        total += training_step(parts, optimizer, mine, objective=objective, workers=workers, negatives=negatives)
+        try:
+            total += training_step(parts, optimizer, mine, objective=objective, workers=workers, negatives=negatives)
+        except NonFiniteError as err:
+            kept = (f"the run keeps epoch {epoch - 1}, the last complete one: `--resume` continues from it"
+                    if epoch > 1 else "no epoch is complete yet: the same command starts over")
+            raise NonFiniteError(
+                f"epoch {epoch}, step {steps + 1}: {err}, so the weights were not updated; {kept} once the cause "
+                "is fixed (a damaged cache: rebuild it with `iisan encode --force`; a diverging recipe: lower --lr)"
+            ) from None
         steps += 1
     return workers.sum(total) / (workers.world_size * max(steps, 1))
 
@@ -248,9 +258,16 @@ def training_step(parts: Assembled, optimizer: torch.optim.Optimizer, batch_ids:
                      torch.from_numpy(batch_ids).to(device))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(parts.model.parameters(), parts.config.grad_clip)
+    # The norm is of the gradients after DDP averaged them, so every rank sees the same value
+    # and stops together; a NaN loss on any rank makes it NaN.
+    norm = torch.nn.utils.clip_grad_norm_(parts.model.parameters(), parts.config.grad_clip)
+    value = float(loss.detach())
+    if not (math.isfinite(value) and math.isfinite(float(norm))):
+        optimizer.zero_grad(set_to_none=True)
+        what = f"the loss is {value}" if not math.isfinite(value) else f"the gradient norm is {float(norm)}"
+        raise NonFiniteError(what)
     optimizer.step()
-    return float(loss.detach())
+    return value
 
 
 def build_optimizer(parts: Assembled) -> torch.optim.AdamW:

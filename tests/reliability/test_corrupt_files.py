@@ -1,0 +1,102 @@
+"""Every file iisan reads, damaged or mismatched: one clear line naming the file and the fix."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+
+from tests.reliability.conftest import cli, one_line_error
+
+
+def truncate(path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def edit_json(path, change) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def test_truncated_weights(scratch):
+    truncate(scratch.run / "model.safetensors")
+    one_line_error(cli("evaluate", scratch.run), "model.safetensors", "damaged or truncated", "retrain")
+    one_line_error(cli("recommend", scratch.run, "--history", "x"), "model.safetensors", "damaged or truncated")
+
+
+@pytest.mark.parametrize("content, what", [("{\"version\": 1, \"tra", "not valid JSON"),
+                                           ("[1, 2]", "holds a JSON list"),
+                                           ("", "not valid JSON")])
+def test_damaged_run_config(scratch, content, what):
+    (scratch.run / "config.json").write_text(content)
+    one_line_error(cli("evaluate", scratch.run), "config.json", what)
+
+
+def test_run_config_missing_a_field(scratch):
+    edit_json(scratch.run / "config.json", lambda c: c.pop("layers"))
+    one_line_error(cli("evaluate", scratch.run), "config.json", "lacks the field 'layers'")
+
+
+def test_run_config_whose_width_does_not_match_the_weights(scratch):
+    edit_json(scratch.run / "config.json", lambda c: c["train"]["user"].update(dim=c["train"]["user"]["dim"] * 2))
+    one_line_error(cli("evaluate", scratch.run), "model.safetensors does not match", "has shape")
+
+
+@pytest.mark.parametrize("field", ["hidden_size", "num_layers", "pooling"])
+def test_manifest_missing_a_field(scratch, field):
+    edit_json(scratch.cache / "manifest.json", lambda m: m["encoders"]["text"].pop(field))
+    one_line_error(cli("evaluate", scratch.run), "manifest.json", repr(field), "iisan encode --force")
+
+
+def test_manifest_hidden_size_that_does_not_match_the_arrays(scratch):
+    edit_json(scratch.cache / "manifest.json", lambda m: m["encoders"]["text"].update(hidden_size=64))
+    one_line_error(cli("train", scratch.dataset, "--cache", scratch.cache, "--out", scratch.run.parent / "new"),
+                   "text.npy", "the manifest describes", "iisan encode --force")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty"])
+def test_damaged_cache_array(scratch, damage):
+    path = scratch.cache / "image.npy"
+    truncate(path, 0.3) if damage == "truncated" else path.write_bytes(b"")
+    one_line_error(cli("evaluate", scratch.run), "image.npy", "damaged or truncated", "iisan encode --force")
+
+
+def test_edited_item_keys_are_detected(scratch):
+    path = scratch.dataset / "items.parquet"
+    items = pl.read_parquet(path)
+    items.with_columns(pl.col("key").str.replace("^", "x")).write_parquet(path)
+    one_line_error(cli("evaluate", scratch.run), "items.parquet", "changed after", "iisan prepare")
+    one_line_error(cli("data", "stats", scratch.dataset), "items.parquet", "changed after")
+
+
+def test_dataset_meta_that_is_not_an_object(scratch):
+    (scratch.dataset / "dataset.json").write_text("\"hello\"")
+    one_line_error(cli("evaluate", scratch.run), "dataset.json", "not an object", "iisan prepare")
+
+
+def test_damaged_resume_state(scratch):
+    edit_json(scratch.run / "resume" / "state.json", lambda s: s.pop("best"))
+    one_line_error(cli("train", scratch.dataset, "--cache", scratch.cache, "--out", scratch.run, "--resume",
+                       "--epochs", "3", "--batch-size", "32", "--seed", "1"),
+                   "state.json", "'best'", "--force")
+
+
+def first_key(scratch) -> str:
+    return pl.read_parquet(scratch.dataset / "items.parquet")["key"][0]
+
+
+def test_weights_with_flipped_exponent_bits(scratch):
+    from safetensors.numpy import load_file, save_file
+
+    path = scratch.run / "model.safetensors"
+    tensors = load_file(str(path))
+    name = sorted(n for n, t in tensors.items() if t.dtype == np.float32 and t.size > 4)[0]
+    bits = tensors[name].view(np.uint32)
+    bits.flat[3] |= np.uint32(0x7F800000)  # all exponent bits set: infinity or NaN
+    save_file(tensors, str(path))
+    one_line_error(cli("evaluate", scratch.run), "model.safetensors", name, "non-finite")
+    one_line_error(cli("recommend", scratch.run, "--history", first_key(scratch)), "non-finite")
