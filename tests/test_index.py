@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
+import polars as pl
 import pytest
 
 from iisan.errors import ConfigError, DatasetError
-from iisan.index import HnswSettings, ItemIndex, load_index, save_added, save_index
+from iisan.index import HnswSettings, ItemIndex, StoredIndex, load_index, save_index, weights_digest
 
 
 def _embeddings(n: int = 500, d: int = 16, seed: int = 0) -> np.ndarray:
@@ -57,19 +60,23 @@ def test_hnsw_recall_is_high_on_random_vectors():
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw"])
 def test_store_load_and_added_rows_round_trip(tmp_path, kind):
-    import polars as pl
-
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(b"weights v1")
+    digest = weights_digest(weights)
     base = _embeddings(n=200)
-    index = ItemIndex(base, kind)
-    save_index(tmp_path / "index", index, base, weights)
+    empty = pl.DataFrame(schema={"item_id": pl.Int64, "key": pl.String, "text": pl.String})
+    first = save_index(tmp_path / "index", StoredIndex(ItemIndex(base, kind), base, empty), 200, digest)
     extra = np.random.default_rng(4).standard_normal((3, 16)).astype(np.float32)
-    index.add(extra)
+    grown = load_index(tmp_path / "index", weights).index.extended(extra)
     table = pl.DataFrame({"item_id": [201, 202, 203], "key": ["a", "b", "c"], "text": ["x", None, "z"]})
-    save_added(tmp_path / "index", index, extra, table)
+    inode = os.stat(tmp_path / "index" / first / "embeddings.safetensors").st_ino
+    second = save_index(tmp_path / "index", StoredIndex(grown, np.concatenate([base, extra]), table,
+                                                        base_generation=first), 200, digest)
+    assert os.stat(tmp_path / "index" / second / "embeddings.safetensors").st_ino == inode  # linked, not rewritten
+    assert sorted(p.name for p in (tmp_path / "index").iterdir()) == [second, "index.json"]  # the old one is gone
 
     stored = load_index(tmp_path / "index", weights)
+    assert stored.generation == second
     assert stored.index.kind == kind and stored.index.size == 203
     assert np.array_equal(stored.embeddings, np.concatenate([base, extra]))
     assert stored.added["key"].to_list() == ["a", "b", "c"]
@@ -86,10 +93,22 @@ def test_damaged_index_is_a_clear_error(tmp_path):
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(b"w")
     base = _embeddings(n=10)
-    save_index(tmp_path / "index", ItemIndex(base), base, weights)
-    (tmp_path / "index" / "embeddings.safetensors").write_bytes(b"not safetensors")
+    empty = pl.DataFrame(schema={"item_id": pl.Int64, "key": pl.String, "text": pl.String})
+    name = save_index(tmp_path / "index", StoredIndex(ItemIndex(base), base, empty), 10, weights_digest(weights))
+    (tmp_path / "index" / name / "embeddings.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(DatasetError, match="damaged"):
         load_index(tmp_path / "index", weights)
+
+
+def test_extending_leaves_the_original_index_as_it_was():
+    base = _embeddings(n=130)
+    for kind in ("flat", "hnsw"):
+        index = ItemIndex(base, kind)
+        before = index.search(base[5:6], 3)
+        grown = index.extended(base[1:4] * 100)  # rows that would win every query
+        assert index.size == 130 and grown.size == 133
+        assert np.array_equal(index.search(base[5:6], 3)[0], before[0])
+        assert set(grown.search(base[1:4] * 100, 1)[0][:, 0]) <= {131, 132, 133}
 
 
 @pytest.mark.parametrize("n, k", [(128, 1), (1280, 10), (4096, 200), (256, 256)])

@@ -57,7 +57,7 @@ def test_items_health_metrics_and_docs(client, recommender, history):
     item = client.get(f"/items/{history[0]}").json()
     assert item == {"key": history[0], "title": recommender.title(history[0]), "added": False}
     assert client.get("/items/nope").status_code == 404
-    assert client.get("/health").json() == {"status": "ok", "items": recommender.num_items, "index": "flat"}
+    assert client.get("/health").json() == {"status": "ok", "items": recommender.num_items, "index": "flat", "problems": []}
     metrics = client.get("/metrics")
     assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
     assert 'iisan_requests_total{method="POST",route="/recommend",status="200"}' in metrics.text

@@ -646,9 +646,10 @@ def index_build(
     ef_search: Annotated[int, typer.Option(help="HNSW candidate list size at query time (higher: better recall, slower).")] = 512,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """(Re)build the run's item index from the trained model.
+    """(Re)build the run's item index from the trained model, whatever state it is in.
 
-    Items added with `iisan items add` are dropped from the rebuilt index; add them again.
+    Items added with `iisan items add` are kept when the stored index can still be read
+    (a damaged one is replaced without them: add them again).
 
     [bold]Examples[/]
 
@@ -659,11 +660,10 @@ def index_build(
     from iisan.index import HnswSettings
     from iisan.recommend import Recommender
 
-    recommender = Recommender.load(run)
     start = time.perf_counter()
-    recommender.rebuild_index(index.value, HnswSettings(m=hnsw_m, ef_search=ef_search))
-    result = {"index": index.value, "items": recommender.num_items, "seconds": round(time.perf_counter() - start, 2),
-              "folder": str(recommender.index_dir)}
+    recommender = Recommender.load(run, rebuild=index.value, hnsw=HnswSettings(m=hnsw_m, ef_search=ef_search))
+    result = {"index": index.value, "items": recommender.num_items, "added_items": len(recommender.added),
+              "seconds": round(time.perf_counter() - start, 2), "folder": str(recommender.index_dir)}
     if as_json:
         _print_json(result)
         return

@@ -39,6 +39,10 @@ class NonFiniteError(IisanError, ArithmeticError):
     """
 
 
+class StorageError(IisanError, OSError):
+    """A write failed (disk full, permissions); the state on disk and in memory is the previous one."""
+
+
 class UnknownItemError(IisanError, KeyError):
     """Item keys that the catalogue does not hold."""
 

@@ -5,27 +5,36 @@ product) is approximate and meant for catalogues past a million items; ``iisan i
 its recall@10 against exact search. Row ``i`` of the embeddings is item id ``i``; row 0,
 the padding id, is never indexed.
 
-Files: ``index.json`` (kind, sizes, the weights it was built from), ``embeddings.safetensors``
-(the trained catalogue), ``added.safetensors`` + ``added.parquet`` (items added later, with
-their keys and texts) and, for ``hnsw``, ``hnsw.faiss`` (faiss's own binary format, not a
-pickle).
+Every change (a build, items added) is committed as one unit: a new generation folder
+holding every file of the index, then one atomic rewrite of ``index.json``, which names
+the current generation. A crash at any point leaves the old or the new index, never a
+mix; unreferenced generations are removed by the next commit. ::
+
+    RUN/index/index.json                   kind, sizes, the weights it was built from, the generation
+    RUN/index/gen-000007/embeddings.safetensors   the trained catalogue (hard-linked between generations)
+    RUN/index/gen-000007/added.safetensors, added.parquet   items added later, with their keys and texts
+    RUN/index/gen-000007/hnsw.faiss        for ``hnsw``: faiss's own binary format, not a pickle
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import copy
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from iisan.errors import ConfigError, DatasetError
-from iisan.fileio import write_atomic, write_json_atomic
+from iisan.data.dataset import file_sha256
+from iisan.errors import ConfigError, DatasetError, StorageError
+from iisan.fileio import GENERATION, commit_generation, crash_point, load_tensors, read_json_object
 
 INDEX_DIR = "index"
-INDEX_VERSION = 1
+POINTER = "index.json"
+INDEX_VERSION = 2
+READS_VERSIONS = (1, 2)  # version 1 kept its files in the index folder itself, without generations
+REBUILD = "rebuild it with `iisan index build`"
 KINDS = ("flat", "hnsw")
 BLOCK = 128  # exact top-k works block by block: see blocked_topk
 
@@ -80,8 +89,24 @@ class ItemIndex:
         """Indexed items (padding excluded)."""
         return self.faiss.ntotal if self.faiss is not None else self._size
 
+    def extended(self, rows: np.ndarray) -> ItemIndex:
+        """A new index with ``rows`` after this one's items; this one is left as it was, so
+        queries can go on against it until the new one is committed.
+
+        The flat index shares its row buffer: rows are written past this index's size,
+        where it never looks. HNSW graphs are cloned, then grown.
+        """
+        new = copy.copy(self)
+        if self.faiss is not None:
+            import faiss
+
+            new.faiss = faiss.clone_index(self.faiss)
+            new.faiss.hnsw.efSearch = self.hnsw.ef_search
+        new.add(rows)
+        return new
+
     def add(self, rows: np.ndarray) -> None:
-        """Append rows; they get the next item ids."""
+        """Append rows in place; they get the next item ids."""
         if not len(rows):
             return
         rows = np.ascontiguousarray(rows, dtype=np.float32)
@@ -154,41 +179,7 @@ def blocked_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
 def weights_digest(weights_file: Path) -> str:
     """SHA-256 of the weights an index was built from (a few MB: milliseconds); any
     retraining changes it, copying the run folder does not."""
-    digest = hashlib.sha256()
-    with weights_file.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def save_index(folder: Path, index: ItemIndex, base: np.ndarray, weights_file: Path) -> None:
-    """Write ``index.json``, ``embeddings.safetensors`` and the HNSW graph; drops added items."""
-    import faiss
-    from safetensors.numpy import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in ("added.safetensors", "added.parquet"):
-        (folder / name).unlink(missing_ok=True)
-    write_atomic(folder / "embeddings.safetensors", lambda path: save_file({"embeddings": base}, str(path)))
-    if index.kind == "hnsw":
-        write_atomic(folder / "hnsw.faiss", lambda path: faiss.write_index(index.faiss, str(path)))
-    else:
-        (folder / "hnsw.faiss").unlink(missing_ok=True)
-    write_json_atomic(folder / "index.json", {
-        "version": INDEX_VERSION, "kind": index.kind, "dim": index.dim, "items": int(len(base) - 1),
-        "hnsw": vars(index.hnsw) if index.kind == "hnsw" else None, "weights": weights_digest(weights_file),
-    })
-
-
-def save_added(folder: Path, index: ItemIndex, added: np.ndarray, table) -> None:
-    """Persist the items added since the index was built (rewrites only those), and the HNSW graph."""
-    import faiss
-    from safetensors.numpy import save_file
-
-    write_atomic(folder / "added.safetensors", lambda path: save_file({"embeddings": added}, str(path)))
-    write_atomic(folder / "added.parquet", lambda path: table.write_parquet(path))
-    if index.kind == "hnsw":
-        write_atomic(folder / "hnsw.faiss", lambda path: faiss.write_index(index.faiss, str(path)))
+    return file_sha256(weights_file)
 
 
 @dataclass
@@ -196,46 +187,111 @@ class StoredIndex:
     index: ItemIndex
     embeddings: np.ndarray  # [N + 1 + added, d], row 0 padding
     added: object  # polars DataFrame: item_id, key, text
+    generation: str | None = None  # the folder it was read from (None: not stored yet)
+    base_generation: str | None = None  # a committed generation with the same trained catalogue
+
+
+def save_index(folder: Path, stored: StoredIndex, trained_items: int, weights: str) -> str:
+    """Commit ``stored`` as a new generation and return its name.
+
+    ``embeddings[: trained_items + 1]`` is the trained catalogue; the rows after it, with
+    ``added``, the items added since. When the current generation holds the same trained
+    catalogue (items were added), its file is hard-linked instead of written again.
+
+    Raises:
+        StorageError: a file could not be written (disk full, permissions); the index on
+            disk is still the previous one.
+    """
+    from safetensors.numpy import save_file
+
+    index, base, extra = stored.index, stored.embeddings[: trained_items + 1], stored.embeddings[trained_items + 1:]
+
+    def write(work: Path, current: str | None) -> None:
+        reuse = current is not None and current == stored.base_generation
+        if not (reuse and _link(folder / current / "embeddings.safetensors", work / "embeddings.safetensors")):
+            save_file({"embeddings": np.ascontiguousarray(base)}, str(work / "embeddings.safetensors"))
+        crash_point()
+        save_file({"embeddings": np.ascontiguousarray(extra)}, str(work / "added.safetensors"))
+        crash_point()
+        stored.added.write_parquet(work / "added.parquet")
+        crash_point()
+        if index.kind == "hnsw":
+            import faiss
+
+            faiss.write_index(index.faiss, str(work / "hnsw.faiss"))
+            crash_point()
+
+    try:
+        return commit_generation(folder, POINTER, write, {
+            "version": INDEX_VERSION, "kind": index.kind, "dim": index.dim, "items": trained_items,
+            "added": len(extra), "hnsw": vars(index.hnsw) if index.kind == "hnsw" else None, "weights": weights,
+        })
+    except OSError as err:
+        raise StorageError(f"cannot write the index in {folder} ({err.strerror or err}); "
+                           "nothing changed: it still holds the previous items") from err
+
+
+def _link(source: Path, target: Path) -> bool:
+    """Hard-link ``source`` to ``target`` (committed files never change)."""
+    try:
+        os.link(source, target)
+        return True
+    except OSError:
+        return False
 
 
 def load_index(folder: Path, weights_file: Path) -> StoredIndex | None:
     """The stored index, or ``None`` when there is none.
 
     Raises:
-        DatasetError: it was built from other weights or is damaged.
+        DatasetError: it was built from other weights or is damaged (one line, with the fix).
     """
     import faiss
     import polars as pl
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
 
-    meta_path = folder / "index.json"
-    if not meta_path.is_file():
+    pointer = folder / POINTER
+    if not pointer.is_file():
         return None
+    meta = read_json_object(pointer, {"version": int}, REBUILD)
+    if meta["version"] not in READS_VERSIONS:
+        raise DatasetError(f"{folder} has index version {meta['version']}; {REBUILD}")
+    meta = read_json_object(pointer, {"kind": str, "weights": str, "hnsw": (dict, type(None))}, REBUILD)
+    if meta["kind"] not in KINDS:
+        raise DatasetError(f"{pointer}: unknown index kind {meta['kind']!r}; {REBUILD}")
+    if meta["weights"] != weights_digest(weights_file):
+        raise DatasetError(f"{folder} was built from other weights than {weights_file.name}; "
+                           "rebuild it with `iisan index build` (items added since must be added again)")
+    generation = meta.get("generation", ".") if meta["version"] > 1 else "."
+    if not isinstance(generation, str) or not (generation == "." or GENERATION.fullmatch(generation)):
+        raise DatasetError(f"{pointer}: invalid generation {generation!r}; {REBUILD}")
+    files = folder / generation
+    base = load_tensors(files / "embeddings.safetensors", REBUILD).get("embeddings")
+    if base is None or base.ndim != 2:
+        raise DatasetError(f"{files / 'embeddings.safetensors'} holds no [items, dim] embeddings; {REBUILD}")
+    base = base.float().numpy()
+    if (files / "added.safetensors").is_file() or meta["version"] > 1:
+        extra = load_tensors(files / "added.safetensors", REBUILD).get("embeddings")
+        try:
+            table = pl.read_parquet(files / "added.parquet")
+        except (OSError, pl.exceptions.PolarsError) as err:
+            raise DatasetError(f"{files / 'added.parquet'} is damaged ({err}); {REBUILD}") from None
+        if extra is None or extra.ndim != 2 or extra.shape[1] != base.shape[1] or len(table) != len(extra) \
+                or set(table.columns) != {"item_id", "key", "text"}:
+            raise DatasetError(f"{files} holds added items that do not match their table; {REBUILD}")
+        extra = extra.float().numpy()
+    else:
+        extra = np.zeros((0, base.shape[1]), dtype=np.float32)
+        table = pl.DataFrame(schema={"item_id": pl.Int64, "key": pl.String, "text": pl.String})
+    embeddings = np.concatenate([base, extra])
+    if not np.isfinite(embeddings).all():
+        raise DatasetError(f"{files} holds non-finite embeddings; the index is damaged: {REBUILD}")
     try:
-        meta = json.loads(meta_path.read_text())
-        if meta.get("version") != INDEX_VERSION:
-            raise DatasetError(f"{folder} has index version {meta.get('version')}; rebuild it with `iisan index build`")
-        if meta["weights"] != weights_digest(weights_file):
-            raise DatasetError(f"{folder} was built from other weights than {weights_file.name}; "
-                               "rebuild it with `iisan index build` (items added since must be added again)")
-        base = load_file(str(folder / "embeddings.safetensors"))["embeddings"]
-        added_path = folder / "added.safetensors"
-        if added_path.is_file():
-            extra = load_file(str(added_path))["embeddings"]
-            table = pl.read_parquet(folder / "added.parquet")
-        else:
-            extra = np.zeros((0, base.shape[1]), dtype=np.float32)
-            table = pl.DataFrame(schema={"item_id": pl.Int64, "key": pl.String, "text": pl.String})
-        embeddings = np.concatenate([base, extra])
         hnsw = HnswSettings(**meta["hnsw"]) if meta["kind"] == "hnsw" else HnswSettings()
-        built = faiss.read_index(str(folder / "hnsw.faiss")) if meta["kind"] == "hnsw" else None
-        # A flat index is rebuilt from the embeddings (exact, and a copy of them anyway).
-        index = ItemIndex(embeddings, meta["kind"], hnsw, built=built)
-    except (OSError, KeyError, ValueError, RuntimeError, SafetensorError, pl.exceptions.PolarsError) as err:
-        if isinstance(err, DatasetError):
-            raise
-        raise DatasetError(f"{folder} is damaged ({err}); rebuild it with `iisan index build`") from err
-    if index.size != len(embeddings) - 1 or len(table) != len(extra):
-        raise DatasetError(f"{folder} is inconsistent; rebuild it with `iisan index build`")
-    return StoredIndex(index, embeddings, table)
+        built = faiss.read_index(str(files / "hnsw.faiss")) if meta["kind"] == "hnsw" else None
+    except (TypeError, RuntimeError) as err:
+        raise DatasetError(f"{files}: the HNSW graph is damaged ({str(err).splitlines()[0]}); {REBUILD}") from None
+    # A flat index is rebuilt from the embeddings (exact, and a copy of them anyway).
+    index = ItemIndex(embeddings, meta["kind"], hnsw, built=built)
+    if index.size != len(embeddings) - 1 or (built is not None and built.d != base.shape[1]):
+        raise DatasetError(f"{folder} is inconsistent; {REBUILD}")
+    return StoredIndex(index, embeddings, table, generation)

@@ -12,6 +12,7 @@ so they can be recommended (and used in histories) at once.
 from __future__ import annotations
 
 import io
+import logging
 import threading
 import warnings
 from dataclasses import dataclass
@@ -24,12 +25,14 @@ import torch
 from PIL import Image
 
 from iisan.data.text import clean_text
-from iisan.errors import ConfigError, IisanError, InputError, UnknownItemError
+from iisan.errors import ConfigError, DatasetError, IisanError, InputError, NonFiniteError, UnknownItemError
 from iisan.evaluate.runner import item_embeddings, user_vectors
-from iisan.index import INDEX_DIR, HnswSettings, ItemIndex, load_index, save_added, save_index
+from iisan.index import INDEX_DIR, HnswSettings, ItemIndex, StoredIndex, load_index, save_index, weights_digest
 from iisan.models.live import RawContentSource
 from iisan.train.assemble import Assembled, assemble_run
 from iisan.train.checkpoint import WEIGHTS_FILE
+
+log = logging.getLogger(__name__)
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 MAX_IMAGE_PIXELS = 40_000_000
@@ -46,6 +49,17 @@ class Query:
     on_unknown: str = "raise"
 
 
+@dataclass(frozen=True)
+class Catalogue:
+    """Everything a query reads, replaced as one object: a query sees the catalogue before an
+    addition or after it, never half of it, and a failed save leaves the old one in place."""
+
+    stored: StoredIndex
+    keys: list[str]  # by item id; id 0 is padding
+    titles: list[str | None]
+    ids: dict[str, int]
+
+
 class Recommender:
     """A trained run, ready to answer queries.
 
@@ -53,34 +67,41 @@ class Recommender:
     millisecond; faiss does not allow searching while adding).
     """
 
-    def __init__(self, parts: Assembled, run_dir: Path) -> None:
+    def __init__(self, parts: Assembled, run_dir: Path, rebuild: str | None = None,
+                 hnsw: HnswSettings = HnswSettings()) -> None:
         self.parts = parts
         self.run_dir = run_dir
         items = parts.dataset.items  # ids 1..N, checked when the dataset was loaded
-        # Indexed by item id; id 0 is padding.
-        self.keys: list[str] = ["", *items["key"].to_list()]
-        self.titles: list[str | None] = [None, *items["text"].to_list()]
+        self._trained_keys: list[str] = ["", *items["key"].to_list()]
+        self._trained_titles: list[str | None] = [None, *items["text"].to_list()]
         self.max_seq_len = parts.config.user.max_seq_len
         self._lock = threading.Lock()
         self._live = None  # the frozen encoders, loaded on the first add_items
-        stored = load_index(self.index_dir, self.weights_file)
-        if stored is None:
-            self._build_index("flat", HnswSettings())
+        self._weights = weights_digest(self.weights_file)
+        self.dropped_added = 0  # items a rebuild could not keep (their stored index was unreadable)
+        if rebuild is None:
+            stored = load_index(self.index_dir, self.weights_file)
+            self._catalogue = self._catalogue_of(stored) if stored is not None else self._build("flat", HnswSettings())
         else:
-            self.index, self._embeddings, self.added = stored.index, stored.embeddings, stored.added
-            self.keys += self.added["key"].to_list()
-            self.titles += self.added["text"].to_list()
-            self.ids = {key: item_id for item_id, key in enumerate(self.keys) if item_id}
+            try:  # items added since the last build survive a rebuild when they can be read
+                kept = load_index(self.index_dir, self.weights_file)
+            except DatasetError as err:
+                log.warning("the stored index is unreadable (%s): rebuilding without its added items", err)
+                kept = None
+            self._catalogue = self._build(rebuild, hnsw, kept)
 
     @classmethod
-    def load(cls, run_dir: str | Path) -> Recommender:
+    def load(cls, run_dir: str | Path, rebuild: str | None = None, hnsw: HnswSettings = HnswSettings()) -> Recommender:
         """Load a run and its index (building and saving an exact index the first time).
+
+        ``rebuild`` (``flat`` or ``hnsw``): build a fresh index of that kind whatever state the
+        stored one is in, keeping the items added since when they are readable.
 
         Raises:
             ConfigError, DatasetError: the run or its index cannot be used.
         """
         run_dir = Path(run_dir)
-        return cls(assemble_run(run_dir), run_dir)
+        return cls(assemble_run(run_dir), run_dir, rebuild, hnsw)
 
     @property
     def index_dir(self) -> Path:
@@ -91,9 +112,26 @@ class Recommender:
         return self.run_dir / WEIGHTS_FILE
 
     @property
+    def index(self) -> ItemIndex:
+        return self._catalogue.stored.index
+
+    @property
+    def keys(self) -> list[str]:
+        return self._catalogue.keys
+
+    @property
+    def ids(self) -> dict[str, int]:
+        return self._catalogue.ids
+
+    @property
+    def added(self):
+        """The items added since the index was built: item_id, key, text (a polars DataFrame)."""
+        return self._catalogue.stored.added
+
+    @property
     def embeddings(self) -> torch.Tensor:
         """Every item's embedding ``[N + 1 + added, d]`` (row 0 padding), sharing memory with the index's source."""
-        return torch.from_numpy(self._embeddings)
+        return torch.from_numpy(self._catalogue.stored.embeddings)
 
     @property
     def num_items(self) -> int:
@@ -105,26 +143,32 @@ class Recommender:
         return self.parts.dataset.num_items
 
     def title(self, key: str) -> str | None:
-        return self.titles[self.ids[key]]
+        catalogue = self._catalogue
+        return catalogue.titles[catalogue.ids[key]]
 
     def rebuild_index(self, kind: str = "flat", hnsw: HnswSettings = HnswSettings()) -> None:
-        """Recompute the trained catalogue's embeddings and store a fresh ``kind`` index.
-
-        Items added since the last build are dropped from the index (re-add them).
-        """
+        """Recompute the trained catalogue's embeddings and store a fresh ``kind`` index,
+        keeping the items added since."""
         with self._lock:
-            self._build_index(kind, hnsw)
+            self._catalogue = self._build(kind, hnsw, self._catalogue.stored)
 
-    def _build_index(self, kind: str, hnsw: HnswSettings) -> None:
-        """Embed the trained catalogue, index and store it; forget added items."""
+    def _build(self, kind: str, hnsw: HnswSettings, keep: StoredIndex | None = None) -> Catalogue:
+        """Embed the trained catalogue, index it with ``keep``'s added items, and commit it."""
         base = item_embeddings(self.parts.model, self.parts.source, self.trained_items).numpy()
-        self.index = ItemIndex(base, kind, hnsw)
-        save_index(self.index_dir, self.index, base, self.weights_file)
-        self._embeddings = base
-        self.keys = self.keys[: len(base)]
-        self.titles = self.titles[: len(base)]
-        self.ids = {key: item_id for item_id, key in enumerate(self.keys) if item_id}
-        self.added = pl.DataFrame(schema={"item_id": pl.Int64, "key": pl.String, "text": pl.String})
+        if keep is None:
+            rows = np.zeros((0, base.shape[1]), dtype=np.float32)
+            added = pl.DataFrame(schema={"item_id": pl.Int64, "key": pl.String, "text": pl.String})
+        else:
+            rows, added = keep.embeddings[self.trained_items + 1:], keep.added
+        embeddings = np.concatenate([base, rows])
+        stored = StoredIndex(ItemIndex(embeddings, kind, hnsw), embeddings, added)
+        stored.generation = save_index(self.index_dir, stored, self.trained_items, self._weights)
+        return self._catalogue_of(stored)
+
+    def _catalogue_of(self, stored: StoredIndex) -> Catalogue:
+        keys = self._trained_keys + stored.added["key"].to_list()
+        titles = self._trained_titles + stored.added["text"].to_list()
+        return Catalogue(stored, keys, titles, {key: item_id for item_id, key in enumerate(keys) if item_id})
 
     def _known_ids(self, query: Query) -> list[int]:
         if query.on_unknown not in ("raise", "skip"):
@@ -161,10 +205,15 @@ class Recommender:
                 recent = ids[-self.max_seq_len:]
                 inputs[row, -len(recent):] = recent
             vectors = user_vectors(self.parts.model, self.embeddings, inputs).numpy()
+            finite = np.isfinite(vectors).all(axis=1)
             exclude = [set(ids) if queries[n].exclude_seen else set() for n, ids in rows]
             k = min(max(queries[n].k for n, _ in rows), self.num_items)
-            found, scores = self.index.search(vectors, k, exclude)
+            found, scores = self.index.search(np.where(finite[:, None], vectors, 0), k, exclude)
             for row, (n, _) in enumerate(rows):
+                if not finite[row]:  # never ranked: a NaN vector would order items arbitrarily
+                    results[n] = NonFiniteError("the model gives a non-finite user vector for this history; "
+                                                "the run's weights are damaged: retrain the run")
+                    continue
                 results[n] = [(self.keys[i], float(s)) for i, s in zip(found[row, :queries[n].k], scores[row])
                               if i > 0]
         return results
@@ -199,11 +248,12 @@ class Recommender:
         """
         keys, texts, images = self._validate(items)
         with self._lock:
-            taken = [key for key in keys if key in self.ids]
+            now = self._catalogue
+            taken = [key for key in keys if key in now.ids]
             if taken:
                 raise InputError(f"already in the catalogue: {', '.join(map(repr, taken[:10]))}")
             live = self._live_source()
-            ids = np.arange(len(self.keys), len(self.keys) + len(keys))
+            ids = np.arange(len(now.keys), len(now.keys) + len(keys))
             try:
                 features = live.content_features(ids, texts, images)
             except (OSError, ValueError) as err:
@@ -211,16 +261,31 @@ class Recommender:
             self.parts.model.eval()
             with torch.no_grad():
                 rows = self.parts.model.embed_items(features).numpy().astype(np.float32)
-            table = pl.concat([self.added, pl.DataFrame({"item_id": ids.astype(np.int64), "key": keys,
-                                                         "text": [t or None for t in texts]})])
-            self.index.add(rows)
-            self._embeddings = np.concatenate([self._embeddings, rows])
-            save_added(self.index_dir, self.index, self._embeddings[self.trained_items + 1:], table)
-            self.added = table
-            self.keys += keys
-            self.titles += [t or None for t in texts]
-            self.ids.update({key: int(i) for key, i in zip(keys, ids)})
+            if not np.isfinite(rows).all():
+                raise NonFiniteError("the model gives non-finite embeddings for these items; nothing was added")
+            table = pl.concat([now.stored.added, pl.DataFrame({"item_id": ids.astype(np.int64), "key": keys,
+                                                               "text": [t or None for t in texts]})])
+            stored = StoredIndex(now.stored.index.extended(rows), np.concatenate([now.stored.embeddings, rows]), table,
+                                 base_generation=now.stored.generation)
+            # On disk first: only a committed generation becomes what queries read.
+            stored.generation = save_index(self.index_dir, stored, self.trained_items, self._weights)
+            self._catalogue = self._catalogue_of(stored)
         return keys
+
+    def health(self) -> dict[str, Any]:
+        """``{"status": "ok" | "failing", "items": N, "index": kind, "problems": [...]}``: the
+        catalogue's parts agree and a probe query is answered."""
+        catalogue = self._catalogue
+        problems = []
+        sizes = {len(catalogue.keys) - 1, len(catalogue.stored.embeddings) - 1, catalogue.stored.index.size}
+        if len(sizes) > 1:
+            problems.append(f"catalogue parts disagree on its size ({sorted(sizes)})")
+        elif catalogue.ids:
+            probe = self.recommend_many([Query([catalogue.keys[1]], k=1)])[0]
+            if isinstance(probe, IisanError):
+                problems.append(f"a probe query fails: {probe}")
+        return {"status": "failing" if problems else "ok", "items": len(catalogue.keys) - 1,
+                "index": catalogue.stored.index.kind, "problems": problems}
 
     def index_recall(self, queries: int = 1000, k: int = 10, seed: int = 0) -> dict[str, Any]:
         """Recall@k of the stored index against exact search, on test users' histories."""
@@ -231,7 +296,7 @@ class Recommender:
             found, _ = self.index.search(vectors, k)
             # Exact answers from the flat index, in chunks: a [queries, N] score matrix
             # would take gigabytes at the million-item sizes HNSW is meant for.
-            exact_index = self.index if self.index.kind == "flat" else ItemIndex(self._embeddings, "flat")
+            exact_index = self.index if self.index.kind == "flat" else ItemIndex(self._catalogue.stored.embeddings, "flat")
             exact = np.concatenate([exact_index.search(vectors[s:s + RECALL_CHUNK], k)[0]
                                     for s in range(0, len(vectors), RECALL_CHUNK)])
         hits = sum(len(set(a) & set(b)) for a, b in zip(found.tolist(), exact.tolist()))

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from iisan.errors import ConfigError, IisanError, InputError, UnknownItemError
+from iisan.errors import ConfigError, IisanError, InputError, StorageError, UnknownItemError
 from iisan.recommend import Query
 
 MAX_K = 1000
@@ -117,7 +117,8 @@ def create_app(recommender, token: str | None = None, limits: Limits = Limits())
 
     @app.exception_handler(IisanError)
     async def library_error(_: Request, exc: IisanError) -> JSONResponse:
-        return error(422, str(exc))
+        # A failed write is the server's trouble, not the request's: 503, and the catalogue is unchanged.
+        return error(503 if isinstance(exc, StorageError) else 422, str(exc))
 
     @app.exception_handler(Exception)
     async def internal(_: Request, exc: Exception) -> JSONResponse:  # a bug of ours: no traceback to the client
@@ -161,9 +162,10 @@ def create_app(recommender, token: str | None = None, limits: Limits = Limits())
             raise HTTPException(404, f"unknown item key: {key[:limits.max_key_chars]!r}")
         return {"key": key, "title": recommender.title(key), "added": recommender.ids[key] > recommender.trained_items}
 
-    @app.get("/health", summary="Liveness and catalogue size")
-    def health() -> dict:
-        return {"status": "ok", "items": recommender.num_items, "index": recommender.index.kind}
+    @app.get("/health", summary="Whether queries are answered: 200 ok, 503 failing (with the problems)")
+    def health() -> JSONResponse:
+        report = recommender.health()
+        return JSONResponse(report, status_code=200 if report["status"] == "ok" else 503)
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
     def metrics() -> PlainTextResponse:

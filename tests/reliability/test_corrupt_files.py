@@ -85,6 +85,15 @@ def test_damaged_resume_state(scratch):
                    "state.json", "'best'", "--force")
 
 
+def test_damaged_index_is_rebuilt_by_index_build(scratch):
+    assert cli("recommend", scratch.run, "--history", first_key(scratch)).exit_code == 0  # stores the index
+    for name in ("index.json",):
+        (scratch.run / "index" / name).write_text("{")
+    one_line_error(cli("recommend", scratch.run, "--history", first_key(scratch)), "index", "iisan index build")
+    assert cli("index", "build", scratch.run).exit_code == 0
+    assert cli("recommend", scratch.run, "--history", first_key(scratch)).exit_code == 0
+
+
 def first_key(scratch) -> str:
     return pl.read_parquet(scratch.dataset / "items.parquet")["key"][0]
 

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from iisan.errors import ConfigError
+from iisan.train.checkpoint import resume_folder
 from iisan.train.distributed import Workers, start
 
 
@@ -68,8 +69,8 @@ def test_two_gloo_ranks_match_one_process_on_the_same_global_batch(tiny_multimod
     for a, b in zip(one, two):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
         assert b["valid"]["ndcg@10"] == pytest.approx(a["valid"]["ndcg@10"], abs=0.01)
-    weights_one = load_file(str(tmp_path / "single" / "resume" / "model.safetensors"))
-    weights_two = load_file(str(tmp_path / "multi" / "resume" / "model.safetensors"))
+    weights_one = load_file(str(resume_folder(tmp_path / "single") / "model.safetensors"))
+    weights_two = load_file(str(resume_folder(tmp_path / "multi") / "model.safetensors"))
     assert weights_one.keys() == weights_two.keys()
     for name in weights_one:
         torch.testing.assert_close(weights_two[name], weights_one[name], atol=1e-4, rtol=1e-3, msg=name)

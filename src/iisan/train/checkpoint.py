@@ -5,7 +5,8 @@
     RUN_DIR/config.json           the run's configuration tree, dataset and cache identity
     RUN_DIR/model.safetensors     best weights (by validation NDCG@10)
     RUN_DIR/metrics.jsonl         one line per epoch
-    RUN_DIR/resume/model.safetensors, optimizer.safetensors, state.json   the last epoch, for --resume
+    RUN_DIR/resume/state.json     the last complete epoch's counters, naming its folder:
+    RUN_DIR/resume/gen-000004/model.safetensors, optimizer.safetensors, optimizer.json   (for --resume)
 
 The optimizer state is flattened into named tensors (``state.<param>.<key>``) with its
 hyper-parameters in JSON, so resuming never unpickles anything.
@@ -21,7 +22,7 @@ import torch
 from safetensors.torch import save_file
 
 from iisan.errors import DatasetError
-from iisan.fileio import load_tensors, read_json_object, write_atomic, write_json_atomic
+from iisan.fileio import crash_point, current_generation, load_tensors, read_json_object, write_atomic, write_bytes_atomic, write_json_atomic
 
 RUN_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -97,6 +98,12 @@ def load_optimizer(folder: Path, optimizer: torch.optim.Optimizer) -> None:
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+def resume_folder(run_dir: Path) -> Path:
+    """The folder holding the last complete epoch's weights and optimizer state."""
+    folder = run_dir / RESUME_DIR
+    return folder / (current_generation(folder, "state.json") or ".")
+
+
 def read_run_config(run_dir: Path) -> dict[str, Any]:
     """The run's ``config.json``, checked for the fields a run is rebuilt from.
 
@@ -115,3 +122,22 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
     with open(run_dir / METRICS_LOG, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(record, allow_nan=False) + "\n")
+    crash_point()
+
+
+def trim_metrics(run_dir: Path, last_epoch: int) -> None:
+    """Drop log lines of epochs after ``last_epoch``: a crash after logging an epoch but before
+    its resume state was saved makes ``--resume`` run that epoch again, and it logs it again."""
+    path = run_dir / METRICS_LOG
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line)["epoch"] <= last_epoch:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):  # a line cut by the crash
+            continue
+    if len(kept) != len(lines):
+        write_bytes_atomic(path, "".join(f"{line}\n" for line in kept).encode("utf-8"))

@@ -20,13 +20,13 @@ from iisan import __version__
 from iisan.config import TrainConfig
 from iisan.errors import ConfigError, MissingDependencyError, NonFiniteError
 from iisan.evaluate.runner import evaluate_split, item_embeddings
-from iisan.fileio import read_json_object, write_json_atomic
+from iisan.fileio import commit_generation, read_json_object, write_json_atomic
 from iisan.models.features import ItemFeatures
 from iisan.models.recommender import SequentialRecommender
 from iisan.train.assemble import Assembled, assemble
 from iisan.train.checkpoint import (
     CONFIG_FILE, RESUME_DIR, RESUME_FIX, RUN_VERSION, WEIGHTS_FILE, append_metrics, load_optimizer, load_weights,
-    read_run_config, save_optimizer, save_weights,
+    read_run_config, resume_folder, save_optimizer, save_weights, trim_metrics,
 )
 from iisan.train.distributed import LOCAL, Workers
 from iisan.train.distributed import start as start_workers
@@ -62,9 +62,16 @@ def train(
         trainable and total parameter counts, number of ranks.
     """
     workers = start_workers(distributed, device)
+    # Same seed, same machine, same thread count: same weights. Multi-threaded CPU kernels
+    # (the gradient of an embedding gather) otherwise accumulate in a varying order: two
+    # runs differed by 1e-3 in their weights after one Scientific epoch. Cost: none measured.
+    # warn_only: an op without a deterministic kernel (some on CUDA) warns instead of failing.
+    deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         return _train(Path(dataset_dir), Path(run_dir), config, cache_dir, resume, force, tensorboard, workers)
     finally:
+        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
         stop_workers(workers)
 
 
@@ -87,11 +94,16 @@ def _train(dataset_dir: Path, run_dir: Path, config: TrainConfig, cache_dir, res
     if resume and (run_dir / RESUME_DIR / "state.json").is_file():
         # Every rank reads the same files, so the run folder must be on a shared filesystem.
         state = read_json_object(run_dir / RESUME_DIR / "state.json", RESUME_STATE, RESUME_FIX)
-        load_weights(run_dir / RESUME_DIR / WEIGHTS_FILE, model, RESUME_FIX)
-        load_optimizer(run_dir / RESUME_DIR, optimizer)
+        state.pop("generation", None)
+        files = resume_folder(run_dir)
+        load_weights(files / WEIGHTS_FILE, model, RESUME_FIX)
+        load_optimizer(files, optimizer)
+        if workers.is_main:
+            trim_metrics(run_dir, state["epoch"])
         log.info("resuming after epoch %d (best %s %.4f at epoch %d)", state["epoch"], SELECT_METRIC, state["best"], state["best_epoch"])
     elif workers.is_main:
         _write_run_config(run_dir, parts, dataset_dir, cache_dir, workers)
+        trim_metrics(run_dir, 0)  # resumed before any epoch was complete: start the log over
     writer = _tensorboard(run_dir) if tensorboard and workers.is_main else None
 
     def evaluate(*splits: str) -> dict[str, dict[str, float]]:
@@ -326,11 +338,15 @@ def _write_run_config(run_dir: Path, parts: Assembled, dataset_dir, cache_dir, w
 
 
 def _save_resume_state(run_dir: Path, model, optimizer, state: dict) -> None:
-    folder = run_dir / RESUME_DIR
-    folder.mkdir(exist_ok=True)
-    save_weights(folder / WEIGHTS_FILE, model)
-    save_optimizer(folder, optimizer)
-    write_json_atomic(folder / "state.json", state)  # last: it marks the epoch as complete
+    """Weights, optimizer and counters of the last epoch, committed as one generation:
+    ``state.json`` is rewritten last and names the folder, so a crash never pairs one
+    epoch's counters with another's weights."""
+
+    def write(folder: Path, _current) -> None:
+        save_weights(folder / WEIGHTS_FILE, model)
+        save_optimizer(folder, optimizer)
+
+    commit_generation(run_dir / RESUME_DIR, "state.json", write, state)
 
 
 def _tensorboard(run_dir: Path):
