@@ -114,7 +114,7 @@ def test_a_new_item_with_known_content_ranks_next_to_its_twin(run_copy):
     ([{"key": "a", "text": "x", "colour": "red"}], "unknown field colour"),
     ([{"key": "a"}], "neither text nor an image"),
     ([{"key": "a", "text": "x"}, {"key": "a", "text": "y"}], "keys given twice"),
-    ([{"key": "a", "text": "x", "image": b"not an image"}], "not a readable image"),
+    ([{"key": "a", "text": "x", "image": b"not an image"}], "not an image in a format"),
     ([{"key": "a", "text": "x", "image": 3}], "bytes or a file path"),
     ([{"key": "a", "text": "x", "image": "/no/such/file.png"}], "cannot read image"),
 ])
@@ -142,7 +142,7 @@ def test_new_items_file_is_read_with_line_numbers(tmp_path):
     good = tmp_path / "new.jsonl"
     good.write_text('{"key": "n1", "text": "red lamp", "image": "a.png"}\n\n{"key": "n2", "text": "mug"}\n')
     items = read_new_items(good)
-    assert [i["key"] for i in items] == ["n1", "n2"] and items[0]["image"] == tmp_path / "a.png"
+    assert [i["key"] for i in items] == ["n1", "n2"] and items[0]["image"] == png_bytes()  # read, bounded
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"key": "n1"}\n{broken\n')
     with pytest.raises(InputError, match="bad.jsonl:2: not valid JSON"):

@@ -162,6 +162,7 @@ def prepare(
     text_col: Annotated[str, typer.Option(help="csv: item text column.")] = "text",
     image_col: Annotated[str, typer.Option(help="csv: image path column (optional).")] = "image",
     strict: Annotated[bool, typer.Option(help="Stop with exit code 2 at the first input problem.")] = False,
+    allow_outside_paths: Annotated[bool, typer.Option("--allow-outside-paths", help="Read image paths that are absolute, contain .., or are symlinks leading out of the source (by default refused and counted as refused_image).")] = False,
     force: Annotated[bool, typer.Option(help="Replace --out even if it is not a dataset folder.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print dataset.json instead of tables.")] = False,
 ) -> None:
@@ -185,7 +186,7 @@ def prepare(
 
     config = PrepareConfig(
         format=format.value, max_seq_len=max_seq_len, min_seq_len=min_seq_len, kcore=kcore,
-        strict=strict, images=images, images_lmdb=images_lmdb, items=items,
+        strict=strict, images=images, images_lmdb=images_lmdb, items=items, allow_outside_paths=allow_outside_paths,
         columns=CsvColumns(user=user_col, item=item_col, timestamp=time_col,
                            item_key=item_key_col, text=text_col, image=image_col),
     )
@@ -702,6 +703,7 @@ def index_check(
 def items_add(
     run: Annotated[Path, typer.Argument(help="Run folder written by `iisan train`.", show_default=False)],
     file: Annotated[Path, typer.Argument(help='JSON Lines, one item per line: {"key": ..., "text": ..., "image": "path/relative/to/FILE"}.', show_default=False)],
+    allow_outside_paths: Annotated[bool, typer.Option("--allow-outside-paths", help="Read image paths that are absolute, contain .., or are symlinks leading out of FILE's folder (refused by default).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Embed new items with the frozen encoders and the trained side network, and add them
@@ -718,7 +720,7 @@ def items_add(
     """
     from iisan.recommend import Recommender, read_new_items
 
-    items = read_new_items(file)
+    items = read_new_items(file, allow_outside_paths)
     recommender = Recommender.load(run)
     keys = recommender.add_items(items)
     result = {"added": len(keys), "items": recommender.num_items, "keys": keys}

@@ -40,6 +40,8 @@ class PrepareConfig:
         images_lmdb: LMDB with item keys as keys and encoded image bytes as values.
         items: items table for the ``csv`` format when SOURCE is the interactions file.
         columns: column names for the ``csv`` format.
+        allow_outside_paths: read image paths that are absolute, climb with ``..`` or are
+            symlinks leading out of the source (refused and counted by default).
     """
 
     format: str
@@ -51,6 +53,7 @@ class PrepareConfig:
     images_lmdb: Path | None = None
     items: Path | None = None
     columns: CsvColumns = field(default_factory=CsvColumns)
+    allow_outside_paths: bool = False
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:

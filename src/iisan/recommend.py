@@ -24,6 +24,7 @@ import polars as pl
 import torch
 from PIL import Image
 
+from iisan.data.images import RefusedPath, check_relative, read_image_file
 from iisan.data.text import clean_text
 from iisan.errors import ConfigError, DatasetError, IisanError, InputError, NonFiniteError, UnknownItemError
 from iisan.evaluate.runner import item_embeddings, user_vectors
@@ -357,10 +358,10 @@ def _image_bytes(image: Any, where: str) -> bytes | None:
         data = image
     elif isinstance(image, (str, Path)):
         path = Path(image)
-        try:
-            if path.stat().st_size > MAX_IMAGE_BYTES:
-                raise InputError(f"{where}: image {path} is larger than {MAX_IMAGE_BYTES // 2**20} MiB")
-            data = path.read_bytes()
+        try:  # the caller chose the path (read_new_items checked a file's); still no devices, bounded
+            data = read_image_file(path, None, max_bytes=MAX_IMAGE_BYTES)
+        except RefusedPath as err:
+            raise InputError(f"{where}: {err}") from None
         except OSError as err:
             raise InputError(f"{where}: cannot read image {path}: {err.strerror or err}") from err
     else:
@@ -373,6 +374,8 @@ def _image_bytes(image: Any, where: str) -> bytes | None:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we enforce our own limit
             with Image.open(io.BytesIO(data)) as probe:
                 width, height = probe.size
+    except Image.UnidentifiedImageError:  # its message names a memory address
+        raise InputError(f"{where}: not an image in a format iisan reads (JPEG, PNG, WebP)") from None
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise InputError(f"{where}: not a readable image ({err})") from err
     if width * height > MAX_IMAGE_PIXELS:
@@ -380,12 +383,16 @@ def _image_bytes(image: Any, where: str) -> bytes | None:
     return data
 
 
-def read_new_items(path: str | Path) -> list[dict[str, Any]]:
+def read_new_items(path: str | Path, allow_outside_paths: bool = False) -> list[dict[str, Any]]:
     """Items to add from a JSON Lines file: ``{"key": ..., "text": ..., "image": ...}`` per
     line, ``image`` a path relative to the file's folder. Blank lines are skipped.
 
+    Unless ``allow_outside_paths``, an image path that is absolute, climbs with ``..`` or is
+    a symlink leading out of the file's folder is refused.
+
     Raises:
-        InputError: the file cannot be read or a line is not a JSON object (naming the line).
+        InputError: the file cannot be read, a line is not a JSON object, or an image path is
+            refused (naming the line).
     """
     import json
 
@@ -405,6 +412,12 @@ def read_new_items(path: str | Path) -> list[dict[str, Any]]:
         if not isinstance(item, dict):
             raise InputError(f"{path}:{number}: expected a JSON object with key, text and image")
         if isinstance(item.get("image"), str):
-            item["image"] = path.parent / item["image"]
+            try:
+                image = path.parent / check_relative(item["image"], allow_outside_paths)
+                item["image"] = read_image_file(image, path.parent, allow_outside_paths, MAX_IMAGE_BYTES)
+            except RefusedPath as err:
+                raise InputError(f"{path}:{number}: {err}") from None
+            except OSError as err:
+                raise InputError(f"{path}:{number}: cannot read image {item['image']}: {err.strerror or err}") from None
         items.append(item)
     return items

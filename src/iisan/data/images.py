@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,9 +26,53 @@ from iisan.data.problems import Problems
 from iisan.errors import InputError, MissingDependencyError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+MAX_IMAGE_BYTES = 50 * 2**20  # far above any product photo; a bound on what one file may cost
 # Images above this many pixels are refused rather than decoded (decompression bombs).
 MAX_IMAGE_PIXELS = 64_000_000
 _FORMAT_SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp"}
+
+
+class RefusedPath(Exception):
+    """An image path that is not read: outside its root, a special file, or too large."""
+
+
+def read_image_file(path: Path, root: Path | None, allow_outside: bool = False,
+                    max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
+    """The bytes of an untrusted image file, read with bounds.
+
+    Unless ``allow_outside``, the path must stay under ``root`` once symlinks are resolved
+    (a link within the source tree is fine; one to ``/etc`` or ``/dev/zero`` is not). Only
+    regular files are read (no devices, pipes or sockets), and at most ``max_bytes``.
+
+    Raises:
+        FileNotFoundError: nothing there (or a dangling symlink).
+        RefusedPath: why the file is not read.
+    """
+    resolved = path.resolve(strict=True)
+    if root is not None and not allow_outside and not resolved.is_relative_to(root.resolve()):
+        raise RefusedPath(f"{path} leads outside {root} (to {resolved}); pass --allow-outside-paths to read it")
+    # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat below refuses it anyway.
+    fd = os.open(resolved, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise RefusedPath(f"{path} is not a regular file")
+        if info.st_size > max_bytes:
+            raise RefusedPath(f"{path} is larger than {max_bytes // 2**20} MiB")
+        data = handle.read(max_bytes + 1)  # the size can change between stat and read
+    if len(data) > max_bytes:
+        raise RefusedPath(f"{path} is larger than {max_bytes // 2**20} MiB")
+    return data
+
+
+def check_relative(locator: str, allow_outside: bool) -> Path:
+    """A path from a table or a JSON line, refused when absolute or climbing with ``..``
+    (unless ``allow_outside``): such paths name files the data set does not hold."""
+    path = Path(locator)
+    if not allow_outside and (path.is_absolute() or ".." in path.parts):
+        raise RefusedPath(f"{locator} is {'absolute' if path.is_absolute() else 'outside its folder (..)'}; "
+                          "paths are relative to the file's folder (pass --allow-outside-paths to allow it)")
+    return path
 
 
 class ImageSource(Protocol):
@@ -35,24 +80,24 @@ class ImageSource(Protocol):
 
     label: str
 
-    def fetch(self, key: str, locator: str | None) -> tuple[bytes | None, Path | None]:
-        """Return ``(bytes, file)`` for the item, ``(None, None)`` if it declares no image.
-
-        ``file`` is the source file when there is one, so it can be hard-linked.
+    def fetch(self, key: str, locator: str | None) -> bytes | None:
+        """Return the item's encoded image, ``None`` if it declares no image.
 
         Raises:
             FileNotFoundError: the item should have an image and it is not there.
+            RefusedPath: the file is not read (see :func:`read_image_file`).
         """
 
 
 class DirectoryImages:
     """Images stored as ``<key>.jpg|.jpeg|.png|.webp`` in one folder."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, allow_outside: bool = False) -> None:
         if not root.is_dir():
             raise InputError(f"image folder {root} does not exist or is not a folder")
         self.label = root.name or str(root)
         self.root = root
+        self.allow_outside = allow_outside
         self._by_key: dict[str, str] = {}
         # One directory listing instead of four stat calls per item.
         for entry in os.scandir(root):
@@ -60,29 +105,29 @@ class DirectoryImages:
             if suffix.lower() in IMAGE_SUFFIXES:
                 self._by_key.setdefault(stem, entry.name)
 
-    def fetch(self, key: str, locator: str | None) -> tuple[bytes | None, Path | None]:
+    def fetch(self, key: str, locator: str | None) -> bytes | None:
         name = self._by_key.get(key)
         if name is None:
             raise FileNotFoundError(f"no {key}.jpg|.jpeg|.png|.webp in {self.root}")
-        path = self.root / name
-        return path.read_bytes(), path
+        return read_image_file(self.root / name, self.root, self.allow_outside)
 
 
 class PathImages:
     """One image path per item (absolute, or relative to ``base``), as in CSV item tables."""
 
-    def __init__(self, base: Path, label: str) -> None:
+    def __init__(self, base: Path, label: str, allow_outside: bool = False) -> None:
         self.base = base
         self.label = label
+        self.allow_outside = allow_outside
 
-    def fetch(self, key: str, locator: str | None) -> tuple[bytes | None, Path | None]:
+    def fetch(self, key: str, locator: str | None) -> bytes | None:
         if not locator:
-            return None, None  # an empty cell: the item has no image, which is fine
-        path = Path(locator)
+            return None  # an empty cell: the item has no image, which is fine
+        path = check_relative(locator, self.allow_outside)
         path = path if path.is_absolute() else self.base / path
-        if not path.is_file():
+        if not path.exists():
             raise FileNotFoundError(f"{path} does not exist")
-        return path.read_bytes(), path
+        return read_image_file(path, self.base, self.allow_outside)
 
 
 class LmdbImages:
@@ -103,12 +148,14 @@ class LmdbImages:
             raise InputError(f"cannot open image LMDB {path}: {err}") from err
         self.label = path.name
 
-    def fetch(self, key: str, locator: str | None) -> tuple[bytes | None, Path | None]:
+    def fetch(self, key: str, locator: str | None) -> bytes | None:
         with self._env.begin() as txn:
             value = txn.get(key.encode("utf-8"))
-        if value is None:
-            raise FileNotFoundError(f"no key {key!r} in {self.label}")
-        return bytes(value), None
+            if value is None:
+                raise FileNotFoundError(f"no key {key!r} in {self.label}")
+            if len(value) > MAX_IMAGE_BYTES:
+                raise RefusedPath(f"the value of {key!r} is larger than {MAX_IMAGE_BYTES // 2**20} MiB")
+            return bytes(value)
 
 
 @dataclass(frozen=True)
@@ -138,18 +185,20 @@ def materialise_images(
     def place(index: int) -> tuple[PlacedImage | None, str | None, str]:
         key, item_id = keys[index], item_ids[index]
         try:
-            data, src_file = source.fetch(key, locators[index])
+            data = source.fetch(key, locators[index])
         except FileNotFoundError as err:
             return None, "missing_image", f"item {key}: {err}"
+        except RefusedPath as err:
+            return None, "refused_image", f"item {key}: {err}"
         except OSError as err:
-            return None, "unreadable_image", f"item {key}: {err}"
+            return None, "unreadable_image", f"item {key}: {err.strerror or err}"
         if data is None:
             return None, None, ""
         fmt, error = _check_image(data)
         if fmt is None:
             return None, "unreadable_image", f"item {key}: {error}"
         relative = f"images/{item_id}{_FORMAT_SUFFIX.get(fmt, '.img')}"
-        _place_file(data, src_file, out_dir / relative)
+        _place_file(data, out_dir / relative)
         return PlacedImage(relative, hashlib.sha256(data).hexdigest()), None, ""
 
     placed: list[PlacedImage | None] = [None] * len(keys)
@@ -180,20 +229,16 @@ def _check_image(data: bytes) -> tuple[str | None, str]:
                 fmt = image.format or "unknown"
                 image.load()  # full decode: truncated files fail here, not at encode time
         return fmt, ""
+    except Image.UnidentifiedImageError:
+        return None, "not an image in a format iisan reads (JPEG, PNG, WebP, GIF, BMP)"
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError,
             Image.DecompressionBombWarning) as err:
         return None, f"cannot decode image ({type(err).__name__}: {err})"
 
 
-def _place_file(data: bytes, src_file: Path | None, dest: Path) -> None:
+def _place_file(data: bytes, dest: Path) -> None:
+    """A copy, never a link: the prepared dataset is self-contained and the source may change."""
     dest.unlink(missing_ok=True)
-    if src_file is not None:
-        try:
-            os.link(src_file, dest)  # same filesystem: no copy at all
-            return
-        except OSError:
-            pass
     tmp = dest.with_name(f".{dest.name}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, dest)
-

@@ -29,6 +29,7 @@ KINDS: dict[str, str] = {
     "empty_text": "item has no text after cleaning (item kept without text)",
     "missing_image": "no image found for the item (item kept without image)",
     "unreadable_image": "image cannot be decoded (item kept without image)",
+    "refused_image": "image path outside the source, not a regular file, or too large (item kept without image)",
 }
 
 

@@ -60,11 +60,11 @@ def chronological(inter: pl.DataFrame) -> pl.DataFrame:
 def image_source_from_options(config: PrepareConfig, default_dir: Path | None = None) -> ImageSource | None:
     """The image source named by ``--images`` / ``--images-lmdb``, else ``default_dir`` if it exists."""
     if config.images is not None:
-        return DirectoryImages(config.images)
+        return DirectoryImages(config.images, config.allow_outside_paths)
     if config.images_lmdb is not None:
         return LmdbImages(config.images_lmdb)
     if default_dir is not None and default_dir.is_dir():
-        return DirectoryImages(default_dir)
+        return DirectoryImages(default_dir, config.allow_outside_paths)
     return None
 
 

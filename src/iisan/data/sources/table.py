@@ -3,7 +3,8 @@
 
 SOURCE is either a folder holding ``interactions.{csv,tsv,parquet}`` and
 ``items.{csv,tsv,parquet}``, or the interactions file itself with ``--items FILE``.
-Image paths in the items table are absolute or relative to the items file's folder.
+Image paths in the items table are relative to the items file's folder; absolute paths, ``..``
+and symlinks leading out of that folder are refused and counted unless ``--allow-outside-paths``.
 """
 
 from __future__ import annotations
@@ -59,9 +60,9 @@ def read(source: Path, config: PrepareConfig, problems: Problems) -> RawSource:
     items = drop_missing(items, ["key"], "missing_field", items_path.name, problems)
 
     if config.images is not None:
-        image_source = DirectoryImages(config.images)
+        image_source = DirectoryImages(config.images, config.allow_outside_paths)
     elif has_image:
-        image_source = PathImages(items_path.parent, label=items_path.name)
+        image_source = PathImages(items_path.parent, label=items_path.name, allow_outside=config.allow_outside_paths)
     else:
         image_source = None
     return RawSource(
