@@ -110,6 +110,10 @@ BAD_REQUESTS = [
     ("POST", "/recommend", {"history": [KEY], "k": "ten"}, {}, 422),
     ("POST", "/recommend", {"history": [KEY], "k": 2.5}, {}, 422),
     ("POST", "/recommend", {"history": [KEY], "exclude_seen": "maybe"}, {}, 422),
+    ("POST", "/recommend", {"history": [KEY], "k": "5"}, {}, 422),  # strict: a string is not a number
+    ("POST", "/recommend", {"history": [KEY], "k": True}, {}, 422),
+    ("POST", "/recommend", {"history": [KEY], "exclude_seen": 1}, {}, 422),
+    ("POST", "/recommend", {"history": [KEY], "skip_unknown": "true"}, {}, 422),
     ("POST", "/recommend", {"history": [KEY], "colour": "red"}, {}, 422),
     ("POST", "/recommend", {"history": ["nope"]}, {}, 422),
     ("POST", "/recommend", {"history": ["nope"], "skip_unknown": True}, {}, 422),
@@ -194,3 +198,76 @@ def test_concurrent_queries_are_batched_and_answered_each_their_own(recommender)
     for query, answer in zip(queries[:-1], answers[:-1]):
         assert [k for k, _ in answer] == [k for k, _ in recommender.recommend(query.history, k=4)]
     assert isinstance(answers[-1], UnknownItemError)
+
+
+def test_a_chunked_body_over_the_limit_gets_413(client, history):
+    def chunks():  # no Content-Length: the body streams in pieces
+        yield b'{"history": ["' + history[0].encode() + b'"], "pad": "'
+        for _ in range(80):
+            yield b"x" * 1024
+        yield b'"}'
+
+    response = client.post("/recommend", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "over" in response.json()["error"]
+    small = client.post("/recommend", content=iter([b'{"history": ["', history[0].encode(), b'"]}']),
+                        headers={"content-type": "application/json"})
+    assert small.status_code == 200  # a small chunked body is read whole and answered
+
+
+def test_a_9_mib_chunked_body_gets_413_at_the_default_limit(recommender):
+    client = TestClient(create_app(recommender), raise_server_exceptions=False)
+    body = (b"x" * (1 << 20) for _ in range(9))
+    assert client.post("/recommend", content=body, headers={"content-type": "application/json"}).status_code == 413
+
+
+def test_keys_with_a_slash_can_be_added_and_looked_up(client):
+    response = client.post("/items", json={"items": [{"key": "shelf/7", "text": "a shelf"}]}, headers=AUTH)
+    assert response.status_code == 200, response.text
+    item = client.get("/items/shelf/7")
+    assert item.status_code == 200 and item.json()["key"] == "shelf/7" and item.json()["added"]
+
+
+def test_openapi_describes_the_error_bodies_sent(client):
+    spec = client.get("/openapi.json").json()
+    recommend = spec["paths"]["/recommend"]["post"]["responses"]
+    error_schema = {"$ref": "#/components/schemas/ErrorBody"}
+    assert recommend["422"]["content"]["application/json"]["schema"] == error_schema
+    assert recommend["413"]["content"]["application/json"]["schema"] == error_schema
+    items = spec["paths"]["/items"]["post"]["responses"]
+    assert {"401", "413", "422", "503"} <= set(items)
+    assert "404" in spec["paths"]["/items/{key}"]["get"]["responses"]
+    assert "HTTPValidationError" not in spec["components"]["schemas"]  # FastAPI's default, which we never send
+    assert spec["components"]["schemas"]["RecommendRequest"]["properties"]["k"]["type"] == "integer"
+
+
+def test_a_failed_save_leaves_the_old_catalogue_serving(tiny_run, tmp_path, monkeypatch):
+    import polars as pl
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    recommender = Recommender.load(run)
+    client = TestClient(create_app(recommender), raise_server_exceptions=False)
+    before = recommender.num_items
+    query = {"history": recommender.keys[1:3], "k": 5}
+    answer = client.post("/recommend", json=query).json()
+
+    def disk_full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pl.DataFrame, "write_parquet", disk_full)
+    response = client.post("/items", json={"items": [{"key": "late", "text": "a late item"}]})
+    assert response.status_code == 503 and "No space left on device" in response.json()["error"]
+    assert "nothing changed" in response.json()["error"]
+    assert recommender.num_items == before and client.get("/items/late").status_code == 404
+    assert client.post("/recommend", json=query).json() == answer  # answered from the old state
+    assert client.get("/health").status_code == 200
+    monkeypatch.undo()
+    assert client.post("/items", json={"items": [{"key": "late", "text": "a late item"}]}).status_code == 200
+    assert Recommender.load(run).num_items == before + 1  # the retry was stored
+
+
+def test_health_answers_503_when_queries_would_fail(recommender, monkeypatch):
+    client = TestClient(create_app(recommender), raise_server_exceptions=False)
+    monkeypatch.setattr(recommender.index, "search", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("broken")))
+    response = client.get("/health")
+    assert response.status_code == 503 and response.json()["status"] == "failing"

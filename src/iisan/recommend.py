@@ -282,9 +282,12 @@ class Recommender:
         if len(sizes) > 1:
             problems.append(f"catalogue parts disagree on its size ({sorted(sizes)})")
         elif catalogue.ids:
-            probe = self.recommend_many([Query([catalogue.keys[1]], k=1)])[0]
-            if isinstance(probe, IisanError):
-                problems.append(f"a probe query fails: {probe}")
+            try:
+                probe = self.recommend_many([Query([catalogue.keys[1]], k=1)])[0]
+            except Exception as err:  # noqa: BLE001 - reported, which is the point of a health check
+                probe = err
+            if isinstance(probe, Exception):
+                problems.append(f"a probe query fails: {type(probe).__name__}: {probe}")
         return {"status": "failing" if problems else "ok", "items": len(catalogue.keys) - 1,
                 "index": catalogue.stored.index.kind, "problems": problems}
 

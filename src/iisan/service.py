@@ -53,9 +53,10 @@ def create_app(recommender, token: str | None = None, limits: Limits = Limits())
         model_config = ConfigDict(extra="forbid")
         history: list[Key] = Field(min_length=1, max_length=limits.max_history,
                                    description="Item keys the user interacted with, oldest first.")
-        k: int = Field(10, ge=1, le=limits.max_k, description="How many items to return.")
-        exclude_seen: bool = Field(True, description="Leave the history's items out of the answer.")
-        skip_unknown: bool = Field(False, description="Ignore unknown keys instead of answering 422.")
+        # strict: "5" is not 5 and 1 is not true; a client that sends them has a bug to hear about
+        k: int = Field(10, ge=1, le=limits.max_k, strict=True, description="How many items to return.")
+        exclude_seen: bool = Field(True, strict=True, description="Leave the history's items out of the answer.")
+        skip_unknown: bool = Field(False, strict=True, description="Ignore unknown keys instead of answering 422.")
 
     class Recommendation(BaseModel):
         key: str
@@ -83,6 +84,22 @@ def create_app(recommender, token: str | None = None, limits: Limits = Limits())
         key: str
         title: str | None
         added: bool
+
+    class ErrorBody(BaseModel):
+        error: str = Field(description="One line saying what is wrong.")
+        unknown: list[str] | None = Field(None, description="422 for unknown item keys: the keys (up to 100).")
+        detail: list[dict] | None = Field(None, description="422 for invalid fields: each problem's loc and msg.")
+
+    class Health(BaseModel):
+        status: str = Field(description="ok, or failing (answered with 503)")
+        items: int
+        index: str
+        problems: list[str]
+
+    def errors(*codes: int) -> dict:
+        meaning = {401: "A valid bearer token is required.", 404: "No such item.", 413: "The body is over the limit.",
+                   422: "Invalid request or unknown item keys.", 503: "The catalogue could not be saved; nothing changed."}
+        return {code: {"model": ErrorBody, "description": meaning[code]} for code in codes}
 
     registry = CollectorRegistry()
     requests = Counter("iisan_requests", "HTTP requests served.", ["method", "route", "status"], registry=registry)
@@ -133,7 +150,8 @@ def create_app(recommender, token: str | None = None, limits: Limits = Limits())
 
     batcher = QueryBatcher(recommender)
 
-    @app.post("/recommend", response_model=RecommendResponse, summary="Top-k next items for a history")
+    @app.post("/recommend", response_model=RecommendResponse, responses=errors(413, 422),
+              summary="Top-k next items for a history")
     async def recommend(body: RecommendRequest) -> JSONResponse:
         answer = await batcher.answer(Query(body.history, body.k, body.exclude_seen,
                                             "skip" if body.skip_unknown else "raise"))
@@ -142,7 +160,7 @@ def create_app(recommender, token: str | None = None, limits: Limits = Limits())
                                        for key, score in answer]})
 
     @app.post("/items", response_model=AddItemsResponse, dependencies=[Depends(require_token)],
-              summary="Add items from their content, without retraining")
+              responses=errors(401, 413, 422, 503), summary="Add items from their content, without retraining")
     def add_items(body: AddItemsRequest) -> dict:
         items = []
         for n, item in enumerate(body.items, start=1):
@@ -156,13 +174,15 @@ def create_app(recommender, token: str | None = None, limits: Limits = Limits())
         added = recommender.add_items(items)
         return {"added": added, "items": recommender.num_items}
 
-    @app.get("/items/{key}", response_model=Item, summary="One item of the catalogue")
+    # :path, so a key holding "/" (which POST /items accepts) can be looked up too
+    @app.get("/items/{key:path}", response_model=Item, responses=errors(404, 422), summary="One item of the catalogue")
     def get_item(key: str) -> dict:
         if key not in recommender.ids:
             raise HTTPException(404, f"unknown item key: {key[:limits.max_key_chars]!r}")
         return {"key": key, "title": recommender.title(key), "added": recommender.ids[key] > recommender.trained_items}
 
-    @app.get("/health", summary="Whether queries are answered: 200 ok, 503 failing (with the problems)")
+    @app.get("/health", response_model=Health, responses={503: {"model": Health, "description": "Queries fail."}},
+             summary="Whether queries are answered: 200 ok, 503 failing (with the problems)")
     def health() -> JSONResponse:
         report = recommender.health()
         return JSONResponse(report, status_code=200 if report["status"] == "ok" else 503)
@@ -263,13 +283,13 @@ class Measure:
             self.latency.labels(route).observe(time.perf_counter() - start)
 
 
-class _TooLarge(Exception):
-    pass
-
-
 class BodyLimit:
-    """ASGI middleware: answer 413 for a body over ``max_bytes``, declared or streamed,
-    before anything parses it."""
+    """ASGI middleware: answer 413 for a body over ``max_bytes``, declared or streamed
+    (chunked), before anything parses it.
+
+    The body is read here, up to the limit, and handed on whole: the app would buffer it
+    anyway, and an error raised from inside the app's body reading would become its 400.
+    """
 
     def __init__(self, app, max_bytes: int) -> None:
         self.app = app
@@ -283,28 +303,19 @@ class BodyLimit:
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             await self._reject(send)
             return
-        received = 0
-        started = False
-
-        async def limited_receive():
-            nonlocal received
+        body = bytearray()
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _TooLarge
-            return message
-
-        async def tracking_send(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
+            if message["type"] != "http.request":  # the client left: let the app see it
+                await self.app(scope, _replay([message], receive), send)
+                return
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
                 await self._reject(send)
+                return
+            if not message.get("more_body", False):
+                break
+        await self.app(scope, _replay([{"type": "http.request", "body": bytes(body), "more_body": False}], receive), send)
 
     async def _reject(self, send) -> None:
         import json
@@ -313,6 +324,16 @@ class BodyLimit:
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
+
+
+def _replay(messages: list[dict], receive):
+    """An ASGI ``receive`` that yields ``messages`` first, then waits on the real one."""
+    pending = list(messages)
+
+    async def replayed() -> dict:
+        return pending.pop(0) if pending else await receive()
+
+    return replayed
 
 
 def read_token(path) -> str:
