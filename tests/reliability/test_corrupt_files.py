@@ -109,3 +109,8 @@ def test_weights_with_flipped_exponent_bits(scratch):
     save_file(tensors, str(path))
     one_line_error(cli("evaluate", scratch.run), "model.safetensors", name, "non-finite")
     one_line_error(cli("recommend", scratch.run, "--history", first_key(scratch)), "non-finite")
+
+
+def test_damaged_metrics_file(scratch):
+    (scratch.run / "metrics.json").write_text("{\"test\": ")
+    one_line_error(cli("evaluate", scratch.run), "metrics.json", "not valid JSON", "evaluate again")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 from iisan.errors import ConfigError
 from iisan.evaluate.runner import DEFAULT_KS, evaluate_split, item_embeddings
-from iisan.fileio import write_json_atomic
+from iisan.fileio import read_json_object, write_json_atomic
 
 METRICS_FILE = "metrics.json"
 SPLITS = ("valid", "test")
@@ -51,7 +50,8 @@ def evaluate_run(
                              include_history=include_history)
     seconds = time.perf_counter() - start
     path = run_dir / METRICS_FILE
-    recorded = json.loads(path.read_text()) if path.is_file() else {}
+    recorded = (read_json_object(path, {}, fix=f"delete {path.name} and evaluate again (it is rewritten)")
+                if path.is_file() else {})
     recorded[metrics_key(split, include_history)] = metrics
     write_json_atomic(path, recorded)
     return {"metrics": metrics, "users": len(target.targets), "items": parts.dataset.num_items,
