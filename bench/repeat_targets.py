@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from iisan.evaluate.metrics import pessimistic_ranks
-from iisan.evaluate.runner import item_embeddings, user_vectors
-from iisan.train.assemble import assemble_run
+from iisan.evaluate.runner import item_embeddings
+from iisan.assemble import assemble_run
 
 K = 10
 
@@ -35,7 +35,7 @@ def test_ranks(run_dir: str) -> tuple[np.ndarray, np.ndarray]:
     ranks = []
     for start in range(0, users, 1024):
         chunk = np.arange(start, min(start + 1024, users))
-        scores = user_vectors(parts.model, items, split.inputs[chunk]) @ items.T
+        scores = parts.model.user_vectors(items, split.inputs[chunk]) @ items.T
         scores[:, 0] = -torch.inf
         ranks.append(pessimistic_ranks(scores, torch.from_numpy(split.targets[chunk])))
     rows, cols = split.history_pairs(np.arange(users))

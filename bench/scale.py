@@ -69,7 +69,7 @@ def run_size(work: Path, items: int, users: int, steps: int, eval_users: int, en
     from iisan.data import prepare
     from iisan.data.split import EvalSplit
     from iisan.evaluate.runner import evaluate_split, item_embeddings
-    from iisan.train.assemble import assemble
+    from iisan.assemble import assemble
     from iisan.train.loop import build_optimizer, training_step
     from iisan.train.loss import log_popularity
 

@@ -32,7 +32,7 @@ from iisan.cache.encode import encode
 from iisan.config import EncodeConfig, PrepareConfig, SideNetworkConfig, TrainConfig
 from iisan.data import prepare
 from iisan.evaluate.runner import evaluate_split, item_embeddings
-from iisan.train.assemble import assemble
+from iisan.assemble import assemble
 from iisan.train.loop import build_optimizer, training_step
 from iisan.train.loss import log_popularity
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from iisan.train.assemble import assemble_run
+from iisan.assemble import assemble_run
 from iisan.train.loop import build_optimizer, training_step
 from iisan.train.loss import log_popularity
 

@@ -11,7 +11,6 @@ import torch
 from PIL import Image
 
 from iisan.errors import ConfigError, InputError, UnknownItemError
-from iisan.evaluate.runner import user_vectors
 from iisan.recommend import Recommender, read_new_items
 from tests.conftest import png_bytes
 
@@ -26,7 +25,7 @@ def test_top_k_matches_the_evaluation_scores(recommender):
     inputs = split.inputs[:1]
     history = [recommender.keys[i] for i in inputs[0] if i]
     got = recommender.recommend(history, k=5, exclude_seen=False)
-    scores = (user_vectors(recommender.parts.model, recommender.embeddings, inputs) @ recommender.embeddings.T)[0]
+    scores = (recommender.parts.model.user_vectors(recommender.embeddings, inputs) @ recommender.embeddings.T)[0]
     scores[0] = -torch.inf
     expected = torch.topk(scores, 5).indices.tolist()
     assert [key for key, _ in got] == [recommender.keys[i] for i in expected]

@@ -461,11 +461,11 @@ def train(
     import dataclasses
 
     from iisan.config import SideNetworkConfig, TrainConfig, UserEncoderConfig
-    from iisan.train.distributed import is_main_process
+    from iisan.distributed import is_main_process
     from iisan.train.loop import train as run_train
 
     if resume:
-        from iisan.train.checkpoint import read_run_config
+        from iisan.checkpoint import read_run_config
 
         saved = read_run_config(out)  # the run's own options; only --epochs may extend it
         config = dataclasses.replace(TrainConfig.from_json(saved["train"]), epochs=epochs)

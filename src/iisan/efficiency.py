@@ -87,8 +87,8 @@ def measure_method(dataset: Path, cache: Path, name: str, config: EfficiencyConf
 
     from iisan.config import SideNetworkConfig, TrainConfig
     from iisan.devices import pick_device
-    from iisan.train.assemble import assemble
-    from iisan.train.distributed import Workers
+    from iisan.assemble import assemble
+    from iisan.distributed import Workers
     from iisan.train.loop import build_optimizer, step_objective, training_step
     from iisan.train.loss import log_popularity
 

@@ -27,11 +27,11 @@ from PIL import Image
 from iisan.data.images import RefusedPath, check_relative, read_image_file
 from iisan.data.text import clean_text
 from iisan.errors import ConfigError, DatasetError, IisanError, InputError, NonFiniteError, UnknownItemError
-from iisan.evaluate.runner import item_embeddings, user_vectors
+from iisan.evaluate.runner import item_embeddings
 from iisan.index import INDEX_DIR, HnswSettings, ItemIndex, StoredIndex, load_index, save_index, weights_digest
-from iisan.models.live import RawContentSource
-from iisan.train.assemble import Assembled, assemble_run
-from iisan.train.checkpoint import WEIGHTS_FILE
+from iisan.features.live import RawContentSource
+from iisan.assemble import Assembled, assemble_run
+from iisan.checkpoint import WEIGHTS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ class Recommender:
             for row, (_, ids) in enumerate(rows):
                 recent = ids[-self.max_seq_len:]
                 inputs[row, -len(recent):] = recent
-            vectors = user_vectors(self.parts.model, self.embeddings, inputs).numpy()
+            vectors = self.parts.model.user_vectors(self.embeddings, inputs).numpy()
             finite = np.isfinite(vectors).all(axis=1)
             exclude = [set(ids) if queries[n].exclude_seen else set() for n, ids in rows]
             k = min(max(queries[n].k for n, _ in rows), self.num_items)
@@ -296,7 +296,7 @@ class Recommender:
         inputs = self.parts.splits.test.inputs
         rows = np.random.default_rng(seed).choice(len(inputs), size=min(queries, len(inputs)), replace=False)
         with self._lock:
-            vectors = user_vectors(self.parts.model, self.embeddings, inputs[rows]).numpy()
+            vectors = self.parts.model.user_vectors(self.embeddings, inputs[rows]).numpy()
             found, _ = self.index.search(vectors, k)
             # Exact answers from the flat index, in chunks: a [queries, N] score matrix
             # would take gigabytes at the million-item sizes HNSW is meant for.
@@ -346,7 +346,7 @@ class Recommender:
         if isinstance(self.parts.source, RawContentSource):
             return self.parts.source  # the encoder baselines read raw content anyway
         if self._live is None:
-            from iisan.models.live import LiveSource
+            from iisan.features.live import LiveSource
 
             cache = self.parts.cache
             self._live = LiveSource(self.parts.dataset, {m: cache.entry(m) for m in self.parts.model.layers},

@@ -18,7 +18,7 @@ from typing import Any
 
 from iisan.errors import DatasetError
 from iisan.fileio import write_bytes_atomic
-from iisan.train.checkpoint import read_run_config
+from iisan.checkpoint import read_run_config
 
 METRIC_COLUMNS = ("hr@10", "ndcg@10", "mrr")
 SPLIT_ORDER = ("valid", "test", "test_with_history", "valid_with_history")

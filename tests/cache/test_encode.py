@@ -87,7 +87,7 @@ def test_cls_layer_zero_is_detected_as_constant_and_never_selected(built, multim
     """Under CLS pooling layer 0 is the CLS token's embedding, the same for every item: the
     cache says so, and the default layer rules never spend a side-network step on it."""
     from iisan.config import SideNetworkConfig, TrainConfig
-    from iisan.train.assemble import assemble
+    from iisan.assemble import assemble
 
     assert built.manifest["encoders"]["text"]["pooling"] == "cls"  # auto: a plain BERT folder
     assert built.constant_layers("text") == (0,)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-import types
 
 import numpy as np
 import torch
 
 from iisan.data.split import EvalSplit
+from iisan.models.recommender import SequentialRecommender
 from iisan.evaluate.metrics import metrics_from_ranks, pessimistic_ranks
 from iisan.evaluate.runner import evaluate_split
 
@@ -59,7 +59,7 @@ def test_evaluate_split_matches_brute_force_with_chunks_ties_and_history():
     targets = rng.integers(1, num_items + 1, size=users)
     targets[:5] = [flat[s] for s in starts[:5]]  # some targets repeat a history item: excluded, so misses
     split = EvalSplit(inputs, targets, np.array(flat), np.array(starts), np.array(ends))
-    model = types.SimpleNamespace(user=SumOfItems(), eval=lambda: None)
+    model = SequentialRecommender(torch.nn.Identity(), SumOfItems())
 
     ks = (1, 5, 10)
     result = evaluate_split(model, items, split, ks=ks, batch_size=8)  # 8 does not divide 37: a ragged chunk

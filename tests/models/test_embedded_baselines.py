@@ -11,8 +11,8 @@ import torch
 from iisan.config import SideNetworkConfig, TrainConfig
 from iisan.evaluate.runner import item_embeddings
 from iisan.models.baselines.embedded import EMBEDDED_METHODS
-from iisan.models.features import CachedSource
-from iisan.train.assemble import assemble
+from iisan.features import CachedSource
+from iisan.assemble import assemble
 from iisan.train.loop import build_optimizer, train, training_step
 from iisan.train.loss import log_popularity
 
@@ -85,7 +85,7 @@ def test_untrained_tower_computes_what_frozen_computes_on_the_cache(tiny_multimo
 
 
 def test_an_encoder_baseline_trains_saves_and_reloads_from_the_run(tiny_multimodal, tmp_path):
-    from iisan.train.assemble import assemble_run
+    from iisan.assemble import assemble_run
 
     dataset, cache = tiny_multimodal
     summary = train(dataset, tmp_path / "run", dataclasses.replace(CONFIG, method="lora"), cache_dir=cache)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from iisan.config import TrainConfig
-from iisan.train.assemble import assemble
+from iisan.assemble import assemble
 from iisan.train.loop import build_optimizer, training_step
 from iisan.train.loss import log_popularity
 

@@ -13,7 +13,7 @@ from iisan.errors import ConfigError
 from iisan.models.features import ItemFeatures
 from iisan.models.iisan import GatedTower, IISANItemEncoder
 from iisan.models.sanb import SANB
-from iisan.train.assemble import assemble
+from iisan.assemble import assemble
 from iisan.train.loop import training_step, build_optimizer
 from iisan.train.loss import log_popularity
 

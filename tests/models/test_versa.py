@@ -13,7 +13,7 @@ from iisan.errors import ConfigError
 from iisan.models.features import ItemFeatures
 from iisan.models.iisan import IISANItemEncoder
 from iisan.models.versa import alignment_matrix, layer_groups
-from iisan.train.assemble import assemble
+from iisan.assemble import assemble
 from iisan.train.loop import build_optimizer, train, training_step
 from iisan.train.loss import log_popularity
 
@@ -148,7 +148,7 @@ def test_asymmetric_cache_cached_equals_uncached(tiny_asymmetric):
 
 
 def test_asymmetric_training_run_saves_and_reloads(tiny_asymmetric, tmp_path):
-    from iisan.train.assemble import assemble_run
+    from iisan.assemble import assemble_run
 
     dataset, cache = tiny_asymmetric
     config = TrainConfig(epochs=2, batch_size=32, seed=1, id_offset=False,

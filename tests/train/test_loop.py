@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 
 from iisan.config import SideNetworkConfig, TrainConfig, UserEncoderConfig
 from iisan.errors import ConfigError
-from iisan.train.assemble import assemble, assemble_run
-from iisan.train.checkpoint import resume_folder
+from iisan.assemble import assemble, assemble_run
+from iisan.checkpoint import resume_folder
 from iisan.train.loop import build_optimizer, train, training_step
 from iisan.train.loss import log_popularity
 
@@ -136,7 +136,7 @@ def test_in_memory_features_equal_the_ones_read_per_batch(tiny_multimodal):
     """A cache that fits is read once into memory; a batch gathers the same values the
     memory-mapped path reads (float16 -> float32 either way)."""
     from iisan.cache import HiddenStateCache
-    from iisan.models.features import CachedSource
+    from iisan.features import CachedSource
 
     _, cache_dir = tiny_multimodal
     cache = HiddenStateCache.open(cache_dir)

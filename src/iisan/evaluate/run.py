@@ -34,7 +34,7 @@ def evaluate_run(
     Returns:
         ``{"metrics": {...}, "users": U, "items": N, "seconds": t}``.
     """
-    from iisan.train.assemble import assemble_run
+    from iisan.assemble import assemble_run
 
     if split not in SPLITS:
         raise ConfigError(f"split must be valid or test, got {split!r}")

@@ -8,9 +8,9 @@ import torch
 from iisan.data.split import EvalSplit
 from iisan.errors import NonFiniteError
 from iisan.evaluate.metrics import metrics_from_ranks, pessimistic_ranks
-from iisan.models.features import FeatureSource
+from iisan.features import FeatureSource
 from iisan.models.recommender import SequentialRecommender
-from iisan.train.distributed import LOCAL, Workers
+from iisan.distributed import LOCAL, Workers
 
 ITEM_CHUNK = 4096
 SCORE_BUDGET = 1 << 26  # scores held at once (256 MB of float32), whatever the catalogue size
@@ -51,14 +51,6 @@ def require_finite_rows(rows: torch.Tensor, one: str, many: str) -> None:
 
 
 @torch.no_grad()
-def user_vectors(model: SequentialRecommender, items: torch.Tensor, inputs: np.ndarray) -> torch.Tensor:
-    """The user encoder's last-position output for left-padded ``inputs [U, L]``."""
-    model.eval()
-    ids = torch.from_numpy(inputs).to(items.device)
-    return model.user(items[ids], ids != 0)[:, -1]
-
-
-@torch.no_grad()
 def evaluate_split(
     model: SequentialRecommender,
     items: torch.Tensor,
@@ -84,7 +76,7 @@ def evaluate_split(
     broken = 0  # users whose vector is not finite: counted on every rank, then refused together
     for start in range(share.start, share.stop, chunk_size):
         chunk = np.arange(start, min(start + chunk_size, share.stop))
-        users = user_vectors(model, items, split.inputs[chunk])
+        users = model.user_vectors(items, split.inputs[chunk])
         broken += int((~torch.isfinite(users).all(dim=-1)).sum())
         scores = users @ items.T  # [chunk, N + 1]
         scores[:, 0] = -torch.inf  # padding is never recommended

@@ -1,19 +1,15 @@
 """What an item tower reads: per-modality hidden states of the selected layers.
 
-A feature source turns item ids into :class:`ItemFeatures`; item towers never know
-whether the states came from the cache (``cached``) or from the frozen encoders run on
-raw content (``uncached``), which is what makes the two modes comparable.
+Feature sources (:mod:`iisan.features`) turn item ids into :class:`ItemFeatures`; item
+towers never know whether the states came from the cache (``cached``) or from the frozen
+encoders run on raw content (``uncached``), which is what makes the two modes comparable.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
 
-import numpy as np
 import torch
-
-from iisan.cache.store import HiddenStateCache, release_resident_pages
 
 
 @dataclass
@@ -42,80 +38,3 @@ class ItemFeatures:
                             states={m: s.to(device, non_blocking=True) for m, s in self.states.items()},
                             present={m: p.to(device) for m, p in self.present.items()},
                             inputs={m: {k: v.to(device) for k, v in i.items()} for m, i in self.inputs.items()})
-
-
-class FeatureSource(Protocol):
-    def features(self, ids: np.ndarray) -> ItemFeatures: ...
-
-
-class IdOnlySource:
-    """For towers that only need item ids (the ID baseline)."""
-
-    def features(self, ids: np.ndarray) -> ItemFeatures:
-        return ItemFeatures(ids=torch.as_tensor(ids, dtype=torch.long))
-
-
-# A page fault on a file mapping maps the neighbouring cached pages too (Linux's
-# fault_around_bytes, 64 KiB by default): one random row read adds that much to RSS.
-FAULT_AROUND_BYTES = 64 << 10
-
-
-class CachedSource:
-    """Gathers the needed layers of the needed rows from the memory-mapped cache.
-
-    When the selected layers of the whole catalogue fit in ``in_memory_limit`` bytes as
-    float32 (Scientific's 20k items x 4 layers x 384: 125 MB), they are read once and
-    every batch is a tensor gather: no per-step file reads or float16 conversion, and
-    the full-catalogue loss can embed every item at every step. Otherwise rows are read
-    per batch, and whatever the access pattern (a training run's random rows, an
-    evaluation's pass over the whole catalogue), at most about ``resident_limit`` bytes
-    of the cache stay resident in this process; older pages are handed back to the OS
-    page cache.
-    """
-
-    def __init__(self, cache: HiddenStateCache, layers: dict[str, tuple[int, ...]],
-                 resident_limit: int = 256 << 20, in_memory_limit: int = 1 << 30) -> None:
-        self.cache = cache
-        self.layers = layers
-        self.resident_limit = resident_limit
-        self._states = {m: cache.states(m) for m in layers}
-        self._present = {m: torch.from_numpy(cache.present(m)) for m in layers}
-        self._touched = 0
-        rows = cache.num_items + 1
-        needed = sum(rows * len(layers[m]) * self._states[m].shape[2] * 4 for m in layers)
-        self._in_memory = None
-        if needed <= in_memory_limit:
-            self._in_memory = {m: self._read_all(m) for m in layers}
-
-    def _read_all(self, modality: str) -> torch.Tensor:
-        array = self._states[modality]
-        out = torch.empty(array.shape[0], len(self.layers[modality]), array.shape[2])
-        step = max(1, self.resident_limit // max(array[0].nbytes, 1))
-        for start in range(0, array.shape[0], step):
-            out[start : start + step] = torch.from_numpy(np.asarray(array[start : start + step][:, list(self.layers[modality])]))
-            release_resident_pages(array)
-        return out
-
-    def features(self, ids: np.ndarray) -> ItemFeatures:
-        ids = np.asarray(ids, dtype=np.int64)
-        if self._in_memory is not None:
-            index = torch.from_numpy(ids)
-            if len(ids) == len(self._present[next(iter(self.layers))]) and (np.diff(ids) == 1).all() and ids[0] == 0:
-                # The whole catalogue (the full-catalogue loss, every step): no copy.
-                return ItemFeatures(ids=index, states=dict(self._in_memory), present=dict(self._present))
-            return ItemFeatures(ids=index, states={m: s[index] for m, s in self._in_memory.items()},
-                                present={m: p[index] for m, p in self._present.items()})
-        order = np.argsort(ids, kind="stable")  # sorted reads are friendlier to the page cache
-        states = {}
-        for modality, layers in self.layers.items():
-            rows = np.empty((len(ids), len(layers), self._states[modality].shape[2]), dtype=np.float16)
-            rows[order] = self._states[modality][ids[order]][:, list(layers)]
-            states[modality] = torch.from_numpy(rows).float()
-            self._touched += len(ids) * (self._states[modality][0].nbytes + FAULT_AROUND_BYTES)
-        if self._touched > self.resident_limit:
-            for array in self._states.values():
-                release_resident_pages(array)
-            self._touched = 0
-        tensor_ids = torch.from_numpy(ids)
-        return ItemFeatures(ids=tensor_ids, states=states,
-                            present={m: p[tensor_ids] for m, p in self._present.items()})

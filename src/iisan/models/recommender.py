@@ -55,3 +55,12 @@ class SequentialRecommender(nn.Module):
         """Item embeddings ``[n, d]``; the padding id 0 maps to zeros."""
         embeddings = self.item(features)
         return embeddings * (features.ids != 0).unsqueeze(-1).to(embeddings.dtype)
+
+    @torch.no_grad()
+    def user_vectors(self, items: torch.Tensor, inputs) -> torch.Tensor:
+        """The user encoder's last-position output ``[U, d]`` for left-padded item ids
+        ``inputs [U, L]`` (numpy or torch), reading ``items [N + 1, d]``; one dot product
+        with ``items`` scores every item for every user."""
+        self.eval()
+        ids = torch.as_tensor(inputs).to(items.device)
+        return self.user(items[ids], ids != 0)[:, -1]

@@ -23,14 +23,14 @@ from iisan.evaluate.runner import evaluate_split, item_embeddings
 from iisan.fileio import commit_generation, read_json_object, write_json_atomic
 from iisan.models.features import ItemFeatures
 from iisan.models.recommender import SequentialRecommender
-from iisan.train.assemble import Assembled, assemble
-from iisan.train.checkpoint import (
+from iisan.assemble import Assembled, assemble
+from iisan.checkpoint import (
     CONFIG_FILE, RESUME_DIR, RESUME_FIX, RUN_VERSION, WEIGHTS_FILE, append_metrics, load_optimizer, load_weights,
     read_run_config, resume_folder, save_optimizer, save_weights, trim_metrics,
 )
-from iisan.train.distributed import LOCAL, Workers
-from iisan.train.distributed import start as start_workers
-from iisan.train.distributed import stop as stop_workers
+from iisan.distributed import LOCAL, Workers
+from iisan.distributed import start as start_workers
+from iisan.distributed import stop as stop_workers
 from iisan.train.loss import candidate_softmax_loss, in_batch_softmax_loss, log_popularity, sampling_probabilities
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def train(
     Under torchrun (or with ``distributed``) the run is spread over the ranks with
     DistributedDataParallel: ``config.batch_size`` is the global batch, each rank takes
     its share of every batch and of every evaluation, and only rank 0 writes to
-    ``run_dir``. See :mod:`iisan.train.distributed`.
+    ``run_dir``. See :mod:`iisan.distributed`.
 
     Returns:
         A summary: epochs run, best epoch, valid and test metrics, seconds per epoch,

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from iisan.train.distributed import LOCAL, Workers
+from iisan.distributed import LOCAL, Workers
 
 MASKED = -1e4
 

@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from iisan.errors import ConfigError
-from iisan.train.checkpoint import resume_folder
-from iisan.train.distributed import Workers, start
+from iisan.checkpoint import resume_folder
+from iisan.distributed import Workers, start
 
 
 @pytest.mark.parametrize("count", [0, 1, 2, 7, 150])

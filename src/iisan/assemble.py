@@ -13,12 +13,12 @@ from iisan.config import EMBEDDED_METHODS, TrainConfig
 from iisan.data.dataset import PreparedDataset
 from iisan.data.split import Splits, split_sequences
 from iisan.errors import ConfigError
-from iisan.models.features import CachedSource, FeatureSource, IdOnlySource
+from iisan.features import CachedSource, FeatureSource, IdOnlySource
 from iisan.models.baselines.embedded import EmbeddedEncoderItemEncoder
-from iisan.models.live import LiveSource, RawContentSource, load_encoders
+from iisan.features.live import LiveSource, RawContentSource, load_encoders
 from iisan.models.recommender import SequentialRecommender, build_item_encoder
 from iisan.models.user import UserEncoder
-from iisan.train.checkpoint import WEIGHTS_FILE, load_weights, read_run_config
+from iisan.checkpoint import WEIGHTS_FILE, load_weights, read_run_config
 
 
 @dataclass
