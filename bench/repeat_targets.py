@@ -19,8 +19,8 @@ import json
 import numpy as np
 import torch
 
-from iisan.evaluate.metrics import pessimistic_ranks
-from iisan.evaluate.runner import item_embeddings
+from iisan.evaluation.metrics import pessimistic_ranks
+from iisan.evaluation.runner import item_embeddings
 from iisan.assemble import assemble_run
 
 K = 10

@@ -206,7 +206,7 @@ def main() -> None:
     from iisan.config import PrepareConfig, TrainConfig
     from iisan.data import prepare
     from iisan.data.dataset import PreparedDataset
-    from iisan.train.loop import train
+    from iisan.training.loop import train
 
     source, dataset, run = args.work / "src", args.work / "catalogue", args.work / "run"
     if not (run / "model.safetensors").is_file():

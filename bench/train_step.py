@@ -31,10 +31,10 @@ import torch
 from iisan.cache.encode import encode
 from iisan.config import EncodeConfig, PrepareConfig, SideNetworkConfig, TrainConfig
 from iisan.data import prepare
-from iisan.evaluate.runner import evaluate_split, item_embeddings
+from iisan.evaluation.runner import evaluate_split, item_embeddings
 from iisan.assemble import assemble
-from iisan.train.loop import build_optimizer, training_step
-from iisan.train.loss import log_popularity
+from iisan.training.loop import build_optimizer, training_step
+from iisan.training.loss import log_popularity
 
 SCIENTIFIC = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "amazon-scientific"
 

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from iisan.assemble import assemble_run
-from iisan.train.loop import build_optimizer, training_step
-from iisan.train.loss import log_popularity
+from iisan.training.loop import build_optimizer, training_step
+from iisan.training.loss import log_popularity
 
 BATCH = 64
 WARMUP = 3

@@ -67,7 +67,7 @@ def tiny_multimodal(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pat
 def tiny_run(tiny_multimodal, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished two-epoch IISAN run on ``tiny_multimodal``."""
     from iisan.config import TrainConfig
-    from iisan.train.loop import train
+    from iisan.training.loop import train
 
     dataset, cache = tiny_multimodal
     run = tmp_path_factory.mktemp("tiny-run") / "run"

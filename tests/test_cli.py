@@ -263,3 +263,20 @@ def test_report_from_the_cli(tiny_run, tmp_path):
     assert (tmp_path / "r.html").read_text().startswith("<!DOCTYPE html>")
     missing = runner.invoke(app, ["report", str(tmp_path / "nope"), "--out", str(tmp_path / "x.html")])
     assert missing.exit_code == 2 and "not a run directory" in missing.output
+
+
+def test_quiet_hides_progress_bars_and_only_iisan_logs(tmp_path, tiny_run):
+    args = ["data", "synth", "--items", "60", "--users", "30", "--categories", "4", "--colours", "3", "--image-size", "8", "--out"]
+    loud = runner.invoke(app, [*args, str(tmp_path / "a")])
+    assert loud.exit_code == 0 and "img/s" in loud.stderr  # the image progress bar
+    quiet = runner.invoke(app, ["-q", *args, str(tmp_path / "b")])
+    assert quiet.exit_code == 0 and quiet.stderr.strip() == ""
+    import polars as pl
+
+    key = pl.read_parquet(json.loads((tiny_run / "config.json").read_text())["dataset"] + "/items.parquet")["key"][0]
+    result = runner.invoke(app, ["recommend", str(tiny_run), "--history", key])
+    assert result.exit_code == 0, result.output
+    assert "faiss" not in result.stderr.lower()  # third-party INFO logs stay out
+    import logging
+
+    logging.getLogger("iisan").setLevel(logging.NOTSET)  # leave the process as other tests expect

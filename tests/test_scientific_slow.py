@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from iisan.cli import app
 from iisan.data.dataset import PreparedDataset
 from iisan.data.split import split_sequences
-from iisan.evaluate.metrics import metrics_from_ranks, pessimistic_ranks
+from iisan.evaluation.metrics import metrics_from_ranks, pessimistic_ranks
 from tests.conftest import SCIENTIFIC
 
 runner = CliRunner()

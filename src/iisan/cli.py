@@ -89,16 +89,17 @@ def _version(value: bool) -> None:
 @app.callback()
 def _main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug details.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Log warnings only.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Log warnings only, and hide progress bars.")] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
 ) -> None:
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(
-        level=level, format="%(message)s", datefmt="[%X]", force=True,
-        handlers=[RichHandler(console=stderr, show_path=False, rich_tracebacks=False)],
-    )
+    # Only iisan's own messages: other libraries keep Python's default (warnings and up).
+    logger = logging.getLogger("iisan")
+    logger.handlers = [RichHandler(console=stderr, show_path=False, rich_tracebacks=False)]
+    logger.handlers[0].setFormatter(logging.Formatter("%(message)s", datefmt="[%X]"))
+    logger.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
 
 
 def handles_errors(fn: F) -> F:
@@ -462,7 +463,7 @@ def train(
 
     from iisan.config import SideNetworkConfig, TrainConfig, UserEncoderConfig
     from iisan.distributed import is_main_process
-    from iisan.train.loop import train as run_train
+    from iisan.training.loop import train as run_train
 
     if resume:
         from iisan.checkpoint import read_run_config
@@ -529,7 +530,7 @@ def evaluate(
 
       iisan evaluate runs/sci-iisan --split valid --k 1,10,50 --json
     """
-    from iisan.evaluate.run import evaluate_run, metrics_key
+    from iisan.evaluation.run import evaluate_run, metrics_key
 
     result = evaluate_run(run, split=split.value, ks=_int_list(k, "--k"), include_history=include_history)
     if as_json:

@@ -33,7 +33,7 @@ def quickstart(out: str | Path, epochs: int = 50, seed: int = 42, force: bool = 
     from iisan.data.dataset import PreparedDataset
     from iisan.data.prepare import prepare
     from iisan.recommend import Recommender
-    from iisan.train.loop import train
+    from iisan.training.loop import train
 
     out = Path(out)
     check_replaceable(out, MARKER, force)

@@ -27,7 +27,7 @@ from PIL import Image
 from iisan.data.images import RefusedPath, check_relative, read_image_file
 from iisan.data.text import clean_text
 from iisan.errors import ConfigError, DatasetError, IisanError, InputError, NonFiniteError, UnknownItemError
-from iisan.evaluate.runner import item_embeddings
+from iisan.evaluation.runner import item_embeddings
 from iisan.index import INDEX_DIR, HnswSettings, ItemIndex, StoredIndex, load_index, save_index, weights_digest
 from iisan.features.live import RawContentSource
 from iisan.assemble import Assembled, assemble_run

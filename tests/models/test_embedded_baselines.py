@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from iisan.config import SideNetworkConfig, TrainConfig
-from iisan.evaluate.runner import item_embeddings
+from iisan.evaluation.runner import item_embeddings
 from iisan.models.baselines.embedded import EMBEDDED_METHODS
 from iisan.features import CachedSource
 from iisan.assemble import assemble
-from iisan.train.loop import build_optimizer, train, training_step
-from iisan.train.loss import log_popularity
+from iisan.training.loop import build_optimizer, train, training_step
+from iisan.training.loss import log_popularity
 
 CONFIG = TrainConfig(batch_size=16, seed=1, lr=3e-3, side_lr=3e-3, epochs=1, eval_batch_size=64)
 

@@ -9,8 +9,8 @@ import torch
 
 from iisan.config import TrainConfig
 from iisan.assemble import assemble
-from iisan.train.loop import build_optimizer, training_step
-from iisan.train.loss import log_popularity
+from iisan.training.loop import build_optimizer, training_step
+from iisan.training.loss import log_popularity
 
 
 def test_offset_starts_at_zero_moves_known_items_and_leaves_new_ones_alone(tiny_multimodal):

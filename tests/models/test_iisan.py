@@ -14,8 +14,8 @@ from iisan.models.features import ItemFeatures
 from iisan.models.iisan import GatedTower, IISANItemEncoder
 from iisan.models.sanb import SANB
 from iisan.assemble import assemble
-from iisan.train.loop import training_step, build_optimizer
-from iisan.train.loss import log_popularity
+from iisan.training.loop import training_step, build_optimizer
+from iisan.training.loss import log_popularity
 
 
 def paper_side(**changes) -> SideNetworkConfig:

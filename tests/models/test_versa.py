@@ -14,8 +14,8 @@ from iisan.models.features import ItemFeatures
 from iisan.models.iisan import IISANItemEncoder
 from iisan.models.versa import alignment_matrix, layer_groups
 from iisan.assemble import assemble
-from iisan.train.loop import build_optimizer, train, training_step
-from iisan.train.loss import log_popularity
+from iisan.training.loop import build_optimizer, train, training_step
+from iisan.training.loss import log_popularity
 
 
 def paper_side(**changes) -> SideNetworkConfig:

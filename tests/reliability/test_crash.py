@@ -24,7 +24,7 @@ from iisan import fileio
 from iisan.config import TrainConfig
 from iisan.fileio import CRASH_EXIT_CODE, SimulatedCrash
 from iisan.recommend import Recommender
-from iisan.train.loop import train
+from iisan.training.loop import train
 from tests.conftest import REPO
 
 NEW_KEYS = ["new-a", "new-b"]

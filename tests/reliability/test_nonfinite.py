@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from iisan.evaluate.metrics import metrics_from_ranks, pessimistic_ranks
+from iisan.evaluation.metrics import metrics_from_ranks, pessimistic_ranks
 from iisan.fileio import write_json_atomic
 from tests.reliability.conftest import cli, one_line_error
 

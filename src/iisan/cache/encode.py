@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from iisan.progress import progress
 
 from iisan.cache.store import (
     CACHE_VERSION, MANIFEST_FILE, MODALITIES, done_path, present_path, read_manifest, release_resident_pages,
@@ -155,9 +155,9 @@ def _encode_modality(
     start = time.perf_counter()
     written = 0
     last = start
-    with ThreadPoolExecutor(max_workers=config.workers) as pool, tqdm(
+    with ThreadPoolExecutor(max_workers=config.workers) as pool, progress(
         total=sum(len(b) for b in todo), desc=f"encode {modality}", unit="item", mininterval=1, smoothing=0.1
-    ) as progress:
+    ) as bar:
         pending: deque[tuple[np.ndarray, Any]] = deque()
         for batch in todo[:2]:  # one batch ahead: inputs are prepared while the model runs
             pending.append((batch, prepare(batch, pool)))
@@ -175,7 +175,7 @@ def _encode_modality(
                 present[rows] = 1
             done[batch] = 1
             written += len(batch)
-            progress.update(len(batch))
+            bar.update(len(batch))
             if time.perf_counter() - last > CHECKPOINT_SECONDS:
                 checkpoint()
                 last = time.perf_counter()

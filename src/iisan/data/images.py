@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Protocol
 
 from PIL import Image
-from tqdm import tqdm
+from iisan.progress import progress
 
 from iisan.data.problems import Problems
 from iisan.errors import InputError, MissingDependencyError
@@ -206,7 +206,7 @@ def materialise_images(
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = pool.map(place, range(len(keys)))
         for index, (image, kind, detail) in enumerate(
-            tqdm(results, total=len(keys), desc="images", unit="img", leave=False, mininterval=1)
+            progress(results, total=len(keys), desc="images", unit="img", leave=False, mininterval=1)
         ):
             placed[index] = image
             if kind is not None:

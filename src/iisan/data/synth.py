@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 from PIL import Image, ImageDraw
-from tqdm import tqdm
+from iisan.progress import progress
 
 from iisan.data.sources.tsv import SYNTH_INFO_FILE
 from iisan.errors import ConfigError
@@ -174,7 +174,7 @@ def _write_images(
     folder.mkdir()
     size = config.image_size
     palette = np.array(list(COLOURS.values()), dtype=np.int16)
-    for index in tqdm(np.flatnonzero(has_image), desc="images", unit="img", leave=False, mininterval=1):
+    for index in progress(np.flatnonzero(has_image), desc="images", unit="img", leave=False, mininterval=1):
         grain = rng.integers(-18, 19, size=(size, size, 1), dtype=np.int16)
         pixels = np.clip(palette[colour[index]] + grain, 0, 255).astype(np.uint8)
         image = Image.fromarray(pixels)

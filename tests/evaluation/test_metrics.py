@@ -9,8 +9,8 @@ import torch
 
 from iisan.data.split import EvalSplit
 from iisan.models.recommender import SequentialRecommender
-from iisan.evaluate.metrics import metrics_from_ranks, pessimistic_ranks
-from iisan.evaluate.runner import evaluate_split
+from iisan.evaluation.metrics import metrics_from_ranks, pessimistic_ranks
+from iisan.evaluation.runner import evaluate_split
 
 
 def brute_force(scores: list[list[float]], targets, histories, ks):

@@ -7,7 +7,7 @@ import torch
 
 from iisan.data.split import EvalSplit
 from iisan.errors import NonFiniteError
-from iisan.evaluate.metrics import metrics_from_ranks, pessimistic_ranks
+from iisan.evaluation.metrics import metrics_from_ranks, pessimistic_ranks
 from iisan.features import FeatureSource
 from iisan.models.recommender import SequentialRecommender
 from iisan.distributed import LOCAL, Workers

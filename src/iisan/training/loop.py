@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
+from iisan.progress import progress
 
 from iisan import __version__
 from iisan.config import TrainConfig
 from iisan.errors import ConfigError, MissingDependencyError, NonFiniteError
-from iisan.evaluate.runner import evaluate_split, item_embeddings
+from iisan.evaluation.runner import evaluate_split, item_embeddings
 from iisan.fileio import commit_generation, read_json_object, write_json_atomic
 from iisan.models.features import ItemFeatures
 from iisan.models.recommender import SequentialRecommender
@@ -31,7 +31,7 @@ from iisan.checkpoint import (
 from iisan.distributed import LOCAL, Workers
 from iisan.distributed import start as start_workers
 from iisan.distributed import stop as stop_workers
-from iisan.train.loss import candidate_softmax_loss, in_batch_softmax_loss, log_popularity, sampling_probabilities
+from iisan.training.loss import candidate_softmax_loss, in_batch_softmax_loss, log_popularity, sampling_probabilities
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ def _train_epoch(parts: Assembled, objective: torch.nn.Module, optimizer: torch.
     probabilities = sampling_probabilities(parts.splits.popularity) if config.loss == "sampled" else None
     total, steps = 0.0, 0
     batches = range(0, len(order), config.batch_size)
-    for start in tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, mininterval=1,
+    for start in progress(batches, desc=f"epoch {epoch}", unit="batch", leave=False, mininterval=1,
                       disable=not workers.is_main):
         batch = train_ids[order[start : start + config.batch_size]]
         mine = batch[workers.share(len(batch))]

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from iisan.train.loss import (
+from iisan.training.loss import (
     MASKED, candidate_softmax_loss, in_batch_softmax_loss, log_popularity, sampling_probabilities,
 )
 

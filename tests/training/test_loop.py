@@ -14,8 +14,8 @@ from iisan.config import SideNetworkConfig, TrainConfig, UserEncoderConfig
 from iisan.errors import ConfigError
 from iisan.assemble import assemble, assemble_run
 from iisan.checkpoint import resume_folder
-from iisan.train.loop import build_optimizer, train, training_step
-from iisan.train.loss import log_popularity
+from iisan.training.loop import build_optimizer, train, training_step
+from iisan.training.loss import log_popularity
 
 FAST = TrainConfig(epochs=2, batch_size=32, patience=5, seed=1, eval_batch_size=64)
 

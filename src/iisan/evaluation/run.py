@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from iisan.errors import ConfigError
-from iisan.evaluate.runner import DEFAULT_KS, evaluate_split, item_embeddings
+from iisan.evaluation.runner import DEFAULT_KS, evaluate_split, item_embeddings
 from iisan.fileio import read_json_object, write_json_atomic
 
 METRICS_FILE = "metrics.json"

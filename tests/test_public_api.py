@@ -1,0 +1,78 @@
+"""The public API: what ``import iisan`` exports, the README's Python pipeline, and an import
+graph without cycles between subpackages."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import iisan
+from tests.conftest import REPO
+
+PACKAGE = REPO / "src" / "iisan"
+
+
+def test_import_iisan_is_cheap_and_exports_the_pipeline():
+    code = "import iisan, sys; print('torch' in sys.modules, sorted(iisan.__all__))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("False")  # nothing heavy until a name is used
+    for name in ("prepare", "encode", "train", "evaluate", "Recommender", "TrainConfig", "EncodeConfig"):
+        assert name in out
+    assert iisan.evaluate.__name__ == "evaluate_run" and callable(iisan.train)
+
+
+def test_the_readme_python_pipeline_runs(tmp_path, monkeypatch):
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## From Python"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    code = code.replace('"minilm"', '"tiny-random-text"').replace("epochs=20", "epochs=1")
+    monkeypatch.chdir(tmp_path)
+    printed = []
+    exec(compile(code, "README.md", "exec"), {"print": printed.append})  # noqa: S102 - our own README
+    ndcg, ndcg_ranked, recommendations = printed
+    assert 0 <= ndcg <= 1 and 0 <= ndcg_ranked <= 1
+    assert len(recommendations) == 5 and all(isinstance(key, str) for key, _ in recommendations)
+
+
+def unit(module: str) -> str:
+    """iisan.x.y -> x: a subpackage or a top-level module."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "iisan"
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Every ``iisan`` import, at module level or inside functions, between units."""
+    edges: dict[str, set[str]] = defaultdict(set)
+    for path in PACKAGE.rglob("*.py"):
+        module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
+                     else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            for name in names:
+                if name.startswith("iisan.") and unit(name) != unit(module):
+                    edges[unit(module)].add(unit(name))
+    return edges
+
+
+def test_no_import_cycles_between_subpackages():
+    edges = import_graph()
+    assert "training" in edges["efficiency"] and "evaluation" in edges["training"]  # the graph is read
+
+    def cycle_from(start: str, path: list[str]) -> list[str] | None:
+        for nxt in sorted(edges.get(path[-1], ())):
+            if nxt == start:
+                return [*path, nxt]
+            if nxt not in path:
+                found = cycle_from(start, [*path, nxt])
+                if found:
+                    return found
+        return None
+
+    cycles = [c for u in sorted(edges) if (c := cycle_from(u, [u]))]
+    assert not cycles, f"import cycles: {cycles[:3]}"
+    assert not edges["models"] & {"cache", "data", "features", "training", "evaluation"}  # modules only
+    assert not edges["recommend"] & {"training"} and not edges["evaluation"] & {"training"}
