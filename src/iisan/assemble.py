@@ -9,16 +9,16 @@ from pathlib import Path
 import torch
 
 from iisan.cache.store import HiddenStateCache
+from iisan.checkpoint import CATALOGUE_FILE, WEIGHTS_FILE, load_weights, read_run_config
 from iisan.config import EMBEDDED_METHODS, TrainConfig
 from iisan.data.dataset import PreparedDataset
 from iisan.data.split import Splits, split_sequences
-from iisan.errors import ConfigError
+from iisan.errors import ConfigError, DatasetError
 from iisan.features import CachedSource, FeatureSource, IdOnlySource
-from iisan.models.baselines.embedded import EmbeddedEncoderItemEncoder
 from iisan.features.live import LiveSource, RawContentSource, load_encoders
+from iisan.models.baselines.embedded import EmbeddedEncoderItemEncoder
 from iisan.models.recommender import SequentialRecommender, build_item_encoder
 from iisan.models.user import UserEncoder
-from iisan.checkpoint import WEIGHTS_FILE, load_weights, read_run_config
 
 
 @dataclass
@@ -64,23 +64,91 @@ def assemble(dataset_dir: str | Path, cache_dir: str | Path | None, config: Trai
 def _model_and_source(config: TrainConfig, dataset: PreparedDataset, cache: HiddenStateCache | None,
                       shapes: dict[str, tuple[int, int]], device,
                       layers: dict[str, tuple[int, ...]] | None = None) -> tuple[SequentialRecommender, FeatureSource]:
-    user = UserEncoder(config.user)
-    if config.method in EMBEDDED_METHODS:
-        # The encoders run inside the tower on raw content; the cache only names them.
-        modalities = tuple(m for m in config.side.encoder_modalities if m in shapes)
-        entries = {m: cache.entry(m) for m in modalities}
-        encoders = load_encoders(entries, modalities, device)
-        item = EmbeddedEncoderItemEncoder(config.method, {m: e.model for m, e in encoders.items()},
-                                          {m: entries[m]["pooling"] for m in modalities}, config.user.dim,
-                                          adapter_bottleneck=config.side.bottleneck, lora_rank=config.lora_rank)
-        return SequentialRecommender(item, user), RawContentSource(dataset, entries, encoders)
+    entries = {m: cache.entry(m) for m in shapes} if cache is not None else {}
     constant = {m: cache.constant_layers(m) for m in shapes} if config.method == "iisan" and layers is None else None
-    model = SequentialRecommender(build_item_encoder(config, shapes, dataset.num_items, constant, layers), user)
+    model, encoders = build_model(config, shapes, dataset.num_items, entries, device, constant, layers)
+    if config.method in EMBEDDED_METHODS:
+        return model, RawContentSource(dataset, {m: entries[m] for m in encoders}, encoders)
     if config.method == "id":
         return model, IdOnlySource()
     if config.mode == "cached":
         return model, CachedSource(cache, model.layers)
-    return model, LiveSource(dataset, {m: cache.entry(m) for m in model.layers}, model.layers, device)
+    return model, LiveSource(dataset, {m: entries[m] for m in model.layers}, model.layers, device)
+
+
+def build_model(config: TrainConfig, shapes: dict[str, tuple[int, int]], num_items: int, entries: dict[str, dict],
+                device="cpu", constant: dict[str, tuple[int, ...]] | None = None,
+                layers: dict[str, tuple[int, ...]] | None = None) -> tuple[SequentialRecommender, dict]:
+    """The model ``config`` describes, from encoder shapes ``modality -> (L + 1, D)``; also
+    the encoders it runs inside (the encoder baselines), loaded from ``entries``."""
+    user = UserEncoder(config.user)
+    if config.method in EMBEDDED_METHODS:
+        # The encoders run inside the tower on raw content; the cache only names them.
+        modalities = tuple(m for m in config.side.encoder_modalities if m in shapes)
+        encoders = load_encoders({m: entries[m] for m in modalities}, modalities, device)
+        item = EmbeddedEncoderItemEncoder(config.method, {m: e.model for m, e in encoders.items()},
+                                          {m: entries[m]["pooling"] for m in modalities}, config.user.dim,
+                                          adapter_bottleneck=config.side.bottleneck, lora_rank=config.lora_rank)
+        return SequentialRecommender(item, user), encoders
+    return SequentialRecommender(build_item_encoder(config, shapes, num_items, constant, layers), user), {}
+
+
+@dataclass
+class TrainedRun:
+    """What recommending needs, read from the run folder alone (see :func:`load_trained`).
+
+    Attributes:
+        config: the run's training configuration.
+        model: the best weights, in eval mode.
+        items: the trained catalogue: ``item_id`` (1..N), ``key``, ``text``.
+        encoders: modality -> encoder identity (name, weight hash, pooling, settings), to
+            embed new items' content the way the catalogue was.
+        encoder_modules: the encoders running inside an encoder baseline's tower.
+    """
+
+    config: TrainConfig
+    model: SequentialRecommender
+    items: object  # polars DataFrame
+    encoders: dict[str, dict]
+    encoder_modules: dict
+
+
+def load_trained(run_dir: str | Path) -> TrainedRun:
+    """The trained model and its catalogue from the run folder only: its dataset and cache may
+    be elsewhere or gone (they are recorded in ``config.json`` as provenance).
+
+    Runs written before the folder held its catalogue (no ``items.parquet``) are assembled
+    from their dataset and cache instead.
+
+    Raises:
+        DatasetError: the run folder is incomplete or damaged (one line, with the fix).
+    """
+    import polars as pl
+
+    run_dir = Path(run_dir)
+    saved = read_run_config(run_dir)
+    catalogue = run_dir / CATALOGUE_FILE
+    if not catalogue.is_file():
+        parts = assemble_run(run_dir)
+        return TrainedRun(parts.config, parts.model, parts.dataset.items.select("item_id", "key", "text"),
+                          {m: parts.cache.entry(m) for m in parts.model.layers} if parts.cache else {},
+                          getattr(parts.source, "encoders", {}))
+    try:
+        items = pl.read_parquet(catalogue)
+    except (OSError, pl.exceptions.PolarsError) as err:
+        raise DatasetError(f"{catalogue} is damaged ({err}); retrain the run or restore the file") from None
+    if items.columns[:3] != ["item_id", "key", "text"] or items["item_id"].to_list() != list(range(1, len(items) + 1)) \
+            or len(items) != saved["num_items"]:
+        raise DatasetError(f"{catalogue} does not hold items 1..{saved['num_items']} with key and text; "
+                           "retrain the run or restore the file")
+    config = TrainConfig.from_json(saved["train"])
+    entries = saved.get("encoders", {})
+    shapes = {m: (int(e["num_layers"]) + 1, int(e["hidden_size"])) for m, e in entries.items()}
+    layers = {m: tuple(v) for m, v in saved["layers"].items()} or None
+    model, encoders = build_model(config, shapes, saved["num_items"], entries, layers=layers)
+    load_weights(run_dir / WEIGHTS_FILE, model)
+    model.eval()
+    return TrainedRun(config, model, items, entries, encoders)
 
 
 def assemble_run(run_dir: str | Path, mode: str | None = None) -> Assembled:

@@ -4,6 +4,8 @@
 
     RUN_DIR/config.json           the run's configuration tree, dataset and cache identity
     RUN_DIR/model.safetensors     best weights (by validation NDCG@10)
+    RUN_DIR/items.parquet         the trained catalogue (item_id, key, text)
+    RUN_DIR/index/                the item index (see iisan.index), built when training ends
     RUN_DIR/metrics.jsonl         one line per epoch
     RUN_DIR/resume/state.json     the last complete epoch's counters, naming its folder:
     RUN_DIR/resume/gen-000004/model.safetensors, optimizer.safetensors, optimizer.json   (for --resume)
@@ -27,6 +29,7 @@ from iisan.fileio import crash_point, current_generation, load_tensors, read_jso
 RUN_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+CATALOGUE_FILE = "items.parquet"  # the trained catalogue's item_id, key, text: recommending needs no dataset
 METRICS_LOG = "metrics.jsonl"
 RESUME_DIR = "resume"
 RESUME_FIX = "the resume state is damaged: start the run again with --force"

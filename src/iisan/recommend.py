@@ -26,11 +26,11 @@ from PIL import Image
 
 from iisan.data.images import RefusedPath, check_relative, read_image_file
 from iisan.data.text import clean_text
-from iisan.errors import ConfigError, DatasetError, IisanError, InputError, NonFiniteError, UnknownItemError
+from iisan.errors import CacheMismatchError, ConfigError, DatasetError, IisanError, InputError, NonFiniteError, UnknownItemError
 from iisan.evaluation.runner import item_embeddings
 from iisan.index import INDEX_DIR, HnswSettings, ItemIndex, StoredIndex, load_index, save_index, weights_digest
 from iisan.features.live import RawContentSource
-from iisan.assemble import Assembled, assemble_run
+from iisan.assemble import Assembled, TrainedRun, assemble_run, load_trained
 from iisan.checkpoint import WEIGHTS_FILE
 
 log = logging.getLogger(__name__)
@@ -68,18 +68,18 @@ class Recommender:
     millisecond; faiss does not allow searching while adding).
     """
 
-    def __init__(self, parts: Assembled, run_dir: Path, rebuild: str | None = None,
+    def __init__(self, trained: TrainedRun, run_dir: Path, rebuild: str | None = None,
                  hnsw: HnswSettings = HnswSettings()) -> None:
-        self.parts = parts
+        self.trained = trained
+        self.model = trained.model
         self.run_dir = run_dir
-        items = parts.dataset.items  # ids 1..N, checked when the dataset was loaded
-        self._trained_keys: list[str] = ["", *items["key"].to_list()]
-        self._trained_titles: list[str | None] = [None, *items["text"].to_list()]
-        self.max_seq_len = parts.config.user.max_seq_len
+        self._trained_keys: list[str] = ["", *trained.items["key"].to_list()]
+        self._trained_titles: list[str | None] = [None, *trained.items["text"].to_list()]
+        self.max_seq_len = trained.config.user.max_seq_len
         self._lock = threading.Lock()
         self._live = None  # the frozen encoders, loaded on the first add_items
+        self._parts: Assembled | None = None  # dataset and cache, only to re-embed the catalogue
         self._weights = weights_digest(self.weights_file)
-        self.dropped_added = 0  # items a rebuild could not keep (their stored index was unreadable)
         if rebuild is None:
             stored = load_index(self.index_dir, self.weights_file)
             self._catalogue = self._catalogue_of(stored) if stored is not None else self._build("flat", HnswSettings())
@@ -93,7 +93,8 @@ class Recommender:
 
     @classmethod
     def load(cls, run_dir: str | Path, rebuild: str | None = None, hnsw: HnswSettings = HnswSettings()) -> Recommender:
-        """Load a run and its index (building and saving an exact index the first time).
+        """Load a run and its index from the run folder alone (its dataset and cache may be
+        gone; they are needed only to build the index again).
 
         ``rebuild`` (``flat`` or ``hnsw``): build a fresh index of that kind whatever state the
         stored one is in, keeping the items added since when they are readable.
@@ -102,7 +103,22 @@ class Recommender:
             ConfigError, DatasetError: the run or its index cannot be used.
         """
         run_dir = Path(run_dir)
-        return cls(assemble_run(run_dir), run_dir, rebuild, hnsw)
+        return cls(load_trained(run_dir), run_dir, rebuild, hnsw)
+
+    @property
+    def parts(self) -> Assembled:
+        """The run's dataset, cache and feature source: what embedding the catalogue again needs.
+
+        Raises:
+            DatasetError: they are no longer where the run was trained from.
+        """
+        if self._parts is None:
+            try:
+                self._parts = assemble_run(self.run_dir)
+            except (DatasetError, CacheMismatchError) as err:
+                raise DatasetError(f"embedding the catalogue again needs the run's dataset and cache, "
+                                   f"recorded in {self.run_dir / 'config.json'}: {err}") from None
+        return self._parts
 
     @property
     def index_dir(self) -> Path:
@@ -141,7 +157,7 @@ class Recommender:
     @property
     def trained_items(self) -> int:
         """Items of the training catalogue; ids above it were added later."""
-        return self.parts.dataset.num_items
+        return len(self.trained.items)
 
     def title(self, key: str) -> str | None:
         catalogue = self._catalogue
@@ -155,7 +171,7 @@ class Recommender:
 
     def _build(self, kind: str, hnsw: HnswSettings, keep: StoredIndex | None = None) -> Catalogue:
         """Embed the trained catalogue, index it with ``keep``'s added items, and commit it."""
-        base = item_embeddings(self.parts.model, self.parts.source, self.trained_items).numpy()
+        base = item_embeddings(self.model, self.parts.source, self.trained_items).numpy()
         if keep is None:
             rows = np.zeros((0, base.shape[1]), dtype=np.float32)
             added = pl.DataFrame(schema={"item_id": pl.Int64, "key": pl.String, "text": pl.String})
@@ -205,7 +221,7 @@ class Recommender:
             for row, (_, ids) in enumerate(rows):
                 recent = ids[-self.max_seq_len:]
                 inputs[row, -len(recent):] = recent
-            vectors = self.parts.model.user_vectors(self.embeddings, inputs).numpy()
+            vectors = self.model.user_vectors(self.embeddings, inputs).numpy()
             finite = np.isfinite(vectors).all(axis=1)
             exclude = [set(ids) if queries[n].exclude_seen else set() for n, ids in rows]
             k = min(max(queries[n].k for n, _ in rows), self.num_items)
@@ -259,9 +275,9 @@ class Recommender:
                 features = live.content_features(ids, texts, images)
             except (OSError, ValueError) as err:
                 raise InputError(f"cannot decode an image: {err}") from err
-            self.parts.model.eval()
+            self.model.eval()
             with torch.no_grad():
-                rows = self.parts.model.embed_items(features).numpy().astype(np.float32)
+                rows = self.model.embed_items(features).numpy().astype(np.float32)
             if not np.isfinite(rows).all():
                 raise NonFiniteError("the model gives non-finite embeddings for these items; nothing was added")
             table = pl.concat([now.stored.added, pl.DataFrame({"item_id": ids.astype(np.int64), "key": keys,
@@ -296,7 +312,7 @@ class Recommender:
         inputs = self.parts.splits.test.inputs
         rows = np.random.default_rng(seed).choice(len(inputs), size=min(queries, len(inputs)), replace=False)
         with self._lock:
-            vectors = self.parts.model.user_vectors(self.embeddings, inputs[rows]).numpy()
+            vectors = self.model.user_vectors(self.embeddings, inputs[rows]).numpy()
             found, _ = self.index.search(vectors, k)
             # Exact answers from the flat index, in chunks: a [queries, N] score matrix
             # would take gigabytes at the million-item sizes HNSW is meant for.
@@ -308,7 +324,7 @@ class Recommender:
                 f"recall@{k}": round(hits / (len(rows) * k), 4)}
 
     def _validate(self, items: list[dict[str, Any]]) -> tuple[list[str], list[str], list[bytes | None]]:
-        layers = self.parts.model.layers
+        layers = self.model.layers
         if not layers:
             raise InputError("this run's items are ids without content (method id): new items cannot be embedded")
         if not items:
@@ -343,14 +359,16 @@ class Recommender:
         return keys, texts, images
 
     def _live_source(self):
-        if isinstance(self.parts.source, RawContentSource):
-            return self.parts.source  # the encoder baselines read raw content anyway
+        """The encoders that embed new items' content as the catalogue's was (names and
+        settings from the run's config.json; the weights come from the encoder packages)."""
         if self._live is None:
-            from iisan.features.live import LiveSource
+            if self.trained.encoder_modules:  # the encoder baselines run them inside the tower
+                self._live = RawContentSource(None, self.trained.encoders, self.trained.encoder_modules)
+            else:
+                from iisan.features.live import LiveSource
 
-            cache = self.parts.cache
-            self._live = LiveSource(self.parts.dataset, {m: cache.entry(m) for m in self.parts.model.layers},
-                                    self.parts.model.layers)
+                layers = self.model.layers
+                self._live = LiveSource(None, {m: self.trained.encoders[m] for m in layers}, layers)
         return self._live
 
 

@@ -47,11 +47,13 @@ class _RawContent:
     """Texts and image bytes of a prepared dataset's items, by item id; subclasses turn them
     into features with ``content_features``."""
 
-    def __init__(self, dataset: PreparedDataset, modalities) -> None:
+    def __init__(self, dataset: PreparedDataset | None, modalities) -> None:
+        # Without a dataset (a run loaded from its own folder) only content_features works:
+        # the new items' content is given, the catalogue's is never read again.
         self.dataset = dataset
         self.modalities = tuple(modalities)
-        self.texts = dataset.items["text"].fill_null("").to_list()
-        self.images = dataset.items["image"].to_list()
+        self.texts = dataset.items["text"].fill_null("").to_list() if dataset is not None else []
+        self.images = dataset.items["image"].to_list() if dataset is not None else []
 
     def features(self, ids: np.ndarray) -> ItemFeatures:
         ids = np.asarray(ids, dtype=np.int64)
@@ -84,7 +86,7 @@ class LiveSource(_RawContent):
         layers: modality -> the layers the item tower reads.
     """
 
-    def __init__(self, dataset: PreparedDataset, entries: dict[str, dict], layers: dict[str, tuple[int, ...]],
+    def __init__(self, dataset: PreparedDataset | None, entries: dict[str, dict], layers: dict[str, tuple[int, ...]],
                  device: torch.device | str = "cpu") -> None:
         super().__init__(dataset, layers)
         self.layers = layers
@@ -123,7 +125,7 @@ class RawContentSource(_RawContent):
         encoders: modality -> the loaded encoder (its tokenizer and image preprocessing).
     """
 
-    def __init__(self, dataset: PreparedDataset, entries: dict[str, dict], encoders: dict[str, FrozenEncoder]) -> None:
+    def __init__(self, dataset: PreparedDataset | None, entries: dict[str, dict], encoders: dict[str, FrozenEncoder]) -> None:
         super().__init__(dataset, encoders)
         self.entries = entries
         self.encoders = encoders

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from iisan.progress import progress
@@ -20,12 +21,13 @@ from iisan import __version__
 from iisan.config import TrainConfig
 from iisan.errors import ConfigError, MissingDependencyError, NonFiniteError
 from iisan.evaluation.runner import evaluate_split, item_embeddings
-from iisan.fileio import commit_generation, read_json_object, write_json_atomic
+from iisan.fileio import commit_generation, read_json_object, write_atomic, write_json_atomic
+from iisan.index import INDEX_DIR, ItemIndex, StoredIndex, save_index, weights_digest
 from iisan.models.features import ItemFeatures
 from iisan.models.recommender import SequentialRecommender
 from iisan.assemble import Assembled, assemble
 from iisan.checkpoint import (
-    CONFIG_FILE, RESUME_DIR, RESUME_FIX, RUN_VERSION, WEIGHTS_FILE, append_metrics, load_optimizer, load_weights,
+    CATALOGUE_FILE, CONFIG_FILE, RESUME_DIR, RESUME_FIX, RUN_VERSION, WEIGHTS_FILE, append_metrics, load_optimizer, load_weights,
     read_run_config, resume_folder, save_optimizer, save_weights, trim_metrics,
 )
 from iisan.distributed import LOCAL, Workers
@@ -107,11 +109,13 @@ def _train(dataset_dir: Path, run_dir: Path, config: TrainConfig, cache_dir, res
         trim_metrics(run_dir, 0)  # resumed before any epoch was complete: start the log over
     writer = _tensorboard(run_dir) if tensorboard and workers.is_main else None
 
-    def evaluate(*splits: str) -> dict[str, dict[str, float]]:
-        items = item_embeddings(model, parts.source, parts.dataset.num_items, workers)  # once for all splits
+    def evaluate(items: torch.Tensor, *splits: str) -> dict[str, dict[str, float]]:
         return {split: evaluate_split(model, items, getattr(parts.splits, split), batch_size=config.eval_batch_size,
                                       include_history=config.include_history, workers=workers)
                 for split in splits}
+
+    def embed_catalogue() -> torch.Tensor:  # once for all splits
+        return item_embeddings(model, parts.source, parts.dataset.num_items, workers)
 
     best_weights = None  # kept in memory: ranks need not read back what rank 0 wrote
     epoch_seconds = []
@@ -121,7 +125,7 @@ def _train(dataset_dir: Path, run_dir: Path, config: TrainConfig, cache_dir, res
         loss = _train_epoch(parts, objective, optimizer, epoch, workers)
         seconds = time.perf_counter() - start
         epoch_seconds.append(seconds)
-        valid = evaluate("valid")["valid"]
+        valid = evaluate(embed_catalogue(), "valid")["valid"]
         improved = valid[SELECT_METRIC] > state["best"]
         if improved:
             state.update(best=valid[SELECT_METRIC], best_epoch=epoch, bad_epochs=0)
@@ -145,9 +149,11 @@ def _train(dataset_dir: Path, run_dir: Path, config: TrainConfig, cache_dir, res
         model.load_state_dict(best_weights)
     else:  # resumed after the last epoch: the best weights are only on disk
         load_weights(run_dir / WEIGHTS_FILE, model)
-    results = evaluate("valid", "test")
+    items = embed_catalogue()
+    results = evaluate(items, "valid", "test")
     if workers.is_main:
         write_json_atomic(run_dir / "metrics.json", results)
+        _write_catalogue(run_dir, parts, items.cpu().numpy())
     if writer is not None:
         writer.close()
     workers.barrier()  # nobody leaves before rank 0 has written everything
@@ -336,6 +342,16 @@ def _write_run_config(run_dir: Path, parts: Assembled, dataset_dir, cache_dir, w
         "num_items": parts.dataset.num_items,
         "ranks": workers.world_size,
     })
+
+
+def _write_catalogue(run_dir: Path, parts: Assembled, embeddings: np.ndarray) -> None:
+    """The trained catalogue (keys, texts) and its exact index, so the run folder alone
+    answers queries: moved elsewhere, or with its dataset and cache deleted."""
+    empty = pl.DataFrame(schema={"item_id": pl.Int64, "key": pl.String, "text": pl.String})
+    write_atomic(run_dir / CATALOGUE_FILE,
+                 lambda tmp: parts.dataset.items.select("item_id", "key", "text").write_parquet(tmp))
+    stored = StoredIndex(ItemIndex(embeddings, "flat"), embeddings, empty)
+    save_index(run_dir / INDEX_DIR, stored, parts.dataset.num_items, weights_digest(run_dir / WEIGHTS_FILE))
 
 
 def _save_resume_state(run_dir: Path, model, optimizer, state: dict) -> None:
