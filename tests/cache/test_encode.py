@@ -170,6 +170,28 @@ def many_items(tmp_path_factory) -> Path:
     return root / "ds"
 
 
+def test_a_crash_at_a_checkpoint_then_resume_is_bit_identical(multimodal, tmp_path, monkeypatch):
+    """The fast variant of the kill -9 test below: the crash hook stops encode at its third
+    checkpoint (IISAN_CRASH_MODE=raise, in-process), part way through the text states."""
+    from iisan import fileio
+    from iisan.cache import encode as encode_module
+
+    config = EncodeConfig(text_encoder="tiny-random-text", image_encoder=None, batch_size=4)
+    monkeypatch.setattr(encode_module, "CHECKPOINT_SECONDS", 0.0)  # a checkpoint after every batch
+    monkeypatch.setenv(fileio.CRASH_ENV, "9")
+    monkeypatch.setenv("IISAN_CRASH_MODE", "raise")
+    monkeypatch.setattr(fileio, "crash_points_passed", 0)
+    with pytest.raises(fileio.SimulatedCrash):
+        encode(multimodal, tmp_path / "crashed", config)
+    monkeypatch.delenv(fileio.CRASH_ENV)
+    resumed = encode(multimodal, tmp_path / "crashed", config)
+    assert 0 < resumed["modalities"]["text"]["rows_already_done"] < PreparedDataset.load(multimodal).num_items
+    encode(multimodal, tmp_path / "clean", config)
+    for name in ("text.npy", "text.done.npy", "text.present.npy"):
+        assert (tmp_path / "crashed" / name).read_bytes() == (tmp_path / "clean" / name).read_bytes(), name
+
+
+@pytest.mark.slow
 def test_kill_9_then_resume_is_bit_identical(many_items, tmp_path):
     args = ["--text-encoder", "tiny-random-text", "--image-encoder", "none", "--batch-size", "4"]
     command = [sys.executable, "-m", "iisan", "-q", "encode", str(many_items), "--out", str(tmp_path / "killed"), *args]
