@@ -10,13 +10,13 @@ import torch
 
 from iisan.cache.store import HiddenStateCache
 from iisan.checkpoint import CATALOGUE_FILE, WEIGHTS_FILE, load_weights, read_run_config
-from iisan.config import EMBEDDED_METHODS, TrainConfig
+from iisan.config import TrainConfig
 from iisan.data.dataset import PreparedDataset
 from iisan.data.split import Splits, split_sequences
 from iisan.errors import ConfigError, DatasetError
 from iisan.features import CachedSource, FeatureSource, IdOnlySource
 from iisan.features.live import LiveSource, RawContentSource, load_encoders
-from iisan.models.baselines.embedded import EmbeddedEncoderItemEncoder
+from iisan.methods import get_method
 from iisan.models.recommender import SequentialRecommender, build_item_encoder
 from iisan.models.user import UserEncoder
 
@@ -49,7 +49,7 @@ def assemble(dataset_dir: str | Path, cache_dir: str | Path | None, config: Trai
     config = dataclasses.replace(config, user=dataclasses.replace(config.user, max_seq_len=int(dataset.meta["max_seq_len"])))
     cache = None
     shapes: dict[str, tuple[int, int]] = {}
-    if config.method != "id":
+    if get_method(config.method).reads != "ids":
         if cache_dir is None:
             raise ConfigError(f"method {config.method!r} reads encoder states: pass --cache (build it with `iisan encode`)")
         cache = HiddenStateCache.open(cache_dir, dataset.fingerprint)
@@ -65,11 +65,13 @@ def _model_and_source(config: TrainConfig, dataset: PreparedDataset, cache: Hidd
                       shapes: dict[str, tuple[int, int]], device,
                       layers: dict[str, tuple[int, ...]] | None = None) -> tuple[SequentialRecommender, FeatureSource]:
     entries = {m: cache.entry(m) for m in shapes} if cache is not None else {}
-    constant = {m: cache.constant_layers(m) for m in shapes} if config.method == "iisan" and layers is None else None
+    reads_states = get_method(config.method).reads == "states"
+    constant = {m: cache.constant_layers(m) for m in shapes} if reads_states and layers is None else None
     model, encoders = build_model(config, shapes, dataset.num_items, entries, device, constant, layers)
-    if config.method in EMBEDDED_METHODS:
+    reads = get_method(config.method).reads
+    if reads == "raw":
         return model, RawContentSource(dataset, {m: entries[m] for m in encoders}, encoders)
-    if config.method == "id":
+    if reads == "ids":
         return model, IdOnlySource()
     if config.mode == "cached":
         return model, CachedSource(cache, model.layers)
@@ -81,16 +83,15 @@ def build_model(config: TrainConfig, shapes: dict[str, tuple[int, int]], num_ite
                 layers: dict[str, tuple[int, ...]] | None = None) -> tuple[SequentialRecommender, dict]:
     """The model ``config`` describes, from encoder shapes ``modality -> (L + 1, D)``; also
     the encoders it runs inside (the encoder baselines), loaded from ``entries``."""
-    user = UserEncoder(config.user)
-    if config.method in EMBEDDED_METHODS:
+    user = UserEncoder(config.user)  # first: the random initialisation order of every earlier run
+    encoders = {}
+    if get_method(config.method).reads == "raw":
         # The encoders run inside the tower on raw content; the cache only names them.
         modalities = tuple(m for m in config.side.encoder_modalities if m in shapes)
         encoders = load_encoders({m: entries[m] for m in modalities}, modalities, device)
-        item = EmbeddedEncoderItemEncoder(config.method, {m: e.model for m, e in encoders.items()},
-                                          {m: entries[m]["pooling"] for m in modalities}, config.user.dim,
-                                          adapter_bottleneck=config.side.bottleneck, lora_rank=config.lora_rank)
-        return SequentialRecommender(item, user), encoders
-    return SequentialRecommender(build_item_encoder(config, shapes, num_items, constant, layers), user), {}
+    poolings = {m: entries[m]["pooling"] for m in encoders}
+    item = build_item_encoder(config, shapes, num_items, constant, layers, encoders, poolings)
+    return SequentialRecommender(item, user), encoders
 
 
 @dataclass

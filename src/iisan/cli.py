@@ -28,6 +28,7 @@ from iisan.config import (
 )
 from iisan.efficiency import DEFAULT_METHODS as EFFICIENCY_METHODS
 from iisan.errors import ConfigError, IisanError
+from iisan.methods import get_method
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -60,6 +61,8 @@ def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
 
 
 Method = _choices("Method", METHODS)
+METHOD_HELP = "; ".join(f"{name}: {get_method(name).summary}" for name in METHODS) + (
+    ". Methods that train the encoders read their names from --cache's manifest and run them on raw content.")
 Modality = _choices("Modality", MODALITIES)
 Mode = _choices("Mode", MODES)
 InterLayers = _choices("InterLayers", INTER_LAYERS)
@@ -404,7 +407,7 @@ def train(
     dataset: Annotated[Path, typer.Argument(help="Prepared dataset folder.", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.", show_default=False)],
     cache: Annotated[Path | None, typer.Option(help="Hidden-state cache from `iisan encode` (not needed for --method id).", show_default=False)] = None,
-    method: Annotated[Method, typer.Option(help="iisan: side network; frozen: linear head on the last cached layer; id: SASRec with item-id embeddings; fft, adapter, lora, bitfit: the encoders (named by --cache's manifest) run on raw content and are trained: all weights, Houlsby adapters, LoRA, biases.")] = Method.iisan,
+    method: Annotated[Method, typer.Option(help=METHOD_HELP)] = Method.iisan,
     modality: Annotated[Modality, typer.Option(help="Towers feeding the item embedding.")] = Modality.intra_inter,
     mode: Annotated[Mode, typer.Option(help="cached: read the cache; uncached: run the frozen encoders in the graph (same results, slower).")] = Mode.cached,
     epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 50,

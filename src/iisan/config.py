@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from iisan.errors import ConfigError
+from iisan.methods import get_method, method_names
 
 FORMATS = ("iisan-tsv", "amazon2023", "csv", "movielens")
 POOLINGS = ("auto", "cls", "mean", "last")
@@ -147,11 +148,12 @@ class EncodeConfig:
 MODALITIES = ("text", "image", "intra", "inter", "intra_inter")
 INTER_LAYERS = ("last", "mean", "truncate")
 DTL_TARGETS = ("smaller", "larger")
-METHODS = ("iisan", "frozen", "id", "fft", "adapter", "lora", "bitfit")
-EMBEDDED_METHODS = ("fft", "adapter", "lora", "bitfit")  # run and train the encoders on raw content
+# From the method registry (iisan.methods): one entry per method.
+METHODS = method_names()
+EMBEDDED_METHODS = method_names(reads="raw")  # run and train the encoders on raw content
 MODES = ("cached", "uncached")
 LAYER_RULES = ("all", "every_other")
-OFFSET_METHODS = ("iisan", "frozen")  # content methods with a cached item catalogue
+OFFSET_METHODS = tuple(name for name in METHODS if get_method(name).id_offset)
 LOSSES = ("full", "sampled", "in_batch")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -246,16 +248,6 @@ class UserEncoderConfig:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
-# Where a method trains best with other settings than the general defaults (README,
-# "Accuracy"): fft's side_lr, because 1e-3 is too high for updating every weight of a
-# pretrained encoder; id follows RecBole's SASRec recipe (cross-entropy over the whole
-# catalogue, dropout 0.5, patience 10), which an id embedding table needs: with in-batch
-# negatives a rare item is almost never a negative.
-METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "fft": {"side_lr": 1e-4},
-    "id": {"loss": "full", "patience": 10, "dropout": 0.5},
-}
-
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -313,8 +305,7 @@ class TrainConfig:
     user: UserEncoderConfig = field(default_factory=UserEncoderConfig)
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        get_method(self.method)  # raises ConfigError naming the registered methods
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         for name in ("epochs", "batch_size", "eval_batch_size", "patience", "lora_rank"):
@@ -322,7 +313,7 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.loss not in LOSSES:
             raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        if self.method not in OFFSET_METHODS:  # not applicable: the saved config says it was not used
+        if not get_method(self.method).id_offset:  # not applicable: the saved config says it was not used
             object.__setattr__(self, "id_offset", False)
         if self.negatives < 0:
             raise ConfigError(f"negatives must be 0 or more, got {self.negatives}")
@@ -334,8 +325,8 @@ class TrainConfig:
 
     @classmethod
     def for_method(cls, method: str, **changes: Any) -> TrainConfig:
-        """A config with ``method``'s own defaults (:data:`METHOD_DEFAULTS`), then ``changes``."""
-        own = dict(METHOD_DEFAULTS.get(method, {}))
+        """A config with ``method``'s own defaults (its registry entry's), then ``changes``."""
+        own = dict(get_method(method).defaults)
         dropout = own.pop("dropout", None)
         if dropout is not None and "user" not in changes:
             changes["user"] = UserEncoderConfig(dropout=dropout)

@@ -27,17 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from iisan.errors import ConfigError
+from iisan.methods import method_names
 
-METHODS = {
-    # name -> (TrainConfig.method, TrainConfig.mode)
-    "fft": ("fft", "cached"),
-    "adapter": ("adapter", "cached"),
-    "lora": ("lora", "cached"),
-    "bitfit": ("bitfit", "cached"),
-    "frozen": ("frozen", "cached"),
-    "iisan-uncached": ("iisan", "uncached"),
-    "iisan-cached": ("iisan", "cached"),
-}
+# bench name -> (TrainConfig.method, TrainConfig.mode), from the method registry: every
+# method that reads content, and IISAN both ways (the paper's cached-vs-uncached comparison)
+METHODS = {name: (name, "cached") for name in method_names(reads="raw")}
+for _name in method_names(reads="states"):
+    METHODS.update({"iisan-uncached": ("iisan", "uncached"), "iisan-cached": ("iisan", "cached")}
+                   if _name == "iisan" else {_name: (_name, "cached")})
 DEFAULT_METHODS = ("fft", "adapter", "lora", "bitfit", "iisan-uncached", "iisan-cached")
 TPME_WEIGHTS = (0.45, 0.1, 0.45)  # time, trainable parameters, memory
 WARMUP_STEPS = 3

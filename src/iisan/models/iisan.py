@@ -132,3 +132,9 @@ class IISANItemEncoder(nn.Module):
                 embedding = embedding * features.present["image"].unsqueeze(-1).to(embedding.dtype)
             outputs.append(embedding)
         return self.fusion(torch.cat(outputs, dim=-1))
+
+
+def build_tower(config, context) -> IISANItemEncoder:
+    """The ``iisan`` entry of the method registry (:mod:`iisan.methods`)."""
+    return IISANItemEncoder(config.side, context.shapes, config.user.dim, constant=context.constant,
+                            layers=context.layers)

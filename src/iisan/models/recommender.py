@@ -6,28 +6,22 @@ import torch
 from torch import nn
 
 from iisan.config import TrainConfig
-from iisan.models.baselines.frozen import FrozenFeatureItemEncoder
-from iisan.models.baselines.id import IdItemEncoder
+from iisan.methods import TowerContext, get_method
 from iisan.models.features import ItemFeatures
 from iisan.models.id_offset import ContentWithIdOffset
-from iisan.models.iisan import IISANItemEncoder
 from iisan.models.user import UserEncoder
 
 
 def build_item_encoder(config: TrainConfig, shapes: dict[str, tuple[int, int]], num_items: int,
                        constant: dict[str, tuple[int, ...]] | None = None,
-                       layers: dict[str, tuple[int, ...]] | None = None) -> nn.Module:
-    """The item tower for ``config.method``; ``shapes`` maps modality -> ``(L + 1, D)``;
-    ``constant`` and ``layers``: see :class:`IISANItemEncoder`."""
-    dim = config.user.dim
-    if config.method == "id":
-        return IdItemEncoder(num_items, dim)
-    if config.method == "frozen":
-        modalities = tuple(m for m in config.side.encoder_modalities if m in shapes)
-        tower: nn.Module = FrozenFeatureItemEncoder(modalities, shapes, dim)
-    else:
-        tower = IISANItemEncoder(config.side, shapes, dim, constant=constant, layers=layers)
-    return ContentWithIdOffset(tower, num_items, dim) if config.id_offset else tower
+                       layers: dict[str, tuple[int, ...]] | None = None,
+                       encoders: dict | None = None, poolings: dict[str, str] | None = None) -> nn.Module:
+    """The item tower of ``config.method``, from its registry entry (:mod:`iisan.methods`);
+    ``shapes`` maps modality -> ``(L + 1, D)``; the rest: see :class:`~iisan.methods.TowerContext`.
+    Wrapped with per-item id offsets when ``config.id_offset``."""
+    context = TowerContext(shapes, num_items, constant, layers, encoders or {}, poolings or {})
+    tower = get_method(config.method).build_tower(config, context)
+    return ContentWithIdOffset(tower, num_items, config.user.dim) if config.id_offset else tower
 
 
 class SequentialRecommender(nn.Module):

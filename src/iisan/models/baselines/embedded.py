@@ -22,9 +22,10 @@ from torch import nn
 
 from iisan.encoders.frozen import pool_tokens
 from iisan.errors import ConfigError
+from iisan.methods import method_names
 from iisan.models.features import ItemFeatures
 
-EMBEDDED_METHODS = ("fft", "adapter", "lora", "bitfit")
+EMBEDDED_METHODS = method_names(reads="raw")
 
 # Where, inside one transformer layer of each supported architecture, the attention and
 # feed-forward outputs are projected back to the hidden width (BERT/MiniLM, DINOv2, MPNet).
@@ -176,3 +177,11 @@ class EmbeddedEncoderItemEncoder(nn.Module):
                 embedding = embedding * present.unsqueeze(-1).to(embedding.dtype)
             outputs.append(embedding)
         return self.fusion(torch.cat(outputs, dim=-1))
+
+
+def build_tower(config, context) -> EmbeddedEncoderItemEncoder:
+    """The ``fft``, ``adapter``, ``lora`` and ``bitfit`` entries of the method registry
+    (:mod:`iisan.methods`): the encoders in ``context.encoders``, prepared for ``config.method``."""
+    return EmbeddedEncoderItemEncoder(config.method, {m: e.model for m, e in context.encoders.items()},
+                                      context.poolings, config.user.dim,
+                                      adapter_bottleneck=config.side.bottleneck, lora_rank=config.lora_rank)

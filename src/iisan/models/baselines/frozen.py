@@ -32,3 +32,9 @@ class FrozenFeatureItemEncoder(nn.Module):
                 embedding = embedding * features.present["image"].unsqueeze(-1).to(embedding.dtype)
             outputs.append(embedding)
         return self.fusion(torch.cat(outputs, dim=-1))
+
+
+def build_tower(config, context) -> FrozenFeatureItemEncoder:
+    """The ``frozen`` entry of the method registry (:mod:`iisan.methods`)."""
+    modalities = tuple(m for m in config.side.encoder_modalities if m in context.shapes)
+    return FrozenFeatureItemEncoder(modalities, context.shapes, config.user.dim)

@@ -22,3 +22,8 @@ class IdItemEncoder(nn.Module):
 
     def forward(self, features: ItemFeatures) -> torch.Tensor:
         return self.embedding(features.ids)
+
+
+def build_tower(config, context) -> IdItemEncoder:
+    """The ``id`` entry of the method registry (:mod:`iisan.methods`)."""
+    return IdItemEncoder(context.num_items, config.user.dim)

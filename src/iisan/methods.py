@@ -1,0 +1,125 @@
+"""The training methods, registered once each: what the item tower is, what it reads, and
+the defaults it trains with. Config validation, CLI choices and help, the efficiency bench
+and model assembly all read this table.
+
+Adding a method is a module with a tower builder and one :func:`register_method` call::
+
+    register_method(Method("mine", "my item tower", reads="states",
+                           tower="iisan.models.mine:build_tower", defaults={"lr": 5e-4}))
+
+where ``build_tower(config, context)`` returns an ``nn.Module`` mapping
+:class:`~iisan.models.features.ItemFeatures` to item embeddings ``[n, d]`` (see
+:class:`TowerContext` for what it is given). This module imports nothing heavy: towers are
+imported when first built.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from iisan.errors import ConfigError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+READS = ("ids", "states", "raw")
+
+
+@dataclass(frozen=True)
+class Method:
+    """One training method.
+
+    Attributes:
+        name: what ``--method`` and ``TrainConfig.method`` call it.
+        summary: one line for ``--help``.
+        reads: ``ids`` (item ids only), ``states`` (the encoders' per-layer hidden states,
+            from the cache or run live), or ``raw`` (the tower runs and trains the encoders
+            on raw content; the cache only names them).
+        tower: ``"module:function"`` building the item tower.
+        defaults: ``TrainConfig`` values this method trains with unless told otherwise
+            (``dropout`` sets the user encoder's).
+        id_offset: whether per-item id offsets apply (content methods with a cached catalogue).
+    """
+
+    name: str
+    summary: str
+    reads: str
+    tower: str
+    defaults: dict[str, Any] = field(default_factory=dict)
+    id_offset: bool = False
+
+    def build_tower(self, config, context: TowerContext) -> nn.Module:
+        module, function = self.tower.split(":")
+        return getattr(importlib.import_module(module), function)(config, context)
+
+
+@dataclass
+class TowerContext:
+    """What a tower builder is given.
+
+    Attributes:
+        shapes: modality -> ``(L + 1, D)`` of the encoder's hidden states.
+        num_items: N, the catalogue size (ids 1..N).
+        constant: modality -> layers whose state is the same for every item (never read).
+        layers: modality -> the layers to read, when already decided (a trained run's).
+        encoders: modality -> the loaded encoder, for ``reads="raw"`` methods.
+        poolings: modality -> the pooling the cache was built with.
+    """
+
+    shapes: dict[str, tuple[int, int]]
+    num_items: int
+    constant: dict[str, tuple[int, ...]] | None = None
+    layers: dict[str, tuple[int, ...]] | None = None
+    encoders: dict[str, Any] = field(default_factory=dict)
+    poolings: dict[str, str] = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register_method(method: Method) -> Method:
+    """Add ``method`` to the table (its name must be new)."""
+    if method.reads not in READS:
+        raise ValueError(f"reads must be one of {', '.join(READS)}, got {method.reads!r}")
+    if method.name in _REGISTRY:
+        raise ValueError(f"method {method.name!r} is registered already")
+    _REGISTRY[method.name] = method
+    return method
+
+
+def get_method(name: str) -> Method:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(f"method must be one of {', '.join(_REGISTRY)}, got {name!r}") from None
+
+
+def method_names(reads: str | None = None) -> tuple[str, ...]:
+    """Registered names in registration order, optionally only those that read ``reads``."""
+    return tuple(name for name, m in _REGISTRY.items() if reads is None or m.reads == reads)
+
+
+register_method(Method(
+    "iisan", "side network over every layer of the frozen encoders (the paper)", reads="states",
+    tower="iisan.models.iisan:build_tower", id_offset=True))
+register_method(Method(
+    "frozen", "a linear head on the last layer's cached state, no side network", reads="states",
+    tower="iisan.models.baselines.frozen:build_tower", id_offset=True))
+# id follows RecBole's SASRec recipe (cross-entropy over the whole catalogue, dropout 0.5,
+# patience 10), which an id embedding table needs: with in-batch negatives a rare item is
+# almost never a negative.
+register_method(Method(
+    "id", "SASRec with item-id embeddings, no content", reads="ids",
+    tower="iisan.models.baselines.id:build_tower", defaults={"loss": "full", "patience": 10, "dropout": 0.5}))
+# The encoder baselines train encoder weights at side_lr; 1e-3 is too high for updating every
+# weight of a pretrained encoder (README "Accuracy"), so fft uses 1e-4.
+for _name, _summary, _defaults in (
+    ("fft", "full fine-tuning of the encoders", {"side_lr": 1e-4}),
+    ("adapter", "Houlsby adapters in the encoders", {}),
+    ("lora", "LoRA on the encoders' attention projections", {}),
+    ("bitfit", "the encoders' biases only", {}),
+):
+    register_method(Method(_name, _summary, reads="raw", tower="iisan.models.baselines.embedded:build_tower",
+                           defaults=_defaults))
