@@ -26,6 +26,7 @@ from torch import nn
 from iisan.config import SideNetworkConfig
 from iisan.errors import ConfigError
 from iisan.models.features import ItemFeatures
+from iisan.models.fusion import heads_and_fusion
 from iisan.models.sanb import SANB
 from iisan.models.versa import InterModalInputs
 
@@ -119,19 +120,14 @@ class IISANItemEncoder(nn.Module):
         return list(self.towers.parameters()) + extra
 
     def forward(self, features: ItemFeatures) -> torch.Tensor:
-        outputs = []
+        states = {}
         for name, tower in self.towers.items():
             if name == "inter":
-                state = tower(self.inter_inputs(features.states["text"], "text"),
-                              self.inter_inputs(features.states["image"], "image"))
+                states[name] = tower(self.inter_inputs(features.states["text"], "text"),
+                                     self.inter_inputs(features.states["image"], "image"))
             else:
-                state = tower(features.states[name])
-            embedding = self.heads[name](state)  # [n, d]
-            if name == "image" and "image" in features.present:
-                # An item without an image gets a zero image embedding: an explicit "absent".
-                embedding = embedding * features.present["image"].unsqueeze(-1).to(embedding.dtype)
-            outputs.append(embedding)
-        return self.fusion(torch.cat(outputs, dim=-1))
+                states[name] = tower(features.states[name])
+        return heads_and_fusion(self.heads, self.fusion, states, features.present)
 
 
 def build_tower(config, context) -> IISANItemEncoder:

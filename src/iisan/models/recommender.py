@@ -8,6 +8,7 @@ from torch import nn
 from iisan.config import TrainConfig
 from iisan.methods import TowerContext, get_method
 from iisan.models.features import ItemFeatures
+from iisan.models.fusion import ItemTower
 from iisan.models.id_offset import ContentWithIdOffset
 from iisan.models.user import UserEncoder
 
@@ -15,7 +16,7 @@ from iisan.models.user import UserEncoder
 def build_item_encoder(config: TrainConfig, shapes: dict[str, tuple[int, int]], num_items: int,
                        constant: dict[str, tuple[int, ...]] | None = None,
                        layers: dict[str, tuple[int, ...]] | None = None,
-                       encoders: dict | None = None, poolings: dict[str, str] | None = None) -> nn.Module:
+                       encoders: dict | None = None, poolings: dict[str, str] | None = None) -> ItemTower:
     """The item tower of ``config.method``, from its registry entry (:mod:`iisan.methods`);
     ``shapes`` maps modality -> ``(L + 1, D)``; the rest: see :class:`~iisan.methods.TowerContext`.
     Wrapped with per-item id offsets when ``config.id_offset``."""
@@ -30,7 +31,7 @@ class SequentialRecommender(nn.Module):
     Parameter names start with ``item.`` or ``user.``, so filters stay one line.
     """
 
-    def __init__(self, item: nn.Module, user: UserEncoder) -> None:
+    def __init__(self, item: ItemTower, user: UserEncoder) -> None:
         super().__init__()
         self.item = item
         self.user = user

@@ -24,6 +24,7 @@ from iisan.encoders.frozen import pool_tokens
 from iisan.errors import ConfigError
 from iisan.methods import method_names
 from iisan.models.features import ItemFeatures
+from iisan.models.fusion import heads_and_fusion
 
 EMBEDDED_METHODS = method_names(reads="raw")
 
@@ -163,7 +164,7 @@ class EmbeddedEncoderItemEncoder(nn.Module):
         return [p for p in self.encoders.parameters() if p.requires_grad]
 
     def forward(self, features: ItemFeatures) -> torch.Tensor:
-        outputs = []
+        states = {}
         for name, encoder in self.encoders.items():
             present = features.present[name]
             pooled = self.heads[name].weight.new_zeros(len(features.ids), self.widths[name])
@@ -172,11 +173,8 @@ class EmbeddedEncoderItemEncoder(nn.Module):
                 last = encoder(**inputs, output_hidden_states=True).hidden_states[-1]  # as cached: before any final norm
                 pooled = pooled.index_put((present.nonzero().squeeze(1),),
                                           pool_tokens(last, inputs.get("attention_mask"), self.poolings[name]))
-            embedding = self.heads[name](pooled)
-            if name == "image":
-                embedding = embedding * present.unsqueeze(-1).to(embedding.dtype)
-            outputs.append(embedding)
-        return self.fusion(torch.cat(outputs, dim=-1))
+            states[name] = pooled
+        return heads_and_fusion(self.heads, self.fusion, states, features.present)
 
 
 def build_tower(config, context) -> EmbeddedEncoderItemEncoder:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from iisan.models.features import ItemFeatures
+from iisan.models.fusion import heads_and_fusion
 
 
 class FrozenFeatureItemEncoder(nn.Module):
@@ -25,13 +26,8 @@ class FrozenFeatureItemEncoder(nn.Module):
         return []
 
     def forward(self, features: ItemFeatures) -> torch.Tensor:
-        outputs = []
-        for name, head in self.heads.items():
-            embedding = head(features.states[name][:, -1])
-            if name == "image" and "image" in features.present:
-                embedding = embedding * features.present["image"].unsqueeze(-1).to(embedding.dtype)
-            outputs.append(embedding)
-        return self.fusion(torch.cat(outputs, dim=-1))
+        states = {name: features.states[name][:, -1] for name in self.heads}
+        return heads_and_fusion(self.heads, self.fusion, states, features.present)
 
 
 def build_tower(config, context) -> FrozenFeatureItemEncoder:
