@@ -24,8 +24,8 @@ from rich.markup import escape
 
 from iisan import __version__
 from iisan.config import (
-    DEVICES, DTL_TARGETS, INTER_LAYERS, LAYER_RULES, LOSSES, METHODS, MODALITIES, MODES, OFFSET_METHODS, EncodeConfig,
-    PrepareConfig, SideNetworkConfig, TrainConfig,
+    DEVICES, DTL_TARGETS, FORMATS, INDEX_KINDS, INTER_LAYERS, LAYER_RULES, LOSSES, METHODS, MODALITIES, MODES,
+    OFFSET_METHODS, SPLITS, EncodeConfig, PrepareConfig, SideNetworkConfig, TrainConfig,
 )
 from iisan.efficiency import DEFAULT_METHODS as EFFICIENCY_METHODS
 from iisan.errors import ConfigError, IisanError
@@ -72,16 +72,8 @@ Device = _choices("Device", DEVICES)
 Loss = _choices("Loss", LOSSES)
 
 
-class Split(str, Enum):
-    valid = "valid"
-    test = "test"
-
-
-class SourceFormat(str, Enum):
-    iisan_tsv = "iisan-tsv"
-    amazon2023 = "amazon2023"
-    csv = "csv"
-    movielens = "movielens"
+Split = _choices("Split", SPLITS)
+SourceFormat = _choices("SourceFormat", FORMATS)
 
 
 def _version(value: bool) -> None:
@@ -277,8 +269,8 @@ def _encoder_option(value: str) -> str | None:
 def encode(
     dataset: Annotated[Path, typer.Argument(help="Prepared dataset folder.", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Cache folder to write or resume.", show_default=False)],
-    text_encoder: Annotated[str, typer.Option(help="Registry name or local Hugging Face folder; 'none' to skip.")] = "minilm",
-    image_encoder: Annotated[str, typer.Option(help="Registry name or local folder; 'none' to skip (skipped anyway without images).")] = "dinov2-small",
+    text_encoder: Annotated[str, typer.Option(help="Registry name or local Hugging Face folder; 'none' to skip.")] = EncodeConfig.text_encoder,
+    image_encoder: Annotated[str, typer.Option(help="Registry name or local folder; 'none' to skip (skipped anyway without images).")] = EncodeConfig.image_encoder,
     pooling: Annotated[str, typer.Option(help="Per-layer pooling for both encoders: auto (the pooling each encoder was trained for: mean for sentence-transformers folders such as minilm and mpnet, last token for decoder LLMs, else cls), cls (first token, as in the paper), mean (over real tokens) or last (last real token).")] = "auto",
     text_pooling: Annotated[str | None, typer.Option(help="Override --pooling for the text encoder.", show_default=False)] = None,
     image_pooling: Annotated[str | None, typer.Option(help="Override --pooling for the image encoder.", show_default=False)] = None,
@@ -519,7 +511,7 @@ def _metrics_table(results: dict[str, dict[str, float]], title: str):
 @handles_errors
 def evaluate(
     run: Annotated[Path, typer.Argument(help="Run folder written by `iisan train`.", show_default=False)],
-    split: Annotated[Split, typer.Option(help="Which held-out item to predict.")] = Split.test,
+    split: Annotated[Split, typer.Option(help="Which held-out item to predict.")] = Split("test"),
     k: Annotated[str, typer.Option("--k", help="Cut-offs for HR@K and NDCG@K, comma-separated.")] = "5,10,20",
     include_history: Annotated[bool, typer.Option(help="Rank the user's own history too (by default it is excluded, as in the paper); stored as SPLIT_with_history.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
@@ -551,7 +543,7 @@ def quickstart(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the dataset, cache and run.")] = Path("iisan-quickstart"),
     epochs: Annotated[int, typer.Option(help="Maximum training epochs.")] = 50,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
-    text_encoder: Annotated[str, typer.Option(help="Text encoder: registry name or local Hugging Face folder.")] = "minilm",
+    text_encoder: Annotated[str, typer.Option(help="Text encoder: registry name or local Hugging Face folder.")] = EncodeConfig.text_encoder,
     force: Annotated[bool, typer.Option(help="Use --out even if it is a folder quickstart did not write.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
@@ -588,9 +580,7 @@ def quickstart(
     stdout.print(f"Everything is in {out}; seconds per step: {result['seconds']}")
 
 
-class IndexKind(str, Enum):
-    flat = "flat"
-    hnsw = "hnsw"
+IndexKind = _choices("IndexKind", INDEX_KINDS)
 
 
 index_app = typer.Typer(help="The item-embedding index of a trained run.", no_args_is_help=True,
@@ -647,7 +637,7 @@ def recommend(
 @handles_errors
 def index_build(
     run: Annotated[Path, typer.Argument(help="Run folder written by `iisan train`.", show_default=False)],
-    index: Annotated[IndexKind, typer.Option(help="flat: exact inner-product search; hnsw: approximate, for catalogues past a million items.")] = IndexKind.flat,
+    index: Annotated[IndexKind, typer.Option(help="flat: exact inner-product search; hnsw: approximate, for catalogues past a million items.")] = IndexKind("flat"),
     hnsw_m: Annotated[int, typer.Option(help="HNSW links per node.")] = 32,
     ef_search: Annotated[int, typer.Option(help="HNSW candidate list size at query time (higher: better recall, slower).")] = 512,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
@@ -802,8 +792,8 @@ def bench_efficiency(
     steps: Annotated[int, typer.Option(help="Timed training steps per method (after 3 warm-up steps).")] = 20,
     batch_size: Annotated[int, typer.Option(help="Users per step.")] = 16,
     image_size: Annotated[int, typer.Option(help="Image side in pixels (224 as in the paper; 112 keeps a CPU run to minutes).")] = 224,
-    text_encoder: Annotated[str, typer.Option(help="Text encoder (registry name or folder).")] = "minilm",
-    image_encoder: Annotated[str, typer.Option(help="Image encoder (used when the dataset has images).")] = "dinov2-small",
+    text_encoder: Annotated[str, typer.Option(help="Text encoder (registry name or folder).")] = EncodeConfig.text_encoder,
+    image_encoder: Annotated[str, typer.Option(help="Image encoder (used when the dataset has images).")] = EncodeConfig.image_encoder,
     cache: Annotated[Path | None, typer.Option(help="Use this cache instead of building one (its build time is then not reported).", show_default=False)] = None,
     typical_epochs: Annotated[int, typer.Option(help="Epochs of a typical run, to amortise the cache's one-off cost over.")] = 20,
     device: Annotated[Device, typer.Option(help="auto: the GPU if there is one (memory is then CUDA max_memory_allocated).")] = Device.auto,

@@ -10,6 +10,8 @@ from iisan.errors import ConfigError
 from iisan.methods import get_method, method_names
 
 FORMATS = ("iisan-tsv", "amazon2023", "csv", "movielens")
+SPLITS = ("valid", "test")  # the held-out items a run is evaluated on
+INDEX_KINDS = ("flat", "hnsw")  # exact search, or faiss HNSW
 POOLINGS = ("auto", "cls", "mean", "last")
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from iisan.config import EncodeConfig
 from iisan.errors import ConfigError
 from iisan.methods import method_names
 
@@ -46,8 +47,8 @@ class EfficiencyConfig:
     steps: int = 20
     batch_size: int = 16
     image_size: int = 224
-    text_encoder: str = "minilm"
-    image_encoder: str = "dinov2-small"
+    text_encoder: str = EncodeConfig.text_encoder
+    image_encoder: str = EncodeConfig.image_encoder
     modality: str | None = None  # None: intra_inter when the data has images, else text
     typical_epochs: int = 20
     seed: int = 0

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from iisan.config import INDEX_KINDS
 from iisan.data.dataset import file_sha256
 from iisan.errors import ConfigError, DatasetError, StorageError
 from iisan.fileio import GENERATION, commit_generation, crash_point, load_tensors, read_json_object
@@ -35,7 +36,7 @@ POINTER = "index.json"
 INDEX_VERSION = 2
 READS_VERSIONS = (1, 2)  # version 1 kept its files in the index folder itself, without generations
 REBUILD = "rebuild it with `iisan index build`"
-KINDS = ("flat", "hnsw")
+KINDS = INDEX_KINDS
 BLOCK = 128  # exact top-k works block by block: see blocked_topk
 
 

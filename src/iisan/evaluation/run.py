@@ -6,12 +6,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from iisan.config import SPLITS
 from iisan.errors import ConfigError
 from iisan.evaluation.runner import DEFAULT_KS, evaluate_split, item_embeddings
 from iisan.fileio import read_json_object, write_json_atomic
 
 METRICS_FILE = "metrics.json"
-SPLITS = ("valid", "test")
 
 
 def metrics_key(split: str, include_history: bool) -> str:
