@@ -12,10 +12,10 @@ each min-max normalised over the compared methods; lower is better.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import json
+import logging
 import math
 import os
 import statistics
@@ -32,6 +32,8 @@ from iisan.methods import method_names
 
 # bench name -> (TrainConfig.method, TrainConfig.mode), from the method registry: every
 # method that reads content, and IISAN both ways (the paper's cached-vs-uncached comparison)
+log = logging.getLogger(__name__)
+
 METHODS = {name: (name, "cached") for name in method_names(reads="raw")}
 for _name in method_names(reads="states"):
     METHODS.update({"iisan-uncached": ("iisan", "uncached"), "iisan-cached": ("iisan", "cached")}
@@ -155,7 +157,7 @@ def tpme(rows: list[dict[str, Any]], memory_key: str) -> list[float]:
 
 
 def run_efficiency(dataset: str | Path, out: str | Path, config: EfficiencyConfig,
-                   cache: str | Path | None = None, progress=print) -> dict[str, Any]:
+                   cache: str | Path | None = None, progress=None) -> dict[str, Any]:
     """Build the cache unless given (timed), measure every method in its own process, write the files.
 
     Raises:
@@ -163,6 +165,7 @@ def run_efficiency(dataset: str | Path, out: str | Path, config: EfficiencyConfi
     """
     from iisan.data.dataset import PreparedDataset
 
+    progress = progress or log.info  # a library logs; the CLI passes its own printer
     dataset, out = Path(dataset), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     has_images = PreparedDataset.load(dataset).items["image"].is_not_null().any()
@@ -172,12 +175,12 @@ def run_efficiency(dataset: str | Path, out: str | Path, config: EfficiencyConfi
     if cache is None:
         cache = out / "cache"
         progress(f"building the cache in {cache} (timed)")
-        command = [sys.executable, "-m", "iisan", "-q", "encode", str(dataset), "--out", str(cache),
-                   "--text-encoder", config.text_encoder,
-                   "--image-encoder", config.image_encoder if has_images and modality != "text" else "none",
-                   "--image-size", str(config.image_size), "--device", config.device, "--force"]
+        from iisan.cache.encode import encode
+
+        settings = EncodeConfig(text_encoder=config.text_encoder, image_size=config.image_size,
+                                image_encoder=config.image_encoder if has_images and modality != "text" else None)
         start = time.perf_counter()
-        _run(command, "encode")
+        encode(dataset, cache, settings, force=True, device=config.device)  # the library, not the CLI
         cache_seconds = time.perf_counter() - start
 
     rows = []
