@@ -25,7 +25,7 @@ from rich.markup import escape
 from iisan import __version__
 from iisan.config import (
     DEVICES, DTL_TARGETS, FORMATS, INDEX_KINDS, INTER_LAYERS, LAYER_RULES, LOSSES, METHODS, MODALITIES, MODES,
-    OFFSET_METHODS, SPLITS, EncodeConfig, PrepareConfig, SideNetworkConfig, TrainConfig,
+    OFFSET_METHODS, SPLITS, EVAL_KS, EncodeConfig, PrepareConfig, SideNetworkConfig, TrainConfig, UserEncoderConfig,
 )
 from iisan.efficiency import DEFAULT_METHODS as EFFICIENCY_METHODS
 from iisan.errors import ConfigError, IisanError
@@ -65,6 +65,14 @@ Method = _choices("Method", METHODS)
 METHOD_HELP = "; ".join(f"{name}: {get_method(name).summary}" for name in METHODS) + (
     ". Methods that train the encoders read their names from --cache's manifest and run them on raw content.")
 Modality = _choices("Modality", MODALITIES)
+
+
+def _per_method(field: str, general) -> str:
+    """'Default: 10 for id, 5 otherwise.' from the method registry's defaults."""
+    own = [f"{value:g} for {name}" if isinstance(value, float) else f"{value} for {name}"
+           for name in METHODS if (value := get_method(name).defaults.get(field)) is not None]
+    return f"Default: {', '.join(own)}, {general:g} otherwise." if isinstance(general, float) else \
+        f"Default: {', '.join(own)}, {general} otherwise."
 Mode = _choices("Mode", MODES)
 InterLayers = _choices("InterLayers", INTER_LAYERS)
 DtlTo = _choices("DtlTo", DTL_TARGETS)
@@ -411,14 +419,14 @@ def train(
     id_offset: Annotated[bool | None, typer.Option("--id-offset/--no-id-offset", help="iisan, frozen: add a learned per-item vector (zero at the start) to each training item's content embedding; items added later stay content only. Default: on for iisan and frozen.", show_default=False)] = None,
     id_offset_lr: Annotated[float, typer.Option(help="Learning rate of the id offsets (10x below --lr: at --lr they memorise the training items within a few epochs).")] = TrainConfig.id_offset_lr,
     lr: Annotated[float, typer.Option(help="Learning rate of the user encoder, heads and fusion (the reference used 2e-4).")] = TrainConfig.lr,
-    side_lr: Annotated[float | None, typer.Option(help="Learning rate of the side network's blocks and gates (the reference used 1e-4), or of the trained encoder parameters for fft, adapter, lora, bitfit. Default: 1e-4 for fft, 1e-3 otherwise.", show_default=False)] = None,
+    side_lr: Annotated[float | None, typer.Option(help="Learning rate of the side network's blocks and gates (the reference used 1e-4), or of the trained encoder parameters for fft, adapter, lora, bitfit. " + _per_method("side_lr", TrainConfig.side_lr), show_default=False)] = None,
     lora_rank: Annotated[int, typer.Option(help="LoRA rank for --method lora (alpha = 2 x rank).")] = TrainConfig.lora_rank,
-    patience: Annotated[int | None, typer.Option(help="Stop after this many epochs without a better validation NDCG@10. Default: 10 for id, 5 otherwise.", show_default=False)] = None,
+    patience: Annotated[int | None, typer.Option(help="Stop after this many epochs without a better validation NDCG@10. " + _per_method("patience", TrainConfig.patience), show_default=False)] = None,
     layers: Annotated[str, typer.Option(help="Encoder layers the side network reads: all, every-other (the paper's LayerDrop: every other layer counting back from the last), or a list such as 0,2,4,6. The two rules skip a layer whose state is the same for every item (layer 0 under CLS pooling).")] = "all",
     bottleneck: Annotated[int, typer.Option(help="Side-block bottleneck width.")] = SideNetworkConfig.bottleneck,
     inter_layers: Annotated[InterLayers, typer.Option(help="Encoders of different depth (IISAN-Versa): the inter-modal tower reads the deeper encoder's layers in contiguous groups, one per layer of the shallower: the group's last layer, or its mean; truncate drops the extra layers instead (a naive control).")] = InterLayers(SideNetworkConfig.inter_layers),
     dtl_to: Annotated[DtlTo, typer.Option(help="Encoders of different width (IISAN-Versa): a linear layer maps the wider encoder's states to the smaller width, or the narrower one's to the larger, before inter-modal fusion.")] = DtlTo(SideNetworkConfig.dtl_to),
-    dropout: Annotated[float | None, typer.Option(help="Dropout of the user encoder. Default: 0.5 for id (RecBole's SASRec), 0.1 otherwise.", show_default=False)] = None,
+    dropout: Annotated[float | None, typer.Option(help="Dropout of the user encoder. " + _per_method("dropout", UserEncoderConfig.dropout), show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Random seed (initialisation, batch order, dropout).")] = TrainConfig.seed,
     include_history: Annotated[bool, typer.Option(help="Rank the user's own history too when validating and testing (RecBole's protocol); by default it is excluded, as in the paper.")] = TrainConfig.include_history,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out after its last finished epoch.")] = False,
@@ -512,7 +520,7 @@ def _metrics_table(results: dict[str, dict[str, float]], title: str):
 def evaluate(
     run: Annotated[Path, typer.Argument(help="Run folder written by `iisan train`.", show_default=False)],
     split: Annotated[Split, typer.Option(help="Which held-out item to predict.")] = Split("test"),
-    k: Annotated[str, typer.Option("--k", help="Cut-offs for HR@K and NDCG@K, comma-separated.")] = "5,10,20",
+    k: Annotated[str, typer.Option("--k", help="Cut-offs for HR@K and NDCG@K, comma-separated.")] = ",".join(map(str, EVAL_KS)),
     include_history: Annotated[bool, typer.Option(help="Rank the user's own history too (by default it is excluded, as in the paper); stored as SPLIT_with_history.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from iisan.config import EVAL_KS
 from iisan.data.split import EvalSplit
 from iisan.errors import NonFiniteError
 from iisan.evaluation.metrics import metrics_from_ranks, pessimistic_ranks
@@ -14,7 +15,7 @@ from iisan.distributed import LOCAL, Workers
 
 ITEM_CHUNK = 4096
 SCORE_BUDGET = 1 << 26  # scores held at once (256 MB of float32), whatever the catalogue size
-DEFAULT_KS = (5, 10, 20)
+DEFAULT_KS = EVAL_KS
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
