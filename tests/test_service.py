@@ -10,9 +10,9 @@ import shutil
 import pytest
 from fastapi.testclient import TestClient
 
+from iisan.errors import ConfigError
 from iisan.recommend import Recommender
 from iisan.service import Limits, create_app, is_loopback, read_token
-from iisan.errors import ConfigError
 from tests.conftest import png_bytes
 
 TOKEN = "s3cret-token"

@@ -24,14 +24,14 @@ import polars as pl
 import torch
 from PIL import Image
 
+from iisan.assemble import Assembled, TrainedRun, assemble_run, load_trained
+from iisan.checkpoint import WEIGHTS_FILE
 from iisan.data.images import RefusedPath, check_relative, read_image_file
 from iisan.data.text import clean_text
 from iisan.errors import CacheMismatchError, ConfigError, DatasetError, IisanError, InputError, NonFiniteError, UnknownItemError
 from iisan.evaluation.runner import item_embeddings
-from iisan.index import INDEX_DIR, HnswSettings, ItemIndex, StoredIndex, load_index, save_index, weights_digest
 from iisan.features.live import RawContentSource
-from iisan.assemble import Assembled, TrainedRun, assemble_run, load_trained
-from iisan.checkpoint import WEIGHTS_FILE
+from iisan.index import INDEX_DIR, HnswSettings, ItemIndex, StoredIndex, load_index, save_index, weights_digest
 
 log = logging.getLogger(__name__)
 

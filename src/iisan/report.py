@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from iisan.checkpoint import read_run_config
 from iisan.errors import DatasetError
 from iisan.fileio import write_bytes_atomic
-from iisan.checkpoint import read_run_config
 
 METRIC_COLUMNS = ("hr@10", "ndcg@10", "mrr")
 SPLIT_ORDER = ("valid", "test", "test_with_history", "valid_with_history")

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 
 from iisan.data.split import EvalSplit
-from iisan.models.recommender import SequentialRecommender
 from iisan.evaluation.metrics import metrics_from_ranks, pessimistic_ranks
 from iisan.evaluation.runner import evaluate_split
+from iisan.models.recommender import SequentialRecommender
 
 
 def brute_force(scores: list[list[float]], targets, histories, ks):

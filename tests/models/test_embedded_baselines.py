@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from iisan.assemble import assemble
 from iisan.config import SideNetworkConfig, TrainConfig
 from iisan.evaluation.runner import item_embeddings
-from iisan.models.baselines.embedded import EMBEDDED_METHODS
 from iisan.features import CachedSource
-from iisan.assemble import assemble
+from iisan.models.baselines.embedded import EMBEDDED_METHODS
 from iisan.training.loop import build_optimizer, train, training_step
 from iisan.training.loss import log_popularity
 

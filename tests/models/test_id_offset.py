@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 import torch
 
-from iisan.config import TrainConfig
 from iisan.assemble import assemble
+from iisan.config import TrainConfig
 from iisan.training.loop import build_optimizer, training_step
 from iisan.training.loss import log_popularity
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from iisan.config import SideNetworkConfig, TrainConfig, UserEncoderConfig
-from iisan.errors import ConfigError
 from iisan.assemble import assemble, assemble_run
 from iisan.checkpoint import resume_folder
+from iisan.config import SideNetworkConfig, TrainConfig, UserEncoderConfig
+from iisan.errors import ConfigError
 from iisan.training.loop import build_optimizer, train, training_step
 from iisan.training.loss import log_popularity
 

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from iisan.progress import progress
 
 from iisan.cache.store import (
     CACHE_VERSION, MANIFEST_FILE, MODALITIES, done_path, present_path, read_manifest, release_resident_pages,
@@ -33,6 +32,7 @@ from iisan.devices import pick_device
 from iisan.encoders.frozen import FrozenEncoder
 from iisan.errors import CacheMismatchError, ConfigError, NonFiniteError
 from iisan.fileio import check_replaceable
+from iisan.progress import progress
 
 log = logging.getLogger(__name__)
 

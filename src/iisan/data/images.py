@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Protocol
 
 from PIL import Image
-from iisan.progress import progress
 
 from iisan.data.problems import Problems
 from iisan.errors import InputError, MissingDependencyError
+from iisan.progress import progress
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 MAX_IMAGE_BYTES = 50 * 2**20  # far above any product photo; a bound on what one file may cost

@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 from PIL import Image, ImageDraw
-from iisan.progress import progress
 
 from iisan.data.sources.tsv import SYNTH_INFO_FILE
 from iisan.errors import ConfigError
 from iisan.fileio import atomic_directory, check_replaceable, write_json_atomic
+from iisan.progress import progress
 
 log = logging.getLogger(__name__)
 

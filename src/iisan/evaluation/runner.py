@@ -7,11 +7,11 @@ import torch
 
 from iisan.config import EVAL_KS
 from iisan.data.split import EvalSplit
+from iisan.distributed import LOCAL, Workers
 from iisan.errors import NonFiniteError
 from iisan.evaluation.metrics import metrics_from_ranks, pessimistic_ranks
 from iisan.features import FeatureSource
 from iisan.models.recommender import SequentialRecommender
-from iisan.distributed import LOCAL, Workers
 
 ITEM_CHUNK = 4096
 SCORE_BUDGET = 1 << 26  # scores held at once (256 MB of float32), whatever the catalogue size

@@ -15,24 +15,24 @@ import numpy as np
 import polars as pl
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from iisan.progress import progress
 
 from iisan import __version__
+from iisan.assemble import Assembled, assemble
+from iisan.checkpoint import (
+    CATALOGUE_FILE, CONFIG_FILE, RESUME_DIR, RESUME_FIX, RUN_VERSION, WEIGHTS_FILE, append_metrics, load_optimizer, load_weights,
+    read_run_config, resume_folder, save_optimizer, save_weights, trim_metrics,
+)
 from iisan.config import TrainConfig
+from iisan.distributed import LOCAL, Workers
+from iisan.distributed import start as start_workers
+from iisan.distributed import stop as stop_workers
 from iisan.errors import ConfigError, MissingDependencyError, NonFiniteError
 from iisan.evaluation.runner import evaluate_split, item_embeddings
 from iisan.fileio import commit_generation, read_json_object, write_atomic, write_json_atomic
 from iisan.index import INDEX_DIR, ItemIndex, StoredIndex, save_index, weights_digest
 from iisan.models.features import ItemFeatures
 from iisan.models.recommender import SequentialRecommender
-from iisan.assemble import Assembled, assemble
-from iisan.checkpoint import (
-    CATALOGUE_FILE, CONFIG_FILE, RESUME_DIR, RESUME_FIX, RUN_VERSION, WEIGHTS_FILE, append_metrics, load_optimizer, load_weights,
-    read_run_config, resume_folder, save_optimizer, save_weights, trim_metrics,
-)
-from iisan.distributed import LOCAL, Workers
-from iisan.distributed import start as start_workers
-from iisan.distributed import stop as stop_workers
+from iisan.progress import progress
 from iisan.training.loss import candidate_softmax_loss, in_batch_softmax_loss, log_popularity, sampling_probabilities
 
 log = logging.getLogger(__name__)
