@@ -20,30 +20,27 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-# public name -> (module, attribute there)
-_EXPORTS: dict[str, tuple[str, str]] = {
-    "prepare": ("iisan.data.prepare", "prepare"),
-    "encode": ("iisan.cache.encode", "encode"),
-    "train": ("iisan.training.loop", "train"),
-    "evaluate": ("iisan.evaluation.run", "evaluate_run"),
-    "Recommender": ("iisan.recommend", "Recommender"),
-    "PreparedDataset": ("iisan.data.dataset", "PreparedDataset"),
-    "HiddenStateCache": ("iisan.cache.store", "HiddenStateCache"),
-    "PrepareConfig": ("iisan.config", "PrepareConfig"),
-    "EncodeConfig": ("iisan.config", "EncodeConfig"),
-    "TrainConfig": ("iisan.config", "TrainConfig"),
-    "SideNetworkConfig": ("iisan.config", "SideNetworkConfig"),
-    "UserEncoderConfig": ("iisan.config", "UserEncoderConfig"),
-    "IisanError": ("iisan.errors", "IisanError"),
+# module -> the public names it defines; ``evaluate`` is evaluation.run's ``evaluate_run``
+_MODULES: dict[str, tuple[str, ...]] = {
+    "iisan.data.prepare": ("prepare",),
+    "iisan.cache.encode": ("encode",),
+    "iisan.training.loop": ("train",),
+    "iisan.evaluation.run": ("evaluate",),
+    "iisan.recommend": ("Recommender",),
+    "iisan.data.dataset": ("PreparedDataset",),
+    "iisan.cache.store": ("HiddenStateCache",),
+    "iisan.config": ("PrepareConfig", "EncodeConfig", "TrainConfig", "SideNetworkConfig", "UserEncoderConfig"),
+    "iisan.errors": ("IisanError",),
 }
+_RENAMED = {"evaluate": "evaluate_run"}
+_EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
 __all__ = ["__version__", *_EXPORTS]
 
 
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'iisan' has no attribute {name!r}")
-    module, attribute = _EXPORTS[name]
-    value = getattr(importlib.import_module(module), attribute)
+    value = getattr(importlib.import_module(_EXPORTS[name]), _RENAMED.get(name, name))
     globals()[name] = value  # later lookups skip this function
     return value
 

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import save_file
 
 from iisan.errors import DatasetError
-from iisan.fileio import crash_point, current_generation, load_tensors, read_json_object, write_atomic, write_bytes_atomic, write_json_atomic
+from iisan.fileio import crash_point, current_generation, load_tensors, read_json_object, require_fields, write_atomic, write_bytes_atomic, write_json_atomic
 
 RUN_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -119,7 +119,7 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
     config = read_json_object(path, {"version": int}, fix="retrain the run or restore the file")
     if config["version"] != RUN_VERSION:
         raise DatasetError(f"{run_dir} has run format version {config['version']}, this iisan reads {RUN_VERSION}")
-    return read_json_object(path, RUN_FIELDS, fix="retrain the run or restore the file")
+    return require_fields(config, RUN_FIELDS, str(path), fix="retrain the run or restore the file")
 
 
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:

@@ -208,12 +208,22 @@ def read_json_object(path: str | os.PathLike[str], required: dict[str, type | tu
         raise error(f"{path} is not valid JSON ({err}); it is damaged or truncated: {fix}") from None
     if not isinstance(data, dict):
         raise error(f"{path} holds a JSON {type(data).__name__}, not an object; it is damaged: {fix}")
+    return require_fields(data, required, str(path), fix, error)
+
+
+def require_fields(data: dict[str, Any], required: dict[str, type | tuple[type, ...]], where: str, fix: str,
+                   error: type[Exception] = DatasetError) -> dict[str, Any]:
+    """Check that ``data`` has the ``required`` fields with the right types; returns ``data``.
+
+    Raises:
+        ``error``: one line naming ``where``, the field, what is wrong and ``fix``.
+    """
     for name, kind in required.items():
         if name not in data:
-            raise error(f"{path} lacks the field {name!r}; it is damaged or from another tool: {fix}")
+            raise error(f"{where} lacks the field {name!r}; it is damaged or from another tool: {fix}")
         # bool is an int in Python, but never a valid count or size here
         if not isinstance(data[name], kind) or (isinstance(data[name], bool) and kind in (int, (int, float))):
-            raise error(f"{path}: field {name!r} is a {type(data[name]).__name__}, expected "
+            raise error(f"{where}: field {name!r} is a {type(data[name]).__name__}, expected "
                         f"{getattr(kind, '__name__', None) or ' or '.join(k.__name__ for k in kind)}; {fix}")
     return data
 

@@ -29,7 +29,7 @@ import torch
 from iisan.config import INDEX_KINDS
 from iisan.data.dataset import file_sha256
 from iisan.errors import ConfigError, DatasetError, StorageError
-from iisan.fileio import GENERATION, commit_generation, crash_point, load_tensors, read_json_object
+from iisan.fileio import GENERATION, commit_generation, crash_point, load_tensors, read_json_object, require_fields
 
 INDEX_DIR = "index"
 POINTER = "index.json"
@@ -241,8 +241,9 @@ def _link(source: Path, target: Path) -> bool:
         return False
 
 
-def load_index(folder: Path, weights_file: Path) -> StoredIndex | None:
-    """The stored index, or ``None`` when there is none.
+def load_index(folder: Path, weights_file: Path, digest: str | None = None) -> StoredIndex | None:
+    """The stored index, or ``None`` when there is none. ``digest``: the weights' hash, when the
+    caller has it already (hashing them again costs a read of the file).
 
     Raises:
         DatasetError: it was built from other weights or is damaged (one line, with the fix).
@@ -256,10 +257,10 @@ def load_index(folder: Path, weights_file: Path) -> StoredIndex | None:
     meta = read_json_object(pointer, {"version": int}, REBUILD)
     if meta["version"] not in READS_VERSIONS:
         raise DatasetError(f"{folder} has index version {meta['version']}; {REBUILD}")
-    meta = read_json_object(pointer, {"kind": str, "weights": str, "hnsw": (dict, type(None))}, REBUILD)
+    require_fields(meta, {"kind": str, "weights": str, "hnsw": (dict, type(None))}, str(pointer), REBUILD)
     if meta["kind"] not in KINDS:
         raise DatasetError(f"{pointer}: unknown index kind {meta['kind']!r}; {REBUILD}")
-    if meta["weights"] != weights_digest(weights_file):
+    if meta["weights"] != (digest or weights_digest(weights_file)):
         raise DatasetError(f"{folder} was built from other weights than {weights_file.name}; "
                            "rebuild it with `iisan index build` (items added since must be added again)")
     generation = meta.get("generation", ".") if meta["version"] > 1 else "."

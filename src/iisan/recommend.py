@@ -81,11 +81,11 @@ class Recommender:
         self._parts: Assembled | None = None  # dataset and cache, only to re-embed the catalogue
         self._weights = weights_digest(self.weights_file)
         if rebuild is None:
-            stored = load_index(self.index_dir, self.weights_file)
+            stored = load_index(self.index_dir, self.weights_file, self._weights)
             self._catalogue = self._catalogue_of(stored) if stored is not None else self._build("flat", HnswSettings())
         else:
             try:  # items added since the last build survive a rebuild when they can be read
-                kept = load_index(self.index_dir, self.weights_file)
+                kept = load_index(self.index_dir, self.weights_file, self._weights)
             except DatasetError as err:
                 log.warning("the stored index is unreadable (%s): rebuilding without its added items", err)
                 kept = None

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from iisan.errors import CacheMismatchError, DatasetError
-from iisan.fileio import read_json_object, write_json_atomic
+from iisan.fileio import read_json_object, require_fields, write_json_atomic
 
 CACHE_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -75,13 +75,11 @@ def read_manifest(root: Path) -> dict[str, Any] | None:
             f"cache {root} has format version {manifest.get('version')}, this iisan reads "
             f"{CACHE_VERSION}; {REBUILD}"
         )
-    read_json_object(path, MANIFEST_FIELDS, REBUILD, CacheMismatchError)
+    require_fields(manifest, MANIFEST_FIELDS, str(path), REBUILD, CacheMismatchError)
     for modality, entry in manifest["encoders"].items():
         if modality not in MODALITIES or not isinstance(entry, dict):
             raise CacheMismatchError(f"{path}: unknown encoder entry {modality!r}; {REBUILD}")
-        for name, kind in ENTRY_FIELDS.items():
-            if not isinstance(entry.get(name), kind) or isinstance(entry.get(name), bool):
-                raise CacheMismatchError(f"{path}: the {modality} entry lacks a valid {name!r}; {REBUILD}")
+        require_fields(entry, ENTRY_FIELDS, f"{path} ({modality} entry)", REBUILD, CacheMismatchError)
     return manifest
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 
 from iisan.errors import DatasetError
-from iisan.fileio import read_json_object
+from iisan.fileio import read_json_object, require_fields
 
 DATASET_VERSION = 1
 REPREPARE = "rerun `iisan prepare`"
@@ -65,7 +65,7 @@ class PreparedDataset:
                 f"{root} has dataset format version {version}, this iisan reads version "
                 f"{DATASET_VERSION}; rerun `iisan prepare`"
             )
-        read_json_object(meta_path, META_FIELDS, REPREPARE)
+        require_fields(meta, META_FIELDS, str(meta_path), REPREPARE)
         for name, digest in meta.get("files", {}).items():  # datasets prepared before 0.2 have none
             path = root / name
             if not path.is_file():
