@@ -62,3 +62,34 @@ def test_bench_efficiency_writes_its_files(tiny_multimodal, tmp_path):
     assert "| method |" in (out / "efficiency.md").read_text()
     with Image.open(out / "efficiency.png") as chart:
         assert chart.format == "PNG" and chart.width > 500
+
+
+def test_a_failing_method_becomes_a_row_and_the_others_are_still_measured(tiny_multimodal, tmp_path):
+    """fft loads its encoder from the folder the cache names; changed weights stop it
+    (the cache no longer matches), while the cached side network needs no encoder."""
+    import dataclasses
+
+    from iisan.cache.encode import encode
+    from iisan.config import EncodeConfig
+    from iisan.encoders.tiny import build_tiny_encoder
+
+    dataset, _ = tiny_multimodal
+    folder = build_tiny_encoder(tmp_path / "encoder", "text", seed=1)
+    cache = tmp_path / "cache"
+    encode(dataset, cache, EncodeConfig(text_encoder=str(folder), image_encoder=None, pooling="mean"), device="cpu")
+    build_tiny_encoder(folder, "text", seed=2)  # other weights in the same folder
+    out = tmp_path / "eff"
+    result = CliRunner().invoke(app, [
+        "bench", "efficiency", str(dataset), "--out", str(out), "--cache", str(cache), "--methods", "fft,iisan-cached",
+        "--steps", "2", "--batch-size", "8", "--device", "cpu",
+    ])
+    assert result.exit_code == 1, result.output
+    assert "fft failed" in result.output and "Traceback" not in result.output
+    report = json.loads((out / "efficiency.json").read_text())
+    rows = {r["method"]: r for r in report["methods"]}
+    assert report["failed"] == ["fft"]
+    assert "weights changed" in rows["fft"]["error"] and "seconds_per_step" not in rows["fft"]
+    assert rows["iisan-cached"]["seconds_per_step"] > 0 and rows["iisan-cached"]["tpme"] == 0.0
+    for name in ("efficiency.csv", "efficiency.md", "efficiency.png"):
+        assert (out / name).is_file(), name
+    assert "failed: exit status" in (out / "efficiency.md").read_text()

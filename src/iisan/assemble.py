@@ -36,7 +36,8 @@ def assemble(dataset_dir: str | Path, cache_dir: str | Path | None, config: Trai
     """Build everything a run needs. Sizes come from the cache manifest, never from literals.
 
     ``device`` is where encoders that run at every step (``uncached`` mode, the encoder
-    baselines) are loaded; the caller moves the model. ``layers``: the side network's
+    baselines) are loaded and where a cache that fits in memory is kept; the caller moves
+    the model. ``layers``: the side network's
     layers per modality when they are already decided (a trained run's); by default the
     config's rule picks them, skipping layers the cache shows to be constant.
 
@@ -74,7 +75,7 @@ def _model_and_source(config: TrainConfig, dataset: PreparedDataset, cache: Hidd
     if reads == "ids":
         return model, IdOnlySource()
     if config.mode == "cached":
-        return model, CachedSource(cache, model.layers)
+        return model, CachedSource(cache, model.layers, device=device)
     return model, LiveSource(dataset, {m: entries[m] for m in model.layers}, model.layers, device)
 
 
@@ -114,9 +115,10 @@ class TrainedRun:
     encoder_modules: dict
 
 
-def load_trained(run_dir: str | Path) -> TrainedRun:
+def load_trained(run_dir: str | Path, device: torch.device | str = "cpu") -> TrainedRun:
     """The trained model and its catalogue from the run folder only: its dataset and cache may
-    be elsewhere or gone (they are recorded in ``config.json`` as provenance).
+    be elsewhere or gone (they are recorded in ``config.json`` as provenance). The model
+    (and the encoders of an encoder baseline) are put on ``device``.
 
     Runs written before the folder held its catalogue (no ``items.parquet``) are assembled
     from their dataset and cache instead.
@@ -130,7 +132,7 @@ def load_trained(run_dir: str | Path) -> TrainedRun:
     saved = read_run_config(run_dir)
     catalogue = run_dir / CATALOGUE_FILE
     if not catalogue.is_file():
-        parts = assemble_run(run_dir)
+        parts = assemble_run(run_dir, device=device)
         return TrainedRun(parts.config, parts.model, parts.dataset.items.select("item_id", "key", "text"),
                           {m: parts.cache.entry(m) for m in parts.model.layers} if parts.cache else {},
                           getattr(parts.source, "encoders", {}))
@@ -146,21 +148,21 @@ def load_trained(run_dir: str | Path) -> TrainedRun:
     entries = saved.get("encoders", {})
     shapes = {m: (int(e["num_layers"]) + 1, int(e["hidden_size"])) for m, e in entries.items()}
     layers = {m: tuple(v) for m, v in saved["layers"].items()} or None
-    model, encoders = build_model(config, shapes, saved["num_items"], entries, layers=layers)
+    model, encoders = build_model(config, shapes, saved["num_items"], entries, device, layers=layers)
     load_weights(run_dir / WEIGHTS_FILE, model)
-    model.eval()
+    model.to(device).eval()
     return TrainedRun(config, model, items, entries, encoders)
 
 
-def assemble_run(run_dir: str | Path, mode: str | None = None) -> Assembled:
-    """Rebuild a trained run from its directory and load its best weights."""
+def assemble_run(run_dir: str | Path, mode: str | None = None, device: torch.device | str = "cpu") -> Assembled:
+    """Rebuild a trained run from its directory and load its best weights, on ``device``."""
     run_dir = Path(run_dir)
     saved = read_run_config(run_dir)
     config = TrainConfig.from_json(saved["train"])
     if mode is not None:
         config = dataclasses.replace(config, mode=mode)
     layers = {m: tuple(v) for m, v in saved.get("layers", {}).items()} or None
-    assembled = assemble(saved["dataset"], saved.get("cache"), config, layers=layers)
-    load_weights(run_dir / WEIGHTS_FILE, assembled.model)
-    assembled.model.eval()
+    assembled = assemble(saved["dataset"], saved.get("cache"), config, device=device, layers=layers)
+    load_weights(run_dir / WEIGHTS_FILE, assembled.model)  # loads onto the CPU model, then it moves
+    assembled.model.to(device).eval()
     return assembled

@@ -25,11 +25,12 @@ from rich.markup import escape
 from iisan import __version__
 from iisan.config import (
     DEVICES, DTL_TARGETS, FORMATS, INDEX_KINDS, INTER_LAYERS, LAYER_RULES, LOSSES, METHODS, MODALITIES, MODES,
-    OFFSET_METHODS, SPLITS, EVAL_KS, EncodeConfig, PrepareConfig, SideNetworkConfig, TrainConfig, UserEncoderConfig,
+    OFFSET_METHODS, PRECISIONS, SPLITS, EVAL_KS, EncodeConfig, PrepareConfig, SideNetworkConfig, TrainConfig, UserEncoderConfig,
 )
 from iisan.efficiency import DEFAULT_METHODS as EFFICIENCY_METHODS
 from iisan.errors import ConfigError, IisanError
 from iisan.methods import get_method
+from iisan.threads import THREADS_ENV, use_threads
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -78,6 +79,9 @@ InterLayers = _choices("InterLayers", INTER_LAYERS)
 DtlTo = _choices("DtlTo", DTL_TARGETS)
 Device = _choices("Device", DEVICES)
 Loss = _choices("Loss", LOSSES)
+Precision = _choices("Precision", PRECISIONS)
+# The same --device on every command that runs a model.
+DeviceOption = Annotated[Device, typer.Option(help="auto: this process's GPU if there is one (under torchrun, the one of its LOCAL_RANK), else the CPU.")]
 
 
 Split = _choices("Split", SPLITS)
@@ -94,6 +98,11 @@ def _version(value: bool) -> None:
 def _main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug details.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Log warnings only, and hide progress bars.")] = False,
+    threads: Annotated[str | None, typer.Option(
+        help=f"CPU threads for torch: a number, or auto (the cores this process may use, less those other "
+             f"processes keep busy at the start: with a busy neighbour one thread beat two, idle two beat "
+             f"one; see bench/threads.py). Default: the {THREADS_ENV} environment variable, else OMP_NUM_THREADS, "
+             f"else auto.", show_default=False)] = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
@@ -104,6 +113,11 @@ def _main(
     logger.handlers[0].setFormatter(logging.Formatter("%(message)s", datefmt="[%X]"))
     logger.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     logger.propagate = False
+    try:
+        use_threads(threads)
+    except IisanError as err:
+        stderr.print(f"error: {err}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
 
 
 def handles_errors(fn: F) -> F:
@@ -288,7 +302,8 @@ def encode(
     workers: Annotated[int, typer.Option(help="Image-decoding threads.")] = EncodeConfig.workers,
     force: Annotated[bool, typer.Option(help="Delete and rebuild the cache (another dataset or encoder).")] = False,
     shard: Annotated[str | None, typer.Option(help="K/N: encode only the K-th of N item ranges, into OUT/shard-K-of-N (run N of these, on one machine or several sharing OUT); auto: K and N from torchrun's RANK and WORLD_SIZE.", show_default=False)] = None,
-    device: Annotated[Device, typer.Option(help="auto: this process's GPU if there is one (under torchrun, the one of its LOCAL_RANK), else the CPU.")] = Device.auto,
+    device: DeviceOption = Device.auto,
+    precision: Annotated[Precision, typer.Option(help="The encoders' compute precision: auto (bf16 autocast on a GPU that supports it, else fp32), fp32 or bf16. Recorded in the manifest; a resume must use the same.")] = Precision(EncodeConfig.precision),
     merge_check: Annotated[bool, typer.Option(help="After sharded runs: check that every row of every shard is done, then assemble the cache in OUT.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
@@ -339,7 +354,7 @@ def encode(
         text_encoder=_encoder_option(text_encoder), image_encoder=_encoder_option(image_encoder),
         pooling=pooling, text_pooling=text_pooling, image_pooling=image_pooling,
         batch_size=batch_size, max_text_tokens=max_text_tokens,
-        image_size=image_size, workers=workers,
+        image_size=image_size, workers=workers, precision=precision.value,
     )
     summary = run_encode(dataset, out, config, force=force, shard=shard_spec, device=device.value)
     if as_json:
@@ -433,7 +448,8 @@ def train(
     force: Annotated[bool, typer.Option(help="Replace a non-empty --out.")] = False,
     tensorboard: Annotated[bool, typer.Option(help="Also log to OUT/tensorboard (needs the tensorboard package).")] = False,
     distributed: Annotated[bool, typer.Option(help="Spread the run over the processes torchrun started (also turned on by torchrun's environment); --batch-size is then the global batch.")] = False,
-    device: Annotated[Device, typer.Option(help="auto: this process's GPU if there is one, else the CPU.")] = Device.auto,
+    device: DeviceOption = Device.auto,
+    precision: Annotated[Precision, typer.Option(help="Compute precision of the encoders fft, adapter, lora and bitfit run and train: auto (bf16 autocast on a GPU that supports it, else fp32), fp32 or bf16. The side network and the user encoder stay fp32.")] = Precision(TrainConfig.precision),
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Train a recommender, keep the epoch with the best validation NDCG@10, test it.
@@ -483,7 +499,7 @@ def train(
         config = TrainConfig.for_method(
             method.value, mode=mode.value, epochs=epochs, batch_size=batch_size, lr=lr, lora_rank=lora_rank,
             seed=seed, include_history=include_history, negatives=negatives, weight_decay=weight_decay,
-            id_offset_lr=id_offset_lr, **{k: v for k, v in given.items() if v is not None},
+            id_offset_lr=id_offset_lr, precision=precision.value, **{k: v for k, v in given.items() if v is not None},
             side=SideNetworkConfig(bottleneck=bottleneck, modality=modality.value,
                                    **_layer_choice(layers),
                                    inter_layers=inter_layers.value, dtl_to=dtl_to.value),
@@ -522,6 +538,7 @@ def evaluate(
     split: Annotated[Split, typer.Option(help="Which held-out item to predict.")] = Split("test"),
     k: Annotated[str, typer.Option("--k", help="Cut-offs for HR@K and NDCG@K, comma-separated.")] = ",".join(map(str, EVAL_KS)),
     include_history: Annotated[bool, typer.Option(help="Rank the user's own history too (by default it is excluded, as in the paper); stored as SPLIT_with_history.")] = False,
+    device: DeviceOption = Device.auto,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Full-ranking HR@K, NDCG@K and MRR of a run's best weights on all items.
@@ -536,13 +553,14 @@ def evaluate(
     """
     from iisan.evaluation.run import evaluate_run, metrics_key
 
-    result = evaluate_run(run, split=split.value, ks=_int_list(k, "--k"), include_history=include_history)
+    result = evaluate_run(run, split=split.value, ks=_int_list(k, "--k"), include_history=include_history,
+                          device=device.value)
     if as_json:
         _print_json(result)
         return
     stdout.print(_metrics_table({metrics_key(split.value, include_history): result["metrics"]},
                                 f"{run}: {result['users']:,} users x {result['items']:,} items, full ranking "
-                                f"({result['seconds']:.1f} s)"))
+                                f"({result['seconds']:.1f} s on {result['device']})"))
 
 
 @app.command()
@@ -553,6 +571,7 @@ def quickstart(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
     text_encoder: Annotated[str, typer.Option(help="Text encoder: registry name or local Hugging Face folder.")] = EncodeConfig.text_encoder,
     force: Annotated[bool, typer.Option(help="Use --out even if it is a folder quickstart did not write.")] = False,
+    device: DeviceOption = Device.auto,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """The whole pipeline on MovieLens-100K, then top-10 for one user.
@@ -569,7 +588,8 @@ def quickstart(
 
     from iisan.quickstart import quickstart as run_quickstart
 
-    result = run_quickstart(out, epochs=epochs, seed=seed, force=force, text_encoder=text_encoder)
+    result = run_quickstart(out, epochs=epochs, seed=seed, force=force, text_encoder=text_encoder,
+                            device=device.value)
     if as_json:
         _print_json(result)
         return
@@ -607,6 +627,7 @@ def recommend(
     k: Annotated[int, typer.Option("-k", "--k", help="How many items to recommend.")] = 10,
     include_seen: Annotated[bool, typer.Option(help="Allow items of the history in the answer.")] = False,
     skip_unknown: Annotated[bool, typer.Option(help="Ignore keys the catalogue does not hold instead of failing.")] = False,
+    device: DeviceOption = Device.auto,
     as_json: Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")] = False,
 ) -> None:
     """Top-k next items for a history of item keys, with titles and scores.
@@ -624,7 +645,7 @@ def recommend(
     keys = [key.strip() for key in history.split(",") if key.strip()]
     if not keys:
         raise ConfigError("--history needs at least one item key")
-    recommender = Recommender.load(run)
+    recommender = Recommender.load(run, device=device.value)
     answer = recommender.recommend(keys, k=k, exclude_seen=not include_seen,
                                    on_unknown="skip" if skip_unknown else "raise")
     rows = [{"key": key, "title": recommender.title(key), "score": round(score, 4)} for key, score in answer]
@@ -648,6 +669,7 @@ def index_build(
     index: Annotated[IndexKind, typer.Option(help="flat: exact inner-product search; hnsw: approximate, for catalogues past a million items.")] = IndexKind("flat"),
     hnsw_m: Annotated[int, typer.Option(help="HNSW links per node.")] = 32,
     ef_search: Annotated[int, typer.Option(help="HNSW candidate list size at query time (higher: better recall, slower).")] = 512,
+    device: DeviceOption = Device.auto,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """(Re)build the run's item index from the trained model, whatever state it is in.
@@ -665,7 +687,8 @@ def index_build(
     from iisan.recommend import Recommender
 
     start = time.perf_counter()
-    recommender = Recommender.load(run, rebuild=index.value, hnsw=HnswSettings(m=hnsw_m, ef_search=ef_search))
+    recommender = Recommender.load(run, rebuild=index.value, hnsw=HnswSettings(m=hnsw_m, ef_search=ef_search),
+                                  device=device.value)
     result = {"index": index.value, "items": recommender.num_items, "added_items": len(recommender.added),
               "seconds": round(time.perf_counter() - start, 2), "folder": str(recommender.index_dir)}
     if as_json:
@@ -680,6 +703,7 @@ def index_check(
     run: Annotated[Path, typer.Argument(help="Run folder written by `iisan train`.", show_default=False)],
     queries: Annotated[int, typer.Option(help="Test users whose histories serve as queries.")] = 1000,
     k: Annotated[int, typer.Option("-k", "--k", help="Cut-off for recall@k.")] = 10,
+    device: DeviceOption = Device.auto,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Recall@k of the run's index against exact search (1.0 for a flat index), over test
@@ -693,7 +717,7 @@ def index_check(
 
     if queries < 1 or k < 1:
         raise ConfigError("--queries and -k must be positive")
-    result = Recommender.load(run).index_recall(queries=queries, k=k)
+    result = Recommender.load(run, device=device.value).index_recall(queries=queries, k=k)
     if as_json:
         _print_json(result)
         return
@@ -707,6 +731,7 @@ def items_add(
     run: Annotated[Path, typer.Argument(help="Run folder written by `iisan train`.", show_default=False)],
     file: Annotated[Path, typer.Argument(help='JSON Lines, one item per line: {"key": ..., "text": ..., "image": "path/relative/to/FILE"}.', show_default=False)],
     allow_outside_paths: Annotated[bool, typer.Option("--allow-outside-paths", help="Read image paths that are absolute, contain .., or are symlinks leading out of FILE's folder (refused by default).")] = False,
+    device: DeviceOption = Device.auto,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Embed new items with the frozen encoders and the trained side network, and add them
@@ -724,7 +749,7 @@ def items_add(
     from iisan.recommend import Recommender, read_new_items
 
     items = read_new_items(file, allow_outside_paths)
-    recommender = Recommender.load(run)
+    recommender = Recommender.load(run, device=device.value)
     keys = recommender.add_items(items)
     result = {"added": len(keys), "items": recommender.num_items, "keys": keys}
     if as_json:
@@ -741,6 +766,7 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to bind; anything but loopback exposes the service.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     token_file: Annotated[Path | None, typer.Option(help="File holding the bearer token that POST /items requires.", show_default=False)] = None,
+    device: DeviceOption = Device.auto,
 ) -> None:
     """Serve recommendations over HTTP (FastAPI + uvicorn); OpenAPI docs at /docs.
 
@@ -766,8 +792,8 @@ def serve(
     if token is None and not is_loopback(host):
         stderr.print(f"[bold yellow]warning:[/] binding {host} without --token-file: anyone who can reach it "
                      "can add items", highlight=False)
-    recommender = Recommender.load(run)
-    stderr.print(f"serving {recommender.num_items:,} items ({recommender.index.kind} index) on http://{host}:{port} "
+    recommender = Recommender.load(run, device=device.value)
+    stderr.print(f"serving {recommender.num_items:,} items ({recommender.index.kind} index, model on {recommender.device}) on http://{host}:{port} "
                  f"(docs: /docs)", highlight=False)
     uvicorn.run(create_app(recommender, token), host=host, port=port, log_level="warning", access_log=False)
 
@@ -814,7 +840,9 @@ def bench_efficiency(
     trainable and total parameters, peak memory (CUDA max_memory_allocated on a GPU; on
     CPU peak RSS and the training footprint, peak RSS minus the RSS after imports), and
     TPME = 0.45 time + 0.1 parameters + 0.45 memory, each min-max normalised (lower is
-    better). Ratios are relative to fft.
+    better). Ratios are relative to fft. A method that fails (out of memory, say) is a
+    row with its error; the others are still compared and the files written; the exit
+    status is then 1.
 
     [bold]Examples[/]
 
@@ -822,7 +850,7 @@ def bench_efficiency(
 
       iisan bench efficiency data/scientific --methods fft,lora,iisan-cached --steps 10
     """
-    from iisan.efficiency import EfficiencyConfig, run_efficiency, table_rows
+    from iisan.efficiency import EfficiencyConfig, run_efficiency
 
     config = EfficiencyConfig(
         methods=tuple(m.strip() for m in methods.split(",") if m.strip()), steps=steps, batch_size=batch_size,
@@ -833,11 +861,21 @@ def bench_efficiency(
                             progress=(lambda line: None) if as_json else (lambda line: stderr.print(line, highlight=False)))
     if as_json:
         _print_json(report)
-        return
+    else:
+        _print_efficiency(report, out)
+    if report["failed"]:
+        stderr.print(f"[bold red]error:[/] {', '.join(report['failed'])} failed (their rows say why); "
+                     f"the others were measured", highlight=False)
+        raise typer.Exit(1)
+
+
+def _print_efficiency(report: dict[str, Any], out: Path) -> None:
     from rich.table import Table
 
+    from iisan.efficiency import report_device, table_rows
+
     header, rows = table_rows(report)
-    table = Table(title=f"Training efficiency ({report['methods'][0]['device']}; memory: {report['memory_measure']})",
+    table = Table(title=f"Training efficiency ({report_device(report)}; memory: {report['memory_measure']})",
                   title_justify="left")
     for column in header:
         table.add_column(column, justify="left" if column == "method" else "right")
@@ -846,7 +884,8 @@ def bench_efficiency(
     stdout.print(table)
     if report["cache_build_seconds"] is not None:
         stdout.print(f"cache build (one-off): {report['cache_build_seconds']:.1f} s = "
-                     f"{report['cache_build_seconds_per_epoch']:.1f} s per epoch over {typical_epochs} epochs")
+                     f"{report['cache_build_seconds_per_epoch']:.1f} s per epoch over "
+                     f"{report['settings']['typical_epochs']} epochs")
     stdout.print(f"wrote {out}/efficiency.csv, .json, .md, .png")
 
 

@@ -112,6 +112,9 @@ class EncodeConfig:
         max_text_tokens: text is truncated to this many tokens (special tokens included).
         image_size: images are resized and centre-cropped to this side.
         workers: threads decoding images while the model runs.
+        precision: the encoders' compute precision: ``auto`` (bfloat16 autocast on a GPU
+            that supports it, float32 elsewhere), ``fp32`` or ``bf16``; recorded per
+            encoder in the manifest.
     """
 
     text_encoder: str | None = "minilm"
@@ -123,6 +126,7 @@ class EncodeConfig:
     max_text_tokens: int = 30
     image_size: int = 224
     workers: int = 4
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("pooling", "text_pooling", "image_pooling"):
@@ -136,6 +140,8 @@ class EncodeConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_text_tokens < 2:
             raise ConfigError("max_text_tokens must leave room for the special tokens (at least 2)")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     def pooling_for(self, modality: str) -> str:
         """This modality's pooling (``auto`` is resolved by the encoder)."""
@@ -159,6 +165,7 @@ LAYER_RULES = ("all", "every_other")
 OFFSET_METHODS = tuple(name for name in METHODS if get_method(name).id_offset)
 LOSSES = ("full", "sampled", "in_batch")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")  # the frozen encoders' compute precision; see devices.compute_dtype
 
 
 @dataclass(frozen=True)
@@ -285,6 +292,10 @@ class TrainConfig:
         id_offset_lr: learning rate of those offsets; 10x below ``lr`` by default, so that
             they do not memorise the training items before the content tower has learned
             (at ``lr`` validation peaks after 4-5 epochs, then falls).
+        precision: the compute precision of encoders that run in the graph (the encoder
+            baselines): ``auto`` (bfloat16 autocast on a GPU that supports it, else
+            float32), ``fp32`` or ``bf16``. ``uncached`` mode runs its frozen encoders at
+            the precision the cache was built with; the side network is always float32.
     """
 
     method: str = "iisan"
@@ -304,6 +315,7 @@ class TrainConfig:
     eval_batch_size: int = 1024
     include_history: bool = False
     lora_rank: int = 8
+    precision: str = "auto"
     side: SideNetworkConfig = field(default_factory=SideNetworkConfig)
     user: UserEncoderConfig = field(default_factory=UserEncoderConfig)
 
@@ -316,6 +328,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.loss not in LOSSES:
             raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not get_method(self.method).id_offset:  # not applicable: the saved config says it was not used
             object.__setattr__(self, "id_offset", False)
         if self.negatives < 0:
@@ -337,7 +351,8 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TrainConfig:
-        data = {"id_offset": False, **data}  # runs saved before the offset existed had none
+        # runs saved before these options existed: no offset, encoders in float32
+        data = {"id_offset": False, "precision": "fp32", **data}
         if data.get("id_offset_lr") is None:
             data.pop("id_offset_lr", None)
         side = dict(data.get("side", {}))

@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from iisan.config import DEVICES
+from iisan.config import DEVICES, PRECISIONS
 from iisan.errors import ConfigError
 
 
@@ -24,3 +24,28 @@ def pick_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
+
+def compute_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for running the frozen encoders at ``precision`` on ``device``:
+    ``None`` for float32.
+
+    ``auto`` is bfloat16 on a GPU that supports it (same exponent range as float32, so no
+    overflow or loss scaling; about 3 significant digits, below the float16 the cache
+    stores anyway) and float32 elsewhere: CPUs without bfloat16 units run it slower.
+
+    Raises:
+        ConfigError: an unknown precision.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        supported = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if supported else None
+    return torch.bfloat16 if precision == "bf16" else None
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """What a cache manifest records: ``bf16`` or ``fp32``."""
+    return "bf16" if dtype == torch.bfloat16 else "fp32"

@@ -96,9 +96,17 @@ def measure_method(dataset: Path, cache: Path, name: str, config: EfficiencyConf
     import transformers  # noqa: F401
 
     device = pick_device(config.device)
+    if device.type == "cuda":
+        # The peak-memory counters exist once CUDA has a context on the device: in a fresh
+        # process reset_peak_memory_stats raised "Invalid device argument" before any tensor
+        # was there. A one-element tensor creates the context (and is freed before the reset).
+        torch.cuda.set_device(device)
+        torch.zeros(1, device=device)
+        torch.cuda.synchronize(device)
     reset_peak_rss()  # the peak restarts here: after imports, before the model
     baseline_mb = rss_mb()
     if device.type == "cuda":
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     method, mode = METHODS[name]
     train_config = TrainConfig.for_method(method, mode=mode, batch_size=config.batch_size, seed=config.seed,
@@ -160,15 +168,23 @@ def run_efficiency(dataset: str | Path, out: str | Path, config: EfficiencyConfi
                    cache: str | Path | None = None, progress=None) -> dict[str, Any]:
     """Build the cache unless given (timed), measure every method in its own process, write the files.
 
-    Raises:
-        ConfigError: a method failed (its last error lines are in the message).
+    A method that fails (out of memory, an encoder that cannot be loaded) becomes a row
+    with its ``error`` (the last lines of its output); the others are still measured and
+    compared, and every file is written. ``report["failed"]`` names the failed methods.
     """
     from iisan.data.dataset import PreparedDataset
 
+    from iisan.devices import pick_device
+
+    pick_device(config.device)  # an unusable device is one error, not one failed row per method
     progress = progress or log.info  # a library logs; the CLI passes its own printer
     dataset, out = Path(dataset), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     has_images = PreparedDataset.load(dataset).items["image"].is_not_null().any()
+    if cache is not None:  # what the given cache holds decides: a text-only cache of an image data set is text
+        from iisan.cache.store import HiddenStateCache
+
+        has_images = "image" in HiddenStateCache.open(cache).modalities
     modality = config.modality or ("intra_inter" if has_images else "text")
     config = dataclasses.replace(config, modality=modality)
     cache_seconds = None
@@ -186,15 +202,17 @@ def run_efficiency(dataset: str | Path, out: str | Path, config: EfficiencyConfi
     rows = []
     for name in config.methods:
         progress(f"{name}: {WARMUP_STEPS} warm-up + {config.steps} timed steps of {config.batch_size} users")
-        command = [sys.executable, "-m", "iisan.efficiency", str(dataset), str(cache), name,
-                   json.dumps(config.__dict__)]
-        rows.append(json.loads(_run(command, name).strip().splitlines()[-1]))
+        rows.append(measure_in_subprocess(dataset, Path(cache), name, config))
+        if "error" in rows[-1]:
+            progress(f"{name} failed: {rows[-1]['error']}")
 
-    memory_key = "cuda_max_allocated_mb" if all("cuda_max_allocated_mb" in r for r in rows) else "footprint_mb"
-    for row, score in zip(rows, tpme(rows, memory_key)):
+    measured = [r for r in rows if "error" not in r]
+    memory_key = ("cuda_max_allocated_mb" if measured and all("cuda_max_allocated_mb" in r for r in measured)
+                  else "footprint_mb")
+    for row, score in zip(measured, tpme(measured, memory_key) if measured else []):
         row["tpme"] = score
-    reference = next((r for r in rows if r["method"] == "fft"), None)
-    for row in rows:
+    reference = next((r for r in measured if r["method"] == "fft"), None)
+    for row in measured:
         if reference is not None:
             row["speedup_vs_fft"] = reference["seconds_per_step"] / row["seconds_per_step"]
             row["memory_reduction_vs_fft"] = reference[memory_key] / max(row[memory_key], 1e-9)
@@ -206,18 +224,26 @@ def run_efficiency(dataset: str | Path, out: str | Path, config: EfficiencyConfi
         "cache_build_seconds": cache_seconds,
         "cache_build_seconds_per_epoch": cache_seconds / config.typical_epochs if cache_seconds else None,
         "methods": rows,
+        "failed": [r["method"] for r in rows if "error" in r],
     }
     write_outputs(out, report)
     return report
 
 
-def _run(command: list[str], what: str) -> str:
+def measure_in_subprocess(dataset: Path, cache: Path, name: str, config: EfficiencyConfig) -> dict[str, Any]:
+    """:func:`measure_method` in a fresh process; a failure is returned as
+    ``{"method", "device", "error"}``, never raised."""
+    command = [sys.executable, "-m", "iisan.efficiency", str(dataset), str(cache), name, json.dumps(config.__dict__)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env)
-    if result.returncode:
-        tail = " | ".join(result.stderr.strip().splitlines()[-3:])
-        raise ConfigError(f"{what} failed: {tail}")
-    return result.stdout
+    if result.returncode == 0:
+        try:
+            return json.loads(result.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            return {"method": name, "device": config.device, "error": f"no result in its output: {result.stdout[-300:]!r}"}
+    lines = [line.strip() for line in result.stderr.strip().splitlines() if line.strip()]
+    reason = " | ".join(lines[-3:]) or f"exit status {result.returncode}"
+    return {"method": name, "device": config.device, "error": f"exit status {result.returncode}: {reason}"}
 
 
 COLUMNS = (
@@ -236,8 +262,16 @@ COLUMNS = (
 
 
 def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    present = [c for c in COLUMNS if all(c[0] in r for r in report["methods"])]
-    return [c[1] for c in present], [[fmt.format(r[key]) for key, _, fmt in present] for r in report["methods"]]
+    """Header and formatted cells; a failed method's row says so in its second cell."""
+    measured = [r for r in report["methods"] if "error" not in r]
+    present = [c for c in COLUMNS if measured and all(c[0] in r for r in measured)] or list(COLUMNS[:2])
+    rows = []
+    for r in report["methods"]:
+        if "error" in r:
+            rows.append([r["method"], f"failed: {r['error']}", *[""] * (len(present) - 2)])
+        else:
+            rows.append([fmt.format(r[key]) for key, _, fmt in present])
+    return [c[1] for c in present], rows
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -246,12 +280,17 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     settings = report["settings"]
     notes = [f"Batch {settings['batch_size']} users, {settings['steps']} timed steps after {WARMUP_STEPS} warm-up, "
-             f"modality {settings['modality']}, image size {settings['image_size']}, device {report['methods'][0]['device']}.",
+             f"modality {settings['modality']}, image size {settings['image_size']}, device {report_device(report)}.",
              f"Memory in TPME and ratios: {report['memory_measure']}."]
     if report["cache_build_seconds"] is not None:
         notes.append(f"Cache build (one-off): {report['cache_build_seconds']:.1f} s, "
                      f"{report['cache_build_seconds_per_epoch']:.1f} s per epoch over {settings['typical_epochs']} epochs.")
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+
+
+def report_device(report: dict[str, Any]) -> str:
+    """The device the methods ran on (as measured; the setting when none ran)."""
+    return next((r["device"] for r in report["methods"] if "error" not in r), report["settings"]["device"])
 
 
 def write_outputs(out: Path, report: dict[str, Any]) -> None:
@@ -277,7 +316,7 @@ def _chart(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    rows = report["methods"]
+    rows = [r for r in report["methods"] if "error" not in r]  # a failed method has no bar
     names = [r["method"] for r in rows]
     memory = report["memory_measure"]
     panels = (("seconds_per_step", "seconds per step", True), (memory, memory.replace("_", " "), True),

@@ -23,8 +23,9 @@ MARKER = "quickstart.json"
 
 
 def quickstart(out: str | Path, epochs: int = 50, seed: int = 42, force: bool = False,
-               text_encoder: str = EncodeConfig.text_encoder, top_k: int = 10) -> dict[str, Any]:
-    """prepare → encode → train → evaluate → recommend, rebuilding ``out`` from scratch.
+               text_encoder: str = EncodeConfig.text_encoder, top_k: int = 10, device: str = "auto") -> dict[str, Any]:
+    """prepare → encode → train → evaluate → recommend, rebuilding ``out`` from scratch, on
+    ``device`` (see :func:`iisan.devices.pick_device`).
 
     Raises:
         ConfigError: ``out`` is a non-empty folder that quickstart did not write (and not ``force``).
@@ -48,20 +49,21 @@ def quickstart(out: str | Path, epochs: int = 50, seed: int = 42, force: bool = 
 
     start = time.perf_counter()
     log.info("2/4 encode: %s over every item's title and genres", text_encoder)
-    encode(out / "data", out / "cache", EncodeConfig(text_encoder=text_encoder, image_encoder=None), force=True)
+    encode(out / "data", out / "cache", EncodeConfig(text_encoder=text_encoder, image_encoder=None), force=True,
+           device=device)
     seconds["encode"] = time.perf_counter() - start
 
     start = time.perf_counter()
     log.info("3/4 train: IISAN, text modality, up to %d epochs with early stopping", epochs)
     config = TrainConfig(epochs=epochs, seed=seed, side=SideNetworkConfig(modality="text"))
-    summary = train(out / "data", out / "run", config, cache_dir=out / "cache", force=True)
+    summary = train(out / "data", out / "run", config, cache_dir=out / "cache", force=True, device=device)
     seconds["train"] = time.perf_counter() - start
 
     start = time.perf_counter()
     log.info("4/4 recommend: top-%d for one user", top_k)
     dataset = PreparedDataset.load(out / "data")
     user = dataset.sequences.row(0, named=True)
-    recommender = Recommender.load(out / "run")
+    recommender = Recommender.load(out / "run", device=device)
     history = [recommender.keys[i] for i in user["items"]]
     recommendations = recommender.recommend(history, k=top_k)
     seconds["recommend"] = time.perf_counter() - start

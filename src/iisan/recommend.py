@@ -59,6 +59,7 @@ class Catalogue:
     keys: list[str]  # by item id; id 0 is padding
     titles: list[str | None]
     ids: dict[str, int]
+    table: torch.Tensor  # the embeddings on the model's device: what the user encoder reads
 
 
 class Recommender:
@@ -72,6 +73,7 @@ class Recommender:
                  hnsw: HnswSettings = HnswSettings()) -> None:
         self.trained = trained
         self.model = trained.model
+        self.device = next(self.model.parameters()).device
         self.run_dir = run_dir
         self._trained_keys: list[str] = ["", *trained.items["key"].to_list()]
         self._trained_titles: list[str | None] = [None, *trained.items["text"].to_list()]
@@ -92,9 +94,13 @@ class Recommender:
             self._catalogue = self._build(rebuild, hnsw, kept)
 
     @classmethod
-    def load(cls, run_dir: str | Path, rebuild: str | None = None, hnsw: HnswSettings = HnswSettings()) -> Recommender:
+    def load(cls, run_dir: str | Path, rebuild: str | None = None, hnsw: HnswSettings = HnswSettings(),
+             device: str = "auto") -> Recommender:
         """Load a run and its index from the run folder alone (its dataset and cache may be
         gone; they are needed only to build the index again).
+
+        The model runs on ``device`` (see :func:`iisan.devices.pick_device`); the index
+        searches on the CPU.
 
         ``rebuild`` (``flat`` or ``hnsw``): build a fresh index of that kind whatever state the
         stored one is in, keeping the items added since when they are readable.
@@ -102,8 +108,10 @@ class Recommender:
         Raises:
             ConfigError, DatasetError: the run or its index cannot be used.
         """
+        from iisan.devices import pick_device
+
         run_dir = Path(run_dir)
-        return cls(load_trained(run_dir), run_dir, rebuild, hnsw)
+        return cls(load_trained(run_dir, pick_device(device)), run_dir, rebuild, hnsw)
 
     @property
     def parts(self) -> Assembled:
@@ -114,7 +122,7 @@ class Recommender:
         """
         if self._parts is None:
             try:
-                self._parts = assemble_run(self.run_dir)
+                self._parts = assemble_run(self.run_dir, device=self.device)
             except (DatasetError, CacheMismatchError) as err:
                 raise DatasetError(f"embedding the catalogue again needs the run's dataset and cache, "
                                    f"recorded in {self.run_dir / 'config.json'}: {err}") from None
@@ -171,7 +179,7 @@ class Recommender:
 
     def _build(self, kind: str, hnsw: HnswSettings, keep: StoredIndex | None = None) -> Catalogue:
         """Embed the trained catalogue, index it with ``keep``'s added items, and commit it."""
-        base = item_embeddings(self.model, self.parts.source, self.trained_items).numpy()
+        base = item_embeddings(self.model, self.parts.source, self.trained_items).cpu().numpy()
         if keep is None:
             rows = np.zeros((0, base.shape[1]), dtype=np.float32)
             added = pl.DataFrame(schema={"item_id": pl.Int64, "key": pl.String, "text": pl.String})
@@ -185,7 +193,8 @@ class Recommender:
     def _catalogue_of(self, stored: StoredIndex) -> Catalogue:
         keys = self._trained_keys + stored.added["key"].to_list()
         titles = self._trained_titles + stored.added["text"].to_list()
-        return Catalogue(stored, keys, titles, {key: item_id for item_id, key in enumerate(keys) if item_id})
+        table = torch.from_numpy(stored.embeddings).to(self.device)  # shares memory on the CPU
+        return Catalogue(stored, keys, titles, {key: item_id for item_id, key in enumerate(keys) if item_id}, table)
 
     def _known_ids(self, query: Query) -> list[int]:
         if query.on_unknown not in ("raise", "skip"):
@@ -221,7 +230,7 @@ class Recommender:
             for row, (_, ids) in enumerate(rows):
                 recent = ids[-self.max_seq_len:]
                 inputs[row, -len(recent):] = recent
-            vectors = self.model.user_vectors(self.embeddings, inputs).numpy()
+            vectors = self.model.user_vectors(self._catalogue.table, inputs).cpu().numpy()
             finite = np.isfinite(vectors).all(axis=1)
             exclude = [set(ids) if queries[n].exclude_seen else set() for n, ids in rows]
             k = min(max(queries[n].k for n, _ in rows), self.num_items)
@@ -277,7 +286,7 @@ class Recommender:
                 raise InputError(f"cannot decode an image: {err}") from err
             self.model.eval()
             with torch.no_grad():
-                rows = self.model.embed_items(features).numpy().astype(np.float32)
+                rows = self.model.embed_items(features.to(self.device)).cpu().numpy().astype(np.float32)
             if not np.isfinite(rows).all():
                 raise NonFiniteError("the model gives non-finite embeddings for these items; nothing was added")
             table = pl.concat([now.stored.added, pl.DataFrame({"item_id": ids.astype(np.int64), "key": keys,
@@ -312,7 +321,7 @@ class Recommender:
         inputs = self.parts.splits.test.inputs
         rows = np.random.default_rng(seed).choice(len(inputs), size=min(queries, len(inputs)), replace=False)
         with self._lock:
-            vectors = self.model.user_vectors(self.embeddings, inputs[rows]).numpy()
+            vectors = self.model.user_vectors(self._catalogue.table, inputs[rows]).cpu().numpy()
             found, _ = self.index.search(vectors, k)
             # Exact answers from the flat index, in chunks: a [queries, N] score matrix
             # would take gigabytes at the million-item sizes HNSW is meant for.
@@ -368,7 +377,7 @@ class Recommender:
                 from iisan.features.live import LiveSource
 
                 layers = self.model.layers
-                self._live = LiveSource(None, {m: self.trained.encoders[m] for m in layers}, layers)
+                self._live = LiveSource(None, {m: self.trained.encoders[m] for m in layers}, layers, self.device)
         return self._live
 
 

@@ -28,7 +28,7 @@ from iisan.cache.store import (
 from iisan.config import EncodeConfig
 from iisan.data.dataset import PreparedDataset
 from iisan.data.problems import Problems
-from iisan.devices import pick_device
+from iisan.devices import compute_dtype, pick_device, precision_name
 from iisan.encoders.frozen import FrozenEncoder
 from iisan.errors import CacheMismatchError, ConfigError, NonFiniteError
 from iisan.fileio import check_replaceable
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_SECONDS = 2.0
 TOKENIZE_CHUNK = 10_000
-IDENTITY_KEYS = ("name", "weight_hash", "pooling", "num_layers", "hidden_size", "settings")
+IDENTITY_KEYS = ("name", "weight_hash", "pooling", "num_layers", "hidden_size", "settings", "precision")
 
 
 def encode(
@@ -61,6 +61,7 @@ def encode(
         CacheMismatchError: ``cache_dir`` holds a cache for another dataset or encoder
             setting and ``force`` is off.
     """
+    target = pick_device(device)  # before anything is read or deleted
     dataset = PreparedDataset.load(dataset_dir)
     root = Path(cache_dir)
     item_range = (1, dataset.num_items + 1)
@@ -93,7 +94,7 @@ def encode(
     summary: dict[str, Any] = {"cache": str(root), "modalities": {}}
     for modality, name in _plan(dataset, config):
         summary["modalities"][modality] = _encode_modality(dataset, root, manifest, modality, name, config, problems,
-                                                           item_range, pick_device(device))
+                                                           item_range, target)
     manifest["problems"] = problems.to_json()
     write_manifest(root, manifest)
     summary["problems"] = problems.to_json()
@@ -118,14 +119,16 @@ def _encode_modality(
 ) -> dict[str, Any]:
     encoder = FrozenEncoder.load(name, modality, device)  # type: ignore[arg-type]
     pooling = encoder.resolve_pooling(config.pooling_for(modality))
+    compute = compute_dtype(config.precision, device)
     identity = {
         "name": encoder.name, "weight_hash": encoder.weight_hash, "pooling": pooling,
         "num_layers": encoder.num_layers, "hidden_size": encoder.hidden_size,
-        "settings": config.settings(modality),
+        "settings": config.settings(modality), "precision": precision_name(compute),
     }
     entry = manifest["encoders"].get(modality)
-    if entry is not None and {k: entry[k] for k in IDENTITY_KEYS} != identity:
-        changed = [k for k in IDENTITY_KEYS if entry[k] != identity[k]]
+    # caches written before precision was recorded were all float32
+    if entry is not None and {k: entry.get(k, "fp32") for k in IDENTITY_KEYS} != identity:
+        changed = [k for k in IDENTITY_KEYS if entry.get(k, "fp32") != identity[k]]
         raise CacheMismatchError(
             f"cache at {root} holds {modality} states from {entry['name']} with other "
             f"{', '.join(changed)}; rerun with --force to rebuild it"
@@ -169,7 +172,7 @@ def _encode_modality(
                 next_index += 1
             rows, inputs = _resolve(prepared)
             if len(rows):
-                pooled = encoder.pooled_hidden_states(inputs, pooling).to(torch.float16).cpu()  # [b, L + 1, D]
+                pooled = encoder.pooled_hidden_states(inputs, pooling, compute).to(torch.float16).cpu()  # [b, L + 1, D]
                 _require_finite(pooled, rows, dataset, modality)
                 states[rows] = pooled.numpy()
                 present[rows] = 1

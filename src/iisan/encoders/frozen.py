@@ -121,29 +121,53 @@ class FrozenEncoder:
         Raises:
             OSError, ValueError: the bytes are not a decodable image.
         """
-        short_side = round(image_size * 256 / 224)  # DINOv2/ImageNet evaluation ratio
-        with Image.open(io.BytesIO(data)) as image:
-            image.draft("RGB", (short_side, short_side))  # JPEG: decode at reduced size when possible
-            image = image.convert("RGB")
-            scale = short_side / min(image.size)
-            size = (max(image_size, round(image.width * scale)), max(image_size, round(image.height * scale)))
-            image = image.resize(size, Image.Resampling.BICUBIC)
-            left, top = (size[0] - image_size) // 2, (size[1] - image_size) // 2
-            image = image.crop((left, top, left + image_size, top + image_size))
-            pixels = np.asarray(image, dtype=np.float32) / 255.0
+        return self.normalise_pixels(crop_image(data, image_size))
+
+    def normalise_pixels(self, crop: np.ndarray) -> np.ndarray:
+        """``[S, S, 3]`` uint8 (from :func:`crop_image`) to the model's ``[3, S, S]`` float32 input."""
+        pixels = crop.astype(np.float32) / 255.0
         pixels = (pixels - np.asarray(self.image_mean, np.float32)) / np.asarray(self.image_std, np.float32)
         return np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
     # ---- forward -----------------------------------------------------------------------
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
     @torch.inference_mode()
-    def pooled_hidden_states(self, inputs: dict[str, torch.Tensor], pooling: Pooling) -> torch.Tensor:
-        """Run the model and pool every layer: ``[batch, L + 1, hidden]`` float32, on the model's device."""
-        device = next(self.model.parameters()).device
+    def pooled_hidden_states(self, inputs: dict[str, torch.Tensor], pooling: Pooling,
+                             compute: torch.dtype | None = None) -> torch.Tensor:
+        """Run the model and pool every layer: ``[batch, L + 1, hidden]`` float32, on the model's device.
+
+        ``compute``: run under autocast to this dtype (bfloat16 on a GPU; ``None``: float32).
+        Each layer is pooled in float32 as it comes, never stacked token by token: a deep
+        encoder's ``[batch, L + 1, tokens, hidden]`` would multiply the memory by its depth.
+        """
+        device = self.device
         inputs = {key: value.to(device) for key, value in inputs.items()}
-        outputs = self.model(**inputs, output_hidden_states=True)
-        states = torch.stack(outputs.hidden_states, dim=1)  # [batch, L + 1, tokens, hidden]
-        return pool_tokens(states, inputs.get("attention_mask"), pooling)
+        with torch.autocast(device.type, dtype=compute or torch.float32, enabled=compute is not None):
+            outputs = self.model(**inputs, output_hidden_states=True)
+        mask = inputs.get("attention_mask")
+        return torch.stack([pool_tokens(layer.float(), mask, pooling) for layer in outputs.hidden_states], dim=1)
+
+
+def crop_image(data: bytes, image_size: int) -> np.ndarray:
+    """Decode, resize the short side and centre-crop to ``image_size``: ``[S, S, 3]`` uint8,
+    the part of preprocessing worth keeping between steps (4x smaller than float32 pixels).
+
+    Raises:
+        OSError, ValueError: the bytes are not a decodable image.
+    """
+    short_side = round(image_size * 256 / 224)  # DINOv2/ImageNet evaluation ratio
+    with Image.open(io.BytesIO(data)) as image:
+        image.draft("RGB", (short_side, short_side))  # JPEG: decode at reduced size when possible
+        image = image.convert("RGB")
+        scale = short_side / min(image.size)
+        size = (max(image_size, round(image.width * scale)), max(image_size, round(image.height * scale)))
+        image = image.resize(size, Image.Resampling.BICUBIC)
+        left, top = (size[0] - image_size) // 2, (size[1] - image_size) // 2
+        return np.asarray(image.crop((left, top, left + image_size, top + image_size)), dtype=np.uint8)
 
 
 def default_pooling(folder: Path, config: Any) -> Pooling:

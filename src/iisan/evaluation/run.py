@@ -25,8 +25,10 @@ def evaluate_run(
     ks: tuple[int, ...] = DEFAULT_KS,
     include_history: bool = False,
     batch_size: int | None = None,
+    device: str = "auto",
 ) -> dict[str, Any]:
-    """Full-ranking metrics of a run's best weights on ``split``.
+    """Full-ranking metrics of a run's best weights on ``split``, computed on ``device``
+    (see :func:`iisan.devices.pick_device`).
 
     The result is merged into ``RUN_DIR/metrics.json`` under :func:`metrics_key`, so
     evaluating another split or setting keeps the earlier entries.
@@ -35,13 +37,14 @@ def evaluate_run(
         ``{"metrics": {...}, "users": U, "items": N, "seconds": t}``.
     """
     from iisan.assemble import assemble_run
+    from iisan.devices import pick_device
 
     if split not in SPLITS:
         raise ConfigError(f"split must be valid or test, got {split!r}")
     if not ks or min(ks) < 1:
         raise ConfigError(f"k values must be positive integers, got {ks}")
     run_dir = Path(run_dir)
-    parts = assemble_run(run_dir)
+    parts = assemble_run(run_dir, device=pick_device(device))
     start = time.perf_counter()
     items = item_embeddings(parts.model, parts.source, parts.dataset.num_items)
     target = getattr(parts.splits, split)
@@ -55,4 +58,4 @@ def evaluate_run(
     recorded[metrics_key(split, include_history)] = metrics
     write_json_atomic(path, recorded)
     return {"metrics": metrics, "users": len(target.targets), "items": parts.dataset.num_items,
-            "seconds": round(seconds, 3)}
+            "seconds": round(seconds, 3), "device": str(next(parts.model.parameters()).device)}

@@ -42,10 +42,14 @@ class CachedSource:
     evaluation's pass over the whole catalogue), at most about ``resident_limit`` bytes
     of the cache stay resident in this process; older pages are handed back to the OS
     page cache.
+
+    The in-memory copy lives on ``device``: on a GPU, batches are gathered there and a
+    training step copies only item ids to it, not hidden states.
     """
 
     def __init__(self, cache: HiddenStateCache, layers: dict[str, tuple[int, ...]],
-                 resident_limit: int = 256 << 20, in_memory_limit: int = 1 << 30) -> None:
+                 resident_limit: int = 256 << 20, in_memory_limit: int = 1 << 30,
+                 device: torch.device | str = "cpu") -> None:
         self.cache = cache
         self.layers = layers
         self.resident_limit = resident_limit
@@ -55,8 +59,16 @@ class CachedSource:
         rows = cache.num_items + 1
         needed = sum(rows * len(layers[m]) * self._states[m].shape[2] * 4 for m in layers)
         self._in_memory = None
+        self.device = torch.device("cpu")
         if needed <= in_memory_limit:
-            self._in_memory = {m: self._read_all(m) for m in layers}
+            self.device = torch.device(device)
+            self._in_memory = {m: self._read_all(m).to(self.device) for m in layers}
+            self._present = {m: p.to(self.device) for m, p in self._present.items()}
+
+    @property
+    def resident(self) -> bool:
+        """Whether the selected layers of the whole catalogue are held in memory (on :attr:`device`)."""
+        return self._in_memory is not None
 
     def _read_all(self, modality: str) -> torch.Tensor:
         array = self._states[modality]
@@ -70,7 +82,7 @@ class CachedSource:
     def features(self, ids: np.ndarray) -> ItemFeatures:
         ids = np.asarray(ids, dtype=np.int64)
         if self._in_memory is not None:
-            index = torch.from_numpy(ids)
+            index = torch.from_numpy(ids).to(self.device)
             if len(ids) == len(self._present[next(iter(self.layers))]) and (np.diff(ids) == 1).all() and ids[0] == 0:
                 # The whole catalogue (the full-catalogue loss, every step): no copy.
                 return ItemFeatures(ids=index, states=dict(self._in_memory), present=dict(self._present))

@@ -10,11 +10,13 @@ encoders itself (``fft``, ``adapter``, ``lora``, ``bitfit``).
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 
 from iisan.data.dataset import PreparedDataset
-from iisan.encoders.frozen import FrozenEncoder
+from iisan.encoders.frozen import FrozenEncoder, crop_image
 from iisan.errors import CacheMismatchError
 from iisan.models.features import ItemFeatures
 
@@ -43,9 +45,20 @@ def content_inputs(encoder: FrozenEncoder, entry: dict, modality: str, texts: li
     return rows, {"pixel_values": torch.from_numpy(np.stack(pixels))}
 
 
+# Image crops kept between steps, per source: uint8 [S, S, 3] (147 KB at 224 px), so 1 GiB
+# holds about 7,000 items; the rest are decoded again (in threads) when next needed.
+CROP_MEMORY_BYTES = 1 << 30
+DECODE_THREADS = 4
+
+
 class _RawContent:
-    """Texts and image bytes of a prepared dataset's items, by item id; subclasses turn them
-    into features with ``content_features``."""
+    """Texts and image files of a prepared dataset's items, by item id; subclasses turn them
+    into features with ``content_features``.
+
+    Catalogue items are prepared once, not at every step: their token ids are kept (a few
+    hundred bytes each), their decoded and cropped images up to :data:`CROP_MEMORY_BYTES`;
+    images not kept are decoded in :data:`DECODE_THREADS` threads (PIL releases the GIL).
+    """
 
     def __init__(self, dataset: PreparedDataset | None, modalities) -> None:
         # Without a dataset (a run loaded from its own folder) only content_features works:
@@ -54,16 +67,42 @@ class _RawContent:
         self.modalities = tuple(modalities)
         self.texts = dataset.items["text"].fill_null("").to_list() if dataset is not None else []
         self.images = dataset.items["image"].to_list() if dataset is not None else []
+        self._tokens: dict[int, list[int]] = {}
+        self._crops: dict[int, np.ndarray] = {}
+        self._crop_bytes = 0
+        self._pool: ThreadPoolExecutor | None = None
 
     def features(self, ids: np.ndarray) -> ItemFeatures:
         ids = np.asarray(ids, dtype=np.int64)
-        return self.content_features(ids, *self.content(ids))
+        return self.content_features(ids, [], [], prepared=self._prepared_inputs)
 
-    def content(self, ids: np.ndarray) -> tuple[list[str | None], list[bytes | None]]:
-        texts = [self.texts[i - 1] if i > 0 else None for i in ids]
-        images = [(self.dataset.root / self.images[i - 1]).read_bytes() if i > 0 and self.images[i - 1] else None
-                  for i in ids] if "image" in self.modalities else [None] * len(ids)
-        return texts, images
+    def _prepared_inputs(self, encoder: FrozenEncoder, entry: dict, modality: str,
+                         ids: np.ndarray) -> tuple[np.ndarray, dict[str, torch.Tensor] | None]:
+        """:func:`content_inputs` for catalogue items, from what earlier steps prepared."""
+        if modality == "text":
+            rows = np.flatnonzero(ids > 0)
+            missing = sorted({int(i) for i in ids[rows]} - self._tokens.keys())
+            if missing:
+                tokens = encoder.tokenize([self.texts[i - 1] for i in missing], entry["settings"]["max_text_tokens"])
+                self._tokens.update(zip(missing, tokens))
+            if not len(rows):
+                return rows, None
+            return rows, encoder.collate_tokens([self._tokens[int(i)] for i in ids[rows]])
+        rows = np.array([r for r, i in enumerate(ids) if i > 0 and self.images[i - 1]], dtype=np.int64)
+        if not len(rows):
+            return rows, None
+        size = entry["settings"]["image_size"]
+        missing = sorted({int(i) for i in ids[rows]} - self._crops.keys())
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=DECODE_THREADS)
+        decoded = dict(zip(missing, self._pool.map(
+            lambda i: crop_image((self.dataset.root / self.images[i - 1]).read_bytes(), size), missing)))
+        for item, crop in decoded.items():
+            if self._crop_bytes + crop.nbytes <= CROP_MEMORY_BYTES:
+                self._crops[item] = crop
+                self._crop_bytes += crop.nbytes
+        crops = [self._crops.get(int(i), decoded.get(int(i))) for i in ids[rows]]
+        return rows, {"pixel_values": torch.from_numpy(np.stack([encoder.normalise_pixels(c) for c in crops]))}
 
 
 def load_encoders(entries: dict[str, dict], modalities, device: torch.device | str = "cpu") -> dict[str, FrozenEncoder]:
@@ -93,25 +132,33 @@ class LiveSource(_RawContent):
         self.entries = entries
         self.encoders = load_encoders(entries, layers, device)
 
-    def content_features(self, ids: np.ndarray, texts: list[str | None], images: list[bytes | None]) -> ItemFeatures:
+    def content_features(self, ids: np.ndarray, texts: list[str | None], images: list[bytes | None],
+                         prepared=None) -> ItemFeatures:
         """Features of raw content (see :func:`content_inputs`). Also what new items, never
-        cached, go through.
+        cached, go through. ``prepared``: for catalogue items, where their inputs come from
+        instead of ``texts`` and ``images``.
 
         Raises:
             OSError, ValueError: image bytes that do not decode.
         """
         ids = np.asarray(ids, dtype=np.int64)
-        features = ItemFeatures(ids=torch.from_numpy(ids))
+        first = next(iter(self.encoders.values()), None)
+        features = ItemFeatures(ids=torch.from_numpy(ids).to(first.device if first is not None else "cpu"))
         for modality, layers in self.layers.items():
             encoder, entry = self.encoders[modality], self.entries[modality]
-            states = torch.zeros(len(ids), encoder.num_layers + 1, encoder.hidden_size)
-            present = torch.zeros(len(ids), dtype=torch.bool)
-            rows, inputs = content_inputs(encoder, entry, modality, texts, images)
+            device = encoder.device  # the states stay where the encoder ran: no round trip through the host
+            states = torch.zeros(len(ids), len(layers), encoder.hidden_size, device=device)
+            present = torch.zeros(len(ids), dtype=torch.bool, device=device)
+            rows, inputs = (prepared(encoder, entry, modality, ids) if prepared is not None
+                            else content_inputs(encoder, entry, modality, texts, images))
             if len(rows):
-                # Inference-mode outputs cannot enter an autograd graph; a clone can.
-                states[torch.from_numpy(rows)] = encoder.pooled_hidden_states(inputs, entry["pooling"]).cpu().clone()
-                present[torch.from_numpy(rows)] = True
-            features.states[modality] = states[:, list(layers)]
+                index = torch.from_numpy(rows).to(device)
+                compute = torch.bfloat16 if entry.get("precision") == "bf16" else None  # as the cache was built
+                pooled = encoder.pooled_hidden_states(inputs, entry["pooling"], compute)
+                # Inference-mode outputs cannot enter an autograd graph; a copy into this tensor can.
+                states[index] = pooled[:, list(layers)].to(torch.float16).float()  # as cached: float16
+                present[index] = True
+            features.states[modality] = states
             features.present[modality] = present
         return features
 
@@ -130,8 +177,10 @@ class RawContentSource(_RawContent):
         self.entries = entries
         self.encoders = encoders
 
-    def content_features(self, ids: np.ndarray, texts: list[str | None], images: list[bytes | None]) -> ItemFeatures:
+    def content_features(self, ids: np.ndarray, texts: list[str | None], images: list[bytes | None],
+                         prepared=None) -> ItemFeatures:
         """Model inputs of raw content (see :func:`content_inputs`), also for new items.
+        ``prepared``: for catalogue items, where their inputs come from instead.
 
         Raises:
             OSError, ValueError: image bytes that do not decode.
@@ -139,7 +188,9 @@ class RawContentSource(_RawContent):
         ids = np.asarray(ids, dtype=np.int64)
         features = ItemFeatures(ids=torch.from_numpy(ids))
         for modality, encoder in self.encoders.items():
-            rows, inputs = content_inputs(encoder, self.entries[modality], modality, texts, images)
+            entry = self.entries[modality]
+            rows, inputs = (prepared(encoder, entry, modality, ids) if prepared is not None
+                            else content_inputs(encoder, entry, modality, texts, images))
             present = torch.zeros(len(ids), dtype=torch.bool)
             present[torch.from_numpy(rows)] = True
             features.present[modality] = present

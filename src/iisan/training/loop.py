@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -64,6 +65,10 @@ def train(
         trainable and total parameter counts, number of ranks.
     """
     workers = start_workers(distributed, device)
+    if workers.device.type == "cuda":
+        # Deterministic cuBLAS needs a fixed workspace; without it every matmul warns (the
+        # algorithms below run warn_only). Read when the first cuBLAS handle is made.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     # Same seed, same machine, same thread count: same weights. Multi-threaded CPU kernels
     # (the gradient of an embedding gather) otherwise accumulate in a varying order: two
     # runs differed by 1e-3 in their weights after one Scientific epoch. Cost within noise:
@@ -321,7 +326,9 @@ def _check_resumable(run_dir: Path, parts: Assembled) -> None:
     saved = read_run_config(run_dir)
     if saved["dataset_fingerprint"] != parts.dataset.fingerprint:
         raise ConfigError(f"--resume: {run_dir} was trained on another dataset ({saved['dataset']})")
-    before = {k: v for k, v in saved["train"].items() if k != "epochs"}
+    # Read through from_json, so options added since the run was written take their old meaning.
+    before = {k: v for k, v in json.loads(json.dumps(TrainConfig.from_json(saved["train"]).to_json())).items()
+              if k != "epochs"}
     now = {k: v for k, v in json.loads(json.dumps(parts.config.to_json())).items() if k != "epochs"}
     changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
     if changed:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from iisan.devices import compute_dtype
 from iisan.encoders.frozen import pool_tokens
 from iisan.errors import ConfigError
 from iisan.methods import method_names
@@ -148,9 +149,10 @@ class EmbeddedEncoderItemEncoder(nn.Module):
     """
 
     def __init__(self, method: str, models: dict[str, nn.Module], poolings: dict[str, str], dim: int,
-                 adapter_bottleneck: int = 64, lora_rank: int = 8) -> None:
+                 adapter_bottleneck: int = 64, lora_rank: int = 8, precision: str = "fp32") -> None:
         super().__init__()
         self.method = method
+        self.precision = precision
         self.poolings = dict(poolings)
         self.encoders = nn.ModuleDict({m: prepare_encoder(model, method, adapter_bottleneck, lora_rank)
                                        for m, model in models.items()})
@@ -165,14 +167,17 @@ class EmbeddedEncoderItemEncoder(nn.Module):
 
     def forward(self, features: ItemFeatures) -> torch.Tensor:
         states = {}
+        device = self.heads[next(iter(self.heads))].weight.device
+        compute = compute_dtype(self.precision, device)
         for name, encoder in self.encoders.items():
             present = features.present[name]
             pooled = self.heads[name].weight.new_zeros(len(features.ids), self.widths[name])
             if name in features.inputs:
                 inputs = features.inputs[name]
-                last = encoder(**inputs, output_hidden_states=True).hidden_states[-1]  # as cached: before any final norm
+                with torch.autocast(device.type, dtype=compute or torch.float32, enabled=compute is not None):
+                    last = encoder(**inputs, output_hidden_states=True).hidden_states[-1]  # as cached: before any final norm
                 pooled = pooled.index_put((present.nonzero().squeeze(1),),
-                                          pool_tokens(last, inputs.get("attention_mask"), self.poolings[name]))
+                                          pool_tokens(last.float(), inputs.get("attention_mask"), self.poolings[name]))
             states[name] = pooled
         return heads_and_fusion(self.heads, self.fusion, states, features.present)
 
@@ -182,4 +187,5 @@ def build_tower(config, context) -> EmbeddedEncoderItemEncoder:
     (:mod:`iisan.methods`): the encoders in ``context.encoders``, prepared for ``config.method``."""
     return EmbeddedEncoderItemEncoder(config.method, {m: e.model for m, e in context.encoders.items()},
                                       context.poolings, config.user.dim,
-                                      adapter_bottleneck=config.side.bottleneck, lora_rank=config.lora_rank)
+                                      adapter_bottleneck=config.side.bottleneck, lora_rank=config.lora_rank,
+                                      precision=config.precision)
