@@ -34,8 +34,9 @@ def cell(values: list[float]) -> str:
     return f"{statistics.fmean(values):.4f} ± {spread:.4f}"
 
 
-def step_ms(run: Path, steps: int) -> tuple[float, int, str]:
-    """Median step time, trainable parameters and ``steps x width`` of the inter tower."""
+def step_ms(run: Path, steps: int) -> tuple[float, int, str, str]:
+    """Median step time, trainable parameters, ``steps x width`` of the inter tower and the
+    intra towers' steps (text/image)."""
     parts = assemble_run(run)
     parts.model.train()
     optimizer = build_optimizer(parts)
@@ -51,7 +52,9 @@ def step_ms(run: Path, steps: int) -> tuple[float, int, str]:
     trainable = sum(p.numel() for p in parts.model.parameters() if p.requires_grad)
     inter = parts.model.item.inter_inputs
     shape = f"{inter.steps} x {inter.width}" if inter is not None else "-"
-    return 1000 * statistics.median(times), trainable, shape
+    layers = parts.model.layers
+    intra = "/".join(str(len(layers[m])) if m in layers else "-" for m in ("text", "image"))
+    return 1000 * statistics.median(times), trainable, shape, intra
 
 
 def main() -> None:
@@ -61,8 +64,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
 
-    print("| encoders | variant | seeds | HR@10 | NDCG@10 | trainable params | inter steps x width | step ms |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| encoders | variant | seeds | HR@10 | NDCG@10 | trainable params | layers text/image | inter steps x width | step ms |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for runs_dir in args.runs:
         groups: dict[str, list[Path]] = defaultdict(list)
         for run in sorted(runs_dir.iterdir()):
@@ -70,10 +73,10 @@ def main() -> None:
                 groups[run.name.rpartition("-")[0]].append(run)
         for label, runs in groups.items():
             tests = [json.loads((r / "metrics.json").read_text())["test"] for r in runs]
-            ms, trainable, shape = step_ms(runs[0], args.steps)
+            ms, trainable, shape, intra = step_ms(runs[0], args.steps)
             seeds = ",".join(r.name.rpartition("-")[2] for r in runs)
             print(f"| {runs_dir.name} | {label} | {seeds} | {cell([t['hr@10'] for t in tests])} | "
-                  f"{cell([t['ndcg@10'] for t in tests])} | {trainable:,} | {shape} | {ms:.1f} |", flush=True)
+                  f"{cell([t['ndcg@10'] for t in tests])} | {trainable:,} | {intra} | {shape} | {ms:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

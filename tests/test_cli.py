@@ -126,7 +126,10 @@ def test_train_evaluate_and_resume_from_the_cli(tiny_multimodal, tmp_path):
     assert summary["epochs"] == 1 and set(summary["test"]) >= {"hr@10", "ndcg@10", "mrr"}
     saved = json.loads((run / "config.json").read_text())
     assert saved["train"]["side"] == {"bottleneck": 8, "layers": [0, 1], "layer_rule": "all", "modality": "intra",
-                                      "gate_temperature": 0.1, "inter_layers": "last", "dtl_to": "smaller"}
+                                      "gate_temperature": 0.1, "inter_layers": "last", "dtl_to": "smaller",
+                                      "dtl": "shared", "head": "auto", "text_layers": None, "image_layers": None,
+                                      "text_steps": None, "image_steps": None, "text_bottleneck": None,
+                                      "image_bottleneck": None}
 
     again = runner.invoke(app, args)
     assert again.exit_code == 2 and "--resume" in again.output

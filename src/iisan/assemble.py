@@ -68,7 +68,8 @@ def _model_and_source(config: TrainConfig, dataset: PreparedDataset, cache: Hidd
     entries = {m: cache.entry(m) for m in shapes} if cache is not None else {}
     reads_states = get_method(config.method).reads == "states"
     constant = {m: cache.constant_layers(m) for m in shapes} if reads_states and layers is None else None
-    model, encoders = build_model(config, shapes, dataset.num_items, entries, device, constant, layers)
+    stored = {m: cache.stored_layers(m) for m in shapes} if cache is not None else None
+    model, encoders = build_model(config, shapes, dataset.num_items, entries, device, constant, layers, stored)
     reads = get_method(config.method).reads
     if reads == "raw":
         return model, RawContentSource(dataset, {m: entries[m] for m in encoders}, encoders)
@@ -81,7 +82,8 @@ def _model_and_source(config: TrainConfig, dataset: PreparedDataset, cache: Hidd
 
 def build_model(config: TrainConfig, shapes: dict[str, tuple[int, int]], num_items: int, entries: dict[str, dict],
                 device="cpu", constant: dict[str, tuple[int, ...]] | None = None,
-                layers: dict[str, tuple[int, ...]] | None = None) -> tuple[SequentialRecommender, dict]:
+                layers: dict[str, tuple[int, ...]] | None = None,
+                stored: dict[str, tuple[int, ...]] | None = None) -> tuple[SequentialRecommender, dict]:
     """The model ``config`` describes, from encoder shapes ``modality -> (L + 1, D)``; also
     the encoders it runs inside (the encoder baselines), loaded from ``entries``."""
     user = UserEncoder(config.user)  # first: the random initialisation order of every earlier run
@@ -91,7 +93,7 @@ def build_model(config: TrainConfig, shapes: dict[str, tuple[int, int]], num_ite
         modalities = tuple(m for m in config.side.encoder_modalities if m in shapes)
         encoders = load_encoders({m: entries[m] for m in modalities}, modalities, device)
     poolings = {m: entries[m]["pooling"] for m in encoders}
-    item = build_item_encoder(config, shapes, num_items, constant, layers, encoders, poolings)
+    item = build_item_encoder(config, shapes, num_items, constant, layers, encoders, poolings, stored)
     return SequentialRecommender(item, user), encoders
 
 

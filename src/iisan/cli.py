@@ -24,8 +24,9 @@ from rich.markup import escape
 
 from iisan import __version__
 from iisan.config import (
-    DEVICES, DTL_TARGETS, FORMATS, INDEX_KINDS, INTER_LAYERS, LAYER_RULES, LOSSES, METHODS, MODALITIES, MODES,
-    OFFSET_METHODS, PRECISIONS, SPLITS, EVAL_KS, EncodeConfig, PrepareConfig, SideNetworkConfig, TrainConfig, UserEncoderConfig,
+    COMPACT_HEAD_FROM, DEVICES, DTL_KINDS, DTL_TARGETS, EVAL_KS, FORMATS, HEADS, INDEX_KINDS, INTER_LAYERS, LAYER_RULES,
+    LOSSES, METHODS, MODALITIES, MODES, OFFSET_METHODS, PRECISIONS, SPLITS, EncodeConfig, PrepareConfig,
+    SideNetworkConfig, TrainConfig, UserEncoderConfig,
 )
 from iisan.efficiency import DEFAULT_METHODS as EFFICIENCY_METHODS
 from iisan.errors import ConfigError, IisanError
@@ -80,6 +81,8 @@ DtlTo = _choices("DtlTo", DTL_TARGETS)
 Device = _choices("Device", DEVICES)
 Loss = _choices("Loss", LOSSES)
 Precision = _choices("Precision", PRECISIONS)
+Dtl = _choices("Dtl", DTL_KINDS)
+Head = _choices("Head", HEADS)
 # The same --device on every command that runs a model.
 DeviceOption = Annotated[Device, typer.Option(help="auto: this process's GPU if there is one (under torchrun, the one of its LOCAL_RANK), else the CPU.")]
 
@@ -304,6 +307,8 @@ def encode(
     shard: Annotated[str | None, typer.Option(help="K/N: encode only the K-th of N item ranges, into OUT/shard-K-of-N (run N of these, on one machine or several sharing OUT); auto: K and N from torchrun's RANK and WORLD_SIZE.", show_default=False)] = None,
     device: DeviceOption = Device.auto,
     precision: Annotated[Precision, typer.Option(help="The encoders' compute precision: auto (bf16 autocast on a GPU that supports it, else fp32), fp32 or bf16. Recorded in the manifest; a resume must use the same.")] = Precision(EncodeConfig.precision),
+    text_layers: Annotated[str | None, typer.Option(help="Store only these text layers (0 = embedding output; the last is always stored), e.g. 0,16,32,48,64,80 for an 80-layer LLM; default every layer.", show_default=False)] = None,
+    image_layers: Annotated[str | None, typer.Option(help="Store only these image layers.", show_default=False)] = None,
     merge_check: Annotated[bool, typer.Option(help="After sharded runs: check that every row of every shard is done, then assemble the cache in OUT.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
@@ -355,6 +360,8 @@ def encode(
         pooling=pooling, text_pooling=text_pooling, image_pooling=image_pooling,
         batch_size=batch_size, max_text_tokens=max_text_tokens,
         image_size=image_size, workers=workers, precision=precision.value,
+        text_layers=_int_list(text_layers, "--text-layers") if text_layers else None,
+        image_layers=_int_list(image_layers, "--image-layers") if image_layers else None,
     )
     summary = run_encode(dataset, out, config, force=force, shard=shard_spec, device=device.value)
     if as_json:
@@ -441,6 +448,14 @@ def train(
     bottleneck: Annotated[int, typer.Option(help="Side-block bottleneck width.")] = SideNetworkConfig.bottleneck,
     inter_layers: Annotated[InterLayers, typer.Option(help="Encoders of different depth (IISAN-Versa): the inter-modal tower reads the deeper encoder's layers in contiguous groups, one per layer of the shallower: the group's last layer, or its mean; truncate drops the extra layers instead (a naive control).")] = InterLayers(SideNetworkConfig.inter_layers),
     dtl_to: Annotated[DtlTo, typer.Option(help="Encoders of different width (IISAN-Versa): a linear layer maps the wider encoder's states to the smaller width, or the narrower one's to the larger, before inter-modal fusion.")] = DtlTo(SideNetworkConfig.dtl_to),
+    dtl: Annotated[Dtl, typer.Option(help="That dimension transformation: shared (one linear map for every inter step) or per_step (one per step, as the reference's Versa scripts).")] = Dtl(SideNetworkConfig.dtl),
+    text_layers: Annotated[str | None, typer.Option(help="The text encoder's layers, for its intra tower and the inter tower (overrides --layers), e.g. 4,19,34,49,64,79.", show_default=False)] = None,
+    image_layers: Annotated[str | None, typer.Option(help="The image encoder's layers (overrides --layers).", show_default=False)] = None,
+    text_steps: Annotated[int | None, typer.Option(help="IISAN-Versa group layer-dropping for the text encoder: split its layers into this many contiguous groups and read the last of each (e.g. 6 for an 80-layer LLM), never a constant state.", show_default=False)] = None,
+    image_steps: Annotated[int | None, typer.Option(help="The same for the image encoder.", show_default=False)] = None,
+    head: Annotated[Head, typer.Option(help=f"Tower heads: wide (D -> D -> d, the paper's), compact (D -> d -> d, the reference's Versa draft: for an 8192-wide LLM 67M parameters fewer) or auto (compact from {COMPACT_HEAD_FROM} wide).")] = Head(SideNetworkConfig.head),
+    text_bottleneck: Annotated[int | None, typer.Option(help="SANB width of the text tower (default: --bottleneck).", show_default=False)] = None,
+    image_bottleneck: Annotated[int | None, typer.Option(help="SANB width of the image tower (default: --bottleneck).", show_default=False)] = None,
     dropout: Annotated[float | None, typer.Option(help="Dropout of the user encoder. " + _per_method("dropout", UserEncoderConfig.dropout), show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Random seed (initialisation, batch order, dropout).")] = TrainConfig.seed,
     include_history: Annotated[bool, typer.Option(help="Rank the user's own history too when validating and testing (RecBole's protocol); by default it is excluded, as in the paper.")] = TrainConfig.include_history,
@@ -502,7 +517,11 @@ def train(
             id_offset_lr=id_offset_lr, precision=precision.value, **{k: v for k, v in given.items() if v is not None},
             side=SideNetworkConfig(bottleneck=bottleneck, modality=modality.value,
                                    **_layer_choice(layers),
-                                   inter_layers=inter_layers.value, dtl_to=dtl_to.value),
+                                   inter_layers=inter_layers.value, dtl_to=dtl_to.value, dtl=dtl.value,
+                                   text_layers=_int_list(text_layers, "--text-layers") if text_layers else None,
+                                   image_layers=_int_list(image_layers, "--image-layers") if image_layers else None,
+                                   text_steps=text_steps, image_steps=image_steps, head=head.value,
+                                   text_bottleneck=text_bottleneck, image_bottleneck=image_bottleneck),
         )
     summary = run_train(dataset, out, config, cache_dir=cache, resume=resume, force=force, tensorboard=tensorboard,
                         distributed=distributed, device=device.value)

@@ -115,6 +115,10 @@ class EncodeConfig:
         precision: the encoders' compute precision: ``auto`` (bfloat16 autocast on a GPU
             that supports it, float32 elsewhere), ``fp32`` or ``bf16``; recorded per
             encoder in the manifest.
+        text_layers / image_layers: store only these layers (0 = embedding output; the
+            last layer is always stored), for deep encoders whose every layer would make
+            the cache many times larger (an 80-layer LLM: 81 states per item). ``None``:
+            every layer.
     """
 
     text_encoder: str | None = "minilm"
@@ -127,6 +131,8 @@ class EncodeConfig:
     image_size: int = 224
     workers: int = 4
     precision: str = "auto"
+    text_layers: tuple[int, ...] | None = None
+    image_layers: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         for name in ("pooling", "text_pooling", "image_pooling"):
@@ -142,6 +148,10 @@ class EncodeConfig:
             raise ConfigError("max_text_tokens must leave room for the special tokens (at least 2)")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        for name in ("text_layers", "image_layers"):
+            chosen = getattr(self, name)
+            if chosen is not None and (not chosen or min(chosen) < 0):
+                raise ConfigError(f"{name} must be non-negative layer indices, got {chosen}")
 
     def pooling_for(self, modality: str) -> str:
         """This modality's pooling (``auto`` is resolved by the encoder)."""
@@ -157,6 +167,11 @@ class EncodeConfig:
 MODALITIES = ("text", "image", "intra", "inter", "intra_inter")
 INTER_LAYERS = ("last", "mean", "truncate")
 DTL_TARGETS = ("smaller", "larger")
+DTL_KINDS = ("shared", "per_step")
+HEADS = ("auto", "compact", "wide")
+# head="auto" is compact from this encoder width up (LLMs: 2048-8192), wide below (BERT-
+# and ViT-sized encoders, where the paper's wide head is measured; see the README).
+COMPACT_HEAD_FROM = 1024
 # From the method registry (iisan.methods): one entry per method.
 METHODS = method_names()
 EMBEDDED_METHODS = method_names(reads="raw")  # run and train the encoders on raw content
@@ -195,6 +210,20 @@ class SideNetworkConfig:
             transformation layer maps the wider encoder's states to the ``smaller`` width
             (default) or the narrower one's to the ``larger`` width before inter-modal
             fusion. No effect (and no parameters) when the widths match.
+        dtl: ``shared`` (one map per modality for every inter step) or ``per_step`` (one
+            per step, as the reference's Versa scripts).
+        text_layers / image_layers: this encoder's layers, for both its intra tower and
+            the inter tower (overrides ``layers`` and ``layer_rule``).
+        text_steps / image_steps: IISAN-Versa's group layer-dropping per encoder: split its
+            non-constant layers into this many contiguous groups and read the last layer
+            of each (e.g. 6 of an 80-layer LLM's 81 states), for the intra and the inter
+            tower alike: evenly spaced, counting back from the last layer. Overrides ``layer_rule``; an explicit list wins over it.
+        head: each tower's head: ``wide`` is ``Linear(D, D) -> Linear(D, d)`` (the
+            paper's), ``compact`` is ``Linear(D, d) -> Linear(d, d)`` (the reference's
+            Versa draft; 67M parameters fewer at D = 8192); ``auto`` is compact for
+            encoders at least :data:`COMPACT_HEAD_FROM` wide, wide below.
+        text_bottleneck / image_bottleneck: this modality's SANB width (default:
+            ``bottleneck``, which the inter tower always uses).
     """
 
     bottleneck: int = 64
@@ -204,6 +233,14 @@ class SideNetworkConfig:
     gate_temperature: float = 0.1
     inter_layers: str = "last"
     dtl_to: str = "smaller"
+    dtl: str = "shared"
+    text_layers: tuple[int, ...] | None = None
+    image_layers: tuple[int, ...] | None = None
+    text_steps: int | None = None
+    image_steps: int | None = None
+    head: str = "auto"
+    text_bottleneck: int | None = None
+    image_bottleneck: int | None = None
 
     def __post_init__(self) -> None:
         if self.bottleneck <= 0:
@@ -220,25 +257,78 @@ class SideNetworkConfig:
             raise ConfigError(f"inter_layers must be one of {', '.join(INTER_LAYERS)}, got {self.inter_layers!r}")
         if self.dtl_to not in DTL_TARGETS:
             raise ConfigError(f"dtl_to must be one of {', '.join(DTL_TARGETS)}, got {self.dtl_to!r}")
+        if self.dtl not in DTL_KINDS:
+            raise ConfigError(f"dtl must be one of {', '.join(DTL_KINDS)}, got {self.dtl!r}")
+        if self.head not in HEADS:
+            raise ConfigError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
+        for modality in ("text", "image"):
+            chosen = getattr(self, f"{modality}_layers")
+            if chosen is not None and (not chosen or min(chosen) < 0):
+                raise ConfigError(f"{modality}_layers must be non-negative indices, got {chosen}")
+            for name in (f"{modality}_steps", f"{modality}_bottleneck"):
+                if getattr(self, name) is not None and getattr(self, name) < 1:
+                    raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
 
     @property
     def encoder_modalities(self) -> tuple[str, ...]:
         """The encoders this setting reads."""
         return {"text": ("text",), "image": ("image",)}.get(self.modality, ("text", "image"))
 
-    def selected_layers(self, num_layers: int, constant: tuple[int, ...] = ()) -> tuple[int, ...]:
-        """Indices into ``num_layers`` (= L + 1) cached layers; ``constant``: layers whose state
-        is the same for every item, never chosen by a rule (explicit ``layers`` are kept)."""
-        if self.layers is not None:
-            if max(self.layers) >= num_layers:
-                raise ConfigError(f"layer {max(self.layers)} does not exist: the encoder has layers 0..{num_layers - 1}")
-            return tuple(sorted(set(self.layers)))
-        step = 2 if self.layer_rule == "every_other" else 1
-        layers = tuple(sorted(i for i in range(num_layers - 1, -1, -step) if i not in constant))
-        if not layers:
+    def selected_layers(self, num_layers: int, constant: tuple[int, ...] = (), modality: str | None = None,
+                        available: tuple[int, ...] | None = None) -> tuple[int, ...]:
+        """Indices into ``num_layers`` (= L + 1) layers of ``modality``'s encoder.
+
+        ``constant``: layers whose state is the same for every item, never chosen by a rule
+        or a step count (explicit lists are kept); ``available``: the layers the cache
+        stored (default: all).
+        """
+        available = tuple(range(num_layers)) if available is None else tuple(available)
+        explicit = getattr(self, f"{modality}_layers", None) if modality else None
+        explicit = explicit if explicit is not None else self.layers
+        if explicit is not None:
+            missing = sorted(set(explicit) - set(available))
+            if missing:
+                where = (f"the encoder has layers 0..{num_layers - 1}" if len(available) == num_layers
+                         else f"the cache stored only layers {', '.join(map(str, available))}")
+                raise ConfigError(f"layer {missing[-1]} does not exist: {where}")
+            return tuple(sorted(set(explicit)))
+        candidates = [i for i in available if i not in constant]
+        if not candidates:
             raise ConfigError("every cached layer holds the same state for every item: nothing to learn from "
                               "(was the cache built from empty texts?)")
-        return layers
+        steps = getattr(self, f"{modality}_steps", None) if modality else None
+        if steps is not None:
+            if steps > len(candidates):
+                raise ConfigError(f"{modality}_steps {steps}: the {modality} encoder has only {len(candidates)} "
+                                  "usable layers")
+            # Groups mirrored, the larger ones first: the picks count back from the last layer
+            # at an even stride (13 states in 3 steps: 4, 8, 12), like LayerDrop's rule.
+            last = len(candidates) - 1
+            return tuple(sorted(candidates[last - group[0]] for group in even_groups(len(candidates), steps)))
+        if self.layer_rule == "every_other":  # every other layer counting back from the last
+            candidates = [i for i in candidates if (available[-1] - i) % 2 == 0]
+        return tuple(candidates)
+
+    def bottleneck_for(self, modality: str) -> int:
+        """The SANB width of ``modality``'s tower (``inter`` uses ``bottleneck``)."""
+        return getattr(self, f"{modality}_bottleneck", None) or self.bottleneck
+
+    def head_for(self, width: int, dim: int) -> str:
+        """``compact`` or ``wide`` for a tower of width ``width`` and embeddings of ``dim``."""
+        if self.head != "auto":
+            return self.head
+        return "compact" if width >= COMPACT_HEAD_FROM else "wide"
+
+
+def even_groups(count: int, groups: int) -> list[tuple[int, ...]]:
+    """Split positions ``0..count-1`` into ``groups`` contiguous groups of near-equal size,
+    the larger ones last (so the last group ends at the final layer)."""
+    if not 1 <= groups <= count:
+        raise ValueError(f"cannot split {count} layers into {groups} groups")
+    small, extra = divmod(count, groups)
+    sizes = [small] * (groups - extra) + [small + 1] * extra
+    starts = [sum(sizes[:i]) for i in range(groups)]
+    return [tuple(range(start, start + size)) for start, size in zip(starts, sizes)]
 
 
 @dataclass(frozen=True)
@@ -355,7 +445,8 @@ class TrainConfig:
         data = {"id_offset": False, "precision": "fp32", **data}
         if data.get("id_offset_lr") is None:
             data.pop("id_offset_lr", None)
-        side = dict(data.get("side", {}))
-        if side.get("layers") is not None:
-            side["layers"] = tuple(side["layers"])
+        side = {"head": "wide", **data.get("side", {})}  # runs saved before head existed: the paper's
+        for key in ("layers", "text_layers", "image_layers"):
+            if side.get(key) is not None:
+                side[key] = tuple(side[key])
         return cls(**{**data, "side": SideNetworkConfig(**side), "user": UserEncoderConfig(**data.get("user", {}))})

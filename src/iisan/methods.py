@@ -66,6 +66,7 @@ class TowerContext:
         layers: modality -> the layers to read, when already decided (a trained run's).
         encoders: modality -> the loaded encoder, for ``reads="raw"`` methods.
         poolings: modality -> the pooling the cache was built with.
+        stored: modality -> the layers the cache holds, when it holds only some.
     """
 
     shapes: dict[str, tuple[int, int]]
@@ -74,6 +75,7 @@ class TowerContext:
     layers: dict[str, tuple[int, ...]] | None = None
     encoders: dict[str, Any] = field(default_factory=dict)
     poolings: dict[str, str] = field(default_factory=dict)
+    stored: dict[str, tuple[int, ...]] | None = None
 
 
 _REGISTRY: dict[str, Method] = {}

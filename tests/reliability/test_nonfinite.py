@@ -72,8 +72,8 @@ def test_encode_refuses_non_finite_states_and_resumes(tiny_multimodal, tmp_path,
     dataset, _ = tiny_multimodal
     real = FrozenEncoder.pooled_hidden_states
 
-    def overflowing(self, inputs, pooling, compute=None):
-        out = real(self, inputs, pooling, compute).clone()
+    def overflowing(self, inputs, pooling, compute=None, layers=None):
+        out = real(self, inputs, pooling, compute, layers).clone()
         out[1] = 1e6  # beyond float16's 65504: would be stored as infinity
         return out
 

@@ -38,7 +38,10 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_SECONDS = 2.0
 TOKENIZE_CHUNK = 10_000
-IDENTITY_KEYS = ("name", "weight_hash", "pooling", "num_layers", "hidden_size", "settings", "precision")
+IDENTITY_KEYS = ("name", "weight_hash", "pooling", "num_layers", "hidden_size", "settings", "precision",
+                 "stored_layers")
+# What an entry written before a key existed meant: float32 encoders, every layer stored.
+IDENTITY_DEFAULTS = {"precision": "fp32", "stored_layers": None}
 
 
 def encode(
@@ -117,23 +120,25 @@ def _encode_modality(
     dataset: PreparedDataset, root: Path, manifest: dict, modality: str, name: str,
     config: EncodeConfig, problems: Problems, item_range: tuple[int, int], device: torch.device,
 ) -> dict[str, Any]:
-    encoder = FrozenEncoder.load(name, modality, device)  # type: ignore[arg-type]
-    pooling = encoder.resolve_pooling(config.pooling_for(modality))
     compute = compute_dtype(config.precision, device)
+    # At bf16 the weights are loaded in bf16 too: a large encoder then needs half the memory.
+    encoder = FrozenEncoder.load(name, modality, device, dtype=compute)  # type: ignore[arg-type]
+    pooling = encoder.resolve_pooling(config.pooling_for(modality))
+    stored = stored_layers(getattr(config, f"{modality}_layers"), encoder.num_layers, modality)
     identity = {
         "name": encoder.name, "weight_hash": encoder.weight_hash, "pooling": pooling,
         "num_layers": encoder.num_layers, "hidden_size": encoder.hidden_size,
         "settings": config.settings(modality), "precision": precision_name(compute),
+        "stored_layers": list(stored) if len(stored) < encoder.num_layers + 1 else None,
     }
     entry = manifest["encoders"].get(modality)
-    # caches written before precision was recorded were all float32
-    if entry is not None and {k: entry.get(k, "fp32") for k in IDENTITY_KEYS} != identity:
-        changed = [k for k in IDENTITY_KEYS if entry.get(k, "fp32") != identity[k]]
+    if entry is not None and {k: entry.get(k, IDENTITY_DEFAULTS.get(k)) for k in IDENTITY_KEYS} != identity:
+        changed = [k for k in IDENTITY_KEYS if entry.get(k, IDENTITY_DEFAULTS.get(k)) != identity[k]]
         raise CacheMismatchError(
             f"cache at {root} holds {modality} states from {entry['name']} with other "
             f"{', '.join(changed)}; rerun with --force to rebuild it"
         )
-    arrays = _open_arrays(root, modality, dataset.num_items, encoder, entry is None)
+    arrays = _open_arrays(root, modality, dataset.num_items, (len(stored), encoder.hidden_size), entry is None)
     if entry is None:
         entry = {**identity, "file": states_path(root, modality).name, "completed_rows": 1}
         manifest["encoders"][modality] = entry
@@ -172,7 +177,7 @@ def _encode_modality(
                 next_index += 1
             rows, inputs = _resolve(prepared)
             if len(rows):
-                pooled = encoder.pooled_hidden_states(inputs, pooling, compute).to(torch.float16).cpu()  # [b, L + 1, D]
+                pooled = encoder.pooled_hidden_states(inputs, pooling, compute, stored).to(torch.float16).cpu()  # [b, L + 1, D]
                 _require_finite(pooled, rows, dataset, modality)
                 states[rows] = pooled.numpy()
                 present[rows] = 1
@@ -212,11 +217,22 @@ def _require_finite(pooled: torch.Tensor, rows: np.ndarray, dataset: PreparedDat
     )
 
 
-def _open_arrays(root: Path, modality: str, num_items: int, encoder: FrozenEncoder, new: bool):
+def stored_layers(requested: tuple[int, ...] | None, num_layers: int, modality: str) -> tuple[int, ...]:
+    """The layers to store of an encoder with ``num_layers`` blocks: ``requested`` plus the last
+    (which the frozen baseline and the encoder baselines read), or all ``L + 1``."""
+    if requested is None:
+        return tuple(range(num_layers + 1))
+    if max(requested) > num_layers:
+        raise ConfigError(f"--{modality}-layers: layer {max(requested)} does not exist, the {modality} encoder "
+                          f"has layers 0..{num_layers}")
+    return tuple(sorted(set(requested) | {num_layers}))
+
+
+def _open_arrays(root: Path, modality: str, num_items: int, shape_per_item: tuple[int, int], new: bool):
     paths = states_path(root, modality), done_path(root, modality), present_path(root, modality)
     if not new and all(p.exists() for p in paths):
         return tuple(np.load(p, mmap_mode="r+", allow_pickle=False) for p in paths)
-    shape = (num_items + 1, encoder.num_layers + 1, encoder.hidden_size)
+    shape = (num_items + 1, *shape_per_item)
     states = np.lib.format.open_memmap(paths[0], mode="w+", dtype=np.float16, shape=shape)
     done = np.lib.format.open_memmap(paths[1], mode="w+", dtype=np.uint8, shape=(num_items + 1,))
     present = np.lib.format.open_memmap(paths[2], mode="w+", dtype=np.uint8, shape=(num_items + 1,))

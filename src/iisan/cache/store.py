@@ -135,7 +135,8 @@ class HiddenStateCache:
             CacheMismatchError: naming the file and what differs.
         """
         rows = self.num_items + 1
-        expected = {states_path(self.root, modality): ((rows, self.num_layers(modality), self.hidden_size(modality)), np.float16),
+        stored = len(self.stored_layers(modality))
+        expected = {states_path(self.root, modality): ((rows, stored, self.hidden_size(modality)), np.float16),
                     present_path(self.root, modality): ((rows,), np.uint8)}
         for path, (shape, dtype) in expected.items():
             try:
@@ -172,8 +173,28 @@ class HiddenStateCache:
     def hidden_size(self, modality: str) -> int:
         return int(self.entry(modality)["hidden_size"])
 
+    def stored_layers(self, modality: str) -> tuple[int, ...]:
+        """The encoder layers the states array holds, in its order (all ``L + 1`` unless the
+        cache was built with ``--text-layers`` / ``--image-layers``)."""
+        chosen = self.entry(modality).get("stored_layers")
+        return tuple(int(i) for i in chosen) if chosen else tuple(range(self.num_layers(modality)))
+
+    def positions(self, modality: str, layers) -> list[int]:
+        """Where encoder ``layers`` sit in the states array.
+
+        Raises:
+            CacheMismatchError: a layer the cache did not store.
+        """
+        stored = self.stored_layers(modality)
+        missing = [i for i in layers if i not in stored]
+        if missing:
+            raise CacheMismatchError(f"cache at {self.root} stored {modality} layers {', '.join(map(str, stored))}, "
+                                     f"not {', '.join(map(str, missing))}; choose among them or encode again")
+        return [stored.index(i) for i in layers]
+
     def states(self, modality: str) -> np.memmap:
-        """The whole ``[N + 1, L + 1, D]`` float16 array, memory-mapped read-only."""
+        """The whole ``[N + 1, S, D]`` float16 array (``S``: the stored layers, normally all
+        ``L + 1``), memory-mapped read-only."""
         self.entry(modality)
         return np.load(states_path(self.root, modality), mmap_mode="r", allow_pickle=False)
 
@@ -196,7 +217,8 @@ class HiddenStateCache:
                           dtype=np.float32)  # [n, L + 1, D]
         spread = (rows.max(axis=0) - rows.min(axis=0)).max(axis=-1)  # [L + 1]
         scale = np.abs(rows).max(axis=(0, 2))
-        return tuple(int(i) for i in np.flatnonzero(spread <= 1e-3 * scale + 1e-6))
+        stored = self.stored_layers(modality)
+        return tuple(stored[int(i)] for i in np.flatnonzero(spread <= 1e-3 * scale + 1e-6))
 
     def gather(self, modality: str, item_ids: np.ndarray) -> np.ndarray:
         """Rows for ``item_ids`` (any shape) as ``[*ids.shape, L + 1, D]`` float16.

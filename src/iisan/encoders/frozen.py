@@ -55,8 +55,11 @@ class FrozenEncoder:
     image_std: tuple[float, ...] = tuple(IMAGENET_STD)
 
     @classmethod
-    def load(cls, name: str, modality: Modality, device: torch.device | str = "cpu") -> FrozenEncoder:
-        """Resolve ``name`` (registry name or local folder) and load it frozen onto ``device``.
+    def load(cls, name: str, modality: Modality, device: torch.device | str = "cpu",
+             dtype: torch.dtype | None = None) -> FrozenEncoder:
+        """Resolve ``name`` (registry name or local folder) and load it frozen onto ``device``,
+        with its weights in ``dtype`` when given (bfloat16: half the memory of a large
+        encoder, read straight from the files at that precision).
 
         Raises:
             ConfigError: unknown name.
@@ -71,7 +74,7 @@ class FrozenEncoder:
         hf_logging.set_verbosity_error()  # no "newly initialised pooler" notes for unused heads
         hf_logging.disable_progress_bar()
         try:
-            model = AutoModel.from_pretrained(folder, use_safetensors=True)
+            model = AutoModel.from_pretrained(folder, use_safetensors=True, **_dtype_argument(dtype))
             tokenizer = AutoTokenizer.from_pretrained(folder) if modality == "text" else None
         except (OSError, ValueError, KeyError) as err:
             raise EncoderLoadError(f"cannot load {modality} encoder from {folder}: {err}") from err
@@ -137,10 +140,11 @@ class FrozenEncoder:
 
     @torch.inference_mode()
     def pooled_hidden_states(self, inputs: dict[str, torch.Tensor], pooling: Pooling,
-                             compute: torch.dtype | None = None) -> torch.Tensor:
+                             compute: torch.dtype | None = None, layers: tuple[int, ...] | None = None) -> torch.Tensor:
         """Run the model and pool every layer: ``[batch, L + 1, hidden]`` float32, on the model's device.
 
         ``compute``: run under autocast to this dtype (bfloat16 on a GPU; ``None``: float32).
+        ``layers``: pool only these (``[batch, len(layers), hidden]``).
         Each layer is pooled in float32 as it comes, never stacked token by token: a deep
         encoder's ``[batch, L + 1, tokens, hidden]`` would multiply the memory by its depth.
         """
@@ -149,7 +153,8 @@ class FrozenEncoder:
         with torch.autocast(device.type, dtype=compute or torch.float32, enabled=compute is not None):
             outputs = self.model(**inputs, output_hidden_states=True)
         mask = inputs.get("attention_mask")
-        return torch.stack([pool_tokens(layer.float(), mask, pooling) for layer in outputs.hidden_states], dim=1)
+        hidden = outputs.hidden_states if layers is None else [outputs.hidden_states[i] for i in layers]
+        return torch.stack([pool_tokens(layer.float(), mask, pooling) for layer in hidden], dim=1)
 
 
 def crop_image(data: bytes, image_size: int) -> np.ndarray:
@@ -168,6 +173,17 @@ def crop_image(data: bytes, image_size: int) -> np.ndarray:
         image = image.resize(size, Image.Resampling.BICUBIC)
         left, top = (size[0] - image_size) // 2, (size[1] - image_size) // 2
         return np.asarray(image.crop((left, top, left + image_size, top + image_size)), dtype=np.uint8)
+
+
+def _dtype_argument(dtype: torch.dtype | None) -> dict[str, Any]:
+    """``from_pretrained``'s weight-precision argument: ``dtype`` since transformers 4.56,
+    ``torch_dtype`` before (an unknown keyword would be taken as a config field, silently)."""
+    if dtype is None:
+        return {}
+    import transformers
+
+    major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
+    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
 
 
 def default_pooling(folder: Path, config: Any) -> Pooling:

@@ -54,6 +54,7 @@ class CachedSource:
         self.layers = layers
         self.resident_limit = resident_limit
         self._states = {m: cache.states(m) for m in layers}
+        self._positions = {m: cache.positions(m, layers[m]) for m in layers}  # where the layers sit in the array
         self._present = {m: torch.from_numpy(cache.present(m)) for m in layers}
         self._touched = 0
         rows = cache.num_items + 1
@@ -75,7 +76,7 @@ class CachedSource:
         out = torch.empty(array.shape[0], len(self.layers[modality]), array.shape[2])
         step = max(1, self.resident_limit // max(array[0].nbytes, 1))
         for start in range(0, array.shape[0], step):
-            out[start : start + step] = torch.from_numpy(np.asarray(array[start : start + step][:, list(self.layers[modality])]))
+            out[start : start + step] = torch.from_numpy(np.asarray(array[start : start + step][:, self._positions[modality]]))
             release_resident_pages(array)
         return out
 
@@ -92,7 +93,7 @@ class CachedSource:
         states = {}
         for modality, layers in self.layers.items():
             rows = np.empty((len(ids), len(layers), self._states[modality].shape[2]), dtype=np.float16)
-            rows[order] = self._states[modality][ids[order]][:, list(layers)]
+            rows[order] = self._states[modality][ids[order]][:, self._positions[modality]]
             states[modality] = torch.from_numpy(rows).float()
             self._touched += len(ids) * (self._states[modality][0].nbytes + FAULT_AROUND_BYTES)
         if self._touched > self.resident_limit:

@@ -105,11 +105,17 @@ class _RawContent:
         return rows, {"pixel_values": torch.from_numpy(np.stack([encoder.normalise_pixels(c) for c in crops]))}
 
 
-def load_encoders(entries: dict[str, dict], modalities, device: torch.device | str = "cpu") -> dict[str, FrozenEncoder]:
-    """The encoders named by cache manifest ``entries``, checked to be the same weights."""
+def load_encoders(entries: dict[str, dict], modalities, device: torch.device | str = "cpu",
+                  frozen: bool = False) -> dict[str, FrozenEncoder]:
+    """The encoders named by cache manifest ``entries``, checked to be the same weights.
+
+    ``frozen`` (they only run forward, as in ``uncached`` mode): loaded at the precision the
+    cache was built with, bf16 weights for a bf16 cache. Encoders that train stay float32.
+    """
     encoders = {}
     for modality in modalities:
-        encoder = FrozenEncoder.load(entries[modality]["name"], modality, device)  # type: ignore[arg-type]
+        dtype = torch.bfloat16 if frozen and entries[modality].get("precision") == "bf16" else None
+        encoder = FrozenEncoder.load(entries[modality]["name"], modality, device, dtype)  # type: ignore[arg-type]
         if encoder.weight_hash != entries[modality]["weight_hash"]:
             raise CacheMismatchError(f"the {modality} encoder's weights changed since the cache was built")
         encoders[modality] = encoder
@@ -130,7 +136,7 @@ class LiveSource(_RawContent):
         super().__init__(dataset, layers)
         self.layers = layers
         self.entries = entries
-        self.encoders = load_encoders(entries, layers, device)
+        self.encoders = load_encoders(entries, layers, device, frozen=True)
 
     def content_features(self, ids: np.ndarray, texts: list[str | None], images: list[bytes | None],
                          prepared=None) -> ItemFeatures:

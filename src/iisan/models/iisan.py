@@ -8,14 +8,16 @@ with ``H_text[i]``, ``H_img[i]`` the encoders' pooled states and gates
     intra-image:  v = SANB_v[i](g_v[i] * H_img[i]  + (1 - g_v[i]) * v)
     inter:        m = SANB_m[i](m + g_m[i] * H_img[i] + (1 - g_m[i]) * H_text[i])
 
-``t``, ``v`` and ``m`` start at zero. Each tower ends in a head ``Linear(D, D)`` then
-``Linear(D, d)``, and the item embedding is ``Linear(k * d, d)`` over the concatenation of
-the active towers (image, text, inter; ``k`` of them). Nothing here touches the encoders:
-gradients stop at the cached states.
+``t``, ``v`` and ``m`` start at zero. Each tower ends in a head, ``Linear(D, D)`` then
+``Linear(D, d)`` (``wide``, the paper's) or ``Linear(D, d)`` then ``Linear(d, d)``
+(``compact``, for wide encoders), and the item embedding is ``Linear(k * d, d)`` over the
+concatenation of the active towers (image, text, inter; ``k`` of them). Nothing here
+touches the encoders: gradients stop at the cached states.
 
-Encoders of different depth or width (IISAN-Versa) change only what the inter tower reads:
-see :mod:`iisan.models.versa`. The intra towers always read every selected layer of their
-own encoder at its own width.
+Each encoder's layers are chosen per modality (an explicit list, a number of evenly spaced
+groups, or the shared rule) and read by both its intra tower and the inter tower.
+Encoders of different depth or width (IISAN-Versa) change only how the inter tower reads
+them: see :mod:`iisan.models.versa`.
 """
 
 from __future__ import annotations
@@ -34,10 +36,10 @@ from iisan.models.versa import InterModalInputs
 class _SideTower(nn.Module):
     """One SANB block and one gate logit per step (the towers differ only in what they mix)."""
 
-    def __init__(self, width: int, steps: int, config: SideNetworkConfig) -> None:
+    def __init__(self, width: int, steps: int, config: SideNetworkConfig, bottleneck: int | None = None) -> None:
         super().__init__()
         self.temperature = config.gate_temperature
-        self.blocks = nn.ModuleList(SANB(width, config.bottleneck) for _ in range(steps))
+        self.blocks = nn.ModuleList(SANB(width, bottleneck or config.bottleneck) for _ in range(steps))
         self.gates = nn.Parameter(torch.zeros(steps))
 
 
@@ -65,7 +67,10 @@ class InterTower(_SideTower):
         return running
 
 
-def _head(width: int, dim: int) -> nn.Sequential:
+def _head(width: int, dim: int, kind: str) -> nn.Sequential:
+    """``wide``: ``D -> D -> d``; ``compact``: ``D -> d -> d``."""
+    if kind == "compact":
+        return nn.Sequential(nn.Linear(width, dim), nn.Linear(dim, dim))
     return nn.Sequential(nn.Linear(width, width), nn.Linear(width, dim))
 
 
@@ -80,38 +85,41 @@ class IISANItemEncoder(nn.Module):
             cache); the default layer rule skips them.
         layers: modality -> the layers to read, overriding the config (a trained run's
             own, so that it reloads exactly as it was trained).
+        stored: modality -> the layers the cache holds, when it holds only some.
     """
 
     def __init__(self, config: SideNetworkConfig, shapes: dict[str, tuple[int, int]], dim: int,
                  constant: dict[str, tuple[int, ...]] | None = None,
-                 layers: dict[str, tuple[int, ...]] | None = None) -> None:
+                 layers: dict[str, tuple[int, ...]] | None = None,
+                 stored: dict[str, tuple[int, ...]] | None = None) -> None:
         super().__init__()
         self.config = config
         missing = [m for m in config.encoder_modalities if m not in shapes]
         if missing:
             raise ConfigError(f"modality {config.modality!r} needs {' and '.join(missing)} states, "
                               f"but the cache has only {', '.join(shapes) or 'none'}")
-        constant = constant or {}
+        constant, stored = constant or {}, stored or {}
         self.layers = {m: tuple(layers[m]) if layers and m in layers else
-                       config.selected_layers(shapes[m][0], constant.get(m, ()))
+                       config.selected_layers(shapes[m][0], constant.get(m, ()), modality=m, available=stored.get(m))
                        for m in config.encoder_modalities}
         uses_inter = config.modality in ("inter", "intra_inter")
         self.towers = nn.ModuleDict()
         self.heads = nn.ModuleDict()
-        if config.modality in ("image", "intra", "intra_inter"):
-            self.towers["image"] = GatedTower(shapes["image"][1], len(self.layers["image"]), config)
-            self.heads["image"] = _head(shapes["image"][1], dim)
-        if config.modality in ("text", "intra", "intra_inter"):
-            self.towers["text"] = GatedTower(shapes["text"][1], len(self.layers["text"]), config)
-            self.heads["text"] = _head(shapes["text"][1], dim)
+        for modality in ("image", "text"):
+            if config.modality in (modality, "intra", "intra_inter"):
+                width = shapes[modality][1]
+                self.towers[modality] = GatedTower(width, len(self.layers[modality]), config,
+                                                   config.bottleneck_for(modality))
+                self.heads[modality] = _head(width, dim, config.head_for(width, dim))
         self.inter_inputs = None
         if uses_inter:
             self.inter_inputs = InterModalInputs(
                 {m: (len(self.layers[m]), shapes[m][1]) for m in ("text", "image")},
-                inter_layers=config.inter_layers, dtl_to=config.dtl_to,
+                inter_layers=config.inter_layers, dtl_to=config.dtl_to, dtl=config.dtl,
             )
-            self.towers["inter"] = InterTower(self.inter_inputs.width, self.inter_inputs.steps, config)
-            self.heads["inter"] = _head(self.inter_inputs.width, dim)
+            width = self.inter_inputs.width
+            self.towers["inter"] = InterTower(width, self.inter_inputs.steps, config)
+            self.heads["inter"] = _head(width, dim, config.head_for(width, dim))
         self.fusion = nn.Linear(len(self.towers) * dim, dim)
 
     def side_parameters(self) -> list[nn.Parameter]:
@@ -133,4 +141,4 @@ class IISANItemEncoder(nn.Module):
 def build_tower(config, context) -> IISANItemEncoder:
     """The ``iisan`` entry of the method registry (:mod:`iisan.methods`)."""
     return IISANItemEncoder(config.side, context.shapes, config.user.dim, constant=context.constant,
-                            layers=context.layers)
+                            layers=context.layers, stored=context.stored)

@@ -16,11 +16,12 @@ from iisan.models.user import UserEncoder
 def build_item_encoder(config: TrainConfig, shapes: dict[str, tuple[int, int]], num_items: int,
                        constant: dict[str, tuple[int, ...]] | None = None,
                        layers: dict[str, tuple[int, ...]] | None = None,
-                       encoders: dict | None = None, poolings: dict[str, str] | None = None) -> ItemTower:
+                       encoders: dict | None = None, poolings: dict[str, str] | None = None,
+                       stored: dict[str, tuple[int, ...]] | None = None) -> ItemTower:
     """The item tower of ``config.method``, from its registry entry (:mod:`iisan.methods`);
     ``shapes`` maps modality -> ``(L + 1, D)``; the rest: see :class:`~iisan.methods.TowerContext`.
     Wrapped with per-item id offsets when ``config.id_offset``."""
-    context = TowerContext(shapes, num_items, constant, layers, encoders or {}, poolings or {})
+    context = TowerContext(shapes, num_items, constant, layers, encoders or {}, poolings or {}, stored)
     tower = get_method(config.method).build_tower(config, context)
     return ContentWithIdOffset(tower, num_items, config.user.dim) if config.id_offset else tower
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from iisan.config import INTER_LAYERS
+from iisan.config import INTER_LAYERS, even_groups
 
 
 def layer_groups(deep: int, steps: int) -> list[tuple[int, ...]]:
@@ -23,15 +23,7 @@ def layer_groups(deep: int, steps: int) -> list[tuple[int, ...]]:
     The larger groups come last, so with default LayerDrop the first step pairs the two
     embedding outputs (layer 0 with layer 0) and the last step pairs the two final layers.
     """
-    if not 1 <= steps <= deep:
-        raise ValueError(f"cannot split {deep} layers into {steps} groups")
-    small, extra = divmod(deep, steps)
-    sizes = [small] * (steps - extra) + [small + 1] * extra
-    groups, start = [], 0
-    for size in sizes:
-        groups.append(tuple(range(start, start + size)))
-        start += size
-    return groups
+    return even_groups(deep, steps)
 
 
 def alignment_matrix(deep: int, steps: int, inter_layers: str) -> torch.Tensor:
@@ -64,9 +56,12 @@ class InterModalInputs(nn.Module):
             ``mean`` or ``truncate``).
         dtl_to: ``smaller`` maps the wider encoder's states down to the narrower width,
             ``larger`` maps the narrower one's up.
+        dtl: ``shared`` (one map for every step) or ``per_step`` (one map per step, as the
+            reference's Versa scripts).
     """
 
-    def __init__(self, shapes: dict[str, tuple[int, int]], inter_layers: str = "last", dtl_to: str = "smaller") -> None:
+    def __init__(self, shapes: dict[str, tuple[int, int]], inter_layers: str = "last", dtl_to: str = "smaller",
+                 dtl: str = "shared") -> None:
         super().__init__()
         self.steps = min(depth for depth, _ in shapes.values())
         widths = [width for _, width in shapes.values()]
@@ -79,7 +74,8 @@ class InterModalInputs(nn.Module):
                                      persistent=False)
                 self._aligned.append(modality)
             if width != self.width:
-                self.dtl[modality] = nn.Linear(width, self.width)
+                self.dtl[modality] = nn.Linear(width, self.width) if dtl == "shared" else \
+                    StepwiseLinear(self.steps, width, self.width)
 
     def forward(self, states: torch.Tensor, modality: str) -> torch.Tensor:
         if modality in self._aligned:
@@ -87,3 +83,17 @@ class InterModalInputs(nn.Module):
         if modality in self.dtl:
             states = self.dtl[modality](states)
         return states
+
+
+class StepwiseLinear(nn.Module):
+    """One ``Linear(d_in, d_out)`` per step, applied to ``[n, steps, d_in]`` in one einsum;
+    each step's map is initialised as ``nn.Linear`` initialises its own."""
+
+    def __init__(self, steps: int, d_in: int, d_out: int) -> None:
+        super().__init__()
+        layers = [nn.Linear(d_in, d_out) for _ in range(steps)]
+        self.weight = nn.Parameter(torch.stack([layer.weight.detach().T for layer in layers]))  # [steps, d_in, d_out]
+        self.bias = nn.Parameter(torch.stack([layer.bias.detach() for layer in layers]))  # [steps, d_out]
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("nsi,sio->nso", states, self.weight) + self.bias

@@ -18,7 +18,7 @@ class FrozenFeatureItemEncoder(nn.Module):
 
     def __init__(self, modalities: tuple[str, ...], shapes: dict[str, tuple[int, int]], dim: int) -> None:
         super().__init__()
-        self.layers = {m: (shapes[m][0] - 1,) for m in modalities}
+        self.layers = {m: (shapes[m][0] - 1,) for m in modalities}  # the last layer: always cached
         self.heads = nn.ModuleDict({m: nn.Linear(shapes[m][1], dim) for m in modalities})
         self.fusion = nn.Linear(len(modalities) * dim, dim)
 
