@@ -141,7 +141,8 @@ def test_train_evaluate_and_resume_from_the_cli(tiny_multimodal, tmp_path):
     table = runner.invoke(app, ["evaluate", str(run), "--split", "valid", "--k", "1,10"])
     assert table.exit_code == 0 and "NDCG@10" in table.stdout and "valid" in table.stdout
     as_json = json.loads(runner.invoke(app, ["evaluate", str(run), "--include-history", "--json"]).stdout)
-    assert set(as_json["metrics"]) == {"hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr"}
+    assert set(as_json["metrics"]) == {"hr@5", "ndcg@5", "mrr@5", "hr@10", "ndcg@10", "mrr@10", "hr@20", "ndcg@20",
+                                       "mrr@20", "mrr"}
     assert set(json.loads((run / "metrics.json").read_text())) == {"valid", "test", "test_with_history"}
 
 

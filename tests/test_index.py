@@ -120,11 +120,26 @@ def test_blocked_top_k_equals_torch_top_k(n, k):
     torch.manual_seed(n)
     scores = torch.randn(7, n)
     scores[0, :64] = -torch.inf  # excluded items, as the index marks them
+    scores[1] = torch.randint(0, 5, (n,)).float()  # many ties: the lowest columns first among equals
     values, columns = blocked_topk(scores, k)
-    expected = torch.topk(scores, k)
-    assert torch.equal(values, expected.values)
-    finite = torch.isfinite(values)  # equal scores (the -inf) may come in any order
-    assert torch.equal(columns[finite], expected.indices[finite])
+    expected = torch.sort(scores, dim=1, descending=True, stable=True)
+    assert torch.equal(values, expected.values[:, :k])
+    assert torch.equal(columns, expected.indices[:, :k])
+
+
+def test_ties_are_ordered_by_item_id_whatever_k_or_the_batch():
+    """The CLI answers one query, the service a batch with the largest k among them: equal
+    scores must come out in the same order either way."""
+    rows = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32)
+    rows[3] *= 50  # item 4 scores far above the rest for a query along it ...
+    rows[[40, 7, 250, 180]] = rows[3]  # ... and so do its four copies (ids 41, 8, 251, 181)
+    for kind in ("flat", "hnsw"):
+        index = ItemIndex(np.concatenate([np.zeros((1, 8), np.float32), rows]), kind)
+        query = rows[3:4] * 10
+        alone, _ = index.search(query, 5)
+        batched, _ = index.search(np.concatenate([rows[:9], query]), 50)
+        assert list(alone[0]) == [4, 8, 41, 181, 251], kind
+        assert list(batched[-1, :5]) == list(alone[0]), kind
 
 
 def test_flat_index_grows_by_added_rows_and_stays_exact():

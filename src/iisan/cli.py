@@ -42,7 +42,7 @@ app = typer.Typer(
     name="iisan",
     help="Multimodal sequential recommendation with IISAN's decoupled side network.\n\n"
     "Pipeline: [bold]prepare[/] a source → encode → train → evaluate → recommend / serve.\n\n"
-    "Start with: [bold]iisan quickstart[/] (the whole pipeline on MovieLens-100K, a few minutes).",
+    "Start with: [bold]iisan quickstart[/] (the whole pipeline on MovieLens-100K, about half a minute on 2 idle cores).",
     no_args_is_help=True,
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
@@ -371,7 +371,7 @@ def encode(
 
     table = Table(title=f"Hidden-state cache {out}", title_justify="left")
     for column in ("modality", "encoder", "layers", "width", "encoded now", "already done", "items/s"):
-        table.add_column(column, justify="left" if column in ("modality", "encoder") else "right")
+        table.add_column(column, justify="left" if column in ("modality", "encoder") else "right", overflow="fold")
     for modality, row in summary["modalities"].items():
         table.add_row(modality, row["encoder"], str(row["layers"]), str(row["hidden_size"]),
                       f"{row['rows_encoded']:,}", f"{row['rows_already_done']:,}",
@@ -403,7 +403,7 @@ def encoders_list(
 
     table = Table(title="Encoders (any local Hugging Face folder works too)", title_justify="left")
     for column in ("name", "modality", "description", "install"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*row.values())
     stdout.print(table)
@@ -539,14 +539,15 @@ def train(
 def _metrics_table(results: dict[str, dict[str, float]], title: str):
     from rich.table import Table
 
-    columns = list(next(iter(results.values())))
+    # One row per metric, one column per split: narrow at any number of cut-offs.
+    names = list(next(iter(results.values())))
     table = Table(title=title, title_justify="left")
-    table.add_column("split")
-    for column in columns:
-        table.add_column(column.upper() if column == "mrr" else column.replace("hr", "HR").replace("ndcg", "NDCG"),
-                         justify="right")
-    for split, metrics in results.items():
-        table.add_row(split, *(f"{metrics[c]:.4f}" for c in columns))
+    table.add_column("metric", overflow="fold")
+    for split in results:
+        table.add_column(split, justify="right", overflow="fold")
+    for name in names:
+        label = name.replace("mrr", "MRR").replace("hr", "HR").replace("ndcg", "NDCG")
+        table.add_row(label, *(f"{metrics[name]:.4f}" for metrics in results.values()))
     return table
 
 
@@ -595,9 +596,10 @@ def quickstart(
 ) -> None:
     """The whole pipeline on MovieLens-100K, then top-10 for one user.
 
-    prepare → encode → train → evaluate → recommend. MovieLens-100K has no
+    prepare → encode → train (and evaluate on test) → recommend. MovieLens-100K has no
     images, so the run is text only (minilm over titles and genres, IISAN
-    --modality text). A few minutes on a laptop CPU; --out is rebuilt each time.
+    --modality text). About half a minute on 2 idle CPU cores (31 s measured by
+    bench/threads.py; longer when other work shares the cores); --out is rebuilt each time.
 
     [bold]Example[/]
 
@@ -620,7 +622,7 @@ def quickstart(
         stdout.print(f"  {item['title']}", highlight=False)
     table = Table(title=f"Top {len(result['recommendations'])} next items for user {result['user']}", title_justify="left")
     for column in ("#", "key", "title", "score"):
-        table.add_column(column, justify="right" if column in ("#", "score") else "left")
+        table.add_column(column, justify="right" if column in ("#", "score") else "left", overflow="fold")
     for rank, item in enumerate(result["recommendations"], 1):
         table.add_row(str(rank), item["key"], item["title"] or "", f"{item['score']:.3f}")
     stdout.print(table)
@@ -675,7 +677,7 @@ def recommend(
 
     table = Table(title=f"Top {len(rows)} after {len(keys)} item{'s' if len(keys) > 1 else ''}", title_justify="left")
     for column, justify in (("#", "right"), ("key", "left"), ("title", "left"), ("score", "right")):
-        table.add_column(column, justify=justify)
+        table.add_column(column, justify=justify, overflow="fold")
     for rank, row in enumerate(rows, start=1):
         table.add_row(str(rank), row["key"], row["title"] or "", f"{row['score']:.3f}")
     stdout.print(table)
@@ -897,7 +899,7 @@ def _print_efficiency(report: dict[str, Any], out: Path) -> None:
     table = Table(title=f"Training efficiency ({report_device(report)}; memory: {report['memory_measure']})",
                   title_justify="left")
     for column in header:
-        table.add_column(column, justify="left" if column == "method" else "right")
+        table.add_column(column, justify="left" if column == "method" else "right", overflow="fold")
     for row in rows:
         table.add_row(*row)
     stdout.print(table)

@@ -54,7 +54,7 @@ def quickstart(out: str | Path, epochs: int = 50, seed: int = 42, force: bool = 
     seconds["encode"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    log.info("3/4 train: IISAN, text modality, up to %d epochs with early stopping", epochs)
+    log.info("3/4 train: IISAN, text modality, up to %d epochs with early stopping, then evaluate on test", epochs)
     config = TrainConfig(epochs=epochs, seed=seed, side=SideNetworkConfig(modality="text"))
     summary = train(out / "data", out / "run", config, cache_dir=out / "cache", force=True, device=device)
     seconds["train"] = time.perf_counter() - start

@@ -27,6 +27,7 @@ def brute_force(scores: list[list[float]], targets, histories, ks):
     for k in ks:
         out[f"hr@{k}"] = np.mean([r < k for r in ranks])
         out[f"ndcg@{k}"] = np.mean([1 / math.log2(r + 2) if r < k else 0.0 for r in ranks])
+        out[f"mrr@{k}"] = np.mean([1 / (r + 1) if r < k else 0.0 for r in ranks])
     out["mrr"] = np.mean([1 / (r + 1) for r in ranks])
     return out
 
@@ -77,3 +78,4 @@ def test_metrics_from_ranks():
     assert out["hr@10"] == 0.75
     assert abs(out["ndcg@10"] - (1 + 1 / math.log2(3) + 1 / math.log2(11)) / 4) < 1e-12
     assert abs(out["mrr"] - (1 + 1 / 2 + 1 / 10 + 1 / 11) / 4) < 1e-12
+    assert abs(out["mrr@10"] - (1 + 1 / 2 + 1 / 10) / 4) < 1e-12  # rank 11 is past the cut-off

@@ -29,7 +29,7 @@ def test_merges_splits_and_history_setting(tiny_run, tmp_path):
     evaluate_run(run, split="test", include_history=True)
     recorded = json.loads((run / "metrics.json").read_text())
     assert set(recorded) == {"valid", "test", "test_with_history"}
-    assert set(recorded["valid"]) == {"hr@1", "ndcg@1", "hr@3", "ndcg@3", "mrr"}
+    assert set(recorded["valid"]) == {"hr@1", "ndcg@1", "mrr@1", "hr@3", "ndcg@3", "mrr@3", "mrr"}
 
 
 def test_bad_arguments(tiny_run, tmp_path):

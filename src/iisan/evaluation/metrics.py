@@ -20,13 +20,15 @@ def pessimistic_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tens
 
 
 def metrics_from_ranks(ranks: torch.Tensor, ks: tuple[int, ...]) -> dict[str, float]:
-    """HR@K, NDCG@K for each K, and MRR, averaged over users."""
+    """HR@K, NDCG@K and MRR@K for each K (RecBole's names and definitions: MRR@K counts
+    ``1 / rank`` within the top K, 0 below), and MRR over the whole ranking, averaged over users."""
     ranks = ranks.double()
     out: dict[str, float] = {}
     for k in ks:
         hit = ranks < k
         out[f"hr@{k}"] = hit.double().mean().item()
         out[f"ndcg@{k}"] = torch.where(hit, 1.0 / torch.log2(ranks + 2.0), 0.0).mean().item()
+        out[f"mrr@{k}"] = torch.where(hit, 1.0 / (ranks + 1.0), 0.0).mean().item()
     out["mrr"] = (1.0 / (ranks + 1.0)).mean().item()
     return out
 
