@@ -83,6 +83,25 @@ Loss = _choices("Loss", LOSSES)
 Precision = _choices("Precision", PRECISIONS)
 Dtl = _choices("Dtl", DTL_KINDS)
 Head = _choices("Head", HEADS)
+def _config_file(ctx: typer.Context, value: Path | None) -> Path | None:
+    """``--config FILE``: the file's values become this command's defaults (flags still win)."""
+    if value is None:
+        return None
+    from iisan.configfile import as_defaults, read_config_file
+
+    try:
+        options = read_config_file(value)
+        ctx.default_map = {**(ctx.default_map or {}),
+                           **as_defaults(options, {p.name for p in ctx.command.params}, f"`iisan {ctx.info_name}`")}
+    except IisanError as err:
+        raise typer.BadParameter(str(err)) from None
+    return value
+
+
+ConfigOption = Annotated[Path | None, typer.Option(
+    "--config", callback=_config_file, is_eager=True, show_default=False,
+    help="TOML, YAML or JSON file of option values (flag names with underscores, flat or in [train], [side], "
+         "[user], [encode], [bench] sections; a run's config.json for train); flags given here override it.")]
 # The same --device on every command that runs a model.
 DeviceOption = Annotated[Device, typer.Option(help="auto: this process's GPU if there is one (under torchrun, the one of its LOCAL_RANK), else the CPU.")]
 
@@ -310,6 +329,7 @@ def encode(
     text_layers: Annotated[str | None, typer.Option(help="Store only these text layers (0 = embedding output; the last is always stored), e.g. 0,16,32,48,64,80 for an 80-layer LLM; default every layer.", show_default=False)] = None,
     image_layers: Annotated[str | None, typer.Option(help="Store only these image layers.", show_default=False)] = None,
     merge_check: Annotated[bool, typer.Option(help="After sharded runs: check that every row of every shard is done, then assemble the cache in OUT.")] = False,
+    config: ConfigOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Run each frozen encoder over every item once and cache every layer's pooled state.
@@ -465,6 +485,7 @@ def train(
     distributed: Annotated[bool, typer.Option(help="Spread the run over the processes torchrun started (also turned on by torchrun's environment); --batch-size is then the global batch.")] = False,
     device: DeviceOption = Device.auto,
     precision: Annotated[Precision, typer.Option(help="Compute precision of the encoders fft, adapter, lora and bitfit run and train: auto (bf16 autocast on a GPU that supports it, else fp32), fp32 or bf16. The side network and the user encoder stay fp32.")] = Precision(TrainConfig.precision),
+    config: ConfigOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Train a recommender, keep the epoch with the best validation NDCG@10, test it.
@@ -851,6 +872,7 @@ def bench_efficiency(
     image_encoder: Annotated[str, typer.Option(help="Image encoder (used when the dataset has images).")] = EncodeConfig.image_encoder,
     cache: Annotated[Path | None, typer.Option(help="Use this cache instead of building one (its build time is then not reported).", show_default=False)] = None,
     typical_epochs: Annotated[int, typer.Option(help="Epochs of a typical run, to amortise the cache's one-off cost over.")] = 20,
+    config: ConfigOption = None,
     device: Annotated[Device, typer.Option(help="auto: the GPU if there is one (memory is then CUDA max_memory_allocated).")] = Device.auto,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
