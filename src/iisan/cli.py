@@ -196,11 +196,11 @@ def prepare(
     images: Annotated[Path | None, typer.Option(help="Folder of <key>.jpg|.jpeg|.png|.webp images.", show_default=False)] = None,
     images_lmdb: Annotated[Path | None, typer.Option(help="LMDB of item key -> encoded image bytes.", show_default=False)] = None,
     items: Annotated[Path | None, typer.Option(help="csv: items table, when SOURCE is the interactions file.", show_default=False)] = None,
-    user_col: Annotated[str, typer.Option(help="csv: user column.")] = "user",
-    item_col: Annotated[str, typer.Option(help="csv: item column of the interactions.")] = "item",
-    time_col: Annotated[str, typer.Option(help="csv: timestamp column (number or date).")] = "timestamp",
+    user_col: Annotated[str, typer.Option(help="csv: user column; recbole: user field (default user_id).")] = "user",
+    item_col: Annotated[str, typer.Option(help="csv: item column of the interactions; recbole: item field (default item_id).")] = "item",
+    time_col: Annotated[str, typer.Option(help="csv: timestamp column (number or date); recbole: time field.")] = "timestamp",
     item_key_col: Annotated[str, typer.Option(help="csv: item key column of the items table.")] = "item",
-    text_col: Annotated[str, typer.Option(help="csv: item text column.")] = "text",
+    text_col: Annotated[str, typer.Option(help="csv: item text column; recbole: .item fields joined into the text, comma-separated (default: the title-like fields).")] = "text",
     image_col: Annotated[str, typer.Option(help="csv: image path column (optional).")] = "image",
     strict: Annotated[bool, typer.Option(help="Stop with exit code 2 at the first input problem.")] = False,
     allow_outside_paths: Annotated[bool, typer.Option("--allow-outside-paths", help="Read image paths that are absolute, contain .., or are symlinks leading out of the source (by default refused and counted as refused_image).")] = False,
@@ -220,6 +220,8 @@ def prepare(
       iisan prepare ../shared/datasets/amazon-scientific --format iisan-tsv --out data/scientific
 
       iisan prepare interactions.csv --format csv --items items.csv --user-col uid --out data/shop
+
+      iisan prepare dataset/Amazon_Scientific --format recbole --out data/sci-recbole
     """
     from iisan.config import CsvColumns, PrepareConfig
     from iisan.data.prepare import prepare as run_prepare

@@ -9,7 +9,7 @@ from typing import Any
 from iisan.errors import ConfigError
 from iisan.methods import get_method, method_names
 
-FORMATS = ("iisan-tsv", "amazon2023", "csv", "movielens")
+FORMATS = ("iisan-tsv", "amazon2023", "csv", "movielens", "recbole")
 SPLITS = ("valid", "test")  # the held-out items a run is evaluated on
 INDEX_KINDS = ("flat", "hnsw")  # exact search, or faiss HNSW
 EVAL_KS = (5, 10, 20)  # the cut-offs of HR@K and NDCG@K unless asked for others

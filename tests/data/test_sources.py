@@ -13,6 +13,7 @@ import pytest
 from iisan.config import CsvColumns, PrepareConfig
 from iisan.data import PreparedDataset, prepare
 from iisan.data.sources.movielens import builtin_dir
+from iisan.errors import InputError
 from tests.conftest import png_bytes, write_tsv_source
 
 
@@ -194,3 +195,57 @@ def test_movielens_folder_source_is_sorted_by_time(tmp_path):
     ds = load(tmp_path)
     assert sequences_as_keys(ds) == {"7": ["5", "4", "3", "2", "1"]}
     assert ds.items.filter(pl.col("key") == "2")["text"][0] == "Film 2 (1992). Genres: Drama, Sci-Fi"
+
+
+# ---- recbole atomic files -----------------------------------------------------------
+
+
+def test_recbole_reads_the_atomic_files_recbole_itself_ships(tmp_path):
+    """ml-100k.inter/.item inside the recbole wheel are RecBole's own atomic files: read
+    generically, they give the same users and sequences as the dedicated MovieLens reader."""
+    prepare(builtin_dir(), tmp_path / "ds", PrepareConfig(format="recbole"))
+    prepare("builtin", tmp_path / "ml", PrepareConfig(format="movielens"))
+    generic, dedicated = load(tmp_path), PreparedDataset.load(tmp_path / "ml")
+    assert sequences_as_keys(generic) == sequences_as_keys(dedicated)
+    toy_story = generic.items.filter(pl.col("key") == "1")["text"].to_list()
+    assert toy_story in ([], ["Toy Story"])  # the title-like field, movie_title
+    assert generic.meta["dataset"] == "ml-100k"
+
+
+def _write_recbole(folder: Path, with_time: bool = True) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    header = "user_id:token\titem_id:token\trating:float" + ("\ttimestamp:float" if with_time else "")
+    rows = [("u1", f"i{n}", 5, 100 - n) for n in range(1, 7)] + [("u2", f"i{n}", 4, n) for n in range(2, 8)]
+    rows.append(("u2", "i99", 3, 50))  # an item the .item file does not know
+    lines = [header] + ["\t".join(map(str, r if with_time else r[:3])) for r in rows] + ["u3\ti1"]  # one short line
+    (folder / "Shop.inter").write_text("\n".join(lines) + "\n")
+    items = ["item_id:token\ttitle:token_seq\tcategories:token_seq\tprice:float"]
+    items += [f"i{n}\tWidget {n}\tTools Hardware\t{n}.5" for n in range(1, 8)]
+    (folder / "Shop.item").write_text("\n".join(items) + "\n")
+    return folder
+
+
+def test_recbole_orders_by_timestamp_counts_problems_and_builds_text(tmp_path):
+    src = _write_recbole(tmp_path / "src")
+    meta, problems = prepare(src, tmp_path / "ds", PrepareConfig(format="recbole", min_seq_len=3))
+    ds = load(tmp_path)
+    sequences = sequences_as_keys(ds)
+    assert sequences["u1"] == ["i6", "i5", "i4", "i3", "i2", "i1"]  # by timestamp, not file order
+    assert sequences["u2"] == [f"i{n}" for n in range(2, 8)]
+    assert problems.count("wrong_column_count") == 1 and problems.count("unknown_item") == 1
+    assert ds.items.filter(pl.col("key") == "i3")["text"][0] == "Widget 3"
+
+    config = PrepareConfig(format="recbole", min_seq_len=3, columns=CsvColumns(text="title,categories"))
+    prepare(src / "Shop.inter", tmp_path / "ds2", config)
+    assert PreparedDataset.load(tmp_path / "ds2").items.filter(pl.col("key") == "i3")["text"][0] == \
+        "Widget 3. Tools Hardware"
+
+
+def test_recbole_without_time_keeps_file_order_and_refuses_a_bad_header(tmp_path):
+    src = _write_recbole(tmp_path / "src", with_time=False)
+    prepare(src, tmp_path / "ds", PrepareConfig(format="recbole", min_seq_len=3))
+    assert sequences_as_keys(load(tmp_path))["u1"] == [f"i{n}" for n in range(1, 7)]
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.inter").write_text("user\titem\nu1\ti1\n")
+    with pytest.raises(InputError, match="not a RecBole atomic header"):
+        prepare(tmp_path / "bad", tmp_path / "ds3", PrepareConfig(format="recbole"))

@@ -11,7 +11,7 @@ from pathlib import Path
 from iisan.config import PrepareConfig
 from iisan.data.build import RawSource
 from iisan.data.problems import Problems
-from iisan.data.sources import amazon2023, movielens, table, tsv
+from iisan.data.sources import amazon2023, movielens, recbole, table, tsv
 
 Reader = Callable[[Path, PrepareConfig, Problems], RawSource]
 
@@ -20,6 +20,7 @@ READERS: dict[str, Reader] = {
     "amazon2023": amazon2023.read,
     "csv": table.read,
     "movielens": movielens.read,
+    "recbole": recbole.read,
 }
 
 
