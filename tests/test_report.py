@@ -6,6 +6,7 @@ import base64
 import json
 import shutil
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 
@@ -50,8 +51,24 @@ def two_runs(tiny_run, tmp_path):
     config = json.loads((second / "config.json").read_text())
     config["train"]["lr"] = 0.005  # a difference the configuration section must show
     (second / "config.json").write_text(json.dumps(config))
-    (second / "efficiency.json").write_text(json.dumps([{"method": "iisan-cached", "step_s": 0.02}]))
+    (second / "efficiency.json").write_text(json.dumps(EFFICIENCY))
     return first, second
+
+
+def _row(method: str, step: float, trainable: int, footprint: float) -> dict:
+    return {"method": method, "device": "cpu", "seconds_per_step": step, "seconds_per_epoch": step * 63,
+            "trainable_parameters": trainable, "total_parameters": trainable * 3, "peak_rss_mb": footprint + 400,
+            "footprint_mb": footprint, "tpme": 0.5, "speedup_vs_fft": 5.439112342000044 / step,
+            "memory_reduction_vs_fft": 5462.0 / footprint}
+
+
+# What `iisan bench efficiency` writes (raw floats: the report formats them).
+EFFICIENCY = {"dataset": "/data/synth", "cache": "/data/synth/cache", "memory_measure": "footprint_mb",
+              "settings": {"batch_size": 16, "steps": 20, "modality": "intra_inter", "image_size": 112,
+                           "typical_epochs": 20, "device": "cpu"},
+              "cache_build_seconds": 36.4, "cache_build_seconds_per_epoch": 1.82, "failed": [],
+              "methods": [_row("fft", 5.439112342000044, 44778560, 5462.0),
+                          _row("iisan-cached", 0.0225, 1374031, 120.3)]}
 
 
 def test_report_has_every_section_and_embedded_curves(two_runs, tmp_path):
@@ -63,9 +80,35 @@ def test_report_has_every_section_and_embedded_curves(two_runs, tmp_path):
     assert len(page.images) == 1 and page.images[0].startswith("data:image/png;base64,")
     assert base64.b64decode(page.images[0].split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     metrics = json.loads((two_runs[0] / "metrics.json").read_text())
-    assert f"{metrics['test']['ndcg@10']:.4f}" in page.cells and "run-a" in page.cells and "run-b" in page.cells
+    assert f"{metrics['test']['ndcg@10']:.4f}" in page.cells and "<th>run-a</th>" in out.read_text()
     assert "train.lr" in page.cells and "iisan-cached" in page.cells
     assert "1 option differs" in out.read_text()
+    # Every computed cut-off, by name; efficiency numbers formatted, never raw floats.
+    assert {"HR@5", "NDCG@20", "MRR@10", "MRR"} <= set(page.cells)
+    assert "5.4391" in page.cells and "44,778,560" in page.cells and "5439112342" not in out.read_text()
+    assert "s/step" in out.read_text() and "Cache build (one-off): 36.4 s" in out.read_text()
+
+
+def test_benchmark_folders_and_runs_in_one_report_with_paths_shortened(two_runs, tmp_path):
+    bench = tmp_path / "eff"
+    bench.mkdir()
+    (bench / "efficiency.json").write_text(json.dumps(EFFICIENCY))
+    page = Collector()
+    page.feed(build_report([*two_runs, bench]))
+    assert page.sections == ["curves", "metrics", "efficiency", "configuration"]
+    assert "22.4" in "".join(page.cells) or "241.7x" in page.cells  # fft's step / iisan's, formatted
+    only_bench = Collector()
+    only_bench.feed(build_report([bench]))
+    assert only_bench.sections == ["efficiency"]
+    # Two runs on datasets in different folders: only the differing tail of each path is shown.
+    config = json.loads((two_runs[1] / "config.json").read_text())
+    dataset = config["dataset"]
+    config["dataset"] = str(Path(dataset).parent / "other-data")
+    (two_runs[1] / "config.json").write_text(json.dumps(config))
+    cells = Collector()
+    cells.feed(build_report(list(two_runs)))
+    shown = [c for c in cells.cells if c.endswith(f'/other-data"') or c.endswith(f'/{Path(dataset).name}"')]
+    assert len(shown) == 2 and all(c.startswith('"…/') for c in shown), shown
 
 
 def test_a_single_unevaluated_run_still_renders(tiny_run, tmp_path):

@@ -845,15 +845,15 @@ def serve(
 @app.command()
 @handles_errors
 def report(
-    runs: Annotated[list[Path], typer.Argument(help="Run folders written by `iisan train`.", show_default=False)],
+    runs: Annotated[list[Path], typer.Argument(help="Run folders written by `iisan train`, and/or output folders of `iisan bench efficiency`.", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write.")] = Path("report.html"),
 ) -> None:
-    """One self-contained HTML page comparing runs: training curves, final metrics, the
-    efficiency table when present, and the configuration (differences first).
+    """One self-contained HTML page comparing runs: training curves, final metrics (every
+    cut-off), efficiency tables of benchmark folders, and the configuration (differences first).
 
     [bold]Example[/]
 
-      iisan report runs/sci-iisan runs/sci-frozen runs/sci-id --out sci.html
+      iisan report runs/sci-iisan runs/sci-frozen runs/sci-id bench/out/efficiency --out sci.html
     """
     from iisan.report import write_report
 

@@ -274,18 +274,23 @@ def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return [c[1] for c in present], rows
 
 
+def report_notes(report: dict[str, Any]) -> list[str]:
+    """The settings and the cache's one-off cost, in sentences (under every rendering of the table)."""
+    settings = report["settings"]
+    notes = [f"Batch {settings['batch_size']} users, {settings['steps']} timed steps after {WARMUP_STEPS} warm-up, "
+             f"modality {settings['modality']}, image size {settings['image_size']}, device {report_device(report)}.",
+             f"Memory in TPME and ratios: {dict((k, label) for k, label, _ in COLUMNS)[report['memory_measure']]}."]
+    if report["cache_build_seconds"] is not None:
+        notes.append(f"Cache build (one-off): {report['cache_build_seconds']:.1f} s, "
+                     f"{report['cache_build_seconds_per_epoch']:.1f} s per epoch over {settings['typical_epochs']} epochs.")
+    return notes
+
+
 def markdown(report: dict[str, Any]) -> str:
     header, rows = table_rows(report)
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    settings = report["settings"]
-    notes = [f"Batch {settings['batch_size']} users, {settings['steps']} timed steps after {WARMUP_STEPS} warm-up, "
-             f"modality {settings['modality']}, image size {settings['image_size']}, device {report_device(report)}.",
-             f"Memory in TPME and ratios: {report['memory_measure']}."]
-    if report["cache_build_seconds"] is not None:
-        notes.append(f"Cache build (one-off): {report['cache_build_seconds']:.1f} s, "
-                     f"{report['cache_build_seconds_per_epoch']:.1f} s per epoch over {settings['typical_epochs']} epochs.")
-    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+    return "\n".join(lines) + "\n\n" + "\n".join(report_notes(report)) + "\n"
 
 
 def report_device(report: dict[str, Any]) -> str:

@@ -1,9 +1,11 @@
-"""``iisan report``: one self-contained HTML page comparing trained runs.
+"""``iisan report``: one self-contained HTML page comparing trained runs and benchmarks.
 
 Sections: training curves (loss and validation NDCG@10 per epoch, every run on the same
-axes, embedded as PNG), final metrics, the efficiency table when a run folder holds an
-``efficiency.json``, and each run's configuration (options that differ between runs
-first, the whole tree folded below). No external files, scripts or fonts.
+axes, embedded as PNG), final metrics (every computed cut-off, one table per split), the
+efficiency tables of ``iisan bench efficiency`` output folders (or of an
+``efficiency.json`` inside a run folder), and each run's configuration (options that differ
+between runs first, paths shortened to the part that differs, the whole tree folded
+below). No external files, scripts or fonts.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from iisan.checkpoint import read_run_config
 from iisan.errors import DatasetError
 from iisan.fileio import write_bytes_atomic
 
-METRIC_COLUMNS = ("hr@10", "ndcg@10", "mrr")
 SPLIT_ORDER = ("valid", "test", "test_with_history", "valid_with_history")
 
 
@@ -32,6 +33,26 @@ class RunRecord:
     epochs: list[dict[str, Any]]
     metrics: dict[str, dict[str, float]]
     efficiency: Any | None
+
+
+@dataclass
+class BenchRecord:
+    name: str
+    path: Path
+    report: Any
+
+
+def load_bench(path: Path) -> BenchRecord:
+    """An ``iisan bench efficiency`` output folder (its ``efficiency.json``).
+
+    Raises:
+        DatasetError: the file cannot be read.
+    """
+    try:
+        report = json.loads((path / "efficiency.json").read_text())
+    except (OSError, ValueError) as err:
+        raise DatasetError(f"{path / 'efficiency.json'}: cannot read it ({err})") from err
+    return BenchRecord(path.name or str(path), path, report)
 
 
 def load_run(path: Path) -> RunRecord:
@@ -52,23 +73,37 @@ def load_run(path: Path) -> RunRecord:
     return RunRecord(path.name or str(path), path, config, epochs, metrics, efficiency)
 
 
-def build_report(runs: list[Path]) -> str:
-    """The report's HTML for ``runs`` (names made unique if two folders share one)."""
-    if not runs:
+def build_report(folders: list[Path]) -> str:
+    """The report's HTML for run folders and benchmark folders, in any mix (names made
+    unique if two folders share one).
+
+    Raises:
+        DatasetError: a folder that is neither a run nor a benchmark's output.
+    """
+    if not folders:
         raise DatasetError("give at least one run folder")
-    records = [load_run(Path(run)) for run in runs]
-    names = [r.name for r in records]
-    for record in records:
+    records: list[RunRecord] = []
+    benches: list[BenchRecord] = []
+    for folder in map(Path, folders):
+        if not (folder / "config.json").is_file() and (folder / "efficiency.json").is_file():
+            benches.append(load_bench(folder))
+        else:
+            records.append(load_run(folder))
+    everything = [*records, *benches]
+    names = [r.name for r in everything]
+    for record in everything:
         if names.count(record.name) > 1:
             record.name = str(record.path)
-    sections = [
-        _section("curves", "Training curves", _curves(records)),
-        _section("metrics", "Final metrics", _metrics_table(records)),
-    ]
-    if any(r.efficiency is not None for r in records):
-        sections.append(_section("efficiency", "Efficiency", _efficiency(records)))
-    sections.append(_section("configuration", "Configuration", _configuration(records)))
-    title = f"iisan report: {', '.join(r.name for r in records)}"
+    sections = []
+    if records:
+        sections += [_section("curves", "Training curves", _curves(records)),
+                     _section("metrics", "Final metrics", _metrics_tables(records))]
+    benches += [BenchRecord(r.name, r.path, r.efficiency) for r in records if r.efficiency is not None]
+    if benches:
+        sections.append(_section("efficiency", "Efficiency", _efficiency(benches)))
+    if records:
+        sections.append(_section("configuration", "Configuration", _configuration(records)))
+    title = f"iisan report: {', '.join(r.name for r in everything)}"
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_e(title)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{_e(title)}</h1>\n" + "\n".join(sections) + "\n</body></html>\n")
 
@@ -79,10 +114,14 @@ def write_report(runs: list[Path], out: Path) -> Path:
 
 
 STYLE = (
-    "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:70em;color:#222}"
-    "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}"
+    "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:70em;padding:0 1em;color:#222}"
+    ".scroll{max-width:100%;overflow-x:auto}"
+    "table{border-collapse:collapse;margin:.5em 0;max-width:100%}"
+    "td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right;vertical-align:top}"
+    "td{white-space:nowrap}td.wrap{white-space:normal;overflow-wrap:anywhere}"
     "th:first-child,td:first-child{text-align:left}thead th{background:#f3f3f3}"
-    "img{max-width:100%}pre{background:#f7f7f7;padding:.6em;overflow:auto}.same{color:#888}"
+    "img{max-width:100%}pre{background:#f7f7f7;padding:.6em;overflow:auto;white-space:pre-wrap}.same{color:#888}"
+    ".note{color:#555;font-size:90%}"
 )
 
 
@@ -94,10 +133,12 @@ def _section(anchor: str, title: str, body: str) -> str:
     return f'<section id="{anchor}"><h2>{_e(title)}</h2>\n{body}\n</section>'
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def _table(header: list[str], rows: list[list[str]], wrap: bool = False) -> str:
+    """Numbers never break inside; with ``wrap`` (long values such as paths) cells may, anywhere."""
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    td = '<td class="wrap">' if wrap else "<td>"
+    body = "".join("<tr>" + "".join(f"{td}{cell}</td>" for cell in row) + "</tr>" for row in rows)
+    return f"<div class=\"scroll\"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
 
 
 def _curves(records: list[RunRecord]) -> str:
@@ -119,10 +160,13 @@ def _curves(records: list[RunRecord]) -> str:
         best = [e["epoch"] for e in record.epochs if e.get("best")]
         if best:
             ndcg_axes.axvline(best[-1], color=ndcg_axes.lines[-1].get_color(), alpha=0.3, linestyle="--")
-    loss_axes.set(title="training loss", xlabel="epoch")
-    ndcg_axes.set(title="validation NDCG@10 (dashed: best epoch)", xlabel="epoch")
+    from matplotlib.ticker import MaxNLocator
+
+    loss_axes.set(title="training loss", xlabel="epoch", ylabel="mean loss per batch")
+    ndcg_axes.set(title="validation NDCG@10 (dashed: best epoch)", xlabel="epoch", ylabel="NDCG@10")
     for axes in (loss_axes, ndcg_axes):
         axes.grid(alpha=0.3)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     if plotted:
         ndcg_axes.legend(fontsize="small")
     figure.tight_layout()
@@ -134,35 +178,53 @@ def _curves(records: list[RunRecord]) -> str:
     return f'{note}<img alt="training curves" src="data:image/png;base64,{data}">'
 
 
-def _metrics_table(records: list[RunRecord]) -> str:
+def _metrics_tables(records: list[RunRecord]) -> str:
+    """One table per split: a row per metric (every cut-off computed), a column per run."""
     splits = [s for s in SPLIT_ORDER if any(s in r.metrics for r in records)]
     splits += sorted({s for r in records for s in r.metrics} - set(splits))
     if not splits:
         return "<p>No run has been evaluated yet.</p>"
-    header = ["run", "method", "epochs", "best epoch"] + [f"{s} {m}" for s in splits for m in METRIC_COLUMNS]
-    rows = []
-    for record in records:
-        best = [e["epoch"] for e in record.epochs if e.get("best")]
-        cells = [_e(record.name), _e(record.config["train"].get("method", "")), str(len(record.epochs)),
-                 str(best[-1]) if best else "-"]
-        for split in splits:
-            values = record.metrics.get(split, {})
-            cells += [f"{values[m]:.4f}" if m in values else "-" for m in METRIC_COLUMNS]
-        rows.append(cells)
-    return _table(header, rows)
+    runs = ["", *[r.name for r in records]]
+    overview = [["method", *[_e(r.config["train"].get("method", "")) for r in records]],
+                ["epochs run", *[str(len(r.epochs)) for r in records]],
+                ["best epoch", *[next((str(e["epoch"]) for e in reversed(r.epochs) if e.get("best")), "-")
+                                 for r in records]]]
+    parts = [_table(runs, overview)]
+    for split in splits:
+        names = sorted(dict.fromkeys(m for r in records for m in r.metrics.get(split, {})), key=_metric_order)
+        rows = [[_e(_metric_label(name)), *[f"{r.metrics[split][name]:.4f}" if name in r.metrics.get(split, {})
+                                            else "-" for r in records]] for name in names]
+        parts.append(f"<h3>{_e(split.replace('_', ' '))}</h3>" + _table(["metric", *runs[1:]], rows))
+    note = ('<p class="note">Full ranking over every item; the history is excluded unless the split says '
+            '"with history"; ties count against the model.</p>')
+    return note + "\n".join(parts)
 
 
-def _efficiency(records: list[RunRecord]) -> str:
+def _metric_order(name: str) -> tuple[int, int]:
+    """By cut-off, then HR, NDCG, MRR; MRR over the whole ranking last."""
+    kind, _, cut = name.partition("@")
+    order = ("hr", "ndcg", "mrr")
+    return (int(cut) if cut.isdigit() else 10**9, order.index(kind) if kind in order else len(order))
+
+
+def _metric_label(name: str) -> str:
+    return name.replace("ndcg", "NDCG").replace("hr", "HR").replace("mrr", "MRR")
+
+
+def _efficiency(benches: list[BenchRecord]) -> str:
+    """Each benchmark's table formatted as the bench prints it (units in the headers)."""
+    from iisan.efficiency import report_notes, table_rows
+
     parts = []
-    for record in records:
-        if record.efficiency is None:
+    for bench in benches:
+        try:
+            header, rows = table_rows(bench.report)
+            notes = report_notes(bench.report)
+        except (KeyError, TypeError, ValueError, AttributeError):  # an older or hand-made file: as it is
+            parts.append(f"<h3>{_e(bench.name)}</h3><pre>{_e(json.dumps(bench.report, indent=2))}</pre>")
             continue
-        rows = record.efficiency if isinstance(record.efficiency, list) else record.efficiency.get("methods", [])
-        if not rows or not isinstance(rows[0], dict):
-            parts.append(f"<h3>{_e(record.name)}</h3><pre>{_e(json.dumps(record.efficiency, indent=2))}</pre>")
-            continue
-        header = list(rows[0])
-        parts.append(f"<h3>{_e(record.name)}</h3>" + _table(header, [[_e(row.get(h, "")) for h in header] for row in rows]))
+        parts.append(f"<h3>{_e(bench.name)}</h3>" + _table(header, [[_e(c) for c in row] for row in rows])
+                     + "".join(f'<p class="note">{_e(n)}</p>' for n in notes))
     return "\n".join(parts)
 
 
@@ -175,19 +237,36 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: tree}
 
 
+def _shortened(paths: list[str | None]) -> list[str | None]:
+    """Paths without the folders they all share (``…`` marks the cut); unchanged for one."""
+    real = [Path(p).parts for p in paths if p]
+    if len(real) < 2:
+        return paths
+    shared = 0
+    while all(len(p) > shared + 1 for p in real) and len({p[shared] for p in real}) == 1:
+        shared += 1
+    return [str(Path("…", *Path(p).parts[shared:])) if p and shared else p for p in paths]
+
+
 def _configuration(records: list[RunRecord]) -> str:
     flat = [_flatten({"train": r.config.get("train", {}), "dataset": r.config.get("dataset"),
                       "cache": r.config.get("cache"), "num_items": r.config.get("num_items")}) for r in records]
+    for key in ("dataset", "cache"):
+        for f, short in zip(flat, _shortened([f.get(key) for f in flat])):
+            f[key] = short
     keys = sorted({k for f in flat for k in f})
     differing = [k for k in keys if len({json.dumps(f.get(k)) for f in flat}) > 1]
     same = [k for k in keys if k not in differing]
     header = ["option"] + [r.name for r in records]
-    rows = [[_e(k)] + [_e(json.dumps(f.get(k))) for f in flat] for k in differing]
-    rows += [[f'<span class="same">{_e(k)}</span>'] + [f'<span class="same">{_e(json.dumps(f.get(k)))}</span>'
-                                                       for f in flat] for k in same]
+    def cell(value: Any) -> str:
+        return _e(json.dumps(value, ensure_ascii=False))
+
+    rows = [[_e(k)] + [cell(f.get(k)) for f in flat] for k in differing]
+    rows += [[f'<span class="same">{_e(k)}</span>'] + [f'<span class="same">{cell(f.get(k))}</span>' for f in flat]
+             for k in same]
     verb = "option differs" if len(differing) == 1 else "options differ"
     lead = (f"<p>{len(differing)} {verb} between the runs (listed first); the rest are grey.</p>"
             if len(records) > 1 else "")
     full = "".join(f"<details><summary>{_e(r.name)}: config.json</summary><pre>{_e(json.dumps(r.config, indent=2))}"
                    "</pre></details>" for r in records)
-    return lead + _table(header, rows) + full
+    return lead + _table(header, rows, wrap=True) + full
