@@ -8,6 +8,7 @@ internal error, 130 for Ctrl-C). ``IISAN_DEBUG=1`` re-raises for a full tracebac
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import os
@@ -917,13 +918,16 @@ def bench_efficiency(
 def _print_efficiency(report: dict[str, Any], out: Path) -> None:
     from rich.table import Table
 
-    from iisan.efficiency import report_device, table_rows
+    from iisan.efficiency import TERMINAL_COLUMNS, report_device, table_rows
 
-    header, rows = table_rows(report)
-    table = Table(title=f"Training efficiency ({report_device(report)}; memory: {report['memory_measure']})",
-                  title_justify="left")
-    for column in header:
-        table.add_column(column, justify="left" if column == "method" else "right", overflow="fold")
+    header, rows = table_rows(report, TERMINAL_COLUMNS)
+    table = Table(title=f"Training efficiency ({report_device(report)}; memory: {report['memory_measure']}); "
+                        "every column is in efficiency.csv", title_justify="left")
+    for n, column in enumerate(header):
+        # Cells never break (a column is as wide as its widest value); headers stack their words.
+        measured = [row for row in rows if not row[1].startswith("failed:")]  # an error may wrap
+        width = max((len(row[n]) for row in measured), default=len(column))
+        table.add_column(column.replace(" ", "\n"), justify="left" if n == 0 else "right", min_width=width)
     for row in rows:
         table.add_row(*row)
     stdout.print(table)
@@ -932,6 +936,39 @@ def _print_efficiency(report: dict[str, Any], out: Path) -> None:
                      f"{report['cache_build_seconds_per_epoch']:.1f} s per epoch over "
                      f"{report['settings']['typical_epochs']} epochs")
     stdout.print(f"wrote {out}/efficiency.csv, .json, .md, .png")
+
+
+def _unwrap_prose(doc: str | None) -> str | None:
+    """Docstring paragraphs of prose as single lines, so the terminal wraps them evenly (rich
+    help keeps every line break); indented lines (examples) stay as written."""
+    if not doc:
+        return doc
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(" ".join(p.split("\n")) if not any(line.startswith(" ") for line in p.split("\n")) else p
+                       for p in paragraphs)
+
+
+def _tidy_help(typer_app: typer.Typer) -> None:
+    for command in typer_app.registered_commands:
+        if command.callback is not None:
+            command.callback.__doc__ = _unwrap_prose(command.callback.__doc__)
+    for group in typer_app.registered_groups:
+        _tidy_help(group.typer_instance)
+
+
+def _flag_without_type(display_type_rich):
+    """typer prints a type column for every option, ``<bool>`` for on/off flags too, which
+    reads as if they took a value: a flag shows none."""
+
+    def display(self, ctx):
+        return None if getattr(self, "is_flag", False) and self.metavar is None else display_type_rich(self, ctx)
+
+    return display
+
+
+_tidy_help(app)
+if hasattr(typer.core, "TyperOption") and hasattr(typer.core.TyperOption, "display_type_rich"):
+    typer.core.TyperOption.display_type_rich = _flag_without_type(typer.core.TyperOption.display_type_rich)
 
 
 def main() -> None:

@@ -261,10 +261,17 @@ COLUMNS = (
 )
 
 
-def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Header and formatted cells; a failed method's row says so in its second cell."""
+# What a terminal shows (every column is in the files): fits 80 columns.
+TERMINAL_COLUMNS = ("method", "seconds_per_step", "trainable_parameters", "footprint_mb", "cuda_max_allocated_mb",
+                    "speedup_vs_fft", "memory_reduction_vs_fft", "tpme")
+
+
+def table_rows(report: dict[str, Any], keys: tuple[str, ...] | None = None) -> tuple[list[str], list[list[str]]]:
+    """Header and formatted cells (of the ``keys`` columns, default all); a failed method's
+    row says so in its second cell."""
     measured = [r for r in report["methods"] if "error" not in r]
-    present = [c for c in COLUMNS if measured and all(c[0] in r for r in measured)] or list(COLUMNS[:2])
+    columns = [c for c in COLUMNS if keys is None or c[0] in keys]
+    present = [c for c in columns if measured and all(c[0] in r for r in measured)] or list(COLUMNS[:2])
     rows = []
     for r in report["methods"]:
         if "error" in r:
