@@ -160,9 +160,9 @@ class LiveSource(_RawContent):
             if len(rows):
                 index = torch.from_numpy(rows).to(device)
                 compute = torch.bfloat16 if entry.get("precision") == "bf16" else None  # as the cache was built
-                pooled = encoder.pooled_hidden_states(inputs, entry["pooling"], compute)
+                pooled = encoder.pooled_hidden_states(inputs, entry["pooling"], compute, tuple(layers))
                 # Inference-mode outputs cannot enter an autograd graph; a copy into this tensor can.
-                states[index] = pooled[:, list(layers)].to(torch.float16).float()  # as cached: float16
+                states[index] = pooled.to(torch.float16).float()  # as cached: float16
                 present[index] = True
             features.states[modality] = states
             features.present[modality] = present
