@@ -50,7 +50,8 @@ def step_ms(run: Path, steps: int) -> tuple[float, int, str, str]:
         if step >= WARMUP:
             times.append(time.perf_counter() - start)
     trainable = sum(p.numel() for p in parts.model.parameters() if p.requires_grad)
-    inter = parts.model.item.inter_inputs
+    tower = getattr(parts.model.item, "content", parts.model.item)  # inside the id offsets, when on
+    inter = tower.inter_inputs
     shape = f"{inter.steps} x {inter.width}" if inter is not None else "-"
     layers = parts.model.layers
     intra = "/".join(str(len(layers[m])) if m in layers else "-" for m in ("text", "image"))

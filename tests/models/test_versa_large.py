@@ -140,3 +140,31 @@ def test_uncached_mode_runs_a_bf16_cache_encoder_in_bf16(tiny_multimodal, tmp_pa
     trained = load_encoders({"text": entry}, ("text",))["text"]
     assert next(frozen.model.parameters()).dtype == torch.bfloat16  # half the memory for a forward-only encoder
     assert next(trained.model.parameters()).dtype == torch.float32  # an encoder that trains stays float32
+
+
+@pytest.mark.parametrize("method", ["lora", "adapter", "fft"])
+def test_the_encoder_baselines_train_a_decoder_llm(method, tiny_multimodal, tmp_path):
+    """fft, adapter and lora on a Llama-style decoder, so that they can be compared with
+    IISAN on the encoders IISAN-Versa is for."""
+    from iisan.assemble import assemble
+    from iisan.cache.encode import encode
+    from iisan.config import EncodeConfig, TrainConfig
+    from iisan.training.loop import build_optimizer, training_step
+    from iisan.training.loss import log_popularity
+
+    dataset, _ = tiny_multimodal
+    llm = build_tiny_decoder(tmp_path / "llama", "llama", hidden=32, layers=2)
+    cache = tmp_path / "cache"
+    encode(dataset, cache, EncodeConfig(text_encoder=str(llm), image_encoder=None), device="cpu")
+    parts = assemble(dataset, cache, TrainConfig.for_method(method, batch_size=8, side=SideNetworkConfig(modality="text")))
+    trainable = {n for n, p in parts.model.item.named_parameters() if p.requires_grad and n.startswith("encoders.")}
+    expected = {"lora": "lora_", "adapter": "adapter", "fft": "q_proj"}[method]
+    assert trainable and any(expected in n for n in trainable)
+    if method != "fft":
+        assert not any(n.endswith("q_proj.weight") or "q_proj.base_layer" in n for n in trainable)  # frozen
+    before = {n: p.detach().clone() for n, p in parts.model.item.named_parameters() if n in trainable}
+    loss = training_step(parts, build_optimizer(parts), parts.splits.train[:8],
+                         log_popularity(torch.from_numpy(parts.splits.popularity)))
+    assert np.isfinite(loss)
+    after = dict(parts.model.item.named_parameters())
+    assert any(not torch.equal(before[n], after[n]) for n in before)  # the chosen parameters moved

@@ -30,9 +30,13 @@ from iisan.models.fusion import heads_and_fusion
 EMBEDDED_METHODS = method_names(reads="raw")
 
 # Where, inside one transformer layer of each supported architecture, the attention and
-# feed-forward outputs are projected back to the hidden width (BERT/MiniLM, DINOv2, MPNet).
-ATTENTION_OUTPUTS = ("attention.output.dense", "attention.o_proj", "attention.attn.o")
-FEED_FORWARD_OUTPUTS = ("output.dense", "mlp.fc2")
+# feed-forward outputs are projected back to the hidden width (BERT/MiniLM, DINOv2, MPNet,
+# and the decoder LLMs: Llama, Qwen2, Mistral, Gemma).
+ATTENTION_OUTPUTS = ("attention.output.dense", "attention.o_proj", "attention.attn.o", "self_attn.o_proj")
+FEED_FORWARD_OUTPUTS = ("output.dense", "mlp.fc2", "mlp.down_proj")
+# The layer list: encoders keep it at encoder.layer, decoder LLMs at layers.
+LAYER_LISTS = ("encoder.layer", "layers")
+ATTENTION_MODULES = ("attention", "self_attn")
 OFF_PATH_MODULES = ("pooler", "layernorm")  # after the last hidden state (BERT/MPNet pooler, DINOv2 final norm)
 OFF_PATH_PARAMETERS = ("embeddings.mask_token",)  # DINOv2: used only for masked-image pretraining
 
@@ -63,12 +67,20 @@ class Adapted(nn.Module):
         return self.adapter(self.projection(x))
 
 
+def layer_list(model: nn.Module) -> str:
+    """The name of the model's list of transformer layers."""
+    for name in LAYER_LISTS:
+        try:
+            if isinstance(model.get_submodule(name), nn.ModuleList):
+                return name
+        except AttributeError:
+            continue
+    raise ConfigError(f"{type(model).__name__}: no {' or '.join(LAYER_LISTS)} layer list; the adapter and lora "
+                      "baselines support BERT-, MPNet- and DINOv2-style encoders and Llama-style decoders")
+
+
 def encoder_layers(model: nn.Module) -> nn.ModuleList:
-    layers = getattr(getattr(model, "encoder", None), "layer", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise ConfigError(f"{type(model).__name__}: no encoder.layer list; adapter and lora baselines support "
-                          "BERT-, MPNet- and DINOv2-style encoders")
-    return layers
+    return model.get_submodule(layer_list(model))
 
 
 def _find(layer: nn.Module, names: tuple[str, ...], what: str) -> str:
@@ -96,11 +108,13 @@ def attention_projections(model: nn.Module) -> list[str]:
     """Full names of every layer's query, key and value projections: the attention's
     linear layers other than its output projection."""
     names = []
+    prefix = layer_list(model)
     for index, layer in enumerate(encoder_layers(model)):
         output = _find(layer, ATTENTION_OUTPUTS, "attention output")
-        for name, module in layer.attention.named_modules():
-            if isinstance(module, nn.Linear) and f"attention.{name}" != output:
-                names.append(f"encoder.layer.{index}.attention.{name}")
+        attention = next(a for a in ATTENTION_MODULES if hasattr(layer, a))
+        for name, module in getattr(layer, attention).named_modules():
+            if isinstance(module, nn.Linear) and f"{attention}.{name}" != output:
+                names.append(f"{prefix}.{index}.{attention}.{name}")
     return names
 
 
