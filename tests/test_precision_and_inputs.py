@@ -42,7 +42,8 @@ def test_bf16_encode_is_recorded_close_to_fp32_and_never_mixed_on_resume(tiny_mu
     manifest = json.loads((fp32 / "manifest.json").read_text())
     del manifest["encoders"]["text"]["precision"]
     (fp32 / "manifest.json").write_text(json.dumps(manifest))
-    assert encode(dataset, fp32, dataclasses.replace(TEXT_ONLY, precision="fp32"), device="cpu")["modalities"]["text"]["rows_encoded"] == 0
+    resumed = encode(dataset, fp32, dataclasses.replace(TEXT_ONLY, precision="fp32"), device="cpu")
+    assert resumed["modalities"]["text"]["rows_encoded"] == 0
 
 
 def test_an_encoder_baseline_runs_its_encoder_in_bf16_when_asked(tiny_multimodal):

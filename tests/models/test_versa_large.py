@@ -64,7 +64,8 @@ def test_towers_heads_and_bottlenecks_follow_each_modality():
 
     wide = IISANItemEncoder(SideNetworkConfig(head="wide", text_steps=4, image_steps=3), shapes, dim=24)
     count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
-    assert count(wide.heads["text"]) - count(tower.heads["text"]) == (256 * 256 + 256 + 24 * 256 + 24) - (24 * 256 + 24 + 24 * 24 + 24)
+    wide_head, compact_head = 256 * 256 + 256 + 24 * 256 + 24, 24 * 256 + 24 + 24 * 24 + 24
+    assert count(wide.heads["text"]) - count(tower.heads["text"]) == wide_head - compact_head
     assert SideNetworkConfig().head_for(384, 64) == "wide" and SideNetworkConfig().head_for(4096, 64) == "compact"
 
 
@@ -94,7 +95,8 @@ def test_a_decoder_llm_as_text_encoder_end_to_end_from_the_cli(architecture, tin
     assert opened.states("text").shape == (opened.num_items + 1, 4, 48)  # 4 of 7 states on disk
 
     run = tmp_path / "run"
-    trained = runner.invoke(app, ["train", str(dataset), "--cache", str(cache), "--out", str(run), "--epochs", "2",
+    trained = runner.invoke(app, ["--threads", "1", "train", str(dataset), "--cache", str(cache), "--out", str(run),
+                                  "--epochs", "2",
                                   "--batch-size", "32", "--text-steps", "2", "--image-steps", "2", "--dtl", "per_step",
                                   "--head", "compact", "--text-bottleneck", "8", "--device", "cpu", "--json"])
     assert trained.exit_code == 0, trained.output
@@ -107,7 +109,7 @@ def test_a_decoder_llm_as_text_encoder_end_to_end_from_the_cli(architecture, tin
     assert not set(text_layers) & set(opened.constant_layers("text"))
     assert saved["train"]["side"]["dtl"] == "per_step" and saved["train"]["side"]["head"] == "compact"
     assert np.isfinite(json.loads(trained.stdout)["test"]["ndcg@10"])
-    evaluated = runner.invoke(app, ["evaluate", str(run), "--json"])
+    evaluated = runner.invoke(app, ["--threads", "1", "evaluate", str(run), "--json"])  # as trained: one thread
     assert evaluated.exit_code == 0 and json.loads(evaluated.stdout)["metrics"] == json.loads(trained.stdout)["test"]
 
     from iisan.data.dataset import PreparedDataset
