@@ -30,20 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-SCIENTIFIC = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "amazon-scientific"
 JOBS = ("step", "evaluate", "encode", "quickstart")
-
-
-def build_inputs(work: Path) -> tuple[Path, Path]:
-    from iisan.cache.encode import encode
-    from iisan.config import EncodeConfig, PrepareConfig
-    from iisan.data import prepare
-
-    dataset, cache = work / "scientific", work / "cache-minilm"
-    if not (dataset / "dataset.json").is_file():
-        prepare(SCIENTIFIC, dataset, PrepareConfig(format="iisan-tsv"))
-    encode(dataset, cache, EncodeConfig(text_encoder="minilm", image_encoder=None))  # resumes; no-op when complete
-    return dataset, cache
 
 
 def child(job: str, work: Path, args: argparse.Namespace) -> float:
@@ -134,6 +121,8 @@ def main() -> None:
         use_threads(args.threads)
         print(child(args.child, args.work, args))
         return
+
+    from train_step import build_inputs  # bench/ is on sys.path: the same inputs as the step benchmark
 
     args.work.mkdir(parents=True, exist_ok=True)
     build_inputs(args.work)

@@ -66,11 +66,10 @@ def _model_and_source(config: TrainConfig, dataset: PreparedDataset, cache: Hidd
                       shapes: dict[str, tuple[int, int]], device,
                       layers: dict[str, tuple[int, ...]] | None = None) -> tuple[SequentialRecommender, FeatureSource]:
     entries = {m: cache.entry(m) for m in shapes} if cache is not None else {}
-    reads_states = get_method(config.method).reads == "states"
-    constant = {m: cache.constant_layers(m) for m in shapes} if reads_states and layers is None else None
+    reads = get_method(config.method).reads
+    constant = {m: cache.constant_layers(m) for m in shapes} if reads == "states" and layers is None else None
     stored = {m: cache.stored_layers(m) for m in shapes} if cache is not None else None
     model, encoders = build_model(config, shapes, dataset.num_items, entries, device, constant, layers, stored)
-    reads = get_method(config.method).reads
     if reads == "raw":
         return model, RawContentSource(dataset, {m: entries[m] for m in encoders}, encoders)
     if reads == "ids":

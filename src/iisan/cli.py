@@ -383,8 +383,8 @@ def encode(
         pooling=pooling, text_pooling=text_pooling, image_pooling=image_pooling,
         batch_size=batch_size, max_text_tokens=max_text_tokens,
         image_size=image_size, workers=workers, precision=precision.value,
-        text_layers=_int_list(text_layers, "--text-layers") if text_layers else None,
-        image_layers=_int_list(image_layers, "--image-layers") if image_layers else None,
+        text_layers=_int_list(text_layers, "--text-layers"),
+        image_layers=_int_list(image_layers, "--image-layers"),
     )
     summary = run_encode(dataset, out, config, force=force, shard=shard_spec, device=device.value)
     if as_json:
@@ -432,7 +432,10 @@ def encoders_list(
     stdout.print(table)
 
 
-def _int_list(value: str, option: str) -> tuple[int, ...]:
+def _int_list(value: str | None, option: str) -> tuple[int, ...] | None:
+    """Comma-separated integers; ``None`` (the option not given) stays ``None``."""
+    if value is None:
+        return None
     try:
         return tuple(int(part) for part in value.split(",") if part.strip())
     except ValueError:
@@ -542,8 +545,8 @@ def train(
             side=SideNetworkConfig(bottleneck=bottleneck, modality=modality.value,
                                    **_layer_choice(layers),
                                    inter_layers=inter_layers.value, dtl_to=dtl_to.value, dtl=dtl.value,
-                                   text_layers=_int_list(text_layers, "--text-layers") if text_layers else None,
-                                   image_layers=_int_list(image_layers, "--image-layers") if image_layers else None,
+                                   text_layers=_int_list(text_layers, "--text-layers"),
+                                   image_layers=_int_list(image_layers, "--image-layers"),
                                    text_steps=text_steps, image_steps=image_steps, head=head.value,
                                    text_bottleneck=text_bottleneck, image_bottleneck=image_bottleneck),
         )
@@ -569,9 +572,10 @@ def _metrics_table(results: dict[str, dict[str, float]], title: str):
     table.add_column("metric", overflow="fold")
     for split in results:
         table.add_column(split, justify="right", overflow="fold")
+    from iisan.evaluation.metrics import metric_label
+
     for name in names:
-        label = name.replace("mrr", "MRR").replace("hr", "HR").replace("ndcg", "NDCG")
-        table.add_row(label, *(f"{metrics[name]:.4f}" for metrics in results.values()))
+        table.add_row(metric_label(name), *(f"{metrics[name]:.4f}" for metrics in results.values()))
     return table
 
 
@@ -918,14 +922,14 @@ def bench_efficiency(
 def _print_efficiency(report: dict[str, Any], out: Path) -> None:
     from rich.table import Table
 
-    from iisan.efficiency import TERMINAL_COLUMNS, report_device, table_rows
+    from iisan.efficiency import TERMINAL_COLUMNS, memory_label, report_device, table_rows
 
     header, rows = table_rows(report, TERMINAL_COLUMNS)
-    table = Table(title=f"Training efficiency ({report_device(report)}; memory: {report['memory_measure']}); "
+    table = Table(title=f"Training efficiency ({report_device(report)}; memory: {memory_label(report)}); "
                         "every column is in efficiency.csv", title_justify="left")
+    measured = [row for row in rows if not row[1].startswith("failed:")]  # an error may wrap
     for n, column in enumerate(header):
         # Cells never break (a column is as wide as its widest value); headers stack their words.
-        measured = [row for row in rows if not row[1].startswith("failed:")]  # an error may wrap
         width = max((len(row[n]) for row in measured), default=len(column))
         table.add_column(column.replace(" ", "\n"), justify="left" if n == 0 else "right", min_width=width)
     for row in rows:

@@ -149,9 +149,7 @@ class EncodeConfig:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         for name in ("text_layers", "image_layers"):
-            chosen = getattr(self, name)
-            if chosen is not None and (not chosen or min(chosen) < 0):
-                raise ConfigError(f"{name} must be non-negative layer indices, got {chosen}")
+            check_layer_list(name, getattr(self, name))
 
     def pooling_for(self, modality: str) -> str:
         """This modality's pooling (``auto`` is resolved by the encoder)."""
@@ -217,7 +215,8 @@ class SideNetworkConfig:
         text_steps / image_steps: IISAN-Versa's group layer-dropping per encoder: split its
             non-constant layers into this many contiguous groups and read the last layer
             of each (e.g. 6 of an 80-layer LLM's 81 states), for the intra and the inter
-            tower alike: evenly spaced, counting back from the last layer. Overrides ``layer_rule``; an explicit list wins over it.
+            tower alike: evenly spaced, counting back from the last layer. Overrides
+            ``layer_rule``; an explicit list wins over it.
         head: each tower's head: ``wide`` is ``Linear(D, D) -> Linear(D, d)`` (the
             paper's), ``compact`` is ``Linear(D, d) -> Linear(d, d)`` (the reference's
             Versa draft; 67M parameters fewer at D = 8192); ``auto`` is compact for
@@ -247,8 +246,7 @@ class SideNetworkConfig:
             raise ConfigError(f"bottleneck must be positive, got {self.bottleneck}")
         if self.modality not in MODALITIES:
             raise ConfigError(f"modality must be one of {', '.join(MODALITIES)}, got {self.modality!r}")
-        if self.layers is not None and (not self.layers or min(self.layers) < 0):
-            raise ConfigError(f"layers must be non-negative indices, got {self.layers}")
+        check_layer_list("layers", self.layers)
         if self.layer_rule not in LAYER_RULES:
             raise ConfigError(f"layer_rule must be one of {', '.join(LAYER_RULES)}, got {self.layer_rule!r}")
         if self.gate_temperature <= 0:
@@ -262,9 +260,7 @@ class SideNetworkConfig:
         if self.head not in HEADS:
             raise ConfigError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
         for modality in ("text", "image"):
-            chosen = getattr(self, f"{modality}_layers")
-            if chosen is not None and (not chosen or min(chosen) < 0):
-                raise ConfigError(f"{modality}_layers must be non-negative indices, got {chosen}")
+            check_layer_list(f"{modality}_layers", getattr(self, f"{modality}_layers"))
             for name in (f"{modality}_steps", f"{modality}_bottleneck"):
                 if getattr(self, name) is not None and getattr(self, name) < 1:
                     raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
@@ -318,6 +314,16 @@ class SideNetworkConfig:
         if self.head != "auto":
             return self.head
         return "compact" if width >= COMPACT_HEAD_FROM else "wide"
+
+
+def check_layer_list(name: str, layers: tuple[int, ...] | None) -> None:
+    """``None`` (a rule decides) or a non-empty list of layer indices, 0 being the embedding output.
+
+    Raises:
+        ConfigError: an empty list or a negative index.
+    """
+    if layers is not None and (not layers or min(layers) < 0):
+        raise ConfigError(f"{name} must be non-negative layer indices, got {layers}")
 
 
 def even_groups(count: int, groups: int) -> list[tuple[int, ...]]:

@@ -26,7 +26,6 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
-
 def compute_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for running the frozen encoders at ``precision`` on ``device``:
     ``None`` for float32.
@@ -49,3 +48,8 @@ def compute_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 def precision_name(dtype: torch.dtype | None) -> str:
     """What a cache manifest records: ``bf16`` or ``fp32``."""
     return "bf16" if dtype == torch.bfloat16 else "fp32"
+
+
+def autocast_to(device: torch.device, dtype: torch.dtype | None):
+    """Autocast to ``dtype`` on ``device``'s kind; a no-op context for ``None`` (float32)."""
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)

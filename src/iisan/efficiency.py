@@ -30,10 +30,10 @@ from iisan.config import EncodeConfig
 from iisan.errors import ConfigError
 from iisan.methods import method_names
 
-# bench name -> (TrainConfig.method, TrainConfig.mode), from the method registry: every
-# method that reads content, and IISAN both ways (the paper's cached-vs-uncached comparison)
 log = logging.getLogger(__name__)
 
+# bench name -> (TrainConfig.method, TrainConfig.mode), from the method registry: every
+# method that reads content, and IISAN both ways (the paper's cached-vs-uncached comparison)
 METHODS = {name: (name, "cached") for name in method_names(reads="raw")}
 for _name in method_names(reads="states"):
     METHODS.update({"iisan-uncached": ("iisan", "uncached"), "iisan-cached": ("iisan", "cached")}
@@ -180,11 +180,12 @@ def run_efficiency(dataset: str | Path, out: str | Path, config: EfficiencyConfi
     progress = progress or log.info  # a library logs; the CLI passes its own printer
     dataset, out = Path(dataset), Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    has_images = PreparedDataset.load(dataset).items["image"].is_not_null().any()
     if cache is not None:  # what the given cache holds decides: a text-only cache of an image data set is text
         from iisan.cache.store import HiddenStateCache
 
         has_images = "image" in HiddenStateCache.open(cache).modalities
+    else:
+        has_images = PreparedDataset.load(dataset).items["image"].is_not_null().any()
     modality = config.modality or ("intra_inter" if has_images else "text")
     config = dataclasses.replace(config, modality=modality)
     cache_seconds = None
@@ -286,7 +287,7 @@ def report_notes(report: dict[str, Any]) -> list[str]:
     settings = report["settings"]
     notes = [f"Batch {settings['batch_size']} users, {settings['steps']} timed steps after {WARMUP_STEPS} warm-up, "
              f"modality {settings['modality']}, image size {settings['image_size']}, device {report_device(report)}.",
-             f"Memory in TPME and ratios: {dict((k, label) for k, label, _ in COLUMNS)[report['memory_measure']]}."]
+             f"Memory in TPME and ratios: {memory_label(report)}."]
     if report["cache_build_seconds"] is not None:
         notes.append(f"Cache build (one-off): {report['cache_build_seconds']:.1f} s, "
                      f"{report['cache_build_seconds_per_epoch']:.1f} s per epoch over {settings['typical_epochs']} epochs.")
@@ -298,6 +299,11 @@ def markdown(report: dict[str, Any]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n\n" + "\n".join(report_notes(report)) + "\n"
+
+
+def memory_label(report: dict[str, Any]) -> str:
+    """The memory measure's column header, e.g. ``footprint MB``."""
+    return next(label for key, label, _ in COLUMNS if key == report["memory_measure"])
 
 
 def report_device(report: dict[str, Any]) -> str:

@@ -23,7 +23,8 @@ MARKER = "quickstart.json"
 
 
 def quickstart(out: str | Path, epochs: int = 50, seed: int = 42, force: bool = False,
-               text_encoder: str = EncodeConfig.text_encoder, top_k: int = 10, device: str = "auto") -> dict[str, Any]:
+               text_encoder: str = EncodeConfig.text_encoder, top_k: int = 10,
+               device: str = "auto") -> dict[str, Any]:
     """prepare → encode → train → evaluate → recommend, rebuilding ``out`` from scratch, on
     ``device`` (see :func:`iisan.devices.pick_device`).
 

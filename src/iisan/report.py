@@ -20,6 +20,7 @@ from typing import Any
 
 from iisan.checkpoint import read_run_config
 from iisan.errors import DatasetError
+from iisan.evaluation.metrics import metric_label
 from iisan.fileio import write_bytes_atomic
 
 SPLIT_ORDER = ("valid", "test", "test_with_history", "valid_with_history")
@@ -192,7 +193,7 @@ def _metrics_tables(records: list[RunRecord]) -> str:
     parts = [_table(runs, overview)]
     for split in splits:
         names = sorted(dict.fromkeys(m for r in records for m in r.metrics.get(split, {})), key=_metric_order)
-        rows = [[_e(_metric_label(name)), *[f"{r.metrics[split][name]:.4f}" if name in r.metrics.get(split, {})
+        rows = [[_e(metric_label(name)), *[f"{r.metrics[split][name]:.4f}" if name in r.metrics.get(split, {})
                                             else "-" for r in records]] for name in names]
         parts.append(f"<h3>{_e(split.replace('_', ' '))}</h3>" + _table(["metric", *runs[1:]], rows))
     note = ('<p class="note">Full ranking over every item; the history is excluded unless the split says '
@@ -205,10 +206,6 @@ def _metric_order(name: str) -> tuple[int, int]:
     kind, _, cut = name.partition("@")
     order = ("hr", "ndcg", "mrr")
     return (int(cut) if cut.isdigit() else 10**9, order.index(kind) if kind in order else len(order))
-
-
-def _metric_label(name: str) -> str:
-    return name.replace("ndcg", "NDCG").replace("hr", "HR").replace("mrr", "MRR")
 
 
 def _efficiency(benches: list[BenchRecord]) -> str:

@@ -177,7 +177,7 @@ def _encode_modality(
                 next_index += 1
             rows, inputs = _resolve(prepared)
             if len(rows):
-                pooled = encoder.pooled_hidden_states(inputs, pooling, compute, stored).to(torch.float16).cpu()  # [b, L + 1, D]
+                pooled = encoder.pooled_hidden_states(inputs, pooling, compute, stored).to(torch.float16).cpu()  # [b, S, D]
                 _require_finite(pooled, rows, dataset, modality)
                 states[rows] = pooled.numpy()
                 present[rows] = 1

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from iisan.devices import autocast_to
 from iisan.encoders.onnx_dinov2 import IMAGENET_MEAN, IMAGENET_STD
 from iisan.encoders.registry import EncoderLoadError, Modality, resolve, weights_hash
 
@@ -150,7 +151,7 @@ class FrozenEncoder:
         """
         device = self.device
         inputs = {key: value.to(device) for key, value in inputs.items()}
-        with torch.autocast(device.type, dtype=compute or torch.float32, enabled=compute is not None):
+        with autocast_to(device, compute):
             outputs = self.model(**inputs, output_hidden_states=True)
         mask = inputs.get("attention_mask")
         hidden = outputs.hidden_states if layers is None else [outputs.hidden_states[i] for i in layers]

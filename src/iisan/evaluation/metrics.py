@@ -19,6 +19,11 @@ def pessimistic_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     return torch.where(torch.isnan(target_scores[:, 0]), scores.shape[1] - 1, ranks)
 
 
+def metric_label(name: str) -> str:
+    """How tables print a metric key: ``ndcg@10`` -> ``NDCG@10``, ``mrr`` -> ``MRR``."""
+    return name.replace("ndcg", "NDCG").replace("hr", "HR").replace("mrr", "MRR")
+
+
 def metrics_from_ranks(ranks: torch.Tensor, ks: tuple[int, ...]) -> dict[str, float]:
     """HR@K, NDCG@K and MRR@K for each K (RecBole's names and definitions: MRR@K counts
     ``1 / rank`` within the top K, 0 below), and MRR over the whole ranking, averaged over users."""

@@ -52,8 +52,8 @@ DECODE_THREADS = 4
 
 
 class _RawContent:
-    """Texts and image files of a prepared dataset's items, by item id; subclasses turn them
-    into features with ``content_features``.
+    """Texts and image files of a prepared dataset's items, by item id; subclasses turn the
+    encoders' inputs into features in ``_features``.
 
     Catalogue items are prepared once, not at every step: their token ids are kept (a few
     hundred bytes each), their decoded and cropped images up to :data:`CROP_MEMORY_BYTES`;
@@ -73,8 +73,25 @@ class _RawContent:
         self._pool: ThreadPoolExecutor | None = None
 
     def features(self, ids: np.ndarray) -> ItemFeatures:
+        """Features of catalogue items, from what earlier steps prepared."""
         ids = np.asarray(ids, dtype=np.int64)
-        return self.content_features(ids, [], [], prepared=self._prepared_inputs)
+        return self._features(ids, lambda encoder, entry, modality: self._prepared_inputs(encoder, entry, modality,
+                                                                                           ids))
+
+    def content_features(self, ids: np.ndarray, texts: list[str | None], images: list[bytes | None]) -> ItemFeatures:
+        """Features of raw content (see :func:`content_inputs`): what new items, never cached, go through.
+
+        Raises:
+            OSError, ValueError: image bytes that do not decode.
+        """
+        ids = np.asarray(ids, dtype=np.int64)
+        return self._features(ids, lambda encoder, entry, modality: content_inputs(encoder, entry, modality, texts,
+                                                                                   images))
+
+    def _features(self, ids: np.ndarray, inputs_of) -> ItemFeatures:
+        """``ItemFeatures`` of ``ids``; ``inputs_of(encoder, entry, modality)`` gives the rows
+        that have the modality and the encoder's inputs for them."""
+        raise NotImplementedError
 
     def _prepared_inputs(self, encoder: FrozenEncoder, entry: dict, modality: str,
                          ids: np.ndarray) -> tuple[np.ndarray, dict[str, torch.Tensor] | None]:
@@ -138,16 +155,8 @@ class LiveSource(_RawContent):
         self.entries = entries
         self.encoders = load_encoders(entries, layers, device, frozen=True)
 
-    def content_features(self, ids: np.ndarray, texts: list[str | None], images: list[bytes | None],
-                         prepared=None) -> ItemFeatures:
-        """Features of raw content (see :func:`content_inputs`). Also what new items, never
-        cached, go through. ``prepared``: for catalogue items, where their inputs come from
-        instead of ``texts`` and ``images``.
-
-        Raises:
-            OSError, ValueError: image bytes that do not decode.
-        """
-        ids = np.asarray(ids, dtype=np.int64)
+    def _features(self, ids: np.ndarray, inputs_of) -> ItemFeatures:
+        """The frozen encoders' pooled states of the selected layers, as the cache holds them."""
         first = next(iter(self.encoders.values()), None)
         features = ItemFeatures(ids=torch.from_numpy(ids).to(first.device if first is not None else "cpu"))
         for modality, layers in self.layers.items():
@@ -155,8 +164,7 @@ class LiveSource(_RawContent):
             device = encoder.device  # the states stay where the encoder ran: no round trip through the host
             states = torch.zeros(len(ids), len(layers), encoder.hidden_size, device=device)
             present = torch.zeros(len(ids), dtype=torch.bool, device=device)
-            rows, inputs = (prepared(encoder, entry, modality, ids) if prepared is not None
-                            else content_inputs(encoder, entry, modality, texts, images))
+            rows, inputs = inputs_of(encoder, entry, modality)
             if len(rows):
                 index = torch.from_numpy(rows).to(device)
                 compute = torch.bfloat16 if entry.get("precision") == "bf16" else None  # as the cache was built
@@ -183,20 +191,11 @@ class RawContentSource(_RawContent):
         self.entries = entries
         self.encoders = encoders
 
-    def content_features(self, ids: np.ndarray, texts: list[str | None], images: list[bytes | None],
-                         prepared=None) -> ItemFeatures:
-        """Model inputs of raw content (see :func:`content_inputs`), also for new items.
-        ``prepared``: for catalogue items, where their inputs come from instead.
-
-        Raises:
-            OSError, ValueError: image bytes that do not decode.
-        """
-        ids = np.asarray(ids, dtype=np.int64)
+    def _features(self, ids: np.ndarray, inputs_of) -> ItemFeatures:
+        """The encoders' model inputs; the tower runs the encoders."""
         features = ItemFeatures(ids=torch.from_numpy(ids))
         for modality, encoder in self.encoders.items():
-            entry = self.entries[modality]
-            rows, inputs = (prepared(encoder, entry, modality, ids) if prepared is not None
-                            else content_inputs(encoder, entry, modality, texts, images))
+            rows, inputs = inputs_of(encoder, self.entries[modality], modality)
             present = torch.zeros(len(ids), dtype=torch.bool)
             present[torch.from_numpy(rows)] = True
             features.present[modality] = present

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from iisan.devices import compute_dtype
+from iisan.devices import autocast_to, compute_dtype
 from iisan.encoders.frozen import pool_tokens
 from iisan.errors import ConfigError
 from iisan.methods import method_names
@@ -181,14 +181,14 @@ class EmbeddedEncoderItemEncoder(nn.Module):
 
     def forward(self, features: ItemFeatures) -> torch.Tensor:
         states = {}
-        device = self.heads[next(iter(self.heads))].weight.device
+        device = self.fusion.weight.device
         compute = compute_dtype(self.precision, device)
         for name, encoder in self.encoders.items():
             present = features.present[name]
             pooled = self.heads[name].weight.new_zeros(len(features.ids), self.widths[name])
             if name in features.inputs:
                 inputs = features.inputs[name]
-                with torch.autocast(device.type, dtype=compute or torch.float32, enabled=compute is not None):
+                with autocast_to(device, compute):
                     last = encoder(**inputs, output_hidden_states=True).hidden_states[-1]  # as cached: before any final norm
                 pooled = pooled.index_put((present.nonzero().squeeze(1),),
                                           pool_tokens(last.float(), inputs.get("attention_mask"), self.poolings[name]))
