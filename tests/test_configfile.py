@@ -19,8 +19,12 @@ def test_a_runs_config_json_trains_the_same_run_again(tiny_multimodal, tmp_path)
     trained = runner.invoke(app, ["--threads", "1", "train", str(dataset), "--cache", str(cache), "--out", str(first),
                                   "--epochs", "2",
                                   "--batch-size", "32", "--modality", "intra", "--layers", "every-other",
-                                  "--bottleneck", "8", "--seed", "7", "--lr", "0.002", "--no-id-offset", "--json"])
+                                  "--bottleneck", "8", "--seed", "7", "--lr", "0.002", "--no-id-offset",
+                                  "--schedule", "cosine", "--warmup-epochs", "0.5", "--user-encoder", "recbole",
+                                  "--json"])
     assert trained.exit_code == 0, trained.output
+    options = json.loads((first / "config.json").read_text())["train"]
+    assert (options["schedule"], options["warmup_epochs"], options["user"]["variant"]) == ("cosine", 0.5, "recbole")
     again = runner.invoke(app, ["--threads", "1", "train", "--config", str(first / "config.json"),
                                 "--out", str(tmp_path / "again"),
                                 "--json"])

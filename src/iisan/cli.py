@@ -26,8 +26,8 @@ from rich.markup import escape
 from iisan import __version__
 from iisan.config import (
     COMPACT_HEAD_FROM, DEVICES, DTL_KINDS, DTL_TARGETS, EVAL_KS, FORMATS, HEADS, INDEX_KINDS, INTER_LAYERS, LAYER_RULES,
-    LOSSES, METHODS, MODALITIES, MODES, OFFSET_METHODS, PRECISIONS, SPLITS, EncodeConfig, PrepareConfig,
-    SideNetworkConfig, TrainConfig, UserEncoderConfig,
+    LOSSES, METHODS, MODALITIES, MODES, OFFSET_METHODS, PRECISIONS, SCHEDULES, SPLITS, USER_ENCODERS, EncodeConfig,
+    PrepareConfig, SideNetworkConfig, TrainConfig, UserEncoderConfig,
 )
 from iisan.efficiency import DEFAULT_METHODS as EFFICIENCY_METHODS
 from iisan.errors import ConfigError, IisanError
@@ -74,8 +74,8 @@ def _per_method(field: str, general) -> str:
     """'Default: 10 for id, 5 otherwise.' from the method registry's defaults."""
     own = [f"{value:g} for {name}" if isinstance(value, float) else f"{value} for {name}"
            for name in METHODS if (value := get_method(name).defaults.get(field)) is not None]
-    return f"Default: {', '.join(own)}, {general:g} otherwise." if isinstance(general, float) else \
-        f"Default: {', '.join(own)}, {general} otherwise."
+    general = f"{general:g}" if isinstance(general, float) else general
+    return f"Default: {', '.join(own)}, {general} otherwise." if own else f"Default: {general}."
 Mode = _choices("Mode", MODES)
 InterLayers = _choices("InterLayers", INTER_LAYERS)
 DtlTo = _choices("DtlTo", DTL_TARGETS)
@@ -83,6 +83,8 @@ Device = _choices("Device", DEVICES)
 Loss = _choices("Loss", LOSSES)
 Precision = _choices("Precision", PRECISIONS)
 Dtl = _choices("Dtl", DTL_KINDS)
+Schedule = _choices("Schedule", SCHEDULES)
+UserVariant = _choices("UserVariant", USER_ENCODERS)
 Head = _choices("Head", HEADS)
 def _config_file(ctx: typer.Context, value: Path | None) -> Path | None:
     """``--config FILE``: the file's values become this command's defaults (flags still win)."""
@@ -101,8 +103,8 @@ def _config_file(ctx: typer.Context, value: Path | None) -> Path | None:
 
 ConfigOption = Annotated[Path | None, typer.Option(
     "--config", callback=_config_file, is_eager=True, show_default=False,
-    help="TOML, YAML or JSON file of option values (flag names with underscores, flat or in [train], [side], "
-         "[user], [encode], [bench] sections; a run's config.json for train); flags given here override it.")]
+    help="TOML, YAML or JSON file of option values (flag names with underscores, flat or in \\[train], \\[side], "
+         "\\[user], \\[encode], \\[bench] sections; a run's config.json for train); flags given here override it.")]
 # The same --device on every command that runs a model.
 DeviceOption = Annotated[Device, typer.Option(help="auto: this process's GPU if there is one (under torchrun, the one of its LOCAL_RANK), else the CPU.")]
 
@@ -470,6 +472,8 @@ def train(
     side_lr: Annotated[float | None, typer.Option(help="Learning rate of the side network's blocks and gates (the reference used 1e-4), or of the trained encoder parameters for fft, adapter, lora, bitfit. " + _per_method("side_lr", TrainConfig.side_lr), show_default=False)] = None,
     lora_rank: Annotated[int, typer.Option(help="LoRA rank for --method lora (alpha = 2 x rank).")] = TrainConfig.lora_rank,
     patience: Annotated[int | None, typer.Option(help="Stop after this many epochs without a better validation NDCG@10. " + _per_method("patience", TrainConfig.patience), show_default=False)] = None,
+    schedule: Annotated[Schedule, typer.Option(help="Learning rates over the run: constant, or cosine (down to zero at --epochs; early stopping may end the run before).")] = Schedule(TrainConfig.schedule),
+    warmup_epochs: Annotated[float, typer.Option(help="Raise every learning rate linearly from zero over this many epochs first (may be fractional, e.g. 0.5).")] = TrainConfig.warmup_epochs,
     layers: Annotated[str, typer.Option(help="Encoder layers the side network reads: all, every-other (the paper's LayerDrop: every other layer counting back from the last), or a list such as 0,2,4,6. The two rules skip a layer whose state is the same for every item (layer 0 under CLS pooling).")] = "all",
     bottleneck: Annotated[int, typer.Option(help="Side-block bottleneck width.")] = SideNetworkConfig.bottleneck,
     inter_layers: Annotated[InterLayers, typer.Option(help="Encoders of different depth (IISAN-Versa): the inter-modal tower reads the deeper encoder's layers in contiguous groups, one per layer of the shallower: the group's last layer, or its mean; truncate drops the extra layers instead (a naive control).")] = InterLayers(SideNetworkConfig.inter_layers),
@@ -483,6 +487,7 @@ def train(
     text_bottleneck: Annotated[int | None, typer.Option(help="SANB width of the text tower (default: --bottleneck).", show_default=False)] = None,
     image_bottleneck: Annotated[int | None, typer.Option(help="SANB width of the image tower (default: --bottleneck).", show_default=False)] = None,
     dropout: Annotated[float | None, typer.Option(help="Dropout of the user encoder. " + _per_method("dropout", UserEncoderConfig.dropout), show_default=False)] = None,
+    user_encoder: Annotated[UserVariant | None, typer.Option(help="The user encoder's details: reference (IISAN's reference code: ReLU, xavier init, bias-free attention projections) or recbole (RecBole's SASRec: GELU, normal(0, 0.02) init, biased projections). " + _per_method("variant", UserEncoderConfig.variant), show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Random seed (initialisation, batch order, dropout).")] = TrainConfig.seed,
     include_history: Annotated[bool, typer.Option(help="Rank the user's own history too when validating and testing (RecBole's protocol); by default it is excluded, as in the paper.")] = TrainConfig.include_history,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out after its last finished epoch.")] = False,
@@ -523,7 +528,7 @@ def train(
     """
     import dataclasses
 
-    from iisan.config import SideNetworkConfig, TrainConfig, UserEncoderConfig
+    from iisan.config import SideNetworkConfig, TrainConfig
     from iisan.distributed import is_main_process
     from iisan.training.loop import train as run_train
 
@@ -536,10 +541,12 @@ def train(
     else:
         if id_offset and method.value not in OFFSET_METHODS:
             raise ConfigError(f"--id-offset applies to {' and '.join(OFFSET_METHODS)}, not {method.value}")
-        given = {"side_lr": side_lr, "patience": patience, "loss": loss.value if loss else None,
-                 "id_offset": id_offset, "user": UserEncoderConfig(dropout=dropout) if dropout is not None else None}
+        given = {"side_lr": side_lr, "patience": patience, "loss": loss.value if loss else None, "id_offset": id_offset}
+        user = {"dropout": dropout, "variant": user_encoder.value if user_encoder else None}
         config = TrainConfig.for_method(
-            method.value, mode=mode.value, epochs=epochs, batch_size=batch_size, lr=lr, lora_rank=lora_rank,
+            method.value, user_changes={k: v for k, v in user.items() if v is not None},
+            schedule=schedule.value, warmup_epochs=warmup_epochs,
+            mode=mode.value, epochs=epochs, batch_size=batch_size, lr=lr, lora_rank=lora_rank,
             seed=seed, include_history=include_history, negatives=negatives, weight_decay=weight_decay,
             id_offset_lr=id_offset_lr, precision=precision.value, **{k: v for k, v in given.items() if v is not None},
             side=SideNetworkConfig(bottleneck=bottleneck, modality=modality.value,

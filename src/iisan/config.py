@@ -178,6 +178,9 @@ LAYER_RULES = ("all", "every_other")
 OFFSET_METHODS = tuple(name for name in METHODS if get_method(name).id_offset)
 LOSSES = ("full", "sampled", "in_batch")
 DEVICES = ("auto", "cpu", "cuda")
+SCHEDULES = ("constant", "cosine")  # the learning rate over the run, after warm-up
+USER_ENCODERS = ("reference", "recbole")  # see UserEncoderConfig
+USER_DEFAULTS = ("dropout", "variant")  # user-encoder fields a method's registry entry may set
 PRECISIONS = ("auto", "fp32", "bf16")  # the frozen encoders' compute precision; see devices.compute_dtype
 
 
@@ -339,15 +342,25 @@ def even_groups(count: int, groups: int) -> list[tuple[int, ...]]:
 
 @dataclass(frozen=True)
 class UserEncoderConfig:
-    """The SASRec-style user encoder (and the item embedding width ``dim``)."""
+    """The SASRec-style user encoder (and the item embedding width ``dim``).
+
+    ``variant`` picks the details that differ between the two SASRec implementations
+    this project is compared with: ``reference`` (IISAN's reference code: ReLU feed-forward,
+    xavier-normal initialisation, LayerNorm eps 1e-6, bias-free attention projections) or
+    ``recbole`` (RecBole's SASRec: GELU, normal(0, 0.02) initialisation, eps 1e-12, biased
+    projections). The architecture is otherwise the same.
+    """
 
     dim: int = 64
     blocks: int = 2
     heads: int = 2
     dropout: float = 0.1
     max_seq_len: int = 10
+    variant: str = "reference"
 
     def __post_init__(self) -> None:
+        if self.variant not in USER_ENCODERS:
+            raise ConfigError(f"user encoder must be one of {', '.join(USER_ENCODERS)}, got {self.variant!r}")
         if self.dim % self.heads:
             raise ConfigError(f"dim {self.dim} must be divisible by heads {self.heads}")
         if not 0 <= self.dropout < 1:
@@ -374,6 +387,10 @@ class TrainConfig:
             50-epoch, patience-5 budget, and on small catalogues (a few steps per epoch)
             the reference rates stop early before learning anything.
         patience: stop after this many epochs without a better validation NDCG@10.
+        schedule: every learning rate over the run: ``constant``, or ``cosine`` (from its
+            value down to zero at step ``epochs`` x steps per epoch; early stopping may end
+            the run before that). ``warmup_epochs`` (may be fractional) first raise it
+            linearly from zero, in either schedule.
         loss: the next-item softmax's candidates: ``full`` (every item of the catalogue,
             RecBole's cross-entropy; the item tower embeds the whole catalogue at every
             step), ``sampled`` (the batch's items plus ``negatives`` drawn in proportion to
@@ -403,6 +420,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 5.0
     patience: int = 5
+    schedule: str = "constant"
+    warmup_epochs: float = 0.0
     loss: str = "in_batch"
     negatives: int = 1024
     id_offset: bool = True
@@ -424,6 +443,10 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.loss not in LOSSES:
             raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise ConfigError(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not get_method(self.method).id_offset:  # not applicable: the saved config says it was not used
@@ -437,12 +460,15 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def for_method(cls, method: str, **changes: Any) -> TrainConfig:
-        """A config with ``method``'s own defaults (its registry entry's), then ``changes``."""
+    def for_method(cls, method: str, user_changes: dict[str, Any] | None = None, **changes: Any) -> TrainConfig:
+        """A config with ``method``'s own defaults (its registry entry's), then ``changes``.
+
+        ``user_changes`` overrides single fields of the user encoder (over the method's own:
+        ``dropout``, ``variant``); ``changes["user"]`` replaces it whole."""
         own = dict(get_method(method).defaults)
-        dropout = own.pop("dropout", None)
-        if dropout is not None and "user" not in changes:
-            changes["user"] = UserEncoderConfig(dropout=dropout)
+        user = {key: own.pop(key) for key in USER_DEFAULTS if key in own}
+        if "user" not in changes and (user or user_changes):
+            changes["user"] = UserEncoderConfig(**{**user, **(user_changes or {})})
         return cls(method=method, **{**own, **changes})
 
     @classmethod

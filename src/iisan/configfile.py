@@ -76,6 +76,7 @@ def _run_options(saved: dict[str, Any], path: Path) -> dict[str, Any]:
     options["layers"] = rule.replace("_", "-") if layers is None else list(layers)
     options.update(side)
     options["dropout"] = user["dropout"]
+    options["user_encoder"] = user["variant"]
     extra = {**{k: options.pop(k) for k in ("grad_clip", "eval_batch_size", "gate_temperature") if k in options},
              **{k: user[k] for k in ("dim", "blocks", "heads")}}
     changed = {k: v for k, v in extra.items() if v != NO_FLAG[k]}

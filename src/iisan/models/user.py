@@ -1,12 +1,19 @@
 """The SASRec-style user encoder: a causal transformer over a user's item embeddings.
 
-As in the reference: learned positions, LayerNorm after each residual (post-LN),
-bias-free attention projections, a ReLU feed-forward of width 4d, xavier init. Sequences
-are left-padded; a position attends to itself and earlier non-padding positions, and
-the last position's output is the user vector.
+As in the reference and in RecBole: learned positions, LayerNorm after each residual
+(post-LN), a feed-forward of width 4d. The two differ in small things that
+``UserEncoderConfig.variant`` picks: the reference's bias-free attention projections,
+ReLU, LayerNorm eps 1e-6 and xavier-normal init, or RecBole's biased projections, GELU,
+eps 1e-12 and normal(0, 0.02) init. Sequences are left-padded; a position attends to
+itself and earlier non-padding positions, and the last position's output is the user
+vector.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -17,15 +24,29 @@ from iisan.config import UserEncoderConfig
 MASKED = -1e9  # additive mask; finite so all-padding rows stay defined (and are ignored)
 
 
+@dataclass(frozen=True)
+class Variant:
+    bias: bool  # in the attention projections
+    activation: type[nn.Module]
+    eps: float  # of every LayerNorm
+    init: Callable[[torch.Tensor], torch.Tensor]  # of every Linear and Embedding weight
+
+
+VARIANTS = {
+    "reference": Variant(bias=False, activation=nn.ReLU, eps=1e-6, init=nn.init.xavier_normal_),
+    "recbole": Variant(bias=True, activation=nn.GELU, eps=1e-12, init=partial(nn.init.normal_, std=0.02)),
+}
+
+
 class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+    def __init__(self, dim: int, heads: int, dropout: float, variant: Variant = VARIANTS["reference"]) -> None:
         super().__init__()
         self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
-        self.out = nn.Linear(dim, dim, bias=False)
-        self.attention_norm = nn.LayerNorm(dim, eps=1e-6)
-        self.feed_forward = nn.Sequential(nn.Linear(dim, 4 * dim), nn.ReLU(), nn.Linear(4 * dim, dim))
-        self.feed_forward_norm = nn.LayerNorm(dim, eps=1e-6)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=variant.bias)
+        self.out = nn.Linear(dim, dim, bias=variant.bias)
+        self.attention_norm = nn.LayerNorm(dim, eps=variant.eps)
+        self.feed_forward = nn.Sequential(nn.Linear(dim, 4 * dim), variant.activation(), nn.Linear(4 * dim, dim))
+        self.feed_forward_norm = nn.LayerNorm(dim, eps=variant.eps)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -42,11 +63,13 @@ class Block(nn.Module):
 class UserEncoder(nn.Module):
     def __init__(self, config: UserEncoderConfig) -> None:
         super().__init__()
+        variant = VARIANTS[config.variant]
         self.positions = nn.Embedding(config.max_seq_len, config.dim)
-        self.input_norm = nn.LayerNorm(config.dim, eps=1e-6)
+        self.input_norm = nn.LayerNorm(config.dim, eps=variant.eps)
         self.dropout = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config.dim, config.heads, config.dropout) for _ in range(config.blocks))
-        self.apply(_init_weights)
+        self.blocks = nn.ModuleList(Block(config.dim, config.heads, config.dropout, variant)
+                                    for _ in range(config.blocks))
+        self.apply(partial(init_weights, init=variant.init))
 
     def forward(self, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``items``: ``[batch, length, d]`` item embeddings; ``mask``: ``[batch, length]`` bool,
@@ -63,8 +86,9 @@ class UserEncoder(nn.Module):
         return x
 
 
-def _init_weights(module: nn.Module) -> None:
+def init_weights(module: nn.Module, init: Callable[[torch.Tensor], torch.Tensor] = nn.init.xavier_normal_) -> None:
+    """Linear and Embedding weights by ``init``, biases zero (LayerNorms keep 1 and 0)."""
     if isinstance(module, (nn.Linear, nn.Embedding)):
-        nn.init.xavier_normal_(module.weight)
+        init(module.weight)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)

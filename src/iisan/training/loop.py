@@ -35,6 +35,7 @@ from iisan.models.features import ItemFeatures
 from iisan.models.recommender import SequentialRecommender
 from iisan.progress import progress
 from iisan.training.loss import candidate_softmax_loss, in_batch_softmax_loss, log_popularity, sampling_probabilities
+from iisan.training.schedule import lr_factor, remember_base_rates, set_rates
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ def _train(dataset_dir: Path, run_dir: Path, config: TrainConfig, cache_dir, res
         files = resume_folder(run_dir)
         load_weights(files / WEIGHTS_FILE, model, RESUME_FIX)
         load_optimizer(files, optimizer)
+        remember_base_rates(optimizer)  # runs saved before schedules existed: their rate is the base
         if workers.is_main:
             trim_metrics(run_dir, state["epoch"])
         log.info("resuming after epoch %d (best %s %.4f at epoch %d)", state["epoch"], SELECT_METRIC, state["best"], state["best_epoch"])
@@ -227,6 +229,7 @@ def _train_epoch(parts: Assembled, objective: torch.nn.Module, optimizer: torch.
     probabilities = sampling_probabilities(parts.splits.popularity) if config.loss == "sampled" else None
     total, steps = 0.0, 0
     batches = range(0, len(order), config.batch_size)
+    first_step = (epoch - 1) * len(batches)  # global steps before this epoch: the schedule's position
     for start in progress(batches, desc=f"epoch {epoch}", unit="batch", leave=False, mininterval=1,
                       disable=not workers.is_main):
         batch = train_ids[order[start : start + config.batch_size]]
@@ -238,6 +241,7 @@ def _train_epoch(parts: Assembled, objective: torch.nn.Module, optimizer: torch.
         negatives = None
         if probabilities is not None:
             negatives = negative_rng.choice(len(probabilities), size=config.negatives, p=probabilities)
+        set_rates(optimizer, lr_factor(config, first_step + steps, len(batches)))
         try:
             total += training_step(parts, optimizer, mine, objective=objective, workers=workers, negatives=negatives)
         except NonFiniteError as err:
@@ -296,7 +300,8 @@ def training_step(parts: Assembled, optimizer: torch.optim.Optimizer, batch_ids:
 
 def build_optimizer(parts: Assembled) -> torch.optim.AdamW:
     """AdamW with three groups: the side network at ``side_lr``, the per-item id offsets (if
-    any) at ``id_offset_lr``, everything else at ``lr``."""
+    any) at ``id_offset_lr``, everything else at ``lr`` (each group's ``base_lr``, which the
+    schedule scales step by step)."""
     config = parts.config
     side = {id(p) for p in parts.model.item.side_parameters()}
     offsets = getattr(parts.model.item, "offsets", None)
@@ -306,7 +311,9 @@ def build_optimizer(parts: Assembled) -> torch.optim.AdamW:
         params = [p for p in parts.model.parameters() if id(p) in chosen]
         if params:
             groups.append({"params": params, "lr": lr})
-    return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    remember_base_rates(optimizer)
+    return optimizer
 
 
 def _prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> None:

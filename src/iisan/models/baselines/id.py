@@ -6,14 +6,15 @@ import torch
 from torch import nn
 
 from iisan.models.features import ItemFeatures
+from iisan.models.user import VARIANTS
 
 
 class IdItemEncoder(nn.Module):
-    def __init__(self, num_items: int, dim: int) -> None:
+    def __init__(self, num_items: int, dim: int, init=nn.init.xavier_normal_) -> None:
         super().__init__()
         self.layers: dict[str, tuple[int, ...]] = {}
         self.embedding = nn.Embedding(num_items + 1, dim, padding_idx=0)  # id 0 is padding
-        nn.init.xavier_normal_(self.embedding.weight)
+        init(self.embedding.weight)  # as the user encoder's variant initialises its own
         with torch.no_grad():
             self.embedding.weight[0].zero_()
 
@@ -26,4 +27,4 @@ class IdItemEncoder(nn.Module):
 
 def build_tower(config, context) -> IdItemEncoder:
     """The ``id`` entry of the method registry (:mod:`iisan.methods`)."""
-    return IdItemEncoder(context.num_items, config.user.dim)
+    return IdItemEncoder(context.num_items, config.user.dim, VARIANTS[config.user.variant].init)
