@@ -19,22 +19,30 @@
 # ID-SASRec with the full-catalogue loss. The encoder baselines (fft, adapter, lora,
 # bitfit: minilm trained on raw text at every step) cost minutes per epoch on a CPU, so
 # they run on ENCODER_SEEDS (default 42) for at most ENCODER_EPOCHS (default 2);
-# ENCODER_METHODS="" skips them.
+# ENCODER_METHODS="" skips them. On a GPU they converge in minutes:
+#   DEVICE=cuda ONLY="fft lora" ENCODER_SEEDS="42 43" ENCODER_EPOCHS=50 bash bench/quality.sh
+# (add ENCODER_OPTIONS=before for the recipe the README's H200 fft and lora rows used).
 set -euo pipefail
 
 WORK=${1:-bench/out/quality}
 SCIENTIFIC=$(cd "$(dirname "$0")/../.." && pwd)/shared/datasets/amazon-scientific
 SEEDS=${SEEDS:-"42 43 44"}
 ONLY=${ONLY:-}
+DEVICE=${DEVICE:-auto}
+JOBS=${JOBS:-1}  # runs at once; each takes one thread when there are several
+THREADS=""
+[ "$JOBS" -gt 1 ] && THREADS="--threads 1"
 mkdir -p "$WORK"
 
 [ -f "$WORK/scientific/dataset.json" ] || iisan prepare "$SCIENTIFIC" --format iisan-tsv --out "$WORK/scientific"
 # The paper's pooling (first token) and the encoder's own (minilm: masked mean, the default).
-iisan encode "$WORK/scientific" --out "$WORK/cache-cls" --image-encoder none --pooling cls
-iisan encode "$WORK/scientific" --out "$WORK/cache-mean" --image-encoder none
+iisan encode "$WORK/scientific" --out "$WORK/cache-cls" --image-encoder none --pooling cls --precision fp32 --device "$DEVICE"
+iisan encode "$WORK/scientific" --out "$WORK/cache-mean" --image-encoder none --precision fp32 --device "$DEVICE"
 
-# The paper's settings, as this project's defaults were before the comparison.
-PAPER="--layers 0,2,4,6 --loss in_batch --dropout 0.1 --batch-size 64 --patience 5 --no-id-offset"
+# The recipe before this comparison's last step (constant learning rate, 50 epochs, the
+# reference's user encoder), and the paper's settings on top of it.
+BEFORE="--schedule constant --warmup-epochs 0 --epochs 50 --user-encoder reference"
+PAPER="$BEFORE --layers 0,2,4,6 --loss in_batch --dropout 0.1 --batch-size 64 --patience 5 --no-id-offset"
 
 # label | cache | options
 LEVERS=$(cat <<EOF
@@ -46,23 +54,40 @@ mean-full        | cache-mean | $PAPER --loss full --batch-size 256
 all-d05          | cache-mean | $PAPER --layers all --dropout 0.5
 all-offset-lr1e3 | cache-mean | $PAPER --layers all --id-offset --id-offset-lr 1e-3
 all-offset-lr3e5 | cache-mean | $PAPER --layers all --id-offset --id-offset-lr 3e-5
+before           | cache-mean | $BEFORE
+before-sidelr    | cache-mean | $BEFORE --side-lr 1e-4
+steps2           | cache-mean | $BEFORE --text-steps 2
+steps1           | cache-mean | $BEFORE --text-steps 1
+cosine30         | cache-mean | $BEFORE --epochs 30 --schedule cosine --warmup-epochs 1
+recbole          | cache-mean | $BEFORE --user-encoder recbole
+full             | cache-mean | $BEFORE --loss full
 defaults         | cache-mean |
-defaults-sidelr  | cache-mean | --side-lr 1e-4
-frozen-nooffset  | cache-mean | --method frozen --no-id-offset
+frozen-nooffset  | cache-mean | $BEFORE --method frozen --no-id-offset
+frozen-before    | cache-mean | $BEFORE --method frozen
 frozen           | cache-mean | --method frozen
+id-before        | none       | $BEFORE --method id
+id-recbole       | none       | $BEFORE --method id --user-encoder recbole
 id               | none       | --method id
-id-b256          | none       | --method id --batch-size 256
+id-b256          | none       | $BEFORE --method id --batch-size 256
 id-inbatch       | none       | --method id $PAPER
 EOF
 )
 # Each lever row differs from one other row in one setting:
 #   mean vs reference: the encoder's own pooling (mean for minilm);
 #   mean-all vs mean: every layer; mean-sampled, mean-full vs mean: the loss's candidates;
-#   all-d05 vs mean-all: user-encoder dropout; all-offset-* and defaults vs mean-all: id offsets
-#   at lr 1e-3, 3e-5 and 1e-4 (the default); defaults-sidelr vs defaults: the reference's
-#   side-network learning rate; frozen-nooffset vs frozen: the offset without a
-#   side network; id: RecBole's recipe, 64 users a batch (default); id-b256: 256; id-inbatch: the
-#   in-batch recipe id used before.
+#   all-d05 vs mean-all: user-encoder dropout; all-offset-* and before vs mean-all: id offsets
+#   at lr 1e-3, 3e-5 and 1e-4; before-sidelr vs before: the reference's side-network learning
+#   rate; steps2, steps1 vs before: fewer layer groups; cosine30 vs before: a cosine schedule
+#   over 30 epochs after one warm-up epoch; recbole vs before: RecBole's user-encoder details;
+#   full vs before: the full-catalogue loss at 64 users a batch; defaults: cosine30 and recbole
+#   together (the defaults now). frozen-nooffset vs frozen-before: the offset without a side
+#   network; frozen: with today's defaults. id-before: RecBole's recipe (full-catalogue loss,
+#   dropout 0.5, patience 10) with the reference's user encoder, id-recbole with RecBole's,
+#   id: today's defaults; id-b256: 256 users a batch; id-inbatch: the in-batch recipe id used
+#   before.
+#
+# On a GPU, `DEVICE=cuda JOBS=16 bash bench/quality.sh` runs 16 at once on the one GPU (the
+# README's H200 rows ran so: the same commands with --device cuda).
 
 while IFS='|' read -r label cache options; do
   label=$(echo $label)
@@ -72,23 +97,29 @@ while IFS='|' read -r label cache options; do
   for seed in $SEEDS; do
     run="$WORK/runs/$label-$seed"
     [ -f "$run/metrics.json" ] && continue  # finished earlier: keep it
+    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
     # shellcheck disable=SC2086
-    iisan -q train "$WORK/scientific" $cache_option --modality text --seed "$seed" --out "$run" --force $options
+    iisan -q $THREADS train "$WORK/scientific" $cache_option --modality text --seed "$seed" --out "$run" --force \
+      --device "$DEVICE" $options &
   done
 done <<< "$LEVERS"
+wait
 
 ENCODER_METHODS=${ENCODER_METHODS-"fft adapter lora bitfit"}
+# ENCODER_OPTIONS=before trains them with the recipe before (what the README's H200 fft and lora rows used).
+ENCODER_RECIPE=""
+[ "${ENCODER_OPTIONS:-}" = before ] && ENCODER_RECIPE="$BEFORE"
 for seed in ${ENCODER_SEEDS:-42}; do
   for method in $ENCODER_METHODS; do
     [ -n "$ONLY" ] && [[ " $ONLY " != *" $method "* ]] && continue
     [ -f "$WORK/runs/$method-text-$seed/metrics.json" ] && continue
     iisan -q train "$WORK/scientific" --cache "$WORK/cache-mean" --method "$method" --modality text --seed "$seed" \
-      --epochs "${ENCODER_EPOCHS:-2}" --out "$WORK/runs/$method-text-$seed" --force
+      $ENCODER_RECIPE --epochs "${ENCODER_EPOCHS:-2}" --out "$WORK/runs/$method-text-$seed" --force --device "$DEVICE"
   done
 done
 for run in "$WORK"/runs/*; do
   python -c "import json,sys; sys.exit('test_with_history' in json.load(open('$run/metrics.json')))" 2>/dev/null &&
-    iisan -q evaluate "$run" --split test --include-history > /dev/null
+    iisan -q evaluate "$run" --split test --include-history --device "$DEVICE" > /dev/null
 done
 
 python "$(dirname "$0")/summarise_runs.py" "$WORK/runs" \

@@ -461,7 +461,7 @@ def train(
     method: Annotated[Method, typer.Option(help=METHOD_HELP)] = Method.iisan,
     modality: Annotated[Modality, typer.Option(help="Towers feeding the item embedding.")] = Modality(SideNetworkConfig.modality),
     mode: Annotated[Mode, typer.Option(help="cached: read the cache; uncached: run the frozen encoders in the graph (same results, slower).")] = Mode(TrainConfig.mode),
-    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = TrainConfig.epochs,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs (--schedule cosine reaches zero at the last).")] = TrainConfig.epochs,
     batch_size: Annotated[int, typer.Option(help="Users per batch (with --loss in_batch the negatives come from them).")] = TrainConfig.batch_size,
     loss: Annotated[Loss | None, typer.Option(help="Candidates of the next-item softmax: full (every item of the catalogue, RecBole's cross-entropy; the default for id), sampled (the batch's items plus --negatives drawn by popularity, log-popularity corrected), in_batch (the reference's: the batch's item slots, log-popularity corrected; the default for content methods).", show_default=False)] = None,
     negatives: Annotated[int, typer.Option(help="Extra negatives per step for --loss sampled.")] = TrainConfig.negatives,
@@ -622,7 +622,7 @@ def evaluate(
 @handles_errors
 def quickstart(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the dataset, cache and run.")] = Path("iisan-quickstart"),
-    epochs: Annotated[int, typer.Option(help="Maximum training epochs.")] = 50,
+    epochs: Annotated[int, typer.Option(help="Maximum training epochs (the cosine schedule ends there).")] = TrainConfig.epochs,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
     text_encoder: Annotated[str, typer.Option(help="Text encoder: registry name or local Hugging Face folder.")] = EncodeConfig.text_encoder,
     force: Annotated[bool, typer.Option(help="Use --out even if it is a folder quickstart did not write.")] = False,

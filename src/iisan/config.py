@@ -348,7 +348,9 @@ class UserEncoderConfig:
     this project is compared with: ``reference`` (IISAN's reference code: ReLU feed-forward,
     xavier-normal initialisation, LayerNorm eps 1e-6, bias-free attention projections) or
     ``recbole`` (RecBole's SASRec: GELU, normal(0, 0.02) initialisation, eps 1e-12, biased
-    projections). The architecture is otherwise the same.
+    projections). The architecture is otherwise the same. ``recbole`` is the default: on
+    Scientific it raised validation NDCG@10 for both IISAN (+2.5%) and the id model (+9.5%),
+    3 seeds each (README, "Accuracy on Amazon Scientific").
     """
 
     dim: int = 64
@@ -356,7 +358,7 @@ class UserEncoderConfig:
     heads: int = 2
     dropout: float = 0.1
     max_seq_len: int = 10
-    variant: str = "reference"
+    variant: str = "recbole"
 
     def __post_init__(self) -> None:
         if self.variant not in USER_ENCODERS:
@@ -381,16 +383,19 @@ class TrainConfig:
             encoder names and settings from the cache manifest, never its states.
         mode: ``cached`` reads the hidden-state cache (encoders never loaded);
             ``uncached`` runs the frozen encoders in the graph under ``no_grad``.
-        lr: learning rate of the user encoder, heads and fusion; ``side_lr`` of the SANB
-            blocks and gates (for the encoder baselines: of the trained encoder parameters). The reference used 2e-4 and 1e-4 for 100 epochs on a GPU;
-            1e-3 (RecBole's SASRec default) reaches a better validation NDCG@10 within our
-            50-epoch, patience-5 budget, and on small catalogues (a few steps per epoch)
-            the reference rates stop early before learning anything.
+        lr: peak learning rate of the user encoder, heads and fusion; ``side_lr`` of the
+            SANB blocks and gates (for the encoder baselines: of the trained encoder
+            parameters). The reference used 2e-4 and 1e-4 for 100 epochs on a GPU; 1e-3
+            (RecBole's SASRec default) reaches a better validation NDCG@10 within a
+            patience-5 budget, and on small catalogues (a few steps per epoch) the
+            reference rates stop early before learning anything.
         patience: stop after this many epochs without a better validation NDCG@10.
         schedule: every learning rate over the run: ``constant``, or ``cosine`` (from its
             value down to zero at step ``epochs`` x steps per epoch; early stopping may end
             the run before that). ``warmup_epochs`` (may be fractional) first raise it
-            linearly from zero, in either schedule.
+            linearly from zero, in either schedule. One warm-up epoch and a cosine over 30
+            epochs raised IISAN's validation NDCG@10 by 5% over a constant rate for 50
+            (3 seeds, README); runs saved before schedules existed read as constant.
         loss: the next-item softmax's candidates: ``full`` (every item of the catalogue,
             RecBole's cross-entropy; the item tower embeds the whole catalogue at every
             step), ``sampled`` (the batch's items plus ``negatives`` drawn in proportion to
@@ -413,15 +418,15 @@ class TrainConfig:
 
     method: str = "iisan"
     mode: str = "cached"
-    epochs: int = 50
+    epochs: int = 30
     batch_size: int = 64
     lr: float = 1e-3
     side_lr: float = 1e-3
     weight_decay: float = 0.0
     grad_clip: float = 5.0
     patience: int = 5
-    schedule: str = "constant"
-    warmup_epochs: float = 0.0
+    schedule: str = "cosine"
+    warmup_epochs: float = 1.0
     loss: str = "in_batch"
     negatives: int = 1024
     id_offset: bool = True
@@ -473,12 +478,13 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TrainConfig:
-        # runs saved before these options existed: no offset, encoders in float32
-        data = {"id_offset": False, "precision": "fp32", **data}
+        # runs saved before these options existed: no offset, encoders in float32, a constant
+        # learning rate, the reference's user encoder
+        data = {"id_offset": False, "precision": "fp32", "schedule": "constant", "warmup_epochs": 0.0, **data}
         if data.get("id_offset_lr") is None:
             data.pop("id_offset_lr", None)
         side = {"head": "wide", **data.get("side", {})}  # runs saved before head existed: the paper's
         for key in ("layers", "text_layers", "image_layers"):
             if side.get(key) is not None:
                 side[key] = tuple(side[key])
-        return cls(**{**data, "side": SideNetworkConfig(**side), "user": UserEncoderConfig(**data.get("user", {}))})
+        return cls(**{**data, "side": SideNetworkConfig(**side), "user": UserEncoderConfig(**{"variant": "reference", **data.get("user", {})})})

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 MARKER = "quickstart.json"
 
 
-def quickstart(out: str | Path, epochs: int = 50, seed: int = 42, force: bool = False,
+def quickstart(out: str | Path, epochs: int = TrainConfig.epochs, seed: int = 42, force: bool = False,
                text_encoder: str = EncodeConfig.text_encoder, top_k: int = 10,
                device: str = "auto") -> dict[str, Any]:
     """prepare → encode → train → evaluate → recommend, rebuilding ``out`` from scratch, on

@@ -25,7 +25,7 @@ FAST = TrainConfig(epochs=2, batch_size=32, patience=5, seed=1, eval_batch_size=
 
 def test_warm_up_rises_linearly_then_holds_or_follows_a_cosine():
     steps = 10  # per epoch
-    constant = TrainConfig(epochs=4, warmup_epochs=1)
+    constant = TrainConfig(epochs=4, schedule="constant", warmup_epochs=1)
     assert [lr_factor(constant, s, steps) for s in (0, 4, 9)] == [0.1, 0.5, 1.0]
     assert lr_factor(constant, 10, steps) == lr_factor(constant, 39, steps) == 1.0
 
@@ -37,7 +37,7 @@ def test_warm_up_rises_linearly_then_holds_or_follows_a_cosine():
     decay = [lr_factor(cosine, s, steps) for s in range(10, 40)]
     assert all(a > b for a, b in zip(decay, decay[1:]))
 
-    no_warmup = TrainConfig(epochs=2, schedule="cosine")
+    no_warmup = TrainConfig(epochs=2, schedule="cosine", warmup_epochs=0)
     assert lr_factor(no_warmup, 0, 5) == 1.0 and lr_factor(no_warmup, 5, 5) == pytest.approx(0.5)
     assert lr_factor(TrainConfig(epochs=2, warmup_epochs=0.5), 1, 4) == 1.0  # fractional: 2 steps
 
