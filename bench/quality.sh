@@ -62,6 +62,8 @@ cosine30         | cache-mean | $BEFORE --epochs 30 --schedule cosine --warmup-e
 recbole          | cache-mean | $BEFORE --user-encoder recbole
 full             | cache-mean | $BEFORE --loss full
 defaults         | cache-mean |
+patience10       | cache-mean | --patience 10
+bottleneck128    | cache-mean | --bottleneck 128
 frozen-nooffset  | cache-mean | $BEFORE --method frozen --no-id-offset
 frozen-before    | cache-mean | $BEFORE --method frozen
 frozen           | cache-mean | --method frozen
@@ -80,7 +82,8 @@ EOF
 #   rate; steps2, steps1 vs before: fewer layer groups; cosine30 vs before: a cosine schedule
 #   over 30 epochs after one warm-up epoch; recbole vs before: RecBole's user-encoder details;
 #   full vs before: the full-catalogue loss at 64 users a batch; defaults: cosine30 and recbole
-#   together (the defaults now). frozen-nooffset vs frozen-before: the offset without a side
+#   together (the defaults now); patience10, bottleneck128 vs defaults: longer patience, wider
+#   side blocks. frozen-nooffset vs frozen-before: the offset without a side
 #   network; frozen: with today's defaults. id-before: RecBole's recipe (full-catalogue loss,
 #   dropout 0.5, patience 10) with the reference's user encoder, id-recbole with RecBole's,
 #   id: today's defaults; id-b256: 256 users a batch; id-inbatch: the in-batch recipe id used

@@ -43,7 +43,7 @@ app = typer.Typer(
     name="iisan",
     help="Multimodal sequential recommendation with IISAN's decoupled side network.\n\n"
     "Pipeline: [bold]prepare[/] a source → encode → train → evaluate → recommend / serve.\n\n"
-    "Start with: [bold]iisan quickstart[/] (the whole pipeline on MovieLens-100K, about half a minute on 2 idle cores).",
+    "Start with: [bold]iisan quickstart[/] (the whole pipeline on MovieLens-100K, about 40 seconds on 2 idle cores).",
     no_args_is_help=True,
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
@@ -633,8 +633,8 @@ def quickstart(
 
     prepare → encode → train (and evaluate on test) → recommend. MovieLens-100K has no
     images, so the run is text only (minilm over titles and genres, IISAN
-    --modality text). About half a minute on 2 idle CPU cores (31 s measured by
-    bench/threads.py; longer when other work shares the cores); --out is rebuilt each time.
+    --modality text). About 40 seconds on 2 idle CPU cores (41-43 s measured; longer
+    when other work shares the cores); --out is rebuilt each time.
 
     [bold]Example[/]
 
