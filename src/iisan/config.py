@@ -487,4 +487,5 @@ class TrainConfig:
         for key in ("layers", "text_layers", "image_layers"):
             if side.get(key) is not None:
                 side[key] = tuple(side[key])
-        return cls(**{**data, "side": SideNetworkConfig(**side), "user": UserEncoderConfig(**{"variant": "reference", **data.get("user", {})})})
+        user = {"variant": "reference", **data.get("user", {})}  # runs saved before variants existed
+        return cls(**{**data, "side": SideNetworkConfig(**side), "user": UserEncoderConfig(**user)})
