@@ -70,6 +70,7 @@ frozen           | cache-mean | --method frozen
 id-before        | none       | $BEFORE --method id
 id-recbole       | none       | $BEFORE --method id --user-encoder recbole
 id               | none       | --method id
+id-e15           | none       | --method id --epochs 15
 id-b256          | none       | $BEFORE --method id --batch-size 256
 id-inbatch       | none       | --method id $PAPER
 EOF
@@ -86,7 +87,7 @@ EOF
 #   side blocks. frozen-nooffset vs frozen-before: the offset without a side
 #   network; frozen: with today's defaults. id-before: RecBole's recipe (full-catalogue loss,
 #   dropout 0.5, patience 10) with the reference's user encoder, id-recbole with RecBole's,
-#   id: today's defaults; id-b256: 256 users a batch; id-inbatch: the in-batch recipe id used
+#   id: today's defaults; id-e15: its cosine over 15 epochs; id-b256: 256 users a batch; id-inbatch: the in-batch recipe id used
 #   before.
 #
 # On a GPU, `DEVICE=cuda JOBS=16 bash bench/quality.sh` runs 16 at once on the one GPU (the
