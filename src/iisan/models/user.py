@@ -39,7 +39,7 @@ VARIANTS = {
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, dropout: float, variant: Variant = VARIANTS["reference"]) -> None:
+    def __init__(self, dim: int, heads: int, dropout: float, variant: Variant) -> None:
         super().__init__()
         self.heads = heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=variant.bias)
@@ -69,7 +69,7 @@ class UserEncoder(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config.dim, config.heads, config.dropout, variant)
                                     for _ in range(config.blocks))
-        self.apply(partial(init_weights, init=variant.init))
+        self.apply(partial(_init_weights, init=variant.init))
 
     def forward(self, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``items``: ``[batch, length, d]`` item embeddings; ``mask``: ``[batch, length]`` bool,
@@ -86,7 +86,7 @@ class UserEncoder(nn.Module):
         return x
 
 
-def init_weights(module: nn.Module, init: Callable[[torch.Tensor], torch.Tensor] = nn.init.xavier_normal_) -> None:
+def _init_weights(module: nn.Module, init: Callable[[torch.Tensor], torch.Tensor]) -> None:
     """Linear and Embedding weights by ``init``, biases zero (LayerNorms keep 1 and 0)."""
     if isinstance(module, (nn.Linear, nn.Embedding)):
         init(module.weight)

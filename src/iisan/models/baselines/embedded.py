@@ -109,7 +109,7 @@ def attention_projections(model: nn.Module) -> list[str]:
     linear layers other than its output projection."""
     names = []
     prefix = layer_list(model)
-    for index, layer in enumerate(encoder_layers(model)):
+    for index, layer in enumerate(model.get_submodule(prefix)):
         output = _find(layer, ATTENTION_OUTPUTS, "attention output")
         attention = next(a for a in ATTENTION_MODULES if hasattr(layer, a))
         for name, module in getattr(layer, attention).named_modules():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -10,7 +12,7 @@ from iisan.models.user import VARIANTS
 
 
 class IdItemEncoder(nn.Module):
-    def __init__(self, num_items: int, dim: int, init=nn.init.xavier_normal_) -> None:
+    def __init__(self, num_items: int, dim: int, init: Callable[[torch.Tensor], torch.Tensor]) -> None:
         super().__init__()
         self.layers: dict[str, tuple[int, ...]] = {}
         self.embedding = nn.Embedding(num_items + 1, dim, padding_idx=0)  # id 0 is padding
