@@ -39,9 +39,10 @@ mkdir -p "$WORK"
 iisan encode "$WORK/scientific" --out "$WORK/cache-cls" --image-encoder none --pooling cls --precision fp32 --device "$DEVICE"
 iisan encode "$WORK/scientific" --out "$WORK/cache-mean" --image-encoder none --precision fp32 --device "$DEVICE"
 
-# The recipe before this comparison's last step (constant learning rate, 50 epochs, the
-# reference's user encoder), and the paper's settings on top of it.
-BEFORE="--schedule constant --warmup-epochs 0 --epochs 50 --user-encoder reference"
+# The recipe before this comparison's last steps (constant learning rate, 50 epochs, the
+# reference's user encoder, a user's window a sample, 64 a batch), and the paper's settings
+# on top of it.
+BEFORE="--schedule constant --warmup-epochs 0 --epochs 50 --user-encoder reference --samples sequences --batch-size 64"
 PAPER="$BEFORE --layers 0,2,4,6 --loss in_batch --dropout 0.1 --batch-size 64 --patience 5 --no-id-offset"
 
 # label | cache | options
@@ -69,8 +70,10 @@ frozen-before    | cache-mean | $BEFORE --method frozen
 frozen           | cache-mean | --method frozen
 id-before        | none       | $BEFORE --method id
 id-recbole       | none       | $BEFORE --method id --user-encoder recbole
+id-sequences     | none       | --method id --samples sequences --batch-size 64
 id               | none       | --method id
-id-e15           | none       | --method id --epochs 15
+id-e15           | none       | --method id --samples sequences --batch-size 64 --epochs 15
+prefixes         | cache-mean | --samples prefixes --batch-size 256
 id-b256          | none       | $BEFORE --method id --batch-size 256
 id-inbatch       | none       | --method id $PAPER
 EOF
@@ -87,8 +90,10 @@ EOF
 #   side blocks. frozen-nooffset vs frozen-before: the offset without a side
 #   network; frozen: with today's defaults. id-before: RecBole's recipe (full-catalogue loss,
 #   dropout 0.5, patience 10) with the reference's user encoder, id-recbole with RecBole's,
-#   id: today's defaults; id-e15: its cosine over 15 epochs; id-b256: 256 users a batch; id-inbatch: the in-batch recipe id used
-#   before.
+#   id-sequences: cosine30 and recbole, a user's whole window a sample, 64 a batch (id's
+#   defaults before prefixes); id: one sample per prefix, 256 a batch (RecBole's; today's
+#   defaults); id-e15: id-sequences with its cosine over 15 epochs; id-b256: 256 users a batch;
+#   id-inbatch: the in-batch recipe id used before. prefixes vs defaults: IISAN on prefixes.
 #
 # On a GPU, `DEVICE=cuda JOBS=16 bash bench/quality.sh` runs 16 at once on the one GPU (the
 # README's H200 rows ran so: the same commands with --device cuda).

@@ -26,8 +26,8 @@ from rich.markup import escape
 from iisan import __version__
 from iisan.config import (
     COMPACT_HEAD_FROM, DEVICES, DTL_KINDS, DTL_TARGETS, EVAL_KS, FORMATS, HEADS, INDEX_KINDS, INTER_LAYERS, LAYER_RULES,
-    LOSSES, METHODS, MODALITIES, MODES, OFFSET_METHODS, PRECISIONS, SCHEDULES, SPLITS, USER_ENCODERS, EncodeConfig,
-    PrepareConfig, SideNetworkConfig, TrainConfig, UserEncoderConfig,
+    LOSSES, METHODS, MODALITIES, MODES, OFFSET_METHODS, PRECISIONS, SAMPLES, SCHEDULES, SPLITS, USER_ENCODERS,
+    EncodeConfig, PrepareConfig, SideNetworkConfig, TrainConfig, UserEncoderConfig,
 )
 from iisan.efficiency import DEFAULT_METHODS as EFFICIENCY_METHODS
 from iisan.errors import ConfigError, IisanError
@@ -81,6 +81,7 @@ InterLayers = _choices("InterLayers", INTER_LAYERS)
 DtlTo = _choices("DtlTo", DTL_TARGETS)
 Device = _choices("Device", DEVICES)
 Loss = _choices("Loss", LOSSES)
+Samples = _choices("Samples", SAMPLES)
 Precision = _choices("Precision", PRECISIONS)
 Dtl = _choices("Dtl", DTL_KINDS)
 Schedule = _choices("Schedule", SCHEDULES)
@@ -462,7 +463,8 @@ def train(
     modality: Annotated[Modality, typer.Option(help="Towers feeding the item embedding.")] = Modality(SideNetworkConfig.modality),
     mode: Annotated[Mode, typer.Option(help="cached: read the cache; uncached: run the frozen encoders in the graph (same results, slower).")] = Mode(TrainConfig.mode),
     epochs: Annotated[int, typer.Option(help="Maximum epochs (--schedule cosine reaches zero at the last).")] = TrainConfig.epochs,
-    batch_size: Annotated[int, typer.Option(help="Users per batch (with --loss in_batch the negatives come from them).")] = TrainConfig.batch_size,
+    batch_size: Annotated[int | None, typer.Option(help="Samples per batch (with --loss in_batch the negatives come from them). " + _per_method("batch_size", TrainConfig.batch_size), show_default=False)] = None,
+    samples: Annotated[Samples | None, typer.Option(help="What one training sample is: sequences (a user's last items, a target at every position; SASRec's paper, the reference) or prefixes (every prefix on its own, its next item the target; RecBole's SASRec). " + _per_method("samples", TrainConfig.samples), show_default=False)] = None,
     loss: Annotated[Loss | None, typer.Option(help="Candidates of the next-item softmax: full (every item of the catalogue, RecBole's cross-entropy; the default for id), sampled (the batch's items plus --negatives drawn by popularity, log-popularity corrected), in_batch (the reference's: the batch's item slots, log-popularity corrected; the default for content methods).", show_default=False)] = None,
     negatives: Annotated[int, typer.Option(help="Extra negatives per step for --loss sampled.")] = TrainConfig.negatives,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = TrainConfig.weight_decay,
@@ -541,12 +543,13 @@ def train(
     else:
         if id_offset and method.value not in OFFSET_METHODS:
             raise ConfigError(f"--id-offset applies to {' and '.join(OFFSET_METHODS)}, not {method.value}")
-        given = {"side_lr": side_lr, "patience": patience, "loss": loss.value if loss else None, "id_offset": id_offset}
+        given = {"side_lr": side_lr, "patience": patience, "loss": loss.value if loss else None, "id_offset": id_offset,
+                 "batch_size": batch_size, "samples": samples.value if samples else None}
         user = {"dropout": dropout, "variant": user_encoder.value if user_encoder else None}
         config = TrainConfig.for_method(
             method.value, user_changes={k: v for k, v in user.items() if v is not None},
             schedule=schedule.value, warmup_epochs=warmup_epochs,
-            mode=mode.value, epochs=epochs, batch_size=batch_size, lr=lr, lora_rank=lora_rank,
+            mode=mode.value, epochs=epochs, lr=lr, lora_rank=lora_rank,
             seed=seed, include_history=include_history, negatives=negatives, weight_decay=weight_decay,
             id_offset_lr=id_offset_lr, precision=precision.value, **{k: v for k, v in given.items() if v is not None},
             side=SideNetworkConfig(bottleneck=bottleneck, modality=modality.value,

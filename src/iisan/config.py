@@ -177,6 +177,7 @@ MODES = ("cached", "uncached")
 LAYER_RULES = ("all", "every_other")
 OFFSET_METHODS = tuple(name for name in METHODS if get_method(name).id_offset)
 LOSSES = ("full", "sampled", "in_batch")
+SAMPLES = ("sequences", "prefixes")  # what one training sample is; see TrainConfig
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("constant", "cosine")  # the learning rate over the run, after warm-up
 USER_ENCODERS = ("reference", "recbole")  # see UserEncoderConfig
@@ -403,6 +404,12 @@ class TrainConfig:
             every item slot of the batch, with log-popularity correction). ``sampled`` and
             ``in_batch`` mask the user's own items other than the positive.
         negatives: extra negatives per step for ``loss="sampled"``.
+        samples: what one training sample (a row of ``batch_size``) is: ``sequences``
+            (the user's window, a target at every position: SASRec's paper and the
+            reference) or ``prefixes`` (every prefix of every window on its own, its
+            target in the last slot: RecBole's SASRec). The targets are the same; each
+            prefix draws its own dropout and batch. ``id`` trains on prefixes, 256 a batch
+            (+1% validation NDCG@10 over sequences, 3 seeds, README).
         id_offset: add a learned per-item vector, zero at the start, to each
             training-catalogue item's content embedding; items added later stay content
             only (see :mod:`iisan.models.id_offset`). Applies to the cached content methods
@@ -429,6 +436,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     loss: str = "in_batch"
     negatives: int = 1024
+    samples: str = "sequences"
     id_offset: bool = True
     id_offset_lr: float = 1e-4
     seed: int = 42
@@ -448,6 +456,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.loss not in LOSSES:
             raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.samples not in SAMPLES:
+            raise ConfigError(f"samples must be one of {', '.join(SAMPLES)}, got {self.samples!r}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if not 0 <= self.warmup_epochs <= self.epochs:
@@ -479,8 +489,9 @@ class TrainConfig:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TrainConfig:
         # runs saved before these options existed: no offset, encoders in float32, a constant
-        # learning rate, the reference's user encoder
-        data = {"id_offset": False, "precision": "fp32", "schedule": "constant", "warmup_epochs": 0.0, **data}
+        # learning rate, the reference's user encoder, whole sequences
+        data = {"id_offset": False, "precision": "fp32", "schedule": "constant", "warmup_epochs": 0.0,
+                "samples": "sequences", **data}
         if data.get("id_offset_lr") is None:
             data.pop("id_offset_lr", None)
         side = {"head": "wide", **data.get("side", {})}  # runs saved before head existed: the paper's

@@ -110,11 +110,12 @@ register_method(Method(
     "frozen", "a linear head on the last layer's cached state, no side network", reads="states",
     tower="iisan.models.baselines.frozen:build_tower", id_offset=True))
 # id follows RecBole's SASRec recipe (cross-entropy over the whole catalogue, dropout 0.5,
-# patience 10), which an id embedding table needs: with in-batch negatives a rare item is
-# almost never a negative.
+# patience 10, one sample per prefix, 256 a batch), which an id embedding table needs: with
+# in-batch negatives a rare item is almost never a negative.
 register_method(Method(
     "id", "SASRec with item-id embeddings, no content", reads="ids",
-    tower="iisan.models.baselines.id:build_tower", defaults={"loss": "full", "patience": 10, "dropout": 0.5}))
+    tower="iisan.models.baselines.id:build_tower",
+    defaults={"loss": "full", "patience": 10, "dropout": 0.5, "samples": "prefixes", "batch_size": 256}))
 # The encoder baselines train encoder weights at side_lr; 1e-3 is too high for updating every
 # weight of a pretrained encoder (README "Accuracy"), so fft uses 1e-4.
 for _name, _summary, _defaults in (

@@ -14,7 +14,8 @@ from iisan.assemble import assemble, assemble_run
 from iisan.checkpoint import resume_folder
 from iisan.config import SideNetworkConfig, TrainConfig, UserEncoderConfig
 from iisan.errors import ConfigError
-from iisan.training.loop import build_optimizer, train, training_step
+from iisan.data.split import prefix_samples
+from iisan.training.loop import NextItemObjective, build_optimizer, train, training_step
 from iisan.training.loss import log_popularity
 
 FAST = TrainConfig(epochs=2, batch_size=32, patience=5, seed=1, eval_batch_size=64)
@@ -150,11 +151,48 @@ def test_in_memory_features_equal_the_ones_read_per_batch(tiny_multimodal):
             assert torch.equal(a.states[m], b.states[m]) and torch.equal(a.present[m], b.present[m])
 
 
+def test_a_prefix_batch_scores_only_each_rows_last_target(tiny_multimodal):
+    """With samples="prefixes" the loss is the mean, over rows, of the cross-entropy of the
+    last position's target over the whole catalogue (RecBole's SASRec), written out here."""
+    dataset, cache = tiny_multimodal
+    parts = assemble(dataset, cache, dataclasses.replace(FAST, samples="prefixes", loss="full"))
+    parts.model.eval()  # no dropout: the same states in both computations
+    log_pop = log_popularity(torch.from_numpy(parts.splits.popularity))
+    rows = prefix_samples(parts.splits.train[:6])
+    assert len(rows) > 6  # several prefixes per user
+    objective = NextItemObjective.for_run(parts, log_pop)
+    with torch.no_grad():
+        features = parts.source.features(np.arange(parts.dataset.num_items + 1))
+        ids = torch.from_numpy(rows)
+        loss = objective(features, ids, ids)
+        table = parts.model.embed_items(features)
+        last = parts.model.user(table[ids[:, :-1]], ids[:, :-1] != 0)[:, -1]  # [P, d]
+        logits = last @ table.T
+        logits[:, 0] = -torch.inf  # padding is never a candidate
+        expected = torch.nn.functional.cross_entropy(logits, ids[:, -1])
+        every_position = NextItemObjective(parts.model, log_pop, loss="full")(features, ids, ids)
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    assert float(every_position) != pytest.approx(float(expected), rel=1e-3)  # the mask matters
+
+
+def test_prefix_samples_train(tiny_multimodal, tmp_path):
+    dataset, cache = tiny_multimodal
+    config = dataclasses.replace(FAST, epochs=1, method="id", loss="full", samples="prefixes")
+    summary = train(dataset, tmp_path / "run", config)
+    assert summary["epochs"] == 1 and np.isfinite(summary["test"]["mrr"])
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert TrainConfig.from_json(saved["train"]).samples == "prefixes"
+    del saved["train"]["samples"]  # a run saved before the option: whole sequences
+    assert TrainConfig.from_json(saved["train"]).samples == "sequences"
+
+
 def test_method_defaults_follow_the_measured_recipes():
-    """id trains as RecBole's SASRec (full-catalogue loss, dropout 0.5, patience 10); fft
-    updates pretrained weights at 1e-4; explicit options still win."""
+    """id trains as RecBole's SASRec (full-catalogue loss, dropout 0.5, patience 10, one
+    sample per prefix, 256 a batch); fft updates pretrained weights at 1e-4; explicit
+    options still win."""
     id_config = TrainConfig.for_method("id")
     assert (id_config.loss, id_config.patience, id_config.user.dropout) == ("full", 10, 0.5)
+    assert (id_config.samples, id_config.batch_size) == ("prefixes", 256)
     assert TrainConfig.for_method("fft").side_lr == 1e-4
     assert TrainConfig.for_method("iisan") == TrainConfig()
     assert TrainConfig.for_method("id", loss="in_batch", patience=3).loss == "in_batch"

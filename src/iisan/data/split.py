@@ -3,7 +3,8 @@
 Per user with kept sequence ``seq`` (at most ``max_seq_len + 3`` items):
 
 - train: ``seq[:-2]``; its last ``max_seq_len + 1`` items, left-padded with 0, give
-  ``max_seq_len`` (input, next-item target) pairs;
+  ``max_seq_len`` (input, next-item target) pairs (one sample per user, a target at every
+  position; :func:`prefix_samples` makes one sample per pair instead);
 - valid: input = last ``max_seq_len`` items of ``seq[:-2]``, target ``seq[-2]``,
   history (excluded from ranking by default) ``seq[:-2]``;
 - test: input = last ``max_seq_len`` items of ``seq[:-1]``, target ``seq[-1]``,
@@ -50,6 +51,20 @@ def last_items(flat: np.ndarray, start: np.ndarray, end: np.ndarray, width: int)
     positions = end[:, None] - width + np.arange(width)[None, :]
     valid = positions >= start[:, None]
     return np.where(valid, flat[np.clip(positions, 0, max(len(flat) - 1, 0))], 0).astype(np.int64)
+
+
+def prefix_samples(train: np.ndarray) -> np.ndarray:
+    """One row per (prefix, next item) pair of the training windows, as RecBole's SASRec
+    trains: the window cut after each target and left-padded again, so the target sits in
+    the last slot. ``[U, L + 1]`` -> ``[P, L + 1]``, P the number of targets with at least
+    one item before them; rows ordered by prefix length, longest first."""
+    width = train.shape[1]
+    rows = []
+    for cut in range(width - 1):  # drop the last `cut` items of every window
+        shifted = np.zeros_like(train)
+        shifted[:, cut:] = train[:, : width - cut]
+        rows.append(shifted[(shifted[:, -1] != 0) & (shifted[:, -2] != 0)])
+    return np.concatenate(rows)
 
 
 def split_sequences(flat: np.ndarray, offsets: np.ndarray, max_seq_len: int, num_items: int) -> Splits:

@@ -24,6 +24,7 @@ from iisan.checkpoint import (
     read_run_config, resume_folder, save_optimizer, save_weights, trim_metrics,
 )
 from iisan.config import TrainConfig
+from iisan.data.split import prefix_samples
 from iisan.distributed import LOCAL, Workers
 from iisan.distributed import start as start_workers
 from iisan.distributed import stop as stop_workers
@@ -183,12 +184,18 @@ class NextItemObjective(torch.nn.Module):
     (it synchronises gradients of what runs inside ``forward``)."""
 
     def __init__(self, model: SequentialRecommender, log_pop: torch.Tensor, workers: Workers = LOCAL,
-                 loss: str = "in_batch") -> None:
+                 loss: str = "in_batch", last_only: bool = False) -> None:
         super().__init__()
         self.model = model
         self.log_pop = log_pop  # a plain attribute, not a buffer: DDP must not broadcast it
         self.workers = workers
         self.loss = loss
+        self.last_only = last_only  # prefix samples: only the last position's target counts
+
+    @classmethod
+    def for_run(cls, parts: Assembled, log_pop: torch.Tensor, workers: Workers = LOCAL) -> NextItemObjective:
+        config = parts.config
+        return cls(parts.model, log_pop, workers, config.loss, last_only=config.samples == "prefixes")
 
     def forward(self, features: ItemFeatures, inverse: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """``features`` of the distinct items the step needs (the batch's, plus every
@@ -198,6 +205,9 @@ class NextItemObjective(torch.nn.Module):
         embeddings = table[inverse]
         input_mask = ids[:, :-1] != 0
         user_states = self.model.user(embeddings[:, :-1], input_mask)  # [B, L, d]
+        if self.last_only:  # the earlier positions' targets are other samples' (shorter prefixes)
+            input_mask = input_mask.clone()
+            input_mask[:, :-1] = False
         if self.loss == "in_batch":
             return in_batch_softmax_loss(user_states, embeddings, ids, input_mask, self.log_pop, self.workers)
         sampled = self.loss == "sampled"
@@ -208,7 +218,7 @@ class NextItemObjective(torch.nn.Module):
 
 def step_objective(parts: Assembled, log_pop: torch.Tensor, workers: Workers = LOCAL) -> torch.nn.Module:
     """The module a training step calls: the objective, wrapped in DDP when there are several ranks."""
-    objective = NextItemObjective(parts.model, log_pop, workers, parts.config.loss)
+    objective = NextItemObjective.for_run(parts, log_pop, workers)
     if not workers.distributed:
         return objective
     device_ids = [workers.device] if workers.device.type == "cuda" else None
@@ -217,9 +227,11 @@ def step_objective(parts: Assembled, log_pop: torch.Tensor, workers: Workers = L
 
 def _train_epoch(parts: Assembled, objective: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  epoch: int, workers: Workers) -> float:
-    """One pass over the training users; the mean loss over batches (over all ranks)."""
+    """One pass over the training samples; the mean loss over batches (over all ranks)."""
     config, model = parts.config, parts.model
     train_ids = parts.splits.train  # [U, L + 1]
+    if config.samples == "prefixes":
+        train_ids = prefix_samples(train_ids)  # [P, L + 1]
     model.train()
     # Dropout: reproducible per epoch (so resume matches) and different on every rank.
     torch.manual_seed(config.seed * 1_000 + epoch + 7_919 * workers.rank)
@@ -272,7 +284,7 @@ def training_step(parts: Assembled, optimizer: torch.optim.Optimizer, batch_ids:
     if objective is None:
         if log_pop is None:
             raise ValueError("training_step needs log_pop or an objective")
-        objective = NextItemObjective(parts.model, log_pop, workers, parts.config.loss)
+        objective = NextItemObjective.for_run(parts, log_pop, workers)
     device = workers.device
     if parts.config.loss == "full":
         unique, inverse = np.arange(parts.dataset.num_items + 1), batch_ids
