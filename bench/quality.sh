@@ -74,6 +74,7 @@ id-sequences     | none       | --method id --samples sequences --batch-size 64
 id               | none       | --method id
 id-e15           | none       | --method id --samples sequences --batch-size 64 --epochs 15
 prefixes         | cache-mean | --samples prefixes --batch-size 256
+batch256         | cache-mean | --batch-size 256
 id-b256          | none       | $BEFORE --method id --batch-size 256
 id-inbatch       | none       | --method id $PAPER
 EOF
@@ -93,7 +94,8 @@ EOF
 #   id-sequences: cosine30 and recbole, a user's whole window a sample, 64 a batch (id's
 #   defaults before prefixes); id: one sample per prefix, 256 a batch (RecBole's; today's
 #   defaults); id-e15: id-sequences with its cosine over 15 epochs; id-b256: 256 users a batch;
-#   id-inbatch: the in-batch recipe id used before. prefixes vs defaults: IISAN on prefixes.
+#   id-inbatch: the in-batch recipe id used before. prefixes vs defaults: IISAN on prefixes,
+#   256 a batch; batch256 vs defaults: 256 windows a batch (four times the in-batch negatives).
 #
 # On a GPU, `DEVICE=cuda JOBS=16 bash bench/quality.sh` runs 16 at once on the one GPU (the
 # README's H200 rows ran so: the same commands with --device cuda).
