@@ -43,7 +43,7 @@ iisan encode "$WORK/scientific" --out "$WORK/cache-mean" --image-encoder none --
 # reference's user encoder, a user's window a sample, 64 a batch), and the paper's settings
 # on top of it.
 BEFORE="--schedule constant --warmup-epochs 0 --epochs 50 --user-encoder reference --samples sequences --batch-size 64"
-PAPER="$BEFORE --layers 0,2,4,6 --loss in_batch --dropout 0.1 --batch-size 64 --patience 5 --no-id-offset"
+PAPER="$BEFORE --layers 0,2,4,6 --loss in_batch --dropout 0.1 --patience 5 --no-id-offset"
 
 # label | cache | options
 LEVERS=$(cat <<EOF

@@ -127,10 +127,12 @@ def _train(dataset_dir: Path, run_dir: Path, config: TrainConfig, cache_dir, res
 
     best_weights = None  # kept in memory: ranks need not read back what rank 0 wrote
     epoch_seconds = []
+    # [samples, L + 1]: each user's window, or each of its prefixes on its own (built once)
+    samples = prefix_samples(parts.splits.train) if config.samples == "prefixes" else parts.splits.train
     while state["epoch"] < config.epochs and state["bad_epochs"] < config.patience:
         epoch = state["epoch"] + 1
         start = time.perf_counter()
-        loss = _train_epoch(parts, objective, optimizer, epoch, workers)
+        loss = _train_epoch(parts, samples, objective, optimizer, epoch, workers)
         seconds = time.perf_counter() - start
         epoch_seconds.append(seconds)
         valid = evaluate(embed_catalogue(), "valid")["valid"]
@@ -225,13 +227,11 @@ def step_objective(parts: Assembled, log_pop: torch.Tensor, workers: Workers = L
     return DistributedDataParallel(objective, device_ids=device_ids, broadcast_buffers=False)
 
 
-def _train_epoch(parts: Assembled, objective: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 epoch: int, workers: Workers) -> float:
-    """One pass over the training samples; the mean loss over batches (over all ranks)."""
+def _train_epoch(parts: Assembled, train_ids: np.ndarray, objective: torch.nn.Module,
+                 optimizer: torch.optim.Optimizer, epoch: int, workers: Workers) -> float:
+    """One pass over the training samples ``train_ids [samples, L + 1]``; the mean loss over
+    batches (over all ranks)."""
     config, model = parts.config, parts.model
-    train_ids = parts.splits.train  # [U, L + 1]
-    if config.samples == "prefixes":
-        train_ids = prefix_samples(train_ids)  # [P, L + 1]
     model.train()
     # Dropout: reproducible per epoch (so resume matches) and different on every rank.
     torch.manual_seed(config.seed * 1_000 + epoch + 7_919 * workers.rank)
