@@ -42,7 +42,7 @@ iisan encode "$WORK/scientific" --out "$WORK/cache-mean" --image-encoder none --
 # The recipe before this comparison's last steps (constant learning rate, 50 epochs, the
 # reference's user encoder, a user's window a sample, 64 a batch), and the paper's settings
 # on top of it.
-BEFORE="--schedule constant --warmup-epochs 0 --epochs 50 --user-encoder reference --samples sequences --batch-size 64"
+BEFORE="--schedule constant --warmup-epochs 0 --epochs 50 --user-encoder reference --samples sequences --batch-size 64 --no-blend"
 PAPER="$BEFORE --layers 0,2,4,6 --loss in_batch --dropout 0.1 --patience 5 --no-id-offset"
 
 # label | cache | options
@@ -63,8 +63,11 @@ cosine30         | cache-mean | $BEFORE --epochs 30 --schedule cosine --warmup-e
 recbole          | cache-mean | $BEFORE --user-encoder recbole
 full             | cache-mean | $BEFORE --loss full
 defaults         | cache-mean |
-patience10       | cache-mean | --patience 10
-bottleneck128    | cache-mean | --bottleneck 128
+noblend          | cache-mean | --no-blend
+knn              | cache-mean | --method knn
+frozen-noblend   | cache-mean | --method frozen --no-blend
+patience10       | cache-mean | --patience 10 --no-blend
+bottleneck128    | cache-mean | --bottleneck 128 --no-blend
 frozen-nooffset  | cache-mean | $BEFORE --method frozen --no-id-offset
 frozen-before    | cache-mean | $BEFORE --method frozen
 frozen           | cache-mean | --method frozen
@@ -73,8 +76,8 @@ id-recbole       | none       | $BEFORE --method id --user-encoder recbole
 id-sequences     | none       | --method id --samples sequences --batch-size 64
 id               | none       | --method id
 id-e15           | none       | --method id --samples sequences --batch-size 64 --epochs 15
-prefixes         | cache-mean | --samples prefixes --batch-size 256
-batch256         | cache-mean | --batch-size 256
+prefixes         | cache-mean | --samples prefixes --batch-size 256 --no-blend
+batch256         | cache-mean | --batch-size 256 --no-blend
 id-b256          | none       | $BEFORE --method id --batch-size 256
 id-inbatch       | none       | --method id $PAPER
 EOF
@@ -88,14 +91,19 @@ EOF
 #   over 30 epochs after one warm-up epoch; recbole vs before: RecBole's user-encoder details;
 #   full vs before: the full-catalogue loss at 64 users a batch; defaults: cosine30 and recbole
 #   together (the defaults now); patience10, bottleneck128 vs defaults: longer patience, wider
-#   side blocks. frozen-nooffset vs frozen-before: the offset without a side
+#   side blocks (patience10, bottleneck128 without the blend). frozen-nooffset vs frozen-before: the offset without a side
 #   network; frozen: with today's defaults. id-before: RecBole's recipe (full-catalogue loss,
 #   dropout 0.5, patience 10) with the reference's user encoder, id-recbole with RecBole's,
 #   id-sequences: cosine30 and recbole, a user's whole window a sample, 64 a batch (id's
 #   defaults before prefixes); id: one sample per prefix, 256 a batch (RecBole's; today's
 #   defaults); id-e15: id-sequences with its cosine over 15 epochs; id-b256: 256 users a batch;
-#   id-inbatch: the in-batch recipe id used before. prefixes vs defaults: IISAN on prefixes,
-#   256 a batch; batch256 vs defaults: 256 windows a batch (four times the in-batch negatives).
+#   id-inbatch: the in-batch recipe id used before. prefixes vs noblend: IISAN on prefixes,
+#   256 a batch; batch256 vs noblend: 256 windows a batch (four times the in-batch negatives).
+#   defaults vs noblend: the score blended with the content floor's and priors for cold and
+#   tail items, weighed on validation (today's default; every row that says --no-blend, and
+#   BEFORE, scores as trained); knn: the content-only floor (no training); frozen vs
+#   frozen-noblend: the blend on frozen features. The slice table (--slices) is what the
+#   blend is for: new and rare targets.
 #
 # On a GPU, `DEVICE=cuda JOBS=16 bash bench/quality.sh` runs 16 at once on the one GPU (the
 # README's H200 rows ran so: the same commands with --device cuda).
@@ -134,4 +142,4 @@ for run in "$WORK"/runs/*; do
 done
 
 python "$(dirname "$0")/summarise_runs.py" "$WORK/runs" \
-  --peer "RecBole 1.2.1 SASRec (CE, peer)" 0.0931 0.0671 | tee "$WORK/quality.md"
+  --peer "RecBole 1.2.1 SASRec (CE, peer)" 0.0931 0.0671 --slices | tee "$WORK/quality.md"

@@ -4,9 +4,10 @@ Run folders are named ``<label>-<seed>``; each holds the ``metrics.json`` that
 ``iisan train`` wrote (and ``iisan evaluate --include-history`` extended). Two protocols:
 history excluded from the ranking (the paper's, our default) and history ranked too
 (``test_with_history``: RecBole 1.2.1's full-sort protocol for sequential models).
-Prints a Markdown table.
+Prints a Markdown table; with ``--slices``, a second one: test NDCG@10 per popularity slice
+of the target (cold: 0 occurrences in the training part, tail: 1-4, head: 5+), both protocols.
 
-    python bench/summarise_runs.py RUNS_DIR [--peer LABEL HR@10 NDCG@10]
+    python bench/summarise_runs.py RUNS_DIR [--peer LABEL HR@10 NDCG@10] [--slices]
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("runs", type=Path)
     parser.add_argument("--peer", nargs=3, metavar=("LABEL", "HR10", "NDCG10"),
                         help="a published figure measured with history ranked (RecBole's protocol)")
+    parser.add_argument("--slices", action="store_true", help="also print test NDCG@10 per popularity slice")
     args = parser.parse_args()
 
     runs: dict[str, list[tuple[str, dict, list[dict]]]] = defaultdict(list)
@@ -54,6 +56,33 @@ def main() -> None:
     if args.peer:
         label, hr, ndcg = args.peer
         print(f"| {label} | - | - | - | - | {float(hr):.4f} | {float(ndcg):.4f} | - | - |")
+    if args.slices:
+        print_slices(runs)
+
+
+SLICES = ("cold", "tail", "head")
+
+
+def print_slices(runs: dict[str, list[tuple[str, dict, list[dict]]]]) -> None:
+    """Test NDCG@10 overall and per slice, history excluded then ranked; user counts in the header."""
+    counts = next((m["test"]["slices"] for rows in runs.values() for _, m, _ in rows
+                   if "slices" in m.get("test", {})), None)
+    if counts is None:
+        return
+    names = [f"{name} ({counts[name]['users']:,})" for name in SLICES]
+    header = ["all", *names]
+    print()
+    columns = [f"{h} excl." for h in header] + [f"{h} ranked" for h in header]
+    print("| method | " + " | ".join(columns) + " |")
+    print("|" + " --- |" * (1 + 2 * len(header)))
+    for label, rows in runs.items():
+        cells = []
+        for split in ("test", "test_with_history"):
+            cells.append(cell([m[split]["ndcg@10"] for _, m, _ in rows if split in m]))
+            for name in SLICES:
+                cells.append(cell([m[split]["slices"][name].get("ndcg@10", 0.0) for _, m, _ in rows
+                                   if "slices" in m.get(split, {})]))
+        print(f"| {label} | {' | '.join(cells)} |")
 
 
 if __name__ == "__main__":

@@ -143,7 +143,13 @@ def test_train_evaluate_and_resume_from_the_cli(tiny_multimodal, tmp_path):
     as_json = json.loads(runner.invoke(app, ["evaluate", str(run), "--include-history", "--json"]).stdout)
     assert set(as_json["metrics"]) == {"hr@5", "ndcg@5", "mrr@5", "hr@10", "ndcg@10", "mrr@10", "hr@20", "ndcg@20",
                                        "mrr@20", "mrr"}
-    assert set(json.loads((run / "metrics.json").read_text())) == {"valid", "test", "test_with_history"}
+    assert set(json.loads((run / "metrics.json").read_text())) == {"valid", "test", "test_with_history", "blend"}
+    assert set(as_json["slices"]) == {"cold", "tail", "head"}
+    assert sum(s["users"] for s in as_json["slices"].values()) == as_json["users"]
+    by_slice = runner.invoke(app, ["evaluate", str(run), "--slices"], env={"COLUMNS": "160"})
+    assert by_slice.exit_code == 0
+    for name, part in as_json["slices"].items():
+        assert f"{name} ({part['users']:,})" in by_slice.stdout
 
 
 def test_train_asymmetric_encoders_from_the_cli(tiny_asymmetric, tmp_path):

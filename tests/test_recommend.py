@@ -94,7 +94,14 @@ def test_a_new_item_with_known_content_ranks_next_to_its_twin(run_copy):
     offset = recommender.parts.model.item.offsets.weight[twin].detach()
     assert offset.abs().sum() > 0
     # (up to the cache's float16 rounding: the new item's states come from the encoders directly)
-    assert torch.allclose(recommender.embeddings[-1], recommender.embeddings[twin] - offset, atol=2e-3)
+    new, old = recommender.embeddings[-1], recommender.embeddings[twin]
+    dim = recommender.parts.model.dim
+    assert torch.allclose(new[:dim], old[:dim] - offset, atol=2e-3)
+    # The blend's part: the same frozen content as its twin, and a new item is cold.
+    blend = recommender.parts.model.blend
+    assert torch.allclose(new[dim:-3], old[dim:-3], atol=2e-3)
+    assert new[-3:].tolist() == [1.0, 0.0, 0.0]  # cold, not tail, log(1 + 0)
+    assert old[-3:].tolist() == blend.prior_features(torch.tensor([twin]))[0].tolist()
     top = [key for key, _ in recommender.recommend(history, k=len(recommender.keys))]
     assert top.index("new-twin") < len(top) // 10
     assert recommender.title("new-twin") == row["text"]

@@ -86,6 +86,10 @@ def test_report_has_every_section_and_embedded_curves(two_runs, tmp_path):
     # Every computed cut-off, by name; efficiency numbers formatted, never raw floats.
     assert {"HR@5", "NDCG@20", "MRR@10", "MRR"} <= set(page.cells)
     assert "5.4391" in page.cells and "44,778,560" in page.cells and "5439112342" not in out.read_text()
+    # Per-slice rows: user counts and NDCG@10 of each popularity slice, as training recorded them.
+    cold = metrics["test"]["slices"]["cold"]
+    assert {"cold users", "tail NDCG@10", "head HR@10"} <= set(page.cells)
+    assert f"{cold['users']:,}" in page.cells
     assert "s/step" in out.read_text() and "Cache build (one-off): 36.4 s" in out.read_text()
 
 

@@ -17,7 +17,7 @@ from iisan.errors import ConfigError, DatasetError
 from iisan.features import CachedSource, FeatureSource, IdOnlySource
 from iisan.features.live import LiveSource, RawContentSource, load_encoders
 from iisan.methods import get_method
-from iisan.models.recommender import SequentialRecommender, build_item_encoder
+from iisan.models.recommender import SequentialRecommender, build_blend, build_item_encoder
 from iisan.models.user import UserEncoder
 
 
@@ -59,6 +59,8 @@ def assemble(dataset_dir: str | Path, cache_dir: str | Path | None, config: Trai
     model, source = _model_and_source(config, dataset, cache, shapes, device, layers)
     flat, offsets = dataset.sequence_arrays()
     splits = split_sequences(flat, offsets, config.user.max_seq_len, dataset.num_items)
+    if model.blend is not None:  # its cold / tail priors are the training data's slices
+        model.blend.counts.copy_(torch.from_numpy(splits.popularity))
     return Assembled(config, dataset, cache, model, source, splits)
 
 
@@ -85,7 +87,9 @@ def build_model(config: TrainConfig, shapes: dict[str, tuple[int, int]], num_ite
                 stored: dict[str, tuple[int, ...]] | None = None) -> tuple[SequentialRecommender, dict]:
     """The model ``config`` describes, from encoder shapes ``modality -> (L + 1, D)``; also
     the encoders it runs inside (the encoder baselines), loaded from ``entries``."""
-    user = UserEncoder(config.user)  # first: the random initialisation order of every earlier run
+    method = get_method(config.method)
+    # first: the random initialisation order of every earlier run
+    user = UserEncoder(config.user) if method.user is None else None
     encoders = {}
     if get_method(config.method).reads == "raw":
         # The encoders run inside the tower on raw content; the cache only names them.
@@ -93,7 +97,8 @@ def build_model(config: TrainConfig, shapes: dict[str, tuple[int, int]], num_ite
         encoders = load_encoders({m: entries[m] for m in modalities}, modalities, device)
     poolings = {m: entries[m]["pooling"] for m in encoders}
     item = build_item_encoder(config, shapes, num_items, constant, layers, encoders, poolings, stored)
-    return SequentialRecommender(item, user), encoders
+    blend = build_blend(config, shapes, num_items) if method.reads == "states" else None
+    return SequentialRecommender(item, user or method.build_user(config, item), blend), encoders
 
 
 @dataclass

@@ -207,6 +207,7 @@ def prepare(
     text_col: Annotated[str, typer.Option(help="csv: item text column; recbole: .item fields joined into the text, comma-separated (default: the title-like fields).")] = "text",
     image_col: Annotated[str, typer.Option(help="csv: image path column (optional).")] = "image",
     strict: Annotated[bool, typer.Option(help="Stop with exit code 2 at the first input problem.")] = False,
+    cold_items: Annotated[float, typer.Option(help="Item cold-start protocol: hold this fraction of the items (the newest) out of training entirely; `iisan evaluate RUN --cold-start` adds them after training and ranks them for the users whose next item they were.")] = PrepareConfig.cold_items,
     allow_outside_paths: Annotated[bool, typer.Option("--allow-outside-paths", help="Read image paths that are absolute, contain .., or are symlinks leading out of the source (by default refused and counted as refused_image).")] = False,
     force: Annotated[bool, typer.Option(help="Replace --out even if it is not a dataset folder.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print dataset.json instead of tables.")] = False,
@@ -234,6 +235,7 @@ def prepare(
     config = PrepareConfig(
         format=format.value, max_seq_len=max_seq_len, min_seq_len=min_seq_len, kcore=kcore,
         strict=strict, images=images, images_lmdb=images_lmdb, items=items, allow_outside_paths=allow_outside_paths,
+        cold_items=cold_items,
         columns=CsvColumns(user=user_col, item=item_col, timestamp=time_col,
                            item_key=item_key_col, text=text_col, image=image_col),
     )
@@ -469,6 +471,7 @@ def train(
     negatives: Annotated[int, typer.Option(help="Extra negatives per step for --loss sampled.")] = TrainConfig.negatives,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = TrainConfig.weight_decay,
     id_offset: Annotated[bool | None, typer.Option("--id-offset/--no-id-offset", help="iisan, frozen: add a learned per-item vector (zero at the start) to each training item's content embedding; items added later stay content only. Default: on for iisan and frozen.", show_default=False)] = None,
+    blend: Annotated[bool, typer.Option("--blend/--no-blend", help="iisan, frozen: after training, blend the score with the content floor's (knn) and add priors for cold and tail items, weighed on the validation split; what lets a trained content model reach new and rare items. Recorded under 'blend' in metrics.json.")] = TrainConfig.blend,
     id_offset_lr: Annotated[float, typer.Option(help="Learning rate of the id offsets (10x below --lr: at --lr they memorise the training items within a few epochs).")] = TrainConfig.id_offset_lr,
     lr: Annotated[float, typer.Option(help="Learning rate of the user encoder, heads and fusion (the reference used 2e-4).")] = TrainConfig.lr,
     side_lr: Annotated[float | None, typer.Option(help="Learning rate of the side network's blocks and gates (the reference used 1e-4), or of the trained encoder parameters for fft, adapter, lora, bitfit. " + _per_method("side_lr", TrainConfig.side_lr), show_default=False)] = None,
@@ -551,7 +554,7 @@ def train(
             schedule=schedule.value, warmup_epochs=warmup_epochs,
             mode=mode.value, epochs=epochs, lr=lr, lora_rank=lora_rank,
             seed=seed, include_history=include_history, negatives=negatives, weight_decay=weight_decay,
-            id_offset_lr=id_offset_lr, precision=precision.value, **{k: v for k, v in given.items() if v is not None},
+            id_offset_lr=id_offset_lr, blend=blend, precision=precision.value, **{k: v for k, v in given.items() if v is not None},
             side=SideNetworkConfig(bottleneck=bottleneck, modality=modality.value,
                                    **_layer_choice(layers),
                                    inter_layers=inter_layers.value, dtl_to=dtl_to.value, dtl=dtl.value,
@@ -573,11 +576,11 @@ def train(
     stdout.print(_metrics_table({split: summary[split] for split in ("valid", "test")}, f"Run {out}"))
 
 
-def _metrics_table(results: dict[str, dict[str, float]], title: str):
+def _metrics_table(results: dict[str, dict[str, Any]], title: str):
     from rich.table import Table
 
-    # One row per metric, one column per split: narrow at any number of cut-offs.
-    names = list(next(iter(results.values())))
+    # One row per metric, one column per split (or slice): narrow at any number of cut-offs.
+    names = [name for name, value in next(iter(results.values())).items() if isinstance(value, float)]
     table = Table(title=title, title_justify="left")
     table.add_column("metric", overflow="fold")
     for split in results:
@@ -585,8 +588,15 @@ def _metrics_table(results: dict[str, dict[str, float]], title: str):
     from iisan.evaluation.metrics import metric_label
 
     for name in names:
-        table.add_row(metric_label(name), *(f"{metrics[name]:.4f}" for metrics in results.values()))
+        table.add_row(metric_label(name), *(f"{metrics[name]:.4f}" if name in metrics else "-"
+                                            for metrics in results.values()))
     return table
+
+
+def _slice_columns(metrics: dict[str, Any], slices: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``all`` and one column per popularity slice, each headed with its user count."""
+    total = sum(s["users"] for s in slices.values())
+    return {f"all ({total:,})": metrics, **{f"{name} ({s['users']:,})": s for name, s in slices.items()}}
 
 
 @app.command()
@@ -596,27 +606,49 @@ def evaluate(
     split: Annotated[Split, typer.Option(help="Which held-out item to predict.")] = Split("test"),
     k: Annotated[str, typer.Option("--k", help="Cut-offs for HR@K and NDCG@K, comma-separated.")] = ",".join(map(str, EVAL_KS)),
     include_history: Annotated[bool, typer.Option(help="Rank the user's own history too (by default it is excluded, as in the paper); stored as SPLIT_with_history.")] = False,
+    cold_start: Annotated[bool, typer.Option("--cold-start", help="The item cold-start protocol instead of a split: add the items the dataset held out (prepare --cold-items) to a copy of the run, as `iisan items add` does, and rank them for the users whose next item they were. Stored under cold_start.")] = False,
+    unblended: Annotated[bool, typer.Option("--unblended", help="Score a blended run (train --blend, the default for iisan and frozen) with its trained model alone, to see what the blend adds; stored as SPLIT_unblended.")] = False,
+    slices: Annotated[bool, typer.Option("--slices", help="Also print every metric per popularity slice of the target: cold (0 occurrences in the training part), tail (1-4), head (5+), with user counts. Always in --json and metrics.json.")] = False,
     device: DeviceOption = Device.auto,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Full-ranking HR@K, NDCG@K and MRR of a run's best weights on all items.
 
-    Ties count against the model. The result is merged into RUN/metrics.json.
+    Ties count against the model. The result is merged into RUN/metrics.json, with the
+    same metrics per popularity slice (--slices shows them).
 
     [bold]Examples[/]
 
       iisan evaluate runs/sci-iisan
 
+      iisan evaluate runs/sci-iisan --slices
+
+      iisan evaluate runs/sci-cold --cold-start   (prepared with --cold-items 0.1)
+
       iisan evaluate runs/sci-iisan --split valid --k 1,10,50 --json
     """
     from iisan.evaluation.run import evaluate_run, metrics_key
 
+    if cold_start:
+        from iisan.new_items import evaluate_cold_start
+
+        result = evaluate_cold_start(run, ks=_int_list(k, "--k"), device=device.value)
+        if as_json:
+            _print_json(result)
+            return
+        stdout.print(_metrics_table({"cold start": result["metrics"]},
+                                    f"{run}: {result['users']:,} users whose next item was one of "
+                                    f"{result['new_items']:,} added after training ({result['items']:,} items, "
+                                    f"{result['seconds']:.1f} s)"))
+        return
     result = evaluate_run(run, split=split.value, ks=_int_list(k, "--k"), include_history=include_history,
-                          device=device.value)
+                          device=device.value, unblended=unblended)
     if as_json:
         _print_json(result)
         return
-    stdout.print(_metrics_table({metrics_key(split.value, include_history): result["metrics"]},
+    columns = ({metrics_key(split.value, include_history, unblended): result["metrics"]} if not slices
+               else _slice_columns(result["metrics"], result["slices"]))
+    stdout.print(_metrics_table(columns,
                                 f"{run}: {result['users']:,} users x {result['items']:,} items, full ranking "
                                 f"({result['seconds']:.1f} s on {result['device']})"))
 

@@ -46,6 +46,8 @@ class PrepareConfig:
         columns: column names for the ``csv`` format.
         allow_outside_paths: read image paths that are absolute, climb with ``..`` or are
             symlinks leading out of the source (refused and counted by default).
+        cold_items: the fraction of items held out of training entirely, newest first, for
+            the item cold-start protocol (see :mod:`iisan.data.cold_start`); 0 (off) by default.
     """
 
     format: str
@@ -58,6 +60,7 @@ class PrepareConfig:
     items: Path | None = None
     columns: CsvColumns = field(default_factory=CsvColumns)
     allow_outside_paths: bool = False
+    cold_items: float = 0.0
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -76,6 +79,8 @@ class PrepareConfig:
             raise ConfigError(f"kcore must be 0 (off) or positive, got {self.kcore}")
         if self.images is not None and self.images_lmdb is not None:
             raise ConfigError("give either --images or --images-lmdb, not both")
+        if not 0 <= self.cold_items < 1:
+            raise ConfigError(f"cold_items must be a fraction in [0, 1), got {self.cold_items}")
 
     @property
     def keep_len(self) -> int:
@@ -175,6 +180,9 @@ METHODS = method_names()
 EMBEDDED_METHODS = method_names(reads="raw")  # run and train the encoders on raw content
 MODES = ("cached", "uncached")
 LAYER_RULES = ("all", "every_other")
+# Popularity slices of a target item, by its occurrences in the training part: (name, fewest,
+# most), bounds inclusive (see iisan.evaluation.slices).
+SLICES: tuple[tuple[str, int, float], ...] = (("cold", 0, 0), ("tail", 1, 4), ("head", 5, float("inf")))
 OFFSET_METHODS = tuple(name for name in METHODS if get_method(name).id_offset)
 LOSSES = ("full", "sampled", "in_batch")
 SAMPLES = ("sequences", "prefixes")  # what one training sample is; see TrainConfig
@@ -414,6 +422,10 @@ class TrainConfig:
             training-catalogue item's content embedding; items added later stay content
             only (see :mod:`iisan.models.id_offset`). Applies to the cached content methods
             (``iisan``, ``frozen``); always off for the others.
+        blend: after training, blend each score with the content floor's and add a prior
+            for cold and tail items, weighed on the validation split
+            (:mod:`iisan.models.blend`); what lets a trained content model rank new and
+            rare items. Applies to ``iisan`` and ``frozen``; always off for the others.
         id_offset_lr: learning rate of those offsets; 10x below ``lr`` by default, so that
             they do not memorise the training items before the content tower has learned
             (at ``lr`` validation peaks after 4-5 epochs, then falls).
@@ -439,6 +451,7 @@ class TrainConfig:
     samples: str = "sequences"
     id_offset: bool = True
     id_offset_lr: float = 1e-4
+    blend: bool = True
     seed: int = 42
     eval_batch_size: int = 1024
     include_history: bool = False
@@ -466,6 +479,8 @@ class TrainConfig:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not get_method(self.method).id_offset:  # not applicable: the saved config says it was not used
             object.__setattr__(self, "id_offset", False)
+        if not get_method(self.method).blend:
+            object.__setattr__(self, "blend", False)
         if self.negatives < 0:
             raise ConfigError(f"negatives must be 0 or more, got {self.negatives}")
         if self.lr <= 0 or self.side_lr <= 0 or self.id_offset_lr <= 0:
@@ -488,9 +503,9 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TrainConfig:
-        # runs saved before these options existed: no offset, encoders in float32, a constant
+        # runs saved before these options existed: no offset, no blend, encoders in float32, a constant
         # learning rate, the reference's user encoder, whole sequences
-        data = {"id_offset": False, "precision": "fp32", "schedule": "constant", "warmup_epochs": 0.0,
+        data = {"id_offset": False, "blend": False, "precision": "fp32", "schedule": "constant", "warmup_epochs": 0.0,
                 "samples": "sequences", **data}
         if data.get("id_offset_lr") is None:
             data.pop("id_offset_lr", None)

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 # bench name -> (TrainConfig.method, TrainConfig.mode), from the method registry: every
 # method that reads content, and IISAN both ways (the paper's cached-vs-uncached comparison)
 METHODS = {name: (name, "cached") for name in method_names(reads="raw")}
-for _name in method_names(reads="states"):
+for _name in method_names(reads="states", trains=True):
     METHODS.update({"iisan-uncached": ("iisan", "uncached"), "iisan-cached": ("iisan", "cached")}
                    if _name == "iisan" else {_name: (_name, "cached")})
 DEFAULT_METHODS = ("fft", "adapter", "lora", "bitfit", "iisan-uncached", "iisan-cached")

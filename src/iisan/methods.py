@@ -41,6 +41,13 @@ class Method:
         defaults: ``TrainConfig`` values this method trains with unless told otherwise
             (``dropout`` sets the user encoder's).
         id_offset: whether per-item id offsets apply (content methods with a cached catalogue).
+        user: ``"module:function"`` building the user side from ``(config, item_tower)``
+            instead of the SASRec user encoder (``None``: the user encoder). A method whose
+            model then has no trainable parameter is evaluated without training.
+        trains: False for a method with nothing to train (``knn``): it has no place in
+            the efficiency benchmark.
+        blend: whether its scores can be blended with the content floor's and a prior for
+            new and rare items (:mod:`iisan.models.blend`): methods whose tower reads states.
     """
 
     name: str
@@ -49,10 +56,21 @@ class Method:
     tower: str
     defaults: dict[str, Any] = field(default_factory=dict)
     id_offset: bool = False
+    user: str | None = None
+    trains: bool = True
+    blend: bool = False
 
     def build_tower(self, config, context: TowerContext) -> nn.Module:
-        module, function = self.tower.split(":")
-        return getattr(importlib.import_module(module), function)(config, context)
+        return _function(self.tower)(config, context)
+
+    def build_user(self, config, tower: nn.Module) -> nn.Module | None:
+        """The method's own user side, or ``None`` for the SASRec user encoder."""
+        return _function(self.user)(config, tower) if self.user else None
+
+
+def _function(path: str):
+    module, function = path.split(":")
+    return getattr(importlib.import_module(module), function)
 
 
 @dataclass
@@ -98,17 +116,19 @@ def get_method(name: str) -> Method:
         raise ConfigError(f"method must be one of {', '.join(_REGISTRY)}, got {name!r}") from None
 
 
-def method_names(reads: str | None = None) -> tuple[str, ...]:
-    """Registered names in registration order, optionally only those that read ``reads``."""
-    return tuple(name for name, m in _REGISTRY.items() if reads is None or m.reads == reads)
+def method_names(reads: str | None = None, trains: bool | None = None) -> tuple[str, ...]:
+    """Registered names in registration order, optionally only those that read ``reads``
+    and those that do (or do not) train."""
+    return tuple(name for name, m in _REGISTRY.items()
+                 if (reads is None or m.reads == reads) and (trains is None or m.trains == trains))
 
 
 register_method(Method(
     "iisan", "side network over every layer of the frozen encoders (the paper)", reads="states",
-    tower="iisan.models.iisan:build_tower", id_offset=True))
+    tower="iisan.models.iisan:build_tower", id_offset=True, blend=True))
 register_method(Method(
     "frozen", "a linear head on the last layer's cached state, no side network", reads="states",
-    tower="iisan.models.baselines.frozen:build_tower", id_offset=True))
+    tower="iisan.models.baselines.frozen:build_tower", id_offset=True, blend=True))
 # id follows RecBole's SASRec recipe (cross-entropy over the whole catalogue, dropout 0.5,
 # patience 10, one sample per prefix, 256 a batch), which an id embedding table needs: with
 # in-batch negatives a rare item is almost never a negative.
@@ -126,3 +146,7 @@ for _name, _summary, _defaults in (
 ):
     register_method(Method(_name, _summary, reads="raw", tower="iisan.models.baselines.embedded:build_tower",
                            defaults=_defaults))
+register_method(Method(
+    "knn", "the content-only floor: cosine of frozen last-layer states to the history's, no training",
+    reads="states", tower="iisan.models.baselines.knn:build_tower", user="iisan.models.baselines.knn:build_user",
+    trains=False))

@@ -73,7 +73,7 @@ class Recommender:
                  hnsw: HnswSettings = HnswSettings()) -> None:
         self.trained = trained
         self.model = trained.model
-        self.device = next(self.model.parameters()).device
+        self.device = self.model.device
         self.run_dir = run_dir
         self._trained_keys: list[str] = ["", *trained.items["key"].to_list()]
         self._trained_titles: list[str | None] = [None, *trained.items["text"].to_list()]
@@ -286,7 +286,7 @@ class Recommender:
                 raise InputError(f"cannot decode an image: {err}") from err
             self.model.eval()
             with torch.no_grad():
-                rows = self.model.embed_items(features.to(self.device)).cpu().numpy().astype(np.float32)
+                rows = self.model.catalogue_vectors(features.to(self.device)).cpu().numpy().astype(np.float32)
             if not np.isfinite(rows).all():
                 raise NonFiniteError("the model gives non-finite embeddings for these items; nothing was added")
             table = pl.concat([now.stored.added, pl.DataFrame({"item_id": ids.astype(np.int64), "key": keys,

@@ -182,7 +182,9 @@ def _curves(records: list[RunRecord]) -> str:
 def _metrics_tables(records: list[RunRecord]) -> str:
     """One table per split: a row per metric (every cut-off computed), a column per run."""
     splits = [s for s in SPLIT_ORDER if any(s in r.metrics for r in records)]
-    splits += sorted({s for r in records for s in r.metrics} - set(splits))
+    # Other keys that hold metrics (a split evaluated later); not the blend's weights.
+    splits += sorted({s for r in records for s, v in r.metrics.items() if isinstance(v, dict) and "mrr" in v}
+                     - set(splits))
     if not splits:
         return "<p>No run has been evaluated yet.</p>"
     runs = ["", *[r.name for r in records]]
@@ -192,13 +194,33 @@ def _metrics_tables(records: list[RunRecord]) -> str:
                                  for r in records]]]
     parts = [_table(runs, overview)]
     for split in splits:
-        names = sorted(dict.fromkeys(m for r in records for m in r.metrics.get(split, {})), key=_metric_order)
+        names = sorted(dict.fromkeys(m for r in records for m, v in r.metrics.get(split, {}).items()
+                                     if isinstance(v, float)), key=_metric_order)
         rows = [[_e(metric_label(name)), *[f"{r.metrics[split][name]:.4f}" if name in r.metrics.get(split, {})
                                             else "-" for r in records]] for name in names]
         parts.append(f"<h3>{_e(split.replace('_', ' '))}</h3>" + _table(["metric", *runs[1:]], rows))
+        slice_rows = _slice_rows(records, split)
+        if slice_rows:
+            parts.append(f"<h4>{_e(split.replace('_', ' '))}, by slice of the target</h4>"
+                         + _table(["slice", *runs[1:]], slice_rows))
     note = ('<p class="note">Full ranking over every item; the history is excluded unless the split says '
-            '"with history"; ties count against the model.</p>')
+            '"with history"; ties count against the model. Slices: how often the target occurs in the '
+            'training part, cold 0 times, tail 1-4, head 5 or more.</p>')
     return note + "\n".join(parts)
+
+
+def _slice_rows(records: list[RunRecord], split: str) -> list[list[str]]:
+    """Users, NDCG@10 and HR@10 of each popularity slice (runs saved before slices: "-")."""
+    from iisan.evaluation.slices import SLICE_NAMES
+
+    def cell(record: RunRecord, name: str, key: str) -> str:
+        value = record.metrics.get(split, {}).get("slices", {}).get(name, {}).get(key)
+        return "-" if value is None else f"{value:,}" if key == "users" else f"{value:.4f}"
+
+    if not any("slices" in r.metrics.get(split, {}) for r in records):
+        return []
+    return [[_e(f"{name} {label}"), *[cell(r, name, key) for r in records]]
+            for name in SLICE_NAMES for key, label in (("users", "users"), ("ndcg@10", "NDCG@10"), ("hr@10", "HR@10"))]
 
 
 def _metric_order(name: str) -> tuple[int, int]:

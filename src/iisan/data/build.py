@@ -19,6 +19,7 @@ import polars as pl
 
 from iisan import __version__
 from iisan.config import PrepareConfig
+from iisan.data.cold_start import COLD_ITEMS_FILE, COLD_START_FILE, hold_out, newest_items
 from iisan.data.dataset import DATASET_VERSION, ITEMS_FILE, META_FILE, SEQUENCES_FILE, file_sha256
 from iisan.data.images import ImageSource, materialise_images
 from iisan.data.problems import Problems
@@ -75,6 +76,13 @@ def build_dataset(
         inter = _kcore(inter, kcore)
         filtered["kcore_removed_interactions"] = before - inter.height
 
+    cold_users = held = None
+    if config.cold_items > 0:  # the item cold-start protocol: never seen in training
+        held = newest_items(inter, config.cold_items)
+        before = inter.height
+        inter, cold_users = hold_out(inter, held)
+        filtered["cold_start_removed_interactions"] = before - inter.height
+
     inter, short_users, truncated = _keep_recent(inter, config.keep_len, config.min_seq_len)
     filtered["short_users"] = short_users
     filtered["truncated_interactions"] = truncated
@@ -97,7 +105,12 @@ def build_dataset(
 
     item_table.drop("image_sha256").write_parquet(out_dir / ITEMS_FILE)
     sequences.write_parquet(out_dir / SEQUENCES_FILE)
-    files = {name: file_sha256(out_dir / name) for name in (ITEMS_FILE, SEQUENCES_FILE)}
+    written = [ITEMS_FILE, SEQUENCES_FILE]
+    cold_counts = {}
+    if held is not None:
+        cold_counts = _write_cold_start(held, cold_users, vocab, items, raw, config, out_dir, problems)
+        written += [COLD_ITEMS_FILE, COLD_START_FILE]
+    files = {name: file_sha256(out_dir / name) for name in written}
 
     meta = {
         "version": DATASET_VERSION,
@@ -114,6 +127,7 @@ def build_dataset(
             "interactions": inter.height,
             "items_with_text": int(item_table["text"].is_not_null().sum()),
             "items_with_image": int(item_table["image"].is_not_null().sum()),
+            **cold_counts,
         },
         "filtered": filtered,
         "problems": problems.to_json(),
@@ -126,6 +140,27 @@ def build_dataset(
         meta["synthetic_config"] = raw.info["synthetic"]
     write_json_atomic(out_dir / META_FILE, meta)
     return meta
+
+
+def _write_cold_start(held: pl.Series, users: pl.DataFrame, vocab: pl.DataFrame, items: pl.DataFrame,
+                      raw: RawSource, config: PrepareConfig, out_dir: Path,
+                      problems: Problems) -> dict[str, int]:
+    """Write the held-out items' content and the cold-start users (their history as item ids
+    of the catalogue, the last ``keep_len`` known ones); the counts for ``dataset.json``."""
+    # Ids after the catalogue's, as `items add` would give them: their images get unique names.
+    cold = pl.DataFrame({"item": held}).with_columns(
+        pl.int_range(vocab.height + 1, vocab.height + held.len() + 1, dtype=pl.Int32).alias("item_id"))
+    table = _item_table(cold, items, raw, out_dir, problems)
+    table.select("key", "text", "image").write_parquet(out_dir / COLD_ITEMS_FILE)
+    ids = dict(zip(vocab["item"].to_list(), vocab["item_id"].to_list()))
+    rows = []
+    for user, history, target in users.iter_rows():
+        known = [ids[key] for key in history if key in ids][-config.keep_len:]
+        if known:  # a user whose every earlier item left the catalogue has nothing to go on
+            rows.append((user, known, target))
+    pl.DataFrame(rows, schema={"user_key": pl.String, "history": pl.List(pl.Int32), "target": pl.String},
+                 orient="row").write_parquet(out_dir / COLD_START_FILE)
+    return {"cold_items": table.height, "cold_start_users": len(rows)}
 
 
 def _drop_duplicate_items(items: pl.DataFrame, file: str, problems: Problems) -> pl.DataFrame:

@@ -20,14 +20,17 @@ import numpy as np
 
 @dataclass(frozen=True)
 class EvalSplit:
-    """Inputs ``[U, max_seq_len]`` (left-padded), targets ``[U]``, and each user's history
-    as a range ``flat[history_start[u]:history_end[u]]``."""
+    """Inputs ``[U, max_seq_len]`` (left-padded), targets ``[U]``, each user's history
+    as a range ``flat[history_start[u]:history_end[u]]``, and how often each target occurs
+    in the training part (``target_counts [U]``, what :mod:`iisan.evaluation.slices` reads;
+    ``None`` when unknown)."""
 
     inputs: np.ndarray
     targets: np.ndarray
     flat: np.ndarray
     history_start: np.ndarray
     history_end: np.ndarray
+    target_counts: np.ndarray | None = None
 
     def history_pairs(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(row, item)`` pairs of the given users' histories; ``row`` indexes ``users``."""
@@ -76,7 +79,9 @@ def split_sequences(flat: np.ndarray, offsets: np.ndarray, max_seq_len: int, num
     popularity = np.bincount(flat[in_train], minlength=num_items + 1)
     return Splits(
         train=last_items(flat, start, train_end, max_seq_len + 1),
-        valid=EvalSplit(last_items(flat, start, end - 2, max_seq_len), flat[end - 2], flat, start, end - 2),
-        test=EvalSplit(last_items(flat, start, end - 1, max_seq_len), flat[end - 1], flat, start, end - 1),
+        valid=EvalSplit(last_items(flat, start, end - 2, max_seq_len), flat[end - 2], flat, start, end - 2,
+                        popularity[flat[end - 2]]),
+        test=EvalSplit(last_items(flat, start, end - 1, max_seq_len), flat[end - 1], flat, start, end - 1,
+                       popularity[flat[end - 1]]),
         popularity=popularity,
     )

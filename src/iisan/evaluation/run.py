@@ -14,9 +14,10 @@ from iisan.fileio import read_json_object, write_json_atomic
 METRICS_FILE = "metrics.json"
 
 
-def metrics_key(split: str, include_history: bool) -> str:
-    """The key a result is stored under: ``test``, or ``test_with_history`` when history is ranked too."""
-    return f"{split}_with_history" if include_history else split
+def metrics_key(split: str, include_history: bool, unblended: bool = False) -> str:
+    """The key a result is stored under: ``test``, ``test_with_history`` when history is
+    ranked too, ``..._unblended`` when a blended run was scored without its blend."""
+    return f"{split}{'_with_history' if include_history else ''}{'_unblended' if unblended else ''}"
 
 
 def evaluate_run(
@@ -26,15 +27,19 @@ def evaluate_run(
     include_history: bool = False,
     batch_size: int | None = None,
     device: str = "auto",
+    unblended: bool = False,
 ) -> dict[str, Any]:
     """Full-ranking metrics of a run's best weights on ``split``, computed on ``device``
     (see :func:`iisan.devices.pick_device`).
 
     The result is merged into ``RUN_DIR/metrics.json`` under :func:`metrics_key`, so
-    evaluating another split or setting keeps the earlier entries.
+    evaluating another split or setting keeps the earlier entries. ``unblended`` scores a
+    blended run with its trained model alone (:mod:`iisan.models.blend`), to see what the
+    blend adds.
 
     Returns:
-        ``{"metrics": {...}, "users": U, "items": N, "seconds": t}``.
+        ``{"metrics": {...}, "slices": {"cold": {..., "users": n}, "tail": ..., "head": ...},
+        "users": U, "items": N, "seconds": t}`` (slices: :mod:`iisan.evaluation.slices`).
     """
     from iisan.assemble import assemble_run
     from iisan.devices import pick_device
@@ -45,6 +50,11 @@ def evaluate_run(
         raise ConfigError(f"k values must be positive integers, got {ks}")
     run_dir = Path(run_dir)
     parts = assemble_run(run_dir, device=pick_device(device))
+    if unblended:
+        if not parts.model.blending:
+            raise ConfigError(f"--unblended: {run_dir} has no calibrated blend (trained with --no-blend, "
+                              "or a method without one); its plain scores are its metrics")
+        parts.model.blend.active.fill_(False)
     start = time.perf_counter()
     items = item_embeddings(parts.model, parts.source, parts.dataset.num_items)
     target = getattr(parts.splits, split)
@@ -55,7 +65,9 @@ def evaluate_run(
     path = run_dir / METRICS_FILE
     recorded = (read_json_object(path, {}, fix=f"delete {path.name} and evaluate again (it is rewritten)")
                 if path.is_file() else {})
-    recorded[metrics_key(split, include_history)] = metrics
+    recorded[metrics_key(split, include_history, unblended)] = metrics
     write_json_atomic(path, recorded)
-    return {"metrics": metrics, "users": len(target.targets), "items": parts.dataset.num_items,
-            "seconds": round(seconds, 3), "device": str(next(parts.model.parameters()).device)}
+    metrics = dict(metrics)
+    slices = metrics.pop("slices")
+    return {"metrics": metrics, "slices": slices, "users": len(target.targets), "items": parts.dataset.num_items,
+            "seconds": round(seconds, 3), "device": str(parts.model.device)}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -10,6 +12,7 @@ from iisan.data.split import EvalSplit
 from iisan.distributed import LOCAL, Workers
 from iisan.errors import NonFiniteError
 from iisan.evaluation.metrics import metrics_from_ranks, pessimistic_ranks
+from iisan.evaluation.slices import metrics_by_slice
 from iisan.features import FeatureSource
 from iisan.models.recommender import SequentialRecommender
 
@@ -19,22 +22,23 @@ DEFAULT_KS = EVAL_KS
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    return model.device
 
 
 @torch.no_grad()
 def item_embeddings(model: SequentialRecommender, source: FeatureSource, num_items: int,
                     workers: Workers = LOCAL) -> torch.Tensor:
-    """Embeddings of every item ``[N + 1, d]`` (row 0, padding, is zero), computed once.
+    """The ranking vector of every item ``[N + 1, width]`` (row 0, padding, is zero), computed
+    once: the trained embeddings, or the blend's item vectors once it is calibrated.
 
     Under torchrun each rank embeds its share of the catalogue and every rank gets all rows.
     """
     model.eval()
     device = model_device(model)
     share = workers.share(num_items + 1)
-    chunks = [model.embed_items(source.features(np.arange(s, min(s + ITEM_CHUNK, share.stop))).to(device))
+    chunks = [model.catalogue_vectors(source.features(np.arange(s, min(s + ITEM_CHUNK, share.stop))).to(device))
               for s in range(share.start, share.stop, ITEM_CHUNK)]
-    local = torch.cat(chunks) if chunks else torch.zeros(0, model.dim, device=device)
+    local = torch.cat(chunks) if chunks else torch.zeros(0, model.catalogue_width, device=device)
     items = workers.gather(local)[0]
     require_finite_rows(items, "item", "items")
     return items
@@ -60,8 +64,10 @@ def evaluate_split(
     batch_size: int = 1024,
     include_history: bool = False,
     workers: Workers = LOCAL,
-) -> dict[str, float]:
-    """Full-ranking HR@K, NDCG@K and MRR over all users of ``split``.
+) -> dict[str, Any]:
+    """Full-ranking HR@K, NDCG@K and MRR over all users of ``split``, and the same per
+    popularity slice under ``"slices"`` when the split knows its targets' training counts
+    (see :mod:`iisan.evaluation.slices`).
 
     Users are scored in chunks of at most ``batch_size``, fewer when the catalogue is so
     large that ``batch_size x N`` scores would exceed :data:`SCORE_BUDGET`, so memory
@@ -70,6 +76,18 @@ def evaluate_split(
     history item is excluded too and counts as a miss. Under torchrun each rank ranks its
     share of the users and the metrics cover all of them.
     """
+    ranks = target_ranks(model, items, split, batch_size, include_history, workers)
+    metrics: dict[str, Any] = metrics_from_ranks(ranks, ks)
+    if split.target_counts is not None:
+        metrics["slices"] = metrics_by_slice(ranks, split.target_counts, ks)
+    return metrics
+
+
+@torch.no_grad()
+def target_ranks(model: SequentialRecommender, items: torch.Tensor, split: EvalSplit, batch_size: int = 1024,
+                 include_history: bool = False, workers: Workers = LOCAL) -> torch.Tensor:
+    """The 0-based full-ranking rank of every user's target ``[U]`` (on the CPU); see
+    :func:`evaluate_split` for the chunking, the history and torchrun."""
     device = items.device
     chunk_size = max(1, min(batch_size, SCORE_BUDGET // items.shape[0]))
     share = workers.share(len(split.targets))
@@ -89,4 +107,4 @@ def evaluate_split(
     if broken:
         raise NonFiniteError(f"{broken} of {len(split.targets)} users got non-finite user vectors (NaN or "
                              "infinity): the run's weights are damaged; retrain the run")
-    return metrics_from_ranks(workers.gather(torch.cat(ranks))[0].cpu(), ks)
+    return workers.gather(torch.cat(ranks))[0].cpu()

@@ -64,6 +64,7 @@ class UserEncoder(nn.Module):
     def __init__(self, config: UserEncoderConfig) -> None:
         super().__init__()
         variant = VARIANTS[config.variant]
+        self.dim = config.dim
         self.positions = nn.Embedding(config.max_seq_len, config.dim)
         self.input_norm = nn.LayerNorm(config.dim, eps=variant.eps)
         self.dropout = nn.Dropout(config.dropout)

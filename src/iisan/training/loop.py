@@ -35,6 +35,7 @@ from iisan.index import INDEX_DIR, ItemIndex, StoredIndex, save_index, weights_d
 from iisan.models.features import ItemFeatures
 from iisan.models.recommender import SequentialRecommender
 from iisan.progress import progress
+from iisan.training.calibrate import calibrate_blend
 from iisan.training.loss import candidate_softmax_loss, in_batch_softmax_loss, log_popularity, sampling_probabilities
 from iisan.training.schedule import lr_factor, remember_base_rates, set_rates
 
@@ -95,13 +96,15 @@ def _train(dataset_dir: Path, run_dir: Path, config: TrainConfig, cache_dir, res
     parts = assemble(dataset_dir, cache_dir, config, device=workers.device)
     config = parts.config
     model = parts.model.to(workers.device)
-    optimizer = build_optimizer(parts)
+    # A method without trainable parameters (knn) is evaluated as it is: no epoch, no optimizer.
+    trains = any(p.requires_grad for p in model.parameters())
+    optimizer = build_optimizer(parts) if trains else None
     log_pop = log_popularity(torch.from_numpy(parts.splits.popularity)).to(workers.device)
     objective = step_objective(parts, log_pop, workers)
     state = {"epoch": 0, "best": -1.0, "best_epoch": 0, "bad_epochs": 0}
     if resume:
         _check_resumable(run_dir, parts)
-    if resume and (run_dir / RESUME_DIR / "state.json").is_file():
+    if resume and trains and (run_dir / RESUME_DIR / "state.json").is_file():
         # Every rank reads the same files, so the run folder must be on a shared filesystem.
         state = read_json_object(run_dir / RESUME_DIR / "state.json", RESUME_STATE, RESUME_FIX)
         state.pop("generation", None)
@@ -129,7 +132,7 @@ def _train(dataset_dir: Path, run_dir: Path, config: TrainConfig, cache_dir, res
     epoch_seconds = []
     # [samples, L + 1]: each user's window, or each of its prefixes on its own (built once)
     samples = prefix_samples(parts.splits.train) if config.samples == "prefixes" else parts.splits.train
-    while state["epoch"] < config.epochs and state["bad_epochs"] < config.patience:
+    while trains and state["epoch"] < config.epochs and state["bad_epochs"] < config.patience:
         epoch = state["epoch"] + 1
         start = time.perf_counter()
         loss = _train_epoch(parts, samples, objective, optimizer, epoch, workers)
@@ -157,12 +160,20 @@ def _train(dataset_dir: Path, run_dir: Path, config: TrainConfig, cache_dir, res
 
     if best_weights is not None:
         model.load_state_dict(best_weights)
-    else:  # resumed after the last epoch: the best weights are only on disk
+    elif trains:  # resumed after the last epoch: the best weights are only on disk
         load_weights(run_dir / WEIGHTS_FILE, model)
+    elif workers.is_main:
+        save_weights(run_dir / WEIGHTS_FILE, model)
+    calibration = None
+    if model.blend is not None:  # weighed on validation, then part of the saved weights
+        calibration = calibrate_blend(model, parts.source, parts.dataset.num_items, parts.splits.valid,
+                                      config.include_history, workers, seed=config.seed)
+        if workers.is_main:
+            save_weights(run_dir / WEIGHTS_FILE, model)
     items = embed_catalogue()
     results = evaluate(items, "valid", "test")
     if workers.is_main:
-        write_json_atomic(run_dir / "metrics.json", results)
+        write_json_atomic(run_dir / "metrics.json", {**results, **({"blend": calibration} if calibration else {})})
         _write_catalogue(run_dir, parts, items.cpu().numpy())
     if writer is not None:
         writer.close()
@@ -177,6 +188,7 @@ def _train(dataset_dir: Path, run_dir: Path, config: TrainConfig, cache_dir, res
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "total_parameters": sum(p.numel() for p in model.parameters()),
         "ranks": workers.world_size,
+        **({"blend": calibration} if calibration else {}),
         **results,
     }
 
@@ -364,7 +376,7 @@ def _write_run_config(run_dir: Path, parts: Assembled, dataset_dir, cache_dir, w
         "dataset_fingerprint": parts.dataset.fingerprint,
         "cache": str(Path(cache_dir).resolve()) if cache_dir is not None else None,
         "encoders": {m: parts.cache.entry(m) for m in parts.model.layers} if parts.cache else {},
-        "layers": {m: list(v) for m, v in parts.model.layers.items()},
+        "layers": {m: list(v) for m, v in parts.model.item.layers.items()},  # the tower's (not the blend's)
         "num_items": parts.dataset.num_items,
         "ranks": workers.world_size,
     })

@@ -1,0 +1,122 @@
+"""Blended scoring: what a trained content model adds, what the content floor knows, and a
+prior for new and rare items, weighed on the validation split.
+
+A trained tower learns what the training interactions reward: mostly which popular items
+follow which. Its 64-wide embedding keeps little of the fine content similarity that makes
+an untrained nearest neighbour (``knn``) good on items nobody has bought yet, and items that
+never occurred in training get no training signal at all. The blended score of item ``i``
+for a user is
+
+    z(u . e_i) + alpha * z(h . c_i) + beta_cold * [i cold] + beta_tail * [i tail]
+               + gamma * log(1 + count_i)
+
+where ``u . e_i`` is the trained score, ``h . c_i`` the floor's (the cosine of the item's
+frozen last-layer content to the recency-weighted mean of the history's, see
+:mod:`iisan.models.baselines.knn`), ``z`` standardises a score over the catalogue for that
+user, cold / tail are the popularity slices of :mod:`iisan.evaluation.slices` (0 and
+1-4 occurrences in the training part; items added after training are cold), and
+``count_i`` is the item's number of occurrences there (a popularity prior, positive or
+negative, that the standardised trained score no longer carries at its own scale).
+
+It stays one inner product, so the item index serves it unchanged: ``z`` only needs the
+standard deviation over items, ``sqrt(u' C u)`` with ``C`` the covariance of the item
+vectors, a per-user constant that scales the query. Items are
+``[e_i, c_i, [cold], [tail], log(1 + count_i)]``, queries
+``[u / sd_u, alpha * h / sd_h, beta_cold, beta_tail, gamma]``.
+
+The weights are fitted after training by :func:`iisan.training.calibrate.calibrate_blend`
+on the validation split, never on test; before that the blend is inactive and the model
+scores with ``u . e_i`` alone.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from iisan.config import SLICES
+from iisan.models.baselines.knn import FrozenContentItems, RecencyMean
+from iisan.models.features import ItemFeatures
+
+# The priors' slices, in the order of the flags on item vectors (head gets no flag: it is
+# what the trained score already ranks well), then the log-popularity feature.
+PRIOR_SLICES = tuple((name, low, high) for name, low, high in SLICES if name != "head")
+PRIORS = (*(name for name, _, _ in PRIOR_SLICES), "log_popularity")
+
+
+class ScoreBlend(nn.Module):
+    """The floor's item and user sides and the blend's weights (buffers, set by calibration).
+
+    Args:
+        shapes: modality -> ``(L + 1, D)`` of the content the floor reads (the last layer).
+        dim: the width ``d`` of the trained embeddings.
+        counts: ``[N + 1]`` occurrences of each item in the training part.
+    """
+
+    def __init__(self, shapes: dict[str, tuple[int, int]], dim: int, counts: torch.Tensor) -> None:
+        super().__init__()
+        self.content = FrozenContentItems(tuple(shapes), shapes)
+        self.history = RecencyMean(self.content.dim)
+        self.dim = dim
+        self.register_buffer("counts", torch.as_tensor(counts, dtype=torch.long).clone())
+        self.register_buffer("active", torch.tensor(False))
+        self.register_buffer("alpha", torch.tensor(0.0))
+        self.register_buffer("priors", torch.zeros(len(PRIORS)))
+        self.register_buffer("trained_cov", torch.eye(dim))
+        self.register_buffer("content_cov", torch.eye(self.content.dim))
+
+    @property
+    def layers(self) -> dict[str, tuple[int, ...]]:
+        return self.content.layers
+
+    @property
+    def width(self) -> int:
+        """The width of item vectors and queries."""
+        return self.dim + self.content.dim + len(PRIORS)
+
+    def prior_features(self, ids: torch.Tensor) -> torch.Tensor:
+        """``[n, len(PRIORS)]``: 0/1 for each prior slice the item is in, then
+        ``log(1 + count)``. Ids beyond the training catalogue (added later) count 0 times, so
+        are cold; padding gets zeros."""
+        known = ids < len(self.counts)
+        counts = torch.where(known, self.counts[ids.clamp(max=len(self.counts) - 1)], torch.zeros_like(ids))
+        flags = [((counts >= low) & (counts <= high)).float() for _, low, high in PRIOR_SLICES]
+        features = torch.stack([*flags, torch.log1p(counts.float())], dim=-1)
+        return features * (ids != 0).unsqueeze(-1).float()
+
+    def item_vectors(self, trained: torch.Tensor, features: ItemFeatures) -> torch.Tensor:
+        """``[n, d + D_c + priors]``: the trained embedding, the frozen content, the priors' features."""
+        content = self.content(features) * (features.ids != 0).unsqueeze(-1).to(trained.dtype)
+        return torch.cat([trained, content, self.prior_features(features.ids)], dim=-1)
+
+    def split(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The trained and the content parts of item vectors from :meth:`item_vectors`."""
+        return items[..., : self.dim], items[..., self.dim : self.dim + self.content.dim]
+
+    def content_query(self, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The floor's user vector ``h`` for each row of item vectors ``[U, L, width]``."""
+        return self.history(self.split(items)[1], mask)[:, -1]
+
+    def query(self, user: torch.Tensor, content: torch.Tensor, alpha=None, priors=None) -> torch.Tensor:
+        """``[U, d + D_c + priors]``: ``user`` (trained) and ``content`` (floor) queries, each
+        divided by the standard deviation of its scores over the catalogue, weighted."""
+        alpha = self.alpha if alpha is None else alpha
+        priors = self.priors if priors is None else priors
+        trained = user / _spread(user, self.trained_cov)
+        floor = alpha * content / _spread(content, self.content_cov)
+        return torch.cat([trained, floor, priors.to(user.dtype).expand(len(user), -1)], dim=-1)
+
+    @torch.no_grad()
+    def fit_spread(self, items: torch.Tensor) -> None:
+        """The covariances behind ``z``, from the catalogue's item vectors ``[N + 1, width]``
+        (row 0, padding, left out)."""
+        trained, content = self.split(items[1:].double())
+        # Population covariances: the standard deviation over the catalogue's items, as z() means.
+        self.trained_cov.copy_(torch.cov(trained.T, correction=0).reshape(self.trained_cov.shape))
+        self.content_cov.copy_(torch.cov(content.T, correction=0).reshape(self.content_cov.shape))
+
+
+def _spread(query: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
+    """The standard deviation over items of ``query . item``: ``sqrt(q' C q)``, ``[U, 1]``."""
+    variance = ((query @ cov.to(query.dtype)) * query).sum(dim=-1, keepdim=True)
+    return variance.clamp(min=1e-12).sqrt()

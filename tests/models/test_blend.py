@@ -1,0 +1,128 @@
+"""The score blend: one inner product equal to the standardised mix, priors by slice, and a
+calibration that reads validation only."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from iisan.config import TrainConfig
+from iisan.models.blend import ScoreBlend
+from iisan.models.features import ItemFeatures
+from iisan.training.loop import train
+
+
+def _blend(num_items=30, dim=4, width=6, seed=0):
+    rng = np.random.default_rng(seed)
+    counts = torch.from_numpy(rng.choice([0, 1, 3, 4, 5, 12], size=num_items + 1))
+    blend = ScoreBlend({"text": (3, width)}, dim, counts)
+    states = torch.from_numpy(rng.normal(size=(num_items + 1, 1, width)).astype(np.float32))
+    ids = torch.arange(num_items + 1)
+    features = ItemFeatures(ids, {"text": states}, {"text": torch.ones(num_items + 1, dtype=torch.bool)})
+    trained = torch.from_numpy(rng.normal(size=(num_items + 1, dim)).astype(np.float32))
+    trained[0] = 0
+    return blend, blend.item_vectors(trained, features), trained, states[:, -1], counts
+
+
+def test_priors_follow_the_slices_and_new_items_are_cold():
+    blend = ScoreBlend({"text": (2, 3)}, 4, torch.tensor([0, 0, 1, 4, 5, 99]))
+    features = blend.prior_features(torch.tensor([0, 1, 2, 3, 4, 5, 6, 1000]))
+    assert features[:, :2].tolist() == [[0, 0], [1, 0], [0, 1], [0, 1], [0, 0], [0, 0], [1, 0], [1, 0]]
+    assert torch.allclose(features[:, 2], torch.log1p(torch.tensor([0.0, 0, 1, 4, 5, 99, 0, 0])))
+
+
+def test_the_query_scores_the_standardised_mix_up_to_a_constant_per_user():
+    blend, items, trained, content, counts = _blend()
+    blend.fit_spread(items)
+    rng = np.random.default_rng(1)
+    user = torch.from_numpy(rng.normal(size=(5, 4)).astype(np.float32))
+    history = torch.from_numpy(rng.normal(size=(5, 6)).astype(np.float32))
+    alpha, priors = 0.7, torch.tensor([0.5, 0.2, -0.1])
+    scores = blend.query(user, history, alpha, priors) @ items.T  # [5, N + 1]
+
+    def z(raw):  # standardised over the catalogue (items 1..N), as the module documents
+        real = raw[:, 1:].double()
+        return (real - real.mean(1, keepdim=True)) / real.std(1, unbiased=False, keepdim=True)
+
+    unit = torch.nn.functional.normalize(content, dim=-1)
+    flags = torch.stack([counts == 0, (counts >= 1) & (counts <= 4), torch.log1p(counts.double())], dim=-1)
+    flags = flags.double()[1:]
+    expected = z(user @ trained.T) + alpha * z(history @ unit.T) + flags @ priors.double()
+    difference = scores[:, 1:].double() - expected
+    assert torch.allclose(difference, difference[:, :1].expand_as(difference), atol=1e-4)
+
+
+def test_calibration_reads_validation_only_and_never_does_worse(tiny_multimodal, tmp_path, monkeypatch):
+    import iisan.training.calibrate as calibrate
+
+    dataset, cache = tiny_multimodal
+    seen = []
+    original = calibrate._score_rows
+
+    def spy(model, items, split, users, include_history):
+        seen.append(split)
+        return original(model, items, split, users, include_history)
+
+    monkeypatch.setattr(calibrate, "_score_rows", spy)
+    summary = train(dataset, tmp_path / "run", TrainConfig(epochs=1, batch_size=32, seed=2), cache_dir=cache)
+    blend = summary["blend"]
+    assert blend["valid_after"] >= blend["valid_before"] and blend["evaluations"] > 1
+    assert len(seen) == 1 and seen[0].targets.tolist() == summary_split(dataset, "valid").targets.tolist()
+    # Every validation user calibrates here, so the fit is what the final evaluation measures.
+    assert blend["users"] == len(seen[0].targets)
+    assert summary["valid"]["ndcg@10"] == pytest.approx(blend["valid_after"], abs=1e-6)
+    recorded = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert recorded["blend"] == blend
+
+    # The same run scored without its blend: what calibration started from.
+    from iisan.evaluation.run import evaluate_run
+
+    plain = evaluate_run(tmp_path / "run", split="valid", unblended=True)
+    assert plain["metrics"]["ndcg@10"] == pytest.approx(blend["valid_before"], abs=1e-6)
+    assert "valid_unblended" in json.loads((tmp_path / "run" / "metrics.json").read_text())
+
+
+def summary_split(dataset, name):
+    from iisan.data.dataset import PreparedDataset
+    from iisan.data.split import split_sequences
+
+    data = PreparedDataset.load(dataset)
+    splits = split_sequences(*data.sequence_arrays(), int(data.meta["max_seq_len"]), data.num_items)
+    return getattr(splits, name)
+
+
+def test_calibration_subsamples_users_within_its_budget(monkeypatch):
+    import iisan.training.calibrate as calibrate
+
+    assert calibrate._calibration_users(100, 1000, 0).tolist() == list(range(100))
+    monkeypatch.setattr(calibrate, "CALIBRATION_SCORES", 2 * 1000 * 300)
+    chosen = calibrate._calibration_users(10_000, 1000, 0)
+    assert len(chosen) == 300 and len(set(chosen)) == 300 and chosen.tolist() == sorted(chosen.tolist())
+    assert chosen.tolist() == calibrate._calibration_users(10_000, 1000, 0).tolist()  # fixed by the seed
+
+
+def test_no_blend_trains_the_plain_model(tiny_multimodal, tmp_path):
+    from iisan.assemble import load_trained
+
+    dataset, cache = tiny_multimodal
+    summary = train(dataset, tmp_path / "run", TrainConfig(epochs=1, batch_size=32, seed=2, blend=False),
+                    cache_dir=cache)
+    assert "blend" not in summary
+    assert "blend" not in json.loads((tmp_path / "run" / "metrics.json").read_text())
+    model = load_trained(tmp_path / "run").model
+    assert model.blend is None and model.catalogue_width == model.dim
+    from iisan.errors import ConfigError
+    from iisan.evaluation.run import evaluate_run
+
+    with pytest.raises(ConfigError, match="no calibrated blend"):
+        evaluate_run(tmp_path / "run", unblended=True)
+
+
+def test_the_blend_applies_to_content_methods_only():
+    assert TrainConfig(method="id").blend is False and TrainConfig(method="knn").blend is False
+    assert TrainConfig(method="iisan").blend and TrainConfig(method="frozen").blend
+    saved_before_blends = {k: v for k, v in TrainConfig().to_json().items() if k != "blend"}
+    assert TrainConfig.from_json(saved_before_blends).blend is False  # runs saved before: as they trained

@@ -1,0 +1,79 @@
+"""``knn``, the content-only floor: no parameters, no training, cosines of frozen content."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from iisan.cache.store import HiddenStateCache
+from iisan.config import TrainConfig
+from iisan.data.dataset import PreparedDataset
+from iisan.data.split import split_sequences
+from iisan.evaluation.metrics import metrics_from_ranks, pessimistic_ranks
+from iisan.models.baselines.knn import RECENCY_DECAY, RecencyMean
+from iisan.training.loop import train
+
+
+def test_recency_mean_weighs_the_latest_item_most_and_ignores_padding():
+    rng = np.random.default_rng(0)
+    items = torch.from_numpy(rng.normal(size=(3, 5, 4)).astype(np.float32))
+    mask = torch.tensor([[False, False, True, True, True], [True] * 5, [False] * 4 + [True]])
+    out = RecencyMean(4, decay=0.5)(items, mask)
+    for b in range(3):
+        for j in range(5):
+            weights = [0.5 ** (j - k) if mask[b, k] else 0.0 for k in range(j + 1)]
+            mean = sum(w * items[b, k] for k, w in enumerate(weights))
+            if any(weights):
+                assert torch.allclose(out[b, j], mean / mean.norm(), atol=1e-6)
+
+
+def _floor_by_hand(dataset_dir, cache_dir, split: str) -> dict[str, float]:
+    """The floor's test metrics written out with numpy: per-modality cosines summed."""
+    dataset = PreparedDataset.load(dataset_dir)
+    cache = HiddenStateCache.open(cache_dir)
+    vectors = []
+    for modality in ("text", "image"):
+        states = np.asarray(cache.states(modality)[:, -1], dtype=np.float32)
+        states /= np.maximum(np.linalg.norm(states, axis=1, keepdims=True), 1e-12)
+        vectors.append(states * cache.present(modality)[:, None])
+    items = np.concatenate(vectors, axis=1)
+    items[0] = 0
+    flat, offsets = dataset.sequence_arrays()
+    splits = split_sequences(flat, offsets, int(dataset.meta["max_seq_len"]), dataset.num_items)
+    target = getattr(splits, split)
+    users = np.zeros((len(target.targets), items.shape[1]), dtype=np.float32)
+    for j in range(target.inputs.shape[1]):  # the last input weighs 1, the one before RECENCY_DECAY, ...
+        users += RECENCY_DECAY ** (target.inputs.shape[1] - 1 - j) * items[target.inputs[:, j]]
+    users /= np.linalg.norm(users, axis=1, keepdims=True)
+    scores = torch.from_numpy(users @ items.T)
+    scores[:, 0] = -torch.inf
+    rows, cols = target.history_pairs(np.arange(len(target.targets)))
+    scores[torch.from_numpy(rows), torch.from_numpy(cols)] = -torch.inf
+    return metrics_from_ranks(pessimistic_ranks(scores, torch.from_numpy(target.targets)), (5, 10, 20))
+
+
+def test_a_knn_run_trains_nothing_and_scores_cosines(tiny_multimodal, tmp_path):
+    dataset, cache = tiny_multimodal
+    summary = train(dataset, tmp_path / "knn", TrainConfig(method="knn"), cache_dir=cache)
+    assert summary["epochs"] == 0 and summary["trainable_parameters"] == 0
+    log = tmp_path / "knn" / "metrics.jsonl"
+    assert not log.exists() or not log.read_text()  # no epoch
+    expected = _floor_by_hand(dataset, cache, "test")
+    for key, value in expected.items():
+        assert summary["test"][key] == pytest.approx(value, abs=1e-6), key
+    assert set(summary["test"]["slices"]) == {"cold", "tail", "head"}
+    assert json.loads((tmp_path / "knn" / "config.json").read_text())["train"]["method"] == "knn"
+
+
+def test_a_knn_run_recommends_like_any_run(tiny_multimodal, tmp_path):
+    from iisan.recommend import Recommender
+
+    dataset, cache = tiny_multimodal
+    train(dataset, tmp_path / "knn", TrainConfig(method="knn", side=TrainConfig().side), cache_dir=cache)
+    recommender = Recommender.load(tmp_path / "knn")
+    keys = PreparedDataset.load(dataset).items["key"].to_list()
+    top = recommender.recommend(keys[:3], k=5)
+    assert len(top) == 5 and not set(keys[:3]) & {key for key, _ in top}
