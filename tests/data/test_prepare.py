@@ -113,6 +113,7 @@ def test_config_validation(kwargs, match):
         PrepareConfig(**kwargs)
 
 
+@pytest.mark.shared_data
 def test_scientific_matches_reference_counts(tmp_path):
     """The reference preprocessing yields 12,076 users, 20,314 items, 81,711 interactions."""
     meta, problems = prepare(SCIENTIFIC, tmp_path / "sci", PrepareConfig(format="iisan-tsv"))
