@@ -33,6 +33,7 @@ def popularity_hr10(dataset_dir) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.shared_data
 def test_iisan_text_on_scientific_beats_popularity(tmp_path):
     data, cache, run = tmp_path / "sci", tmp_path / "cache", tmp_path / "run"
     assert runner.invoke(app, ["prepare", str(SCIENTIFIC), "-f", "iisan-tsv", "-o", str(data)]).exit_code == 0

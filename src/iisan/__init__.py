@@ -26,6 +26,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "iisan.cache.encode": ("encode",),
     "iisan.training.loop": ("train",),
     "iisan.evaluation.run": ("evaluate",),
+    "iisan.new_items": ("evaluate_cold_start",),
     "iisan.recommend": ("Recommender",),
     "iisan.data.dataset": ("PreparedDataset",),
     "iisan.cache.store": ("HiddenStateCache",),

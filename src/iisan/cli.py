@@ -636,10 +636,10 @@ def evaluate(
         if as_json:
             _print_json(result)
             return
-        stdout.print(_metrics_table({"cold start": result["metrics"]},
-                                    f"{run}: {result['users']:,} users whose next item was one of "
-                                    f"{result['new_items']:,} added after training ({result['items']:,} items, "
-                                    f"{result['seconds']:.1f} s)"))
+        stdout.print(f"{run}: {result['users']:,} users whose next item was one of {result['new_items']:,} "
+                     f"added after training; full ranking over {result['items']:,} items "
+                     f"({result['seconds']:.1f} s)")
+        stdout.print(_metrics_table({"cold start": result["metrics"]}, "Item cold start"))
         return
     result = evaluate_run(run, split=split.value, ks=_int_list(k, "--k"), include_history=include_history,
                           device=device.value, unblended=unblended)

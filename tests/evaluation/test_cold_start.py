@@ -75,6 +75,14 @@ def test_cold_start_adds_the_items_to_a_copy_and_ranks_them(cold_dataset, tmp_pa
     recorded = json.loads((run / "metrics.json").read_text())["cold_start"]
     assert recorded["users"] == users and recorded["ndcg@10"] == result["metrics"]["ndcg@10"]
 
+    from typer.testing import CliRunner
+
+    from iisan.cli import app
+
+    table = CliRunner().invoke(app, ["evaluate", str(run), "--cold-start", "--k", "5,10"], env={"COLUMNS": "200"})
+    assert table.exit_code == 0 and f"{users:,} users whose next item was one of 18 added" in table.stdout
+    assert f"{result['metrics']['ndcg@10']:.4f}" in table.stdout  # the same ranking again
+
 
 def test_cold_start_on_a_dataset_without_held_out_items_says_how(tiny_run):
     with pytest.raises(ConfigError, match="--cold-items"):
