@@ -42,7 +42,8 @@ def main() -> None:
     for run in sorted(args.runs.iterdir()):
         if (run / "metrics.json").is_file():
             label, _, seed = run.name.rpartition("-")
-            epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+            log = run / "metrics.jsonl"  # absent for a method without training (knn)
+            epochs = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
             runs[label].append((seed, json.loads((run / "metrics.json").read_text()), epochs))
 
     print("| method | seeds | valid NDCG@10 | HR@10 (history excluded) | NDCG@10 (history excluded) "
@@ -51,7 +52,7 @@ def main() -> None:
     for label, rows in runs.items():
         cells = [cell([m[split][key] for _, m, _ in rows if split in m]) for split, key in COLUMNS]
         epochs = cell([float(len(e)) for _, _, e in rows], 1)
-        seconds = cell([statistics.fmean(x["seconds"] for x in e) for _, _, e in rows], 1)
+        seconds = cell([statistics.fmean(x["seconds"] for x in e) for _, _, e in rows if e], 1)
         print(f"| {label} | {','.join(seed for seed, _, _ in rows)} | {' | '.join(cells)} | {epochs} | {seconds} |")
     if args.peer:
         label, hr, ndcg = args.peer
@@ -65,24 +66,27 @@ SLICES = ("cold", "tail", "head")
 
 def print_slices(runs: dict[str, list[tuple[str, dict, list[dict]]]]) -> None:
     """Test NDCG@10 overall and per slice, history excluded then ranked; user counts in the header."""
-    counts = next((m["test"]["slices"] for rows in runs.values() for _, m, _ in rows
-                   if "slices" in m.get("test", {})), None)
-    if counts is None:
+    if not any("slices" in m.get("test", {}) for rows in runs.values() for _, m, _ in rows):
         return
-    names = [f"{name} ({counts[name]['users']:,})" for name in SLICES]
-    header = ["all", *names]
+    header = ["all", *SLICES]
     print()
     columns = [f"{h} excl." for h in header] + [f"{h} ranked" for h in header]
-    print("| method | " + " | ".join(columns) + " |")
-    print("|" + " --- |" * (1 + 2 * len(header)))
+    print("| method | users (cold / tail / head) | " + " | ".join(columns) + " |")
+    print("|" + " --- |" * (2 + 2 * len(header)))
     for label, rows in runs.items():
-        cells = []
-        for split in ("test", "test_with_history"):
-            cells.append(cell([m[split]["ndcg@10"] for _, m, _ in rows if split in m]))
-            for name in SLICES:
-                cells.append(cell([m[split]["slices"][name].get("ndcg@10", 0.0) for _, m, _ in rows
-                                   if "slices" in m.get(split, {})]))
-        print(f"| {label} | {' | '.join(cells)} |")
+        # A blended run also scored without its blend (`evaluate --unblended`): both rows.
+        for suffix, name in (("_unblended", f"{label} (unblended)"), ("", label)):
+            if not any(f"test{suffix}" in m for _, m, _ in rows):
+                continue
+            cells = []
+            for split in (f"test{suffix}", f"test_with_history{suffix}"):
+                cells.append(cell([m[split]["ndcg@10"] for _, m, _ in rows if split in m]))
+                for part in SLICES:
+                    cells.append(cell([m[split]["slices"][part].get("ndcg@10", 0.0) for _, m, _ in rows
+                                       if "slices" in m.get(split, {})]))
+            counts = next(m["test"]["slices"] for _, m, _ in rows if "slices" in m.get("test", {}))
+            users = " / ".join(f"{counts[part]['users']:,}" for part in SLICES)
+            print(f"| {name} | {users} | {' | '.join(cells)} |")
 
 
 if __name__ == "__main__":
