@@ -91,7 +91,7 @@ def build_model(config: TrainConfig, shapes: dict[str, tuple[int, int]], num_ite
     # first: the random initialisation order of every earlier run
     user = UserEncoder(config.user) if method.user is None else None
     encoders = {}
-    if get_method(config.method).reads == "raw":
+    if method.reads == "raw":
         # The encoders run inside the tower on raw content; the cache only names them.
         modalities = tuple(m for m in config.side.encoder_modalities if m in shapes)
         encoders = load_encoders({m: entries[m] for m in modalities}, modalities, device)

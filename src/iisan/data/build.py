@@ -23,6 +23,7 @@ from iisan.data.cold_start import COLD_ITEMS_FILE, COLD_START_FILE, hold_out, ne
 from iisan.data.dataset import DATASET_VERSION, ITEMS_FILE, META_FILE, SEQUENCES_FILE, file_sha256
 from iisan.data.images import ImageSource, materialise_images
 from iisan.data.problems import Problems
+from iisan.data.split import positions_in_runs
 from iisan.data.text import clean_text
 from iisan.errors import InputError
 from iisan.fileio import write_json_atomic
@@ -221,15 +222,13 @@ def _keep_recent(inter: pl.DataFrame, keep_len: int, min_len: int) -> tuple[pl.D
     run = inter["run"].rle_id().to_numpy()
     if run.size == 0:
         return inter, 0, 0
-    starts = np.flatnonzero(np.diff(run, prepend=-1))
-    lengths = np.diff(np.append(starts, run.size))
-    position = np.arange(run.size) - np.repeat(starts, lengths)
-    recent = position >= np.repeat(lengths - keep_len, lengths)
-    long_enough = np.minimum(lengths, keep_len) >= min_len
-    keep = recent & np.repeat(long_enough, lengths)
+    position, length = positions_in_runs(run)
+    recent = position >= length - keep_len
+    long_enough = np.minimum(length, keep_len) >= min_len  # per row: its user's
+    keep = recent & long_enough
     return (
         inter.filter(pl.Series(keep)),
-        int((~long_enough).sum()),
+        int((~long_enough[position == 0]).sum()),
         int(run.size - recent.sum()),
     )
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from iisan.data.split import positions_in_runs
+
 COLD_ITEMS_FILE = "cold_items.parquet"
 COLD_START_FILE = "cold_start.parquet"
 
@@ -27,11 +29,8 @@ COLD_START_FILE = "cold_start.parquet"
 def newest_items(inter: pl.DataFrame, fraction: float) -> pl.Series:
     """The keys of the newest ``fraction`` of the items in ``inter`` (``user``, ``item`` and
     ``run`` columns; a user's rows contiguous and in time order); at least one item."""
-    run = inter["run"].rle_id().to_numpy()
-    starts = np.flatnonzero(np.diff(run, prepend=-1))
-    lengths = np.diff(np.append(starts, run.size))
-    position = np.arange(run.size) - np.repeat(starts, lengths)
-    relative = position / np.maximum(np.repeat(lengths, lengths) - 1, 1)
+    position, length = positions_in_runs(inter["run"].rle_id().to_numpy())
+    relative = position / np.maximum(length - 1, 1)
     newness = (pl.DataFrame({"item": inter["item"], "relative": relative})
                .group_by("item").agg(pl.col("relative").mean())
                .sort(["relative", "item"], descending=[True, False]))

@@ -49,6 +49,14 @@ class Splits:
     popularity: np.ndarray  # [N + 1] counts in the training parts
 
 
+def positions_in_runs(run: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For rows grouped in contiguous runs (one per user): each row's position in its run
+    and its run's length, both ``[rows]``."""
+    starts = np.flatnonzero(np.diff(run, prepend=-1))
+    lengths = np.diff(np.append(starts, run.size))
+    return np.arange(run.size) - np.repeat(starts, lengths), np.repeat(lengths, lengths)
+
+
 def last_items(flat: np.ndarray, start: np.ndarray, end: np.ndarray, width: int) -> np.ndarray:
     """The last ``width`` items of ``flat[start:end]`` per row, left-padded with 0: ``[rows, width]``."""
     positions = end[:, None] - width + np.arange(width)[None, :]
