@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from iisan.evaluation.metrics import metrics_from_ranks, pessimistic_ranks
+from iisan.evaluation.metrics import MISS, metrics_from_ranks, pessimistic_ranks
 from iisan.fileio import write_json_atomic
 from tests.reliability.conftest import cli, one_line_error
 
@@ -98,7 +98,7 @@ def test_encode_refuses_non_finite_states_and_resumes(tiny_multimodal, tmp_path,
 def test_a_nan_target_score_is_a_miss_not_a_hit():
     scores = torch.tensor([[-math.inf, 0.5, math.nan, 0.1], [-math.inf, 0.2, 0.9, 0.3]])
     ranks = pessimistic_ranks(scores, torch.tensor([2, 2]))
-    assert ranks.tolist() == [3, 0]
+    assert ranks.tolist() == [MISS, 0]
     metrics = metrics_from_ranks(ranks, (1,))
     assert metrics["hr@1"] == 0.5 and math.isfinite(metrics["ndcg@1"])
 
