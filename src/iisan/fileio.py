@@ -176,6 +176,27 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         work.rename(path)
 
 
+def refuse_output_over_inputs(out_dir: str | os.PathLike[str], inputs: dict[str, Any]) -> None:
+    """Refuse an output folder that is, contains or lies inside one of the command's
+    ``inputs`` (name -> path, ``None`` skipped): replacing it, as ``--force`` and atomic
+    commits do, would delete the input. Paths are compared resolved (links, ``..``)."""
+    out = Path(out_dir).resolve()
+    for name, path in inputs.items():
+        if path is None:
+            continue
+        given = Path(path).resolve()
+        if out == given:
+            relation = "is"
+        elif given in out.parents:
+            relation = "lies inside"
+        elif out in given.parents:
+            relation = "contains"
+        else:
+            continue
+        raise ConfigError(f"--out {out_dir} {relation} the {name} {path}: writing there could delete it; "
+                          "choose an --out outside every input")
+
+
 def check_replaceable(out_dir: Path, marker: str, force: bool) -> None:
     """Refuse to replace a non-empty folder that lacks ``marker`` unless ``force``."""
     if not out_dir.exists():

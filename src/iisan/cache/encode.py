@@ -31,7 +31,7 @@ from iisan.data.problems import Problems
 from iisan.devices import compute_dtype, pick_device, precision_name
 from iisan.encoders.frozen import FrozenEncoder
 from iisan.errors import CacheMismatchError, ConfigError, NonFiniteError
-from iisan.fileio import check_replaceable
+from iisan.fileio import check_replaceable, refuse_output_over_inputs
 from iisan.progress import progress
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ def encode(
             setting and ``force`` is off.
     """
     target = pick_device(device)  # before anything is read or deleted
+    refuse_output_over_inputs(cache_dir, {"dataset": dataset_dir})
     dataset = PreparedDataset.load(dataset_dir)
     root = Path(cache_dir)
     item_range = (1, dataset.num_items + 1)

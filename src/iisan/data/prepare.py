@@ -12,7 +12,7 @@ from iisan.data.dataset import META_FILE
 from iisan.data.problems import Problems
 from iisan.data.sources import read_source
 from iisan.data.sources.movielens import BUILTIN
-from iisan.fileio import atomic_directory, check_replaceable
+from iisan.fileio import atomic_directory, check_replaceable, refuse_output_over_inputs
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,9 @@ def prepare(
         ConfigError: ``out_dir`` holds something other than a dataset and ``force`` is off.
     """
     source, out_dir = Path(source), Path(out_dir)
+    refuse_output_over_inputs(out_dir, {"source": None if str(source) == BUILTIN else source,
+                                        "image folder": config.images, "image LMDB": config.images_lmdb,
+                                        "item file": config.items})
     check_replaceable(out_dir, META_FILE, force)
     problems = Problems(strict=config.strict)
     log.info("reading %s (%s)", source, config.format)

@@ -30,7 +30,7 @@ from iisan.distributed import start as start_workers
 from iisan.distributed import stop as stop_workers
 from iisan.errors import ConfigError, MissingDependencyError, NonFiniteError
 from iisan.evaluation.runner import evaluate_split, item_embeddings
-from iisan.fileio import commit_generation, read_json_object, write_atomic, write_json_atomic
+from iisan.fileio import commit_generation, read_json_object, refuse_output_over_inputs, write_atomic, write_json_atomic
 from iisan.index import INDEX_DIR, ItemIndex, StoredIndex, save_index, weights_digest
 from iisan.models.features import ItemFeatures
 from iisan.models.recommender import SequentialRecommender
@@ -88,6 +88,7 @@ def train(
 
 def _train(dataset_dir: Path, run_dir: Path, config: TrainConfig, cache_dir, resume: bool, force: bool,
            tensorboard: bool, workers: Workers) -> dict[str, Any]:
+    refuse_output_over_inputs(run_dir, {"dataset": dataset_dir, "cache": cache_dir})
     if workers.is_main:
         _prepare_run_dir(run_dir, resume, force)
     else:
