@@ -53,3 +53,7 @@ class UnknownItemError(IisanError, KeyError):
 
     def __str__(self) -> str:  # KeyError would print the message in quotes
         return str(self.args[0])
+
+
+class RunBusyError(IisanError):
+    """Another process (or thread) is changing the run folder, and did not finish within the wait."""

@@ -29,7 +29,8 @@ import torch
 from iisan.config import INDEX_KINDS
 from iisan.data.dataset import file_sha256
 from iisan.errors import ConfigError, DatasetError, StorageError
-from iisan.fileio import GENERATION, commit_generation, crash_point, load_tensors, read_json_object, require_fields
+from iisan.fileio import (GENERATION, commit_generation, crash_point, current_generation, load_tensors, read_json_object,
+                          require_fields)
 
 INDEX_DIR = "index"
 POINTER = "index.json"
@@ -244,6 +245,11 @@ def _link(source: Path, target: Path) -> bool:
         return True
     except OSError:
         return False
+
+
+def committed_generation(folder: Path) -> str | None:
+    """The generation ``folder/index.json`` names (one small read), ``None`` if there is none."""
+    return current_generation(folder, POINTER)
 
 
 def load_index(folder: Path, weights_file: Path, digest: str | None = None) -> StoredIndex | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import logging
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,13 +32,19 @@ from iisan.data.text import clean_text
 from iisan.errors import CacheMismatchError, ConfigError, DatasetError, IisanError, InputError, NonFiniteError, UnknownItemError
 from iisan.evaluation.runner import item_embeddings
 from iisan.features.live import RawContentSource
-from iisan.index import INDEX_DIR, HnswSettings, ItemIndex, StoredIndex, load_index, save_index, weights_digest
+from iisan.index import (INDEX_DIR, HnswSettings, ItemIndex, StoredIndex, committed_generation, load_index, save_index,
+                         weights_digest)
+from iisan.runlock import run_lock
 
 log = logging.getLogger(__name__)
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 MAX_IMAGE_PIXELS = 40_000_000
 RECALL_CHUNK = 128
+# How stale a query's catalogue may be against another process's commit: one small file
+# read per period, not per request.
+REFRESH_SECONDS = 2.0
+READ_TRIES = 5
 
 
 @dataclass(frozen=True)
@@ -65,8 +72,12 @@ class Catalogue:
 class Recommender:
     """A trained run, ready to answer queries.
 
-    Thread-safe: queries and additions are serialised by one lock (a query takes about a
-    millisecond; faiss does not allow searching while adding).
+    Thread-safe, and safe beside other processes: changes to the run (new items, an index
+    build) hold the run's write lock (:mod:`iisan.runlock`) and start from the generation
+    last committed on disk, whoever committed it. Queries never wait for a writer: new
+    items are embedded outside every lock, and a query is locked out only while the new
+    catalogue object replaces the old. Generations that other processes commit are
+    picked up before this one writes and, for queries, within :data:`REFRESH_SECONDS`.
     """
 
     def __init__(self, trained: TrainedRun, run_dir: Path, rebuild: str | None = None,
@@ -82,16 +93,54 @@ class Recommender:
         self._live = None  # the frozen encoders, loaded on the first add_items
         self._parts: Assembled | None = None  # dataset and cache, only to re-embed the catalogue
         self._weights = weights_digest(self.weights_file)
+        self._checked = time.monotonic()
         if rebuild is None:
-            stored = load_index(self.index_dir, self.weights_file, self._weights)
-            self._catalogue = self._catalogue_of(stored) if stored is not None else self._build("flat", HnswSettings())
+            stored = self._load_stored()
+            if stored is None:  # never built: build it, as the one writer
+                with run_lock(run_dir, "building the index"):
+                    stored = self._load_stored()
+                    self._catalogue = self._catalogue_of(stored) if stored is not None else self._build("flat", HnswSettings())
+            else:
+                self._catalogue = self._catalogue_of(stored)
         else:
-            try:  # items added since the last build survive a rebuild when they can be read
-                kept = load_index(self.index_dir, self.weights_file, self._weights)
-            except DatasetError as err:
-                log.warning("the stored index is unreadable (%s): rebuilding without its added items", err)
-                kept = None
-            self._catalogue = self._build(rebuild, hnsw, kept)
+            with run_lock(run_dir, "rebuilding the index"):
+                try:  # items added since the last build survive a rebuild when they can be read
+                    kept = load_index(self.index_dir, self.weights_file, self._weights)
+                except DatasetError as err:
+                    log.warning("the stored index is unreadable (%s): rebuilding without its added items", err)
+                    kept = None
+                self._catalogue = self._build(rebuild, hnsw, kept)
+
+    def _load_stored(self) -> StoredIndex | None:
+        """The committed index (``None`` when there is none), read without a lock, so readers
+        never wait for writers. A commit can clean away the generation being read; then the
+        pointer names a newer one, which is read instead."""
+        for _ in range(READ_TRIES):
+            generation = committed_generation(self.index_dir)
+            try:
+                return load_index(self.index_dir, self.weights_file, self._weights)
+            except DatasetError:
+                if committed_generation(self.index_dir) == generation:
+                    raise  # nothing moved under the read: the index is damaged
+        raise DatasetError(f"{self.index_dir} changed {READ_TRIES} times while being read; try again")
+
+    def refresh(self, now: bool = False) -> bool:
+        """Pick up a generation another process committed (at most every
+        :data:`REFRESH_SECONDS` unless ``now``); ``True`` if the catalogue changed. Never waits
+        for a writer."""
+        if not now and time.monotonic() - self._checked < REFRESH_SECONDS:
+            return False
+        self._checked = time.monotonic()
+        if committed_generation(self.index_dir) in (None, self._catalogue.stored.generation):
+            return False
+        stored = self._load_stored()
+        if stored is None or stored.generation == self._catalogue.stored.generation:
+            return False
+        catalogue = self._catalogue_of(stored)
+        with self._lock:
+            self._catalogue = catalogue
+        log.info("loaded %s, committed by another process (%d items)", stored.generation, len(catalogue.keys) - 1)
+        return True
 
     @classmethod
     def load(cls, run_dir: str | Path, rebuild: str | None = None, hnsw: HnswSettings = HnswSettings(),
@@ -174,8 +223,11 @@ class Recommender:
     def rebuild_index(self, kind: str = "flat", hnsw: HnswSettings = HnswSettings()) -> None:
         """Recompute the trained catalogue's embeddings and store a fresh ``kind`` index,
         keeping the items added since."""
-        with self._lock:
-            self._catalogue = self._build(kind, hnsw, self._catalogue.stored)
+        with run_lock(self.run_dir, "rebuilding the index"):
+            self.refresh(now=True)
+            catalogue = self._build(kind, hnsw, self._catalogue.stored)
+            with self._lock:
+                self._catalogue = catalogue
 
     def _build(self, kind: str, hnsw: HnswSettings, keep: StoredIndex | None = None) -> Catalogue:
         """Embed the trained catalogue, index it with ``keep``'s added items, and commit it."""
@@ -217,6 +269,7 @@ class Recommender:
         cannot be answered (unknown keys, empty history, bad ``k``), the error itself.
         """
         results: list[list[tuple[str, float]] | IisanError] = [[] for _ in queries]
+        self.refresh()
         with self._lock:
             rows: list[tuple[int, list[int]]] = []
             for n, query in enumerate(queries):
@@ -273,30 +326,43 @@ class Recommender:
                 image; nothing is added then.
         """
         keys, texts, images = self._validate(items)
-        with self._lock:
+        taken = [key for key in keys if key in self.ids]
+        if taken:  # checked again under the lock, against what is committed then
+            raise InputError(f"already in the catalogue: {', '.join(map(repr, taken[:10]))}")
+        rows = self._embed_new(texts, images)  # outside every lock: queries and other writers go on
+        with run_lock(self.run_dir, "adding items"):
+            self.refresh(now=True)  # on top of whatever another process committed meanwhile
             now = self._catalogue
             taken = [key for key in keys if key in now.ids]
             if taken:
                 raise InputError(f"already in the catalogue: {', '.join(map(repr, taken[:10]))}")
-            live = self._live_source()
             ids = np.arange(len(now.keys), len(now.keys) + len(keys))
-            try:
-                features = live.content_features(ids, texts, images)
-            except (OSError, ValueError) as err:
-                raise InputError(f"cannot decode an image: {err}") from err
-            self.model.eval()
-            with torch.no_grad():
-                rows = self.model.catalogue_vectors(features.to(self.device)).cpu().numpy().astype(np.float32)
-            if not np.isfinite(rows).all():
-                raise NonFiniteError("the model gives non-finite embeddings for these items; nothing was added")
             table = pl.concat([now.stored.added, pl.DataFrame({"item_id": ids.astype(np.int64), "key": keys,
                                                                "text": [t or None for t in texts]})])
             stored = StoredIndex(now.stored.index.extended(rows), np.concatenate([now.stored.embeddings, rows]), table,
                                  base_generation=now.stored.generation)
             # On disk first: only a committed generation becomes what queries read.
             stored.generation = save_index(self.index_dir, stored, self.trained_items, self._weights)
-            self._catalogue = self._catalogue_of(stored)
+            catalogue = self._catalogue_of(stored)
+            with self._lock:
+                self._catalogue = catalogue
         return keys
+
+    def _embed_new(self, texts: list[str], images: list[bytes | None]) -> np.ndarray:
+        """The catalogue vectors of new items ``[n, width]``. Their final ids are not known
+        yet and need not be: any id past the trained catalogue gives the same vector (no id
+        offset, the cold prior), so the first free ids stand in."""
+        ids = np.arange(self.trained_items + 1, self.trained_items + 1 + len(texts))
+        try:
+            features = self._live_source().content_features(ids, texts, images)
+        except (OSError, ValueError) as err:
+            raise InputError(f"cannot decode an image: {err}") from err
+        self.model.eval()
+        with torch.no_grad():
+            rows = self.model.catalogue_vectors(features.to(self.device)).cpu().numpy().astype(np.float32)
+        if not np.isfinite(rows).all():
+            raise NonFiniteError("the model gives non-finite embeddings for these items; nothing was added")
+        return rows
 
     def health(self) -> dict[str, Any]:
         """``{"status": "ok" | "failing", "items": N, "index": kind, "problems": [...]}``: the

@@ -3,6 +3,7 @@ best checkpoint kept, resumable after a kill."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -35,6 +36,7 @@ from iisan.index import INDEX_DIR, ItemIndex, StoredIndex, save_index, weights_d
 from iisan.models.features import ItemFeatures
 from iisan.models.recommender import SequentialRecommender
 from iisan.progress import progress
+from iisan.runlock import LOCK_FILE, run_lock
 from iisan.training.calibrate import calibrate_blend
 from iisan.training.loss import candidate_softmax_loss, in_batch_softmax_loss, log_popularity, sampling_probabilities
 from iisan.training.schedule import lr_factor, remember_base_rates, set_rates
@@ -89,6 +91,13 @@ def train(
 def _train(dataset_dir: Path, run_dir: Path, config: TrainConfig, cache_dir, resume: bool, force: bool,
            tensorboard: bool, workers: Workers) -> dict[str, Any]:
     refuse_output_over_inputs(run_dir, {"dataset": dataset_dir, "cache": cache_dir})
+    # The writer (rank 0) holds the run's lock from before it empties the folder to the end.
+    with run_lock(run_dir, "iisan train") if workers.is_main else contextlib.nullcontext():
+        return _train_locked(dataset_dir, run_dir, config, cache_dir, resume, force, tensorboard, workers)
+
+
+def _train_locked(dataset_dir: Path, run_dir: Path, config: TrainConfig, cache_dir, resume: bool, force: bool,
+                  tensorboard: bool, workers: Workers) -> dict[str, Any]:
     if workers.is_main:
         _prepare_run_dir(run_dir, resume, force)
     else:
@@ -346,10 +355,12 @@ def _prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
         if not (run_dir / CONFIG_FILE).is_file():
             raise ConfigError(f"--resume: {run_dir} holds no run to continue")
         return
-    if run_dir.exists() and any(run_dir.iterdir()):
+    content = [p for p in run_dir.iterdir() if p.name != LOCK_FILE] if run_dir.exists() else []
+    if content:
         if not force:
             raise ConfigError(f"{run_dir} is not empty; pass --resume to continue that run or --force to replace it")
-        shutil.rmtree(run_dir)
+        for path in content:  # the lock file stays: this process holds it
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
