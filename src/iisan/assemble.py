@@ -5,15 +5,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from iisan.cache.store import HiddenStateCache
+from iisan.cache.store import HiddenStateCache, identity_changes
 from iisan.checkpoint import CATALOGUE_FILE, WEIGHTS_FILE, load_weights, read_run_config
 from iisan.config import TrainConfig
 from iisan.data.dataset import PreparedDataset
 from iisan.data.split import Splits, split_sequences
-from iisan.errors import ConfigError, DatasetError
+from iisan.errors import CacheMismatchError, ConfigError, DatasetError
 from iisan.features import CachedSource, FeatureSource, IdOnlySource
 from iisan.features.live import LiveSource, RawContentSource, load_encoders
 from iisan.methods import get_method
@@ -160,6 +161,25 @@ def load_trained(run_dir: str | Path, device: torch.device | str = "cpu") -> Tra
     return TrainedRun(config, model, items, entries, encoders)
 
 
+def require_trained_cache(saved: dict[str, Any], cache: HiddenStateCache | None, run_dir: Path,
+                          fix: str = "re-encode it with the run's settings (the left-hand values) or retrain") -> None:
+    """The cache holds the states the run was trained on: for every modality the run read, the
+    encoder, its weights, pooling, settings (token limits), precision and stored layers agree
+    with ``config.json`` (given the dataset, they decide the numbers).
+
+    Raises:
+        CacheMismatchError: one line naming the modality, each differing value (run -> cache),
+            and ``fix``.
+    """
+    if cache is None:
+        return
+    for modality, recorded in saved.get("encoders", {}).items():
+        changes = identity_changes(recorded, cache.entry(modality))
+        if changes:
+            raise CacheMismatchError(f"{cache.root} is not the cache {run_dir} was trained on ({modality}: "
+                                     f"{'; '.join(changes)}): {fix}")
+
+
 def assemble_run(run_dir: str | Path, mode: str | None = None, device: torch.device | str = "cpu") -> Assembled:
     """Rebuild a trained run from its directory and load its best weights, on ``device``."""
     run_dir = Path(run_dir)
@@ -169,6 +189,7 @@ def assemble_run(run_dir: str | Path, mode: str | None = None, device: torch.dev
         config = dataclasses.replace(config, mode=mode)
     layers = {m: tuple(v) for m, v in saved.get("layers", {}).items()} or None
     assembled = assemble(saved["dataset"], saved.get("cache"), config, device=device, layers=layers)
+    require_trained_cache(saved, assembled.cache, run_dir)
     load_weights(run_dir / WEIGHTS_FILE, assembled.model)  # loads onto the CPU model, then it moves
     assembled.model.to(device).eval()
     return assembled

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from iisan.cache.store import (
-    CACHE_VERSION, MANIFEST_FILE, MODALITIES, done_path, present_path, read_manifest, release_resident_pages,
-    states_path, write_manifest,
+    CACHE_VERSION, IDENTITY_KEYS, MANIFEST_FILE, MODALITIES, done_path, identity_changes, present_path, read_manifest,
+    release_resident_pages, states_path, write_manifest,
 )
 from iisan.config import EncodeConfig
 from iisan.data.dataset import PreparedDataset
@@ -38,10 +38,6 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_SECONDS = 2.0
 TOKENIZE_CHUNK = 10_000
-IDENTITY_KEYS = ("name", "weight_hash", "pooling", "num_layers", "hidden_size", "settings", "precision",
-                 "stored_layers")
-# What an entry written before a key existed meant: float32 encoders, every layer stored.
-IDENTITY_DEFAULTS = {"precision": "fp32", "stored_layers": None}
 
 
 def encode(
@@ -133,8 +129,8 @@ def _encode_modality(
         "stored_layers": list(stored) if len(stored) < encoder.num_layers + 1 else None,
     }
     entry = manifest["encoders"].get(modality)
-    if entry is not None and {k: entry.get(k, IDENTITY_DEFAULTS.get(k)) for k in IDENTITY_KEYS} != identity:
-        changed = [k for k in IDENTITY_KEYS if entry.get(k, IDENTITY_DEFAULTS.get(k)) != identity[k]]
+    changed = identity_changes(entry, identity) if entry is not None else []
+    if changed:
         raise CacheMismatchError(
             f"cache at {root} holds {modality} states from {entry['name']} with other "
             f"{', '.join(changed)}; rerun with --force to rebuild it"

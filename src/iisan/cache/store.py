@@ -55,9 +55,30 @@ def release_resident_pages(array: np.ndarray) -> None:
 
 
 REBUILD = "rebuild it with `iisan encode --force`"
+# What decides a modality's cached states, given the dataset: two entries that agree on these
+# hold the same numbers (the encoders are deterministic), so a run can check its cache is the one
+# it was trained on without hashing gigabytes.
+IDENTITY_KEYS = ("name", "weight_hash", "pooling", "num_layers", "hidden_size", "settings", "precision",
+                 "stored_layers")
+# What an entry written before a key existed meant: float32 encoders, every layer stored.
+IDENTITY_DEFAULTS = {"precision": "fp32", "stored_layers": None}
 MANIFEST_FIELDS = {"version": int, "dataset_fingerprint": str, "num_items": int, "encoders": dict}
 ENTRY_FIELDS = {"name": str, "weight_hash": str, "pooling": str, "num_layers": int, "hidden_size": int,
                 "settings": dict, "completed_rows": int}
+
+
+def identity_changes(recorded: dict[str, Any], found: dict[str, Any]) -> list[str]:
+    """The identity keys on which two manifest entries differ, each as ``key recorded -> found``."""
+    def value(entry, key):
+        return entry.get(key, IDENTITY_DEFAULTS.get(key))
+
+    return [f"{key} {_short(value(recorded, key))} -> {_short(value(found, key))}"
+            for key in IDENTITY_KEYS if value(recorded, key) != value(found, key)]
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
+    return text if len(text) <= 40 else text[:12] + "…"
 
 
 def read_manifest(root: Path) -> dict[str, Any] | None:

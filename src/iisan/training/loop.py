@@ -19,7 +19,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from iisan import __version__
-from iisan.assemble import Assembled, assemble
+from iisan.assemble import Assembled, assemble, require_trained_cache
 from iisan.checkpoint import (
     CATALOGUE_FILE, CONFIG_FILE, RESUME_DIR, RESUME_FIX, RUN_VERSION, WEIGHTS_FILE, append_metrics, load_optimizer, load_weights,
     read_run_config, resume_folder, save_optimizer, save_weights, trim_metrics,
@@ -369,6 +369,8 @@ def _check_resumable(run_dir: Path, parts: Assembled) -> None:
     saved = read_run_config(run_dir)
     if saved["dataset_fingerprint"] != parts.dataset.fingerprint:
         raise ConfigError(f"--resume: {run_dir} was trained on another dataset ({saved['dataset']})")
+    require_trained_cache(saved, parts.cache, run_dir,
+                          fix=f"resume with the cache it was trained on ({saved.get('cache')}) or start a new run")
     # Read through from_json, so options added since the run was written take their old meaning.
     before = {k: v for k, v in json.loads(json.dumps(TrainConfig.from_json(saved["train"]).to_json())).items()
               if k != "epochs"}
