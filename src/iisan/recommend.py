@@ -11,11 +11,9 @@ so they can be recommended (and used in histories) at once.
 
 from __future__ import annotations
 
-import io
 import logging
 import threading
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,11 +21,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 import torch
-from PIL import Image
 
 from iisan.assemble import Assembled, TrainedRun, assemble_run, load_trained
 from iisan.checkpoint import WEIGHTS_FILE
-from iisan.data.images import RefusedPath, check_relative, read_image_file
+from iisan.data.images import ImageRefused, RefusedPath, check_relative, open_image, read_image_file
 from iisan.data.text import clean_text
 from iisan.errors import CacheMismatchError, ConfigError, DatasetError, IisanError, InputError, NonFiniteError, UnknownItemError
 from iisan.evaluation.runner import item_embeddings
@@ -39,7 +36,6 @@ from iisan.runlock import run_lock
 log = logging.getLogger(__name__)
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
-MAX_IMAGE_PIXELS = 40_000_000
 RECALL_CHUNK = 128
 # How stale a query's catalogue may be against another process's commit: one small file
 # read per period, not per request.
@@ -464,18 +460,12 @@ def _image_bytes(image: Any, where: str) -> bytes | None:
         raise InputError(f"{where}: image must be bytes or a file path")
     if len(data) > MAX_IMAGE_BYTES:
         raise InputError(f"{where}: image is larger than {MAX_IMAGE_BYTES // 2**20} MiB")
-    # Read the header only: a small file can declare a huge canvas (a decompression bomb).
+    # The header only: a small file can declare a huge canvas (a decompression bomb).
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we enforce our own limit
-            with Image.open(io.BytesIO(data)) as probe:
-                width, height = probe.size
-    except Image.UnidentifiedImageError:  # its message names a memory address
-        raise InputError(f"{where}: not an image in a format iisan reads (JPEG, PNG, WebP)") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise InputError(f"{where}: not a readable image ({err})") from err
-    if width * height > MAX_IMAGE_PIXELS:
-        raise InputError(f"{where}: image of {width}x{height} pixels exceeds the {MAX_IMAGE_PIXELS:,}-pixel limit")
+        with open_image(data):
+            pass
+    except ImageRefused as err:
+        raise InputError(f"{where}: {err}") from None
     return data
 
 

@@ -14,14 +14,18 @@ import asyncio
 import base64
 import binascii
 import hmac
+import json
+import logging
 import queue
 import threading
 import time
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from iisan.errors import ConfigError, IisanError, InputError, StorageError, UnknownItemError
+from iisan.errors import ConfigError, IisanError, InputError, RunBusyError, StorageError, UnknownItemError
 from iisan.recommend import Query
+
+log = logging.getLogger(__name__)
 
 MAX_K = 1000
 
@@ -108,6 +112,7 @@ def create_app(recommender, token: str | None = None, limits: Limits = Limits())
 
     app = FastAPI(title="iisan", summary="Next-item recommendation with IISAN.",
                   description="Recommend the next items for a history of item keys; add new items without retraining.")
+    app.add_middleware(InternalErrors)  # innermost of ours: Measure still counts its 500s
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
     app.add_middleware(Measure, requests=requests, latency=latency)
 
@@ -134,12 +139,13 @@ def create_app(recommender, token: str | None = None, limits: Limits = Limits())
 
     @app.exception_handler(IisanError)
     async def library_error(_: Request, exc: IisanError) -> JSONResponse:
-        # A failed write is the server's trouble, not the request's: 503, and the catalogue is unchanged.
-        return error(503 if isinstance(exc, StorageError) else 422, str(exc))
-
-    @app.exception_handler(Exception)
-    async def internal(_: Request, exc: Exception) -> JSONResponse:  # a bug of ours: no traceback to the client
-        return error(500, f"internal error: {type(exc).__name__}")
+        # A failed write (disk full) or another writer holding the run is the server's trouble,
+        # not the request's: 503, the catalogue unchanged, and the request can be retried.
+        if isinstance(exc, (StorageError, RunBusyError)):
+            response = error(503, str(exc))
+            response.headers["Retry-After"] = "5"
+            return response
+        return error(422, str(exc))
 
     def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
         if token is None:
@@ -283,6 +289,37 @@ class Measure:
             self.latency.labels(route).observe(time.perf_counter() - start)
 
 
+class InternalErrors:
+    """ASGI middleware: an unexpected exception (a bug of ours) becomes a 500 with a JSON
+    error and no traceback, and the connection stays open. (Starlette's own handler for
+    ``Exception`` answers, then re-raises, and the server drops the keep-alive connection.)"""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as err:
+            if started:  # half an answer is out: only closing the connection can end it
+                raise
+            log.exception("internal error answering %s %s", scope.get("method"), scope.get("path"))
+            body = json.dumps({"error": f"internal error: {type(err).__name__}"}).encode()
+            await send({"type": "http.response.start", "status": 500,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+
+
 class BodyLimit:
     """ASGI middleware: answer 413 for a body over ``max_bytes``, declared or streamed
     (chunked), before anything parses it.
@@ -318,8 +355,6 @@ class BodyLimit:
         await self.app(scope, _replay([{"type": "http.request", "body": bytes(body), "more_body": False}], receive), send)
 
     async def _reject(self, send) -> None:
-        import json
-
         body = json.dumps({"error": f"request body over {self.max_bytes:,} bytes"}).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})

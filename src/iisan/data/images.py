@@ -13,8 +13,9 @@ import io
 import os
 import stat
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -27,9 +28,58 @@ from iisan.progress import progress
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 MAX_IMAGE_BYTES = 50 * 2**20  # far above any product photo; a bound on what one file may cost
-# Images above this many pixels are refused rather than decoded (decompression bombs).
-MAX_IMAGE_PIXELS = 64_000_000
+# What an image may declare in its header, checked before a pixel is decoded: a few kilobytes
+# can declare gigabytes (decompression bombs). 25 M pixels is a 6000 x 4000 camera photo;
+# the side and aspect bounds stop strips such as 40,000,000 x 1, which overflow decoders.
+MAX_IMAGE_PIXELS = 25_000_000
+MAX_IMAGE_SIDE = 12_000
+MAX_ASPECT_RATIO = 25
+# The formats read, by Pillow's names; anything else (TIFF, SVG, ...) is refused unopened.
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
+FORMATS_READ = "JPEG, PNG, WebP, GIF or BMP"
 _FORMAT_SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp"}
+
+
+class ImageRefused(ValueError):
+    """Bytes that are not decoded: not an image of a format read, or over the size bounds."""
+
+
+def bounds_problem(width: int, height: int) -> str | None:
+    """Why an image of ``width x height`` is refused, or ``None``."""
+    if width < 1 or height < 1:
+        return f"an image of {width}x{height} pixels is empty"
+    if max(width, height) > MAX_IMAGE_SIDE:
+        return f"an image of {width}x{height} pixels exceeds the {MAX_IMAGE_SIDE:,}-pixel limit on a side"
+    if width * height > MAX_IMAGE_PIXELS:
+        return f"an image of {width}x{height} pixels exceeds the {MAX_IMAGE_PIXELS:,}-pixel limit"
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        return f"an image of {width}x{height} pixels is longer than {MAX_ASPECT_RATIO}:1"
+    return None
+
+
+@contextmanager
+def open_image(data: bytes) -> Iterator[Image.Image]:
+    """The image in ``data``, opened from its header only (nothing decoded yet), checked for
+    format and size: the one door every image (dataset, new item, encoder) goes through.
+
+    Raises:
+        ImageRefused: one line saying why.
+    """
+    if data[:1] == b"\x80":
+        raise ImageRefused("value looks pickled; only encoded image bytes are read (nothing is unpickled)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our bounds are lower
+            image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+    except Image.UnidentifiedImageError:  # its message names a memory address
+        raise ImageRefused(f"not an image in a format iisan reads ({FORMATS_READ})") from None
+    except (OSError, SyntaxError, ValueError, OverflowError, Image.DecompressionBombError) as err:
+        raise ImageRefused(f"cannot read the image header ({type(err).__name__}: {err})") from None
+    with image:
+        problem = bounds_problem(*image.size)
+        if problem:
+            raise ImageRefused(problem)
+        yield image
 
 
 class RefusedPath(Exception):
@@ -218,21 +268,14 @@ def materialise_images(
 
 def _check_image(data: bytes) -> tuple[str | None, str]:
     """Return ``(format, "")`` if the bytes decode as an image, else ``(None, reason)``."""
-    if data[:1] == b"\x80":
-        return None, "value looks pickled; only encoded image bytes are read (nothing is unpickled)"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                if image.width * image.height > MAX_IMAGE_PIXELS:
-                    return None, f"{image.width}x{image.height} pixels is over the limit"
-                fmt = image.format or "unknown"
-                image.load()  # full decode: truncated files fail here, not at encode time
+        with open_image(data) as image:
+            fmt = image.format or "unknown"
+            image.load()  # full decode: truncated files fail here, not at encode time
         return fmt, ""
-    except Image.UnidentifiedImageError:
-        return None, "not an image in a format iisan reads (JPEG, PNG, WebP, GIF, BMP)"
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as err:
+    except ImageRefused as err:
+        return None, str(err)
+    except (OSError, SyntaxError, ValueError, OverflowError, MemoryError) as err:
         return None, f"cannot decode image ({type(err).__name__}: {err})"
 
 

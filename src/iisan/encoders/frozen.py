@@ -8,7 +8,6 @@ encoder is pooled the way it was trained: see :func:`default_pooling`.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from iisan.data.images import open_image
 from iisan.devices import autocast_to
 from iisan.encoders.onnx_dinov2 import IMAGENET_MEAN, IMAGENET_STD
 from iisan.encoders.registry import EncoderLoadError, Modality, resolve, weights_hash
@@ -166,7 +166,7 @@ def crop_image(data: bytes, image_size: int) -> np.ndarray:
         OSError, ValueError: the bytes are not a decodable image.
     """
     short_side = round(image_size * 256 / 224)  # DINOv2/ImageNet evaluation ratio
-    with Image.open(io.BytesIO(data)) as image:
+    with open_image(data) as image:  # bounded before decoding, whoever vetted the bytes
         image.draft("RGB", (short_side, short_side))  # JPEG: decode at reduced size when possible
         image = image.convert("RGB")
         scale = short_side / min(image.size)
