@@ -123,7 +123,7 @@ def test_image_preprocessing_and_states(tiny_image):
     assert np.allclose(pixels[0], expected_red, atol=1e-5)
     states = tiny_image.pooled_hidden_states({"pixel_values": torch.from_numpy(pixels[None])}, "cls")
     assert states.shape == (1, tiny_image.num_layers + 1, tiny_image.hidden_size)
-    with pytest.raises(OSError):
+    with pytest.raises(ValueError, match="not an image in a format iisan reads"):
         tiny_image.preprocess_image(b"not an image", 32)
 
 
