@@ -837,11 +837,10 @@ def items_add(
 
       iisan items add runs/sci-iisan new.jsonl
     """
-    from iisan.recommend import Recommender, read_new_items
+    from iisan.recommend import Recommender, iter_new_items
 
-    items = read_new_items(file, allow_outside_paths)
     recommender = Recommender.load(run, device=device.value)
-    keys = recommender.add_items(items)
+    keys = recommender.add_items(iter_new_items(file, allow_outside_paths))  # streamed, committed at the end
     result = {"added": len(keys), "items": recommender.num_items, "keys": keys}
     if as_json:
         _print_json(result)

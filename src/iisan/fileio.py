@@ -176,6 +176,23 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         work.rename(path)
 
 
+# Byte-order marks, longest first (UTF-32 LE starts like UTF-16 LE), and the codec that reads
+# past them; without one, text is UTF-8.
+_BOMS = ((b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"), (b"\xef\xbb\xbf", "utf-8-sig"),
+         (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
+
+
+def text_encoding(path: str | os.PathLike[str]) -> str:
+    """The codec for a text file: from its byte-order mark (UTF-8, UTF-16, UTF-32), else UTF-8.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    return next((codec for bom, codec in _BOMS if head.startswith(bom)), "utf-8")
+
+
 def refuse_output_over_inputs(out_dir: str | os.PathLike[str], inputs: dict[str, Any]) -> None:
     """Refuse an output folder that is, contains or lies inside one of the command's
     ``inputs`` (name -> path, ``None`` skipped): replacing it, as ``--force`` and atomic

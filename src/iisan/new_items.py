@@ -30,7 +30,6 @@ from iisan.evaluation.runner import target_ranks
 from iisan.fileio import read_json_object, write_json_atomic
 from iisan.recommend import Recommender
 
-ADD_BATCH = 256  # new items embedded and committed at a time, so memory stays bounded
 METRICS_KEY = "cold_start"
 
 
@@ -59,8 +58,7 @@ def evaluate_cold_start(run_dir: str | Path, ks: tuple[int, ...] = EVAL_KS, devi
         recommender = Recommender.load(copy, device=device)
         rows = [{"key": key, "text": text, "image": dataset.root / image if image else None}
                 for key, text, image in new_items.iter_rows()]
-        for first in range(0, len(rows), ADD_BATCH):
-            recommender.add_items(rows[first : first + ADD_BATCH])
+        recommender.add_items(rows)  # embedded a batch at a time, committed once
         split = _split(users, recommender.ids, recommender.max_seq_len)
         catalogue = recommender.embeddings.to(recommender.device)
         ranks = target_ranks(recommender.model, catalogue, split, batch_size)

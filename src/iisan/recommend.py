@@ -11,9 +11,12 @@ so they can be recommended (and used in histories) at once.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,7 @@ from iisan.data.text import clean_text
 from iisan.errors import CacheMismatchError, ConfigError, DatasetError, IisanError, InputError, NonFiniteError, UnknownItemError
 from iisan.evaluation.runner import item_embeddings
 from iisan.features.live import RawContentSource
+from iisan.fileio import text_encoding
 from iisan.index import (INDEX_DIR, HnswSettings, ItemIndex, StoredIndex, committed_generation, load_index, save_index,
                          weights_digest)
 from iisan.runlock import run_lock
@@ -40,6 +44,8 @@ RECALL_CHUNK = 128
 # How stale a query's catalogue may be against another process's commit: one small file
 # read per period, not per request.
 REFRESH_SECONDS = 2.0
+# New items embedded at once: bounds the images and encoder states held, whatever the file's length.
+ADD_BATCH = 256
 READ_TRIES = 5
 
 
@@ -307,12 +313,17 @@ class Recommender:
             raise result
         return result
 
-    def add_items(self, items: list[dict[str, Any]]) -> list[str]:
+    def add_items(self, items: Iterable[dict[str, Any]], batch_size: int = ADD_BATCH) -> list[str]:
         """Embed new items from their content and add them to the catalogue, persisted.
 
         Each item is ``{"key": str, "text": str | None, "image": bytes | str | Path | None}``
         (an image as encoded bytes or a file path). The item needs the content the model
         reads: text for a text model, text or an image for a multimodal one.
+
+        ``items`` may be any iterable (a generator reading a file, :func:`iter_new_items`):
+        it is read and embedded ``batch_size`` items at a time, and only each item's
+        vector, key and text are kept, so memory does not grow with images or states. All
+        of them are committed together at the end, as one generation.
 
         Returns:
             the added keys.
@@ -321,17 +332,39 @@ class Recommender:
             InputError: a malformed item, a key already in the catalogue, an unreadable
                 image; nothing is added then.
         """
-        keys, texts, images = self._validate(items)
+        keys: list[str] = []
+        texts: list[str] = []
+        rows: list[np.ndarray] = []
+        batch: list[dict[str, Any]] = []
+        for item in itertools.chain(items, [None]):
+            if item is not None:
+                batch.append(item)
+            if batch and (item is None or len(batch) == batch_size):
+                batch_keys, batch_texts, images = self._validate(batch, first=len(keys) + 1)
+                keys += batch_keys
+                texts += batch_texts
+                self._refuse_taken(keys)
+                rows.append(self._embed_new(batch_texts, images))  # outside every lock
+                batch = []
+        if not keys:
+            raise InputError("no items to add")
+        return self._commit_new(keys, texts, np.concatenate(rows))
+
+    def _refuse_taken(self, keys: list[str]) -> None:
+        """Checked per batch (fail early) and again under the lock, against what is committed then."""
+        duplicates = sorted({key for key, count in Counter(keys).items() if count > 1})
+        if duplicates:
+            raise InputError(f"keys given twice: {', '.join(map(repr, duplicates[:10]))}")
         taken = [key for key in keys if key in self.ids]
-        if taken:  # checked again under the lock, against what is committed then
+        if taken:
             raise InputError(f"already in the catalogue: {', '.join(map(repr, taken[:10]))}")
-        rows = self._embed_new(texts, images)  # outside every lock: queries and other writers go on
+
+    def _commit_new(self, keys: list[str], texts: list[str], rows: np.ndarray) -> list[str]:
+        """Append embedded new items to the catalogue committed on disk, as one generation."""
         with run_lock(self.run_dir, "adding items"):
             self.refresh(now=True)  # on top of whatever another process committed meanwhile
+            self._refuse_taken(keys)
             now = self._catalogue
-            taken = [key for key in keys if key in now.ids]
-            if taken:
-                raise InputError(f"already in the catalogue: {', '.join(map(repr, taken[:10]))}")
             ids = np.arange(len(now.keys), len(now.keys) + len(keys))
             table = pl.concat([now.stored.added, pl.DataFrame({"item_id": ids.astype(np.int64), "key": keys,
                                                                "text": [t or None for t in texts]})])
@@ -394,14 +427,13 @@ class Recommender:
         return {"index": self.index.kind, "items": self.num_items, "queries": len(rows), "k": k,
                 f"recall@{k}": round(hits / (len(rows) * k), 4)}
 
-    def _validate(self, items: list[dict[str, Any]]) -> tuple[list[str], list[str], list[bytes | None]]:
+    def _validate(self, items: list[dict[str, Any]], first: int = 1) -> tuple[list[str], list[str], list[bytes | None]]:
+        """Keys, cleaned texts and image bytes of ``items`` (numbered from ``first`` in errors)."""
         layers = self.model.layers
         if not layers:
             raise InputError("this run's items are ids without content (method id): new items cannot be embedded")
-        if not items:
-            raise InputError("no items to add")
         keys, texts, images = [], [], []
-        for n, item in enumerate(items, start=1):
+        for n, item in enumerate(items, start=first):
             where = f"item {n}"
             if not isinstance(item, dict):
                 raise InputError(f"{where}: expected an object with key, text and image")
@@ -424,9 +456,6 @@ class Recommender:
             keys.append(key.strip())
             texts.append(text if text is not None else "")  # as the cache: an item without text reads ""
             images.append(data)
-        duplicates = {key for key in keys if keys.count(key) > 1}
-        if duplicates:
-            raise InputError(f"keys given twice: {', '.join(map(repr, sorted(duplicates)))}")
         return keys, texts, images
 
     def _live_source(self):
@@ -470,8 +499,14 @@ def _image_bytes(image: Any, where: str) -> bytes | None:
 
 
 def read_new_items(path: str | Path, allow_outside_paths: bool = False) -> list[dict[str, Any]]:
+    """Every item of :func:`iter_new_items`, as a list (images read into memory)."""
+    return list(iter_new_items(path, allow_outside_paths))
+
+
+def iter_new_items(path: str | Path, allow_outside_paths: bool = False) -> Iterator[dict[str, Any]]:
     """Items to add from a JSON Lines file: ``{"key": ..., "text": ..., "image": ...}`` per
-    line, ``image`` a path relative to the file's folder. Blank lines are skipped.
+    line, ``image`` a path relative to the file's folder. Blank lines are skipped. Read
+    line by line, each image when its line is reached: memory does not grow with the file.
 
     Unless ``allow_outside_paths``, an image path that is absolute, climbs with ``..`` or is
     a symlink leading out of the file's folder is refused.
@@ -483,12 +518,7 @@ def read_new_items(path: str | Path, allow_outside_paths: bool = False) -> list[
     import json
 
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"cannot read {path}: {err}") from err
-    items = []
-    for number, line in enumerate(lines, start=1):
+    for number, line in enumerate(_text_lines(path), start=1):
         if not line.strip():
             continue
         try:
@@ -505,5 +535,21 @@ def read_new_items(path: str | Path, allow_outside_paths: bool = False) -> list[
                 raise InputError(f"{path}:{number}: {err}") from None
             except OSError as err:
                 raise InputError(f"{path}:{number}: cannot read image {item['image']}: {err.strerror or err}") from None
-        items.append(item)
-    return items
+        yield item
+
+
+def _text_lines(path: Path) -> Iterator[str]:
+    """The lines of a text file, one at a time: UTF-8, or UTF-16 / UTF-32 with a byte-order mark.
+
+    Raises:
+        InputError: the file cannot be opened, or is not text in those encodings (naming the line).
+    """
+    number = 0
+    try:
+        with open(path, encoding=text_encoding(path), newline=None) as handle:
+            for number, line in enumerate(handle, start=1):  # noqa: B007 - read in the except
+                yield line.rstrip("\n")
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path}:{number + 1}: not UTF-8 text ({err.reason}); save it as UTF-8") from None
+    except OSError as err:
+        raise InputError(f"cannot read {path}: {err.strerror or err}") from err

@@ -23,6 +23,7 @@ from iisan.data.images import DirectoryImages, PathImages
 from iisan.data.problems import Problems
 from iisan.data.sources.common import chronological, drop_missing, require_file
 from iisan.errors import InputError
+from iisan.fileio import text_encoding
 
 SUFFIXES = (".csv", ".tsv", ".parquet", ".csv.gz", ".tsv.gz")
 
@@ -111,6 +112,8 @@ def _read_table(path: Path, problems: Problems, string_columns: list[str]) -> pl
             problems.add("empty_file", path.name, None, f"{path} has no header or rows")
             return pl.DataFrame({"line": pl.Series([], dtype=pl.Int64)})
         raise InputError(f"cannot parse {path}: {_first_line(err)}") from err
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path} is not {text_encoding(path).upper()} text ({err.reason}); save it as UTF-8") from None
     except OSError as err:
         raise InputError(f"cannot read {path}: {err}") from err
     problems.add_many("wrong_column_count", path.name, bad_examples, count=len(bad_lines))
@@ -132,9 +135,11 @@ def _parse_csv(
             bad_examples.append((row.number, f"expected {row.expected_columns} columns, found {row.actual_columns}"))
         return "skip"
 
+    encoding = text_encoding(path)  # UTF-16 / UTF-32 with a byte-order mark are transcoded
     table = pacsv.read_csv(
         path,
-        read_options=pacsv.ReadOptions(block_size=64 << 20, use_threads=use_threads),
+        read_options=pacsv.ReadOptions(block_size=64 << 20, use_threads=use_threads,
+                                       encoding="utf8" if encoding.startswith("utf-8") else encoding),
         parse_options=pacsv.ParseOptions(
             delimiter="\t" if ".tsv" in path.name else ",", invalid_row_handler=on_invalid_row
         ),
