@@ -24,7 +24,8 @@ import torch
 from safetensors.torch import save_file
 
 from iisan.errors import DatasetError
-from iisan.fileio import crash_point, current_generation, load_tensors, read_json_object, require_fields, write_atomic, write_bytes_atomic, write_json_atomic
+from iisan.fileio import (crash_point, current_generation, load_tensors, read_json_object, require_fields, storage_errors,
+                          write_atomic, write_bytes_atomic, write_json_atomic)
 
 RUN_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -123,7 +124,7 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
 
 
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
-    with open(run_dir / METRICS_LOG, "a", encoding="utf-8") as handle:
+    with storage_errors(run_dir / METRICS_LOG), open(run_dir / METRICS_LOG, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(record, allow_nan=False) + "\n")
     crash_point()
 

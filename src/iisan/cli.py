@@ -31,6 +31,7 @@ from iisan.config import (
 )
 from iisan.efficiency import DEFAULT_METHODS as EFFICIENCY_METHODS
 from iisan.errors import ConfigError, IisanError
+from iisan.fileio import storage_failure
 from iisan.methods import get_method
 from iisan.threads import THREADS_ENV, use_threads
 
@@ -167,6 +168,10 @@ def handles_errors(fn: F) -> F:
         except Exception as err:  # last resort: never show a user a traceback
             if debug:
                 raise
+            failure = storage_failure(err, getattr(err, "filename", None) or "the output")
+            if failure is not None:  # a full disk where no write site named its path
+                stderr.print(f"[bold red]error:[/] {escape(str(failure))}", highlight=False, soft_wrap=True)
+                raise typer.Exit(2) from None
             stderr.print(
                 f"[bold red]internal error:[/] {type(err).__name__}: {escape(str(err))}\n"
                 "This is a bug in iisan; rerun with IISAN_DEBUG=1 for the traceback and report it.",

@@ -12,6 +12,7 @@ instead, so a sweep over every N can run in one process.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -22,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from iisan.errors import ConfigError, DatasetError
+from iisan.errors import ConfigError, DatasetError, StorageError
 
 
 @contextmanager
@@ -46,7 +47,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
         raise
     fsync_file(path.parent)  # the rename itself
-    crash_point()
+    crash_point(writes=False)
 
 
 GENERATION = re.compile(r"gen-(\d{6})")
@@ -67,16 +68,22 @@ def commit_generation(folder: Path, pointer: str, write: Callable[[Path, str | N
     name = f"gen-{max(numbers, default=0) + 1:06d}"
     current = current_generation(folder, pointer)
     work = folder / name
-    work.mkdir()
-    crash_point()
-    write(work, current)
-    for path in [*work.iterdir(), work]:
-        fsync_file(path)  # every byte on disk before the pointer names the generation
-    write_json_atomic(folder / pointer, {**content, "generation": name})
+    try:
+        with storage_errors(folder):
+            work.mkdir()
+            crash_point()
+            write(work, current)
+            for path in [*work.iterdir(), work]:
+                fsync_file(path)  # every byte on disk before the pointer names the generation
+            write_json_atomic(folder / pointer, {**content, "generation": name})
+    except StorageError:
+        if current_generation(folder, pointer) != name:  # not committed: the half-written folder goes
+            shutil.rmtree(work, ignore_errors=True)
+        raise
     for path in folder.iterdir():  # best effort: what is left goes with the next commit
         if path.name in (name, pointer):
             continue
-        crash_point()
+        crash_point(writes=False)
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
         else:
@@ -93,9 +100,70 @@ def current_generation(folder: Path, pointer: str) -> str | None:
     return name if isinstance(name, str) and GENERATION.fullmatch(name) and (folder / name).is_dir() else None
 
 
+# Write failures that are the storage's, not a bug: the disk or quota is full, the device
+# failed. They become one line naming the path (StorageError), never a traceback.
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG}
+# The same failures reported by libraries that wrap the OS error in their own exception type
+# (safetensors: "No space left on device (os error 28)"; polars and pyarrow alike).
+_STORAGE_MESSAGES = ((f"(os error {errno.ENOSPC})", errno.ENOSPC), ("No space left on device", errno.ENOSPC),
+                     (f"(os error {errno.EDQUOT})", errno.EDQUOT), (f"(os error {errno.EIO})", errno.EIO),
+                     ("Input/output error", errno.EIO))
+
+
+def storage_failure(err: BaseException, path: str | os.PathLike[str], needed: int | None = None) -> StorageError | None:
+    """The :class:`StorageError` for a write to ``path`` that failed for want of space or by a
+    device error, naming the free space there (and ``needed`` bytes when known); ``None``
+    for any other failure."""
+    code = getattr(err, "errno", None)
+    if code not in STORAGE_ERRNOS:
+        text = str(err)
+        code = next((number for needle, number in _STORAGE_MESSAGES if needle in text), None)
+        if code is None:
+            return None
+    space = f"{_size(free_bytes(path))} free there"
+    if needed is not None:
+        space += f", {_size(needed)} needed"
+    return StorageError(f"cannot write {path}: {os.strerror(code).lower()} ({space}); "
+                        "free some space or write elsewhere, then run it again (nothing was changed)")
+
+
+@contextmanager
+def storage_errors(path: str | os.PathLike[str], needed: int | None = None) -> Iterator[None]:
+    """Turn a full disk or a device error inside the block into a :class:`StorageError` naming ``path``."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except Exception as err:
+        failure = storage_failure(err, path, needed)
+        if failure is None:
+            raise
+        raise failure from err
+
+
+def free_bytes(path: str | os.PathLike[str]) -> int:
+    """Free bytes on the filesystem that holds ``path`` (or its nearest existing parent)."""
+    folder = Path(path).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 0
+
+
+def _size(count: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if count < 1000 or unit == "GB":
+            return f"{count:,} {unit}" if unit == "bytes" else f"{count:,.1f} {unit}"
+        count /= 1000
+    return f"{count:,.1f} TB"
+
+
 CRASH_ENV = "IISAN_CRASH_AFTER"
 CRASH_EXIT_CODE = 86
 crash_points_passed = 0  # tests that simulate crashes in-process reset it
+disk_full_raised = False  # whether the simulated full disk (IISAN_CRASH_MODE=enospc) failed a write
 
 
 class SimulatedCrash(BaseException):
@@ -103,16 +171,24 @@ class SimulatedCrash(BaseException):
     point in-process (fast), where the default mode exits the process (faithful)."""
 
 
-def crash_point() -> None:
-    """A place where a crash must leave loadable state; stops here when the test hook says so."""
-    global crash_points_passed
+def crash_point(writes: bool = True) -> None:
+    """A place where a crash must leave loadable state; stops here when the test hook says so.
+    ``writes``: a write step ends here, so a full disk (``IISAN_CRASH_MODE=enospc``) can too;
+    False after a commit, when only renames and deletions follow."""
+    global crash_points_passed, disk_full_raised
     limit = os.environ.get(CRASH_ENV)
     if not limit:
         return
     crash_points_passed += 1
     if crash_points_passed >= int(limit):
-        if os.environ.get("IISAN_CRASH_MODE") == "raise":
+        mode = os.environ.get("IISAN_CRASH_MODE")
+        if mode == "raise":
             raise SimulatedCrash(crash_points_passed)
+        if mode == "enospc":  # the disk is full from here on: the next write step fails as the OS says
+            if writes and not disk_full_raised:
+                disk_full_raised = True
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return
         os._exit(CRASH_EXIT_CODE)  # like kill -9: no exception, no cleanup
 
 
@@ -134,13 +210,17 @@ def _umask() -> int:
 
 
 def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp_path)`` and move the result onto ``path`` atomically."""
-    with atomic_path(path) as tmp:
+    """Call ``write(tmp_path)`` and move the result onto ``path`` atomically.
+
+    Raises:
+        StorageError: the disk is full (or failed); ``path`` is as it was.
+    """
+    with storage_errors(path), atomic_path(path) as tmp:
         write(tmp)
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    with atomic_path(path) as tmp:
+    with storage_errors(path, len(data)), atomic_path(path) as tmp:
         tmp.write_bytes(data)
 
 
@@ -163,8 +243,11 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     work.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
     try:
         yield work
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(work, ignore_errors=True)
+        failure = storage_failure(err, path) if isinstance(err, Exception) else None
+        if failure is not None:
+            raise failure from err
         raise
     if path.exists():
         old = path.with_name(f".{path.name}.old")

@@ -233,7 +233,9 @@ def save_index(folder: Path, stored: StoredIndex, trained_items: int, weights: s
             "version": INDEX_VERSION, "kind": index.kind, "dim": index.dim, "items": trained_items,
             "added": len(extra), "hnsw": vars(index.hnsw) if index.kind == "hnsw" else None, "weights": weights,
         })
-    except OSError as err:
+    except StorageError as err:
+        raise StorageError(f"{err}; the index still holds the previous items") from err
+    except OSError as err:  # permissions and the like
         raise StorageError(f"cannot write the index in {folder} ({err.strerror or err}); "
                            "nothing changed: it still holds the previous items") from err
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from iisan.errors import ConfigError, IisanError, InputError, RunBusyError, StorageError, UnknownItemError
+from iisan.fileio import storage_failure
 from iisan.recommend import Query
 
 log = logging.getLogger(__name__)
@@ -313,10 +314,16 @@ class InternalErrors:
         except Exception as err:
             if started:  # half an answer is out: only closing the connection can end it
                 raise
-            log.exception("internal error answering %s %s", scope.get("method"), scope.get("path"))
-            body = json.dumps({"error": f"internal error: {type(err).__name__}"}).encode()
-            await send({"type": "http.response.start", "status": 500,
-                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+            failure = storage_failure(err, getattr(err, "filename", None) or "the run folder")
+            if failure is not None:  # the disk's trouble, not a bug: retry later
+                status, message, headers = 503, str(failure), [(b"retry-after", b"5")]
+            else:
+                log.exception("internal error answering %s %s", scope.get("method"), scope.get("path"))
+                status, message, headers = 500, f"internal error: {type(err).__name__}", []
+            body = json.dumps({"error": message}).encode()
+            await send({"type": "http.response.start", "status": status,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                    *headers]})
             await send({"type": "http.response.body", "body": body})
 
 

@@ -10,7 +10,9 @@ the data and flags it counts have been flushed, so it never claims a row that is
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import shutil
 import time
 from collections import deque
@@ -30,8 +32,8 @@ from iisan.data.dataset import PreparedDataset
 from iisan.data.problems import Problems
 from iisan.devices import compute_dtype, pick_device, precision_name
 from iisan.encoders.frozen import FrozenEncoder
-from iisan.errors import CacheMismatchError, ConfigError, NonFiniteError
-from iisan.fileio import check_replaceable, refuse_output_over_inputs
+from iisan.errors import CacheMismatchError, ConfigError, NonFiniteError, StorageError
+from iisan.fileio import check_replaceable, crash_point, refuse_output_over_inputs, storage_errors
 from iisan.progress import progress
 
 log = logging.getLogger(__name__)
@@ -135,12 +137,12 @@ def _encode_modality(
             f"cache at {root} holds {modality} states from {entry['name']} with other "
             f"{', '.join(changed)}; rerun with --force to rebuild it"
         )
-    arrays = _open_arrays(root, modality, dataset.num_items, (len(stored), encoder.hidden_size), entry is None)
-    if entry is None:
+    new = entry is None
+    if new:  # the manifest first: a folder with arrays but no manifest would not be ours to resume
         entry = {**identity, "file": states_path(root, modality).name, "completed_rows": 1}
         manifest["encoders"][modality] = entry
         write_manifest(root, manifest)
-    states, done, present = arrays
+    states, done, present = _open_arrays(root, modality, dataset.num_items, (len(stored), encoder.hidden_size), new)
 
     if modality == "text":
         batches, prepare = _text_batches(dataset, encoder, config, item_range)
@@ -225,14 +227,42 @@ def stored_layers(requested: tuple[int, ...] | None, num_layers: int, modality: 
     return tuple(sorted(set(requested) | {num_layers}))
 
 
+def new_array(path: Path, dtype, shape: tuple[int, ...]) -> np.memmap:
+    """A zeroed ``.npy`` array memory-mapped for writing, its disk blocks allocated up front:
+    a memory map over a sparse file dies with SIGBUS when the disk fills, where this raises
+    a :class:`StorageError` before anything is encoded.
+
+    Raises:
+        StorageError: the disk cannot hold it (naming the size needed and the space free).
+    """
+    needed = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    with storage_errors(path, needed):
+        array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+        descriptor = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(descriptor, 0, path.stat().st_size)
+        except OSError as err:
+            if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a filesystem without it: as before
+                raise
+        finally:
+            os.close(descriptor)
+        crash_point()
+    return array
+
+
 def _open_arrays(root: Path, modality: str, num_items: int, shape_per_item: tuple[int, int], new: bool):
     paths = states_path(root, modality), done_path(root, modality), present_path(root, modality)
     if not new and all(p.exists() for p in paths):
         return tuple(np.load(p, mmap_mode="r+", allow_pickle=False) for p in paths)
     shape = (num_items + 1, *shape_per_item)
-    states = np.lib.format.open_memmap(paths[0], mode="w+", dtype=np.float16, shape=shape)
-    done = np.lib.format.open_memmap(paths[1], mode="w+", dtype=np.uint8, shape=(num_items + 1,))
-    present = np.lib.format.open_memmap(paths[2], mode="w+", dtype=np.uint8, shape=(num_items + 1,))
+    try:
+        states = new_array(paths[0], np.float16, shape)
+        done = new_array(paths[1], np.uint8, (num_items + 1,))
+        present = new_array(paths[2], np.uint8, (num_items + 1,))
+    except StorageError:
+        for path in paths:  # no manifest names them yet: a rerun starts from a clean folder
+            path.unlink(missing_ok=True)
+        raise
     done[0] = 1  # row 0 is padding: zeros, absent, and never encoded
     return states, done, present
 
@@ -369,9 +399,9 @@ def merge_shards(dataset_dir: str | Path, cache_dir: str | Path) -> dict[str, An
     manifest["encoders"], manifest["problems"] = {}, {}
     for modality, entry in first_manifest["encoders"].items():
         shape = np.load(states_path(found[1][0], modality), mmap_mode="r", allow_pickle=False).shape
-        states = np.lib.format.open_memmap(states_path(root, modality), mode="w+", dtype=np.float16, shape=shape)
-        done = np.lib.format.open_memmap(done_path(root, modality), mode="w+", dtype=np.uint8, shape=shape[:1])
-        present = np.lib.format.open_memmap(present_path(root, modality), mode="w+", dtype=np.uint8, shape=shape[:1])
+        states = new_array(states_path(root, modality), np.float16, shape)
+        done = new_array(done_path(root, modality), np.uint8, shape[:1])
+        present = new_array(present_path(root, modality), np.uint8, shape[:1])
         done[0] = 1
         for index, (folder, _) in found.items():
             first, end = shard_range((index, count), dataset.num_items)

@@ -26,7 +26,7 @@ from iisan.data.problems import Problems
 from iisan.data.split import positions_in_runs
 from iisan.data.text import clean_text
 from iisan.errors import InputError
-from iisan.fileio import write_json_atomic
+from iisan.fileio import crash_point, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,9 @@ def build_dataset(
     ).drop("run")
 
     item_table.drop("image_sha256").write_parquet(out_dir / ITEMS_FILE)
+    crash_point()
     sequences.write_parquet(out_dir / SEQUENCES_FILE)
+    crash_point()
     written = [ITEMS_FILE, SEQUENCES_FILE]
     cold_counts = {}
     if held is not None:
@@ -153,6 +155,7 @@ def _write_cold_start(held: pl.Series, users: pl.DataFrame, vocab: pl.DataFrame,
         pl.int_range(vocab.height + 1, vocab.height + held.len() + 1, dtype=pl.Int32).alias("item_id"))
     table = _item_table(cold, items, raw, out_dir, problems)
     table.select("key", "text", "image").write_parquet(out_dir / COLD_ITEMS_FILE)
+    crash_point()
     ids = dict(zip(vocab["item"].to_list(), vocab["item_id"].to_list()))
     rows = []
     for user, history, target in users.iter_rows():
@@ -161,6 +164,7 @@ def _write_cold_start(held: pl.Series, users: pl.DataFrame, vocab: pl.DataFrame,
             rows.append((user, known, target))
     pl.DataFrame(rows, schema={"user_key": pl.String, "history": pl.List(pl.Int32), "target": pl.String},
                  orient="row").write_parquet(out_dir / COLD_START_FILE)
+    crash_point()
     return {"cold_items": table.height, "cold_start_users": len(rows)}
 
 
