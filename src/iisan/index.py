@@ -39,6 +39,9 @@ READS_VERSIONS = (1, 2)  # version 1 kept its files in the index folder itself, 
 REBUILD = "rebuild it with `iisan index build`"
 KINDS = INDEX_KINDS
 BLOCK = 128  # exact top-k works block by block: see blocked_topk
+# Sane ranges of the HNSW settings, whoever gives them (an option, or index.json on disk): an
+# ef_search of -5 answered one item for k=3; 4e8 took 3.5 GB for one query.
+HNSW_BOUNDS = {"m": (2, 256), "ef_construction": (1, 4096), "ef_search": (1, 16_384)}
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,12 @@ class HnswSettings:
     m: int = 32
     ef_construction: int = 200
     ef_search: int = 512
+
+    def __post_init__(self) -> None:
+        for name, (low, high) in HNSW_BOUNDS.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise ConfigError(f"hnsw {name} must be an integer in {low}..{high:,}, got {value!r}")
 
 
 class ItemIndex:
@@ -273,6 +282,10 @@ def load_index(folder: Path, weights_file: Path, digest: str | None = None) -> S
     require_fields(meta, {"kind": str, "weights": str, "hnsw": (dict, type(None))}, str(pointer), REBUILD)
     if meta["kind"] not in KINDS:
         raise DatasetError(f"{pointer}: unknown index kind {meta['kind']!r}; {REBUILD}")
+    try:
+        hnsw = HnswSettings(**meta["hnsw"]) if meta["kind"] == "hnsw" else HnswSettings()
+    except (TypeError, ConfigError) as err:
+        raise DatasetError(f"{pointer}: invalid hnsw settings ({err}); {REBUILD}") from None
     if meta["weights"] != (digest or weights_digest(weights_file)):
         raise DatasetError(f"{folder} was built from other weights than {weights_file.name}; "
                            "rebuild it with `iisan index build` (items added since must be added again)")
@@ -301,12 +314,13 @@ def load_index(folder: Path, weights_file: Path, digest: str | None = None) -> S
     if not np.isfinite(embeddings).all():
         raise DatasetError(f"{files} holds non-finite embeddings; the index is damaged: {REBUILD}")
     try:
-        hnsw = HnswSettings(**meta["hnsw"]) if meta["kind"] == "hnsw" else HnswSettings()
         built = faiss.read_index(str(files / "hnsw.faiss")) if meta["kind"] == "hnsw" else None
     except (TypeError, RuntimeError) as err:
         raise DatasetError(f"{files}: the HNSW graph is damaged ({str(err).splitlines()[0]}); {REBUILD}") from None
     # A flat index is rebuilt from the embeddings (exact, and a copy of them anyway).
     index = ItemIndex(embeddings, meta["kind"], hnsw, built=built)
-    if index.size != len(embeddings) - 1 or (built is not None and built.d != base.shape[1]):
+    claimed = (meta.get("items", len(base) - 1), meta.get("added", len(extra)), meta.get("dim", base.shape[1]))
+    if index.size != len(embeddings) - 1 or (built is not None and built.d != base.shape[1]) \
+            or claimed != (len(base) - 1, len(extra), base.shape[1]):
         raise DatasetError(f"{folder} is inconsistent; {REBUILD}")
     return StoredIndex(index, embeddings, table, generation)

@@ -114,3 +114,26 @@ def test_weights_with_flipped_exponent_bits(scratch):
 def test_damaged_metrics_file(scratch):
     (scratch.run / "metrics.json").write_text("{\"test\": ")
     one_line_error(cli("evaluate", scratch.run), "metrics.json", "not valid JSON", "evaluate again")
+
+
+@pytest.mark.parametrize(("change", "needle"), [
+    (lambda meta: meta["hnsw"].update(ef_search=-5), "ef_search must be an integer in 1..16,384, got -5"),
+    (lambda meta: meta["hnsw"].update(ef_search=400_000_000), "got 400000000"),
+    (lambda meta: meta["hnsw"].update(m="32"), "m must be an integer"),
+    (lambda meta: meta["hnsw"].update(surprise=1), "invalid hnsw settings"),
+    (lambda meta: meta.update(hnsw=None), "invalid hnsw settings"),
+    (lambda meta: meta.update(items=meta["items"] + 1), "is inconsistent"),
+    (lambda meta: meta.update(dim=3), "is inconsistent"),
+])
+def test_index_values_are_checked_not_trusted(scratch, change, needle):
+    """issue 28, point 8: ef_search -5 answered one item for k=3; 4e8 took 3.5 GB for a query."""
+    assert cli("index", "build", scratch.run, "--index", "hnsw").exit_code == 0
+    edit_json(scratch.run / "index" / "index.json", change)
+    one_line_error(cli("recommend", scratch.run, "--history", first_key(scratch), "-k", "3"), needle, "iisan index build")
+    assert cli("index", "build", scratch.run, "--index", "hnsw").exit_code == 0
+    result = cli("recommend", scratch.run, "--history", first_key(scratch), "-k", "3", "--json")
+    assert result.exit_code == 0 and len(json.loads(result.stdout)) == 3
+
+
+def test_hnsw_options_out_of_range_are_one_line(scratch):
+    one_line_error(cli("index", "build", scratch.run, "--index", "hnsw", "--ef-search", "0"), "ef_search must be")
