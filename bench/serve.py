@@ -143,24 +143,33 @@ def serve_under_load(run: Path, histories: list[list[str]], clients: int, second
 def in_process_big(run: Path, histories: list[list[str]], big_items: int, queries: int) -> list[dict]:
     import torch
 
-    from iisan.index import HnswSettings, ItemIndex
-    from iisan.recommend import Recommender
+    from iisan.index import HnswSettings, ItemIndex, StoredIndex
+    from iisan.recommend import Catalogue, Recommender
 
     torch.set_num_threads(1)  # one query at a time, as one server worker handles it
     rec = Recommender.load(run)
-    trained = rec._embeddings
+    trained = rec.embeddings.numpy()
     rng = np.random.default_rng(1)
     extra = (rng.standard_normal((big_items - rec.num_items, trained.shape[1])) * trained[1:].std(0)
              + trained[1:].mean(0)).astype(np.float32)
-    # Grow the catalogue the way add_items does, without running an item tower 900k times.
-    rec._embeddings = np.concatenate([trained, extra])
-    rec.keys += [f"x{i}" for i in range(len(extra))]
-    rec.titles += [None] * len(extra)
+    # Grow the catalogue in memory, as add_items would, without running an item tower 900k
+    # times: the same committed generation, so the recommender does not reload it from disk.
+    embeddings = np.concatenate([trained, extra])
+    keys = rec.keys + [f"x{i}" for i in range(len(extra))]
+    titles = [rec.title(key) if key else None for key in rec.keys] + [None] * len(extra)
+    generation = rec._catalogue.stored.generation
+
+    def use_index(kind: str) -> None:
+        index = ItemIndex(embeddings, kind, HnswSettings(m=32, ef_construction=100))
+        stored = StoredIndex(index, embeddings, rec.added, generation)
+        rec._catalogue = Catalogue(stored, keys, titles, {key: i for i, key in enumerate(keys) if i},
+                                   torch.from_numpy(embeddings))
+
     results = []
     exact_top: list[set[str]] = []
     for kind, ef_searches in (("flat", [None]), ("hnsw", [128, 512])):
         start = time.perf_counter()
-        rec.index = ItemIndex(rec._embeddings, kind, HnswSettings(m=32, ef_construction=100))
+        use_index(kind)
         build = time.perf_counter() - start
         for ef in ef_searches:
             if ef is not None:
