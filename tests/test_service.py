@@ -256,8 +256,8 @@ def test_a_failed_save_leaves_the_old_catalogue_serving(tiny_run, tmp_path, monk
 
     monkeypatch.setattr(pl.DataFrame, "write_parquet", disk_full)
     response = client.post("/items", json={"items": [{"key": "late", "text": "a late item"}]})
-    assert response.status_code == 503 and "No space left on device" in response.json()["error"]
-    assert "nothing changed" in response.json()["error"]
+    assert response.status_code == 503 and "no space left on device" in response.json()["error"]
+    assert "nothing was changed" in response.json()["error"] and response.headers["retry-after"] == "5"
     assert recommender.num_items == before and client.get("/items/late").status_code == 404
     assert client.post("/recommend", json=query).json() == answer  # answered from the old state
     assert client.get("/health").status_code == 200
