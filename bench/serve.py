@@ -143,8 +143,9 @@ def serve_under_load(run: Path, histories: list[list[str]], clients: int, second
 def in_process_big(run: Path, histories: list[list[str]], big_items: int, queries: int) -> list[dict]:
     import torch
 
-    from iisan.index import HnswSettings, ItemIndex, StoredIndex
-    from iisan.recommend import Catalogue, Recommender
+    from iisan.run.index_store import StoredIndex
+    from iisan.search import HnswSettings, ItemIndex
+    from iisan.serving.recommender import Catalogue, Recommender
 
     torch.set_num_threads(1)  # one query at a time, as one server worker handles it
     rec = Recommender.load(run)

@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from iisan.checkpoint import resume_folder
 from iisan.distributed import Workers, start
 from iisan.errors import ConfigError
+from iisan.run.files import resume_folder
 
 
 @pytest.mark.parametrize("count", [0, 1, 2, 7, 150])

@@ -9,7 +9,8 @@ import polars as pl
 import pytest
 
 from iisan.errors import ConfigError, DatasetError
-from iisan.index import HnswSettings, ItemIndex, StoredIndex, load_index, save_index, weights_digest
+from iisan.run.index_store import StoredIndex, load_index, save_index, weights_digest
+from iisan.search import HnswSettings, ItemIndex
 
 
 def _embeddings(n: int = 500, d: int = 16, seed: int = 0) -> np.ndarray:
@@ -115,7 +116,7 @@ def test_extending_leaves_the_original_index_as_it_was():
 def test_blocked_top_k_equals_torch_top_k(n, k):
     import torch
 
-    from iisan.index import blocked_topk
+    from iisan.search import blocked_topk
 
     torch.manual_seed(n)
     scores = torch.randn(7, n)

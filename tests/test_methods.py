@@ -53,7 +53,7 @@ def test_the_choices_come_from_the_registry():
 
 
 def test_a_registered_method_trains_and_reloads(registered, tiny_multimodal, tmp_path):
-    from iisan.recommend import Recommender
+    from iisan.serving.recommender import Recommender
     from iisan.training.loop import train
 
     dataset, cache = tiny_multimodal

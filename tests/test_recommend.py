@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from iisan.errors import ConfigError, InputError, UnknownItemError
-from iisan.recommend import Recommender, read_new_items
+from iisan.serving.intake import read_new_items
+from iisan.serving.recommender import Recommender
 from tests.conftest import png_bytes
 
 
@@ -156,7 +157,7 @@ def test_new_items_file_is_read_with_line_numbers(tmp_path):
 
 
 def test_a_batch_answers_like_single_queries_and_isolates_errors(recommender):
-    from iisan.recommend import Query
+    from iisan.serving.recommender import Query
 
     keys = recommender.keys
     queries = [Query(keys[1:4], k=3), Query(["nope"]), Query(keys[5:12], k=7, exclude_seen=False),

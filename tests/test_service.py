@@ -11,8 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from iisan.errors import ConfigError
-from iisan.recommend import Recommender
-from iisan.service import Limits, create_app, is_loopback, read_token
+from iisan.serving.recommender import Recommender
+from iisan.serving.service import Limits, create_app, is_loopback, read_token
 from tests.conftest import png_bytes
 
 TOKEN = "s3cret-token"
@@ -174,8 +174,8 @@ def test_concurrent_queries_are_batched_and_answered_each_their_own(recommender)
     import time
 
     from iisan.errors import UnknownItemError
-    from iisan.recommend import Query
-    from iisan.service import QueryBatcher
+    from iisan.serving.batcher import QueryBatcher
+    from iisan.serving.recommender import Query
 
     sizes = []
 

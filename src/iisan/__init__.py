@@ -27,7 +27,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "iisan.training.loop": ("train",),
     "iisan.evaluation.run": ("evaluate",),
     "iisan.new_items": ("evaluate_cold_start",),
-    "iisan.recommend": ("Recommender",),
+    "iisan.serving.recommender": ("Recommender",),
     "iisan.data.dataset": ("PreparedDataset",),
     "iisan.cache.store": ("HiddenStateCache",),
     "iisan.config": ("PrepareConfig", "EncodeConfig", "TrainConfig", "SideNetworkConfig", "UserEncoderConfig"),

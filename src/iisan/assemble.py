@@ -10,7 +10,6 @@ from typing import Any
 import torch
 
 from iisan.cache.store import HiddenStateCache, identity_changes
-from iisan.checkpoint import CATALOGUE_FILE, WEIGHTS_FILE, load_weights, read_run_config
 from iisan.config import TrainConfig
 from iisan.data.dataset import PreparedDataset
 from iisan.data.split import Splits, split_sequences
@@ -20,6 +19,7 @@ from iisan.features.live import LiveSource, RawContentSource, load_encoders
 from iisan.methods import get_method
 from iisan.models.recommender import SequentialRecommender, build_blend, build_item_encoder
 from iisan.models.user import UserEncoder
+from iisan.run.files import CATALOGUE_FILE, WEIGHTS_FILE, load_weights, read_run_config
 
 
 @dataclass

@@ -543,7 +543,7 @@ def train(
     from iisan.training.loop import train as run_train
 
     if resume:
-        from iisan.checkpoint import read_run_config
+        from iisan.run.files import read_run_config
 
         saved = read_run_config(out)  # the run's own options; only --epochs may extend it
         config = dataclasses.replace(TrainConfig.from_json(saved["train"]), epochs=epochs)
@@ -736,7 +736,7 @@ def recommend(
 
       iisan recommend iisan-quickstart/run --history 50,172,181 --json
     """
-    from iisan.recommend import Recommender
+    from iisan.serving.recommender import Recommender
 
     keys = [key.strip() for key in history.split(",") if key.strip()]
     if not keys:
@@ -779,8 +779,8 @@ def index_build(
     """
     import time
 
-    from iisan.index import HnswSettings
-    from iisan.recommend import Recommender
+    from iisan.search import HnswSettings
+    from iisan.serving.recommender import Recommender
 
     start = time.perf_counter()
     recommender = Recommender.load(run, rebuild=index.value, hnsw=HnswSettings(m=hnsw_m, ef_search=ef_search),
@@ -809,7 +809,7 @@ def index_check(
 
       iisan index check runs/big --queries 2000 --json
     """
-    from iisan.recommend import Recommender
+    from iisan.serving.recommender import Recommender
 
     if queries < 1 or k < 1:
         raise ConfigError("--queries and -k must be positive")
@@ -842,7 +842,8 @@ def items_add(
 
       iisan items add runs/sci-iisan new.jsonl
     """
-    from iisan.recommend import Recommender, iter_new_items
+    from iisan.serving.intake import iter_new_items
+    from iisan.serving.recommender import Recommender
 
     recommender = Recommender.load(run, device=device.value)
     keys = recommender.add_items(iter_new_items(file, allow_outside_paths))  # streamed, committed at the end
@@ -878,8 +879,8 @@ def serve(
     """
     import uvicorn
 
-    from iisan.recommend import Recommender
-    from iisan.service import create_app, is_loopback, read_token
+    from iisan.serving.recommender import Recommender
+    from iisan.serving.service import create_app, is_loopback, read_token
 
     if not 0 < port < 65536:
         raise ConfigError(f"--port must be 1..65535, got {port}")

@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from iisan.checkpoint import RESUME_DIR, read_run_config
 from iisan.config import EVAL_KS
 from iisan.data.cold_start import COLD_ITEMS_FILE, COLD_START_FILE
 from iisan.data.dataset import PreparedDataset
@@ -28,7 +27,8 @@ from iisan.errors import ConfigError
 from iisan.evaluation.metrics import metrics_from_ranks
 from iisan.evaluation.runner import target_ranks
 from iisan.fileio import read_json_object, write_json_atomic
-from iisan.recommend import Recommender
+from iisan.run.files import RESUME_DIR, read_run_config
+from iisan.serving.recommender import Recommender
 
 METRICS_KEY = "cold_start"
 

@@ -34,7 +34,7 @@ def quickstart(out: str | Path, epochs: int = TrainConfig.epochs, seed: int = 42
     from iisan.cache.encode import encode
     from iisan.data.dataset import PreparedDataset
     from iisan.data.prepare import prepare
-    from iisan.recommend import Recommender
+    from iisan.serving.recommender import Recommender
     from iisan.training.loop import train
 
     out = Path(out)

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from iisan.checkpoint import read_run_config
 from iisan.errors import DatasetError
 from iisan.evaluation.metrics import metric_label
 from iisan.fileio import write_bytes_atomic
+from iisan.run.files import read_run_config
 
 SPLIT_ORDER = ("valid", "test", "test_with_history", "valid_with_history")
 

@@ -96,7 +96,7 @@ def test_an_encoder_baseline_trains_saves_and_reloads_from_the_run(tiny_multimod
     assert np.isclose(summary["test"]["ndcg@10"], json_metrics(tmp_path / "run")["test"]["ndcg@10"])
 
     # Served, a new item goes through the trained encoders: a copy of item 1 embeds as item 1.
-    from iisan.recommend import Recommender
+    from iisan.serving.recommender import Recommender
 
     recommender = Recommender.load(tmp_path / "run")
     row = recommender.parts.dataset.items.row(0, named=True)

@@ -69,7 +69,7 @@ def test_a_knn_run_trains_nothing_and_scores_cosines(tiny_multimodal, tmp_path):
 
 
 def test_a_knn_run_recommends_like_any_run(tiny_multimodal, tmp_path):
-    from iisan.recommend import Recommender
+    from iisan.serving.recommender import Recommender
 
     dataset, cache = tiny_multimodal
     train(dataset, tmp_path / "knn", TrainConfig(method="knn", side=TrainConfig().side), cache_dir=cache)

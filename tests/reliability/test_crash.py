@@ -23,7 +23,7 @@ from safetensors.numpy import load_file
 from iisan import fileio
 from iisan.config import TrainConfig
 from iisan.fileio import CRASH_EXIT_CODE, SimulatedCrash
-from iisan.recommend import Recommender
+from iisan.serving.recommender import Recommender
 from iisan.training.loop import train
 from tests.conftest import REPO
 

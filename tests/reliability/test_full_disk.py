@@ -21,8 +21,8 @@ from fastapi.testclient import TestClient
 from iisan import fileio
 from iisan.cache.store import HiddenStateCache
 from iisan.data.dataset import PreparedDataset
-from iisan.recommend import Recommender
-from iisan.service import create_app
+from iisan.serving.recommender import Recommender
+from iisan.serving.service import create_app
 from tests.conftest import REPO, png_bytes
 from tests.reliability.conftest import cli, one_line_error
 

@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from iisan.data.images import FORMATS_READ, MAX_IMAGE_SIDE, ImageRefused, open_image
-from iisan.recommend import Recommender
-from iisan.service import create_app
+from iisan.serving.recommender import Recommender
+from iisan.serving.service import create_app
 from tests.conftest import png_bytes
 from tests.reliability.conftest import cli, one_line_error
 

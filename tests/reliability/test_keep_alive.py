@@ -10,8 +10,8 @@ import time
 
 import uvicorn
 
-from iisan.recommend import Recommender
-from iisan.service import create_app
+from iisan.serving.recommender import Recommender
+from iisan.serving.service import create_app
 
 
 def test_a_connection_survives_every_kind_of_error_answer(scratch):

@@ -1,7 +1,7 @@
 """Many writers, one run: every commit is kept and every reader catches up (issue 28, point 1:
 two concurrent ``items add`` both printed "added", and only one's items were in the run).
 
-Writers hold the run's lock (``iisan.runlock``) and start from what is committed on disk; a
+Writers hold the run's lock (``iisan.run.lock``) and start from what is committed on disk; a
 loaded :class:`Recommender` (what ``iisan serve`` holds) picks up other processes' commits
 before it writes and, for queries, on a timer."""
 
@@ -16,9 +16,9 @@ import threading
 
 import pytest
 
-from iisan import recommend
-from iisan.recommend import Recommender
-from iisan.runlock import run_lock
+from iisan.run.lock import run_lock
+from iisan.serving import recommender as recommend
+from iisan.serving.recommender import Recommender
 from tests.conftest import REPO
 from tests.reliability.conftest import cli, one_line_error
 
@@ -34,7 +34,7 @@ def python(code: str, **env) -> subprocess.Popen:
 def test_concurrent_writers_keep_every_item(scratch):
     Recommender.load(scratch.run)  # the index exists before the race (its first build is locked too)
     workers = [python(f"""
-        from iisan.recommend import Recommender
+        from iisan.serving.recommender import Recommender
         recommender = Recommender.load({str(scratch.run)!r})
         for m in range({ADDS}):
             recommender.add_items([{{"key": "p{n}-" + str(m), "text": "new item {n} " + str(m)}}])
@@ -68,7 +68,7 @@ def test_a_loaded_recommender_serves_what_another_process_added(scratch, tmp_pat
 def test_a_second_writer_waits_then_names_the_holder(scratch, tmp_path):
     holder = python(f"""
         import sys, time
-        from iisan.runlock import run_lock
+        from iisan.run.lock import run_lock
         with run_lock({str(scratch.run)!r}, "a long rebuild"):
             print("held", flush=True)
             time.sleep(60)
@@ -121,7 +121,7 @@ def test_training_into_a_run_waits_for_its_writer(scratch):
 def test_the_lock_is_exclusive_across_processes(scratch, wait):
     holder = python(f"""
         import time
-        from iisan.runlock import run_lock
+        from iisan.run.lock import run_lock
         with run_lock({str(scratch.run)!r}, "holding"):
             print("held", flush=True)
             time.sleep(60)

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from iisan.errors import DatasetError
-from iisan.recommend import Recommender
+from iisan.serving.recommender import Recommender
 from tests.reliability.conftest import cli, one_line_error
 
 

@@ -12,8 +12,9 @@ import pytest
 from iisan.config import PrepareConfig
 from iisan.data.prepare import prepare
 from iisan.errors import InputError
-from iisan.index import committed_generation
-from iisan.recommend import Recommender, iter_new_items
+from iisan.run.index_store import committed_generation
+from iisan.serving.intake import iter_new_items
+from iisan.serving.recommender import Recommender
 from tests.conftest import png_bytes
 from tests.reliability.conftest import cli, one_line_error
 

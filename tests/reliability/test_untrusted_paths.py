@@ -13,7 +13,7 @@ import pytest
 from iisan.config import PrepareConfig
 from iisan.data import prepare
 from iisan.errors import InputError
-from iisan.recommend import read_new_items
+from iisan.serving.intake import read_new_items
 from tests.conftest import png_bytes, write_tsv_source
 
 USERS = ["u1\ti1 i2 i3 i4 i5 i6", "u2\ti6 i5 i4 i3 i2 i1"]

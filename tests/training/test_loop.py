@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 from iisan.assemble import assemble, assemble_run
-from iisan.checkpoint import resume_folder
 from iisan.config import SideNetworkConfig, TrainConfig, UserEncoderConfig
-from iisan.errors import ConfigError
 from iisan.data.split import prefix_samples
+from iisan.errors import ConfigError
+from iisan.run.files import resume_folder
 from iisan.training.loop import NextItemObjective, build_optimizer, train, training_step
 from iisan.training.loss import log_popularity
 

@@ -11,11 +11,11 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from iisan.checkpoint import resume_folder
 from iisan.config import TrainConfig, UserEncoderConfig
 from iisan.errors import ConfigError
 from iisan.models.baselines.id import build_tower
 from iisan.models.user import UserEncoder
+from iisan.run.files import resume_folder
 from iisan.training import loop
 from iisan.training.loop import train
 from iisan.training.schedule import lr_factor
@@ -61,14 +61,14 @@ def test_a_run_follows_the_schedule_and_a_killed_one_resumes_on_it(tiny_multimod
     assert 0 < factors[0] < 0.05 and factors == pytest.approx([factors[0]] * len(groups))
 
     # Killed after epoch 1, then resumed: the factor is a function of the step, so the same weights.
-    save = loop._save_resume_state
+    save = loop.save_resume_state
 
     def save_then_die(run_dir, model, optimizer, state):
         save(run_dir, model, optimizer, state)
         if state["epoch"] == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(loop, "_save_resume_state", save_then_die)
+    monkeypatch.setattr(loop, "save_resume_state", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train(dataset, tmp_path / "resumed", config, cache_dir=cache)
     monkeypatch.undo()

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from iisan.cache.store import (
-    CACHE_VERSION, IDENTITY_KEYS, MANIFEST_FILE, MODALITIES, done_path, identity_changes, present_path, read_manifest,
+    CACHE_VERSION, IDENTITY_KEYS, MANIFEST_FILE, done_path, identity_changes, present_path, read_manifest,
     release_resident_pages, states_path, write_manifest,
 )
 from iisan.config import EncodeConfig

@@ -8,22 +8,15 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import polars as pl
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from iisan import __version__
 from iisan.assemble import Assembled, assemble, require_trained_cache
-from iisan.checkpoint import (
-    CATALOGUE_FILE, CONFIG_FILE, RESUME_DIR, RESUME_FIX, RUN_VERSION, WEIGHTS_FILE, append_metrics, load_optimizer, load_weights,
-    read_run_config, resume_folder, save_optimizer, save_weights, trim_metrics,
-)
 from iisan.config import TrainConfig
 from iisan.data.split import prefix_samples
 from iisan.distributed import LOCAL, Workers
@@ -31,12 +24,16 @@ from iisan.distributed import start as start_workers
 from iisan.distributed import stop as stop_workers
 from iisan.errors import ConfigError, MissingDependencyError, NonFiniteError
 from iisan.evaluation.runner import evaluate_split, item_embeddings
-from iisan.fileio import commit_generation, read_json_object, refuse_output_over_inputs, write_atomic, write_json_atomic
-from iisan.index import INDEX_DIR, ItemIndex, StoredIndex, save_index, weights_digest
+from iisan.fileio import read_json_object, refuse_output_over_inputs, write_json_atomic
 from iisan.models.features import ItemFeatures
 from iisan.models.recommender import SequentialRecommender
 from iisan.progress import progress
-from iisan.runlock import LOCK_FILE, run_lock
+from iisan.run.files import (
+    RESUME_DIR, RESUME_FIX, WEIGHTS_FILE, append_metrics, load_optimizer, load_weights, prepare_run_folder,
+    read_run_config, resume_folder, save_resume_state, save_weights, trim_metrics, write_catalogue,
+    write_run_config,
+)
+from iisan.run.lock import run_lock
 from iisan.training.calibrate import calibrate_blend
 from iisan.training.loss import candidate_softmax_loss, in_batch_softmax_loss, log_popularity, sampling_probabilities
 from iisan.training.schedule import lr_factor, remember_base_rates, set_rates
@@ -99,7 +96,7 @@ def _train(dataset_dir: Path, run_dir: Path, config: TrainConfig, cache_dir, res
 def _train_locked(dataset_dir: Path, run_dir: Path, config: TrainConfig, cache_dir, resume: bool, force: bool,
                   tensorboard: bool, workers: Workers) -> dict[str, Any]:
     if workers.is_main:
-        _prepare_run_dir(run_dir, resume, force)
+        prepare_run_folder(run_dir, resume, force)
     else:
         logging.getLogger("iisan").setLevel(logging.WARNING)  # one rank speaks for the run
     workers.barrier()
@@ -126,7 +123,10 @@ def _train_locked(dataset_dir: Path, run_dir: Path, config: TrainConfig, cache_d
             trim_metrics(run_dir, state["epoch"])
         log.info("resuming after epoch %d (best %s %.4f at epoch %d)", state["epoch"], SELECT_METRIC, state["best"], state["best_epoch"])
     elif workers.is_main:
-        _write_run_config(run_dir, parts, dataset_dir, cache_dir, workers)
+        write_run_config(run_dir, parts.config.to_json(), dataset_dir, parts.dataset.fingerprint, cache_dir,
+                         {m: parts.cache.entry(m) for m in parts.model.layers} if parts.cache else {},
+                         parts.model.item.layers,  # the tower's, not the blend's
+                         parts.dataset.num_items, workers.world_size)
         trim_metrics(run_dir, 0)  # resumed before any epoch was complete: start the log over
     writer = _tensorboard(run_dir) if tensorboard and workers.is_main else None
 
@@ -164,7 +164,7 @@ def _train_locked(dataset_dir: Path, run_dir: Path, config: TrainConfig, cache_d
             if writer is not None:
                 writer.add_scalar("train/loss", loss, epoch)
                 writer.add_scalar(f"valid/{SELECT_METRIC}", valid[SELECT_METRIC], epoch)
-            _save_resume_state(run_dir, model, optimizer, state)
+            save_resume_state(run_dir, model, optimizer, state)
         log.info("epoch %d  loss %.4f  valid %s %.4f  hr@10 %.4f  (%.1fs)%s", epoch, loss, SELECT_METRIC,
                  valid[SELECT_METRIC], valid["hr@10"], seconds, "  *" if improved else "")
 
@@ -184,7 +184,7 @@ def _train_locked(dataset_dir: Path, run_dir: Path, config: TrainConfig, cache_d
     results = evaluate(items, "valid", "test")
     if workers.is_main:
         write_json_atomic(run_dir / "metrics.json", {**results, **({"blend": calibration} if calibration else {})})
-        _write_catalogue(run_dir, parts, items.cpu().numpy())
+        write_catalogue(run_dir, parts.dataset.items, items.cpu().numpy())
     if writer is not None:
         writer.close()
     workers.barrier()  # nobody leaves before rank 0 has written everything
@@ -350,20 +350,6 @@ def build_optimizer(parts: Assembled) -> torch.optim.AdamW:
     return optimizer
 
 
-def _prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
-    if resume:
-        if not (run_dir / CONFIG_FILE).is_file():
-            raise ConfigError(f"--resume: {run_dir} holds no run to continue")
-        return
-    content = [p for p in run_dir.iterdir() if p.name != LOCK_FILE] if run_dir.exists() else []
-    if content:
-        if not force:
-            raise ConfigError(f"{run_dir} is not empty; pass --resume to continue that run or --force to replace it")
-        for path in content:  # the lock file stays: this process holds it
-            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-
 def _check_resumable(run_dir: Path, parts: Assembled) -> None:
     """A resumed run must see the same data and options (only ``epochs`` may grow)."""
     saved = read_run_config(run_dir)
@@ -379,43 +365,6 @@ def _check_resumable(run_dir: Path, parts: Assembled) -> None:
     if changed:
         raise ConfigError(f"--resume: options differ from the run's own ({', '.join(changed)}); "
                           "resume with the same options or start a new run")
-
-
-def _write_run_config(run_dir: Path, parts: Assembled, dataset_dir, cache_dir, workers: Workers) -> None:
-    write_json_atomic(run_dir / CONFIG_FILE, {
-        "version": RUN_VERSION,
-        "iisan_version": __version__,
-        "train": parts.config.to_json(),
-        "dataset": str(Path(dataset_dir).resolve()),
-        "dataset_fingerprint": parts.dataset.fingerprint,
-        "cache": str(Path(cache_dir).resolve()) if cache_dir is not None else None,
-        "encoders": {m: parts.cache.entry(m) for m in parts.model.layers} if parts.cache else {},
-        "layers": {m: list(v) for m, v in parts.model.item.layers.items()},  # the tower's (not the blend's)
-        "num_items": parts.dataset.num_items,
-        "ranks": workers.world_size,
-    })
-
-
-def _write_catalogue(run_dir: Path, parts: Assembled, embeddings: np.ndarray) -> None:
-    """The trained catalogue (keys, texts) and its exact index, so the run folder alone
-    answers queries: moved elsewhere, or with its dataset and cache deleted."""
-    empty = pl.DataFrame(schema={"item_id": pl.Int64, "key": pl.String, "text": pl.String})
-    write_atomic(run_dir / CATALOGUE_FILE,
-                 lambda tmp: parts.dataset.items.select("item_id", "key", "text").write_parquet(tmp))
-    stored = StoredIndex(ItemIndex(embeddings, "flat"), embeddings, empty)
-    save_index(run_dir / INDEX_DIR, stored, parts.dataset.num_items, weights_digest(run_dir / WEIGHTS_FILE))
-
-
-def _save_resume_state(run_dir: Path, model, optimizer, state: dict) -> None:
-    """Weights, optimizer and counters of the last epoch, committed as one generation:
-    ``state.json`` is rewritten last and names the folder, so a crash never pairs one
-    epoch's counters with another's weights."""
-
-    def write(folder: Path, _current) -> None:
-        save_weights(folder / WEIGHTS_FILE, model)
-        save_optimizer(folder, optimizer)
-
-    commit_generation(run_dir / RESUME_DIR, "state.json", write, state)
 
 
 def _tensorboard(run_dir: Path):

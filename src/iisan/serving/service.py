@@ -1,4 +1,4 @@
-"""``iisan serve``: the HTTP service around a :class:`~iisan.recommend.Recommender`.
+"""``iisan serve``: the HTTP service around a :class:`~iisan.serving.recommender.Recommender`.
 
 Endpoints: ``POST /recommend``, ``POST /items`` (bearer token when one is configured),
 ``GET /items/{key}``, ``GET /health``, ``GET /metrics`` (Prometheus), OpenAPI at ``/docs``.
@@ -10,23 +10,17 @@ typed and bounded by pydantic (422), library errors map to 4xx, and every error 
 
 # No ``from __future__ import annotations`` here: FastAPI reads the request models'
 # annotations at runtime, and they are local to create_app (their bounds come from Limits).
-import asyncio
 import base64
 import binascii
 import hmac
-import json
-import logging
-import queue
-import threading
-import time
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from iisan.errors import ConfigError, IisanError, InputError, RunBusyError, StorageError, UnknownItemError
-from iisan.fileio import storage_failure
-from iisan.recommend import Query
+from iisan.serving.batcher import QueryBatcher
+from iisan.serving.middleware import BodyLimit, InternalErrors, Measure
+from iisan.serving.recommender import Query
 
-log = logging.getLogger(__name__)
 
 MAX_K = 1000
 
@@ -199,183 +193,6 @@ def create_app(recommender, token: str | None = None, limits: Limits = Limits())
         return PlainTextResponse(generate_latest(registry).decode(), media_type=CONTENT_TYPE_LATEST)
 
     return app
-
-
-class QueryBatcher:
-    """Answers concurrent ``/recommend`` requests in batches, off the event loop.
-
-    One worker thread takes every query waiting when it becomes free (up to ``max_batch``)
-    and answers them with one :meth:`~iisan.recommend.Recommender.recommend_many` call: a
-    user-encoder pass and an index search cost nearly the same for 16 queries as for one,
-    so under load throughput grows with the batch instead of requests queueing one by one.
-    No query waits for a batch to fill: an idle worker takes the first one at once.
-    """
-
-    def __init__(self, recommender, max_batch: int = 64) -> None:
-        self.recommender = recommender
-        self.max_batch = max_batch
-        self.queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._started = False
-        self._start_lock = threading.Lock()
-
-    async def answer(self, query: Query) -> list[tuple[str, float]]:
-        if not self._started:
-            with self._start_lock:
-                if not self._started:
-                    threading.Thread(target=self._work, name="iisan-recommend", daemon=True).start()
-                    self._started = True
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self.queue.put((query, future, loop))
-        return await future
-
-    def _work(self) -> None:
-        while True:
-            batch = [self.queue.get()]
-            while len(batch) < self.max_batch:
-                try:
-                    batch.append(self.queue.get_nowait())
-                except queue.Empty:
-                    break
-            try:
-                results = self.recommender.recommend_many([query for query, _, _ in batch])
-            except Exception as err:  # noqa: BLE001 - handed to every waiting request
-                results = [err] * len(batch)
-            by_loop: dict = {}
-            for (_, future, loop), result in zip(batch, results):
-                by_loop.setdefault(loop, []).append((future, result))
-            for loop, settled in by_loop.items():  # one wake-up per loop, not one per query
-                loop.call_soon_threadsafe(_settle, settled)
-
-
-def _settle(settled: list) -> None:
-    for future, result in settled:
-        if future.cancelled():  # the client went away
-            continue
-        if isinstance(result, BaseException):
-            future.set_exception(result)
-        else:
-            future.set_result(result)
-
-
-class Measure:
-    """ASGI middleware counting requests by route template and status, and timing them.
-
-    Plain ASGI rather than ``@app.middleware("http")``, which wraps every request in
-    extra tasks and streams and costs more than our whole query does."""
-
-    def __init__(self, app, requests, latency) -> None:
-        self.app = app
-        self.requests = requests
-        self.latency = latency
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
-
-        async def recording_send(message):
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, recording_send)
-        finally:
-            route = getattr(scope.get("route"), "path", "unmatched")  # the template: few label values
-            self.requests.labels(scope["method"], route, str(status)).inc()
-            self.latency.labels(route).observe(time.perf_counter() - start)
-
-
-class InternalErrors:
-    """ASGI middleware: an unexpected exception (a bug of ours) becomes a 500 with a JSON
-    error and no traceback, and the connection stays open. (Starlette's own handler for
-    ``Exception`` answers, then re-raises, and the server drops the keep-alive connection.)"""
-
-    def __init__(self, app) -> None:
-        self.app = app
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def tracking_send(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracking_send)
-        except Exception as err:
-            if started:  # half an answer is out: only closing the connection can end it
-                raise
-            failure = storage_failure(err, getattr(err, "filename", None) or "the run folder")
-            if failure is not None:  # the disk's trouble, not a bug: retry later
-                status, message, headers = 503, str(failure), [(b"retry-after", b"5")]
-            else:
-                log.exception("internal error answering %s %s", scope.get("method"), scope.get("path"))
-                status, message, headers = 500, f"internal error: {type(err).__name__}", []
-            body = json.dumps({"error": message}).encode()
-            await send({"type": "http.response.start", "status": status,
-                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                    *headers]})
-            await send({"type": "http.response.body", "body": body})
-
-
-class BodyLimit:
-    """ASGI middleware: answer 413 for a body over ``max_bytes``, declared or streamed
-    (chunked), before anything parses it.
-
-    The body is read here, up to the limit, and handed on whole: the app would buffer it
-    anyway, and an error raised from inside the app's body reading would become its 400.
-    """
-
-    def __init__(self, app, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await self._reject(send)
-            return
-        body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client left: let the app see it
-                await self.app(scope, _replay([message], receive), send)
-                return
-            body += message.get("body", b"")
-            if len(body) > self.max_bytes:
-                await self._reject(send)
-                return
-            if not message.get("more_body", False):
-                break
-        await self.app(scope, _replay([{"type": "http.request", "body": bytes(body), "more_body": False}], receive), send)
-
-    async def _reject(self, send) -> None:
-        body = json.dumps({"error": f"request body over {self.max_bytes:,} bytes"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
-
-
-def _replay(messages: list[dict], receive):
-    """An ASGI ``receive`` that yields ``messages`` first, then waits on the real one."""
-    pending = list(messages)
-
-    async def replayed() -> dict:
-        return pending.pop(0) if pending else await receive()
-
-    return replayed
 
 
 def read_token(path) -> str:

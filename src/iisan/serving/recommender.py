@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,20 +26,21 @@ import polars as pl
 import torch
 
 from iisan.assemble import Assembled, TrainedRun, assemble_run, load_trained
-from iisan.checkpoint import WEIGHTS_FILE
-from iisan.data.images import ImageRefused, RefusedPath, check_relative, open_image, read_image_file
-from iisan.data.text import clean_text
-from iisan.errors import CacheMismatchError, ConfigError, DatasetError, IisanError, InputError, NonFiniteError, UnknownItemError
+from iisan.errors import (
+    CacheMismatchError, ConfigError, DatasetError, IisanError, InputError, NonFiniteError, UnknownItemError,
+)
 from iisan.evaluation.runner import item_embeddings
 from iisan.features.live import RawContentSource
-from iisan.fileio import text_encoding
-from iisan.index import (INDEX_DIR, HnswSettings, ItemIndex, StoredIndex, committed_generation, load_index, save_index,
-                         weights_digest)
-from iisan.runlock import run_lock
+from iisan.run.files import WEIGHTS_FILE
+from iisan.run.index_store import (
+    INDEX_DIR, StoredIndex, committed_generation, load_index, save_index, weights_digest,
+)
+from iisan.run.lock import run_lock
+from iisan.search import HnswSettings, ItemIndex
+from iisan.serving.intake import vet_items
 
 log = logging.getLogger(__name__)
 
-MAX_IMAGE_BYTES = 20 * 1024 * 1024
 RECALL_CHUNK = 128
 # How stale a query's catalogue may be against another process's commit: one small file
 # read per period, not per request.
@@ -75,7 +76,7 @@ class Recommender:
     """A trained run, ready to answer queries.
 
     Thread-safe, and safe beside other processes: changes to the run (new items, an index
-    build) hold the run's write lock (:mod:`iisan.runlock`) and start from the generation
+    build) hold the run's write lock (:mod:`iisan.run.lock`) and start from the generation
     last committed on disk, whoever committed it. Queries never wait for a writer: new
     items are embedded outside every lock, and a query is locked out only while the new
     catalogue object replaces the old. Generations that other processes commit are
@@ -320,7 +321,7 @@ class Recommender:
         (an image as encoded bytes or a file path). The item needs the content the model
         reads: text for a text model, text or an image for a multimodal one.
 
-        ``items`` may be any iterable (a generator reading a file, :func:`iter_new_items`):
+        ``items`` may be any iterable (a generator reading a file, :func:`~iisan.serving.intake.iter_new_items`):
         it is read and embedded ``batch_size`` items at a time, and only each item's
         vector, key and text are kept, so memory does not grow with images or states. All
         of them are committed together at the end, as one generation.
@@ -340,7 +341,7 @@ class Recommender:
             if item is not None:
                 batch.append(item)
             if batch and (item is None or len(batch) == batch_size):
-                batch_keys, batch_texts, images = self._validate(batch, first=len(keys) + 1)
+                batch_keys, batch_texts, images = vet_items(batch, self.model.layers, first=len(keys) + 1)
                 keys += batch_keys
                 texts += batch_texts
                 self._refuse_taken(keys)
@@ -427,37 +428,6 @@ class Recommender:
         return {"index": self.index.kind, "items": self.num_items, "queries": len(rows), "k": k,
                 f"recall@{k}": round(hits / (len(rows) * k), 4)}
 
-    def _validate(self, items: list[dict[str, Any]], first: int = 1) -> tuple[list[str], list[str], list[bytes | None]]:
-        """Keys, cleaned texts and image bytes of ``items`` (numbered from ``first`` in errors)."""
-        layers = self.model.layers
-        if not layers:
-            raise InputError("this run's items are ids without content (method id): new items cannot be embedded")
-        keys, texts, images = [], [], []
-        for n, item in enumerate(items, start=first):
-            where = f"item {n}"
-            if not isinstance(item, dict):
-                raise InputError(f"{where}: expected an object with key, text and image")
-            unknown = set(item) - {"key", "text", "image"}
-            if unknown:
-                raise InputError(f"{where}: unknown field{'s' if len(unknown) > 1 else ''} {', '.join(sorted(unknown))}")
-            key, text, image = item.get("key"), item.get("text"), item.get("image")
-            if not isinstance(key, str) or not key.strip():
-                raise InputError(f"{where}: key must be a non-empty string")
-            if text is not None and not isinstance(text, str):
-                raise InputError(f"{where} ({key!r}): text must be a string")
-            text = clean_text(pl.Series([text], dtype=pl.String))[0] if text else None
-            data = _image_bytes(image, f"{where} ({key!r})")
-            if "image" not in layers and "text" in layers and text is None:
-                raise InputError(f"{where} ({key!r}): this run reads text, and the item has none")
-            if "text" not in layers and data is None:
-                raise InputError(f"{where} ({key!r}): this run reads images, and the item has none")
-            if text is None and data is None:
-                raise InputError(f"{where} ({key!r}): the item has neither text nor an image")
-            keys.append(key.strip())
-            texts.append(text if text is not None else "")  # as the cache: an item without text reads ""
-            images.append(data)
-        return keys, texts, images
-
     def _live_source(self):
         """The encoders that embed new items' content as the catalogue's was (names and
         settings from the run's config.json; the weights come from the encoder packages)."""
@@ -470,86 +440,3 @@ class Recommender:
                 layers = self.model.layers
                 self._live = LiveSource(None, {m: self.trained.encoders[m] for m in layers}, layers, self.device)
         return self._live
-
-
-def _image_bytes(image: Any, where: str) -> bytes | None:
-    if image is None:
-        return None
-    if isinstance(image, bytes):
-        data = image
-    elif isinstance(image, (str, Path)):
-        path = Path(image)
-        try:  # the caller chose the path (read_new_items checked a file's); still no devices, bounded
-            data = read_image_file(path, None, max_bytes=MAX_IMAGE_BYTES)
-        except RefusedPath as err:
-            raise InputError(f"{where}: {err}") from None
-        except OSError as err:
-            raise InputError(f"{where}: cannot read image {path}: {err.strerror or err}") from err
-    else:
-        raise InputError(f"{where}: image must be bytes or a file path")
-    if len(data) > MAX_IMAGE_BYTES:
-        raise InputError(f"{where}: image is larger than {MAX_IMAGE_BYTES // 2**20} MiB")
-    # The header only: a small file can declare a huge canvas (a decompression bomb).
-    try:
-        with open_image(data):
-            pass
-    except ImageRefused as err:
-        raise InputError(f"{where}: {err}") from None
-    return data
-
-
-def read_new_items(path: str | Path, allow_outside_paths: bool = False) -> list[dict[str, Any]]:
-    """Every item of :func:`iter_new_items`, as a list (images read into memory)."""
-    return list(iter_new_items(path, allow_outside_paths))
-
-
-def iter_new_items(path: str | Path, allow_outside_paths: bool = False) -> Iterator[dict[str, Any]]:
-    """Items to add from a JSON Lines file: ``{"key": ..., "text": ..., "image": ...}`` per
-    line, ``image`` a path relative to the file's folder. Blank lines are skipped. Read
-    line by line, each image when its line is reached: memory does not grow with the file.
-
-    Unless ``allow_outside_paths``, an image path that is absolute, climbs with ``..`` or is
-    a symlink leading out of the file's folder is refused.
-
-    Raises:
-        InputError: the file cannot be read, a line is not a JSON object, or an image path is
-            refused (naming the line).
-    """
-    import json
-
-    path = Path(path)
-    for number, line in enumerate(_text_lines(path), start=1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except ValueError as err:
-            raise InputError(f"{path}:{number}: not valid JSON ({err.msg})") from None
-        if not isinstance(item, dict):
-            raise InputError(f"{path}:{number}: expected a JSON object with key, text and image")
-        if isinstance(item.get("image"), str):
-            try:
-                image = path.parent / check_relative(item["image"], allow_outside_paths)
-                item["image"] = read_image_file(image, path.parent, allow_outside_paths, MAX_IMAGE_BYTES)
-            except RefusedPath as err:
-                raise InputError(f"{path}:{number}: {err}") from None
-            except OSError as err:
-                raise InputError(f"{path}:{number}: cannot read image {item['image']}: {err.strerror or err}") from None
-        yield item
-
-
-def _text_lines(path: Path) -> Iterator[str]:
-    """The lines of a text file, one at a time: UTF-8, or UTF-16 / UTF-32 with a byte-order mark.
-
-    Raises:
-        InputError: the file cannot be opened, or is not text in those encodings (naming the line).
-    """
-    number = 0
-    try:
-        with open(path, encoding=text_encoding(path), newline=None) as handle:
-            for number, line in enumerate(handle, start=1):  # noqa: B007 - read in the except
-                yield line.rstrip("\n")
-    except UnicodeDecodeError as err:
-        raise InputError(f"{path}:{number + 1}: not UTF-8 text ({err.reason}); save it as UTF-8") from None
-    except OSError as err:
-        raise InputError(f"cannot read {path}: {err.strerror or err}") from err

@@ -1,11 +1,12 @@
-"""Run-directory files: weights in safetensors, everything else in JSON; nothing pickled.
-
-::
+"""The run folder, its one owner: what it holds, how each part is written (atomically) and
+read back (checked). Weights in safetensors, everything else in JSON or Parquet; nothing
+pickled. ::
 
     RUN_DIR/config.json           the run's configuration tree, dataset and cache identity
     RUN_DIR/model.safetensors     best weights (by validation NDCG@10)
     RUN_DIR/items.parquet         the trained catalogue (item_id, key, text)
-    RUN_DIR/index/                the item index (see iisan.index), built when training ends
+    RUN_DIR/index/                the item index (see iisan.run.index_store), built when training ends
+    RUN_DIR/.lock                 the writers' lock (see iisan.run.lock)
     RUN_DIR/metrics.jsonl         one line per epoch
     RUN_DIR/resume/state.json     the last complete epoch's counters, naming its folder:
     RUN_DIR/resume/gen-000004/model.safetensors, optimizer.safetensors, optimizer.json   (for --resume)
@@ -17,15 +18,24 @@ hyper-parameters in JSON, so resuming never unpickles anything.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import polars as pl
 import torch
 from safetensors.torch import save_file
 
-from iisan.errors import DatasetError
-from iisan.fileio import (crash_point, current_generation, load_tensors, read_json_object, require_fields, storage_errors,
-                          write_atomic, write_bytes_atomic, write_json_atomic)
+from iisan import __version__
+from iisan.errors import ConfigError, DatasetError
+from iisan.fileio import (
+    commit_generation, crash_point, current_generation, load_tensors, read_json_object, require_fields,
+    storage_errors, write_atomic, write_bytes_atomic, write_json_atomic,
+)
+from iisan.run.index_store import INDEX_DIR, StoredIndex, save_index, weights_digest
+from iisan.run.lock import LOCK_FILE
+from iisan.search import ItemIndex
 
 RUN_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -34,7 +44,7 @@ CATALOGUE_FILE = "items.parquet"  # the trained catalogue's item_id, key, text: 
 METRICS_LOG = "metrics.jsonl"
 RESUME_DIR = "resume"
 RESUME_FIX = "the resume state is damaged: start the run again with --force"
-# What every run's config.json holds (written by train.loop._write_run_config).
+# What every run's config.json holds (written by write_run_config).
 RUN_FIELDS: dict[str, Any] = {"version": int, "train": dict, "dataset": str, "dataset_fingerprint": str,
                               "cache": (str, type(None)), "layers": dict, "num_items": int}
 
@@ -145,3 +155,59 @@ def trim_metrics(run_dir: Path, last_epoch: int) -> None:
             continue
     if len(kept) != len(lines):
         write_bytes_atomic(path, "".join(f"{line}\n" for line in kept).encode("utf-8"))
+
+
+def prepare_run_folder(run_dir: Path, resume: bool, force: bool) -> None:
+    """Make ``run_dir`` ready for training: a run to continue (``resume``), or an empty
+    folder (a non-empty one is emptied only with ``force``; the lock file stays, its holder
+    is this process)."""
+    if resume:
+        if not (run_dir / CONFIG_FILE).is_file():
+            raise ConfigError(f"--resume: {run_dir} holds no run to continue")
+        return
+    content = [p for p in run_dir.iterdir() if p.name != LOCK_FILE] if run_dir.exists() else []
+    if content:
+        if not force:
+            raise ConfigError(f"{run_dir} is not empty; pass --resume to continue that run or --force to replace it")
+        for path in content:
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def write_run_config(run_dir: Path, train: dict[str, Any], dataset: Path, dataset_fingerprint: str, cache: Path | None,
+                     encoders: dict[str, dict], layers: dict[str, tuple[int, ...]], num_items: int, ranks: int) -> None:
+    """``config.json``: the training options, what the run was trained on (dataset and cache,
+    with the cache's encoder entries), the item tower's layers, the catalogue size."""
+    write_json_atomic(run_dir / CONFIG_FILE, {
+        "version": RUN_VERSION,
+        "iisan_version": __version__,
+        "train": train,
+        "dataset": str(Path(dataset).resolve()),
+        "dataset_fingerprint": dataset_fingerprint,
+        "cache": str(Path(cache).resolve()) if cache is not None else None,
+        "encoders": encoders,
+        "layers": {m: list(v) for m, v in layers.items()},
+        "num_items": num_items,
+        "ranks": ranks,
+    })
+
+
+def write_catalogue(run_dir: Path, items: pl.DataFrame, embeddings: np.ndarray) -> None:
+    """The trained catalogue (``item_id``, ``key``, ``text``) and its exact index, so the run
+    folder alone answers queries: moved elsewhere, or with its dataset and cache deleted."""
+    empty = pl.DataFrame(schema={"item_id": pl.Int64, "key": pl.String, "text": pl.String})
+    write_atomic(run_dir / CATALOGUE_FILE, lambda tmp: items.select("item_id", "key", "text").write_parquet(tmp))
+    stored = StoredIndex(ItemIndex(embeddings, "flat"), embeddings, empty)
+    save_index(run_dir / INDEX_DIR, stored, len(items), weights_digest(run_dir / WEIGHTS_FILE))
+
+
+def save_resume_state(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Weights, optimizer and counters of the last epoch, committed as one generation:
+    ``state.json`` is rewritten last and names the folder, so a crash never pairs one
+    epoch's counters with another's weights."""
+
+    def write(folder: Path, _current) -> None:
+        save_weights(folder / WEIGHTS_FILE, model)
+        save_optimizer(folder, optimizer)
+
+    commit_generation(run_dir / RESUME_DIR, "state.json", write, state)

@@ -1,0 +1,1 @@
+"""The run folder: its files, its item index, its writers' lock."""

@@ -1,0 +1,170 @@
+"""The item index in a run folder: ``RUN/index``, one generation per change.
+
+Every change (a build, items added) is committed as one unit: a new generation folder
+holding every file of the index, then one atomic rewrite of ``index.json``, which names
+the current generation. A crash at any point leaves the old or the new index, never a
+mix; unreferenced generations are removed by the next commit. ::
+
+    RUN/index/index.json                   kind, sizes, the weights it was built from, the generation
+    RUN/index/gen-000007/embeddings.safetensors   the trained catalogue (hard-linked between generations)
+    RUN/index/gen-000007/added.safetensors, added.parquet   items added later, with their keys and texts
+    RUN/index/gen-000007/hnsw.faiss        for ``hnsw``: faiss's own binary format, not a pickle
+
+The search structures themselves are :mod:`iisan.search`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from iisan.data.dataset import file_sha256
+from iisan.errors import ConfigError, DatasetError, StorageError
+from iisan.fileio import (
+    GENERATION, commit_generation, crash_point, current_generation, load_tensors, read_json_object,
+    require_fields,
+)
+from iisan.search import KINDS, HnswSettings, ItemIndex
+
+INDEX_DIR = "index"
+POINTER = "index.json"
+INDEX_VERSION = 2
+READS_VERSIONS = (1, 2)  # version 1 kept its files in the index folder itself, without generations
+REBUILD = "rebuild it with `iisan index build`"
+
+
+def weights_digest(weights_file: Path) -> str:
+    """SHA-256 of the weights an index was built from (a few MB: milliseconds); any
+    retraining changes it, copying the run folder does not."""
+    return file_sha256(weights_file)
+
+
+@dataclass
+class StoredIndex:
+    index: ItemIndex
+    embeddings: np.ndarray  # [N + 1 + added, d], row 0 padding
+    added: object  # polars DataFrame: item_id, key, text
+    generation: str | None = None  # the folder it was read from (None: not stored yet)
+    base_generation: str | None = None  # a committed generation with the same trained catalogue
+
+
+def save_index(folder: Path, stored: StoredIndex, trained_items: int, weights: str) -> str:
+    """Commit ``stored`` as a new generation and return its name.
+
+    ``embeddings[: trained_items + 1]`` is the trained catalogue; the rows after it, with
+    ``added``, the items added since. When the current generation holds the same trained
+    catalogue (items were added), its file is hard-linked instead of written again.
+
+    Raises:
+        StorageError: a file could not be written (disk full, permissions); the index on
+            disk is still the previous one.
+    """
+    from safetensors.numpy import save_file
+
+    index, base, extra = stored.index, stored.embeddings[: trained_items + 1], stored.embeddings[trained_items + 1:]
+
+    def write(work: Path, current: str | None) -> None:
+        reuse = current is not None and current == stored.base_generation
+        if not (reuse and _link(folder / current / "embeddings.safetensors", work / "embeddings.safetensors")):
+            save_file({"embeddings": np.ascontiguousarray(base)}, str(work / "embeddings.safetensors"))
+        crash_point()
+        save_file({"embeddings": np.ascontiguousarray(extra)}, str(work / "added.safetensors"))
+        crash_point()
+        stored.added.write_parquet(work / "added.parquet")
+        crash_point()
+        if index.kind == "hnsw":
+            import faiss
+
+            faiss.write_index(index.faiss, str(work / "hnsw.faiss"))
+            crash_point()
+
+    try:
+        return commit_generation(folder, POINTER, write, {
+            "version": INDEX_VERSION, "kind": index.kind, "dim": index.dim, "items": trained_items,
+            "added": len(extra), "hnsw": vars(index.hnsw) if index.kind == "hnsw" else None, "weights": weights,
+        })
+    except StorageError as err:
+        raise StorageError(f"{err}; the index still holds the previous items") from err
+    except OSError as err:  # permissions and the like
+        raise StorageError(f"cannot write the index in {folder} ({err.strerror or err}); "
+                           "nothing changed: it still holds the previous items") from err
+
+
+def _link(source: Path, target: Path) -> bool:
+    """Hard-link ``source`` to ``target`` (committed files never change)."""
+    try:
+        os.link(source, target)
+        return True
+    except OSError:
+        return False
+
+
+def committed_generation(folder: Path) -> str | None:
+    """The generation ``folder/index.json`` names (one small read), ``None`` if there is none."""
+    return current_generation(folder, POINTER)
+
+
+def load_index(folder: Path, weights_file: Path, digest: str | None = None) -> StoredIndex | None:
+    """The stored index, or ``None`` when there is none. ``digest``: the weights' hash, when the
+    caller has it already (hashing them again costs a read of the file).
+
+    Raises:
+        DatasetError: it was built from other weights or is damaged (one line, with the fix).
+    """
+    import faiss
+    import polars as pl
+
+    pointer = folder / POINTER
+    if not pointer.is_file():
+        return None
+    meta = read_json_object(pointer, {"version": int}, REBUILD)
+    if meta["version"] not in READS_VERSIONS:
+        raise DatasetError(f"{folder} has index version {meta['version']}; {REBUILD}")
+    require_fields(meta, {"kind": str, "weights": str, "hnsw": (dict, type(None))}, str(pointer), REBUILD)
+    if meta["kind"] not in KINDS:
+        raise DatasetError(f"{pointer}: unknown index kind {meta['kind']!r}; {REBUILD}")
+    try:
+        hnsw = HnswSettings(**meta["hnsw"]) if meta["kind"] == "hnsw" else HnswSettings()
+    except (TypeError, ConfigError) as err:
+        raise DatasetError(f"{pointer}: invalid hnsw settings ({err}); {REBUILD}") from None
+    if meta["weights"] != (digest or weights_digest(weights_file)):
+        raise DatasetError(f"{folder} was built from other weights than {weights_file.name}; "
+                           "rebuild it with `iisan index build` (items added since must be added again)")
+    generation = meta.get("generation", ".") if meta["version"] > 1 else "."
+    if not isinstance(generation, str) or not (generation == "." or GENERATION.fullmatch(generation)):
+        raise DatasetError(f"{pointer}: invalid generation {generation!r}; {REBUILD}")
+    files = folder / generation
+    base = load_tensors(files / "embeddings.safetensors", REBUILD).get("embeddings")
+    if base is None or base.ndim != 2:
+        raise DatasetError(f"{files / 'embeddings.safetensors'} holds no [items, dim] embeddings; {REBUILD}")
+    base = base.float().numpy()
+    if (files / "added.safetensors").is_file() or meta["version"] > 1:
+        extra = load_tensors(files / "added.safetensors", REBUILD).get("embeddings")
+        try:
+            table = pl.read_parquet(files / "added.parquet")
+        except (OSError, pl.exceptions.PolarsError) as err:
+            raise DatasetError(f"{files / 'added.parquet'} is damaged ({err}); {REBUILD}") from None
+        if extra is None or extra.ndim != 2 or extra.shape[1] != base.shape[1] or len(table) != len(extra) \
+                or set(table.columns) != {"item_id", "key", "text"}:
+            raise DatasetError(f"{files} holds added items that do not match their table; {REBUILD}")
+        extra = extra.float().numpy()
+    else:
+        extra = np.zeros((0, base.shape[1]), dtype=np.float32)
+        table = pl.DataFrame(schema={"item_id": pl.Int64, "key": pl.String, "text": pl.String})
+    embeddings = np.concatenate([base, extra])
+    if not np.isfinite(embeddings).all():
+        raise DatasetError(f"{files} holds non-finite embeddings; the index is damaged: {REBUILD}")
+    try:
+        built = faiss.read_index(str(files / "hnsw.faiss")) if meta["kind"] == "hnsw" else None
+    except (TypeError, RuntimeError) as err:
+        raise DatasetError(f"{files}: the HNSW graph is damaged ({str(err).splitlines()[0]}); {REBUILD}") from None
+    # A flat index is rebuilt from the embeddings (exact, and a copy of them anyway).
+    index = ItemIndex(embeddings, meta["kind"], hnsw, built=built)
+    claimed = (meta.get("items", len(base) - 1), meta.get("added", len(extra)), meta.get("dim", base.shape[1]))
+    if index.size != len(embeddings) - 1 or (built is not None and built.d != base.shape[1]) \
+            or claimed != (len(base) - 1, len(extra), base.shape[1]):
+        raise DatasetError(f"{folder} is inconsistent; {REBUILD}")
+    return StoredIndex(index, embeddings, table, generation)

@@ -1,0 +1,1 @@
+"""Serving a trained run: the recommender (queries, new items), the HTTP service."""

@@ -1,0 +1,135 @@
+"""The service's ASGI middleware: request metrics, the body limit, internal errors as JSON.
+
+Plain ASGI rather than ``@app.middleware("http")``, which wraps every request in extra
+tasks and streams and costs more than a whole query does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from iisan.fileio import storage_failure
+
+log = logging.getLogger(__name__)
+
+
+class Measure:
+    """ASGI middleware counting requests by route template and status, and timing them.
+
+    Plain ASGI rather than ``@app.middleware("http")``, which wraps every request in
+    extra tasks and streams and costs more than our whole query does."""
+
+    def __init__(self, app, requests, latency) -> None:
+        self.app = app
+        self.requests = requests
+        self.latency = latency
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def recording_send(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")  # the template: few label values
+            self.requests.labels(scope["method"], route, str(status)).inc()
+            self.latency.labels(route).observe(time.perf_counter() - start)
+
+
+class InternalErrors:
+    """ASGI middleware: an unexpected exception (a bug of ours) becomes a 500 with a JSON
+    error and no traceback, and the connection stays open. (Starlette's own handler for
+    ``Exception`` answers, then re-raises, and the server drops the keep-alive connection.)"""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as err:
+            if started:  # half an answer is out: only closing the connection can end it
+                raise
+            failure = storage_failure(err, getattr(err, "filename", None) or "the run folder")
+            if failure is not None:  # the disk's trouble, not a bug: retry later
+                status, message, headers = 503, str(failure), [(b"retry-after", b"5")]
+            else:
+                log.exception("internal error answering %s %s", scope.get("method"), scope.get("path"))
+                status, message, headers = 500, f"internal error: {type(err).__name__}", []
+            body = json.dumps({"error": message}).encode()
+            await send({"type": "http.response.start", "status": status,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                    *headers]})
+            await send({"type": "http.response.body", "body": body})
+
+
+class BodyLimit:
+    """ASGI middleware: answer 413 for a body over ``max_bytes``, declared or streamed
+    (chunked), before anything parses it.
+
+    The body is read here, up to the limit, and handed on whole: the app would buffer it
+    anyway, and an error raised from inside the app's body reading would become its 400.
+    """
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await self._reject(send)
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left: let the app see it
+                await self.app(scope, _replay([message], receive), send)
+                return
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
+                await self._reject(send)
+                return
+            if not message.get("more_body", False):
+                break
+        await self.app(scope, _replay([{"type": "http.request", "body": bytes(body), "more_body": False}], receive), send)
+
+    async def _reject(self, send) -> None:
+        body = json.dumps({"error": f"request body over {self.max_bytes:,} bytes"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _replay(messages: list[dict], receive):
+    """An ASGI ``receive`` that yields ``messages`` first, then waits on the real one."""
+    pending = list(messages)
+
+    async def replayed() -> dict:
+        return pending.pop(0) if pending else await receive()
+
+    return replayed
