@@ -145,7 +145,8 @@ def in_process_big(run: Path, histories: list[list[str]], big_items: int, querie
 
     from iisan.run.index_store import StoredIndex
     from iisan.search import HnswSettings, ItemIndex
-    from iisan.serving.recommender import Catalogue, Recommender
+    from iisan.serving.catalogue import Catalogue
+    from iisan.serving.recommender import Recommender
 
     torch.set_num_threads(1)  # one query at a time, as one server worker handles it
     rec = Recommender.load(run)
@@ -158,12 +159,12 @@ def in_process_big(run: Path, histories: list[list[str]], big_items: int, querie
     embeddings = np.concatenate([trained, extra])
     keys = rec.keys + [f"x{i}" for i in range(len(extra))]
     titles = [rec.title(key) if key else None for key in rec.keys] + [None] * len(extra)
-    generation = rec._catalogue.stored.generation
+    generation = rec.store.current.stored.generation
 
     def use_index(kind: str) -> None:
         index = ItemIndex(embeddings, kind, HnswSettings(m=32, ef_construction=100))
         stored = StoredIndex(index, embeddings, rec.added, generation)
-        rec._catalogue = Catalogue(stored, keys, titles, {key: i for i, key in enumerate(keys) if i},
+        rec.store.current = Catalogue(stored, keys, titles, {key: i for i, key in enumerate(keys) if i},
                                    torch.from_numpy(embeddings))
 
     results = []

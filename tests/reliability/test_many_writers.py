@@ -17,7 +17,7 @@ import threading
 import pytest
 
 from iisan.run.lock import run_lock
-from iisan.serving import recommender as recommend
+from iisan.serving import catalogue
 from iisan.serving.recommender import Recommender
 from tests.conftest import REPO
 from tests.reliability.conftest import cli, one_line_error
@@ -59,7 +59,7 @@ def test_a_loaded_recommender_serves_what_another_process_added(scratch, tmp_pat
     _, err = worker.communicate(timeout=300)
     assert worker.returncode == 0, err
     assert "from-cli" not in serving.ids  # not yet: queries check on a timer
-    monkeypatch.setattr(recommend, "REFRESH_SECONDS", 0.0)
+    monkeypatch.setattr(catalogue, "REFRESH_SECONDS", 0.0)
     assert serving.recommend(["from-cli"], k=3)  # a query picks it up and can use it
     serving.add_items([{"key": "from-service", "text": "an item added by the service"}])
     assert {"from-cli", "from-service"} <= set(Recommender.load(scratch.run).ids)

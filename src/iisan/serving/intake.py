@@ -3,16 +3,20 @@ into what the encoders take, before anything touches the catalogue."""
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
+import torch
 
 from iisan.data.images import ImageRefused, RefusedPath, check_relative, open_image, read_image_file
 from iisan.data.text import clean_text
-from iisan.errors import InputError
+from iisan.errors import InputError, NonFiniteError
 from iisan.fileio import text_encoding
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
@@ -133,3 +137,94 @@ def _text_lines(path: Path) -> Iterator[str]:
         raise InputError(f"{path}:{number + 1}: not UTF-8 text ({err.reason}); save it as UTF-8") from None
     except OSError as err:
         raise InputError(f"cannot read {path}: {err.strerror or err}") from err
+
+
+
+def embed_in_batches(items: Iterable[dict[str, Any]], layers: dict[str, tuple[int, ...]],
+                     embed: Callable[[list[str], list[bytes | None]], np.ndarray],
+                     check_keys: Callable[[list[str]], None], batch_size: int) -> tuple[list[str], list[str], np.ndarray]:
+    """Vet and embed ``items`` (any iterable, read once) ``batch_size`` at a time, keeping
+    only keys, texts and vectors: memory does not grow with images or encoder states.
+    ``check_keys`` sees the keys so far after every batch (a repeat fails early).
+
+    Raises:
+        InputError: a malformed item (or none at all), or whatever ``check_keys`` raises.
+    """
+    keys: list[str] = []
+    texts: list[str] = []
+    rows: list[np.ndarray] = []
+    batch: list[dict[str, Any]] = []
+    for item in itertools.chain(items, [None]):
+        if item is not None:
+            batch.append(item)
+        if batch and (item is None or len(batch) == batch_size):
+            batch_keys, batch_texts, images = vet_items(batch, layers, first=len(keys) + 1)
+            keys += batch_keys
+            texts += batch_texts
+            check_keys(keys)
+            rows.append(embed(batch_texts, images))
+            batch = []
+    if not keys:
+        raise InputError("no items to add")
+    return keys, texts, np.concatenate(rows)
+
+
+def refuse_taken(keys: list[str], catalogue: dict[str, int]) -> None:
+    """Refuse keys given twice or already in the ``catalogue`` (key -> id).
+
+    Raises:
+        InputError: naming up to ten of them.
+    """
+    duplicates = sorted({key for key, count in Counter(keys).items() if count > 1})
+    if duplicates:
+        raise InputError(f"keys given twice: {', '.join(map(repr, duplicates[:10]))}")
+    taken = [key for key in keys if key in catalogue]
+    if taken:
+        raise InputError(f"already in the catalogue: {', '.join(map(repr, taken[:10]))}")
+
+
+class ContentEmbedder:
+    """New items' ranking vectors from their content: the frozen encoders (names and
+    settings from the run's ``config.json``, weights from the encoder packages, loaded on
+    first use) and the trained item tower, as the catalogue's own were made.
+
+    Their final ids are not known when they are embedded and need not be: any id past the
+    trained catalogue gives the same vector (no id offset, the cold prior), so the first
+    free ids stand in.
+    """
+
+    def __init__(self, trained, trained_items: int) -> None:
+        self.trained = trained
+        self.model = trained.model
+        self.trained_items = trained_items
+        self._source = None
+
+    def embed(self, texts: list[str], images: list[bytes | None]) -> np.ndarray:
+        """``[n, width]`` float32 vectors of the items with these texts and image bytes.
+
+        Raises:
+            InputError: an image cannot be decoded. NonFiniteError: the model gives NaN.
+        """
+        ids = np.arange(self.trained_items + 1, self.trained_items + 1 + len(texts))
+        try:
+            features = self._content_source().content_features(ids, texts, images)
+        except (OSError, ValueError) as err:
+            raise InputError(f"cannot decode an image: {err}") from err
+        self.model.eval()
+        with torch.no_grad():
+            rows = self.model.catalogue_vectors(features.to(self.model.device)).cpu().numpy().astype(np.float32)
+        if not np.isfinite(rows).all():
+            raise NonFiniteError("the model gives non-finite embeddings for these items; nothing was added")
+        return rows
+
+    def _content_source(self):
+        if self._source is None:
+            from iisan.features.live import LiveSource, RawContentSource
+
+            if self.trained.encoder_modules:  # the encoder baselines run them inside the tower
+                self._source = RawContentSource(None, self.trained.encoders, self.trained.encoder_modules)
+            else:
+                layers = self.model.layers
+                self._source = LiveSource(None, {m: self.trained.encoders[m] for m in layers}, layers,
+                                          self.model.device)
+        return self._source

@@ -1,0 +1,80 @@
+"""Every benchmark script runs, at a tiny size: nothing runs them otherwise, and a refactor
+once broke one unseen (issue 29: bench/serve.py's 1M-item part). These check that each
+script finishes and prints its report, not its figures (those are measured, not tested).
+
+Marked slow (CI runs them); the ones that read ../shared's Scientific set are shared_data too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+SCIENTIFIC = REPO.parent / "shared" / "datasets" / "amazon-scientific"
+
+
+def bench(*args, timeout: int = 600) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    result = subprocess.run([sys.executable, *map(str, args)], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_prepare_bench(tmp_path):
+    out = bench("bench/prepare.py", "--interactions", "20000", "--users", "2000", "--items", "500", "--out", tmp_path)
+    assert "problems" in out
+
+
+def test_scale_bench(tmp_path):
+    out = bench("bench/scale.py", "--items", "3000", "--reference-items", "1000", "--users", "800", "--steps", "3",
+                "--eval-users", "100", "--work", tmp_path, "--json")
+    assert json.loads(out[out.index("{"):])
+
+
+def test_serve_bench_both_parts(tmp_path):
+    out = bench("bench/serve.py", "--work", tmp_path, "--items", "2000", "--clients", "2", "--seconds", "2",
+                "--big-items", "3000", "--queries", "20")
+    report = json.loads((tmp_path / "serve.json").read_text())
+    assert report["http"]["requests"] > 0 and report["http"]["errors"] == 0, out
+    assert [row["index"] for row in report["in_process"]] == ["flat", "hnsw", "hnsw"]
+
+
+def test_run_readers(tiny_run, tmp_path):
+    """The scripts that read finished runs: summarise_runs, repeat_targets, versa_table."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    shutil.copytree(tiny_run, runs / "iisan-1")
+    assert "iisan" in bench("bench/summarise_runs.py", runs, "--slices")
+    assert "repeat_share" in json.loads(bench("bench/repeat_targets.py", runs / "iisan-1", "--json"))[str(runs / "iisan-1")]
+    assert "iisan" in bench("bench/versa_table.py", runs, "--steps", "2")
+
+
+@pytest.fixture(scope="module")
+def scientific_work(tmp_path_factory) -> Path:
+    """One work folder for the Scientific benches: both build the same dataset and minilm
+    cache there (work/scientific, work/cache-minilm), so it is encoded once."""
+    return tmp_path_factory.mktemp("bench-scientific")
+
+
+@pytest.mark.shared_data
+def test_train_step_bench_on_scientific(scientific_work):
+    out = bench("bench/train_step.py", "--work", scientific_work, "--steps", "3", "--uncached-steps", "1",
+                timeout=1200)
+    assert json.loads(out[out.index("{"):])["step_ms_median"] > 0
+
+
+@pytest.mark.shared_data
+def test_threads_bench_on_scientific(scientific_work):
+    bench("bench/threads.py", "--work", scientific_work, "--threads", "1", "--repeats", "1", "--steps", "3",
+          "--jobs", "step", timeout=1200)
+    assert json.loads((scientific_work / "threads-busy0.json").read_text())
