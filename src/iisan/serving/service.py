@@ -14,8 +14,10 @@ import base64
 import binascii
 import hmac
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Annotated, Any
 
+from iisan.data.images import FORMATS_READ
 from iisan.errors import ConfigError, IisanError, InputError, RunBusyError, StorageError, UnknownItemError
 from iisan.serving.batcher import QueryBatcher
 from iisan.serving.middleware import BodyLimit, InternalErrors, Measure
@@ -37,14 +39,10 @@ class Limits:
     max_text_chars: int = 10_000
 
 
-def create_app(recommender, token: str | None = None, limits: Limits = Limits()):
-    """The FastAPI application. ``token``: required as ``Authorization: Bearer`` on writes."""
-    from fastapi import Depends, FastAPI, Header, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, PlainTextResponse
-    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+def request_models(limits: Limits) -> SimpleNamespace:
+    """The request and response bodies as pydantic models, their bounds from ``limits``
+    (so they are made per app): what validation enforces and ``/openapi.json`` describes."""
     from pydantic import BaseModel, ConfigDict, Field, StringConstraints
-    from starlette.exceptions import HTTPException
 
     Key = Annotated[str, StringConstraints(min_length=1, max_length=limits.max_key_chars)]
 
@@ -69,7 +67,7 @@ def create_app(recommender, token: str | None = None, limits: Limits = Limits())
         model_config = ConfigDict(extra="forbid")
         key: Key
         text: str | None = Field(None, max_length=limits.max_text_chars)
-        image: str | None = Field(None, description="The image file's bytes, base64-encoded (JPEG, PNG, WebP).")
+        image: str | None = Field(None, description=f"The image file's bytes, base64-encoded ({FORMATS_READ}).")
 
     class AddItemsRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -95,21 +93,19 @@ def create_app(recommender, token: str | None = None, limits: Limits = Limits())
         index: str
         problems: list[str]
 
-    def errors(*codes: int) -> dict:
-        meaning = {401: "A valid bearer token is required.", 404: "No such item.", 413: "The body is over the limit.",
-                   422: "Invalid request or unknown item keys.", 503: "The catalogue could not be saved; nothing changed."}
-        return {code: {"model": ErrorBody, "description": meaning[code]} for code in codes}
+    return SimpleNamespace(RecommendRequest=RecommendRequest, Recommendation=Recommendation,
+                           RecommendResponse=RecommendResponse, NewItem=NewItem, AddItemsRequest=AddItemsRequest,
+                           AddItemsResponse=AddItemsResponse, Item=Item, ErrorBody=ErrorBody, Health=Health)
 
-    registry = CollectorRegistry()
-    requests = Counter("iisan_requests", "HTTP requests served.", ["method", "route", "status"], registry=registry)
-    latency = Histogram("iisan_request_seconds", "Time to serve a request.", ["route"], registry=registry,
-                        buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 
-    app = FastAPI(title="iisan", summary="Next-item recommendation with IISAN.",
-                  description="Recommend the next items for a history of item keys; add new items without retraining.")
-    app.add_middleware(InternalErrors)  # innermost of ours: Measure still counts its 500s
-    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
-    app.add_middleware(Measure, requests=requests, latency=latency)
+def add_error_handlers(app):
+    """Every error answer is ``{"error": "<one line>"}`` with the right status: 422 for the
+    request's faults, 503 (with Retry-After) for the server's (a full disk, a busy run).
+    Returns the helper that makes such an answer."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
 
     def error(status: int, message: str, **extra: Any) -> JSONResponse:
         return JSONResponse({"error": message, **extra}, status_code=status)
@@ -142,6 +138,36 @@ def create_app(recommender, token: str | None = None, limits: Limits = Limits())
             return response
         return error(422, str(exc))
 
+    return error
+
+
+def create_app(recommender, token: str | None = None, limits: Limits = Limits()):
+    """The FastAPI application. ``token``: required as ``Authorization: Bearer`` on writes."""
+    from fastapi import Depends, FastAPI, Header
+    from fastapi.responses import JSONResponse, PlainTextResponse
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+    from starlette.exceptions import HTTPException
+
+    schema = request_models(limits)
+
+    def errors(*codes: int) -> dict:
+        meaning = {401: "A valid bearer token is required.", 404: "No such item.", 413: "The body is over the limit.",
+                   422: "Invalid request or unknown item keys.", 503: "The catalogue could not be saved; nothing changed."}
+        return {code: {"model": schema.ErrorBody, "description": meaning[code]} for code in codes}
+
+    registry = CollectorRegistry()
+    requests = Counter("iisan_requests", "HTTP requests served.", ["method", "route", "status"], registry=registry)
+    latency = Histogram("iisan_request_seconds", "Time to serve a request.", ["route"], registry=registry,
+                        buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+
+    app = FastAPI(title="iisan", summary="Next-item recommendation with IISAN.",
+                  description="Recommend the next items for a history of item keys; add new items without retraining.")
+    app.add_middleware(InternalErrors)  # innermost of ours: Measure still counts its 500s
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(Measure, requests=requests, latency=latency)
+
+    add_error_handlers(app)
+
     def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
         if token is None:
             return
@@ -151,18 +177,18 @@ def create_app(recommender, token: str | None = None, limits: Limits = Limits())
 
     batcher = QueryBatcher(recommender)
 
-    @app.post("/recommend", response_model=RecommendResponse, responses=errors(413, 422),
+    @app.post("/recommend", response_model=schema.RecommendResponse, responses=errors(413, 422),
               summary="Top-k next items for a history")
-    async def recommend(body: RecommendRequest) -> JSONResponse:
+    async def recommend(body: schema.RecommendRequest) -> JSONResponse:
         answer = await batcher.answer(Query(body.history, body.k, body.exclude_seen,
                                             "skip" if body.skip_unknown else "raise"))
         # A ready response skips re-validating our own output against the model (hot path).
         return JSONResponse({"items": [{"key": key, "title": recommender.title(key), "score": score}
                                        for key, score in answer]})
 
-    @app.post("/items", response_model=AddItemsResponse, dependencies=[Depends(require_token)],
+    @app.post("/items", response_model=schema.AddItemsResponse, dependencies=[Depends(require_token)],
               responses=errors(401, 413, 422, 503), summary="Add items from their content, without retraining")
-    def add_items(body: AddItemsRequest) -> dict:
+    def add_items(body: schema.AddItemsRequest) -> dict:
         items = []
         for n, item in enumerate(body.items, start=1):
             image = None
@@ -176,13 +202,13 @@ def create_app(recommender, token: str | None = None, limits: Limits = Limits())
         return {"added": added, "items": recommender.num_items}
 
     # :path, so a key holding "/" (which POST /items accepts) can be looked up too
-    @app.get("/items/{key:path}", response_model=Item, responses=errors(404, 422), summary="One item of the catalogue")
+    @app.get("/items/{key:path}", response_model=schema.Item, responses=errors(404, 422), summary="One item of the catalogue")
     def get_item(key: str) -> dict:
         if key not in recommender.ids:
             raise HTTPException(404, f"unknown item key: {key[:limits.max_key_chars]!r}")
         return {"key": key, "title": recommender.title(key), "added": recommender.ids[key] > recommender.trained_items}
 
-    @app.get("/health", response_model=Health, responses={503: {"model": Health, "description": "Queries fail."}},
+    @app.get("/health", response_model=schema.Health, responses={503: {"model": schema.Health, "description": "Queries fail."}},
              summary="Whether queries are answered: 200 ok, 503 failing (with the problems)")
     def health() -> JSONResponse:
         report = recommender.health()
