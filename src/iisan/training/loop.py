@@ -108,26 +108,7 @@ def _train_locked(dataset_dir: Path, run_dir: Path, config: TrainConfig, cache_d
     optimizer = build_optimizer(parts) if trains else None
     log_pop = log_popularity(torch.from_numpy(parts.splits.popularity)).to(workers.device)
     objective = step_objective(parts, log_pop, workers)
-    state = {"epoch": 0, "best": -1.0, "best_epoch": 0, "bad_epochs": 0}
-    if resume:
-        _check_resumable(run_dir, parts)
-    if resume and trains and (run_dir / RESUME_DIR / "state.json").is_file():
-        # Every rank reads the same files, so the run folder must be on a shared filesystem.
-        state = read_json_object(run_dir / RESUME_DIR / "state.json", RESUME_STATE, RESUME_FIX)
-        state.pop("generation", None)
-        files = resume_folder(run_dir)
-        load_weights(files / WEIGHTS_FILE, model, RESUME_FIX)
-        load_optimizer(files, optimizer)
-        remember_base_rates(optimizer)  # runs saved before schedules existed: their rate is the base
-        if workers.is_main:
-            trim_metrics(run_dir, state["epoch"])
-        log.info("resuming after epoch %d (best %s %.4f at epoch %d)", state["epoch"], SELECT_METRIC, state["best"], state["best_epoch"])
-    elif workers.is_main:
-        write_run_config(run_dir, parts.config.to_json(), dataset_dir, parts.dataset.fingerprint, cache_dir,
-                         {m: parts.cache.entry(m) for m in parts.model.layers} if parts.cache else {},
-                         parts.model.item.layers,  # the tower's, not the blend's
-                         parts.dataset.num_items, workers.world_size)
-        trim_metrics(run_dir, 0)  # resumed before any epoch was complete: start the log over
+    state = _start_or_resume(run_dir, parts, optimizer, resume, dataset_dir, cache_dir, workers)
     writer = _tensorboard(run_dir) if tensorboard and workers.is_main else None
 
     def evaluate(items: torch.Tensor, *splits: str) -> dict[str, dict[str, float]]:
@@ -174,17 +155,7 @@ def _train_locked(dataset_dir: Path, run_dir: Path, config: TrainConfig, cache_d
         load_weights(run_dir / WEIGHTS_FILE, model)
     elif workers.is_main:
         save_weights(run_dir / WEIGHTS_FILE, model)
-    calibration = None
-    if model.blend is not None:  # weighed on validation, then part of the saved weights
-        calibration = calibrate_blend(model, parts.source, parts.dataset.num_items, parts.splits.valid,
-                                      config.include_history, workers, seed=config.seed)
-        if workers.is_main:
-            save_weights(run_dir / WEIGHTS_FILE, model)
-    items = embed_catalogue()
-    results = evaluate(items, "valid", "test")
-    if workers.is_main:
-        write_json_atomic(run_dir / "metrics.json", {**results, **({"blend": calibration} if calibration else {})})
-        write_catalogue(run_dir, parts.dataset.items, items.cpu().numpy())
+    calibration, results = _finish(run_dir, parts, workers, embed_catalogue, evaluate)
     if writer is not None:
         writer.close()
     workers.barrier()  # nobody leaves before rank 0 has written everything
@@ -201,6 +172,52 @@ def _train_locked(dataset_dir: Path, run_dir: Path, config: TrainConfig, cache_d
         **({"blend": calibration} if calibration else {}),
         **results,
     }
+
+
+def _start_or_resume(run_dir: Path, parts: Assembled, optimizer, resume: bool, dataset_dir: Path, cache_dir,
+                     workers: Workers) -> dict[str, Any]:
+    """The loop's counters: from the run's resume state (weights and optimizer restored), or
+    fresh, with the run's ``config.json`` written."""
+    if resume:
+        _check_resumable(run_dir, parts)
+    if resume and optimizer is not None and (run_dir / RESUME_DIR / "state.json").is_file():
+        # Every rank reads the same files, so the run folder must be on a shared filesystem.
+        state = read_json_object(run_dir / RESUME_DIR / "state.json", RESUME_STATE, RESUME_FIX)
+        state.pop("generation", None)
+        files = resume_folder(run_dir)
+        load_weights(files / WEIGHTS_FILE, parts.model, RESUME_FIX)
+        load_optimizer(files, optimizer)
+        remember_base_rates(optimizer)  # runs saved before schedules existed: their rate is the base
+        if workers.is_main:
+            trim_metrics(run_dir, state["epoch"])
+        log.info("resuming after epoch %d (best %s %.4f at epoch %d)", state["epoch"], SELECT_METRIC, state["best"],
+                 state["best_epoch"])
+        return state
+    if workers.is_main:
+        write_run_config(run_dir, parts.config.to_json(), dataset_dir, parts.dataset.fingerprint, cache_dir,
+                         {m: parts.cache.entry(m) for m in parts.model.layers} if parts.cache else {},
+                         parts.model.item.layers,  # the tower's, not the blend's
+                         parts.dataset.num_items, workers.world_size)
+        trim_metrics(run_dir, 0)  # resumed before any epoch was complete: start the log over
+    return {"epoch": 0, "best": -1.0, "best_epoch": 0, "bad_epochs": 0}
+
+
+def _finish(run_dir: Path, parts: Assembled, workers: Workers, embed_catalogue, evaluate) -> tuple[dict | None, dict]:
+    """With the best weights loaded: calibrate the blend (on validation), evaluate valid and
+    test, and write ``metrics.json`` and the catalogue with its index."""
+    model, config = parts.model, parts.config
+    calibration = None
+    if model.blend is not None:  # weighed on validation, then part of the saved weights
+        calibration = calibrate_blend(model, parts.source, parts.dataset.num_items, parts.splits.valid,
+                                      config.include_history, workers, seed=config.seed)
+        if workers.is_main:
+            save_weights(run_dir / WEIGHTS_FILE, model)
+    items = embed_catalogue()
+    results = evaluate(items, "valid", "test")
+    if workers.is_main:
+        write_json_atomic(run_dir / "metrics.json", {**results, **({"blend": calibration} if calibration else {})})
+        write_catalogue(run_dir, parts.dataset.items, items.cpu().numpy())
+    return calibration, results
 
 
 class NextItemObjective(torch.nn.Module):
