@@ -290,3 +290,20 @@ def test_quiet_hides_progress_bars_and_only_iisan_logs(tmp_path, tiny_run):
     import logging
 
     logging.getLogger("iisan").setLevel(logging.NOTSET)  # leave the process as other tests expect
+
+
+def test_train_on_a_text_only_cache_needs_no_modality(tiny_multimodal, tmp_path):
+    """issue 30: encode skips images by itself, so train must not then ask for them."""
+    dataset, _ = tiny_multimodal
+    cache = tmp_path / "text-cache"
+    encoded = runner.invoke(app, ["encode", str(dataset), "--out", str(cache), "--text-encoder", "tiny-random-text",
+                                  "--image-encoder", "none", "--pooling", "mean"])
+    assert encoded.exit_code == 0, encoded.output
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", str(dataset), "--cache", str(cache), "--out", str(run), "--epochs", "1",
+                                 "--batch-size", "32", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "config.json").read_text())["train"]["side"]["modality"] == "text"
+    both = runner.invoke(app, ["train", str(dataset), "--cache", str(cache), "--out", str(tmp_path / "r2"),
+                               "--modality", "intra_inter"])  # asked for explicitly: still one clear line
+    assert both.exit_code == 2 and "needs image states" in both.stderr

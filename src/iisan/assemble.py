@@ -56,6 +56,7 @@ def assemble(dataset_dir: str | Path, cache_dir: str | Path | None, config: Trai
             raise ConfigError(f"method {config.method!r} reads encoder states: pass --cache (build it with `iisan encode`)")
         cache = HiddenStateCache.open(cache_dir, dataset.fingerprint)
         shapes = {m: (cache.num_layers(m), cache.hidden_size(m)) for m in cache.modalities}
+        config = dataclasses.replace(config, side=config.side.resolved(cache.modalities))  # "auto": what it holds
     torch.manual_seed(config.seed)
     model, source = _model_and_source(config, dataset, cache, shapes, device, layers)
     flat, offsets = dataset.sequence_arrays()

@@ -467,7 +467,7 @@ def train(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.", show_default=False)],
     cache: Annotated[Path | None, typer.Option(help="Hidden-state cache from `iisan encode` (not needed for --method id).", show_default=False)] = None,
     method: Annotated[Method, typer.Option(help=METHOD_HELP)] = Method.iisan,
-    modality: Annotated[Modality, typer.Option(help="Towers feeding the item embedding.")] = Modality(SideNetworkConfig.modality),
+    modality: Annotated[Modality, typer.Option(help="Towers feeding the item embedding; auto: text+image (intra_inter) when the cache holds both, else the one it holds.")] = Modality(SideNetworkConfig.modality),
     mode: Annotated[Mode, typer.Option(help="cached: read the cache; uncached: run the frozen encoders in the graph (same results, slower).")] = Mode(TrainConfig.mode),
     epochs: Annotated[int, typer.Option(help="Maximum epochs (--schedule cosine reaches zero at the last).")] = TrainConfig.epochs,
     batch_size: Annotated[int | None, typer.Option(help="Samples per batch (with --loss in_batch the negatives come from them). " + _per_method("batch_size", TrainConfig.batch_size), show_default=False)] = None,

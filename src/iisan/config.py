@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -167,7 +167,7 @@ class EncodeConfig:
         return {"image_size": self.image_size}
 
 
-MODALITIES = ("text", "image", "intra", "inter", "intra_inter")
+MODALITIES = ("auto", "text", "image", "intra", "inter", "intra_inter")
 INTER_LAYERS = ("last", "mean", "truncate")
 DTL_TARGETS = ("smaller", "larger")
 DTL_KINDS = ("shared", "per_step")
@@ -208,7 +208,9 @@ class SideNetworkConfig:
             is the same for every item (layer 0 under CLS pooling, the first token of a
             causal model) is skipped: a step spent on a constant adds nothing.
         modality: which towers feed the item embedding: ``text``, ``image``, ``intra``
-            (text + image), ``inter`` (the fused tower only) or ``intra_inter`` (all three).
+            (text + image), ``inter`` (the fused tower only) or ``intra_inter`` (all three);
+            ``auto`` (default): ``intra_inter`` when the cache holds both encoders' states,
+            else the one it holds (:meth:`resolved`, when the run is assembled).
         gate_temperature: gates are ``sigmoid(w / temperature)``.
         inter_layers: IISAN-Versa, for encoders of different depth: the inter-modal tower
             takes as many steps as the shallower encoder has selected layers, and reads the
@@ -240,7 +242,7 @@ class SideNetworkConfig:
     bottleneck: int = 64
     layers: tuple[int, ...] | None = None
     layer_rule: str = "all"
-    modality: str = "intra_inter"
+    modality: str = "auto"
     gate_temperature: float = 0.1
     inter_layers: str = "last"
     dtl_to: str = "smaller"
@@ -279,8 +281,16 @@ class SideNetworkConfig:
 
     @property
     def encoder_modalities(self) -> tuple[str, ...]:
-        """The encoders this setting reads."""
+        """The encoders this setting reads (``auto``: whichever the cache holds)."""
         return {"text": ("text",), "image": ("image",)}.get(self.modality, ("text", "image"))
+
+    def resolved(self, available: tuple[str, ...]) -> SideNetworkConfig:
+        """``auto`` made concrete for a cache holding the ``available`` encoders' states;
+        any other modality as it is."""
+        if self.modality != "auto":
+            return self
+        both = "text" in available and "image" in available
+        return replace(self, modality="intra_inter" if both else ("image" if "image" in available else "text"))
 
     def selected_layers(self, num_layers: int, constant: tuple[int, ...] = (), modality: str | None = None,
                         available: tuple[int, ...] | None = None) -> tuple[int, ...]:

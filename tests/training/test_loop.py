@@ -44,8 +44,8 @@ def test_train_writes_a_complete_run(tiny_multimodal, tmp_path):
     assert 0 <= summary["test"]["ndcg@10"] <= summary["test"]["hr@10"] <= 1
     assert summary["trainable_parameters"] == summary["total_parameters"] > 0  # encoders are not in the model
     saved = json.loads((run / "config.json").read_text())
-    assert TrainConfig.from_json(saved["train"]) == dataclasses.replace(
-        FAST, user=dataclasses.replace(FAST.user, max_seq_len=5))
+    assert TrainConfig.from_json(saved["train"]) == dataclasses.replace(  # modality auto: what the cache holds
+        FAST, user=dataclasses.replace(FAST.user, max_seq_len=5), side=dataclasses.replace(FAST.side, modality="intra_inter"))
     assert saved["layers"] == {"text": [0, 1, 2], "image": [0, 1, 2]}  # every layer, by default
     # The run reloads to the same weights.
     reloaded = assemble_run(run)

@@ -93,6 +93,7 @@ class IISANItemEncoder(nn.Module):
                  layers: dict[str, tuple[int, ...]] | None = None,
                  stored: dict[str, tuple[int, ...]] | None = None) -> None:
         super().__init__()
+        config = config.resolved(tuple(shapes))  # "auto": the encoders whose states there are
         self.config = config
         missing = [m for m in config.encoder_modalities if m not in shapes]
         if missing:
