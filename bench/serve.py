@@ -111,11 +111,15 @@ async def load(url: str, histories: list[list[str]], clients: int, seconds: floa
             "p99_ms": round(percentile(ms, 99), 2), "max_ms": round(max(ms), 2)}
 
 
-def serve_under_load(run: Path, histories: list[list[str]], clients: int, seconds: float) -> dict:
+def serve_under_load(run: Path, histories: list[list[str]], clients: int, seconds: float,
+                     access_log: bool = True) -> dict:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "iisan", "serve", str(run), "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # stderr (the access log: a line per request) to a file: a pipe nobody reads would fill and stall the server
+    log_file = run.parent / "serve.stderr"
+    server = subprocess.Popen([sys.executable, "-m", "iisan", "serve", str(run), "--port", str(port),
+                               "--access-log" if access_log else "--no-access-log"],
+                              stdout=subprocess.DEVNULL, stderr=open(log_file, "w"))  # noqa: SIM115 - the server's
     try:
         import httpx
 
@@ -126,7 +130,7 @@ def serve_under_load(run: Path, histories: list[list[str]], clients: int, second
             except httpx.HTTPError:
                 pass
             if server.poll() is not None:
-                raise SystemExit(f"iisan serve exited: {server.stderr.read().decode()}")
+                raise SystemExit(f"iisan serve exited: {log_file.read_text()}")
             time.sleep(0.2)
         asyncio.run(load(url, histories[:200], clients, 2))  # warm-up
         server_cpu, client_cpu = cpu_seconds(server.pid), time.process_time()
@@ -212,6 +216,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--big-items", type=int, default=1_000_000, help="0 skips the in-process part")
     parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--no-access-log", dest="access_log", action="store_false",
+                        help="serve without the per-request log line (to measure what it costs)")
     args = parser.parse_args()
 
     from iisan.config import PrepareConfig, TrainConfig
@@ -233,7 +239,7 @@ def main() -> None:
     histories = [[keys[i] for i in row if i] for row in inputs[np.random.default_rng(0).permutation(len(inputs))]]
 
     report = {"catalogue_items": len(keys) - 1,
-              "http": serve_under_load(run, histories, args.clients, args.seconds)}
+              "http": serve_under_load(run, histories, args.clients, args.seconds, args.access_log)}
     print(json.dumps(report, indent=2), flush=True)
     if not args.big_items:
         return

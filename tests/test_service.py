@@ -271,3 +271,20 @@ def test_health_answers_503_when_queries_would_fail(recommender, monkeypatch):
     monkeypatch.setattr(recommender.index, "search", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("broken")))
     response = client.get("/health")
     assert response.status_code == 503 and response.json()["status"] == "failing"
+
+
+def test_the_access_log_has_one_line_per_request(recommender, caplog):
+    """issue 30: `iisan serve` was silent after start-up."""
+    client = TestClient(create_app(recommender, access_log=True), raise_server_exceptions=False)
+    with caplog.at_level("INFO", logger="iisan.access"):
+        client.post("/recommend", json={"history": recommender.keys[1:3], "k": 3})
+        client.get("/items/no-such-key")
+    lines = [record.getMessage() for record in caplog.records if record.name == "iisan.access"]
+    assert len(lines) == 2
+    assert " POST /recommend 200 " in lines[0] and lines[0].endswith(" ms")
+    assert " GET /items/no-such-key 404 " in lines[1]
+    quiet = TestClient(create_app(recommender), raise_server_exceptions=False)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="iisan.access"):
+        quiet.get("/health")
+    assert not [r for r in caplog.records if r.name == "iisan.access"]

@@ -141,8 +141,9 @@ def add_error_handlers(app):
     return error
 
 
-def create_app(recommender, token: str | None = None, limits: Limits = Limits()):
-    """The FastAPI application. ``token``: required as ``Authorization: Bearer`` on writes."""
+def create_app(recommender, token: str | None = None, limits: Limits = Limits(), access_log: bool = False):
+    """The FastAPI application. ``token``: required as ``Authorization: Bearer`` on writes;
+    ``access_log``: one line per request on the ``iisan.access`` logger."""
     from fastapi import Depends, FastAPI, Header
     from fastapi.responses import JSONResponse, PlainTextResponse
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -164,7 +165,7 @@ def create_app(recommender, token: str | None = None, limits: Limits = Limits())
                   description="Recommend the next items for a history of item keys; add new items without retraining.")
     app.add_middleware(InternalErrors)  # innermost of ours: Measure still counts its 500s
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
-    app.add_middleware(Measure, requests=requests, latency=latency)
+    app.add_middleware(Measure, requests=requests, latency=latency, access_log=access_log)
 
     add_error_handlers(app)
 
