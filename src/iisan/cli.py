@@ -905,8 +905,12 @@ def _log_requests_to_stderr(flush_seconds: float = 1.0) -> None:
     import io
     import threading
 
-    stream = io.TextIOWrapper(io.BufferedWriter(io.FileIO(sys.stderr.fileno(), "w", closefd=False), 1 << 16),
-                              encoding="utf-8", errors="replace", write_through=False)
+    try:
+        descriptor = sys.stderr.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation):  # stderr is not a file (captured): as it is
+        descriptor = None
+    stream = sys.stderr if descriptor is None else io.TextIOWrapper(
+        io.BufferedWriter(io.FileIO(descriptor, "w", closefd=False), 1 << 16), encoding="utf-8", errors="replace")
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S"))
     requests_log = logging.getLogger("iisan.access")
