@@ -11,6 +11,10 @@ The whole pipeline from Python::
     iisan.Recommender.load("runs/shop").recommend(["sku-1", "sku-7"], k=10)
 
 Names are imported on first use, so ``import iisan`` stays cheap (no torch until needed).
+The first use also does what the command line does at start: torch's CPU threads from
+``IISAN_THREADS`` (else ``OMP_NUM_THREADS``, else ``auto``: the free cores; see
+:mod:`iisan.threads`), unless torch was imported before with its own count; and, when
+logging is not configured, iisan's progress lines (epochs, validation) on stderr.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ __all__ = ["__version__", *_EXPORTS]
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'iisan' has no attribute {name!r}")
+    _set_up_once()
     value = getattr(importlib.import_module(_EXPORTS[name]), _RENAMED.get(name, name))
     globals()[name] = value  # later lookups skip this function
     return value
@@ -48,3 +53,30 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(__all__)
+
+
+_set_up = False
+
+
+def _set_up_once() -> None:
+    """Threads and log lines as the CLI has them (see the module docstring), once."""
+    global _set_up
+    if _set_up:
+        return
+    _set_up = True
+    import logging
+    import os
+    import sys
+
+    from iisan.threads import THREADS_ENV, use_threads
+
+    # Before torch loads, the count reaches torch and its children; after, only an explicit
+    # IISAN_THREADS overrides what the caller's torch already uses.
+    if "torch" not in sys.modules or os.environ.get(THREADS_ENV):
+        use_threads(None)
+    logger = logging.getLogger("iisan")
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)

@@ -53,7 +53,7 @@ def assemble(dataset_dir: str | Path, cache_dir: str | Path | None, config: Trai
     shapes: dict[str, tuple[int, int]] = {}
     if get_method(config.method).reads != "ids":
         if cache_dir is None:
-            raise ConfigError(f"method {config.method!r} reads encoder states: pass --cache (build it with `iisan encode`)")
+            raise ConfigError(f"method {config.method!r} reads encoder states: pass --cache (Python: cache_dir=...; build it with `iisan encode`)")
         cache = HiddenStateCache.open(cache_dir, dataset.fingerprint)
         shapes = {m: (cache.num_layers(m), cache.hidden_size(m)) for m in cache.modalities}
         config = dataclasses.replace(config, side=config.side.resolved(cache.modalities))  # "auto": what it holds

@@ -306,7 +306,7 @@ def check_replaceable(out_dir: Path, marker: str, force: bool) -> None:
     if any(out_dir.iterdir()) and not (out_dir / marker).exists() and not force:
         raise ConfigError(
             f"--out {out_dir} is a non-empty folder that iisan did not write; "
-            "choose another path or pass --force to replace it"
+            "choose another path or pass --force (Python: force=True) to replace it"
         )
 
 

@@ -79,7 +79,7 @@ def encode(
     if manifest is not None and manifest["dataset_fingerprint"] != dataset.fingerprint:
         raise CacheMismatchError(
             f"cache at {root} was built for dataset fingerprint {manifest['dataset_fingerprint'][:8]}…, "
-            f"this dataset is {dataset.fingerprint[:8]}…; rerun with --force to rebuild it"
+            f"this dataset is {dataset.fingerprint[:8]}…; rerun with --force (Python: force=True) to rebuild it"
         )
     root.mkdir(parents=True, exist_ok=True)
     manifest = manifest or {
@@ -135,7 +135,7 @@ def _encode_modality(
     if changed:
         raise CacheMismatchError(
             f"cache at {root} holds {modality} states from {entry['name']} with other "
-            f"{', '.join(changed)}; rerun with --force to rebuild it"
+            f"{', '.join(changed)}; rerun with --force (Python: force=True) to rebuild it"
         )
     new = entry is None
     if new:  # the manifest first: a folder with arrays but no manifest would not be ours to resume

@@ -100,7 +100,7 @@ def read_image_file(path: Path, root: Path | None, allow_outside: bool = False,
     """
     resolved = path.resolve(strict=True)
     if root is not None and not allow_outside and not resolved.is_relative_to(root.resolve()):
-        raise RefusedPath(f"{path} leads outside {root} (to {resolved}); pass --allow-outside-paths to read it")
+        raise RefusedPath(f"{path} leads outside {root} (to {resolved}); pass --allow-outside-paths (Python: allow_outside_paths=True) to read it")
     # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat below refuses it anyway.
     fd = os.open(resolved, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
     with os.fdopen(fd, "rb") as handle:
@@ -121,7 +121,7 @@ def check_relative(locator: str, allow_outside: bool) -> Path:
     path = Path(locator)
     if not allow_outside and (path.is_absolute() or ".." in path.parts):
         raise RefusedPath(f"{locator} is {'absolute' if path.is_absolute() else 'outside its folder (..)'}; "
-                          "paths are relative to the file's folder (pass --allow-outside-paths to allow it)")
+                          "paths are relative to the file's folder (pass --allow-outside-paths, Python: allow_outside_paths=True, to allow it)")
     return path
 
 

@@ -168,7 +168,7 @@ def prepare_run_folder(run_dir: Path, resume: bool, force: bool) -> None:
     content = [p for p in run_dir.iterdir() if p.name != LOCK_FILE] if run_dir.exists() else []
     if content:
         if not force:
-            raise ConfigError(f"{run_dir} is not empty; pass --resume to continue that run or --force to replace it")
+            raise ConfigError(f"{run_dir} is not empty; pass --resume to continue that run or --force to replace it (Python: resume=True, force=True)")
         for path in content:
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
