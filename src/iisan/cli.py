@@ -701,7 +701,8 @@ def quickstart(
     for rank, item in enumerate(result["recommendations"], 1):
         table.add_row(str(rank), item["key"], item["title"] or "", f"{item['score']:.3f}")
     stdout.print(table)
-    stdout.print(f"Everything is in {out}; seconds per step: {result['seconds']}")
+    steps = ", ".join(f"{step} {seconds:.1f} s" for step, seconds in result["seconds"].items())
+    stdout.print(f"Everything is in {out} ({steps}). Next: iisan serve {Path(out) / 'run'}")
 
 
 IndexKind = _choices("IndexKind", INDEX_KINDS)
