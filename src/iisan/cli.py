@@ -205,11 +205,11 @@ def prepare(
     images: Annotated[Path | None, typer.Option(help="Folder of <key>.jpg|.jpeg|.png|.webp images.", show_default=False)] = None,
     images_lmdb: Annotated[Path | None, typer.Option(help="LMDB of item key -> encoded image bytes.", show_default=False)] = None,
     items: Annotated[Path | None, typer.Option(help="csv: items table, when SOURCE is the interactions file.", show_default=False)] = None,
-    user_col: Annotated[str, typer.Option(help="csv: user column; recbole: user field (default user_id).")] = "user",
-    item_col: Annotated[str, typer.Option(help="csv: item column of the interactions; recbole: item field (default item_id).")] = "item",
-    time_col: Annotated[str, typer.Option(help="csv: timestamp column (number or date); recbole: time field.")] = "timestamp",
+    user_col: Annotated[str, typer.Option(help="csv: user column (default user); recbole: user field (default user_id).", show_default=False)] = "user",
+    item_col: Annotated[str, typer.Option(help="csv: item column of the interactions (default item); recbole: item field (default item_id).", show_default=False)] = "item",
+    time_col: Annotated[str, typer.Option(help="csv: timestamp column, a number or a date (default timestamp); recbole: time field (default timestamp).", show_default=False)] = "timestamp",
     item_key_col: Annotated[str, typer.Option(help="csv: item key column of the items table.")] = "item",
-    text_col: Annotated[str, typer.Option(help="csv: item text column; recbole: .item fields joined into the text, comma-separated (default: the title-like fields).")] = "text",
+    text_col: Annotated[str, typer.Option(help="csv: item text column (default text); recbole: .item fields joined into the text, comma-separated (default: the title-like fields).", show_default=False)] = "text",
     image_col: Annotated[str, typer.Option(help="csv: image path column (optional).")] = "image",
     strict: Annotated[bool, typer.Option(help="Stop with exit code 2 at the first input problem.")] = False,
     cold_items: Annotated[float, typer.Option(help="Item cold-start protocol: hold this fraction of the items (the newest) out of training entirely; `iisan evaluate RUN --cold-start` adds them after training and ranks them for the users whose next item they were.")] = PrepareConfig.cold_items,
@@ -586,7 +586,7 @@ def _metrics_table(results: dict[str, dict[str, Any]], title: str):
 
     # One row per metric, one column per split (or slice): narrow at any number of cut-offs.
     names = [name for name, value in next(iter(results.values())).items() if isinstance(value, float)]
-    table = Table(title=title, title_justify="left")
+    table = Table()  # the title goes above, full width: a narrow table would wrap it into its own width
     table.add_column("metric", overflow="fold")
     for split in results:
         table.add_column(split, justify="right", overflow="fold")
@@ -595,7 +595,10 @@ def _metrics_table(results: dict[str, dict[str, Any]], title: str):
     for name in names:
         table.add_row(metric_label(name), *(f"{metrics[name]:.4f}" if name in metrics else "-"
                                             for metrics in results.values()))
-    return table
+    from rich.console import Group
+    from rich.text import Text
+
+    return Group(Text(title, style="italic"), table)
 
 
 def _slice_columns(metrics: dict[str, Any], slices: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
