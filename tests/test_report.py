@@ -128,3 +128,16 @@ def test_a_single_unevaluated_run_still_renders(tiny_run, tmp_path):
 def test_not_a_run_is_a_clear_error(tmp_path):
     with pytest.raises(DatasetError, match="not a run directory"):
         build_report([tmp_path])
+
+
+def test_options_a_method_never_reads_are_not_differences(two_runs, tmp_path):
+    """issue 30: an id run's side-network options showed up as differences from an IISAN run."""
+    first, second = two_runs
+    config = json.loads((second / "config.json").read_text())
+    config["train"].update(method="id", lr=config["train"]["lr"])
+    config["train"]["side"]["modality"] = "text"  # what an id run may carry, never reads
+    config["train"]["negatives"] = 7  # read only by the sampled loss
+    (second / "config.json").write_text(json.dumps(config))
+    page = write_report([first, second], tmp_path / "report.html").read_text()
+    assert "2 options differ" in page  # train.method and train.lr, not side.* nor negatives
+    assert page.count("n/a") >= 2

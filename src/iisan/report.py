@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from iisan.errors import DatasetError
+from iisan.errors import ConfigError, DatasetError
 from iisan.evaluation.metrics import metric_label
 from iisan.fileio import write_bytes_atomic
+from iisan.methods import get_method
 from iisan.run.files import read_run_config
 
 SPLIT_ORDER = ("valid", "test", "test_with_history", "valid_with_history")
@@ -155,7 +156,10 @@ def _curves(records: list[RunRecord]) -> str:
         if not epochs:
             continue
         plotted = True
-        loss_axes.plot(epochs, [e["loss"] for e in record.epochs], marker=".", label=record.name)
+        # Relative to the run's first epoch: an in-batch and a full-catalogue softmax have losses
+        # of different scales, which one absolute axis would make look comparable.
+        first = record.epochs[0]["loss"] or 1.0
+        loss_axes.plot(epochs, [e["loss"] / first for e in record.epochs], marker=".", label=record.name)
         ndcg_axes.plot(epochs, [e.get("valid", {}).get("ndcg@10", float("nan")) for e in record.epochs],
                        marker=".", label=record.name)
         best = [e["epoch"] for e in record.epochs if e.get("best")]
@@ -163,7 +167,7 @@ def _curves(records: list[RunRecord]) -> str:
             ndcg_axes.axvline(best[-1], color=ndcg_axes.lines[-1].get_color(), alpha=0.3, linestyle="--")
     from matplotlib.ticker import MaxNLocator
 
-    loss_axes.set(title="training loss", xlabel="epoch", ylabel="mean loss per batch")
+    loss_axes.set(title="training loss, relative to the first epoch", xlabel="epoch", ylabel="loss / epoch-1 loss")
     ndcg_axes.set(title="validation NDCG@10 (dashed: best epoch)", xlabel="epoch", ylabel="NDCG@10")
     for axes in (loss_axes, ndcg_axes):
         axes.grid(alpha=0.3)
@@ -267,18 +271,41 @@ def _shortened(paths: list[str | None]) -> list[str | None]:
     return [str(Path("…", *Path(p).parts[shared:])) if p and shared else p for p in paths]
 
 
+NOT_APPLICABLE = "n/a"
+
+
+def _unused_options(train: dict[str, Any], flat: dict[str, Any]) -> list[str]:
+    """The flattened option keys that ``train``'s method and loss never read."""
+    try:
+        method = get_method(train.get("method", "iisan"))
+    except ConfigError:  # a method this version does not know: show everything
+        return []
+    unused = [k for k in flat if k.startswith("train.side.")] if method.reads == "ids" else []
+    if train.get("method") != "lora":
+        unused.append("train.lora_rank")
+    if train.get("loss") != "sampled":
+        unused.append("train.negatives")
+    if not train.get("id_offset"):
+        unused.append("train.id_offset_lr")
+    return [k for k in unused if k in flat]
+
+
 def _configuration(records: list[RunRecord]) -> str:
     flat = [_flatten({"train": r.config.get("train", {}), "dataset": r.config.get("dataset"),
                       "cache": r.config.get("cache"), "num_items": r.config.get("num_items")}) for r in records]
     for key in ("dataset", "cache"):
         for f, short in zip(flat, _shortened([f.get(key) for f in flat])):
             f[key] = short
+    for record, f in zip(records, flat):  # options the run's method never reads: not a difference
+        for key in _unused_options(record.config.get("train", {}), f):
+            f[key] = NOT_APPLICABLE
     keys = sorted({k for f in flat for k in f})
-    differing = [k for k in keys if len({json.dumps(f.get(k)) for f in flat}) > 1]
+    differing = [k for k in keys
+                 if len({json.dumps(f.get(k)) for f in flat if f.get(k) != NOT_APPLICABLE}) > 1]
     same = [k for k in keys if k not in differing]
     header = ["option"] + [r.name for r in records]
     def cell(value: Any) -> str:
-        return _e(json.dumps(value, ensure_ascii=False))
+        return _e(value) if value == NOT_APPLICABLE else _e(json.dumps(value, ensure_ascii=False))
 
     rows = [[_e(k)] + [cell(f.get(k)) for f in flat] for k in differing]
     rows += [[f'<span class="same">{_e(k)}</span>'] + [f'<span class="same">{cell(f.get(k))}</span>' for f in flat]
