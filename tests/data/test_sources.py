@@ -208,7 +208,8 @@ def test_recbole_reads_the_atomic_files_recbole_itself_ships(tmp_path):
     generic, dedicated = load(tmp_path), PreparedDataset.load(tmp_path / "ml")
     assert sequences_as_keys(generic) == sequences_as_keys(dedicated)
     toy_story = generic.items.filter(pl.col("key") == "1")["text"].to_list()
-    assert toy_story in ([], ["Toy Story"])  # the title-like field, movie_title
+    # the title-like field, then the others with their names (issue 30: it was the title alone)
+    assert toy_story in ([], ["Toy Story. release year: 1995. class: Animation Children's Comedy"])
     assert generic.meta["dataset"] == "ml-100k"
 
 
@@ -233,7 +234,7 @@ def test_recbole_orders_by_timestamp_counts_problems_and_builds_text(tmp_path):
     assert sequences["u1"] == ["i6", "i5", "i4", "i3", "i2", "i1"]  # by timestamp, not file order
     assert sequences["u2"] == [f"i{n}" for n in range(2, 8)]
     assert problems.count("wrong_column_count") == 1 and problems.count("unknown_item") == 1
-    assert ds.items.filter(pl.col("key") == "i3")["text"][0] == "Widget 3"
+    assert ds.items.filter(pl.col("key") == "i3")["text"][0] == "Widget 3. categories: Tools Hardware"
 
     config = PrepareConfig(format="recbole", min_seq_len=3, columns=CsvColumns(text="title,categories"))
     prepare(src / "Shop.inter", tmp_path / "ds2", config)

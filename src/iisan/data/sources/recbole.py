@@ -4,8 +4,9 @@ Tab-separated, with a typed header line (``user_id:token	item_id:token	rating:fl
 timestamp:float``), the format most public sequential-recommendation data sets are
 published in for RecBole. Interactions are ordered by ``timestamp`` (file order when the
 file has none). The item text is the ``.item`` file's title-like fields (a name containing
-``title``, or ``name``; else every ``token_seq`` field), joined with ". "; ``--text-col a,b``
-names the fields instead. Field names are RecBole's defaults (``user_id``, ``item_id``,
+``title``, or ``name``), then its other text fields (``token``, ``token_seq``) each with its
+name (``Toy Story. release year: 1995. class: Animation Children's Comedy``), joined with
+". "; ``--text-col a,b`` names the fields instead (values only). Field names are RecBole's defaults (``user_id``, ``item_id``,
 ``timestamp``) unless ``--user-col``, ``--item-col``, ``--time-col`` name others.
 Images from ``--images DIR`` or ``--images-lmdb PATH`` (keys are the item ids).
 """
@@ -117,12 +118,15 @@ def _items(path: Path, columns: CsvColumns, problems: Problems) -> pl.DataFrame:
         missing = [name for name in text_fields if name not in fields]
         if missing:
             raise InputError(f"{path.name} has no field {', '.join(missing)} (its fields are {', '.join(fields)})")
-    else:
-        text_fields = [n for n in fields if n != key and ("title" in n or n == "name")] or \
-                      [n for n, kind in fields.items() if n != key and kind == "token_seq"]
+        labelled = []
+    else:  # the title first, then every other text field with its name ("release year: 1995")
+        text_fields = [n for n in fields if n != key and ("title" in n or n == "name")]
+        labelled = [n for n, kind in fields.items() if n != key and n not in text_fields and kind in ("token", "token_seq")]
     items = split_columns(lines.slice(1), list(fields), path.name, problems)
     items = items.with_columns(pl.col(key).str.strip_chars().alias("key"))
     items = drop_missing(items, ["key"], "malformed_line", path.name, problems)
     parts = [pl.when(pl.col(n).str.strip_chars() != "").then(pl.col(n).str.strip_chars()) for n in text_fields]
+    parts += [pl.when(pl.col(n).str.strip_chars() != "").then(pl.format(f"{n.replace('_', ' ')}: {{}}", pl.col(n).str.strip_chars()))
+              for n in labelled]
     text = pl.concat_str(parts, separator=". ", ignore_nulls=True) if parts else pl.lit(None, dtype=pl.String)
     return items.select("key", pl.when(text.str.strip_chars() != "").then(text).alias("text"), "line")
