@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import shutil
 from pathlib import Path
 
@@ -173,3 +174,27 @@ def test_a_batch_answers_like_single_queries_and_isolates_errors(recommender):
     same(results[2], recommender.recommend(keys[5:12], k=7, exclude_seen=False))
     assert isinstance(results[3], ConfigError)
     same(results[4], recommender.recommend(keys[3:6], k=2))
+
+
+def test_recommendations_for_a_user_of_the_dataset(tiny_run, tmp_path):
+    """issue 30: a known user by id, without rebuilding their history by hand."""
+    import polars as pl
+    from typer.testing import CliRunner
+
+    from iisan.cli import app
+    from iisan.run.files import read_run_config
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    recommender = Recommender.load(run)
+    sequences = pl.read_parquet(Path(read_run_config(run)["dataset"]) / "sequences.parquet")
+    user, items = sequences["user_key"][0], sequences["items"][0].to_list()
+    assert recommender.history_of(user) == [recommender.keys[i] for i in items]
+    with pytest.raises(ConfigError, match="unknown user 'nobody'"):
+        recommender.history_of("nobody")
+    by_user = CliRunner().invoke(app, ["recommend", str(run), "--user", user, "-k", "3", "--json"])
+    by_history = CliRunner().invoke(app, ["recommend", str(run), "--history", ",".join(recommender.history_of(user)),
+                                          "-k", "3", "--json"])
+    assert by_user.exit_code == 0 and json.loads(by_user.stdout) == json.loads(by_history.stdout)
+    both = CliRunner().invoke(app, ["recommend", str(run), "--user", user, "--history", "x"])
+    assert both.exit_code == 2 and "one of them" in both.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -288,3 +289,19 @@ def test_the_access_log_has_one_line_per_request(recommender, caplog):
     with caplog.at_level("INFO", logger="iisan.access"):
         quiet.get("/health")
     assert not [r for r in caplog.records if r.name == "iisan.access"]
+
+
+def test_recommend_for_a_user_of_the_dataset(client, recommender):
+    import polars as pl
+
+    from iisan.run.files import read_run_config
+
+    sequences = pl.read_parquet(Path(read_run_config(recommender.run_dir)["dataset"]) / "sequences.parquet")
+    user = sequences["user_key"][0]
+    by_user = client.post("/recommend", json={"user": user, "k": 3})
+    by_history = client.post("/recommend", json={"history": recommender.history_of(user), "k": 3})
+    assert by_user.status_code == 200 and by_user.json() == by_history.json()
+    assert client.post("/recommend", json={"user": "nobody"}).status_code == 422
+    both = client.post("/recommend", json={"user": user, "history": ["x"]})
+    assert both.status_code == 422 and "one of them" in both.json()["error"]
+    assert client.post("/recommend", json={"k": 3}).status_code == 422

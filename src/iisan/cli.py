@@ -723,7 +723,8 @@ app.add_typer(items_app, name="items")
 @handles_errors
 def recommend(
     run: Annotated[Path, typer.Argument(help="Run folder written by `iisan train`.", show_default=False)],
-    history: Annotated[str, typer.Option(help="The user's item keys, oldest first, comma-separated.", show_default=False)],
+    history: Annotated[str | None, typer.Option(help="The user's item keys, oldest first, comma-separated.", show_default=False)] = None,
+    user: Annotated[str | None, typer.Option(help="Or a user of the run's dataset: their whole history there.", show_default=False)] = None,
     k: Annotated[int, typer.Option("-k", "--k", help="How many items to recommend.")] = 10,
     include_seen: Annotated[bool, typer.Option(help="Allow items of the history in the answer.")] = False,
     skip_unknown: Annotated[bool, typer.Option(help="Ignore keys the catalogue does not hold instead of failing.")] = False,
@@ -739,13 +740,19 @@ def recommend(
       iisan recommend runs/sci-iisan --history B0098MLBAO,B00E8JOCOE -k 5
 
       iisan recommend iisan-quickstart/run --history 50,172,181 --json
+
+      iisan recommend iisan-quickstart/run --user 196
     """
     from iisan.serving.recommender import Recommender
 
-    keys = [key.strip() for key in history.split(",") if key.strip()]
-    if not keys:
+    if (history is None) == (user is None):
+        raise ConfigError("give --history KEYS or --user USER (one of them)")
+    keys = [key.strip() for key in history.split(",") if key.strip()] if history is not None else []
+    if history is not None and not keys:
         raise ConfigError("--history needs at least one item key")
     recommender = Recommender.load(run, device=device.value)
+    if user is not None:
+        keys = recommender.history_of(user)
     answer = recommender.recommend(keys, k=k, exclude_seen=not include_seen,
                                    on_unknown="skip" if skip_unknown else "raise")
     rows = [{"key": key, "title": recommender.title(key), "score": round(score, 4)} for key, score in answer]

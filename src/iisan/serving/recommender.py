@@ -64,6 +64,7 @@ class Recommender:
         self.max_seq_len = trained.config.user.max_seq_len
         self._embedder = ContentEmbedder(trained, len(trained.items))
         self._parts: Assembled | None = None  # dataset and cache, only to re-embed the catalogue
+        self._histories: dict[str, list[int]] | None = None  # the dataset's users, on first use
         self.store = CatalogueStore(run_dir, trained.items, self.device, self._embed_trained)
         self._lock = self.store.lock
         self.store.open(rebuild, hnsw)
@@ -185,6 +186,30 @@ class Recommender:
                 results[n] = [(self.keys[i], float(s)) for i, s in zip(found[row, :queries[n].k], scores[row])
                               if i > 0]
         return results
+
+    def history_of(self, user: str) -> list[str]:
+        """The item keys of a user of the run's dataset, oldest first (every interaction
+        prepared: training, validation and test items).
+
+        Raises:
+            DatasetError: the run's dataset is not where ``config.json`` says. ConfigError: no
+                such user.
+        """
+        if self._histories is None:
+            from iisan.data.dataset import PreparedDataset
+            from iisan.run.files import read_run_config
+
+            recorded = read_run_config(self.run_dir)["dataset"]
+            try:
+                sequences = PreparedDataset.load(recorded).sequences
+            except DatasetError as err:
+                raise DatasetError(f"a user's history comes from the run's dataset, recorded in "
+                                   f"{self.run_dir / 'config.json'}: {err}") from None
+            self._histories = dict(zip(sequences["user_key"].to_list(), sequences["items"].to_list()))
+        if user not in self._histories:
+            raise ConfigError(f"unknown user {user!r}: the run's dataset has {len(self._histories):,} users")
+        keys = self.store.current.keys
+        return [keys[item] for item in self._histories[user]]
 
     def recommend(self, history: list[str], k: int = 10, exclude_seen: bool = True,
                   on_unknown: str = "raise") -> list[tuple[str, float]]:

@@ -42,18 +42,26 @@ class Limits:
 def request_models(limits: Limits) -> SimpleNamespace:
     """The request and response bodies as pydantic models, their bounds from ``limits``
     (so they are made per app): what validation enforces and ``/openapi.json`` describes."""
-    from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+    from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
     Key = Annotated[str, StringConstraints(min_length=1, max_length=limits.max_key_chars)]
 
     class RecommendRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        history: list[Key] = Field(min_length=1, max_length=limits.max_history,
-                                   description="Item keys the user interacted with, oldest first.")
+        history: list[Key] | None = Field(None, min_length=1, max_length=limits.max_history,
+                                          description="Item keys the user interacted with, oldest first.")
+        user: Key | None = Field(None, description="Instead of history: a user of the run's dataset (their "
+                                                   "history there).")
         # strict: "5" is not 5 and 1 is not true; a client that sends them has a bug to hear about
         k: int = Field(10, ge=1, le=limits.max_k, strict=True, description="How many items to return.")
         exclude_seen: bool = Field(True, strict=True, description="Leave the history's items out of the answer.")
         skip_unknown: bool = Field(False, strict=True, description="Ignore unknown keys instead of answering 422.")
+
+        @model_validator(mode="after")
+        def one_source(self):
+            if (self.history is None) == (self.user is None):
+                raise ValueError("give history or user (one of them)")
+            return self
 
     class Recommendation(BaseModel):
         key: str
@@ -147,6 +155,7 @@ def create_app(recommender, token: str | None = None, limits: Limits = Limits(),
     from fastapi import Depends, FastAPI, Header
     from fastapi.responses import JSONResponse, PlainTextResponse
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+    from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
 
     schema = request_models(limits)
@@ -181,8 +190,8 @@ def create_app(recommender, token: str | None = None, limits: Limits = Limits(),
     @app.post("/recommend", response_model=schema.RecommendResponse, responses=errors(413, 422),
               summary="Top-k next items for a history")
     async def recommend(body: schema.RecommendRequest) -> JSONResponse:
-        answer = await batcher.answer(Query(body.history, body.k, body.exclude_seen,
-                                            "skip" if body.skip_unknown else "raise"))
+        history = body.history if body.user is None else await run_in_threadpool(recommender.history_of, body.user)
+        answer = await batcher.answer(Query(history, body.k, body.exclude_seen, "skip" if body.skip_unknown else "raise"))
         # A ready response skips re-validating our own output against the model (hot path).
         return JSONResponse({"items": [{"key": key, "title": recommender.title(key), "score": score}
                                        for key, score in answer]})
