@@ -367,9 +367,8 @@ class UserEncoderConfig:
     this project is compared with: ``reference`` (IISAN's reference code: ReLU feed-forward,
     xavier-normal initialisation, LayerNorm eps 1e-6, bias-free attention projections) or
     ``recbole`` (RecBole's SASRec: GELU, normal(0, 0.02) initialisation, eps 1e-12, biased
-    projections). The architecture is otherwise the same. ``recbole`` is the default: on
-    Scientific it raised validation NDCG@10 for both IISAN (+2.5%) and the id model (+9.5%),
-    3 seeds each (README, "Accuracy on Amazon Scientific").
+    projections). The architecture is otherwise the same. ``recbole`` is the default: it
+    scored higher on validation for both IISAN and the id model (the README has the figures).
     """
 
     dim: int = 64
@@ -413,8 +412,8 @@ class TrainConfig:
             value down to zero at step ``epochs`` x steps per epoch; early stopping may end
             the run before that). ``warmup_epochs`` (may be fractional) first raise it
             linearly from zero, in either schedule. One warm-up epoch and a cosine over 30
-            epochs raised IISAN's validation NDCG@10 by 5% over a constant rate for 50
-            (3 seeds, README); runs saved before schedules existed read as constant.
+            epochs scored higher on validation than a constant rate for 50 (README); runs
+            saved before schedules existed read as constant.
         loss: the next-item softmax's candidates: ``full`` (every item of the catalogue,
             RecBole's cross-entropy; the item tower embeds the whole catalogue at every
             step), ``sampled`` (the batch's items plus ``negatives`` drawn in proportion to
@@ -427,7 +426,7 @@ class TrainConfig:
             reference) or ``prefixes`` (every prefix of every window on its own, its
             target in the last slot: RecBole's SASRec). The targets are the same; each
             prefix draws its own dropout and batch. ``id`` trains on prefixes, 256 a batch
-            (+1% validation NDCG@10 over sequences, 3 seeds, README).
+            (higher on validation than sequences for it; README).
         id_offset: add a learned per-item vector, zero at the start, to each
             training-catalogue item's content embedding; items added later stay content
             only (see :mod:`iisan.models.id_offset`). Applies to the cached content methods

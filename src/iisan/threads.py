@@ -54,9 +54,8 @@ def thread_count(spec: str | int | None = None) -> int:
 
     ``None`` reads :data:`THREADS_ENV`, then ``OMP_NUM_THREADS`` (a user's own setting is
     kept), else ``auto``: the cores this process may use less those other processes keep
-    busy right now, at least one. Measured by bench/threads.py on 2 cores: idle, two threads beat
-    one (quickstart 31 s vs 41 s); with a busy neighbour one thread beats two (the
-    threads of a parallel region wait for the one that is descheduled).
+    busy right now, at least one: with a busy neighbour one thread beats two (the threads of
+    a parallel region wait for the one that is descheduled), idle two beat one (bench/threads.py).
 
     Raises:
         ConfigError: a spec that is neither ``auto`` nor a positive integer.

@@ -73,8 +73,7 @@ def train(
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     # Same seed, same machine, same thread count: same weights. Multi-threaded CPU kernels
     # (the gradient of an embedding gather) otherwise accumulate in a varying order: two
-    # runs differed by 1e-3 in their weights after one Scientific epoch. Cost within noise:
-    # one such epoch took 11.3 s and 9.9 s with it, 10.8 s and 10.4 s without (2 threads).
+    # runs differ in their weights after one epoch. The cost on an epoch is within noise.
     # warn_only: an op without a deterministic kernel (some on CUDA) warns instead of failing.
     deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
