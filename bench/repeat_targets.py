@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from iisan.evaluation.metrics import pessimistic_ranks
-from iisan.evaluation.runner import item_embeddings
+from iisan.evaluation.ranking import item_embeddings
 from iisan.assemble import assemble_run
 
 K = 10

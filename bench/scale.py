@@ -68,7 +68,7 @@ def run_size(work: Path, items: int, users: int, steps: int, eval_users: int, en
     from iisan.config import EncodeConfig, PrepareConfig, SideNetworkConfig, TrainConfig
     from iisan.data import prepare
     from iisan.data.split import EvalSplit
-    from iisan.evaluation.runner import evaluate_split, item_embeddings
+    from iisan.evaluation.ranking import evaluate_split, item_embeddings
     from iisan.assemble import assemble
     from iisan.training.loop import build_optimizer, training_step
     from iisan.training.loss import log_popularity

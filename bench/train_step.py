@@ -31,7 +31,7 @@ import torch
 from iisan.cache.encode import encode
 from iisan.config import EncodeConfig, PrepareConfig, SideNetworkConfig, TrainConfig
 from iisan.data import prepare
-from iisan.evaluation.runner import evaluate_split, item_embeddings
+from iisan.evaluation.ranking import evaluate_split, item_embeddings
 from iisan.assemble import assemble
 from iisan.training.loop import build_optimizer, training_step
 from iisan.training.loss import log_popularity

@@ -29,7 +29,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "iisan.data.prepare": ("prepare",),
     "iisan.cache.encode": ("encode",),
     "iisan.training.loop": ("train",),
-    "iisan.evaluation.run": ("evaluate",),
+    "iisan.evaluation.evaluate": ("evaluate",),
     "iisan.new_items": ("evaluate_cold_start",),
     "iisan.serving.recommender": ("Recommender",),
     "iisan.data.dataset": ("PreparedDataset",),

@@ -635,7 +635,7 @@ def evaluate(
 
       iisan evaluate runs/sci-iisan --split valid --k 1,10,50 --json
     """
-    from iisan.evaluation.run import evaluate_run, metrics_key
+    from iisan.evaluation.evaluate import evaluate_run, metrics_key
 
     if cold_start:
         from iisan.new_items import evaluate_cold_start

@@ -8,7 +8,7 @@ Adding a method is a module with a tower builder and one :func:`register_method`
                            tower="iisan.models.mine:build_tower", defaults={"lr": 5e-4}))
 
 where ``build_tower(config, context)`` returns an ``nn.Module`` mapping
-:class:`~iisan.models.features.ItemFeatures` to item embeddings ``[n, d]`` (see
+:class:`~iisan.models.inputs.ItemFeatures` to item embeddings ``[n, d]`` (see
 :class:`TowerContext` for what it is given). This module imports nothing heavy: towers are
 imported when first built.
 """

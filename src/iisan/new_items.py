@@ -25,7 +25,7 @@ from iisan.data.dataset import PreparedDataset
 from iisan.data.split import EvalSplit, last_items
 from iisan.errors import ConfigError
 from iisan.evaluation.metrics import metrics_from_ranks
-from iisan.evaluation.runner import target_ranks
+from iisan.evaluation.ranking import target_ranks
 from iisan.fileio import read_json_object, write_json_atomic
 from iisan.run.files import RESUME_DIR, read_run_config
 from iisan.serving.recommender import Recommender

@@ -11,7 +11,7 @@ import torch
 
 from iisan.config import TrainConfig
 from iisan.models.blend import ScoreBlend
-from iisan.models.features import ItemFeatures
+from iisan.models.inputs import ItemFeatures
 from iisan.training.loop import train
 
 
@@ -78,7 +78,7 @@ def test_calibration_reads_validation_only_and_never_does_worse(tiny_multimodal,
     assert recorded["blend"] == blend
 
     # The same run scored without its blend: what calibration started from.
-    from iisan.evaluation.run import evaluate_run
+    from iisan.evaluation.evaluate import evaluate_run
 
     plain = evaluate_run(tmp_path / "run", split="valid", unblended=True)
     assert plain["metrics"]["ndcg@10"] == pytest.approx(blend["valid_before"], abs=1e-6)
@@ -115,7 +115,7 @@ def test_no_blend_trains_the_plain_model(tiny_multimodal, tmp_path):
     model = load_trained(tmp_path / "run").model
     assert model.blend is None and model.catalogue_width == model.dim
     from iisan.errors import ConfigError
-    from iisan.evaluation.run import evaluate_run
+    from iisan.evaluation.evaluate import evaluate_run
 
     with pytest.raises(ConfigError, match="no calibrated blend"):
         evaluate_run(tmp_path / "run", unblended=True)

@@ -10,7 +10,7 @@ import torch
 
 from iisan.assemble import assemble
 from iisan.config import SideNetworkConfig, TrainConfig
-from iisan.evaluation.runner import item_embeddings
+from iisan.evaluation.ranking import item_embeddings
 from iisan.features import CachedSource
 from iisan.models.baselines.embedded import EMBEDDED_METHODS
 from iisan.training.loop import build_optimizer, train, training_step

@@ -11,7 +11,7 @@ import torch
 from iisan.assemble import assemble
 from iisan.config import SideNetworkConfig, TrainConfig
 from iisan.errors import ConfigError
-from iisan.models.features import ItemFeatures
+from iisan.models.inputs import ItemFeatures
 from iisan.models.iisan import GatedTower, IISANItemEncoder
 from iisan.models.sanb import SANB
 from iisan.training.loop import training_step, build_optimizer

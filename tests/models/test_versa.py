@@ -11,7 +11,7 @@ import torch
 from iisan.assemble import assemble
 from iisan.config import SideNetworkConfig, TrainConfig
 from iisan.errors import ConfigError
-from iisan.models.features import ItemFeatures
+from iisan.models.inputs import ItemFeatures
 from iisan.models.iisan import IISANItemEncoder
 from iisan.models.versa import alignment_matrix, layer_groups
 from iisan.training.loop import build_optimizer, train, training_step

@@ -15,7 +15,7 @@ from iisan.cli import app
 from iisan.config import SideNetworkConfig
 from iisan.encoders.tiny import build_tiny_decoder
 from iisan.errors import ConfigError
-from iisan.models.features import ItemFeatures
+from iisan.models.inputs import ItemFeatures
 from iisan.models.iisan import IISANItemEncoder
 from iisan.models.versa import StepwiseLinear
 

@@ -1,4 +1,4 @@
-"""Feature sources: item ids in, :class:`~iisan.models.features.ItemFeatures` out.
+"""Feature sources: item ids in, :class:`~iisan.models.inputs.ItemFeatures` out.
 
 ``IdOnlySource`` for the ID baseline, ``CachedSource`` reads the hidden-state cache; the
 sources that run the frozen encoders on raw content are in :mod:`iisan.features.live`.
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from iisan.cache.store import HiddenStateCache, release_resident_pages
-from iisan.models.features import ItemFeatures
+from iisan.models.inputs import ItemFeatures
 
 
 class FeatureSource(Protocol):

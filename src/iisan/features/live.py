@@ -18,7 +18,7 @@ import torch
 from iisan.data.dataset import PreparedDataset
 from iisan.encoders.frozen import FrozenEncoder, crop_image
 from iisan.errors import CacheMismatchError
-from iisan.models.features import ItemFeatures
+from iisan.models.inputs import ItemFeatures
 
 
 def content_inputs(encoder: FrozenEncoder, entry: dict, modality: str, texts: list[str | None],

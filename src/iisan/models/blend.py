@@ -36,7 +36,7 @@ from torch import nn
 
 from iisan.config import SLICES
 from iisan.models.baselines.knn import FrozenContentItems, RecencyMean
-from iisan.models.features import ItemFeatures
+from iisan.models.inputs import ItemFeatures
 
 # The priors' slices, in the order of the flags on item vectors (head gets no flag: it is
 # what the trained score already ranks well), then the log-popularity feature.

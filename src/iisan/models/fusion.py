@@ -7,7 +7,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from iisan.models.features import ItemFeatures
+from iisan.models.inputs import ItemFeatures
 
 
 class ItemTower(Protocol):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from iisan.models.features import ItemFeatures
+from iisan.models.inputs import ItemFeatures
 
 
 class ContentWithIdOffset(nn.Module):

@@ -27,7 +27,7 @@ from torch import nn
 
 from iisan.config import SideNetworkConfig
 from iisan.errors import ConfigError
-from iisan.models.features import ItemFeatures
+from iisan.models.inputs import ItemFeatures
 from iisan.models.fusion import heads_and_fusion
 from iisan.models.sanb import SANB
 from iisan.models.versa import InterModalInputs

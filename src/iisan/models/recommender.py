@@ -10,7 +10,7 @@ from torch import nn
 from iisan.config import TrainConfig
 from iisan.methods import TowerContext, get_method
 from iisan.models.blend import ScoreBlend
-from iisan.models.features import ItemFeatures
+from iisan.models.inputs import ItemFeatures
 from iisan.models.fusion import ItemTower
 from iisan.models.id_offset import ContentWithIdOffset
 from iisan.models.user import UserEncoder

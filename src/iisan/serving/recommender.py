@@ -24,7 +24,7 @@ from iisan.assemble import Assembled, TrainedRun, assemble_run, load_trained
 from iisan.errors import (
     CacheMismatchError, ConfigError, DatasetError, IisanError, NonFiniteError, UnknownItemError,
 )
-from iisan.evaluation.runner import item_embeddings
+from iisan.evaluation.ranking import item_embeddings
 from iisan.search import HnswSettings, ItemIndex
 from iisan.serving.catalogue import CatalogueStore
 from iisan.serving.intake import ContentEmbedder, embed_in_batches, refuse_taken

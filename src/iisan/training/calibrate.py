@@ -23,7 +23,7 @@ import torch
 from iisan.data.split import EvalSplit
 from iisan.distributed import LOCAL, Workers
 from iisan.evaluation.metrics import metrics_from_ranks, pessimistic_ranks
-from iisan.evaluation.runner import item_embeddings
+from iisan.evaluation.ranking import item_embeddings
 from iisan.features import FeatureSource
 from iisan.models.blend import PRIORS
 from iisan.models.recommender import SequentialRecommender

@@ -23,9 +23,9 @@ from iisan.distributed import LOCAL, Workers
 from iisan.distributed import start as start_workers
 from iisan.distributed import stop as stop_workers
 from iisan.errors import ConfigError, MissingDependencyError, NonFiniteError
-from iisan.evaluation.runner import evaluate_split, item_embeddings
+from iisan.evaluation.ranking import evaluate_split, item_embeddings
 from iisan.fileio import read_json_object, refuse_output_over_inputs, write_json_atomic
-from iisan.models.features import ItemFeatures
+from iisan.models.inputs import ItemFeatures
 from iisan.models.recommender import SequentialRecommender
 from iisan.progress import progress
 from iisan.run.files import (

@@ -24,7 +24,7 @@ from iisan.devices import autocast_to, compute_dtype
 from iisan.encoders.frozen import pool_tokens
 from iisan.errors import ConfigError
 from iisan.methods import method_names
-from iisan.models.features import ItemFeatures
+from iisan.models.inputs import ItemFeatures
 from iisan.models.fusion import heads_and_fusion
 
 EMBEDDED_METHODS = method_names(reads="raw")

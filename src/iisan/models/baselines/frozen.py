@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from iisan.models.features import ItemFeatures
+from iisan.models.inputs import ItemFeatures
 from iisan.models.fusion import heads_and_fusion
 
 

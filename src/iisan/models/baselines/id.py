@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from iisan.models.features import ItemFeatures
+from iisan.models.inputs import ItemFeatures
 from iisan.models.user import VARIANTS
 
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from iisan.models.features import ItemFeatures
+from iisan.models.inputs import ItemFeatures
 
 # Weight of the item k steps before the last one: 0.5 ** k. Chosen on Scientific's
 # validation split over {0.5, 0.8, 1.0} (README, "New and rare items").

@@ -8,7 +8,7 @@ from typing import Any
 
 from iisan.config import SPLITS
 from iisan.errors import ConfigError
-from iisan.evaluation.runner import DEFAULT_KS, evaluate_split, item_embeddings
+from iisan.evaluation.ranking import DEFAULT_KS, evaluate_split, item_embeddings
 from iisan.fileio import read_json_object, write_json_atomic
 
 METRICS_FILE = "metrics.json"
