@@ -64,3 +64,12 @@ def test_a_registered_method_trains_and_reloads(registered, tiny_multimodal, tmp
     recommender = Recommender.load(tmp_path / "run")
     assert isinstance(recommender.model.item, MeanOfLastLayer)
     assert len(recommender.recommend(recommender.keys[1:3], k=3)) == 3
+
+
+def test_every_encoder_baseline_has_an_adaptation():
+    """The registry's methods that train the encoders and the adaptations that say what each
+    trains are the same set: a new one cannot be registered without saying it."""
+    from iisan.methods import method_names
+    from iisan.models.baselines.embedded import ADAPTATIONS
+
+    assert set(ADAPTATIONS) == set(method_names(reads="raw"))

@@ -126,20 +126,40 @@ def add_lora(model: nn.Module, rank: int) -> nn.Module:
     return inject_adapter_in_model(config, model)
 
 
+def _full(model: nn.Module, _bottleneck: int, _rank: int) -> nn.Module:
+    return model.requires_grad_(True)
+
+
+def _adapters(model: nn.Module, bottleneck: int, _rank: int) -> nn.Module:
+    model.requires_grad_(False)
+    insert_adapters(model, bottleneck)  # new modules: trainable
+    return model
+
+
+def _lora(model: nn.Module, _bottleneck: int, rank: int) -> nn.Module:
+    model = add_lora(model.requires_grad_(False), rank)
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_("lora_" in name)
+    return model
+
+
+def _biases(model: nn.Module, _bottleneck: int, _rank: int) -> nn.Module:
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name.endswith("bias"))
+    return model
+
+
+# What each encoder baseline trains: the method's name -> how it adapts a pretrained encoder
+# (model, adapter bottleneck, LoRA rank) -> the model, exactly its trained parameters trainable.
+ADAPTATIONS = {"fft": _full, "adapter": _adapters, "lora": _lora, "bitfit": _biases}
+
+
 def prepare_encoder(model: nn.Module, method: str, adapter_bottleneck: int = 64, lora_rank: int = 8) -> nn.Module:
     """Apply ``method`` to a pretrained encoder and leave trainable exactly what it trains."""
-    if method not in EMBEDDED_METHODS:
-        raise ConfigError(f"method must be one of {', '.join(EMBEDDED_METHODS)}, got {method!r}")
-    model.requires_grad_(method == "fft")
-    if method == "adapter":
-        insert_adapters(model, adapter_bottleneck)  # new modules: trainable
-    elif method == "lora":
-        model = add_lora(model, lora_rank)
-        for name, parameter in model.named_parameters():
-            parameter.requires_grad_("lora_" in name)
-    elif method == "bitfit":
-        for name, parameter in model.named_parameters():
-            parameter.requires_grad_(name.endswith("bias"))
+    adapt = ADAPTATIONS.get(method)
+    if adapt is None:
+        raise ConfigError(f"method must be one of {', '.join(ADAPTATIONS)}, got {method!r}")
+    model = adapt(model, adapter_bottleneck, lora_rank)
     for name in OFF_PATH_MODULES:
         # The tower reads the last layer's hidden states: a pooler or a final norm after it
         # gets no gradient, so it is neither trained nor counted as trainable.
