@@ -87,3 +87,21 @@ def test_a_csv_source_in_utf16_or_utf32_is_prepared(tmp_path, encoding):
     meta, _ = prepare(source, tmp_path / "ds", PrepareConfig(format="csv"))
     items = pl.read_parquet(tmp_path / "ds" / "items.parquet")
     assert len(items) == 7 and any("Café" in text for text in items["text"].to_list())
+
+
+def test_new_items_go_through_the_encoders_a_bounded_chunk_at_a_time(scratch, monkeypatch):
+    """An encoder pass holds every layer's states for every item in it: new items are
+    embedded ENCODE_CHUNK at a time, whatever the batch read from the file."""
+    from iisan.features.live import LiveSource
+    from iisan.serving import intake
+
+    monkeypatch.setattr(intake, "ENCODE_CHUNK", 8)
+    passes = []
+    original = LiveSource.content_features
+    monkeypatch.setattr(LiveSource, "content_features",
+                        lambda self, ids, texts, images: passes.append(len(ids)) or original(self, ids, texts, images))
+    recommender = Recommender.load(scratch.run)
+    recommender.add_items([{"key": f"c{n}", "text": f"chunked {n}", "image": png_bytes(size=16)} for n in range(20)],
+                          batch_size=16)
+    assert passes == [8, 8, 4] and max(passes) <= 8
+    assert {f"c{n}" for n in range(20)} <= set(Recommender.load(scratch.run).ids)
