@@ -31,6 +31,19 @@ def python(code: str, **env) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def lock_holder(run, what: str) -> subprocess.Popen:
+    """Another process holding the run's lock (as ``what``) until killed."""
+    holder = python(f"""
+        import time
+        from iisan.run.lock import run_lock
+        with run_lock({str(run)!r}, {what!r}):
+            print("held", flush=True)
+            time.sleep(60)
+        """)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
 def test_concurrent_writers_keep_every_item(scratch):
     Recommender.load(scratch.run)  # the index exists before the race (its first build is locked too)
     workers = [python(f"""
@@ -66,14 +79,7 @@ def test_a_loaded_recommender_serves_what_another_process_added(scratch, tmp_pat
 
 
 def test_a_second_writer_waits_then_names_the_holder(scratch, tmp_path):
-    holder = python(f"""
-        import sys, time
-        from iisan.run.lock import run_lock
-        with run_lock({str(scratch.run)!r}, "a long rebuild"):
-            print("held", flush=True)
-            time.sleep(60)
-        """)
-    assert holder.stdout.readline().strip() == "held"
+    holder = lock_holder(scratch.run, "a long rebuild")
     try:
         new = tmp_path / "new.jsonl"
         new.write_text(json.dumps({"key": "late", "text": "waits for the lock"}) + "\n")
@@ -119,14 +125,7 @@ def test_training_into_a_run_waits_for_its_writer(scratch):
 
 @pytest.mark.parametrize("wait", [0.0, 0.3])
 def test_the_lock_is_exclusive_across_processes(scratch, wait):
-    holder = python(f"""
-        import time
-        from iisan.run.lock import run_lock
-        with run_lock({str(scratch.run)!r}, "holding"):
-            print("held", flush=True)
-            time.sleep(60)
-        """)
-    assert holder.stdout.readline().strip() == "held"
+    holder = lock_holder(scratch.run, "holding")
     try:
         from iisan.errors import RunBusyError
 

@@ -59,9 +59,10 @@ def run_lock(run_dir: str | os.PathLike[str], what: str, wait: float | None = No
     Raises:
         RunBusyError: another writer held it for longer than ``wait`` seconds.
     """
-    if not acquire(run_dir, what, wait_seconds() if wait is None else wait):
+    wait = wait_seconds() if wait is None else wait
+    if not acquire(run_dir, what, wait):
         raise RunBusyError(f"{run_dir} is being changed by {holder(run_dir)}; gave up after "
-                           f"{wait_seconds() if wait is None else wait:.0f} s (IISAN_LOCK_WAIT): try again when it is done")
+                           f"{wait:.0f} s (IISAN_LOCK_WAIT): try again when it is done")
     try:
         yield
     finally:
