@@ -38,8 +38,8 @@ def text_floor(dataset: PreparedDataset, encoder: FrozenEncoder, config: EncodeC
     texts = dataset.items["text"].fill_null("").to_list()
     tokens = encoder.tokenize(texts, config.max_text_tokens)
     order = np.argsort([len(t) for t in tokens], kind="stable")
-    batches = [encoder.collate_tokens([tokens[i] for i in order[s : s + config.batch_size]])
-               for s in range(0, len(order), config.batch_size)]
+    batches = [encoder.collate_tokens([tokens[i] for i in order[s : s + config.encode_batch_size]])
+               for s in range(0, len(order), config.encode_batch_size)]
     encoder.pooled_hidden_states(batches[0], "cls")  # warm-up
     start = time.perf_counter()
     pooling = encoder.resolve_pooling(config.pooling_for("text"))
@@ -53,9 +53,9 @@ def image_floor(dataset: PreparedDataset, encoder: FrozenEncoder, config: Encode
     elapsed = 0.0
     warm = False
     pooling = encoder.resolve_pooling(config.pooling_for("image"))
-    for s in range(0, len(paths), config.batch_size):
+    for s in range(0, len(paths), config.encode_batch_size):
         pixels = np.stack([encoder.preprocess_image(p.read_bytes(), config.image_size)
-                           for p in paths[s : s + config.batch_size]])
+                           for p in paths[s : s + config.encode_batch_size]])
         inputs = {"pixel_values": torch.from_numpy(pixels)}
         if not warm:
             encoder.pooled_hidden_states(inputs, "cls")
@@ -100,7 +100,7 @@ def main() -> None:
     parser.add_argument("--image-encoder", default="dinov2-small")
     parser.add_argument("--image-items", type=int, default=1000)
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--train-batch-size", type=int, default=64)
     parser.add_argument("--out", type=Path, default=Path("bench/out/encode"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -113,10 +113,10 @@ def main() -> None:
                                                    categories=10, colours=8, seed=0), force=True)
     prepare(args.out / "synth-src", args.out / "synth", PrepareConfig(format="iisan-tsv"))
 
-    config = EncodeConfig(text_encoder=args.text_encoder, image_encoder=None, batch_size=args.batch_size)
+    config = EncodeConfig(text_encoder=args.text_encoder, image_encoder=None, encode_batch_size=args.batch_size)
     report = {"torch_threads": torch.get_num_threads(),
               "text": measure("text", text_dataset, config, args.out)}
-    config = EncodeConfig(text_encoder=None, image_encoder=args.image_encoder, batch_size=args.batch_size,
+    config = EncodeConfig(text_encoder=None, image_encoder=args.image_encoder, encode_batch_size=args.batch_size,
                           image_size=args.image_size)
     report["image"] = measure("image", args.out / "synth", config, args.out)
     print(json.dumps(report, indent=2))

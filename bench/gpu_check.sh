@@ -34,7 +34,7 @@ for modality in ("text", "image"):
 EOF
 [ -f "$WORK/src/synth.json" ] || iisan -q data synth --items 2000 --users 1000 --out "$WORK/src"
 [ -f "$WORK/synth/dataset.json" ] || iisan -q prepare "$WORK/src" --format iisan-tsv --out "$WORK/synth"
-iisan -q bench efficiency "$WORK/synth" --out "$WORK/efficiency" --batch-size 32 --image-size "$IMAGE_SIZE" \
+iisan -q bench efficiency "$WORK/synth" --out "$WORK/efficiency" --train-batch-size 32 --image-size "$IMAGE_SIZE" \
   --text-encoder "$WORK/text-encoder" --image-encoder "$WORK/image-encoder" --device "$DEVICE" \
   > "$WORK/efficiency.txt" || echo "some methods failed: see $WORK/efficiency/efficiency.json"
 cat "$WORK/efficiency/efficiency.md"

@@ -41,5 +41,5 @@ print(f"{len(lines)} users, {len(items)} items")
 EOF
 [ -f "$WORK/data/dataset.json" ] || iisan -q prepare "$WORK/source" --format iisan-tsv --out "$WORK/data"
 iisan bench efficiency "$WORK/data" --out "$WORK/efficiency" --methods fft,lora,iisan-cached \
-  --text-encoder "$WORK/qwen2-0.5b-shape" --steps "$STEPS" --batch-size "$BATCH" --device "$DEVICE"
+  --text-encoder "$WORK/qwen2-0.5b-shape" --steps "$STEPS" --train-batch-size "$BATCH" --device "$DEVICE"
 cat "$WORK/efficiency/efficiency.md"

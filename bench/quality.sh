@@ -42,19 +42,19 @@ iisan encode "$WORK/scientific" --out "$WORK/cache-mean" --image-encoder none --
 # The recipe before this comparison's last steps (constant learning rate, 50 epochs, the
 # reference's user encoder, a user's window a sample, 64 a batch), and the paper's settings
 # on top of it.
-BEFORE="--schedule constant --warmup-epochs 0 --epochs 50 --user-encoder reference --samples sequences --batch-size 64 --no-blend"
+BEFORE="--schedule constant --warmup-epochs 0 --epochs 50 --user-encoder reference --samples sequences --train-batch-size 64 --no-blend"
 PAPER="$BEFORE --layers 0,2,4,6 --loss in_batch --dropout 0.1 --patience 5 --no-id-offset"
 
 # label | cache | options
 LEVERS=$(cat <<EOF
 reference        | cache-cls  | $PAPER
 mean             | cache-mean | $PAPER
-mean-all         | cache-mean | $PAPER --layers all
-mean-sampled     | cache-mean | $PAPER --loss sampled --negatives 2048 --batch-size 256
-mean-full        | cache-mean | $PAPER --loss full --batch-size 256
-all-d05          | cache-mean | $PAPER --layers all --dropout 0.5
-all-offset-lr1e3 | cache-mean | $PAPER --layers all --id-offset --id-offset-lr 1e-3
-all-offset-lr3e5 | cache-mean | $PAPER --layers all --id-offset --id-offset-lr 3e-5
+mean-all         | cache-mean | $PAPER --layer-rule all
+mean-sampled     | cache-mean | $PAPER --loss sampled --negatives 2048 --train-batch-size 256
+mean-full        | cache-mean | $PAPER --loss full --train-batch-size 256
+all-d05          | cache-mean | $PAPER --layer-rule all --dropout 0.5
+all-offset-lr1e3 | cache-mean | $PAPER --layer-rule all --id-offset --id-offset-lr 1e-3
+all-offset-lr3e5 | cache-mean | $PAPER --layer-rule all --id-offset --id-offset-lr 3e-5
 before           | cache-mean | $BEFORE
 before-sidelr    | cache-mean | $BEFORE --side-lr 1e-4
 steps2           | cache-mean | $BEFORE --text-steps 2
@@ -73,12 +73,12 @@ frozen-before    | cache-mean | $BEFORE --method frozen
 frozen           | cache-mean | --method frozen
 id-before        | none       | $BEFORE --method id
 id-recbole       | none       | $BEFORE --method id --user-encoder recbole
-id-sequences     | none       | --method id --samples sequences --batch-size 64
+id-sequences     | none       | --method id --samples sequences --train-batch-size 64
 id               | none       | --method id
-id-e15           | none       | --method id --samples sequences --batch-size 64 --epochs 15
-prefixes         | cache-mean | --samples prefixes --batch-size 256 --no-blend
-batch256         | cache-mean | --batch-size 256 --no-blend
-id-b256          | none       | $BEFORE --method id --batch-size 256
+id-e15           | none       | --method id --samples sequences --train-batch-size 64 --epochs 15
+prefixes         | cache-mean | --samples prefixes --train-batch-size 256 --no-blend
+batch256         | cache-mean | --train-batch-size 256 --no-blend
+id-b256          | none       | $BEFORE --method id --train-batch-size 256
 id-inbatch       | none       | --method id $PAPER
 EOF
 )

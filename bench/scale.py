@@ -88,13 +88,13 @@ def run_size(work: Path, items: int, users: int, steps: int, eval_users: int, en
     if not (dataset / "dataset.json").is_file():
         stage("source", lambda: write_source(source, items, users, seed=0))
         stage("prepare", lambda: prepare(source, dataset, PrepareConfig(format="iisan-tsv", max_seq_len=SEQUENCE_LENGTH - 3)))
-    config = EncodeConfig(text_encoder=str(encoder), image_encoder=None, max_text_tokens=4, batch_size=512,
+    config = EncodeConfig(text_encoder=str(encoder), image_encoder=None, max_text_tokens=4, encode_batch_size=512,
                           workers=1)
     encoded = stage("encode", lambda: encode(dataset, cache, config))
     report["encode_items_per_second"] = encoded["modalities"]["text"]["items_per_second"]
     report["cache_gb"] = round(sum(p.stat().st_blocks * 512 for p in cache.iterdir()) / 1e9, 2)
 
-    train_config = TrainConfig(batch_size=BATCH_SIZE, side=SideNetworkConfig(modality="text"))
+    train_config = TrainConfig(train_batch_size=BATCH_SIZE, side=SideNetworkConfig(modality="text"))
     parts = stage("assemble", lambda: assemble(dataset, cache, train_config))
     optimizer = build_optimizer(parts)
     log_pop = log_popularity(torch.from_numpy(parts.splits.popularity))

@@ -173,6 +173,7 @@ def in_process_big(run: Path, histories: list[list[str]], big_items: int, querie
 
     results = []
     exact_top: list[set[str]] = []
+    exact_index = None  # the flat index, set on the first pass, for the hnsw ones
     for kind, ef_searches in (("flat", [None]), ("hnsw", [128, 512])):
         start = time.perf_counter()
         use_index(kind)
@@ -229,7 +230,7 @@ def main() -> None:
     if not (run / "model.safetensors").is_file():
         write_catalogue(source, args.items)
         prepare(source, dataset, PrepareConfig(format="iisan-tsv"))
-        train(dataset, run, TrainConfig(method="id", epochs=1, batch_size=256, eval_batch_size=256), force=True)
+        train(dataset, run, TrainConfig(method="id", epochs=1, train_batch_size=256, eval_user_chunk=256), force=True)
     keys = ["", *PreparedDataset.load(dataset).items["key"].to_list()]
 
     from iisan.data.split import split_sequences

@@ -63,7 +63,7 @@ def child(job: str, work: Path, args: argparse.Namespace) -> float:
     log_pop = log_popularity(torch.from_numpy(parts.splits.popularity))
     rng = np.random.default_rng(0)
     parts.model.train()
-    size = parts.config.batch_size
+    size = parts.config.train_batch_size
     seconds = []
     for n in range(10 + args.steps):
         batch = parts.splits.train[rng.choice(len(parts.splits.train), size, replace=False)]

@@ -10,7 +10,7 @@ On ../shared/datasets/amazon-scientific (text, minilm cache, modality text), bat
   - side by side, the step time of the same model in uncached mode (minilm in the graph
     under no_grad, same batches): what the cache saves per step.
 
-    python bench/train_step.py [--work bench/out/train] [--steps 100] [--uncached-steps 10] [--batch-size 64]
+    python bench/train_step.py [--work bench/out/train] [--steps 100] [--uncached-steps 10] [--train-batch-size 64]
 
 The cache is built once in --work (about a minute) and reused by later runs.
 """
@@ -52,12 +52,12 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("bench/out/train"))
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--uncached-steps", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--train-batch-size", type=int, default=64)
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     dataset, cache = build_inputs(args.work)
 
-    config = TrainConfig(batch_size=args.batch_size, side=SideNetworkConfig(modality="text"))
+    config = TrainConfig(train_batch_size=args.batch_size, side=SideNetworkConfig(modality="text"))
     parts = assemble(dataset, cache, config)
     optimizer = build_optimizer(parts)
     log_pop = log_popularity(torch.from_numpy(parts.splits.popularity))
@@ -87,7 +87,7 @@ def main() -> None:
     for _ in range(3):
         start = time.perf_counter()
         items = item_embeddings(parts.model, parts.source, parts.dataset.num_items)
-        evaluate_split(parts.model, items, parts.splits.test, batch_size=config.eval_batch_size)
+        evaluate_split(parts.model, items, parts.splits.test, batch_size=config.eval_user_chunk)
         evals.append(time.perf_counter() - start)
 
     cached_peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # training + evaluation

@@ -47,7 +47,7 @@ add() {  # add LABEL [train options...]
   done
 }
 add all
-add every-other --layers every-other
+add every-other --layer-rule every_other
 add groups-6 --text-steps 6 --image-steps 6
 add truncate-6 --text-layers 1,2,3,4,5,6 --image-layers 1,2,3,4,5,6
 add groups-6-per-step-dtl --text-steps 6 --image-steps 6 --dtl per_step

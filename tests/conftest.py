@@ -71,7 +71,7 @@ def tiny_run(tiny_multimodal, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     dataset, cache = tiny_multimodal
     run = tmp_path_factory.mktemp("tiny-run") / "run"
-    train(dataset, run, TrainConfig(epochs=2, batch_size=32, seed=1, eval_batch_size=64), cache_dir=cache)
+    train(dataset, run, TrainConfig(epochs=2, train_batch_size=32, seed=1, eval_user_chunk=64), cache_dir=cache)
     return run
 
 

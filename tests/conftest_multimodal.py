@@ -14,7 +14,7 @@ from iisan.encoders.tiny import build_tiny_encoder
 # Mean pooling: a random tiny BERT's CLS state is nearly the same for every item (it has not
 # learned to pool), while the token mean carries each item's own content.
 TINY_ENCODE = EncodeConfig(text_encoder="tiny-random-text", image_encoder="tiny-random-image",
-                           image_size=32, batch_size=32, workers=2, pooling="mean")
+                           image_size=32, encode_batch_size=32, workers=2, pooling="mean")
 
 
 def build_tiny_multimodal(

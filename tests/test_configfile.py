@@ -18,7 +18,7 @@ def test_a_runs_config_json_trains_the_same_run_again(tiny_multimodal, tmp_path)
     # may round differently.
     trained = runner.invoke(app, ["--threads", "1", "train", str(dataset), "--cache", str(cache), "--out", str(first),
                                   "--epochs", "2",
-                                  "--batch-size", "32", "--modality", "intra", "--layers", "every-other",
+                                  "--train-batch-size", "32", "--modality", "intra", "--layer-rule", "every_other",
                                   "--bottleneck", "8", "--seed", "7", "--lr", "0.002", "--no-id-offset",
                                   "--schedule", "cosine", "--warmup-epochs", "0.5", "--user-encoder", "recbole",
                                   "--json"])

@@ -53,7 +53,7 @@ def _epochs(run) -> list[dict]:
 @pytest.mark.parametrize("batch_size", [32, 149])
 def test_two_gloo_ranks_match_one_process_on_the_same_global_batch(tiny_multimodal, tmp_path, batch_size):
     dataset, cache = tiny_multimodal
-    common = [str(dataset), "--cache", str(cache), "--epochs", "3", "--patience", "5", "--batch-size",
+    common = [str(dataset), "--cache", str(cache), "--epochs", "3", "--patience", "5", "--train-batch-size",
               str(batch_size), "--dropout", "0", "--seed", "3", "--json"]
     single = _train(common + ["--out", str(tmp_path / "single")], 1, tmp_path)
     multi = _train(common + ["--out", str(tmp_path / "multi")], 2, tmp_path)

@@ -27,7 +27,7 @@ def test_tpme_is_the_weighted_sum_of_min_max_normalised_columns():
 
 
 def test_unknown_methods_are_refused():
-    with pytest.raises(ConfigError, match="unknown method"):
+    with pytest.raises(ConfigError, match="methods must be one of .*, got .qlora."):
         EfficiencyConfig(methods=("fft", "qlora"))
 
 
@@ -36,7 +36,7 @@ def test_bench_efficiency_writes_its_files(tiny_multimodal, tmp_path):
     out = tmp_path / "eff"
     result = CliRunner().invoke(app, [
         "bench", "efficiency", str(dataset), "--out", str(out), "--methods", "fft,lora,iisan-cached",
-        "--steps", "2", "--batch-size", "8", "--image-size", "32", "--text-encoder", "tiny-random-text",
+        "--steps", "2", "--train-batch-size", "8", "--image-size", "32", "--text-encoder", "tiny-random-text",
         "--image-encoder", "tiny-random-image", "--device", "cpu", "--json",
     ])
     assert result.exit_code == 0, result.output
@@ -67,7 +67,6 @@ def test_bench_efficiency_writes_its_files(tiny_multimodal, tmp_path):
 def test_a_failing_method_becomes_a_row_and_the_others_are_still_measured(tiny_multimodal, tmp_path):
     """fft loads its encoder from the folder the cache names; changed weights stop it
     (the cache no longer matches), while the cached side network needs no encoder."""
-    import dataclasses
 
     from iisan.cache.encode import encode
     from iisan.config import EncodeConfig
@@ -81,7 +80,7 @@ def test_a_failing_method_becomes_a_row_and_the_others_are_still_measured(tiny_m
     out = tmp_path / "eff"
     result = CliRunner().invoke(app, [
         "bench", "efficiency", str(dataset), "--out", str(out), "--cache", str(cache), "--methods", "fft,iisan-cached",
-        "--steps", "2", "--batch-size", "8", "--device", "cpu",
+        "--steps", "2", "--train-batch-size", "8", "--device", "cpu",
     ])
     assert result.exit_code == 1, result.output
     assert "fft failed" in result.output and "Traceback" not in result.output

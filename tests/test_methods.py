@@ -57,7 +57,7 @@ def test_a_registered_method_trains_and_reloads(registered, tiny_multimodal, tmp
     from iisan.training.loop import train
 
     dataset, cache = tiny_multimodal
-    config = TrainConfig.for_method("mean-last", epochs=2, batch_size=32)
+    config = TrainConfig.for_method("mean-last", epochs=2, train_batch_size=32)
     assert config.patience == 2 and not config.id_offset  # its defaults; offsets only where declared
     summary = train(dataset, tmp_path / "run", config, cache_dir=cache)
     assert summary["method"] == "mean-last" and 0 <= summary["test"]["ndcg@10"] <= 1

@@ -18,7 +18,7 @@ from iisan.features.live import content_inputs
 from iisan.training.loop import build_optimizer, training_step
 from iisan.training.loss import log_popularity
 
-TEXT_ONLY = EncodeConfig(text_encoder="tiny-random-text", image_encoder=None, pooling="mean", batch_size=32)
+TEXT_ONLY = EncodeConfig(text_encoder="tiny-random-text", image_encoder=None, pooling="mean", encode_batch_size=32)
 
 
 def test_bf16_encode_is_recorded_close_to_fp32_and_never_mixed_on_resume(tiny_multimodal, tmp_path):
@@ -48,7 +48,7 @@ def test_bf16_encode_is_recorded_close_to_fp32_and_never_mixed_on_resume(tiny_mu
 
 def test_an_encoder_baseline_runs_its_encoder_in_bf16_when_asked(tiny_multimodal):
     dataset, cache = tiny_multimodal
-    config = TrainConfig.for_method("fft", batch_size=8, precision="bf16", side=SideNetworkConfig(modality="text"))
+    config = TrainConfig.for_method("fft", train_batch_size=8, precision="bf16", side=SideNetworkConfig(modality="text"))
     parts = assemble(dataset, cache, config)
     seen = []
     encoder = parts.model.item.encoders["text"]

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from iisan.errors import ConfigError, InputError, UnknownItemError
+from iisan.errors import ConfigError, InputError, UnknownItemError, UnknownUserError
 from iisan.serving.intake import read_new_items
 from iisan.serving.recommender import Recommender
 from tests.conftest import png_bytes
@@ -190,7 +190,7 @@ def test_recommendations_for_a_user_of_the_dataset(tiny_run, tmp_path):
     sequences = pl.read_parquet(Path(read_run_config(run)["dataset"]) / "sequences.parquet")
     user, items = sequences["user_key"][0], sequences["items"][0].to_list()
     assert recommender.history_of(user) == [recommender.keys[i] for i in items]
-    with pytest.raises(ConfigError, match="unknown user 'nobody'"):
+    with pytest.raises(UnknownUserError, match="unknown user 'nobody'"):
         recommender.history_of("nobody")
     by_user = CliRunner().invoke(app, ["recommend", str(run), "--user", user, "-k", "3", "--json"])
     by_history = CliRunner().invoke(app, ["recommend", str(run), "--history", ",".join(recommender.history_of(user)),

@@ -111,7 +111,7 @@ def test_benchmark_folders_and_runs_in_one_report_with_paths_shortened(two_runs,
     (two_runs[1] / "config.json").write_text(json.dumps(config))
     cells = Collector()
     cells.feed(build_report(list(two_runs)))
-    shown = [c for c in cells.cells if c.endswith(f'/other-data"') or c.endswith(f'/{Path(dataset).name}"')]
+    shown = [c for c in cells.cells if c.endswith('/other-data"') or c.endswith(f'/{Path(dataset).name}"')]
     assert len(shown) == 2 and all(c.startswith('"…/') for c in shown), shown
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -282,8 +283,13 @@ def test_the_access_log_has_one_line_per_request(recommender, caplog):
         client.get("/items/no-such-key")
     lines = [record.getMessage() for record in caplog.records if record.name == "iisan.access"]
     assert len(lines) == 2
-    assert " POST /recommend 200 " in lines[0] and lines[0].endswith(" ms")
+    assert re.fullmatch(r"testclient POST /recommend 200 [\d.]+ ms [0-9a-f]{16}", lines[0])
     assert " GET /items/no-such-key 404 " in lines[1]
+    fields = [record.fields for record in caplog.records if record.name == "iisan.access"]
+    assert fields[1]["status"] == 404 and fields[1]["path"] == "/items/no-such-key"  # what --log-format json writes
+    tagged = client.get("/health", headers={"x-request-id": "req-42"})
+    assert tagged.headers["x-request-id"] == "req-42"
+    assert len(client.get("/health", headers={"x-request-id": "bad id\n"}).headers["x-request-id"]) == 16
     quiet = TestClient(create_app(recommender), raise_server_exceptions=False)
     caplog.clear()
     with caplog.at_level("INFO", logger="iisan.access"):
@@ -301,7 +307,11 @@ def test_recommend_for_a_user_of_the_dataset(client, recommender):
     by_user = client.post("/recommend", json={"user": user, "k": 3})
     by_history = client.post("/recommend", json={"history": recommender.history_of(user), "k": 3})
     assert by_user.status_code == 200 and by_user.json() == by_history.json()
-    assert client.post("/recommend", json={"user": "nobody"}).status_code == 422
+    unknown = client.post("/recommend", json={"user": "nobody"})
+    assert unknown.status_code == 404 and "unknown user 'nobody'" in unknown.json()["error"]
+    by_get = client.get(f"/users/{user}/recommendations", params={"k": 3})
+    assert by_get.status_code == 200 and by_get.json() == by_user.json()
+    assert client.get("/users/nobody/recommendations").status_code == 404
     both = client.post("/recommend", json={"user": user, "history": ["x"]})
     assert both.status_code == 422 and "one of them" in both.json()["error"]
     assert client.post("/recommend", json={"k": 3}).status_code == 422

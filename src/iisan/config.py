@@ -1,85 +1,125 @@
-"""Configuration: one frozen dataclass per stage, validated on construction."""
+"""Configuration: one frozen dataclass per stage, validated on construction.
+
+Every user-facing field is declared once with :func:`iisan.options.option`: its type
+(``Literal`` for choices), default, bounds and help. ``iisan <command> --help``, the
+``--config`` file keys, the options reference in the docs and the generic checks are all
+derived from those fields; only checks across fields are written out here.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from iisan.errors import ConfigError
 from iisan.methods import get_method, method_names
+from iisan.options import build_config, check_options, option
 
-FORMATS = ("iisan-tsv", "amazon2023", "csv", "movielens", "recbole")
+Format = Literal["iisan-tsv", "amazon2023", "csv", "movielens", "recbole"]
+Pooling = Literal["auto", "cls", "mean", "last"]
+Precision = Literal["auto", "fp32",
+                    "bf16"]  # the frozen encoders' compute precision; see devices.compute_dtype
+Modality = Literal["auto", "text", "image", "intra", "inter", "intra_inter"]
+InterLayers = Literal["last", "mean", "truncate"]
+DtlTarget = Literal["smaller", "larger"]
+DtlKind = Literal["shared", "per_step"]
+Head = Literal["auto", "compact", "wide"]
+Mode = Literal["cached", "uncached"]
+LayerRule = Literal["all", "every_other"]
+Loss = Literal["full", "sampled", "in_batch"]
+Samples = Literal["sequences", "prefixes"]  # what one training sample is
+Schedule = Literal["constant", "cosine"]  # the learning rate over the run, after warm-up
+UserVariant = Literal["reference", "recbole"]
+
+FORMATS = get_args(Format)
+POOLINGS = get_args(Pooling)
+PRECISIONS = get_args(Precision)
+MODALITIES = get_args(Modality)
+INTER_LAYERS = get_args(InterLayers)
+LOSSES = get_args(Loss)
 SPLITS = ("valid", "test")  # the held-out items a run is evaluated on
 INDEX_KINDS = ("flat", "hnsw")  # exact search, or faiss HNSW
+DEVICES = ("auto", "cpu", "cuda")
 EVAL_KS = (5, 10, 20)  # the cut-offs of HR@K and NDCG@K unless asked for others
-POOLINGS = ("auto", "cls", "mean", "last")
+# head="auto" is compact from this encoder width up (LLMs: 2048-8192), wide below (BERT-
+# and ViT-sized encoders, where the paper's wide head is measured).
+COMPACT_HEAD_FROM = 1024
+# From the method registry (iisan.methods): one entry per method.
+METHODS = method_names()
+EMBEDDED_METHODS = method_names(reads="raw")  # run and train the encoders on raw content
+OFFSET_METHODS = tuple(name for name in METHODS if get_method(name).id_offset)
+# Popularity slices of a target item, by its occurrences in the training part: (name, fewest,
+# most), bounds inclusive (see iisan.evaluation.slices).
+SLICES: tuple[tuple[str, int, float], ...] = (("cold", 0, 0), ("tail", 1, 4), ("head", 5, float("inf")))
+USER_DEFAULTS = ("dropout", "variant")  # user-encoder fields a method's registry entry may set
+
+CSV = "Columns (csv, recbole)"
 
 
 @dataclass(frozen=True)
 class CsvColumns:
-    """Column names of the generic ``csv`` format."""
+    """Column names of the generic ``csv`` format (and field names of ``recbole``)."""
 
-    user: str = "user"
-    item: str = "item"
-    timestamp: str = "timestamp"
-    item_key: str = "item"
-    text: str = "text"
-    image: str = "image"
+    user: str = option("user", flag="user-col", panel=CSV,
+                       help="csv: user column; recbole: user field (user_id when left at user).")
+    item: str = option("item", flag="item-col", panel=CSV,
+                       help="csv: item column of the interactions; recbole: item field (item_id when left at "
+                            "item).")
+    timestamp: str = option("timestamp", flag="time-col", panel=CSV,
+                            help="csv: timestamp column, a number or a date; recbole: time field.")
+    item_key: str = option(
+        "item", flag="item-key-col", panel=CSV, help="csv: item key column of the items table.")
+    text: str = option("text", flag="text-col", panel=CSV,
+                       help="csv: item text column; recbole: .item fields joined into the text, "
+                            "comma-separated (the title-like fields when left at text).")
+    image: str = option("image", flag="image-col", panel=CSV, help="csv: image path column (optional).")
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 @dataclass(frozen=True)
 class PrepareConfig:
-    """How to turn a source into a prepared dataset directory.
+    """How to turn a source into a prepared dataset directory (fields: ``iisan prepare --help``)."""
 
-    Args:
-        format: one of :data:`FORMATS`.
-        max_seq_len: the model's input length; each user keeps the last ``max_seq_len + 3``
-            items (train inputs, plus the valid and test targets and one shift).
-        min_seq_len: users with fewer kept items are dropped (and counted).
-        kcore: iterative k-core filter on users and items before truncation; ``None``
-            means the format's default (5 for ``amazon2023``, off otherwise).
-        strict: stop at the first problem in the input instead of counting it.
-        images: folder with ``<key>.jpg|.jpeg|.png|.webp`` files.
-        images_lmdb: LMDB with item keys as keys and encoded image bytes as values.
-        items: items table for the ``csv`` format when SOURCE is the interactions file.
-        columns: column names for the ``csv`` format.
-        allow_outside_paths: read image paths that are absolute, climb with ``..`` or are
-            symlinks leading out of the source (refused and counted by default).
-        cold_items: the fraction of items held out of training entirely, newest first, for
-            the item cold-start protocol (see :mod:`iisan.data.cold_start`); 0 (off) by default.
-    """
-
-    format: str
-    max_seq_len: int = 10
-    min_seq_len: int = 5
-    kcore: int | None = None
-    strict: bool = False
-    images: Path | None = None
-    images_lmdb: Path | None = None
-    items: Path | None = None
-    columns: CsvColumns = field(default_factory=CsvColumns)
-    allow_outside_paths: bool = False
-    cold_items: float = 0.0
+    format: Format = option(aliases=("f",), help="Source format.")
+    max_seq_len: int = option(10, minimum=1,
+                              help="Model input length; each user keeps the last max-seq-len + 3 items "
+                                   "(train inputs, the valid and test targets, one shift).")
+    min_seq_len: int = option(5, minimum=3,  # leave-one-out needs a training transition plus valid and test
+                              help="Drop users with fewer kept items (and count them).")
+    kcore: int | None = option(None, minimum=0,
+                               help="Iterative k-core filter on users and items before truncation; default 5 "
+                                    "for amazon2023, off (0) otherwise.")
+    strict: bool = option(
+        False, help="Stop with exit code 2 at the first input problem instead of counting it.")
+    images: Path | None = option(None, panel="Images", help="Folder of <key>.jpg|.jpeg|.png|.webp images.")
+    images_lmdb: Path | None = option(None, panel="Images", help="LMDB of item key -> encoded image bytes.")
+    items: Path | None = option(
+        None, panel=CSV, help="csv: items table, when SOURCE is the interactions file.")
+    columns: CsvColumns = option(
+        default_factory=CsvColumns, cli=False, help="Column names of the csv format.")
+    allow_outside_paths: bool = option(
+        False, panel="Images",
+        help="Read image paths that are absolute, contain .., or are symlinks leading out of the source "
+             "(refused and counted as refused_image by default).")
+    cold_items: float = option(
+        0.0, minimum=0,
+        help="Item cold-start protocol: hold this fraction of the items (the newest) out of training "
+             "entirely; `iisan evaluate RUN --cold-start` adds them after training and ranks them for the "
+             "users whose next item they were.")
 
     def __post_init__(self) -> None:
-        if self.format not in FORMATS:
-            raise ConfigError(f"unknown format {self.format!r}; choose one of {', '.join(FORMATS)}")
-        if self.max_seq_len < 1:
-            raise ConfigError(f"max_seq_len must be at least 1, got {self.max_seq_len}")
-        if self.min_seq_len < 3:
-            # Leave-one-out needs at least one training transition plus valid and test targets.
-            raise ConfigError(f"min_seq_len must be at least 3, got {self.min_seq_len}")
+        check_options(self)
         if self.min_seq_len > self.max_seq_len + 3:
             raise ConfigError(
-                f"min_seq_len ({self.min_seq_len}) cannot exceed max_seq_len + 3 "
-                f"({self.max_seq_len + 3}): every user would be dropped"
+                f"min_seq_len ({self.min_seq_len}) cannot exceed max_seq_len + 3 ({self.max_seq_len + 3}): "
+                f"every user would be dropped"
             )
-        if self.kcore is not None and self.kcore < 0:
-            raise ConfigError(f"kcore must be 0 (off) or positive, got {self.kcore}")
         if self.images is not None and self.images_lmdb is not None:
             raise ConfigError("give either --images or --images-lmdb, not both")
-        if not 0 <= self.cold_items < 1:
+        if not self.cold_items < 1:
             raise ConfigError(f"cold_items must be a fraction in [0, 1), got {self.cold_items}")
 
     @property
@@ -101,60 +141,48 @@ class PrepareConfig:
         return out
 
 
+STORE = "What the cache stores"
+
+
 @dataclass(frozen=True)
 class EncodeConfig:
-    """How to build the hidden-state cache.
+    """How to build the hidden-state cache (fields: ``iisan encode --help``)."""
 
-    Args:
-        text_encoder / image_encoder: registry name or local Hugging Face folder; ``None``
-            skips that modality (the image encoder is also skipped when no item has an image).
-        pooling: per-layer pooling for both encoders: ``auto`` (default: the pooling each
-            encoder was trained for, from its sentence-transformers config; else ``last``
-            for decoder LLMs and ``cls`` for the rest), ``cls`` (first token, as in the
-            paper), ``mean`` (over real tokens) or ``last`` (last real token).
-        text_pooling / image_pooling: override ``pooling`` for one encoder.
-        batch_size: items per forward pass.
-        max_text_tokens: text is truncated to this many tokens (special tokens included).
-        image_size: images are resized and centre-cropped to this side.
-        workers: threads decoding images while the model runs.
-        precision: the encoders' compute precision: ``auto`` (bfloat16 autocast on a GPU
-            that supports it, float32 elsewhere), ``fp32`` or ``bf16``; recorded per
-            encoder in the manifest.
-        text_layers / image_layers: store only these layers (0 = embedding output; the
-            last layer is always stored), for deep encoders whose every layer would make
-            the cache many times larger (an 80-layer LLM: 81 states per item). ``None``:
-            every layer.
-    """
-
-    text_encoder: str | None = "minilm"
-    image_encoder: str | None = "dinov2-small"
-    pooling: str = "auto"
-    text_pooling: str | None = None
-    image_pooling: str | None = None
-    batch_size: int = 64
-    max_text_tokens: int = 30
-    image_size: int = 224
-    workers: int = 4
-    precision: str = "auto"
-    text_layers: tuple[int, ...] | None = None
-    image_layers: tuple[int, ...] | None = None
+    text_encoder: str | None = option("minilm", none_word="none",
+                                      help="Registry name (iisan encoders list) or local Hugging Face "
+                                           "folder; none skips text.")
+    image_encoder: str | None = option("dinov2-small", none_word="none",
+                                       help="Registry name or local folder; none skips images (skipped "
+                                            "anyway when no item has an image).")
+    pooling: Pooling = option(
+        "auto", panel=STORE,
+        help="Per-layer pooling for both encoders: auto (the pooling each encoder was trained for: mean for "
+             "sentence-transformers folders such as minilm and mpnet, last token for decoder LLMs, else "
+             "cls), cls (first token, as in the paper), mean (over real tokens) or last (last real token).")
+    text_pooling: Pooling | None = option(None, panel=STORE, help="Override --pooling for the text encoder.")
+    image_pooling: Pooling | None = option(
+        None, panel=STORE, help="Override --pooling for the image encoder.")
+    encode_batch_size: int = option(64, minimum=1, aliases=("batch-size",),
+                                    help="Items per encoder forward pass.")
+    max_text_tokens: int = option(30, minimum=2, panel=STORE,  # room for the special tokens
+                                  help="Truncate text to this many tokens (special tokens included).")
+    image_size: int = option(224, minimum=1, panel=STORE, help="Resize and centre-crop images to this side.")
+    workers: int = option(4, minimum=1, help="Threads decoding images while the model runs.")
+    precision: Precision = option(
+        "auto", help="The encoders' compute precision: auto (bf16 autocast on a GPU that supports it, else "
+                     "fp32), fp32 or bf16. Recorded in the manifest; a resume must use the same.")
+    text_layers: tuple[int, ...] | None = option(
+        None, minimum=0, panel=STORE,
+        help="Store only these text layers (0 = embedding output; the last is always stored), e.g. "
+             "0,16,32,48,64,80 for an 80-layer LLM whose every layer would make the cache many times larger; "
+             "default every layer.")
+    image_layers: tuple[int, ...] | None = option(None, minimum=0, panel=STORE,
+                                                  help="Store only these image layers; default every layer.")
 
     def __post_init__(self) -> None:
-        for name in ("pooling", "text_pooling", "image_pooling"):
-            value = getattr(self, name)
-            if value is not None and value not in POOLINGS:
-                raise ConfigError(f"{name} must be one of {', '.join(POOLINGS)}, got {value!r}")
+        check_options(self)
         if self.text_encoder is None and self.image_encoder is None:
             raise ConfigError("nothing to encode: give a text encoder, an image encoder or both")
-        for name in ("batch_size", "max_text_tokens", "image_size", "workers"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.max_text_tokens < 2:
-            raise ConfigError("max_text_tokens must leave room for the special tokens (at least 2)")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        for name in ("text_layers", "image_layers"):
-            check_layer_list(name, getattr(self, name))
 
     def pooling_for(self, modality: str) -> str:
         """This modality's pooling (``auto`` is resolved by the encoder)."""
@@ -167,117 +195,67 @@ class EncodeConfig:
         return {"image_size": self.image_size}
 
 
-MODALITIES = ("auto", "text", "image", "intra", "inter", "intra_inter")
-INTER_LAYERS = ("last", "mean", "truncate")
-DTL_TARGETS = ("smaller", "larger")
-DTL_KINDS = ("shared", "per_step")
-HEADS = ("auto", "compact", "wide")
-# head="auto" is compact from this encoder width up (LLMs: 2048-8192), wide below (BERT-
-# and ViT-sized encoders, where the paper's wide head is measured; see the README).
-COMPACT_HEAD_FROM = 1024
-# From the method registry (iisan.methods): one entry per method.
-METHODS = method_names()
-EMBEDDED_METHODS = method_names(reads="raw")  # run and train the encoders on raw content
-MODES = ("cached", "uncached")
-LAYER_RULES = ("all", "every_other")
-# Popularity slices of a target item, by its occurrences in the training part: (name, fewest,
-# most), bounds inclusive (see iisan.evaluation.slices).
-SLICES: tuple[tuple[str, int, float], ...] = (("cold", 0, 0), ("tail", 1, 4), ("head", 5, float("inf")))
-OFFSET_METHODS = tuple(name for name in METHODS if get_method(name).id_offset)
-LOSSES = ("full", "sampled", "in_batch")
-SAMPLES = ("sequences", "prefixes")  # what one training sample is; see TrainConfig
-DEVICES = ("auto", "cpu", "cuda")
-SCHEDULES = ("constant", "cosine")  # the learning rate over the run, after warm-up
-USER_ENCODERS = ("reference", "recbole")  # see UserEncoderConfig
-USER_DEFAULTS = ("dropout", "variant")  # user-encoder fields a method's registry entry may set
-PRECISIONS = ("auto", "fp32", "bf16")  # the frozen encoders' compute precision; see devices.compute_dtype
+SIDE = "Side network"
+VERSA = "IISAN-Versa (encoders of different depth or width)"
 
 
 @dataclass(frozen=True)
 class SideNetworkConfig:
-    """IISAN's side network.
+    """IISAN's side network (fields: ``iisan train --help``, panels Side network and IISAN-Versa)."""
 
-    Args:
-        bottleneck: SANB bottleneck width.
-        layers: encoder layer indices the side network reads (0 = embedding output);
-            ``None`` applies ``layer_rule``.
-        layer_rule: without explicit ``layers``: ``all`` (default: every layer; more accurate
-            than LayerDrop on Amazon Scientific, see the README) or ``every_other`` (the
-            paper's LayerDrop: every other layer counting back from the last, which for an
-            even depth is "layer 0 and every other layer"). Either way a layer whose state
-            is the same for every item (layer 0 under CLS pooling, the first token of a
-            causal model) is skipped: a step spent on a constant adds nothing.
-        modality: which towers feed the item embedding: ``text``, ``image``, ``intra``
-            (text + image), ``inter`` (the fused tower only) or ``intra_inter`` (all three);
-            ``auto`` (default): ``intra_inter`` when the cache holds both encoders' states,
-            else the one it holds (:meth:`resolved`, when the run is assembled).
-        gate_temperature: gates are ``sigmoid(w / temperature)``.
-        inter_layers: IISAN-Versa, for encoders of different depth: the inter-modal tower
-            takes as many steps as the shallower encoder has selected layers, and reads the
-            deeper one's selected layers split into that many contiguous groups, one
-            representative each: the group's ``last`` layer (default) or its ``mean``;
-            ``truncate`` instead drops the deeper encoder's extra layers (a naive control).
-            No effect when the depths match.
-        dtl_to: IISAN-Versa, for encoders of different width: the dimension
-            transformation layer maps the wider encoder's states to the ``smaller`` width
-            (default) or the narrower one's to the ``larger`` width before inter-modal
-            fusion. No effect (and no parameters) when the widths match.
-        dtl: ``shared`` (one map per modality for every inter step) or ``per_step`` (one
-            per step, as the reference's Versa scripts).
-        text_layers / image_layers: this encoder's layers, for both its intra tower and
-            the inter tower (overrides ``layers`` and ``layer_rule``).
-        text_steps / image_steps: IISAN-Versa's group layer-dropping per encoder: split its
-            non-constant layers into this many contiguous groups and read the last layer
-            of each (e.g. 6 of an 80-layer LLM's 81 states), for the intra and the inter
-            tower alike: evenly spaced, counting back from the last layer. Overrides
-            ``layer_rule``; an explicit list wins over it.
-        head: each tower's head: ``wide`` is ``Linear(D, D) -> Linear(D, d)`` (the
-            paper's), ``compact`` is ``Linear(D, d) -> Linear(d, d)`` (the reference's
-            Versa draft; 67M parameters fewer at D = 8192); ``auto`` is compact for
-            encoders at least :data:`COMPACT_HEAD_FROM` wide, wide below.
-        text_bottleneck / image_bottleneck: this modality's SANB width (default:
-            ``bottleneck``, which the inter tower always uses).
-    """
-
-    bottleneck: int = 64
-    layers: tuple[int, ...] | None = None
-    layer_rule: str = "all"
-    modality: str = "auto"
-    gate_temperature: float = 0.1
-    inter_layers: str = "last"
-    dtl_to: str = "smaller"
-    dtl: str = "shared"
-    text_layers: tuple[int, ...] | None = None
-    image_layers: tuple[int, ...] | None = None
-    text_steps: int | None = None
-    image_steps: int | None = None
-    head: str = "auto"
-    text_bottleneck: int | None = None
-    image_bottleneck: int | None = None
+    bottleneck: int = option(
+        64, minimum=1, panel=SIDE, help="SANB bottleneck width (the inter tower's always).")
+    layers: tuple[int, ...] | None = option(
+        None, minimum=0, panel=SIDE,
+        help="Encoder layers the side network reads, e.g. 0,2,4,6 (0 = embedding output); default: "
+             "--layer-rule.")
+    # "all" scored higher than LayerDrop on Amazon Scientific (docs: results).
+    layer_rule: LayerRule = option(
+        "all", panel=SIDE,
+        help="Without --layers: all, or every_other (the paper's LayerDrop: every other layer counting back "
+             "from the last). Either skips a layer whose state is the same for every item (layer 0 under CLS "
+             "pooling, the first token of a causal model): a step spent on a constant adds nothing.")
+    modality: Modality = option(
+        "auto",
+        help="Towers feeding the item embedding: text, image, intra (text + image), inter (the fused tower "
+             "only) or intra_inter (all three); auto: intra_inter when the cache holds both encoders' "
+             "states, else the one it holds.")
+    gate_temperature: float = option(0.1, above=0, panel=SIDE, help="Gates are sigmoid(w / temperature).")
+    inter_layers: InterLayers = option(
+        "last", panel=VERSA,
+        help="Encoders of different depth: the inter-modal tower takes as many steps as the shallower "
+             "encoder has selected layers and reads the deeper one's in that many contiguous groups: each "
+             "group's last layer, or its mean; truncate drops the extra layers instead (a naive control).")
+    dtl_to: DtlTarget = option(
+        "smaller", panel=VERSA,
+        help="Encoders of different width: the dimension transformation maps the wider encoder's states to "
+             "the smaller width, or the narrower one's to the larger, before inter-modal fusion.")
+    dtl: DtlKind = option("shared", panel=VERSA,
+                          help="That transformation: shared (one map per modality for every inter step) or "
+                               "per_step (one per step, as the reference's Versa scripts).")
+    text_layers: tuple[int, ...] | None = option(
+        None, minimum=0, panel=VERSA,
+        help="The text encoder's layers, for its intra tower and the inter tower (overrides --layers), e.g. "
+             "4,19,34,49,64,79.")
+    image_layers: tuple[int, ...] | None = option(None, minimum=0, panel=VERSA,
+                                                  help="The image encoder's layers (overrides --layers).")
+    text_steps: int | None = option(
+        None, minimum=1, panel=VERSA,
+        help="Group layer-dropping for the text encoder: split its non-constant layers into this many "
+             "contiguous groups and read the last of each (e.g. 6 of an 80-layer LLM's 81 states).")
+    image_steps: int | None = option(None, minimum=1, panel=VERSA, help="The same for the image encoder.")
+    head: Head = option(
+        "auto", panel=SIDE,
+        help=f"Tower heads: wide (D -> D -> d, the paper's), compact (D -> d -> d, the reference's Versa "
+             f"draft: 67M parameters fewer at D = 8192) or auto (compact from {COMPACT_HEAD_FROM} wide, wide "
+             f"below).")
+    text_bottleneck: int | None = option(None, minimum=1, panel=SIDE,
+                                         help="SANB width of the text tower (default: --bottleneck).")
+    image_bottleneck: int | None = option(None, minimum=1, panel=SIDE,
+                                          help="SANB width of the image tower (default: --bottleneck).")
 
     def __post_init__(self) -> None:
-        if self.bottleneck <= 0:
-            raise ConfigError(f"bottleneck must be positive, got {self.bottleneck}")
-        if self.modality not in MODALITIES:
-            raise ConfigError(f"modality must be one of {', '.join(MODALITIES)}, got {self.modality!r}")
-        check_layer_list("layers", self.layers)
-        if self.layer_rule not in LAYER_RULES:
-            raise ConfigError(f"layer_rule must be one of {', '.join(LAYER_RULES)}, got {self.layer_rule!r}")
-        if self.gate_temperature <= 0:
-            raise ConfigError("gate_temperature must be positive")
-        if self.inter_layers not in INTER_LAYERS:
-            raise ConfigError(f"inter_layers must be one of {', '.join(INTER_LAYERS)}, got {self.inter_layers!r}")
-        if self.dtl_to not in DTL_TARGETS:
-            raise ConfigError(f"dtl_to must be one of {', '.join(DTL_TARGETS)}, got {self.dtl_to!r}")
-        if self.dtl not in DTL_KINDS:
-            raise ConfigError(f"dtl must be one of {', '.join(DTL_KINDS)}, got {self.dtl!r}")
-        if self.head not in HEADS:
-            raise ConfigError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
-        for modality in ("text", "image"):
-            check_layer_list(f"{modality}_layers", getattr(self, f"{modality}_layers"))
-            for name in (f"{modality}_steps", f"{modality}_bottleneck"):
-                if getattr(self, name) is not None and getattr(self, name) < 1:
-                    raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        check_options(self)
 
     @property
     def encoder_modalities(self) -> tuple[str, ...]:
@@ -290,7 +268,8 @@ class SideNetworkConfig:
         if self.modality != "auto":
             return self
         both = "text" in available and "image" in available
-        return replace(self, modality="intra_inter" if both else ("image" if "image" in available else "text"))
+        return replace(self,
+                       modality="intra_inter" if both else ("image" if "image" in available else "text"))
 
     def selected_layers(self, num_layers: int, constant: tuple[int, ...] = (), modality: str | None = None,
                         available: tuple[int, ...] | None = None) -> tuple[int, ...]:
@@ -317,7 +296,8 @@ class SideNetworkConfig:
         steps = getattr(self, f"{modality}_steps", None) if modality else None
         if steps is not None:
             if steps > len(candidates):
-                raise ConfigError(f"{modality}_steps {steps}: the {modality} encoder has only {len(candidates)} "
+                raise ConfigError(f"{modality}_steps {steps}: the {modality} encoder has only "
+                                  f"{len(candidates)} "
                                   "usable layers")
             # Groups mirrored, the larger ones first: the picks count back from the last layer
             # at an even stride (13 states in 3 steps: 4, 8, 12), like LayerDrop's rule.
@@ -338,16 +318,6 @@ class SideNetworkConfig:
         return "compact" if width >= COMPACT_HEAD_FROM else "wide"
 
 
-def check_layer_list(name: str, layers: tuple[int, ...] | None) -> None:
-    """``None`` (a rule decides) or a non-empty list of layer indices, 0 being the embedding output.
-
-    Raises:
-        ConfigError: an empty list or a negative index.
-    """
-    if layers is not None and (not layers or min(layers) < 0):
-        raise ConfigError(f"{name} must be non-negative layer indices, got {layers}")
-
-
 def even_groups(count: int, groups: int) -> list[tuple[int, ...]]:
     """Split positions ``0..count-1`` into ``groups`` contiguous groups of near-equal size,
     the larger ones last (so the last group ends at the final layer)."""
@@ -359,163 +329,154 @@ def even_groups(count: int, groups: int) -> list[tuple[int, ...]]:
     return [tuple(range(start, start + size)) for start, size in zip(starts, sizes)]
 
 
+USER = "User encoder (SASRec)"
+OPTIM = "Optimisation"
+CONTENT = "New and rare items"
+EMBEDDED = "Encoder baselines (fft, adapter, lora, bitfit)"
+
+
 @dataclass(frozen=True)
 class UserEncoderConfig:
     """The SASRec-style user encoder (and the item embedding width ``dim``).
 
-    ``variant`` picks the details that differ between the two SASRec implementations
-    this project is compared with: ``reference`` (IISAN's reference code: ReLU feed-forward,
-    xavier-normal initialisation, LayerNorm eps 1e-6, bias-free attention projections) or
-    ``recbole`` (RecBole's SASRec: GELU, normal(0, 0.02) initialisation, eps 1e-12, biased
-    projections). The architecture is otherwise the same. ``recbole`` is the default: it
-    scored higher on validation for both IISAN and the id model (the README has the figures).
+    ``variant`` picks the details that differ between the two SASRec implementations this
+    project is compared with; the architecture is otherwise the same. ``recbole`` is the
+    default: it scored higher on validation for both IISAN and the id model.
     """
 
-    dim: int = 64
-    blocks: int = 2
-    heads: int = 2
-    dropout: float = 0.1
-    max_seq_len: int = 10
-    variant: str = "recbole"
+    dim: int = option(64, minimum=1, panel=USER, help="Width of item and user embeddings.")
+    blocks: int = option(2, minimum=1, panel=USER, help="Transformer blocks of the user encoder.")
+    heads: int = option(2, minimum=1, panel=USER, help="Attention heads (must divide --dim).")
+    dropout: float = option(0.1, minimum=0, panel=USER, help="Dropout of the user encoder.")
+    max_seq_len: int = option(10, minimum=1, cli=False, help="History length: the dataset's.")
+    variant: UserVariant = option(
+        "recbole", flag="user-encoder", panel=USER,
+        help="The user encoder's details: reference (IISAN's reference code: ReLU, xavier-normal init, "
+             "LayerNorm eps 1e-6, bias-free attention projections) or recbole (RecBole's SASRec: GELU, "
+             "normal(0, 0.02) init, eps 1e-12, biased projections).")
 
     def __post_init__(self) -> None:
-        if self.variant not in USER_ENCODERS:
-            raise ConfigError(f"user encoder must be one of {', '.join(USER_ENCODERS)}, got {self.variant!r}")
+        check_options(self)
         if self.dim % self.heads:
             raise ConfigError(f"dim {self.dim} must be divisible by heads {self.heads}")
-        if not 0 <= self.dropout < 1:
+        if not self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One training run.
+    """One training run (fields: ``iisan train --help``; a method's registry entry may
+    change some defaults, see :meth:`for_method`)."""
 
-    Args:
-        method: ``iisan`` (side network), ``frozen`` (a linear head on the cached last
-            layer, no side network), ``id`` (SASRec with item-id embeddings), or a baseline
-            that runs the encoders on raw content and trains them: ``fft`` (all weights),
-            ``adapter`` (Houlsby adapters of width ``side.bottleneck``), ``lora`` (rank
-            ``lora_rank`` on the attention projections), ``bitfit`` (biases). Those read the
-            encoder names and settings from the cache manifest, never its states.
-        mode: ``cached`` reads the hidden-state cache (encoders never loaded);
-            ``uncached`` runs the frozen encoders in the graph under ``no_grad``.
-        lr: peak learning rate of the user encoder, heads and fusion; ``side_lr`` of the
-            SANB blocks and gates (for the encoder baselines: of the trained encoder
-            parameters). The reference used 2e-4 and 1e-4 for 100 epochs on a GPU; 1e-3
-            (RecBole's SASRec default) reaches a better validation NDCG@10 within a
-            patience-5 budget, and on small catalogues (a few steps per epoch) the
-            reference rates stop early before learning anything.
-        patience: stop after this many epochs without a better validation NDCG@10.
-        schedule: every learning rate over the run: ``constant``, or ``cosine`` (from its
-            value down to zero at step ``epochs`` x steps per epoch; early stopping may end
-            the run before that). ``warmup_epochs`` (may be fractional) first raise it
-            linearly from zero, in either schedule. One warm-up epoch and a cosine over 30
-            epochs scored higher on validation than a constant rate for 50 (README); runs
-            saved before schedules existed read as constant.
-        loss: the next-item softmax's candidates: ``full`` (every item of the catalogue,
-            RecBole's cross-entropy; the item tower embeds the whole catalogue at every
-            step), ``sampled`` (the batch's items plus ``negatives`` drawn in proportion to
-            popularity, with log-popularity correction) or ``in_batch`` (the reference's:
-            every item slot of the batch, with log-popularity correction). ``sampled`` and
-            ``in_batch`` mask the user's own items other than the positive.
-        negatives: extra negatives per step for ``loss="sampled"``.
-        samples: what one training sample (a row of ``batch_size``) is: ``sequences``
-            (the user's window, a target at every position: SASRec's paper and the
-            reference) or ``prefixes`` (every prefix of every window on its own, its
-            target in the last slot: RecBole's SASRec). The targets are the same; each
-            prefix draws its own dropout and batch. ``id`` trains on prefixes, 256 a batch
-            (higher on validation than sequences for it; README).
-        id_offset: add a learned per-item vector, zero at the start, to each
-            training-catalogue item's content embedding; items added later stay content
-            only (see :mod:`iisan.models.id_offset`). Applies to the cached content methods
-            (``iisan``, ``frozen``); always off for the others.
-        blend: after training, blend each score with the content floor's and add a prior
-            for cold and tail items, weighed on the validation split
-            (:mod:`iisan.models.blend`); what lets a trained content model rank new and
-            rare items. Applies to ``iisan`` and ``frozen``; always off for the others.
-        id_offset_lr: learning rate of those offsets; 10x below ``lr`` by default, so that
-            they do not memorise the training items before the content tower has learned
-            (at ``lr`` validation peaks after 4-5 epochs, then falls).
-        precision: the compute precision of encoders that run in the graph (the encoder
-            baselines): ``auto`` (bfloat16 autocast on a GPU that supports it, else
-            float32), ``fp32`` or ``bf16``. ``uncached`` mode runs its frozen encoders at
-            the precision the cache was built with; the side network is always float32.
-    """
-
-    method: str = "iisan"
-    mode: str = "cached"
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 1e-3
-    side_lr: float = 1e-3
-    weight_decay: float = 0.0
-    grad_clip: float = 5.0
-    patience: int = 5
-    schedule: str = "cosine"
-    warmup_epochs: float = 1.0
-    loss: str = "in_batch"
-    negatives: int = 1024
-    samples: str = "sequences"
-    id_offset: bool = True
-    id_offset_lr: float = 1e-4
-    blend: bool = True
-    seed: int = 42
-    eval_batch_size: int = 1024
-    include_history: bool = False
-    lora_rank: int = 8
-    precision: str = "auto"
-    side: SideNetworkConfig = field(default_factory=SideNetworkConfig)
-    user: UserEncoderConfig = field(default_factory=UserEncoderConfig)
+    method: str = option(
+        "iisan", choices=method_names,
+        help="; ".join(f"{name}: {get_method(name).summary}" for name in METHODS)
+        + ". Methods that train the encoders read their names from the cache's manifest and run them "
+          "on raw content.")
+    mode: Mode = option("cached", help="cached: read the cache; uncached: run the frozen encoders in the "
+                                       "graph under no_grad (same results, slower).")
+    epochs: int = option(30, minimum=1, help="Maximum epochs (the cosine schedule reaches zero at the last).")
+    train_batch_size: int = option(64, minimum=1, aliases=("batch-size",),
+                                   help="Training samples per step (with --loss in_batch the negatives come "
+                                        "from them); under torchrun the global batch.")
+    # 1e-3 (RecBole's SASRec default) beat the reference's 2e-4 / 1e-4 within a patience-5
+    # budget; on small catalogues the reference rates stop early before learning anything.
+    lr: float = option(1e-3, above=0, help="Peak learning rate of the user encoder, heads and fusion.")
+    side_lr: float = option(1e-3, above=0, panel=OPTIM,
+                            help="Peak learning rate of the side network's blocks and gates, or of the "
+                                 "trained encoder parameters for fft, adapter, lora, bitfit.")
+    weight_decay: float = option(0.0, minimum=0, panel=OPTIM, help="AdamW weight decay.")
+    grad_clip: float = option(5.0, above=0, panel=OPTIM, help="Clip the gradient norm to this.")
+    patience: int = option(5, minimum=1, panel=OPTIM,
+                           help="Stop after this many epochs without a better validation NDCG@10.")
+    schedule: Schedule = option("cosine", panel=OPTIM,
+                                help="Every learning rate over the run: constant, or cosine (down to zero at "
+                                     "--epochs; early stopping may end the run before).")
+    warmup_epochs: float = option(1.0, minimum=0, panel=OPTIM,
+                                  help="Raise every learning rate linearly from zero over this many epochs "
+                                       "first (may be fractional).")
+    loss: Loss = option("in_batch",
+                        help="Candidates of the next-item softmax: full (every item of the catalogue, "
+                             "RecBole's cross-entropy), sampled (the batch's items plus --negatives drawn by "
+                             "popularity) or in_batch (the reference's: the batch's item slots); sampled and "
+                             "in_batch are log-popularity corrected and mask the user's own items.")
+    negatives: int = option(1024, minimum=0, panel=OPTIM, help="Extra negatives per step for --loss sampled.")
+    samples: Samples = option("sequences", panel=OPTIM,
+                              help="What one training sample is: sequences (a user's window, a target at "
+                                   "every position: SASRec's paper, the reference) or prefixes (every prefix "
+                                   "on its own, its next item the target: RecBole's SASRec).")
+    id_offset: bool = option(True, panel=CONTENT,
+                             help="iisan, frozen: add a learned per-item vector, zero at the start, to each "
+                                  "training item's content embedding; items added later stay content only.")
+    # 10x below lr: at lr the offsets memorise the training items within a few epochs.
+    id_offset_lr: float = option(1e-4, above=0, panel=CONTENT, help="Learning rate of the id offsets.")
+    blend: bool = option(
+        True, panel=CONTENT,
+        help="iisan, frozen: after training, blend each score with the content floor's (knn) and add priors "
+             "for cold and tail items, weighed on the validation split (iisan.models.blend); what lets a "
+             "trained content model rank new and rare items.")
+    seed: int = option(42, help="Random seed (initialisation, batch order, dropout).")
+    eval_user_chunk: int = option(1024, minimum=1, aliases=("eval-batch-size",), panel=OPTIM,
+                                  help="Users scored at once when validating and testing (fewer on "
+                                       "catalogues too large for that many rows of scores).")
+    include_history: bool = option(False,
+                                   help="Rank the user's own history too when validating and testing "
+                                        "(RecBole's protocol); by default it is excluded, as in the paper.")
+    lora_rank: int = option(
+        8, minimum=1, panel=EMBEDDED, help="LoRA rank for --method lora (alpha = 2 x rank).")
+    precision: Precision = option(
+        "auto", panel=EMBEDDED,
+        help="Compute precision of the encoders that fft, adapter, lora and bitfit run and train: auto (bf16 "
+             "autocast on a GPU that supports it, else fp32), fp32 or bf16. uncached mode runs its frozen "
+             "encoders at the cache's precision; the side network and user encoder stay fp32.")
+    side: SideNetworkConfig = option(default_factory=SideNetworkConfig, cli=False, help="The side network.")
+    user: UserEncoderConfig = option(default_factory=UserEncoderConfig, cli=False, help="The user encoder.")
 
     def __post_init__(self) -> None:
-        get_method(self.method)  # raises ConfigError naming the registered methods
-        if self.mode not in MODES:
-            raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        for name in ("epochs", "batch_size", "eval_batch_size", "patience", "lora_rank"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.loss not in LOSSES:
-            raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        if self.samples not in SAMPLES:
-            raise ConfigError(f"samples must be one of {', '.join(SAMPLES)}, got {self.samples!r}")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        if not 0 <= self.warmup_epochs <= self.epochs:
+        check_options(self)
+        if not self.warmup_epochs <= self.epochs:
             raise ConfigError(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not get_method(self.method).id_offset:  # not applicable: the saved config says it was not used
             object.__setattr__(self, "id_offset", False)
         if not get_method(self.method).blend:
             object.__setattr__(self, "blend", False)
-        if self.negatives < 0:
-            raise ConfigError(f"negatives must be 0 or more, got {self.negatives}")
-        if self.lr <= 0 or self.side_lr <= 0 or self.id_offset_lr <= 0:
-            raise ConfigError("learning rates must be positive")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def for_method(cls, method: str, user_changes: dict[str, Any] | None = None, **changes: Any) -> TrainConfig:
-        """A config with ``method``'s own defaults (its registry entry's), then ``changes``.
+    def from_options(cls, options: dict[str, Any]) -> TrainConfig:
+        """A config from flat option values (``iisan train``'s, a ``--config`` file's): the
+        method's own defaults (its registry entry's), then ``options``; the side network's and
+        user encoder's fields go to them.
 
-        ``user_changes`` overrides single fields of the user encoder (over the method's own:
-        ``dropout``, ``variant``); ``changes["user"]`` replaces it whole."""
-        own = dict(get_method(method).defaults)
-        user = {key: own.pop(key) for key in USER_DEFAULTS if key in own}
-        if "user" not in changes and (user or user_changes):
-            changes["user"] = UserEncoderConfig(**{**user, **(user_changes or {})})
-        return cls(method=method, **{**own, **changes})
+        Raises:
+            ConfigError: ``--id-offset`` for a method without offsets, or an unknown option.
+        """
+        method = options.get("method", cls.method)
+        if options.get("id_offset") and method not in OFFSET_METHODS:
+            raise ConfigError(f"--id-offset applies to {' and '.join(OFFSET_METHODS)}, not {method}")
+        return build_config(cls, {**get_method(method).defaults, **options, "method": method})
+
+    @classmethod
+    def for_method(cls, method: str, **changes: Any) -> TrainConfig:
+        """``method``'s own defaults, then ``changes``: flat option values, or a whole
+        ``side=`` / ``user=`` config."""
+        whole = {key: changes.pop(key) for key in ("side", "user") if key in changes}
+        config = cls.from_options({"method": method, **changes})
+        return replace(config, **whole) if whole else config
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TrainConfig:
+        """A run's saved ``config.json`` ``train`` entry, from any version of iisan."""
         # runs saved before these options existed: no offset, no blend, encoders in float32, a constant
         # learning rate, the reference's user encoder, whole sequences
-        data = {"id_offset": False, "blend": False, "precision": "fp32", "schedule": "constant", "warmup_epochs": 0.0,
+        data = {"id_offset": False, "blend": False, "precision": "fp32", "schedule": "constant",
+                "warmup_epochs": 0.0,
                 "samples": "sequences", **data}
+        for old, new in RENAMED.items():
+            if old in data:
+                data[new] = data.pop(old)
         if data.get("id_offset_lr") is None:
             data.pop("id_offset_lr", None)
         side = {"head": "wide", **data.get("side", {})}  # runs saved before head existed: the paper's
@@ -524,3 +485,7 @@ class TrainConfig:
                 side[key] = tuple(side[key])
         user = {"variant": "reference", **data.get("user", {})}  # runs saved before variants existed
         return cls(**{**data, "side": SideNetworkConfig(**side), "user": UserEncoderConfig(**user)})
+
+
+# Fields renamed to say what they count; config.json files saved before use the old names.
+RENAMED = {"batch_size": "train_batch_size", "eval_batch_size": "eval_user_chunk"}

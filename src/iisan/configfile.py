@@ -1,7 +1,8 @@
 """``--config FILE``: option values from a TOML, YAML or JSON file, for ``train``, ``encode``
 and ``bench efficiency``; flags given on the command line override the file.
 
-A file holds the options by their flag names with underscores (``batch_size = 128``), flat
+A file holds the options by their names (``train_batch_size = 128``; a flag's spelling with
+underscores works too), flat
 or in sections (``[train]``, ``[side]``, ``[user]``, ``[encode]``, ``[bench]``: merged), or
 is a run's own ``config.json``, so that ``iisan train --config runs/x/config.json --out
 runs/y`` trains the same run again (its dataset, cache and every training option).
@@ -14,15 +15,11 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from iisan.config import SideNetworkConfig, TrainConfig, UserEncoderConfig
+from iisan.config import TrainConfig
 from iisan.errors import ConfigError
+from iisan.options import option_specs
 
 SECTIONS = ("train", "side", "user", "encode", "bench")
-# Training options with no flag: a run's config.json may hold them only at their defaults.
-NO_FLAG = {"grad_clip": TrainConfig.grad_clip, "eval_batch_size": TrainConfig.eval_batch_size,
-           "gate_temperature": SideNetworkConfig.gate_temperature, "dim": UserEncoderConfig.dim,
-           "blocks": UserEncoderConfig.blocks, "heads": UserEncoderConfig.heads}
-LIST_OPTIONS = ("layers", "text_layers", "image_layers", "methods", "k")
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -67,43 +64,42 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def _run_options(saved: dict[str, Any], path: Path) -> dict[str, Any]:
-    """The ``iisan train`` options that reproduce a run from its ``config.json``."""
-    train = TrainConfig.from_json(saved["train"]).to_json()
-    side, user = train.pop("side"), train.pop("user")
-    options = {"dataset": saved.get("dataset"), "cache": saved.get("cache"), **train}
-    rule = side.pop("layer_rule")
-    layers = side.pop("layers")
-    options["layers"] = rule.replace("_", "-") if layers is None else list(layers)
-    options.update(side)
-    options["dropout"] = user["dropout"]
-    options["user_encoder"] = user["variant"]
-    extra = {**{k: options.pop(k) for k in ("grad_clip", "eval_batch_size", "gate_temperature") if k in options},
-             **{k: user[k] for k in ("dim", "blocks", "heads")}}
-    changed = {k: v for k, v in extra.items() if v != NO_FLAG[k]}
-    if changed:
-        raise ConfigError(f"--config {path}: {', '.join(f'{k} = {v}' for k, v in changed.items())} cannot be set "
-                          "from the command line; train it from Python (iisan.train with a TrainConfig)")
+    """The ``iisan train`` options that reproduce a run from its ``config.json``: every
+    option field of the train, side network and user encoder configs, flat."""
+    config = TrainConfig.from_json(saved["train"])
+    options = {"dataset": saved.get("dataset"), "cache": saved.get("cache")}
+    for part in (config, config.side, config.user):
+        options.update({spec.name: getattr(part, spec.name) for spec in option_specs(type(part))})
     return options
 
 
-def as_defaults(options: dict[str, Any], known: set[str], where: str) -> dict[str, Any]:
-    """``options`` as a Click ``default_map`` for a command with parameters ``known``:
-    lists become comma-separated, ``None`` leaves the command's own default.
+def as_defaults(options: dict[str, Any], params: list, where: str,
+                aliases: dict[str, str] | None = None) -> dict[str, Any]:
+    """``options`` as a Click ``default_map`` for a command with ``params`` (Click
+    parameters): a key may be a parameter's name or any of its flags with underscores
+    (``train_batch_size`` for ``--train-batch-size``) or an older name in ``aliases`` (old
+    name -> parameter name, ``batch_size`` -> ``train_batch_size``); lists become comma-separated;
+    ``None`` leaves the command's own default (or, for an encoder, skips it).
 
     Raises:
         ConfigError: an option the command does not have.
     """
-    unknown = sorted(set(options) - known)
+    names = dict(aliases or {})
+    for param in params:
+        for spelling in (param.name, *getattr(param, "opts", ()), *getattr(param, "secondary_opts", ())):
+            names.setdefault(spelling.lstrip("-").replace("-", "_"), param.name)
+    unknown = sorted(set(options) - set(names))
     if unknown:
+        known = sorted({name for name in names.values() if name != "config"})
         raise ConfigError(f"--config: {where} has no option {', '.join(unknown)} "
-                          f"(it has: {', '.join(sorted(known - {'config'}))})")
+                          f"(it has: {', '.join(known)})")
     defaults = {}
     for key, value in options.items():
         if value is None and key in ("text_encoder", "image_encoder"):
             value = "none"  # encode: that modality is skipped
         if value is None:
             continue
-        if key in LIST_OPTIONS and isinstance(value, (list, tuple)):
+        if isinstance(value, (list, tuple)):
             value = ",".join(str(v) for v in value)
-        defaults[key] = value
+        defaults[names[key]] = value
     return defaults

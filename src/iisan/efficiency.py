@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from iisan.config import EncodeConfig
-from iisan.errors import ConfigError
+from iisan.options import check_options, option
 from iisan.methods import method_names
 
 log = logging.getLogger(__name__)
@@ -45,24 +45,27 @@ WARMUP_STEPS = 3
 
 @dataclass(frozen=True)
 class EfficiencyConfig:
-    methods: tuple[str, ...] = DEFAULT_METHODS
-    steps: int = 20
-    batch_size: int = 16
-    image_size: int = 224
-    text_encoder: str = EncodeConfig.text_encoder
-    image_encoder: str = EncodeConfig.image_encoder
-    modality: str | None = None  # None: intra_inter when the data has images, else text
-    typical_epochs: int = 20
-    seed: int = 0
-    device: str = "auto"
+    """What ``iisan bench efficiency`` measures (fields: its ``--help``)."""
+
+    methods: tuple[str, ...] = option(DEFAULT_METHODS, choices=tuple(METHODS),
+                                      help="The methods to compare, comma-separated.")
+    steps: int = option(20, minimum=1, help="Timed training steps per method (after 3 warm-up steps).")
+    train_batch_size: int = option(16, minimum=1, aliases=("batch-size",), help="Users per training step.")
+    image_size: int = option(224, minimum=1,
+                             help="Image side in pixels (224 as in the paper; 112 keeps a CPU run to "
+                                  "minutes).")
+    text_encoder: str = option(EncodeConfig.text_encoder, help="Text encoder (registry name or folder).")
+    image_encoder: str = option(EncodeConfig.image_encoder,
+                                help="Image encoder (used when the dataset has images).")
+    modality: str | None = option(None, cli=False,  # None: intra_inter when the data has images, else text
+                                  help="The side network's modality.")
+    typical_epochs: int = option(20, minimum=1, help="Epochs of a typical run, to amortise the cache's "
+                                                     "one-off cost over.")
+    seed: int = option(0, help="Random seed (the same batches for every method).")
+    device: str = option("auto", cli=False, help="auto, cpu or cuda.")
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.methods if m not in METHODS]
-        if unknown or not self.methods:
-            raise ConfigError(f"unknown method {', '.join(unknown) or '(none)'}; choose from {', '.join(METHODS)}")
-        for name in ("steps", "batch_size", "image_size", "typical_epochs"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        check_options(self)
 
 
 # ---- one method, in its own process -----------------------------------------------------
@@ -109,7 +112,7 @@ def measure_method(dataset: Path, cache: Path, name: str, config: EfficiencyConf
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     method, mode = METHODS[name]
-    train_config = TrainConfig.for_method(method, mode=mode, batch_size=config.batch_size, seed=config.seed,
+    train_config = TrainConfig.for_method(method, mode=mode, train_batch_size=config.train_batch_size, seed=config.seed,
                                           side=SideNetworkConfig(modality=config.modality or "intra_inter"))
     parts = assemble(dataset, cache, train_config, device=device)
     parts.model.to(device).train()
@@ -120,8 +123,8 @@ def measure_method(dataset: Path, cache: Path, name: str, config: EfficiencyConf
     users = len(parts.splits.train)
     order = np.random.default_rng(config.seed).permutation(users)  # the same batches in every process
     total_steps = WARMUP_STEPS + config.steps
-    batches = parts.splits.train[np.resize(order, total_steps * config.batch_size)].reshape(
-        total_steps, config.batch_size, -1)
+    batches = parts.splits.train[np.resize(order, total_steps * config.train_batch_size)].reshape(
+        total_steps, config.train_batch_size, -1)
     seconds, losses = [], []
     for index, batch in enumerate(batches):
         if device.type == "cuda":
@@ -138,7 +141,7 @@ def measure_method(dataset: Path, cache: Path, name: str, config: EfficiencyConf
         "method": name,
         "device": str(device),
         "seconds_per_step": step,
-        "seconds_per_epoch": step * math.ceil(users / config.batch_size),
+        "seconds_per_epoch": step * math.ceil(users / config.train_batch_size),
         "trainable_parameters": sum(p.numel() for p in parts.model.parameters() if p.requires_grad),
         "total_parameters": sum(p.numel() for p in parts.model.parameters()),
         "peak_rss_mb": peak_mb,
@@ -202,7 +205,8 @@ def run_efficiency(dataset: str | Path, out: str | Path, config: EfficiencyConfi
 
     rows = []
     for name in config.methods:
-        progress(f"{name}: {WARMUP_STEPS} warm-up + {config.steps} timed steps of {config.batch_size} users")
+        progress(f"{name}: {WARMUP_STEPS} warm-up + {config.steps} timed steps of {config.train_batch_size} "
+                 "users")
         rows.append(measure_in_subprocess(dataset, Path(cache), name, config))
         if "error" in rows[-1]:
             progress(f"{name} failed: {rows[-1]['error']}")
@@ -241,7 +245,8 @@ def measure_in_subprocess(dataset: Path, cache: Path, name: str, config: Efficie
         try:
             return json.loads(result.stdout.strip().splitlines()[-1])
         except (ValueError, IndexError):
-            return {"method": name, "device": config.device, "error": f"no result in its output: {result.stdout[-300:]!r}"}
+            return {"method": name, "device": config.device, "error": f"no result in its output: "
+                                                                      f"{result.stdout[-300:]!r}"}
     lines = [line.strip() for line in result.stderr.strip().splitlines() if line.strip()]
     reason = " | ".join(lines[-3:]) or f"exit status {result.returncode}"
     return {"method": name, "device": config.device, "error": f"exit status {result.returncode}: {reason}"}
@@ -285,12 +290,14 @@ def table_rows(report: dict[str, Any], keys: tuple[str, ...] | None = None) -> t
 def report_notes(report: dict[str, Any]) -> list[str]:
     """The settings and the cache's one-off cost, in sentences (under every rendering of the table)."""
     settings = report["settings"]
-    notes = [f"Batch {settings['batch_size']} users, {settings['steps']} timed steps after {WARMUP_STEPS} warm-up, "
-             f"modality {settings['modality']}, image size {settings['image_size']}, device {report_device(report)}.",
+    notes = [f"Batch {settings.get('train_batch_size', settings.get('batch_size'))} users, "
+             f"{settings['steps']} timed steps after {WARMUP_STEPS} warm-up, modality "
+             f"{settings['modality']}, image size {settings['image_size']}, device {report_device(report)}.",
              f"Memory in TPME and ratios: {memory_label(report)}."]
     if report["cache_build_seconds"] is not None:
         notes.append(f"Cache build (one-off): {report['cache_build_seconds']:.1f} s, "
-                     f"{report['cache_build_seconds_per_epoch']:.1f} s per epoch over {settings['typical_epochs']} epochs.")
+                     f"{report['cache_build_seconds_per_epoch']:.1f} s per epoch over "
+                     f"{settings['typical_epochs']} epochs.")
     return notes
 
 

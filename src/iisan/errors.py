@@ -55,5 +55,12 @@ class UnknownItemError(IisanError, KeyError):
         return str(self.args[0])
 
 
+class UnknownUserError(IisanError, KeyError):
+    """A user the run's dataset does not hold (404 from the service)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class RunBusyError(IisanError):
     """Another process (or thread) is changing the run folder, and did not finish within the wait."""

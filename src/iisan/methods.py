@@ -135,7 +135,7 @@ register_method(Method(
 register_method(Method(
     "id", "SASRec with item-id embeddings, no content", reads="ids",
     tower="iisan.models.baselines.id:build_tower",
-    defaults={"loss": "full", "patience": 10, "dropout": 0.5, "samples": "prefixes", "batch_size": 256}))
+    defaults={"loss": "full", "patience": 10, "dropout": 0.5, "samples": "prefixes", "train_batch_size": 256}))
 # The encoder baselines train encoder weights at side_lr; 1e-3 is too high for updating every
 # weight of a pretrained encoder (README "Accuracy"), so fft uses 1e-4.
 for _name, _summary, _defaults in (

@@ -24,7 +24,7 @@ from iisan.errors import CacheMismatchError, DatasetError
 from tests.conftest import write_tsv_source
 
 TINY = EncodeConfig(text_encoder="tiny-random-text", image_encoder="tiny-random-image",
-                    image_size=32, batch_size=16, workers=2)
+                    image_size=32, encode_batch_size=16, workers=2)
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +176,7 @@ def test_a_crash_at_a_checkpoint_then_resume_is_bit_identical(multimodal, tmp_pa
     from iisan import fileio
     from iisan.cache import encode as encode_module
 
-    config = EncodeConfig(text_encoder="tiny-random-text", image_encoder=None, batch_size=4)
+    config = EncodeConfig(text_encoder="tiny-random-text", image_encoder=None, encode_batch_size=4)
     monkeypatch.setattr(encode_module, "CHECKPOINT_SECONDS", 0.0)  # a checkpoint after every batch
     monkeypatch.setenv(fileio.CRASH_ENV, "9")
     monkeypatch.setenv("IISAN_CRASH_MODE", "raise")
@@ -193,7 +193,7 @@ def test_a_crash_at_a_checkpoint_then_resume_is_bit_identical(multimodal, tmp_pa
 
 @pytest.mark.slow
 def test_kill_9_then_resume_is_bit_identical(many_items, tmp_path):
-    args = ["--text-encoder", "tiny-random-text", "--image-encoder", "none", "--batch-size", "4"]
+    args = ["--text-encoder", "tiny-random-text", "--image-encoder", "none", "--encode-batch-size", "4"]
     command = [sys.executable, "-m", "iisan", "-q", "encode", str(many_items), "--out", str(tmp_path / "killed"), *args]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
     flags = done_path(tmp_path / "killed", "text")
@@ -219,7 +219,7 @@ def test_kill_9_then_resume_is_bit_identical(many_items, tmp_path):
     states = np.load(tmp_path / "killed" / "text.npy", mmap_mode="r")
     assert states[flagged][1:, -1].any(axis=-1).all()  # every flagged row was written
 
-    config = EncodeConfig(text_encoder="tiny-random-text", image_encoder=None, batch_size=4)
+    config = EncodeConfig(text_encoder="tiny-random-text", image_encoder=None, encode_batch_size=4)
     resumed = encode(many_items, tmp_path / "killed", config)
     assert 0 < resumed["modalities"]["text"]["rows_already_done"] < total - 1
     encode(many_items, tmp_path / "clean", config)

@@ -19,7 +19,7 @@ from iisan.errors import CacheMismatchError, ConfigError
 from tests.conftest_multimodal import TINY_ENCODE
 
 ENCODE_ARGS = ["--text-encoder", "tiny-random-text", "--image-encoder", "tiny-random-image", "--pooling", "mean",
-               "--image-size", "32", "--batch-size", "16", "--workers", "1"]
+               "--image-size", "32", "--encode-batch-size", "16", "--workers", "1"]
 
 
 @pytest.mark.parametrize("items, count", [(10, 3), (7, 7), (1000, 4), (5, 1)])

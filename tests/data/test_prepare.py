@@ -101,7 +101,7 @@ def test_load_refuses_other_version(small_source, tmp_path):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"format": "xml"}, "unknown format"),
+        ({"format": "xml"}, "format must be one of"),
         ({"format": "csv", "max_seq_len": 0}, "max_seq_len"),
         ({"format": "csv", "min_seq_len": 2}, "min_seq_len"),
         ({"format": "csv", "max_seq_len": 2, "min_seq_len": 9}, "cannot exceed"),

@@ -64,7 +64,7 @@ def test_prepare_writes_held_out_items_that_training_never_sees(cold_dataset):
 def test_cold_start_adds_the_items_to_a_copy_and_ranks_them(cold_dataset, tmp_path):
     dataset, cache = cold_dataset
     run = tmp_path / "run"
-    train(dataset, run, TrainConfig(epochs=1, batch_size=32, seed=1), cache_dir=cache)
+    train(dataset, run, TrainConfig(epochs=1, train_batch_size=32, seed=1), cache_dir=cache)
     index_before = sorted(p.name for p in (run / "index").iterdir())
     result = evaluate_cold_start(run, ks=(5, 10))
     users = pl.read_parquet(dataset / COLD_START_FILE).height

@@ -67,7 +67,7 @@ def test_calibration_reads_validation_only_and_never_does_worse(tiny_multimodal,
         return original(model, items, split, users, include_history)
 
     monkeypatch.setattr(calibrate, "_score_rows", spy)
-    summary = train(dataset, tmp_path / "run", TrainConfig(epochs=1, batch_size=32, seed=2), cache_dir=cache)
+    summary = train(dataset, tmp_path / "run", TrainConfig(epochs=1, train_batch_size=32, seed=2), cache_dir=cache)
     blend = summary["blend"]
     assert blend["valid_after"] >= blend["valid_before"] and blend["evaluations"] > 1
     assert len(seen) == 1 and seen[0].targets.tolist() == summary_split(dataset, "valid").targets.tolist()
@@ -108,7 +108,7 @@ def test_no_blend_trains_the_plain_model(tiny_multimodal, tmp_path):
     from iisan.assemble import load_trained
 
     dataset, cache = tiny_multimodal
-    summary = train(dataset, tmp_path / "run", TrainConfig(epochs=1, batch_size=32, seed=2, blend=False),
+    summary = train(dataset, tmp_path / "run", TrainConfig(epochs=1, train_batch_size=32, seed=2, blend=False),
                     cache_dir=cache)
     assert "blend" not in summary
     assert "blend" not in json.loads((tmp_path / "run" / "metrics.json").read_text())

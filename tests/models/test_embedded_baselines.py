@@ -16,7 +16,7 @@ from iisan.models.baselines.embedded import EMBEDDED_METHODS
 from iisan.training.loop import build_optimizer, train, training_step
 from iisan.training.loss import log_popularity
 
-CONFIG = TrainConfig(batch_size=16, seed=1, lr=3e-3, side_lr=3e-3, epochs=1, eval_batch_size=64)
+CONFIG = TrainConfig(train_batch_size=16, seed=1, lr=3e-3, side_lr=3e-3, epochs=1, eval_user_chunk=64)
 
 # What each method may change inside the encoders.
 TRAINED = {

@@ -15,7 +15,7 @@ from iisan.training.loss import log_popularity
 
 def test_offset_starts_at_zero_moves_known_items_and_leaves_new_ones_alone(tiny_multimodal):
     dataset, cache = tiny_multimodal
-    config = TrainConfig(batch_size=32, seed=1, id_offset=True)
+    config = TrainConfig(train_batch_size=32, seed=1, id_offset=True)
     parts = assemble(dataset, cache, config)
     plain = assemble(dataset, cache, dataclasses.replace(config, id_offset=False))
     tower = parts.model.item

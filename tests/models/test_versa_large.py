@@ -97,7 +97,7 @@ def test_a_decoder_llm_as_text_encoder_end_to_end_from_the_cli(architecture, tin
     run = tmp_path / "run"
     trained = runner.invoke(app, ["--threads", "1", "train", str(dataset), "--cache", str(cache), "--out", str(run),
                                   "--epochs", "2",
-                                  "--batch-size", "32", "--text-steps", "2", "--image-steps", "2", "--dtl", "per_step",
+                                  "--train-batch-size", "32", "--text-steps", "2", "--image-steps", "2", "--dtl", "per_step",
                                   "--head", "compact", "--text-bottleneck", "8", "--device", "cpu", "--json"])
     assert trained.exit_code == 0, trained.output
     saved = json.loads((run / "config.json").read_text())
@@ -159,7 +159,7 @@ def test_the_encoder_baselines_train_a_decoder_llm(method, tiny_multimodal, tmp_
     llm = build_tiny_decoder(tmp_path / "llama", "llama", hidden=32, layers=2)
     cache = tmp_path / "cache"
     encode(dataset, cache, EncodeConfig(text_encoder=str(llm), image_encoder=None), device="cpu")
-    parts = assemble(dataset, cache, TrainConfig.for_method(method, batch_size=8, side=SideNetworkConfig(modality="text")))
+    parts = assemble(dataset, cache, TrainConfig.for_method(method, train_batch_size=8, side=SideNetworkConfig(modality="text")))
     trainable = {n for n, p in parts.model.item.named_parameters() if p.requires_grad and n.startswith("encoders.")}
     expected = {"lora": "lora_", "adapter": "adapter", "fft": "q_proj"}[method]
     assert trainable and any(expected in n for n in trainable)

@@ -27,10 +27,10 @@ def test_resume_with_another_cache_names_the_difference(scratch, tmp_path):
     other = tmp_path / "other-cache"
     encode(scratch.dataset, other, dataclasses.replace(TINY_ENCODE, max_text_tokens=4))
     result = cli("train", scratch.dataset, "--cache", other, "--out", scratch.run, "--resume", "--epochs", "3",
-                 "--batch-size", "32", "--seed", "1")
+                 "--train-batch-size", "32", "--seed", "1")
     error = one_line_error(result, "is not the cache", "max_text_tokens", "resume with the cache it was trained on")
     assert "damaged" not in error
     # The cache it was trained on resumes.
     result = cli("train", scratch.dataset, "--cache", scratch.cache, "--out", scratch.run, "--resume", "--epochs", "3",
-                 "--batch-size", "32", "--seed", "1")
+                 "--train-batch-size", "32", "--seed", "1")
     assert result.exit_code == 0, result.output

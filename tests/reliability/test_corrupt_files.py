@@ -81,7 +81,7 @@ def test_dataset_meta_that_is_not_an_object(scratch):
 def test_damaged_resume_state(scratch):
     edit_json(scratch.run / "resume" / "state.json", lambda s: s.pop("best"))
     one_line_error(cli("train", scratch.dataset, "--cache", scratch.cache, "--out", scratch.run, "--resume",
-                       "--epochs", "3", "--batch-size", "32", "--seed", "1"),
+                       "--epochs", "3", "--train-batch-size", "32", "--seed", "1"),
                    "state.json", "'best'", "--force")
 
 

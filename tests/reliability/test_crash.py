@@ -28,8 +28,8 @@ from iisan.training.loop import train
 from tests.conftest import REPO
 
 NEW_KEYS = ["new-a", "new-b"]
-CONFIG = TrainConfig(epochs=2, batch_size=32, seed=1)
-TRAIN_ARGS = ("--epochs", "2", "--batch-size", "32", "--seed", "1")
+CONFIG = TrainConfig(epochs=2, train_batch_size=32, seed=1)
+TRAIN_ARGS = ("--epochs", "2", "--train-batch-size", "32", "--seed", "1")
 
 
 def run_killed_at(n: int | None, *args) -> subprocess.CompletedProcess:

@@ -106,7 +106,7 @@ def test_index_build_on_a_full_disk_keeps_the_previous_index(scratch, monkeypatc
 
 def test_train_on_a_full_disk_then_resume_finishes(scratch, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    args = ("train", scratch.dataset, "--cache", scratch.cache, "--out", out, "--epochs", "2", "--batch-size", "32",
+    args = ("train", scratch.dataset, "--cache", scratch.cache, "--out", out, "--epochs", "2", "--train-batch-size", "32",
             "--seed", "1")
     for n in (1, 2, 5, 9, 14):
         result, full = disk_full_at(n, monkeypatch, lambda: cli(*args, "--force"))

@@ -13,7 +13,7 @@ from iisan.evaluation.metrics import MISS, metrics_from_ranks, pessimistic_ranks
 from iisan.fileio import write_json_atomic
 from tests.reliability.conftest import cli, one_line_error
 
-TRAIN = ("--batch-size", "32", "--seed", "1")
+TRAIN = ("--train-batch-size", "32", "--seed", "1")
 
 
 def poison_cache(cache, rows=(3, 17, 40), modality="text") -> np.ndarray:

@@ -18,7 +18,7 @@ from iisan.run.files import resume_folder
 from iisan.training.loop import NextItemObjective, build_optimizer, train, training_step
 from iisan.training.loss import log_popularity
 
-FAST = TrainConfig(epochs=2, batch_size=32, patience=5, seed=1, eval_batch_size=64)
+FAST = TrainConfig(epochs=2, train_batch_size=32, patience=5, seed=1, eval_user_chunk=64)
 
 
 def test_repeated_steps_reduce_the_loss(tiny_multimodal):
@@ -192,7 +192,7 @@ def test_method_defaults_follow_the_measured_recipes():
     options still win."""
     id_config = TrainConfig.for_method("id")
     assert (id_config.loss, id_config.patience, id_config.user.dropout) == ("full", 10, 0.5)
-    assert (id_config.samples, id_config.batch_size) == ("prefixes", 256)
+    assert (id_config.samples, id_config.train_batch_size) == ("prefixes", 256)
     assert TrainConfig.for_method("fft").side_lr == 1e-4
     assert TrainConfig.for_method("iisan") == TrainConfig()
     assert TrainConfig.for_method("id", loss="in_batch", patience=3).loss == "in_batch"

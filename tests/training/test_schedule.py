@@ -20,7 +20,7 @@ from iisan.training import loop
 from iisan.training.loop import train
 from iisan.training.schedule import lr_factor
 
-FAST = TrainConfig(epochs=2, batch_size=32, patience=5, seed=1, eval_batch_size=64)
+FAST = TrainConfig(epochs=2, train_batch_size=32, patience=5, seed=1, eval_user_chunk=64)
 
 
 def test_warm_up_rises_linearly_then_holds_or_follows_a_cosine():
@@ -47,7 +47,7 @@ def test_schedule_options_are_checked():
         TrainConfig(schedule="linear")
     with pytest.raises(ConfigError, match="warmup_epochs"):
         TrainConfig(epochs=2, warmup_epochs=3)
-    with pytest.raises(ConfigError, match="user encoder must be one of reference, recbole"):
+    with pytest.raises(ConfigError, match="variant must be one of reference, recbole"):
         UserEncoderConfig(variant="bert4rec")
 
 
@@ -99,7 +99,7 @@ def test_id_embeddings_start_as_the_user_encoders_variant():
         num_items = 5000
 
     torch.manual_seed(0)
-    config = TrainConfig.for_method("id", user_changes={"variant": "recbole"})
+    config = TrainConfig.for_method("id", variant="recbole")
     assert config.user.dropout == 0.5  # id's own default kept beside the change
     table = build_tower(config, Context()).embedding.weight.detach()
     assert float(table[1:].std()) == pytest.approx(0.02, rel=0.05) and not table[0].any()

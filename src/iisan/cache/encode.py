@@ -280,7 +280,7 @@ def _text_batches(dataset: PreparedDataset, encoder: FrozenEncoder, config: Enco
             tokens[row, : len(ids)] = ids
             lengths[row] = len(ids)
     order = np.argsort(lengths, kind="stable") + first
-    batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
+    batches = [order[i : i + config.encode_batch_size] for i in range(0, len(order), config.encode_batch_size)]
     pad = encoder.tokenizer.pad_token_id or 0
 
     def prepare(batch: np.ndarray, pool: ThreadPoolExecutor) -> tuple[np.ndarray, dict[str, torch.Tensor]]:
@@ -307,7 +307,7 @@ def _image_batches(
     done[without] = 1  # a zero row and present = 0: the model sees the image is missing
     present[without] = 0
     ids = np.flatnonzero(has_image & in_range) + 1
-    batches = [ids[i : i + config.batch_size] for i in range(0, len(ids), config.batch_size)]
+    batches = [ids[i : i + config.encode_batch_size] for i in range(0, len(ids), config.encode_batch_size)]
 
     def load(item_id: int) -> np.ndarray | None:
         path = dataset.root / paths[item_id - 1]
@@ -350,6 +350,24 @@ def shard_range(shard: tuple[int, int], num_items: int) -> tuple[int, int]:
 
 def shard_folder(shard: tuple[int, int]) -> str:
     return f"shard-{shard[0]}-of-{shard[1]}"
+
+
+def parse_shard(text: str, environ: dict[str, str] | None = None) -> tuple[int, int]:
+    """``--shard K/N`` as ``(K, N)``; ``auto`` takes them from torchrun's ``RANK`` and
+    ``WORLD_SIZE`` (in ``environ``, default the process's).
+
+    Raises:
+        ConfigError: not K/N, or ``auto`` outside torchrun.
+    """
+    environ = os.environ if environ is None else environ
+    if text == "auto":
+        if "RANK" not in environ or "WORLD_SIZE" not in environ:
+            raise ConfigError("--shard auto takes K/N from torchrun's RANK and WORLD_SIZE; outside torchrun give K/N")
+        return int(environ["RANK"]) + 1, int(environ["WORLD_SIZE"])
+    index, _, count = text.partition("/")
+    if not (index.strip().isdigit() and count.strip().isdigit()):
+        raise ConfigError(f"--shard takes K/N, e.g. 1/4, got {text!r}")
+    return int(index), int(count)
 
 
 def merge_shards(dataset_dir: str | Path, cache_dir: str | Path) -> dict[str, Any]:

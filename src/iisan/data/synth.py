@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw
 from iisan.data.sources.tsv import SYNTH_INFO_FILE
 from iisan.errors import ConfigError
 from iisan.fileio import atomic_directory, check_replaceable, write_json_atomic
+from iisan.options import check_options, option
 from iisan.progress import progress
 
 log = logging.getLogger(__name__)
@@ -49,49 +50,40 @@ ADJECTIVES = (
 
 @dataclass(frozen=True)
 class SynthConfig:
-    """Size and shape of a synthetic source.
+    """Size and shape of a synthetic source (fields: ``iisan data synth --help``);
+    everything is a deterministic function of it."""
 
-    Args:
-        items / users: catalogue and user counts.
-        categories / colours: how many of each (``items`` must cover every pair).
-        min_len / max_len: sequence lengths, drawn uniformly.
-        p_both / p_category: probability that an interaction matches the user's pair,
-            or only their category; the rest match only their colour.
-        image_size: side of the square PNGs; 0 writes no images (text-only source).
-        missing_image_rate: share of items left without an image file.
-        seed: everything is a deterministic function of the config.
-    """
-
-    items: int = 2000
-    users: int = 1000
-    categories: int = 10
-    colours: int = 8
-    min_len: int = 5
-    max_len: int = 20
-    p_both: float = 0.6
-    p_category: float = 0.2
-    image_size: int = 64
-    missing_image_rate: float = 0.0
-    seed: int = 0
+    items: int = option(2000, minimum=1, help="Number of items (at least categories x colours).")
+    users: int = option(1000, minimum=1, help="Number of users.")
+    categories: int = option(10, minimum=1, help="Categories (named in titles only).")
+    colours: int = option(8, minimum=1, help="Colours (shown in images only).")
+    min_len: int = option(5, minimum=1, help="Shortest sequence.")
+    max_len: int = option(20, minimum=1, help="Longest sequence.")
+    p_both: float = option(0.6, minimum=0, help="Probability that an interaction matches the user's category "
+                                                "and colour.")
+    p_category: float = option(0.2, minimum=0, help="Probability that it matches only their category (the "
+                                                    "rest match only their colour).")
+    image_size: int = option(64, minimum=0, help="PNG side in pixels; 0 for a text-only source.")
+    missing_image_rate: float = option(0.0, minimum=0, help="Share of items without an image.")
+    seed: int = option(0, help="Random seed; the output is deterministic given it.")
 
     def __post_init__(self) -> None:
+        check_options(self)
         if not 1 <= self.categories <= len(CATEGORIES):
             raise ConfigError(f"categories must be in 1..{len(CATEGORIES)}, got {self.categories}")
         if not 1 <= self.colours <= len(COLOURS):
             raise ConfigError(f"colours must be in 1..{len(COLOURS)}, got {self.colours}")
         if self.items < self.categories * self.colours:
             raise ConfigError(
-                f"--items {self.items} cannot cover {self.categories} categories x "
-                f"{self.colours} colours; use at least {self.categories * self.colours} items"
+                f"--items {self.items} cannot cover {self.categories} categories x {self.colours} colours; "
+                f"use at least {self.categories * self.colours} items"
             )
-        if self.users < 1:
-            raise ConfigError(f"users must be positive, got {self.users}")
-        if not 1 <= self.min_len <= self.max_len:
+        if not self.min_len <= self.max_len:
             raise ConfigError(f"need 1 <= min_len <= max_len, got {self.min_len}, {self.max_len}")
-        if not (0 <= self.p_both and 0 <= self.p_category and self.p_both + self.p_category <= 1):
-            raise ConfigError("p_both and p_category must be non-negative and sum to at most 1")
-        if self.image_size < 0 or not 0 <= self.missing_image_rate <= 1:
-            raise ConfigError("image_size must be >= 0 and missing_image_rate in [0, 1]")
+        if self.p_both + self.p_category > 1:
+            raise ConfigError("p_both and p_category must sum to at most 1")
+        if self.missing_image_rate > 1:
+            raise ConfigError(f"missing_image_rate must be in [0, 1], got {self.missing_image_rate}")
 
 
 def synthesize(out_dir: str | Path, config: SynthConfig, force: bool = False) -> dict:

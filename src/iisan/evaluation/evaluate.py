@@ -59,7 +59,7 @@ def evaluate_run(
     items = item_embeddings(parts.model, parts.source, parts.dataset.num_items)
     target = getattr(parts.splits, split)
     metrics = evaluate_split(parts.model, items, target, ks=tuple(sorted(set(ks))),
-                             batch_size=batch_size or parts.config.eval_batch_size,
+                             batch_size=batch_size or parts.config.eval_user_chunk,
                              include_history=include_history)
     seconds = time.perf_counter() - start
     path = run_dir / METRICS_FILE

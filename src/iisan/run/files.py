@@ -211,3 +211,31 @@ def save_resume_state(run_dir: Path, model: torch.nn.Module, optimizer: torch.op
         save_optimizer(folder, optimizer)
 
     commit_generation(run_dir / RESUME_DIR, "state.json", write, state)
+
+
+def resume_settings(run_dir: Path, options: dict[str, Any] | None = None) -> tuple[Any, Path | None]:
+    """The training config and cache a killed run continues with: its own, saved in its
+    ``config.json``. ``options`` (flat, as ``iisan train`` was given them) may repeat the
+    run's values, and ``epochs`` may extend it; any other difference is refused.
+
+    Raises:
+        DatasetError: no run in ``run_dir``. ConfigError: an option that differs from the run's.
+    """
+    import dataclasses
+
+    from iisan.config import TrainConfig
+    from iisan.options import option_specs
+
+    saved = read_run_config(Path(run_dir))
+    config = TrainConfig.from_json(saved["train"])
+    options = dict(options or {})
+    if "epochs" in options:
+        config = dataclasses.replace(config, epochs=options.pop("epochs"))
+    own = {spec.name: getattr(part, spec.name) for part in (config, config.side, config.user)
+           for spec in option_specs(type(part))}
+    differ = [f"--{name.replace('_', '-')} {value} (the run has {own.get(name)})" for name, value in options.items()
+              if own.get(name) != value]
+    if differ:
+        raise ConfigError(f"--resume continues {run_dir} with its own options; only --epochs may change: "
+                          f"{'; '.join(differ)}")
+    return config, Path(saved["cache"]) if saved.get("cache") else None

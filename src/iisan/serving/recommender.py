@@ -22,7 +22,7 @@ import torch
 
 from iisan.assemble import Assembled, TrainedRun, assemble_run, load_trained
 from iisan.errors import (
-    CacheMismatchError, ConfigError, DatasetError, IisanError, NonFiniteError, UnknownItemError,
+    CacheMismatchError, ConfigError, DatasetError, IisanError, NonFiniteError, UnknownItemError, UnknownUserError,
 )
 from iisan.evaluation.ranking import item_embeddings
 from iisan.search import HnswSettings, ItemIndex
@@ -192,7 +192,7 @@ class Recommender:
         prepared: training, validation and test items).
 
         Raises:
-            DatasetError: the run's dataset is not where ``config.json`` says. ConfigError: no
+            DatasetError: the run's dataset is not where ``config.json`` says. UnknownUserError: no
                 such user.
         """
         if self._histories is None:
@@ -207,7 +207,7 @@ class Recommender:
                                    f"{self.run_dir / 'config.json'}: {err}") from None
             self._histories = dict(zip(sequences["user_key"].to_list(), sequences["items"].to_list()))
         if user not in self._histories:
-            raise ConfigError(f"unknown user {user!r}: the run's dataset has {len(self._histories):,} users")
+            raise UnknownUserError(f"unknown user {user!r}: the run's dataset has {len(self._histories):,} users")
         keys = self.store.current.keys
         return [keys[item] for item in self._histories[user]]
 
@@ -316,3 +316,16 @@ def health(recommender: Recommender) -> dict[str, Any]:
             problems.append(f"a probe query fails: {type(probe).__name__}: {probe}")
     return {"status": "failing" if problems else "ok", "items": len(catalogue.keys) - 1,
             "index": catalogue.stored.index.kind, "problems": problems}
+
+
+def rebuild_index(run_dir: str | Path, kind: str = "flat", hnsw_m: int = 32, ef_search: int = 512,
+                  device: str = "auto") -> dict[str, Any]:
+    """(Re)build ``run_dir``'s item index of ``kind`` from its trained model, whatever state
+    the stored one is in; items added since training are kept when it can still be read."""
+    import time
+
+    start = time.perf_counter()
+    recommender = Recommender.load(run_dir, rebuild=kind, hnsw=HnswSettings(m=hnsw_m, ef_search=ef_search),
+                                   device=device)
+    return {"index": kind, "items": recommender.num_items, "added_items": len(recommender.added),
+            "seconds": round(time.perf_counter() - start, 2), "folder": str(recommender.index_dir)}

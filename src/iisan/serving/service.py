@@ -18,7 +18,7 @@ from types import SimpleNamespace
 from typing import Annotated, Any
 
 from iisan.data.images import FORMATS_READ
-from iisan.errors import ConfigError, IisanError, InputError, RunBusyError, StorageError, UnknownItemError
+from iisan.errors import ConfigError, IisanError, InputError, RunBusyError, StorageError, UnknownItemError, UnknownUserError
 from iisan.serving.batcher import QueryBatcher
 from iisan.serving.middleware import BodyLimit, InternalErrors, Measure
 from iisan.serving.recommender import Query
@@ -136,6 +136,10 @@ def add_error_handlers(app):
     async def unknown_items(_: Request, exc: UnknownItemError) -> JSONResponse:
         return error(422, str(exc), unknown=exc.keys[:100])
 
+    @app.exception_handler(UnknownUserError)
+    async def unknown_user(_: Request, exc: UnknownUserError) -> JSONResponse:
+        return error(404, str(exc))
+
     @app.exception_handler(IisanError)
     async def library_error(_: Request, exc: IisanError) -> JSONResponse:
         # A failed write (disk full) or another writer holding the run is the server's trouble,
@@ -161,7 +165,7 @@ def create_app(recommender, token: str | None = None, limits: Limits = Limits(),
     schema = request_models(limits)
 
     def errors(*codes: int) -> dict:
-        meaning = {401: "A valid bearer token is required.", 404: "No such item.", 413: "The body is over the limit.",
+        meaning = {401: "A valid bearer token is required.", 404: "No such item or user.", 413: "The body is over the limit.",
                    422: "Invalid request or unknown item keys.", 503: "The catalogue could not be saved; nothing changed."}
         return {code: {"model": schema.ErrorBody, "description": meaning[code]} for code in codes}
 
@@ -195,6 +199,11 @@ def create_app(recommender, token: str | None = None, limits: Limits = Limits(),
         # A ready response skips re-validating our own output against the model (hot path).
         return JSONResponse({"items": [{"key": key, "title": recommender.title(key), "score": score}
                                        for key, score in answer]})
+
+    @app.get("/users/{user:path}/recommendations", response_model=schema.RecommendResponse,
+             responses=errors(404, 422), summary="Top-k next items for a user of the run's dataset")
+    async def recommend_for_user(user: str, k: int = 10, exclude_seen: bool = True) -> JSONResponse:
+        return await recommend(schema.RecommendRequest(user=user, k=k, exclude_seen=exclude_seen))
 
     @app.post("/items", response_model=schema.AddItemsResponse, dependencies=[Depends(require_token)],
               responses=errors(401, 413, 422, 503), summary="Add items from their content, without retraining")

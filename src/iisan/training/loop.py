@@ -58,7 +58,7 @@ def train(
     """Train, keep the best epoch by validation NDCG@10, and evaluate it on test.
 
     Under torchrun (or with ``distributed``) the run is spread over the ranks with
-    DistributedDataParallel: ``config.batch_size`` is the global batch, each rank takes
+    DistributedDataParallel: ``config.train_batch_size`` is the global batch, each rank takes
     its share of every batch and of every evaluation, and only rank 0 writes to
     ``run_dir``. See :mod:`iisan.distributed`.
 
@@ -111,7 +111,7 @@ def _train_locked(dataset_dir: Path, run_dir: Path, config: TrainConfig, cache_d
     writer = _tensorboard(run_dir) if tensorboard and workers.is_main else None
 
     def evaluate(items: torch.Tensor, *splits: str) -> dict[str, dict[str, float]]:
-        return {split: evaluate_split(model, items, getattr(parts.splits, split), batch_size=config.eval_batch_size,
+        return {split: evaluate_split(model, items, getattr(parts.splits, split), batch_size=config.eval_user_chunk,
                                       include_history=config.include_history, workers=workers)
                 for split in splits}
 
@@ -278,11 +278,11 @@ def _train_epoch(parts: Assembled, train_ids: np.ndarray, objective: torch.nn.Mo
     negative_rng = np.random.default_rng([config.seed, epoch])
     probabilities = sampling_probabilities(parts.splits.popularity) if config.loss == "sampled" else None
     total, steps = 0.0, 0
-    batches = range(0, len(order), config.batch_size)
+    batches = range(0, len(order), config.train_batch_size)
     first_step = (epoch - 1) * len(batches)  # global steps before this epoch: the schedule's position
     for start in progress(batches, desc=f"epoch {epoch}", unit="batch", leave=False, mininterval=1,
                       disable=not workers.is_main):
-        batch = train_ids[order[start : start + config.batch_size]]
+        batch = train_ids[order[start : start + config.train_batch_size]]
         mine = batch[workers.share(len(batch))]
         if not len(mine):
             # A last batch smaller than the number of ranks: this rank still has to take part

@@ -1,0 +1,658 @@
+"""The ``iisan`` commands: each parses, builds a config, calls one library function and
+prints. Options that configure a stage are generated from its config's fields
+(:mod:`iisan.cli.generated`); only what is not configuration is declared here."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.logging import RichHandler
+
+from iisan import __version__
+from iisan.cli import output
+from iisan.cli.errors import fail, handles_errors
+from iisan.cli.generated import Options, one_of, with_options
+from iisan.cli.output import print_json, stderr, stdout
+from iisan.config import (
+    DEVICES, EVAL_KS, INDEX_KINDS, METHODS, SPLITS, EncodeConfig, PrepareConfig, TrainConfig,
+)
+from iisan.data.synth import SynthConfig
+from iisan.efficiency import EfficiencyConfig
+from iisan.errors import ConfigError, IisanError
+from iisan.methods import get_method
+from iisan.options import OptionSpec, describe_default
+from iisan.threads import THREADS_ENV, use_threads
+
+
+def _group(name: str | None, help: str) -> typer.Typer:
+    group = typer.Typer(name=name, help=help, no_args_is_help=True, rich_markup_mode="rich",
+                        pretty_exceptions_enable=False, add_completion=False)
+    if name is not None:
+        app.add_typer(group, name=name)
+    return group
+
+
+app = _group(None, "Multimodal sequential recommendation with IISAN's decoupled side network.\n\nPipeline: "
+             "[bold]prepare[/] a source → encode → train → evaluate → recommend / serve.\n\nStart with: "
+             "[bold]iisan quickstart[/] (the whole pipeline on MovieLens-100K, about 40 seconds on 2 idle "
+             "cores).")
+data_app = _group("data", "Synthetic sources and dataset statistics.")
+encoders_app = _group("encoders", "Frozen pretrained encoders.")
+index_app = _group("index", "The item-embedding index of a trained run.")
+items_app = _group("items", "Add items to a trained run's catalogue without retraining.")
+bench_app = _group("bench", "Measured comparisons between methods.")
+
+
+def flag(names: str, help: str, **settings: Any) -> Any:
+    """An on/off option named ``names`` (space-separated); it shows no type in --help (typer
+    would print ``<bool>``)."""
+    return typer.Option(*names.split(), metavar="", help=help, **settings)
+
+
+def command(group: typer.Typer, name: str | None = None) -> Callable:
+    """Register a command: errors become one line; docstring paragraphs are unwrapped so the
+    terminal wraps them to its width (rich keeps every line break); examples stay as written."""
+
+    def register(fn: Callable) -> Callable:
+        paragraphs = inspect.cleandoc(fn.__doc__ or "").split("\n\n")
+        fn.__doc__ = "\n\n".join(p if any(line.startswith(" ") for line in p.split("\n"))
+                                 else " ".join(p.split("\n")) for p in paragraphs)
+        return group.command(name)(handles_errors(fn))
+
+    return register
+
+
+def _config_file(ctx: typer.Context, value: Path | None) -> Path | None:
+    """``--config FILE``: the file's values become this command's defaults (flags still win)."""
+    if value is not None:
+        from iisan.configfile import as_defaults, read_config_file
+
+        specs = getattr(ctx.command.callback, "option_specs", ())
+        aliases = {name: spec.name for spec in specs for name in spec.names}
+        try:
+            ctx.default_map = {**(ctx.default_map or {}), **as_defaults(
+                read_config_file(value), ctx.command.params, f"`iisan {ctx.info_name}`", aliases)}
+        except IisanError as err:
+            raise typer.BadParameter(str(err)) from None
+    return value
+
+
+Run = Annotated[Path, typer.Argument(help="Run folder written by `iisan train`.", show_default=False)]
+Dataset = Annotated[Path, typer.Argument(help="Prepared dataset folder.", show_default=False)]
+Out = Annotated[Path, typer.Option("--out", "-o", help="Folder to write.", show_default=False)]
+Force = Annotated[bool, flag("--force", "Replace --out even if it holds something else.")]
+Json = Annotated[bool, flag("--json", "Print the result as JSON.")]
+Device = Annotated[str, typer.Option(parser=one_of(DEVICES), metavar="|".join(DEVICES), help="auto: this "
+                                     "process's GPU if there is one (under torchrun, the one of its "
+                                     "LOCAL_RANK), else the CPU.")]
+ConfigFile = Annotated[Path | None, typer.Option(
+    "--config", callback=_config_file, is_eager=True, show_default=False,
+    help="TOML, YAML or JSON file of option values (names with underscores, flat or in \\[train], "
+         "\\[encode], \\[bench] sections; a run's config.json for train); flags given here override it.")]
+
+
+def _version() -> None:
+    stdout.print(f"iisan {__version__}")
+    raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, flag("--verbose -v", "Log debug details.")] = False,
+    quiet: Annotated[bool, flag("--quiet -q", "Log warnings only; no progress bars, no request "
+                                        "log.")] = False,
+    threads: Annotated[str | None, typer.Option(
+        metavar="N|auto", help=f"CPU threads for torch: a number, or auto (the cores this process may use, "
+             f"less those other processes keep busy). Default: {THREADS_ENV}, else OMP_NUM_THREADS, else "
+             f"auto.",
+        show_default=False)] = None,
+    version: Annotated[bool, flag("--version", is_eager=True, callback=lambda on: on and _version(),
+                                          help="Print the version.")] = False,
+) -> None:
+    logger = logging.getLogger("iisan")  # only iisan's own messages; other libraries keep warnings and up
+    logger.handlers = [RichHandler(console=stderr, show_path=False, rich_tracebacks=False)]
+    logger.handlers[0].setFormatter(logging.Formatter("%(message)s", datefmt="[%X]"))
+    logger.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+    try:
+        use_threads(threads)
+    except IisanError as err:
+        fail(str(err))
+
+
+@command(app)
+@with_options(PrepareConfig)
+def prepare(
+    source: Annotated[str, typer.Argument(help="Source folder or file; for --format movielens, 'builtin' "
+                                          "reads the copy inside the recbole wheel.", show_default=False)],
+    out: Out, options: Options, force: Force = False, as_json: Json = False,
+) -> None:
+    """Read a source, validate and split it, and write a prepared dataset folder.
+
+    Each user keeps their last max-seq-len + 3 items; items are numbered 1..N by first
+    appearance (0 is padding). Every input problem is counted and reported, never
+    silently dropped; --strict stops at the first one.
+
+    [bold]Examples[/]
+
+      iisan prepare builtin --format movielens --out data/ml-100k
+
+      iisan prepare interactions.csv --format csv --items items.csv --user-col uid --out data/shop
+
+      iisan prepare dataset/Amazon_Scientific --format recbole --out data/sci-recbole
+    """
+    from iisan.data.prepare import prepare as run_prepare
+    from iisan.data.report import prepare_summary, problems_table
+    from iisan.options import build_config
+
+    meta, problems = run_prepare(source, out, build_config(PrepareConfig, options), force=force)
+    if as_json:
+        return print_json(meta)
+    stdout.print(prepare_summary(meta))
+    if problems:
+        stdout.print(problems_table(problems))
+    stdout.print(f"wrote {out}")
+
+
+@command(data_app, "synth")
+@with_options(SynthConfig)
+def data_synth(out: Out, options: Options, force: Force = False, as_json: Json = False) -> None:
+    """Write a synthetic multimodal source where text and images each carry part of the signal.
+
+    Items are (category, colour) pairs: titles name the category, images show the colour,
+    and users prefer one pair. Prepare it with --format iisan-tsv (its images/ folder is
+    picked up); the dataset is labelled synthetic.
+
+    [bold]Example[/]
+
+      iisan data synth --items 2000 --users 1000 --out data/synth-src
+      iisan prepare data/synth-src --format iisan-tsv --out data/synth
+    """
+    from iisan.data.synth import synthesize
+
+    config = SynthConfig(**options)
+    info = synthesize(out, config, force=force)
+    if as_json:
+        return print_json(info)
+    stdout.print(f"wrote synthetic source {out} ({config.items:,} items, {config.users:,} users)")
+
+
+@command(data_app, "stats")
+def data_stats(dataset: Dataset, as_json: Json = False) -> None:
+    """Counts, sequence-length histogram, item popularity head and tail, modality coverage.
+
+    [bold]Example[/]
+
+      iisan data stats data/ml-100k
+    """
+    from iisan.data.dataset import PreparedDataset
+    from iisan.data.report import stats_tables
+    from iisan.data.stats import dataset_stats
+
+    stats = dataset_stats(PreparedDataset.load(dataset))
+    return print_json(stats) if as_json else stdout.print(stats_tables(stats))
+
+
+@command(app)
+@with_options(EncodeConfig)
+def encode(
+    dataset: Dataset, out: Out, options: Options,
+    shard: Annotated[str | None, typer.Option(
+        help="K/N: encode only the K-th of N item ranges, into "
+             "OUT/shard-K-of-N (run N of these, on one machine or several "
+             "sharing OUT); auto: K and N from torchrun's RANK and WORLD_SIZE.", show_default=False)] = None,
+    merge_check: Annotated[bool, flag("--merge-check", "After sharded runs: check that every row of every "
+                                              "shard is done, then assemble the cache in OUT.")] = False,
+    force: Annotated[bool, flag("--force",
+                                "Delete and rebuild the cache (another dataset or encoder).")] = False,
+    device: Device = "auto", config: ConfigFile = None, as_json: Json = False,
+) -> None:
+    """Run each frozen encoder over every item once and cache every layer's pooled state.
+
+    The cache holds one float16 array per encoder, \\[items + 1, layers + 1, width], memory-mapped.
+    Killing encode loses at most the batch in flight: rerun the same command to resume.
+    A cache built for another dataset or encoder setting is refused unless --force.
+
+    [bold]Examples[/]
+
+      iisan encode data/scientific --out cache/scientific --image-encoder none
+
+      iisan encode data/synth --out cache/synth --image-encoder dinov2-small --image-size 112
+
+      iisan encode data/big --out /shared/cache --shard 1/4   (and 2/4, 3/4, 4/4 elsewhere; same options)
+
+      iisan encode data/big --out /shared/cache --merge-check
+    """
+    from iisan.cache.encode import encode as run_encode
+    from iisan.cache.encode import merge_shards, parse_shard
+
+    if merge_check:
+        if shard is not None:
+            raise ConfigError("--merge-check assembles finished shards; run it without --shard")
+        merged = merge_shards(dataset, out)
+        if as_json:
+            return print_json(merged)
+        return stdout.print(f"merged {merged['shards']} shards into {out}: every row of "
+                            f"{', '.join(merged['modalities'])} is complete ({merged['items']:,} items)")
+    summary = run_encode(dataset, out, EncodeConfig(**options), force=force,
+                         shard=parse_shard(shard) if shard else None, device=device)
+    if as_json:
+        return print_json(summary)
+    stdout.print(output.encode_summary(summary, out))
+    if summary["problems"]:
+        stdout.print(f"problems: {summary['problems']}")
+
+
+@command(encoders_app, "list")
+def encoders_list(as_json: Json = False) -> None:
+    """The registered encoder names, what they are, whether they are installed, and the
+    install line for those that are not.
+
+    [bold]Example[/]
+
+      iisan encoders list
+    """
+    from iisan.encoders.registry import REGISTRY
+
+    rows = [{"name": s.name, "modality": s.modality, "installed": s.installed, "description": s.description,
+             "install": s.install} for s in REGISTRY.values()]
+    if as_json:
+        return print_json(rows)
+    cells = [[r["name"], r["modality"], "yes" if r["installed"] else "no", r["description"], r["install"]]
+             for r in rows]
+    stdout.print(output.table("Encoders (any local Hugging Face folder works too)",
+                              ["name", "modality", "installed", "description", "install"], cells))
+
+
+def _train_default(spec: OptionSpec) -> str:
+    """The default ``--help`` shows for a training option: a method may have its own."""
+    own = [f"{describe_default(spec.__class__(**{**spec.__dict__, 'default': value}))} for {name}"
+           for name in METHODS if (value := get_method(name).defaults.get(spec.name)) is not None]
+    return ", ".join([*own, f"{describe_default(spec)} otherwise"]) if own else describe_default(spec)
+
+
+@command(app)
+@with_options(TrainConfig, default_text=_train_default)
+def train(
+    dataset: Dataset, out: Out, options: Options,
+    cache: Annotated[Path | None, typer.Option(help="Hidden-state cache from `iisan encode` (not needed for "
+                                               "--method id).", show_default=False)] = None,
+    resume: Annotated[bool, flag("--resume", "Continue the run in --out after its last finished epoch, with "
+                                         "its own options (--epochs may extend it).")] = False,
+    force: Annotated[bool, flag("--force", "Replace a non-empty --out.")] = False,
+    tensorboard: Annotated[bool, flag("--tensorboard",
+                                      "Also log to OUT/tensorboard (needs tensorboard).")] = False,
+    distributed: Annotated[bool, flag("--distributed", "Spread the run over the processes torchrun started "
+                                              "(also on under torchrun's environment); the batch is then "
+                                              "global.")] = False,
+    device: Device = "auto", config: ConfigFile = None, as_json: Json = False,
+) -> None:
+    """Train a recommender, keep the epoch with the best validation NDCG@10, test it.
+
+    The run folder holds config.json (the whole configuration), model.safetensors (best
+    weights), metrics.jsonl (one line per epoch) and metrics.json. Encoders of different
+    depth or width need nothing more: IISAN-Versa's group layer-dropping and dimension
+    transformation apply automatically.
+
+    [bold]Examples[/]
+
+      iisan train data/scientific --cache cache/scientific --out runs/sci-iisan
+
+      iisan train data/scientific --method id --out runs/sci-id
+
+      iisan train data/scientific --cache cache/scientific --method lora --out runs/sci-lora
+
+      torchrun --nproc-per-node 2 -m iisan train data/synth --cache cache/synth --out runs/ddp
+    """
+    from iisan.distributed import is_main_process
+    from iisan.run.files import resume_settings
+    from iisan.training.loop import train as run_train
+
+    if resume:
+        train_config, saved_cache = resume_settings(out, options)
+        cache = cache or saved_cache
+    else:
+        train_config = TrainConfig.from_options(options)
+    summary = run_train(dataset, out, train_config, cache_dir=cache, resume=resume, force=force,
+                        tensorboard=tensorboard, distributed=distributed, device=device)
+    if not is_main_process():
+        return
+    if as_json:
+        return print_json(summary)
+    stdout.print(f"{summary['method']} ({summary['mode']}): {summary['epochs']} epochs, best "
+                 f"{summary['best_epoch']}, {summary['seconds_per_epoch']} s/epoch, "
+                 f"{summary['trainable_parameters']:,} trainable of {summary['total_parameters']:,} "
+                 f"parameters")
+    stdout.print(output.metrics_table({split: summary[split] for split in SPLITS}, f"Run {out}"))
+
+
+def _int_list(value: str, option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"{option} takes comma-separated integers, got {value!r}") from None
+
+
+@command(app)
+def evaluate(
+    run: Run,
+    split: Annotated[str, typer.Option(parser=one_of(SPLITS), metavar="|".join(SPLITS),
+                                       help="Which held-out item to predict.")] = "test",
+    k: Annotated[str, typer.Option("--k", help="Cut-offs for HR@K and NDCG@K, comma-separated.")]
+    = ",".join(map(str, EVAL_KS)),
+    include_history: Annotated[bool, flag("--include-history", "Rank the user's own history too "
+                                                  "(excluded by default, as in the paper); stored "
+                                                  "as SPLIT_with_history.")] = False,
+    cold_start: Annotated[bool, flag("--cold-start", "The item cold-start protocol instead of a split: add "
+                             "the items the dataset held out (prepare --cold-items) to a copy of the run, as "
+                             "`iisan items add` does, and rank them for the users whose next item they were. "
+                             "Stored under cold_start.")] = False,
+    unblended: Annotated[bool, flag("--unblended", "Score a blended run with its trained model alone, to see "
+                                            "what the blend adds; stored as SPLIT_unblended.")] = False,
+    slices: Annotated[bool, flag("--slices", "Also print every metric per popularity slice of the target: "
+                                         "cold (0 occurrences in the training part), tail (1-4), head (5+), "
+                                         "with user counts. Always in --json and metrics.json.")] = False,
+    device: Device = "auto", as_json: Json = False,
+) -> None:
+    """Full-ranking HR@K, NDCG@K and MRR of a run's best weights on all items.
+
+    Ties count against the model. The result is merged into RUN/metrics.json, with the
+    same metrics per popularity slice (--slices shows them).
+
+    [bold]Examples[/]
+
+      iisan evaluate runs/sci-iisan --slices
+
+      iisan evaluate runs/sci-cold --cold-start   (prepared with --cold-items 0.1)
+
+      iisan evaluate runs/sci-iisan --split valid --k 1,10,50 --json
+    """
+    from iisan.evaluation.evaluate import evaluate_run, metrics_key
+
+    ks = _int_list(k, "--k")
+    if cold_start:
+        from iisan.new_items import evaluate_cold_start
+
+        result = evaluate_cold_start(run, ks=ks, device=device)
+        if as_json:
+            return print_json(result)
+        stdout.print(f"{run}: {result['users']:,} users whose next item was one of {result['new_items']:,} "
+                     f"added after training; full ranking over {result['items']:,} items "
+                     f"({result['seconds']:.1f} s)")
+        return stdout.print(output.metrics_table({"cold start": result["metrics"]}, "Item cold start"))
+    result = evaluate_run(run, split=split, ks=ks, include_history=include_history, device=device,
+                          unblended=unblended)
+    if as_json:
+        return print_json(result)
+    columns = (output.slice_columns(result["metrics"], result["slices"]) if slices
+               else {metrics_key(split, include_history, unblended): result["metrics"]})
+    stdout.print(output.metrics_table(columns, f"{run}: {result['users']:,} users x {result['items']:,} "
+                                               f"items, full ranking ({result['seconds']:.1f} s on "
+                                               f"{result['device']})"))
+
+
+@command(app)
+def quickstart(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the dataset, cache and run.")]
+    = Path("iisan-quickstart"),
+    epochs: Annotated[int, typer.Option(help="Maximum training epochs.")] = TrainConfig.epochs,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = TrainConfig.seed,
+    text_encoder: Annotated[str, typer.Option(help="Registry name or local Hugging Face folder.")]
+    = EncodeConfig.text_encoder,
+    force: Force = False, device: Device = "auto", as_json: Json = False,
+) -> None:
+    """The whole pipeline on MovieLens-100K, then top-10 for one user.
+
+    prepare → encode → train (and evaluate on test) → recommend. MovieLens-100K has no
+    images, so the run is text only (minilm over titles and genres). About 40 seconds on
+    2 idle CPU cores; --out is rebuilt each time.
+
+    [bold]Example[/]
+
+      iisan quickstart --out iisan-quickstart
+    """
+    from iisan.quickstart import quickstart as run_quickstart
+
+    result = run_quickstart(out, epochs=epochs, seed=seed, force=force, text_encoder=text_encoder,
+                            device=device)
+    if as_json:
+        return print_json(result)
+    stdout.print(f"{result['dataset']}: {result['counts']['users']:,} users, {result['counts']['items']:,} "
+                 f"items (text only: no images). Trained {result['epochs']} epochs, best "
+                 f"{result['best_epoch']}.")
+    stdout.print(output.metrics_table({"test": result["test"]}, "Test, full ranking"))
+    stdout.print(f"User {result['user']} recently watched:")
+    for item in result["history"]:
+        stdout.print(f"  {item['title']}", highlight=False)
+    stdout.print(output.ranked_items(
+        f"Top {len(result['recommendations'])} next items for user {result['user']}",
+                                     result["recommendations"]))
+    steps = ", ".join(f"{step} {seconds:.1f} s" for step, seconds in result["seconds"].items())
+    stdout.print(f"Everything is in {out} ({steps}). Next: iisan serve {Path(out) / 'run'}")
+
+
+@command(app)
+def recommend(
+    run: Run,
+    history: Annotated[str | None, typer.Option(help="The user's item keys, oldest first, comma-separated.",
+                                                show_default=False)] = None,
+    user: Annotated[str | None, typer.Option(
+        help="Or a user of the run's dataset: their whole history there.",
+                                             show_default=False)] = None,
+    k: Annotated[int, typer.Option("-k", "--k", min=1, help="How many items to recommend.")] = 10,
+    include_seen: Annotated[bool, flag("--include-seen",
+                                       "Allow items of the history in the answer.")] = False,
+    skip_unknown: Annotated[bool, flag("--skip-unknown", "Ignore keys the catalogue does not hold.")] = False,
+    device: Device = "auto", as_json: Json = False,
+) -> None:
+    """Top-k next items for a history of item keys, or for a known user, with titles and scores.
+
+    [bold]Examples[/]
+
+      iisan recommend iisan-quickstart/run --history 50,172,181 -k 5
+
+      iisan recommend iisan-quickstart/run --user 196 --json
+    """
+    from iisan.serving.recommender import Recommender
+
+    if (history is None) == (user is None):
+        raise ConfigError("give --history KEYS or --user USER (one of them)")
+    keys = [key.strip() for key in (history or "").split(",") if key.strip()]
+    if history is not None and not keys:
+        raise ConfigError("--history needs at least one item key")
+    recommender = Recommender.load(run, device=device)
+    keys = recommender.history_of(user) if user is not None else keys
+    answer = recommender.recommend(keys, k=k, exclude_seen=not include_seen,
+                                   on_unknown="skip" if skip_unknown else "raise")
+    rows = [{"key": key, "title": recommender.title(key), "score": round(score, 4)} for key, score in answer]
+    if as_json:
+        return print_json(rows)
+    stdout.print(output.ranked_items(f"Top {len(rows)} after {output.plural(len(keys), 'item')}", rows))
+
+
+@command(index_app, "build")
+def index_build(
+    run: Run,
+    index: Annotated[str, typer.Option(parser=one_of(INDEX_KINDS), metavar="|".join(INDEX_KINDS),
+                                       help="flat: exact inner-product search; hnsw: approximate, for "
+                                       "catalogues past a million items.")] = "flat",
+    hnsw_m: Annotated[int, typer.Option(help="HNSW links per node.")] = 32,
+    ef_search: Annotated[int, typer.Option(
+        help="HNSW candidates at query time (higher: better recall, slower).")]
+    = 512,
+    device: Device = "auto", as_json: Json = False,
+) -> None:
+    """(Re)build the run's item index from the trained model, whatever state it is in.
+
+    Items added with `iisan items add` are kept when the stored index can still be read.
+
+    [bold]Example[/]
+
+      iisan index build runs/big --index hnsw && iisan index check runs/big
+    """
+    from iisan.serving.recommender import rebuild_index
+
+    result = rebuild_index(run, index, hnsw_m=hnsw_m, ef_search=ef_search, device=device)
+    if as_json:
+        return print_json(result)
+    stdout.print(f"{result['index']} index over {result['items']:,} items in {result['seconds']} s: "
+                 f"{result['folder']}")
+
+
+@command(index_app, "check")
+def index_check(
+    run: Run,
+    queries: Annotated[int, typer.Option(min=1, help="Test users whose histories serve as queries.")] = 1000,
+    k: Annotated[int, typer.Option("-k", "--k", min=1, help="Cut-off for recall@k.")] = 10,
+    device: Device = "auto", as_json: Json = False,
+) -> None:
+    """Recall@k of the run's index against exact search (1.0 for a flat index), over test users' histories.
+
+    [bold]Example[/]
+
+      iisan index check runs/big --queries 2000 --json
+    """
+    from iisan.serving.recommender import Recommender
+
+    result = Recommender.load(run, device=device).index_recall(queries=queries, k=k)
+    if as_json:
+        return print_json(result)
+    stdout.print(f"{result['index']} index, {result['items']:,} items: recall@{k} = "
+                 f"{result[f'recall@{k}']:.4f} over {result['queries']:,} queries")
+
+
+@command(items_app, "add")
+def items_add(
+    run: Run,
+    file: Annotated[Path, typer.Argument(help='JSON Lines, one item per line: {"key": ..., "text": ..., '
+                                         '"image": "path/relative/to/FILE"}.', show_default=False)],
+    allow_outside_paths: Annotated[bool, flag("--allow-outside-paths", "Read image paths that are absolute, "
+                                                      "contain .., or leave FILE's folder.")] = False,
+    device: Device = "auto", as_json: Json = False,
+) -> None:
+    """Embed new items with the frozen encoders and the trained side network, and add them
+    to the run's index: they can be recommended at once, no retraining.
+
+    All or nothing: a malformed line, a key already in the catalogue or an unreadable
+    image stops the command before anything is added.
+
+    [bold]Example[/]
+
+      iisan items add runs/sci-iisan new.jsonl
+    """
+    from iisan.serving.intake import iter_new_items
+    from iisan.serving.recommender import Recommender
+
+    recommender = Recommender.load(run, device=device)
+    keys = recommender.add_items(iter_new_items(file, allow_outside_paths))  # streamed, committed at the end
+    if as_json:
+        return print_json({"added": len(keys), "items": recommender.num_items, "keys": keys})
+    stdout.print(f"added {output.plural(len(keys), 'item')}; the catalogue now holds "
+                 f"{recommender.num_items:,}")
+
+
+@command(app)
+def serve(
+    run: Run,
+    host: Annotated[str, typer.Option(help="Address to bind; anything but loopback exposes the service.")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+    token_file: Annotated[Path | None, typer.Option(help="File holding the bearer token that POST /items "
+                                                    "requires.", show_default=False)] = None,
+    access_log: Annotated[bool, flag("--access-log/--no-access-log",
+                                     "One line per request on stderr (also off with --quiet).")]
+    = True,
+    log_format: Annotated[str, typer.Option(parser=one_of(("plain", "json")), metavar="plain|json",
+                                            help="The request log: plain (time, client, method, "
+                                            "path, status, ms, request id) or one JSON object "
+                                            "per line.")] = "plain",
+    device: Device = "auto",
+) -> None:
+    """Serve recommendations over HTTP (FastAPI + uvicorn); OpenAPI docs at /docs.
+
+    POST /recommend {"history": [...] or "user": ID, "k": 10}; GET /users/{id}/recommendations;
+    POST /items (token required when --token-file is given); GET /items/{key}; GET /health;
+    GET /metrics.
+
+    [bold]Examples[/]
+
+      iisan serve iisan-quickstart/run
+
+      curl -s localhost:8000/recommend -H 'content-type: application/json' -d '{"history": ["50", "172"]}'
+    """
+    import uvicorn
+
+    from iisan.serving.access_log import log_requests_to_stderr
+    from iisan.serving.recommender import Recommender
+    from iisan.serving.service import create_app, is_loopback, read_token
+
+    token = read_token(token_file) if token_file is not None else None
+    if token is None and not is_loopback(host):
+        stderr.print(f"[bold yellow]warning:[/] binding {host} without --token-file: anyone who can reach "
+                     "it can add "
+                     "items", highlight=False)
+    recommender = Recommender.load(run, device=device)
+    stderr.print(f"serving {recommender.num_items:,} items ({recommender.index.kind} index, model on "
+                 f"{recommender.device}) on http://{host}:{port} (docs: /docs)", highlight=False)
+    access_log = access_log and logging.getLogger("iisan").level <= logging.INFO  # --quiet turns it off
+    if access_log:
+        log_requests_to_stderr(json_lines=log_format == "json")
+    uvicorn.run(create_app(recommender, token, access_log=access_log), host=host, port=port,
+                log_level="warning",
+                access_log=False)
+
+
+@command(app)
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders written by `iisan train`, and/or output "
+                                               "folders of `iisan bench efficiency`.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write.")] = Path("report.html"),
+) -> None:
+    """One self-contained HTML page comparing runs: training curves, final metrics (every
+    cut-off), efficiency tables of benchmark folders, and the configuration (differences first).
+
+    [bold]Example[/]
+
+      iisan report runs/sci-iisan runs/sci-frozen runs/sci-id --out sci.html
+    """
+    from iisan.report import write_report
+
+    path = write_report(runs, out)
+    stdout.print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB, {output.plural(len(runs), 'run')})")
+
+
+@command(bench_app, "efficiency")
+@with_options(EfficiencyConfig)
+def bench_efficiency(
+    dataset: Dataset, options: Options,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for efficiency.csv/.json/.md/.png (and the "
+                                      "cache it builds).")] = Path("efficiency"),
+    cache: Annotated[Path | None, typer.Option(help="Use this cache instead of building one (its build time "
+                                               "is then not reported).", show_default=False)] = None,
+    device: Device = "auto", config: ConfigFile = None, as_json: Json = False,
+) -> None:
+    """Time, parameters and memory of every training method, side by side, and TPME.
+
+    Builds the hidden-state cache first (timed: the one-off cost the cached method pays),
+    then trains each method in a fresh subprocess on the same batches: seconds per step,
+    trainable and total parameters, peak memory (CUDA max_memory_allocated on a GPU; on
+    CPU peak RSS and the training footprint), and TPME = 0.45 time + 0.1 parameters +
+    0.45 memory, each min-max normalised (lower is better). A method that fails is a row
+    with its error; the exit status is then 1.
+
+    [bold]Example[/]
+
+      iisan bench efficiency data/synth --image-size 112 --out bench/out/efficiency
+    """
+    from iisan.efficiency import run_efficiency
+
+    report = run_efficiency(dataset, out, EfficiencyConfig(**options, device=device), cache=cache,
+                            progress=(lambda line: None) if as_json else (lambda line: stderr.print(line)))
+    print_json(report) if as_json else output.efficiency(report, out)
+    if report["failed"]:
+        fail(f"{', '.join(report['failed'])} failed (their rows say why); the others were measured", code=1)

@@ -1,0 +1,111 @@
+"""Command-line options generated from config fields (:mod:`iisan.options`): the flag, its
+type, choices, help, ``--help`` panel and shown default all come from the field, so an
+option is written once, in its config class.
+
+A command declares ``options: Options`` and is decorated with :func:`with_options`; it is
+called with ``options``, the values given on the command line or in ``--config`` (flat,
+by field name; options left out are absent, so the config's and the method's defaults
+apply), and without one parameter per option.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import MISSING
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from iisan.options import OptionSpec, all_specs, describe_default, parse_list
+
+Options = dict[str, Any]
+NOT_GIVEN = None  # every generated option defaults to None: "not given"
+
+
+def with_options(*config_classes: type, skip: tuple[str, ...] = (),
+                 default_text: Callable[[OptionSpec], str] = describe_default) -> Callable:
+    """Add an option for every field of ``config_classes`` (and their nested configs) but
+    ``skip`` to the decorated command, which receives them as ``options``.
+
+    ``default_text`` gives the default shown in ``--help`` (a method may change it).
+    """
+    specs = [spec for cls in config_classes for spec in all_specs(cls) if spec.name not in skip]
+
+    def decorate(command: Callable) -> Callable:
+        signature = inspect.signature(command, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.name != "options"]
+        taken = {p.name for p in own}
+        clash = [spec.name for spec in specs if spec.name in taken]
+        if clash:
+            raise TypeError(f"{command.__name__} declares {clash} by hand and as config fields: define them "
+                            f"once")
+        generated = [inspect.Parameter(spec.name, inspect.Parameter.KEYWORD_ONLY,
+                                       default=... if spec.default is MISSING else NOT_GIVEN,  # ...: required
+                                       annotation=_annotation(spec, default_text(spec))) for spec in specs]
+
+        @functools.wraps(command)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            options = {}
+            for spec in specs:
+                value = kwargs.pop(spec.name)
+                if value is not NOT_GIVEN:
+                    options[spec.name] = _value(spec, value)
+            return command(*args, **kwargs, options=options)
+
+        run.__signature__ = signature.replace(parameters=own + generated)
+        run.__annotations__ = {p.name: p.annotation for p in own + generated}
+        run.option_specs = tuple(specs)
+        return run
+
+    return decorate
+
+
+def _annotation(spec: OptionSpec, default: str) -> Any:
+    """The typer annotation of one generated option."""
+    # The default goes in the help text: typer would show a text default in parentheses.
+    settings: dict[str, Any] = {"help": f"{spec.help} [dim]\\[default: {default}][/]",
+                                "rich_help_panel": spec.panel,
+                                "show_default": False}
+    # Older long names stay accepted in --config files (OptionSpec.names), not as flags: a
+    # second flag would widen every row of --help.
+    flags = [f"--{spec.flag}", *(f"-{a}" for a in spec.aliases if len(a) == 1)]
+    if spec.kind is bool:
+        # --no-X only for what is on by default (an off switch widens every row of its panel)
+        names = [f"{f}/--no-{f[2:]}" if spec.default is True and f[1] == "-" else f for f in flags]
+        return Annotated[bool | None, typer.Option(*names, metavar="", **settings)]  # a flag shows no type
+    if spec.choices is not None and not spec.is_list:
+        word = "|".join(spec.choices)
+        metavar = word if len(word) <= 16 else "NAME"  # a long list would squeeze the help column
+        return Annotated[str | None, typer.Option(*flags, parser=one_of(spec.choices), metavar=metavar,
+                                                  **settings)]
+    if spec.is_list:
+        return Annotated[str | None, typer.Option(*flags, metavar=f"{spec.kind.__name__.upper()},...",
+                                                  **settings)]
+    if spec.none_word is not None or spec.kind is str:
+        return Annotated[str | None, typer.Option(*flags, **settings)]
+    kind = Path if spec.kind is Path else spec.kind
+    return Annotated[kind | None, typer.Option(*flags, **settings)]
+
+
+def one_of(values: tuple[str, ...]) -> Callable[[str], str]:
+    """The parser of an option that takes one of ``values`` (typer's own choice type, an
+    Enum, puts "Value error, " before its message)."""
+
+    def parse(value: str) -> str:
+        if value not in values:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(values)}")
+        return value
+
+    return parse
+
+
+def _value(spec: OptionSpec, value: Any) -> Any:
+    """A command-line value as the field holds it."""
+    if spec.none_word is not None and str(value).lower() in (spec.none_word, ""):
+        return None
+    if spec.is_list:
+        return parse_list(spec, value) if isinstance(value, str) else tuple(value)
+    return value

@@ -1,0 +1,88 @@
+"""What the commands print: rich tables of results, and JSON for ``--json``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+stdout = Console()
+stderr = Console(stderr=True)
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str, allow_nan=False) + "\n")
+
+
+def table(title: str | None, columns: list[str], rows: list[list[str]], right: tuple[str, ...] = ()) -> Table:
+    """A left-titled table whose long cells fold instead of truncating; ``right``-aligned columns."""
+    out = Table(title=title, title_justify="left")
+    for column in columns:
+        out.add_column(column, justify="right" if column in right else "left", overflow="fold")
+    for row in rows:
+        out.add_row(*row)
+    return out
+
+
+def metrics_table(results: dict[str, dict[str, Any]], title: str) -> Group:
+    """One row per metric, one column per split or slice: narrow at any number of cut-offs;
+    the title above, full width (a narrow table would wrap it into its own width)."""
+    from iisan.evaluation.metrics import metric_label
+
+    names = [name for name, value in next(iter(results.values())).items() if isinstance(value, float)]
+    rows = [[metric_label(name), *(f"{m[name]:.4f}" if name in m else "-" for m in results.values())]
+            for name in names]
+    return Group(Text(title, style="italic"), table(None, ["metric", *results], rows, right=tuple(results)))
+
+
+def slice_columns(metrics: dict[str, Any], slices: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``all`` and one column per popularity slice, each headed with its user count."""
+    total = sum(s["users"] for s in slices.values())
+    return {f"all ({total:,})": metrics, **{f"{name} ({s['users']:,})": s for name, s in slices.items()}}
+
+
+def ranked_items(title: str, items: list[dict[str, Any]]) -> Table:
+    rows = [[str(rank), item["key"], item["title"] or "", f"{item['score']:.3f}"]
+            for rank, item in enumerate(items, start=1)]
+    return table(title, ["#", "key", "title", "score"], rows, right=("#", "score"))
+
+
+def encode_summary(summary: dict[str, Any], out: Path) -> Table:
+    rows = [[modality, row["encoder"], str(row["layers"]), str(row["hidden_size"]),
+             f"{row['rows_encoded']:,}",
+             f"{row['rows_already_done']:,}",
+             f"{row['items_per_second']:,.1f}" if row["items_per_second"] else "-"]
+            for modality, row in summary["modalities"].items()]
+    numbers = ("layers", "width", "encoded now", "already done", "items/s")
+    return table(f"Hidden-state cache {out}", ["modality", "encoder", *numbers], rows, right=numbers)
+
+
+def efficiency(report: dict[str, Any], out: Path) -> None:
+    from iisan.efficiency import TERMINAL_COLUMNS, memory_label, report_device, table_rows
+
+    header, rows = table_rows(report, TERMINAL_COLUMNS)
+    out_table = Table(title=f"Training efficiency ({report_device(report)}; memory: {memory_label(report)}); "
+                            "every column is in efficiency.csv", title_justify="left")
+    measured = [row for row in rows if not row[1].startswith("failed:")]  # an error may wrap
+    for n, column in enumerate(header):
+        # Cells never break (a column is as wide as its widest value); headers stack their words.
+        width = max((len(row[n]) for row in measured), default=len(column))
+        out_table.add_column(column.replace(" ", "\n"), justify="left" if n == 0 else "right",
+                             min_width=width)
+    for row in rows:
+        out_table.add_row(*row)
+    stdout.print(out_table)
+    if report["cache_build_seconds"] is not None:
+        stdout.print(f"cache build (one-off): {report['cache_build_seconds']:.1f} s = "
+                     f"{report['cache_build_seconds_per_epoch']:.1f} s per epoch over "
+                     f"{report['settings']['typical_epochs']} epochs")
+    stdout.print(f"wrote {out}/efficiency.csv, .json, .md, .png")
+
+
+def plural(count: int, word: str) -> str:
+    return f"{count:,} {word}{'' if count == 1 else 's'}"

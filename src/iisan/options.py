@@ -1,0 +1,205 @@
+"""Options defined once: a config field carries its type, default, help and bounds, and
+everything else is derived from it.
+
+A field declared with :func:`option` (as peft's configs put help in field metadata) is
+validated by :func:`check_options` (choices from its ``Literal`` type or ``choices=``,
+``minimum``/``above`` bounds), becomes a command-line option (``iisan.cli.generated``),
+a ``--config`` key and a row of the options reference in the docs. Checks across fields
+stay in the config's ``__post_init__``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+from iisan.errors import ConfigError
+
+
+def option(default: Any = MISSING, *, help: str, flag: str | None = None, minimum: float | None = None,
+           above: float | None = None, choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None,
+           panel: str | None = None,
+           none_word: str | None = None, aliases: tuple[str, ...] = (), default_factory: Any = MISSING,
+           cli: bool = True) -> Any:
+    """A dataclass field that is also a user-facing option.
+
+    Args:
+        help: one or more sentences for ``--help`` and the reference.
+        flag: the command-line name without dashes (default: the field name with dashes).
+        minimum: numbers must be at least this.
+        above: numbers must be greater than this.
+        choices: the allowed values when they are not a ``Literal``, or a function giving them
+            (the method registry's, which may grow).
+        panel: the ``--help`` group; ``None`` is the first, common one.
+        none_word: a word that means ``None`` on the command line (``--image-encoder none``).
+        aliases: older names still accepted (flags and ``--config`` keys).
+        cli: ``False`` for a field that the data decides (not an option).
+    """
+    metadata = {"help": help, "flag": flag, "minimum": minimum, "above": above, "choices": choices,
+                "panel": panel, "none_word": none_word, "aliases": aliases, "cli": cli}
+    return dataclasses.field(default=default, default_factory=default_factory, metadata={"option": metadata})
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One option as the command line, the docs and validation see it."""
+
+    name: str  # the field name, also the --config key
+    owner: type  # the config class that declares it
+    kind: type  # int, float, str, bool or Path; for lists, the element type
+    default: Any  # the field's default (MISSING when required)
+    help: str
+    flag: str
+    choices_from: tuple[str, ...] | Callable[[], tuple[str, ...]] | None
+    minimum: float | None
+    above: float | None
+    panel: str | None
+    optional: bool  # None is a value
+    is_list: bool  # tuple[kind, ...]
+    none_word: str | None
+    aliases: tuple[str, ...]
+
+    @property
+    def choices(self) -> tuple[str, ...] | None:
+        """The allowed values now (a registry may grow after the config class was made)."""
+        return self.choices_from() if callable(self.choices_from) else self.choices_from
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every spelling that names this option in a ``--config`` file."""
+        return (self.name, self.flag.replace("-", "_"), *(a.replace("-",
+                                                                    "_") for a in self.aliases if len(a) > 1))
+
+
+@functools.cache
+def option_specs(config_class: type) -> tuple[OptionSpec, ...]:
+    """The options of ``config_class``, in field order; nested config fields are not options
+    themselves (see :func:`nested_configs`)."""
+    hints = typing.get_type_hints(config_class)
+    specs = []
+    for f in dataclasses.fields(config_class):
+        meta = f.metadata.get("option")
+        if meta is None or not meta["cli"]:
+            continue
+        kind, optional, is_list, literal = _unpack(hints[f.name])
+        default = f.default if f.default is not MISSING else (
+            f.default_factory() if f.default_factory is not MISSING else MISSING)
+        specs.append(OptionSpec(
+            name=f.name, owner=config_class, kind=kind, default=default, help=meta["help"],
+            flag=meta["flag"] or f.name.replace("_", "-"), choices_from=meta["choices"] or literal,
+            minimum=meta["minimum"], above=meta["above"], panel=meta["panel"], optional=optional,
+            is_list=is_list,
+            none_word=meta["none_word"], aliases=meta["aliases"]))
+    return tuple(specs)
+
+
+def nested_configs(config_class: type) -> dict[str, type]:
+    """Fields of ``config_class`` that are configs themselves (``TrainConfig.side``)."""
+    hints = typing.get_type_hints(config_class)
+    return {f.name: hints[f.name] for f in dataclasses.fields(config_class)
+            if dataclasses.is_dataclass(hints[f.name])}
+
+
+def all_specs(config_class: type) -> tuple[OptionSpec, ...]:
+    """The options of ``config_class`` and of its nested configs, flat: their names are unique."""
+    specs = list(option_specs(config_class))
+    for nested in nested_configs(config_class).values():
+        specs.extend(all_specs(nested))
+    return tuple(specs)
+
+
+def _unpack(hint: Any) -> tuple[type, bool, bool, tuple[str, ...] | None]:
+    """``(kind, optional, is_list, literal choices)`` of a field's type."""
+    optional = False
+    if get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in get_args(hint) if a is not type(None)]
+        optional = len(args) < len(get_args(hint))
+        hint = args[0]
+    if get_origin(hint) is Literal:
+        return str, optional, False, tuple(get_args(hint))
+    if get_origin(hint) is tuple:
+        return get_args(hint)[0], optional, True, None
+    return hint, optional, False, None
+
+
+def check_options(config: Any) -> None:
+    """Validate every option field of ``config`` against its spec (and take a ``str`` where
+    a path is expected, as Python callers write them).
+
+    Raises:
+        ConfigError: the first value outside its choices or bounds, naming the field.
+    """
+    for spec in option_specs(type(config)):
+        value = getattr(config, spec.name)
+        if spec.kind is Path and isinstance(value, str):
+            value = Path(value)
+            object.__setattr__(config, spec.name, value)  # frozen dataclasses: in __post_init__ only
+        if value is None:
+            if not spec.optional:
+                raise ConfigError(f"{spec.name} needs a value")
+            continue
+        for item in (value if spec.is_list else (value,)):
+            if spec.choices is not None and item not in spec.choices:
+                raise ConfigError(f"{spec.name} must be one of {', '.join(spec.choices)}, got {item!r}")
+            if spec.minimum is not None and item < spec.minimum:
+                bound = {0: "0 or more", 1: "positive"}.get(spec.minimum, f"at least {spec.minimum:g}")
+                raise ConfigError(f"{spec.name} must be {bound}, got {item}")
+            if spec.above is not None and item <= spec.above:
+                bound = "positive" if spec.above == 0 else f"above {spec.above:g}"
+                raise ConfigError(f"{spec.name} must be {bound}, got {item}")
+        if spec.is_list and not value:
+            raise ConfigError(f"{spec.name} needs at least one value")
+
+
+def parse_list(spec: OptionSpec, text: str) -> tuple:
+    """A comma-separated command-line value as the field's tuple.
+
+    Raises:
+        ConfigError: a part that is not of the field's element type.
+    """
+    try:
+        return tuple(spec.kind(part.strip()) for part in text.split(",") if part.strip())
+    except ValueError:
+        what = {int: "integers", float: "numbers"}.get(spec.kind, "values")
+        raise ConfigError(f"--{spec.flag} takes comma-separated {what}, got {text!r}") from None
+
+
+def describe_default(spec: OptionSpec) -> str:
+    """The default as ``--help`` and the reference show it."""
+    value = spec.default
+    if value is MISSING:
+        return "required"
+    if value is None:
+        return spec.none_word or "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def build_config(config_class: type, options: dict[str, Any]) -> Any:
+    """``config_class`` from flat option values, each nested config from its own fields.
+
+    Raises:
+        ConfigError: a name that is no option of ``config_class``.
+    """
+    options = dict(options)
+    nested = {name: build_config(cls, {key: options.pop(key) for key in _names(cls) if key in options})
+              for name, cls in nested_configs(config_class).items()}
+    unknown = sorted(set(options) - {spec.name for spec in option_specs(config_class)})
+    if unknown:
+        raise ConfigError(f"{', '.join(unknown)}: no such option")
+    return config_class(**options, **nested)
+
+
+def _names(config_class: type) -> set[str]:
+    return {spec.name for spec in all_specs(config_class)}

@@ -1,0 +1,111 @@
+"""Options are defined once, as config fields (issue 29): the command line, --config keys,
+validation and the reference are derived from them."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated
+
+import pytest
+import typer
+from typer.main import get_command
+from typer.testing import CliRunner
+
+from iisan.cli import app
+from iisan.cli.generated import Options, with_options
+from iisan.config import EncodeConfig, PrepareConfig, SideNetworkConfig, TrainConfig, UserEncoderConfig
+from iisan.data.synth import SynthConfig
+from iisan.efficiency import EfficiencyConfig
+from iisan.errors import ConfigError
+from iisan.options import all_specs, option_specs
+
+CONFIGS = (PrepareConfig, EncodeConfig, TrainConfig, SynthConfig, EfficiencyConfig)
+COMMANDS = {("prepare",): PrepareConfig, ("encode",): EncodeConfig, ("train",): TrainConfig,
+            ("data", "synth"): SynthConfig, ("bench", "efficiency"): EfficiencyConfig}
+
+
+def _command(path: tuple[str, ...]):
+    command = get_command(app)
+    for name in path:
+        command = command.commands[name]
+    return command
+
+
+@pytest.mark.parametrize("path", list(COMMANDS), ids=" ".join)
+def test_each_config_field_is_exactly_one_option_of_its_command(path):
+    command = _command(path)
+    flags = [opt for param in command.params for opt in (*param.opts, *param.secondary_opts)]
+    assert len(flags) == len(set(flags)), "a flag is declared twice"
+    by_name = {param.name: param for param in command.params}
+    for spec in all_specs(COMMANDS[path]):
+        assert f"--{spec.flag}" in by_name[spec.name].opts
+        assert spec.help and spec.help in by_name[spec.name].help
+
+
+def test_a_command_cannot_declare_a_config_field_by_hand():
+    def train(epochs: Annotated[int, typer.Option()] = 3, options: Options | None = None) -> None: ...
+
+    with pytest.raises(TypeError, match="define them once"):
+        with_options(TrainConfig)(train)
+
+
+def test_option_names_are_unique_across_nested_configs():
+    for config in CONFIGS:
+        names = [spec.name for spec in all_specs(config)]
+        flags = [spec.flag for spec in all_specs(config)]
+        assert len(names) == len(set(names)) and len(flags) == len(set(flags)), config.__name__
+
+
+@pytest.mark.parametrize("config", [*CONFIGS, SideNetworkConfig, UserEncoderConfig], ids=lambda c: c.__name__)
+def test_every_choice_and_bound_is_enforced(config):
+    """Each field with choices refuses a value outside them, and each bounded one a value
+    below its bound, with the field named: validation comes from the field, not a tuple
+    kept beside it."""
+    required = {"format": "csv"} if config is PrepareConfig else {}
+    for spec in option_specs(config):
+        bad = []
+        if spec.choices is not None:
+            bad.append("no-such-choice")
+        if spec.minimum is not None:
+            bad.append(spec.minimum - 1)
+        if spec.above is not None:
+            bad.append(spec.above)
+        for value in bad:
+            value = (value,) if spec.is_list else value
+            with pytest.raises(ConfigError, match=spec.name):
+                config(**{**required, spec.name: value})
+
+
+def test_names_say_what_they_count_and_old_runs_keep_loading():
+    old = TrainConfig.from_json({"method": "iisan", "batch_size": 7, "eval_batch_size": 9})
+    assert (old.train_batch_size, old.eval_user_chunk) == (7, 9)
+    assert "batch_size" not in {spec.name for config in CONFIGS for spec in all_specs(config)}
+    assert [spec.names for spec in option_specs(TrainConfig) if spec.name == "train_batch_size"] == [
+        ("train_batch_size", "train_batch_size", "batch_size")]
+
+
+def test_method_defaults_apply_under_explicit_options():
+    config = TrainConfig.from_options({"method": "id", "patience": 3, "dim": 32, "layer_rule": "every_other"})
+    assert (config.patience, config.loss, config.train_batch_size) == (3, "full", 256)  # id's own loss and batch
+    assert (config.user.dim, config.user.dropout, config.side.layer_rule) == (32, 0.5, "every_other")
+    with pytest.raises(ConfigError, match="no such option"):
+        TrainConfig.from_options({"bogus": 1})
+
+
+def test_help_shows_method_defaults_and_uses_the_width():
+    result = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "100"}, terminal_width=100)
+    text = result.output
+    assert "256 for id" in text and "10 for id" in text  # id's own batch and patience
+    assert "Value error" not in text and "<bool>" not in text.split("--help")[0]
+    widest_help = max(len(line.split("  ")[-1]) for line in text.splitlines() if line.startswith("│"))
+    assert widest_help > 40  # descriptions get the terminal's width, not a 22-column strip
+
+
+def test_resume_takes_the_runs_options_and_refuses_others(tiny_run):
+    from iisan.run.files import resume_settings
+
+    saved, _ = resume_settings(tiny_run)
+    again, _ = resume_settings(tiny_run, {"seed": saved.seed, "epochs": saved.epochs + 2})
+    assert again == dataclasses.replace(saved, epochs=saved.epochs + 2)
+    with pytest.raises(ConfigError, match=r"--seed 99 \(the run has"):
+        resume_settings(tiny_run, {"seed": 99})
