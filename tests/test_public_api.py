@@ -8,7 +8,6 @@ import re
 import subprocess
 import sys
 from collections import defaultdict
-from pathlib import Path
 
 import iisan
 from tests.conftest import REPO
@@ -25,14 +24,13 @@ def test_import_iisan_is_cheap_and_exports_the_pipeline():
     assert iisan.evaluate.__name__ == "evaluate_run" and callable(iisan.train)
 
 
-def test_the_readme_python_pipeline_runs(tmp_path, monkeypatch):
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("## From Python"):]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+def test_the_python_api_guide_runs(tmp_path, monkeypatch):
+    guide = (REPO / "docs" / "guides" / "python-api.md").read_text()
+    code = re.search(r"```python\n(.*?)```", guide, re.S).group(1)
     code = code.replace('"minilm"', '"tiny-random-text"').replace("epochs=20", "epochs=1")
     monkeypatch.chdir(tmp_path)
     printed = []
-    exec(compile(code, "README.md", "exec"), {"print": printed.append})  # noqa: S102 - our own README
+    exec(compile(code, "python-api.md", "exec"), {"print": printed.append})  # noqa: S102 - our own docs
     ndcg, ndcg_ranked, recommendations = printed
     assert 0 <= ndcg <= 1 and 0 <= ndcg_ranked <= 1
     assert len(recommendations) == 5 and all(isinstance(key, str) for key, _ in recommendations)

@@ -39,7 +39,20 @@ _MODULES: dict[str, tuple[str, ...]] = {
 }
 _RENAMED = {"evaluate": "evaluate_run"}
 _EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
-__all__ = ["__version__", *_EXPORTS]
+__all__ = ["__version__", "set_threads", *_EXPORTS]
+
+
+def set_threads(threads: int | str = "auto") -> int:
+    """Set torch's CPU threads as ``iisan --threads`` does: a number, or ``"auto"`` (the
+    cores this process may use, less those other processes keep busy). Returns the count.
+
+    Without a call, the first use of the API applies ``IISAN_THREADS``, else
+    ``OMP_NUM_THREADS``, else ``auto``.
+    """
+    _set_up_once()
+    from iisan.threads import use_threads
+
+    return use_threads(threads)
 
 
 def __getattr__(name: str) -> Any:
