@@ -23,6 +23,7 @@ from iisan.options import OptionSpec, all_specs, describe_default, parse_list
 
 Options = dict[str, Any]
 NOT_GIVEN = None  # every generated option defaults to None: "not given"
+METAVAR_WIDTH = 16  # choices listed in the type column up to this width, in the help text beyond
 
 
 def with_options(*config_classes: type, skip: tuple[str, ...] = (),
@@ -65,10 +66,15 @@ def with_options(*config_classes: type, skip: tuple[str, ...] = (),
 
 def _annotation(spec: OptionSpec, default: str) -> Any:
     """The typer annotation of one generated option."""
-    # The default goes in the help text: typer would show a text default in parentheses.
-    settings: dict[str, Any] = {"help": f"{spec.help} [dim]\\[default: {default}][/]",
-                                "rich_help_panel": spec.panel,
-                                "show_default": False}
+    # The default goes in the help text (typer would show a text default in parentheses);
+    # none for a required option, one that is off or unset unless given.
+    help = spec.help
+    if (spec.choices is not None and len("|".join(spec.choices)) > METAVAR_WIDTH
+            and not all(choice in help for choice in spec.choices)):  # the help may name them already
+        help += f" One of: {', '.join(spec.choices)}."
+    if spec.default not in (MISSING, None, False) or (spec.default is None and spec.none_word):
+        help += f" [dim]\\[default: {default}][/]"
+    settings: dict[str, Any] = {"help": help, "rich_help_panel": spec.panel, "show_default": False}
     # Older long names stay accepted in --config files (OptionSpec.names), not as flags: a
     # second flag would widen every row of --help.
     flags = [f"--{spec.flag}", *(f"-{a}" for a in spec.aliases if len(a) == 1)]
@@ -78,7 +84,7 @@ def _annotation(spec: OptionSpec, default: str) -> Any:
         return Annotated[bool | None, typer.Option(*names, metavar="", **settings)]  # a flag shows no type
     if spec.choices is not None and not spec.is_list:
         word = "|".join(spec.choices)
-        metavar = word if len(word) <= 16 else "NAME"  # a long list would squeeze the help column
+        metavar = word if len(word) <= METAVAR_WIDTH else "NAME"  # a long list would squeeze the help column
         return Annotated[str | None, typer.Option(*flags, parser=one_of(spec.choices), metavar=metavar,
                                                   **settings)]
     if spec.is_list:
