@@ -28,7 +28,7 @@ def test_bf16_encode_is_recorded_close_to_fp32_and_never_mixed_on_resume(tiny_mu
     encode(dataset, fp32, dataclasses.replace(TEXT_ONLY, precision="fp32"), device="cpu")
     encode(dataset, bf16, dataclasses.replace(TEXT_ONLY, precision="bf16"), device="cpu")
     a, b = HiddenStateCache.open(fp32), HiddenStateCache.open(bf16)
-    assert a.entry("text")["precision"] == "fp32" and b.entry("text")["precision"] == "bf16"
+    assert a.entry("text").precision == "fp32" and b.entry("text").precision == "bf16"
     x = np.asarray(a.states("text")[1:], dtype=np.float32)
     y = np.asarray(b.states("text")[1:], dtype=np.float32)
     assert not np.array_equal(x, y)  # bf16 really ran

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from iisan.cache.store import HiddenStateCache, identity_changes
+from iisan.cache.store import EncoderEntry, HiddenStateCache
 from iisan.config import TrainConfig
 from iisan.data.dataset import PreparedDataset
 from iisan.data.split import Splits, split_sequences
@@ -83,7 +83,8 @@ def _model_and_source(config: TrainConfig, dataset: PreparedDataset, cache: Hidd
     return model, LiveSource(dataset, {m: entries[m] for m in model.layers}, model.layers, device)
 
 
-def build_model(config: TrainConfig, shapes: dict[str, tuple[int, int]], num_items: int, entries: dict[str, dict],
+def build_model(config: TrainConfig, shapes: dict[str, tuple[int, int]], num_items: int,
+                entries: dict[str, EncoderEntry],
                 device="cpu", constant: dict[str, tuple[int, ...]] | None = None,
                 layers: dict[str, tuple[int, ...]] | None = None,
                 stored: dict[str, tuple[int, ...]] | None = None) -> tuple[SequentialRecommender, dict]:
@@ -97,7 +98,7 @@ def build_model(config: TrainConfig, shapes: dict[str, tuple[int, int]], num_ite
         # The encoders run inside the tower on raw content; the cache only names them.
         modalities = tuple(m for m in config.side.encoder_modalities if m in shapes)
         encoders = load_encoders({m: entries[m] for m in modalities}, modalities, device)
-    poolings = {m: entries[m]["pooling"] for m in encoders}
+    poolings = {m: entries[m].pooling for m in encoders}
     item = build_item_encoder(config, shapes, num_items, constant, layers, encoders, poolings, stored)
     blend = build_blend(config, shapes, num_items) if method.reads == "states" else None
     return SequentialRecommender(item, user or method.build_user(config, item), blend), encoders
@@ -119,7 +120,7 @@ class TrainedRun:
     config: TrainConfig
     model: SequentialRecommender
     items: object  # polars DataFrame
-    encoders: dict[str, dict]
+    encoders: dict[str, EncoderEntry]
     encoder_modules: dict
 
 
@@ -153,8 +154,8 @@ def load_trained(run_dir: str | Path, device: torch.device | str = "cpu") -> Tra
         raise DatasetError(f"{catalogue} does not hold items 1..{saved['num_items']} with key and text; "
                            "retrain the run or restore the file")
     config = TrainConfig.from_json(saved["train"])
-    entries = saved.get("encoders", {})
-    shapes = {m: (int(e["num_layers"]) + 1, int(e["hidden_size"])) for m, e in entries.items()}
+    entries = saved_entries(saved, run_dir)
+    shapes = {m: e.shape for m, e in entries.items()}
     layers = {m: tuple(v) for m, v in saved["layers"].items()} or None
     model, encoders = build_model(config, shapes, saved["num_items"], entries, device, layers=layers)
     load_weights(run_dir / WEIGHTS_FILE, model)
@@ -174,11 +175,21 @@ def require_trained_cache(saved: dict[str, Any], cache: HiddenStateCache | None,
     """
     if cache is None:
         return
-    for modality, recorded in saved.get("encoders", {}).items():
-        changes = identity_changes(recorded, cache.entry(modality))
+    for modality, recorded in saved_entries(saved, run_dir).items():
+        changes = recorded.changes(cache.entry(modality))
         if changes:
             raise CacheMismatchError(f"{cache.root} is not the cache {run_dir} was trained on ({modality}: "
                                      f"{'; '.join(changes)}): {fix}")
+
+
+def saved_entries(saved: dict[str, Any], run_dir: Path) -> dict[str, EncoderEntry]:
+    """The encoder entries a run's ``config.json`` recorded, by modality.
+
+    Raises:
+        DatasetError: a damaged entry.
+    """
+    return {m: EncoderEntry.from_json(e, f"{run_dir / 'config.json'} ({m} encoder)", "retrain the run or restore "
+                                      "the file", DatasetError) for m, e in saved.get("encoders", {}).items()}
 
 
 def assemble_run(run_dir: str | Path, mode: str | None = None, device: torch.device | str = "cpu") -> Assembled:

@@ -225,3 +225,20 @@ def test_kill_9_then_resume_is_bit_identical(many_items, tmp_path):
     encode(many_items, tmp_path / "clean", config)
     for name in ("text.npy", "text.done.npy", "text.present.npy"):
         assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "clean" / name).read_bytes(), name
+
+
+def test_a_manifest_entry_is_typed_and_round_trips():
+    """issue 29: the per-encoder manifest entry is an EncoderEntry, not a dict passed around;
+    entries written before precision and stored_layers existed read with their meaning then."""
+    from iisan.cache.store import EncoderEntry
+
+    old = {"name": "minilm", "weight_hash": "abc", "pooling": "mean", "num_layers": 6, "hidden_size": 384,
+           "settings": {"max_text_tokens": 30}, "completed_rows": 11, "file": "text.npy"}
+    entry = EncoderEntry.from_json(old, "test")
+    assert (entry.precision, entry.stored_layers, entry.shape) == ("fp32", None, (7, 384))
+    again = EncoderEntry.from_json(entry.to_json(), "test")
+    assert again == entry
+    changed = EncoderEntry.from_json({**old, "pooling": "cls", "stored_layers": [0, 6]}, "test")
+    assert entry.changes(changed) == ["pooling mean -> cls", "stored_layers None -> [0, 6]"]
+    with pytest.raises(CacheMismatchError, match="hidden_size"):
+        EncoderEntry.from_json({k: v for k, v in old.items() if k != "hidden_size"}, "test")

@@ -90,7 +90,7 @@ def test_a_decoder_llm_as_text_encoder_end_to_end_from_the_cli(architecture, tin
     assert encoded.exit_code == 0, encoded.output
     opened = HiddenStateCache.open(cache)
     entry = opened.entry("text")
-    assert entry["pooling"] == "last" and entry["num_layers"] == 6
+    assert entry.pooling == "last" and entry.num_layers == 6 and entry.stored_layers == (0, 2, 4, 6)
     assert opened.stored_layers("text") == (0, 2, 4, 6)  # the last layer is always stored
     assert opened.states("text").shape == (opened.num_items + 1, 4, 48)  # 4 of 7 states on disk
 
@@ -135,10 +135,12 @@ def test_uncached_mode_runs_a_bf16_cache_encoder_in_bf16(tiny_multimodal, tmp_pa
 
     dataset, _ = tiny_multimodal
     llm = build_tiny_decoder(tmp_path / "llama", "llama")
-    entry = {"name": str(llm), "weight_hash": None, "precision": "bf16"}
+    from iisan.cache.store import EncoderEntry
     from iisan.encoders.frozen import FrozenEncoder
 
-    entry["weight_hash"] = FrozenEncoder.load(str(llm), "text").weight_hash
+    loaded = FrozenEncoder.load(str(llm), "text")
+    entry = EncoderEntry(name=str(llm), weight_hash=loaded.weight_hash, pooling="last", num_layers=loaded.num_layers,
+                         hidden_size=loaded.hidden_size, settings={"max_text_tokens": 8}, precision="bf16")
     frozen = load_encoders({"text": entry}, ("text",), frozen=True)["text"]
     trained = load_encoders({"text": entry}, ("text",))["text"]
     assert next(frozen.model.parameters()).dtype == torch.bfloat16  # half the memory for a forward-only encoder

@@ -13,6 +13,7 @@ gathering rows, never loaded whole.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import mmap
 from dataclasses import dataclass
@@ -67,16 +68,74 @@ ENTRY_FIELDS = {"name": str, "weight_hash": str, "pooling": str, "num_layers": i
                 "settings": dict, "completed_rows": int}
 
 
-def identity_changes(recorded: dict[str, Any], found: dict[str, Any]) -> list[str]:
-    """The identity keys on which two manifest entries differ, each as ``key recorded -> found``."""
-    def value(entry, key):
-        return entry.get(key, IDENTITY_DEFAULTS.get(key))
+@dataclass(frozen=True)
+class EncoderEntry:
+    """One encoder's entry in a cache manifest, also kept in a run's ``config.json``: which
+    encoder made the states and how. ``manifest.json`` holds it as JSON; readers get this.
 
-    return [f"{key} {_short(value(recorded, key))} -> {_short(value(found, key))}"
-            for key in IDENTITY_KEYS if value(recorded, key) != value(found, key)]
+    Attributes:
+        name: registry name or folder of the encoder.
+        weight_hash: a hash of its weights (a changed folder is noticed).
+        pooling: how each layer's tokens became one vector (``cls``, ``mean``, ``last``).
+        num_layers: L, its blocks (the states hold L + 1 layers, the embedding output first).
+        hidden_size: D, the width of a state.
+        settings: the options that change its values (``max_text_tokens`` or ``image_size``).
+        precision: ``fp32`` or ``bf16``, the compute precision of the encoder.
+        stored_layers: the layers the cache holds, or ``None`` for all L + 1.
+        completed_rows: rows written so far (N + 1 when the cache is finished).
+    """
+
+    name: str
+    weight_hash: str
+    pooling: str
+    num_layers: int
+    hidden_size: int
+    settings: dict[str, Any]
+    precision: str = IDENTITY_DEFAULTS["precision"]
+    stored_layers: tuple[int, ...] | None = None
+    completed_rows: int = 0
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], where: str, fix: str = REBUILD,
+                  error: type[Exception] = CacheMismatchError) -> EncoderEntry:
+        """An entry as ``manifest.json`` or ``config.json`` holds it (extra keys ignored).
+
+        Raises:
+            ``error``: a missing or mistyped field, naming ``where`` and ``fix``.
+        """
+        require_fields(data, ENTRY_FIELDS, where, fix, error)
+        known = {name: data[name] for name in cls.__dataclass_fields__ if data.get(name) is not None}
+        stored = known.pop("stored_layers", None)
+        return cls(**known, stored_layers=tuple(int(i) for i in stored) if stored else None)
+
+    def to_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["stored_layers"] = list(self.stored_layers) if self.stored_layers is not None else None
+        return out
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(L + 1, D)`` of one item's states."""
+        return self.num_layers + 1, self.hidden_size
+
+    def changes(self, other: EncoderEntry) -> list[str]:
+        """The identity fields on which ``other`` differs, each as ``field mine -> other's``."""
+        return [f"{key} {_short(getattr(self, key))} -> {_short(getattr(other, key))}"
+                for key in IDENTITY_KEYS if getattr(self, key) != getattr(other, key)]
+
+
+def identity_changes(recorded: dict[str, Any] | EncoderEntry, found: dict[str, Any] | EncoderEntry) -> list[str]:
+    """The identity keys on which two manifest entries differ, each as ``key recorded -> found``."""
+    def entry(value):
+        if isinstance(value, EncoderEntry):
+            return value
+        return EncoderEntry.from_json({"completed_rows": 0, **value}, "a manifest entry")
+
+    return entry(recorded).changes(entry(found))
 
 
 def _short(value: Any) -> str:
+    value = list(value) if isinstance(value, tuple) else value
     text = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
     return text if len(text) <= 40 else text[:12] + "…"
 
@@ -179,26 +238,31 @@ class HiddenStateCache:
     def num_items(self) -> int:
         return int(self.manifest["num_items"])
 
-    def entry(self, modality: str) -> dict[str, Any]:
+    def entry(self, modality: str) -> EncoderEntry:
+        """The manifest's entry for ``modality``'s encoder.
+
+        Raises:
+            CacheMismatchError: the cache holds no states of ``modality``.
+        """
         try:
-            return self.manifest["encoders"][modality]
+            data = self.manifest["encoders"][modality]
         except KeyError:
             raise CacheMismatchError(
                 f"cache at {self.root} has no {modality} states (it has: {', '.join(self.modalities)})"
             ) from None
+        return EncoderEntry.from_json(data, f"{self.root / MANIFEST_FILE} ({modality} entry)")
 
     def num_layers(self, modality: str) -> int:
         """L + 1: the embedding output plus every block."""
-        return int(self.entry(modality)["num_layers"]) + 1
+        return self.entry(modality).num_layers + 1
 
     def hidden_size(self, modality: str) -> int:
-        return int(self.entry(modality)["hidden_size"])
+        return self.entry(modality).hidden_size
 
     def stored_layers(self, modality: str) -> tuple[int, ...]:
         """The encoder layers the states array holds, in its order (all ``L + 1`` unless the
         cache was built with ``--text-layers`` / ``--image-layers``)."""
-        chosen = self.entry(modality).get("stored_layers")
-        return tuple(int(i) for i in chosen) if chosen else tuple(range(self.num_layers(modality)))
+        return self.entry(modality).stored_layers or tuple(range(self.num_layers(modality)))
 
     def positions(self, modality: str, layers) -> list[int]:
         """Where encoder ``layers`` sit in the states array.

@@ -15,13 +15,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from iisan.cache.store import EncoderEntry
 from iisan.data.dataset import PreparedDataset
 from iisan.encoders.frozen import FrozenEncoder, crop_image
 from iisan.errors import CacheMismatchError
 from iisan.models.inputs import ItemFeatures
 
 
-def content_inputs(encoder: FrozenEncoder, entry: dict, modality: str, texts: list[str | None],
+def content_inputs(encoder: FrozenEncoder, entry: EncoderEntry, modality: str, texts: list[str | None],
                    images: list[bytes | None]) -> tuple[np.ndarray, dict[str, torch.Tensor] | None]:
     """The rows that have ``modality`` and the encoder's inputs for them (``None`` if no row has it).
 
@@ -37,11 +38,11 @@ def content_inputs(encoder: FrozenEncoder, entry: dict, modality: str, texts: li
         if not len(rows):
             return rows, None
         return rows, encoder.collate_tokens(encoder.tokenize([texts[r] for r in rows],
-                                                             entry["settings"]["max_text_tokens"]))
+                                                             entry.settings["max_text_tokens"]))
     rows = np.array([r for r, image in enumerate(images) if image is not None], dtype=np.int64)
     if not len(rows):
         return rows, None
-    pixels = [encoder.preprocess_image(images[r], entry["settings"]["image_size"]) for r in rows]
+    pixels = [encoder.preprocess_image(images[r], entry.settings["image_size"]) for r in rows]
     return rows, {"pixel_values": torch.from_numpy(np.stack(pixels))}
 
 
@@ -93,14 +94,14 @@ class _RawContent:
         that have the modality and the encoder's inputs for them."""
         raise NotImplementedError
 
-    def _prepared_inputs(self, encoder: FrozenEncoder, entry: dict, modality: str,
+    def _prepared_inputs(self, encoder: FrozenEncoder, entry: EncoderEntry, modality: str,
                          ids: np.ndarray) -> tuple[np.ndarray, dict[str, torch.Tensor] | None]:
         """:func:`content_inputs` for catalogue items, from what earlier steps prepared."""
         if modality == "text":
             rows = np.flatnonzero(ids > 0)
             missing = sorted({int(i) for i in ids[rows]} - self._tokens.keys())
             if missing:
-                tokens = encoder.tokenize([self.texts[i - 1] for i in missing], entry["settings"]["max_text_tokens"])
+                tokens = encoder.tokenize([self.texts[i - 1] for i in missing], entry.settings["max_text_tokens"])
                 self._tokens.update(zip(missing, tokens))
             if not len(rows):
                 return rows, None
@@ -108,7 +109,7 @@ class _RawContent:
         rows = np.array([r for r, i in enumerate(ids) if i > 0 and self.images[i - 1]], dtype=np.int64)
         if not len(rows):
             return rows, None
-        size = entry["settings"]["image_size"]
+        size = entry.settings["image_size"]
         missing = sorted({int(i) for i in ids[rows]} - self._crops.keys())
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=DECODE_THREADS)
@@ -122,7 +123,7 @@ class _RawContent:
         return rows, {"pixel_values": torch.from_numpy(np.stack([encoder.normalise_pixels(c) for c in crops]))}
 
 
-def load_encoders(entries: dict[str, dict], modalities, device: torch.device | str = "cpu",
+def load_encoders(entries: dict[str, EncoderEntry], modalities, device: torch.device | str = "cpu",
                   frozen: bool = False) -> dict[str, FrozenEncoder]:
     """The encoders named by cache manifest ``entries``, checked to be the same weights.
 
@@ -131,9 +132,9 @@ def load_encoders(entries: dict[str, dict], modalities, device: torch.device | s
     """
     encoders = {}
     for modality in modalities:
-        dtype = torch.bfloat16 if frozen and entries[modality].get("precision") == "bf16" else None
-        encoder = FrozenEncoder.load(entries[modality]["name"], modality, device, dtype)  # type: ignore[arg-type]
-        if encoder.weight_hash != entries[modality]["weight_hash"]:
+        dtype = torch.bfloat16 if frozen and entries[modality].precision == "bf16" else None
+        encoder = FrozenEncoder.load(entries[modality].name, modality, device, dtype)  # type: ignore[arg-type]
+        if encoder.weight_hash != entries[modality].weight_hash:
             raise CacheMismatchError(f"the {modality} encoder's weights changed since the cache was built")
         encoders[modality] = encoder
     return encoders
@@ -148,7 +149,7 @@ class LiveSource(_RawContent):
         layers: modality -> the layers the item tower reads.
     """
 
-    def __init__(self, dataset: PreparedDataset | None, entries: dict[str, dict], layers: dict[str, tuple[int, ...]],
+    def __init__(self, dataset: PreparedDataset | None, entries: dict[str, EncoderEntry], layers: dict[str, tuple[int, ...]],
                  device: torch.device | str = "cpu") -> None:
         super().__init__(dataset, layers)
         self.layers = layers
@@ -167,8 +168,8 @@ class LiveSource(_RawContent):
             rows, inputs = inputs_of(encoder, entry, modality)
             if len(rows):
                 index = torch.from_numpy(rows).to(device)
-                compute = torch.bfloat16 if entry.get("precision") == "bf16" else None  # as the cache was built
-                pooled = encoder.pooled_hidden_states(inputs, entry["pooling"], compute, tuple(layers))
+                compute = torch.bfloat16 if entry.precision == "bf16" else None  # as the cache was built
+                pooled = encoder.pooled_hidden_states(inputs, entry.pooling, compute, tuple(layers))
                 # Inference-mode outputs cannot enter an autograd graph; a copy into this tensor can.
                 states[index] = pooled.to(torch.float16).float()  # as cached: float16
                 present[index] = True
@@ -186,7 +187,7 @@ class RawContentSource(_RawContent):
         encoders: modality -> the loaded encoder (its tokenizer and image preprocessing).
     """
 
-    def __init__(self, dataset: PreparedDataset | None, entries: dict[str, dict], encoders: dict[str, FrozenEncoder]) -> None:
+    def __init__(self, dataset: PreparedDataset | None, entries: dict[str, EncoderEntry], encoders: dict[str, FrozenEncoder]) -> None:
         super().__init__(dataset, encoders)
         self.entries = entries
         self.encoders = encoders

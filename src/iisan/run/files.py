@@ -175,7 +175,7 @@ def prepare_run_folder(run_dir: Path, resume: bool, force: bool) -> None:
 
 
 def write_run_config(run_dir: Path, train: dict[str, Any], dataset: Path, dataset_fingerprint: str, cache: Path | None,
-                     encoders: dict[str, dict], layers: dict[str, tuple[int, ...]], num_items: int, ranks: int) -> None:
+                     encoders: dict[str, Any], layers: dict[str, tuple[int, ...]], num_items: int, ranks: int) -> None:
     """``config.json``: the training options, what the run was trained on (dataset and cache,
     with the cache's encoder entries), the item tower's layers, the catalogue size."""
     write_json_atomic(run_dir / CONFIG_FILE, {
@@ -185,7 +185,7 @@ def write_run_config(run_dir: Path, train: dict[str, Any], dataset: Path, datase
         "dataset": str(Path(dataset).resolve()),
         "dataset_fingerprint": dataset_fingerprint,
         "cache": str(Path(cache).resolve()) if cache is not None else None,
-        "encoders": encoders,
+        "encoders": {m: e.to_json() for m, e in encoders.items()},
         "layers": {m: list(v) for m, v in layers.items()},
         "num_items": num_items,
         "ranks": ranks,
