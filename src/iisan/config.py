@@ -31,6 +31,7 @@ Loss = Literal["full", "sampled", "in_batch"]
 Samples = Literal["sequences", "prefixes"]  # what one training sample is
 Schedule = Literal["constant", "cosine"]  # the learning rate over the run, after warm-up
 UserVariant = Literal["reference", "recbole"]
+BlendSelect = Literal["overall", "balanced"]  # see iisan.training.calibrate
 
 FORMATS = get_args(Format)
 POOLINGS = get_args(Pooling)
@@ -415,6 +416,11 @@ class TrainConfig:
         help="iisan, frozen: after training, blend each score with the content floor's (knn) and add priors "
              "for cold and tail items, weighed on the validation split (iisan.models.blend); what lets a "
              "trained content model rank new and rare items.")
+    blend_select: BlendSelect = option(
+        "overall", panel=CONTENT,
+        help="What the blend's weights are chosen for on validation: overall (NDCG@10 over all users, "
+             "most of whom want popular items) or balanced (the mean of NDCG@10 over the cold, tail and head "
+             "slices: new and rare items weigh as much as popular ones).")
     seed: int = option(42, help="Random seed (initialisation, batch order, dropout).")
     eval_user_chunk: int = option(1024, minimum=1, aliases=("eval-batch-size",), panel=OPTIM,
                                   help="Users scored at once when validating and testing (fewer on "

@@ -287,6 +287,8 @@ def _unused_options(train: dict[str, Any], flat: dict[str, Any]) -> list[str]:
         unused.append("train.negatives")
     if not train.get("id_offset"):
         unused.append("train.id_offset_lr")
+    if not train.get("blend"):
+        unused.append("train.blend_select")
     return [k for k in unused if k in flat]
 
 

@@ -1,9 +1,14 @@
 """Fitting the score blend (:mod:`iisan.models.blend`) of a trained model on validation.
 
 Coordinate ascent over small grids: the content floor's weight, then the cold prior, the
-tail prior and the log-popularity prior, each keeping the best validation NDCG@10 so far,
+tail prior and the log-popularity prior, each keeping the best validation score so far,
 until a round changes nothing. Starting from the trained score alone (all zero), the blend
 is only kept where it scores better on validation; test is never read.
+
+The validation score is chosen by ``select``: ``overall``, NDCG@10 over the validation
+users (where users whose next item is popular weigh most, as they are most of them), or
+``balanced``, the mean of NDCG@10 over the cold, tail and head slices of their targets
+(:mod:`iisan.evaluation.slices`), which weighs new and rare items as much as popular ones.
 
 Each user's two standardised score rows (trained, floor) are computed once; a setting's
 scores are then ``trained + alpha * floor + priors``, a few additions per item, so the
@@ -22,7 +27,9 @@ import torch
 
 from iisan.data.split import EvalSplit
 from iisan.distributed import LOCAL, Workers
+from iisan.errors import ConfigError
 from iisan.evaluation.metrics import metrics_from_ranks, pessimistic_ranks
+from iisan.evaluation.slices import SLICE_NAMES, slice_of
 from iisan.evaluation.ranking import item_embeddings
 from iisan.features import FeatureSource
 from iisan.models.blend import PRIORS
@@ -31,6 +38,7 @@ from iisan.models.recommender import SequentialRecommender
 log = logging.getLogger(__name__)
 
 SELECT_METRIC = "ndcg@10"
+SELECTIONS = ("overall", "balanced")
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)  # the floor's weight, in standard deviations
 SLICE_PRIORS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)  # a slice's bonus, in standard deviations of either score
 POPULARITY_PRIORS = (-0.2, -0.1, 0.0, 0.1, 0.2, 0.3, 0.4)  # per unit of log(1 + count)
@@ -42,17 +50,21 @@ USER_CHUNK = 1024
 
 @torch.no_grad()
 def calibrate_blend(model: SequentialRecommender, source: FeatureSource, num_items: int, valid: EvalSplit,
-                    include_history: bool = False, workers: Workers = LOCAL, seed: int = 0) -> dict[str, Any]:
-    """Fit ``model.blend``'s weights on ``valid`` and leave it active.
+                    include_history: bool = False, workers: Workers = LOCAL, seed: int = 0,
+                    select: str = "overall") -> dict[str, Any]:
+    """Fit ``model.blend``'s weights on ``valid`` by the ``select`` criterion (see the module)
+    and leave it active.
 
     Under torchrun every rank computes the same (the catalogue is gathered, the users are
     not split), so every rank ends with the same weights.
 
     Returns:
-        ``{"alpha": a, "priors": {"cold": b, "tail": c, "log_popularity": g}, "valid_before": x,
-        "valid_after": y, "users": U, "evaluations": n}`` (``valid_*``: NDCG@10 of the
-        calibration users without and with the blend).
+        ``{"alpha": a, "priors": {"cold": b, "tail": c, "log_popularity": g}, "select": s,
+        "valid_before": x, "valid_after": y, "users": U, "evaluations": n}`` (``valid_*``: the
+        criterion on the calibration users without and with the blend).
     """
+    if select not in SELECTIONS:
+        raise ConfigError(f"select must be one of {', '.join(SELECTIONS)}, got {select!r}")
     blend = model.blend
     blend.active.fill_(True)
     items = item_embeddings(model, source, num_items, workers)
@@ -63,13 +75,17 @@ def calibrate_blend(model: SequentialRecommender, source: FeatureSource, num_ite
     trained_rows, floor_rows, targets = _score_rows(model, items, valid, users, include_history)
     features = items[:, blend.dim + blend.content.dim:]  # [N + 1, priors]
     tried: dict[tuple[float, ...], float] = {}
+    slices = slice_of(valid.target_counts[users]) if valid.target_counts is not None else None
+    groups = ([torch.from_numpy(slices == name) for name in SLICE_NAMES if (slices == name).any()]
+              if select == "balanced" and slices is not None else [torch.ones(len(users), dtype=torch.bool)])
 
     def score(weights: tuple[float, ...]) -> float:
         if weights not in tried:
             prior = features @ torch.tensor(weights[1:], dtype=features.dtype, device=features.device)
             ranks = torch.cat([pessimistic_ranks(trained + weights[0] * floor + prior, target)
-                               for trained, floor, target in zip(trained_rows, floor_rows, targets)])
-            tried[weights] = metrics_from_ranks(ranks.cpu(), (10,))[SELECT_METRIC]
+                               for trained, floor, target in zip(trained_rows, floor_rows, targets)]).cpu()
+            tried[weights] = float(np.mean([metrics_from_ranks(ranks[group], (10,))[SELECT_METRIC]
+                                            for group in groups]))
         return tried[weights]
 
     best = (0.0,) * (1 + len(PRIORS))
@@ -83,12 +99,12 @@ def calibrate_blend(model: SequentialRecommender, source: FeatureSource, num_ite
             break
     blend.alpha.fill_(best[0])
     blend.priors.copy_(torch.tensor(best[1:]))
-    result = {"alpha": best[0], "priors": dict(zip(PRIORS, best[1:])),
+    result = {"alpha": best[0], "priors": dict(zip(PRIORS, best[1:])), "select": select,
               "valid_before": tried[(0.0,) * len(best)], "valid_after": tried[best], "users": len(users),
               "evaluations": len(tried)}
-    log.info("blend: alpha %.2f, priors %s; valid %s %.4f -> %.4f (%d users, %d settings tried)",
-             result["alpha"], result["priors"], SELECT_METRIC, result["valid_before"], result["valid_after"],
-             len(users), len(tried))
+    log.info("blend: alpha %.2f, priors %s; valid %s (%s) %.4f -> %.4f (%d users, %d settings tried)",
+             result["alpha"], result["priors"], SELECT_METRIC, select, result["valid_before"],
+             result["valid_after"], len(users), len(tried))
     return result
 
 

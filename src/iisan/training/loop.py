@@ -208,7 +208,8 @@ def _finish(run_dir: Path, parts: Assembled, workers: Workers, embed_catalogue, 
     calibration = None
     if model.blend is not None:  # weighed on validation, then part of the saved weights
         calibration = calibrate_blend(model, parts.source, parts.dataset.num_items, parts.splits.valid,
-                                      config.include_history, workers, seed=config.seed)
+                                      config.include_history, workers, seed=config.seed,
+                                      select=config.blend_select)
         if workers.is_main:
             save_weights(run_dir / WEIGHTS_FILE, model)
     items = embed_catalogue()
