@@ -38,12 +38,12 @@ def main() -> None:
     data, cache = work / "data", work / "cache"
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "IISAN_THREADS")}
     if not (cache / "manifest.json").exists():
-        subprocess.run(["iisan", "-q", "prepare", "builtin", "--format", "movielens", "--out", str(data), "--force"],
+        subprocess.run([sys.executable, "-m", "iisan", "-q", "prepare", "builtin", "--format", "movielens", "--out", str(data), "--force"],
                        check=True, env=env)
-        subprocess.run(["iisan", "-q", "encode", str(data), "--out", str(cache), "--image-encoder", "none"],
+        subprocess.run([sys.executable, "-m", "iisan", "-q", "encode", str(data), "--out", str(cache), "--image-encoder", "none"],
                        check=True, env=env)
     commands = {
-        "cli": ["iisan", "-q", "train", str(data), "--cache", str(cache), "--out", str(work / "run-cli"),
+        "cli": [sys.executable, "-m", "iisan", "-q", "train", str(data), "--cache", str(cache), "--out", str(work / "run-cli"),
                 "--epochs", str(args.epochs), "--force"],
         "python": [sys.executable, "-c",
                    "import logging, iisan; logging.getLogger('iisan').setLevel(logging.WARNING); "

@@ -19,9 +19,8 @@ from iisan.cli.errors import fail, handles_errors
 from iisan.cli.generated import Options, one_of, with_options
 from iisan.cli.output import print_json, stderr, stdout
 from iisan.config import (
-    DEVICES, EVAL_KS, INDEX_KINDS, METHODS, SPLITS, EncodeConfig, PrepareConfig, TrainConfig,
+    DEVICES, EVAL_KS, INDEX_KINDS, METHODS, SPLITS, EncodeConfig, PrepareConfig, SynthConfig, TrainConfig,
 )
-from iisan.data.synth import SynthConfig
 from iisan.efficiency import EfficiencyConfig
 from iisan.errors import ConfigError, IisanError
 from iisan.methods import get_method

@@ -6,6 +6,7 @@ tasks and streams and costs more than a whole query does.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -20,17 +21,20 @@ access = logging.getLogger("iisan.access")
 class Measure:
     """ASGI middleware counting requests by route template and status, and timing them.
 
-    Every answer carries an ``x-request-id`` header: the client's own (up to 64 characters
-    of letters, digits, ``-_.:``), else a new random one. With ``access_log``, one line per
-    request on the ``iisan.access`` logger: client, method, path, status, milliseconds and
-    request id (never a body or another header); the same as fields of the record, for the
-    JSON format (:mod:`iisan.serving.access_log`)."""
+    A request's id is the client's ``x-request-id`` (up to 64 characters of letters, digits,
+    ``-_.:``), echoed in the answer's headers, else one numbered by this process
+    (``<pid>-<n>``, in hexadecimal). With ``access_log``, one line per request on the
+    ``iisan.access`` logger: client, method, path, status, milliseconds and request id (never
+    a body or another header); the same as fields of the record, for the JSON format
+    (:mod:`iisan.serving.access_log`). Nothing is added to an answer the client did not ask
+    an id for: the query path is a few milliseconds, and every step of it shows."""
 
     def __init__(self, app, requests, latency, access_log: bool = False) -> None:
         self.app = app
         self.requests = requests
         self.latency = latency
         self.access_log = access_log
+        self.process, self.numbers = os.getpid(), itertools.count(1)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -38,13 +42,14 @@ class Measure:
             return
         start = time.perf_counter()
         status = 500
-        request_id = _request_id(scope)
+        given = _given_request_id(scope)
 
         async def recording_send(message):
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id.encode())]
+                if given is not None:
+                    message["headers"] = [*message.get("headers", ()), (b"x-request-id", given.encode())]
             await send(message)
 
         try:
@@ -57,19 +62,20 @@ class Measure:
             if self.access_log:
                 fields = {"client": (scope.get("client") or ("-", 0))[0], "method": scope["method"],
                           "path": scope.get("path", ""), "status": status, "ms": round(1000 * seconds, 1),
-                          "request_id": request_id}
+                          "request_id": given or f"{self.process:x}-{next(self.numbers):x}"}
                 access.info("%(client)s %(method)s %(path)s %(status)d %(ms).1f ms %(request_id)s", fields,
                             extra={"fields": fields})
 
 
-def _request_id(scope) -> str:
+def _given_request_id(scope) -> str | None:
+    """The client's ``x-request-id``, when it is one we can log and echo safely."""
     for name, value in scope.get("headers", ()):
         if name == b"x-request-id":
             given = value.decode("latin-1")
             if 0 < len(given) <= 64 and all(c.isalnum() or c in "-_.:" for c in given):
                 return given
-            break
-    return os.urandom(8).hex()
+            return None
+    return None
 
 
 class InternalErrors:
