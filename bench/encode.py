@@ -100,7 +100,7 @@ def main() -> None:
     parser.add_argument("--image-encoder", default="dinov2-small")
     parser.add_argument("--image-items", type=int, default=1000)
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--train-batch-size", type=int, default=64)
+    parser.add_argument("--encode-batch-size", type=int, default=64)
     parser.add_argument("--out", type=Path, default=Path("bench/out/encode"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -113,10 +113,10 @@ def main() -> None:
                                                    categories=10, colours=8, seed=0), force=True)
     prepare(args.out / "synth-src", args.out / "synth", PrepareConfig(format="iisan-tsv"))
 
-    config = EncodeConfig(text_encoder=args.text_encoder, image_encoder=None, encode_batch_size=args.batch_size)
+    config = EncodeConfig(text_encoder=args.text_encoder, image_encoder=None, encode_batch_size=args.encode_batch_size)
     report = {"torch_threads": torch.get_num_threads(),
               "text": measure("text", text_dataset, config, args.out)}
-    config = EncodeConfig(text_encoder=None, image_encoder=args.image_encoder, encode_batch_size=args.batch_size,
+    config = EncodeConfig(text_encoder=None, image_encoder=args.image_encoder, encode_batch_size=args.encode_batch_size,
                           image_size=args.image_size)
     report["image"] = measure("image", args.out / "synth", config, args.out)
     print(json.dumps(report, indent=2))

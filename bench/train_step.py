@@ -57,7 +57,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     dataset, cache = build_inputs(args.work)
 
-    config = TrainConfig(train_batch_size=args.batch_size, side=SideNetworkConfig(modality="text"))
+    config = TrainConfig(train_batch_size=args.train_batch_size, side=SideNetworkConfig(modality="text"))
     parts = assemble(dataset, cache, config)
     optimizer = build_optimizer(parts)
     log_pop = log_popularity(torch.from_numpy(parts.splits.popularity))
@@ -66,7 +66,7 @@ def main() -> None:
     parts.model.train()
 
     def random_batch() -> np.ndarray:
-        return train_ids[rng.choice(len(train_ids), args.batch_size, replace=False)]
+        return train_ids[rng.choice(len(train_ids), args.train_batch_size, replace=False)]
 
     for _ in range(10):  # warm-up: allocator, kernels, page cache
         training_step(parts, optimizer, random_batch(), log_pop)
@@ -79,8 +79,8 @@ def main() -> None:
 
     order = rng.permutation(len(train_ids))
     start = time.perf_counter()
-    for first in range(0, len(order), args.batch_size):
-        training_step(parts, optimizer, train_ids[order[first : first + args.batch_size]], log_pop)
+    for first in range(0, len(order), args.train_batch_size):
+        training_step(parts, optimizer, train_ids[order[first : first + args.train_batch_size]], log_pop)
     epoch_seconds = time.perf_counter() - start
 
     evals = []
@@ -109,7 +109,7 @@ def main() -> None:
 
     report = {
         "torch_threads": torch.get_num_threads(),
-        "batch_size": args.batch_size,
+        "batch_size": args.train_batch_size,
         "users": len(train_ids),
         "items": parts.dataset.num_items,
         "trainable_parameters": sum(p.numel() for p in parts.model.parameters() if p.requires_grad),

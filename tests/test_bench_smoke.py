@@ -49,6 +49,11 @@ def test_serve_bench_both_parts(tmp_path):
     assert [row["index"] for row in report["in_process"]] == ["flat", "hnsw", "hnsw"]
 
 
+def test_python_vs_cli_bench(tmp_path):
+    out = bench("bench/python_vs_cli.py", "--work", tmp_path, "--repeats", "1", "--epochs", "1")
+    assert "python / cli = " in out and (tmp_path / "python_vs_cli-busy0.json").is_file()
+
+
 def test_run_readers(tiny_run, tmp_path):
     """The scripts that read finished runs: summarise_runs, repeat_targets, versa_table."""
     runs = tmp_path / "runs"
