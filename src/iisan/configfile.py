@@ -17,7 +17,7 @@ from typing import Any
 
 from iisan.config import TrainConfig
 from iisan.errors import ConfigError
-from iisan.options import option_specs
+from iisan.options import flat_options
 
 SECTIONS = ("train", "side", "user", "encode", "bench")
 
@@ -68,9 +68,7 @@ def _run_options(saved: dict[str, Any], path: Path) -> dict[str, Any]:
     option field of the train, side network and user encoder configs, flat."""
     config = TrainConfig.from_json(saved["train"])
     options = {"dataset": saved.get("dataset"), "cache": saved.get("cache")}
-    for part in (config, config.side, config.user):
-        options.update({spec.name: getattr(part, spec.name) for spec in option_specs(type(part))})
-    return options
+    return {**options, **flat_options(config)}
 
 
 def as_defaults(options: dict[str, Any], params: list, where: str,

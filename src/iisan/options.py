@@ -163,11 +163,20 @@ def parse_list(spec: OptionSpec, text: str) -> tuple:
     Raises:
         ConfigError: a part that is not of the field's element type.
     """
+    return parse_values(text, spec.kind, f"--{spec.flag}")
+
+
+def parse_values(text: str, kind: type, flag: str) -> tuple:
+    """``"1,2, 3"`` as ``(1, 2, 3)`` of ``kind``.
+
+    Raises:
+        ConfigError: a part that is not a ``kind``, naming ``flag``.
+    """
     try:
-        return tuple(spec.kind(part.strip()) for part in text.split(",") if part.strip())
+        return tuple(kind(part.strip()) for part in text.split(",") if part.strip())
     except ValueError:
-        what = {int: "integers", float: "numbers"}.get(spec.kind, "values")
-        raise ConfigError(f"--{spec.flag} takes comma-separated {what}, got {text!r}") from None
+        what = {int: "integers", float: "numbers"}.get(kind, "values")
+        raise ConfigError(f"{flag} takes comma-separated {what}, got {text!r}") from None
 
 
 def describe_default(spec: OptionSpec) -> str:
@@ -199,6 +208,15 @@ def build_config(config_class: type, options: dict[str, Any]) -> Any:
     if unknown:
         raise ConfigError(f"{', '.join(unknown)}: no such option")
     return config_class(**options, **nested)
+
+
+def flat_options(config: Any) -> dict[str, Any]:
+    """Every option value of ``config`` and of its nested configs, flat by field name (what
+    :func:`build_config` takes back)."""
+    values = {spec.name: getattr(config, spec.name) for spec in option_specs(type(config))}
+    for name in nested_configs(type(config)):
+        values.update(flat_options(getattr(config, name)))
+    return values
 
 
 def _names(config_class: type) -> set[str]:

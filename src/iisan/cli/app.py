@@ -4,6 +4,7 @@ prints. Options that configure a stage are generated from its config's fields
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from iisan.config import (
 from iisan.efficiency import EfficiencyConfig
 from iisan.errors import ConfigError, IisanError
 from iisan.methods import get_method
-from iisan.options import OptionSpec, describe_default
+from iisan.options import OptionSpec, describe_default, parse_values
 from iisan.threads import THREADS_ENV, use_threads
 
 
@@ -270,7 +271,7 @@ def encoders_list(as_json: Json = False) -> None:
 
 def _train_default(spec: OptionSpec) -> str:
     """The default ``--help`` shows for a training option: a method may have its own."""
-    own = [f"{describe_default(spec.__class__(**{**spec.__dict__, 'default': value}))} for {name}"
+    own = [f"{describe_default(dataclasses.replace(spec, default=value))} for {name}"
            for name in METHODS if (value := get_method(name).defaults.get(spec.name)) is not None]
     return ", ".join([*own, f"{describe_default(spec)} otherwise"]) if own else describe_default(spec)
 
@@ -330,13 +331,6 @@ def train(
     stdout.print(output.metrics_table({split: summary[split] for split in SPLITS}, f"Run {out}"))
 
 
-def _int_list(value: str, option: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in value.split(",") if part.strip())
-    except ValueError:
-        raise ConfigError(f"{option} takes comma-separated integers, got {value!r}") from None
-
-
 @command(app)
 def evaluate(
     run: Run,
@@ -373,7 +367,7 @@ def evaluate(
     """
     from iisan.evaluation.evaluate import evaluate_run, metrics_key
 
-    ks = _int_list(k, "--k")
+    ks = parse_values(k, int, "--k")
     if cold_start:
         from iisan.new_items import evaluate_cold_start
 

@@ -224,15 +224,14 @@ def resume_settings(run_dir: Path, options: dict[str, Any] | None = None) -> tup
     import dataclasses
 
     from iisan.config import TrainConfig
-    from iisan.options import option_specs
+    from iisan.options import flat_options
 
     saved = read_run_config(Path(run_dir))
     config = TrainConfig.from_json(saved["train"])
     options = dict(options or {})
     if "epochs" in options:
         config = dataclasses.replace(config, epochs=options.pop("epochs"))
-    own = {spec.name: getattr(part, spec.name) for part in (config, config.side, config.user)
-           for spec in option_specs(type(part))}
+    own = flat_options(config)
     differ = [f"--{name.replace('_', '-')} {value} (the run has {own.get(name)})" for name, value in options.items()
               if own.get(name) != value]
     if differ:
