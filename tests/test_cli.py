@@ -107,7 +107,7 @@ def test_train_loss_layer_rule_and_id_offset_options(tiny_multimodal, tmp_path):
                                  "--layer-rule", "all", "--id-offset", "--weight-decay", "0.01", "--json"])
     assert result.exit_code == 0, result.output
     saved = json.loads((run / "config.json").read_text())
-    assert saved["train"]["loss"] == "sampled" and saved["train"]["negatives"] == 8 and saved["train"]["id_offset"]
+    assert saved["train"]["loss"] == "sampled" and saved["train"]["negatives"] == 8 and saved["train"]["content"]["id_offset"]
     assert saved["layers"] == {"text": [0, 1, 2]} and saved["train"]["side"]["layer_rule"] == "all"
     reloaded = runner.invoke(app, ["evaluate", str(run), "--split", "test", "--json"])  # the run reloads as trained
     assert reloaded.exit_code == 0 and json.loads(reloaded.stdout)["metrics"]["ndcg@10"] == pytest.approx(

@@ -58,7 +58,7 @@ def test_a_registered_method_trains_and_reloads(registered, tiny_multimodal, tmp
 
     dataset, cache = tiny_multimodal
     config = TrainConfig.for_method("mean-last", epochs=2, train_batch_size=32)
-    assert config.patience == 2 and not config.id_offset  # its defaults; offsets only where declared
+    assert config.patience == 2 and not config.content.id_offset  # its defaults; offsets only where declared
     summary = train(dataset, tmp_path / "run", config, cache_dir=cache)
     assert summary["method"] == "mean-last" and 0 <= summary["test"]["ndcg@10"] <= 1
     recommender = Recommender.load(tmp_path / "run")
@@ -66,10 +66,13 @@ def test_a_registered_method_trains_and_reloads(registered, tiny_multimodal, tmp
     assert len(recommender.recommend(recommender.keys[1:3], k=3)) == 3
 
 
-def test_every_encoder_baseline_has_an_adaptation():
-    """The registry's methods that train the encoders and the adaptations that say what each
-    trains are the same set: a new one cannot be registered without saying it."""
-    from iisan.methods import method_names
-    from iisan.models.baselines.embedded import ADAPTATIONS
+def test_every_registered_builder_can_be_found():
+    """Each method's tower, user side and feature source are named as "module:function"
+    strings, imported when first built: a typo would otherwise surface only when someone
+    trains that method."""
+    from iisan.methods import SOURCES, _REGISTRY, _function
 
-    assert set(ADAPTATIONS) == set(method_names(reads="raw"))
+    for method in _REGISTRY.values():
+        for path in (method.tower, method.user, method.source or SOURCES[method.reads]):
+            if path is not None:
+                assert callable(_function(path)), f"{method.name}: {path}"

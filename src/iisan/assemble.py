@@ -14,8 +14,9 @@ from iisan.config import TrainConfig
 from iisan.data.dataset import PreparedDataset
 from iisan.data.split import Splits, split_sequences
 from iisan.errors import CacheMismatchError, ConfigError, DatasetError
-from iisan.features import CachedSource, FeatureSource, IdOnlySource
-from iisan.features.live import LiveSource, RawContentSource, load_encoders
+from iisan.features import FeatureSource
+from iisan.features.live import load_encoders
+from iisan.features.sources import SourceContext
 from iisan.methods import get_method
 from iisan.models.recommender import SequentialRecommender, build_blend, build_item_encoder
 from iisan.models.user import UserEncoder
@@ -51,7 +52,7 @@ def assemble(dataset_dir: str | Path, cache_dir: str | Path | None, config: Trai
     config = dataclasses.replace(config, user=dataclasses.replace(config.user, max_seq_len=int(dataset.meta["max_seq_len"])))
     cache = None
     shapes: dict[str, tuple[int, int]] = {}
-    if get_method(config.method).reads != "ids":
+    if get_method(config.method).needs_cache:
         if cache_dir is None:
             raise ConfigError(f"method {config.method!r} reads encoder states: pass --cache (Python: cache_dir=...; build it with `iisan encode`)")
         cache = HiddenStateCache.open(cache_dir, dataset.fingerprint)
@@ -70,17 +71,11 @@ def _model_and_source(config: TrainConfig, dataset: PreparedDataset, cache: Hidd
                       shapes: dict[str, tuple[int, int]], device,
                       layers: dict[str, tuple[int, ...]] | None = None) -> tuple[SequentialRecommender, FeatureSource]:
     entries = {m: cache.entry(m) for m in shapes} if cache is not None else {}
-    reads = get_method(config.method).reads
-    constant = {m: cache.constant_layers(m) for m in shapes} if reads == "states" and layers is None else None
+    constant = {m: cache.constant_layers(m) for m in shapes} if cache is not None and layers is None else None
     stored = {m: cache.stored_layers(m) for m in shapes} if cache is not None else None
     model, encoders = build_model(config, shapes, dataset.num_items, entries, device, constant, layers, stored)
-    if reads == "raw":
-        return model, RawContentSource(dataset, {m: entries[m] for m in encoders}, encoders)
-    if reads == "ids":
-        return model, IdOnlySource()
-    if config.mode == "cached":
-        return model, CachedSource(cache, model.layers, device=device)
-    return model, LiveSource(dataset, {m: entries[m] for m in model.layers}, model.layers, device)
+    context = SourceContext(config, dataset, cache, entries, model, encoders, device)
+    return model, get_method(config.method).build_source(context)
 
 
 def build_model(config: TrainConfig, shapes: dict[str, tuple[int, int]], num_items: int,
@@ -100,7 +95,7 @@ def build_model(config: TrainConfig, shapes: dict[str, tuple[int, int]], num_ite
         encoders = load_encoders({m: entries[m] for m in modalities}, modalities, device)
     poolings = {m: entries[m].pooling for m in encoders}
     item = build_item_encoder(config, shapes, num_items, constant, layers, encoders, poolings, stored)
-    blend = build_blend(config, shapes, num_items) if method.reads == "states" else None
+    blend = build_blend(config, shapes, num_items)
     return SequentialRecommender(item, user or method.build_user(config, item), blend), encoders
 
 

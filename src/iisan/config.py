@@ -8,18 +8,17 @@ derived from those fields; only checks across fields are written out here.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 from iisan.errors import ConfigError
+from iisan.method_options import ContentConfig, EncoderTuningConfig, Precision
 from iisan.methods import get_method, method_names
-from iisan.options import build_config, check_options, option
+from iisan.options import build_config, check_options, nested_configs, option
 
 Format = Literal["iisan-tsv", "amazon2023", "csv", "movielens", "recbole"]
 Pooling = Literal["auto", "cls", "mean", "last"]
-Precision = Literal["auto", "fp32",
-                    "bf16"]  # the frozen encoders' compute precision; see devices.compute_dtype
 Modality = Literal["auto", "text", "image", "intra", "inter", "intra_inter"]
 InterLayers = Literal["last", "mean", "truncate"]
 DtlTarget = Literal["smaller", "larger"]
@@ -31,7 +30,6 @@ Loss = Literal["full", "sampled", "in_batch"]
 Samples = Literal["sequences", "prefixes"]  # what one training sample is
 Schedule = Literal["constant", "cosine"]  # the learning rate over the run, after warm-up
 UserVariant = Literal["reference", "recbole"]
-BlendSelect = Literal["overall", "balanced"]  # see iisan.training.calibrate
 
 FORMATS = get_args(Format)
 POOLINGS = get_args(Pooling)
@@ -49,7 +47,7 @@ COMPACT_HEAD_FROM = 1024
 # From the method registry (iisan.methods): one entry per method.
 METHODS = method_names()
 EMBEDDED_METHODS = method_names(reads="raw")  # run and train the encoders on raw content
-OFFSET_METHODS = tuple(name for name in METHODS if get_method(name).id_offset)
+OFFSET_METHODS = tuple(name for name in METHODS if get_method(name).options is ContentConfig)
 # Popularity slices of a target item, by its occurrences in the training part: (name, fewest,
 # most), bounds inclusive (see iisan.evaluation.slices).
 SLICES: tuple[tuple[str, int, float], ...] = (("cold", 0, 0), ("tail", 1, 4), ("head", 5, float("inf")))
@@ -384,8 +382,6 @@ def even_groups(count: int, groups: int) -> list[tuple[int, ...]]:
 
 USER = "User encoder (SASRec)"
 OPTIM = "Optimisation"
-CONTENT = "New and rare items"
-EMBEDDED = "Encoder baselines (fft, adapter, lora, bitfit)"
 
 
 @dataclass(frozen=True)
@@ -458,21 +454,6 @@ class TrainConfig:
                               help="What one training sample is: sequences (a user's window, a target at "
                                    "every position: SASRec's paper, the reference) or prefixes (every prefix "
                                    "on its own, its next item the target: RecBole's SASRec).")
-    id_offset: bool = option(True, panel=CONTENT,
-                             help="iisan, frozen: add a learned per-item vector, zero at the start, to each "
-                                  "training item's content embedding; items added later stay content only.")
-    # 10x below lr: at lr the offsets memorise the training items within a few epochs.
-    id_offset_lr: float = option(1e-4, above=0, panel=CONTENT, help="Learning rate of the id offsets.")
-    blend: bool = option(
-        True, panel=CONTENT,
-        help="iisan, frozen: after training, blend each score with the content floor's (knn) and add priors "
-             "for cold and tail items, weighed on the validation split (iisan.models.blend); what lets a "
-             "trained content model rank new and rare items.")
-    blend_select: BlendSelect = option(
-        "overall", panel=CONTENT,
-        help="What the blend's weights are chosen for on validation: overall (NDCG@10 over all users, "
-             "most of whom want popular items) or balanced (the mean of NDCG@10 over the cold, tail and head "
-             "slices: new and rare items weigh as much as popular ones).")
     seed: int = option(42, help="Random seed (initialisation, batch order, dropout).")
     eval_user_chunk: int = option(1024, minimum=1, aliases=("eval-batch-size",), panel=OPTIM,
                                   help="Users scored at once when validating and testing (fewer on "
@@ -480,24 +461,22 @@ class TrainConfig:
     include_history: bool = option(False,
                                    help="Rank the user's own history too when validating and testing "
                                         "(RecBole's protocol); by default it is excluded, as in the paper.")
-    lora_rank: int = option(
-        8, minimum=1, panel=EMBEDDED, help="LoRA rank for --method lora (alpha = 2 x rank).")
-    precision: Precision = option(
-        "auto", panel=EMBEDDED,
-        help="Compute precision of the encoders that fft, adapter, lora and bitfit run and train: auto (bf16 "
-             "autocast on a GPU that supports it, else fp32), fp32 or bf16. uncached mode runs its frozen "
-             "encoders at the cache's precision; the side network and user encoder stay fp32.")
     side: SideNetworkConfig = option(default_factory=SideNetworkConfig, cli=False, help="The side network.")
     user: UserEncoderConfig = option(default_factory=UserEncoderConfig, cli=False, help="The user encoder.")
+    content: ContentConfig = option(default_factory=ContentConfig, cli=False,
+                                    help="iisan's and frozen's own options: id offsets, the score blend.")
+    tuning: EncoderTuningConfig = option(default_factory=EncoderTuningConfig, cli=False,
+                                         help="The encoder baselines' own options.")
 
     def __post_init__(self) -> None:
         check_options(self)
         if not self.warmup_epochs <= self.epochs:
             raise ConfigError(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
-        if not get_method(self.method).id_offset:  # not applicable: the saved config says it was not used
-            object.__setattr__(self, "id_offset", False)
-        if not get_method(self.method).blend:
-            object.__setattr__(self, "blend", False)
+        own = get_method(self.method).options
+        for name, section in nested_configs(TrainConfig).items():
+            if hasattr(section, "unused") and section is not own and getattr(self, name) != section.unused():
+                # not this method's: the saved config says they were not used
+                object.__setattr__(self, name, section.unused())
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -518,9 +497,9 @@ class TrainConfig:
 
     @classmethod
     def for_method(cls, method: str, **changes: Any) -> TrainConfig:
-        """``method``'s own defaults, then ``changes``: flat option values, or a whole
-        ``side=`` / ``user=`` config."""
-        whole = {key: changes.pop(key) for key in ("side", "user") if key in changes}
+        """``method``'s own defaults, then ``changes``: flat option values, or a whole nested
+        config (``side=``, ``user=``, ``content=``, ``tuning=``)."""
+        whole = {key: changes.pop(key) for key in nested_configs(cls) if key in changes}
         config = cls.from_options({"method": method, **changes})
         return replace(config, **whole) if whole else config
 
@@ -529,20 +508,28 @@ class TrainConfig:
         """A run's saved ``config.json`` ``train`` entry, from any version of iisan."""
         # runs saved before these options existed: no offset, no blend, encoders in float32, a constant
         # learning rate, the reference's user encoder, whole sequences
-        data = {"id_offset": False, "blend": False, "precision": "fp32", "schedule": "constant",
-                "warmup_epochs": 0.0,
-                "samples": "sequences", **data}
+        data = {"schedule": "constant", "warmup_epochs": 0.0, "samples": "sequences", **data}
         for old, new in RENAMED.items():
             if old in data:
                 data[new] = data.pop(old)
-        if data.get("id_offset_lr") is None:
-            data.pop("id_offset_lr", None)
-        side = {"head": "wide", **data.get("side", {})}  # runs saved before head existed: the paper's
+        side = {"head": "wide", **data.pop("side", {})}  # runs saved before head existed: the paper's
         for key in ("layers", "text_layers", "image_layers"):
             if side.get(key) is not None:
                 side[key] = tuple(side[key])
-        user = {"variant": "reference", **data.get("user", {})}  # runs saved before variants existed
-        return cls(**{**data, "side": SideNetworkConfig(**side), "user": UserEncoderConfig(**user)})
+        user = {"variant": "reference", **data.pop("user", {})}  # runs saved before variants existed
+        # runs saved before methods had their own options kept them flat; adapters took the
+        # side network's bottleneck
+        content = {"id_offset": False, "blend": False, **_pop_fields(data, ContentConfig), **data.pop("content", {})}
+        if content.get("id_offset_lr") is None:
+            content.pop("id_offset_lr", None)
+        tuning = {"precision": "fp32", "adapter_bottleneck": side.get("bottleneck", SideNetworkConfig.bottleneck),
+                  **_pop_fields(data, EncoderTuningConfig), **data.pop("tuning", {})}
+        return cls(**data, side=SideNetworkConfig(**side), user=UserEncoderConfig(**user),
+                   content=ContentConfig(**content), tuning=EncoderTuningConfig(**tuning))
+
+
+def _pop_fields(data: dict[str, Any], config_class: type) -> dict[str, Any]:
+    return {f.name: data.pop(f.name) for f in fields(config_class) if f.name in data}
 
 
 # Fields renamed to say what they count; config.json files saved before use the old names.

@@ -1,6 +1,7 @@
-"""The training methods, registered once each: what the item tower is, what it reads, and
-the defaults it trains with. Config validation, CLI choices and help, the efficiency bench
-and model assembly all read this table.
+"""The training methods, registered once each: what the item tower is, what it reads, where
+its inputs come from, its own options and the defaults it trains with. Config validation,
+CLI choices and help, the efficiency bench and model assembly all read this table; nothing
+else branches on a method's name.
 
 Adding a method is a module with a tower builder and one :func:`register_method` call::
 
@@ -21,10 +22,15 @@ from typing import TYPE_CHECKING, Any
 
 from iisan.errors import ConfigError
 
+from iisan.method_options import ContentConfig, EncoderTuningConfig
+
 if TYPE_CHECKING:
     from torch import nn
 
-READS = ("ids", "states", "raw")
+# What a method reads -> the feature source it gets unless its entry names another.
+SOURCES = {"ids": "iisan.features.sources:ids_only", "states": "iisan.features.sources:encoder_states",
+           "raw": "iisan.features.sources:raw_content"}
+READS = tuple(SOURCES)
 
 
 @dataclass(frozen=True)
@@ -40,14 +46,15 @@ class Method:
         tower: ``"module:function"`` building the item tower.
         defaults: ``TrainConfig`` values this method trains with unless told otherwise
             (``dropout`` sets the user encoder's).
-        id_offset: whether per-item id offsets apply (content methods with a cached catalogue).
+        options: the config class holding the method's own options
+            (:mod:`iisan.method_options`), or ``None``.
+        source: ``"module:function"`` building the feature source from a
+            :class:`~iisan.features.sources.SourceContext` (default: the one for ``reads``).
         user: ``"module:function"`` building the user side from ``(config, item_tower)``
             instead of the SASRec user encoder (``None``: the user encoder). A method whose
             model then has no trainable parameter is evaluated without training.
         trains: False for a method with nothing to train (``knn``): it has no place in
             the efficiency benchmark.
-        blend: whether its scores can be blended with the content floor's and a prior for
-            new and rare items (:mod:`iisan.models.blend`): methods whose tower reads states.
     """
 
     name: str
@@ -55,10 +62,15 @@ class Method:
     reads: str
     tower: str
     defaults: dict[str, Any] = field(default_factory=dict)
-    id_offset: bool = False
+    options: type | None = None
     user: str | None = None
     trains: bool = True
-    blend: bool = False
+    source: str | None = None
+
+    @property
+    def needs_cache(self) -> bool:
+        """Whether it reads a cache: for its states, or for the names of the encoders it runs."""
+        return self.reads != "ids"
 
     def build_tower(self, config, context: TowerContext) -> nn.Module:
         return _function(self.tower)(config, context)
@@ -66,6 +78,11 @@ class Method:
     def build_user(self, config, tower: nn.Module) -> nn.Module | None:
         """The method's own user side, or ``None`` for the SASRec user encoder."""
         return _function(self.user)(config, tower) if self.user else None
+
+    def build_source(self, context) -> Any:
+        """Where its tower's inputs come from: a :class:`~iisan.features.FeatureSource` (see
+        :mod:`iisan.features.sources`)."""
+        return _function(self.source or SOURCES[self.reads])(context)
 
 
 def _function(path: str):
@@ -125,10 +142,10 @@ def method_names(reads: str | None = None, trains: bool | None = None) -> tuple[
 
 register_method(Method(
     "iisan", "side network over every layer of the frozen encoders (the paper)", reads="states",
-    tower="iisan.models.iisan:build_tower", id_offset=True, blend=True))
+    tower="iisan.models.iisan:build_tower", options=ContentConfig))
 register_method(Method(
     "frozen", "a linear head on the last layer's cached state, no side network", reads="states",
-    tower="iisan.models.baselines.frozen:build_tower", id_offset=True, blend=True))
+    tower="iisan.models.baselines.frozen:build_tower", options=ContentConfig))
 # id follows RecBole's SASRec recipe (cross-entropy over the whole catalogue, dropout 0.5,
 # patience 10, one sample per prefix, 256 a batch), which an id embedding table needs: with
 # in-batch negatives a rare item is almost never a negative.
@@ -144,8 +161,8 @@ for _name, _summary, _defaults in (
     ("lora", "LoRA on the encoders' attention projections", {}),
     ("bitfit", "the encoders' biases only", {}),
 ):
-    register_method(Method(_name, _summary, reads="raw", tower="iisan.models.baselines.embedded:build_tower",
-                           defaults=_defaults))
+    register_method(Method(_name, _summary, reads="raw", tower=f"iisan.models.baselines.embedded:{_name}_tower",
+                           defaults=_defaults, options=EncoderTuningConfig))
 register_method(Method(
     "knn", "the content-only floor: cosine of frozen last-layer states to the history's, no training",
     reads="states", tower="iisan.models.baselines.knn:build_tower", user="iisan.models.baselines.knn:build_user",

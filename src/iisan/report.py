@@ -11,6 +11,7 @@ below). No external files, scripts or fonts.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import io
 import json
@@ -18,10 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from iisan.config import TrainConfig
 from iisan.errors import ConfigError, DatasetError
 from iisan.evaluation.metrics import metric_label
 from iisan.fileio import write_bytes_atomic
 from iisan.methods import get_method
+from iisan.options import nested_configs
 from iisan.run.files import read_run_config
 
 SPLIT_ORDER = ("valid", "test", "test_with_history", "valid_with_history")
@@ -274,32 +277,43 @@ def _shortened(paths: list[str | None]) -> list[str | None]:
 NOT_APPLICABLE = "n/a"
 
 
-def _unused_options(train: dict[str, Any], flat: dict[str, Any]) -> list[str]:
-    """The flattened option keys that ``train``'s method and loss never read."""
+def _train_config(train: dict[str, Any]) -> TrainConfig | None:
+    """A run's training configuration as this version reads it (runs of any version compare
+    key by key), or ``None`` for one it cannot read."""
     try:
-        method = get_method(train.get("method", "iisan"))
-    except ConfigError:  # a method this version does not know: show everything
+        return TrainConfig.from_json(train)
+    except (ConfigError, TypeError):
+        return None
+
+
+def _unused_options(config: TrainConfig | None, flat: dict[str, Any]) -> list[str]:
+    """The flattened option keys that the run's method and loss never read."""
+    if config is None:  # a run this version cannot read: show everything
         return []
-    unused = [k for k in flat if k.startswith("train.side.")] if method.reads == "ids" else []
-    if train.get("method") != "lora":
-        unused.append("train.lora_rank")
-    if train.get("loss") != "sampled":
+    method = get_method(config.method)
+    unused = [k for k in flat if k.startswith("train.side.")] if not method.needs_cache else []
+    for name, section in nested_configs(TrainConfig).items():
+        if hasattr(section, "unused") and section is not method.options:  # another method family's
+            unused += [f"train.{name}.{f.name}" for f in dataclasses.fields(section)]
+    if config.loss != "sampled":
         unused.append("train.negatives")
-    if not train.get("id_offset"):
-        unused.append("train.id_offset_lr")
-    if not train.get("blend"):
-        unused.append("train.blend_select")
+    if not config.content.id_offset:
+        unused.append("train.content.id_offset_lr")
+    if not config.content.blend:
+        unused.append("train.content.blend_select")
     return [k for k in unused if k in flat]
 
 
 def _configuration(records: list[RunRecord]) -> str:
-    flat = [_flatten({"train": r.config.get("train", {}), "dataset": r.config.get("dataset"),
-                      "cache": r.config.get("cache"), "num_items": r.config.get("num_items")}) for r in records]
+    configs = [_train_config(r.config.get("train", {})) for r in records]
+    flat = [_flatten({"train": c.to_json() if c else r.config.get("train", {}), "dataset": r.config.get("dataset"),
+                      "cache": r.config.get("cache"), "num_items": r.config.get("num_items")})
+            for c, r in zip(configs, records)]
     for key in ("dataset", "cache"):
         for f, short in zip(flat, _shortened([f.get(key) for f in flat])):
             f[key] = short
-    for record, f in zip(records, flat):  # options the run's method never reads: not a difference
-        for key in _unused_options(record.config.get("train", {}), f):
+    for config, f in zip(configs, flat):  # options the run's method never reads: not a difference
+        for key in _unused_options(config, f):
             f[key] = NOT_APPLICABLE
     keys = sorted({k for f in flat for k in f})
     differing = [k for k in keys

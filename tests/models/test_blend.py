@@ -109,7 +109,7 @@ def test_no_blend_trains_the_plain_model(tiny_multimodal, tmp_path):
     from iisan.assemble import load_trained
 
     dataset, cache = tiny_multimodal
-    summary = train(dataset, tmp_path / "run", TrainConfig(epochs=1, train_batch_size=32, seed=2, blend=False),
+    summary = train(dataset, tmp_path / "run", TrainConfig.for_method("iisan", epochs=1, train_batch_size=32, seed=2, blend=False),
                     cache_dir=cache)
     assert "blend" not in summary
     assert "blend" not in json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -123,22 +123,23 @@ def test_no_blend_trains_the_plain_model(tiny_multimodal, tmp_path):
 
 
 def test_the_blend_applies_to_content_methods_only():
-    assert TrainConfig(method="id").blend is False and TrainConfig(method="knn").blend is False
-    assert TrainConfig(method="iisan").blend and TrainConfig(method="frozen").blend
-    saved_before_blends = {k: v for k, v in TrainConfig().to_json().items() if k != "blend"}
-    assert TrainConfig.from_json(saved_before_blends).blend is False  # runs saved before: as they trained
+    assert TrainConfig(method="id").content.blend is False and TrainConfig(method="knn").content.blend is False
+    assert TrainConfig(method="iisan").content.blend and TrainConfig(method="frozen").content.blend
+    saved_before_blends = TrainConfig().to_json()
+    del saved_before_blends["content"]["blend"]
+    assert TrainConfig.from_json(saved_before_blends).content.blend is False  # runs saved before: as they trained
 
 
 def test_balanced_selection_weighs_each_slice_alike(tiny_multimodal, tmp_path):
     """blend_select="balanced" fits the weights for the mean of NDCG@10 over the cold, tail
     and head slices of the validation targets: what it reports is that mean, measured."""
     dataset, cache = tiny_multimodal
-    summary = train(dataset, tmp_path / "run", TrainConfig(epochs=1, train_batch_size=32, seed=2,
-                                                           blend_select="balanced"), cache_dir=cache)
+    summary = train(dataset, tmp_path / "run", TrainConfig.for_method("iisan", epochs=1, train_batch_size=32, seed=2,
+                                                                          blend_select="balanced"), cache_dir=cache)
     blend = summary["blend"]
     assert blend["select"] == "balanced" and blend["valid_after"] >= blend["valid_before"]
     slices = [s["ndcg@10"] for s in summary["valid"]["slices"].values() if s["users"]]
     assert len(slices) >= 2  # the tiny set has more than one slice, so the mean differs from overall
     assert blend["valid_after"] == pytest.approx(sum(slices) / len(slices), abs=1e-6)
     with pytest.raises(ConfigError, match="blend_select must be one of overall, balanced"):
-        TrainConfig(blend_select="fair")
+        TrainConfig.for_method("iisan", blend_select="fair")

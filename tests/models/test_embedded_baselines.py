@@ -12,6 +12,7 @@ from iisan.assemble import assemble
 from iisan.config import SideNetworkConfig, TrainConfig
 from iisan.evaluation.ranking import item_embeddings
 from iisan.features import CachedSource
+from iisan.method_options import ContentConfig
 from iisan.models.baselines.embedded import EMBEDDED_METHODS
 from iisan.training.loop import build_optimizer, train, training_step
 from iisan.training.loss import log_popularity
@@ -74,7 +75,7 @@ def test_untrained_tower_computes_what_frozen_computes_on_the_cache(tiny_multimo
     dataset, cache = tiny_multimodal
     text_only = dataclasses.replace(CONFIG, side=SideNetworkConfig(modality="text"))
     embedded = assemble(dataset, cache, dataclasses.replace(text_only, method=method))
-    frozen = assemble(dataset, cache, dataclasses.replace(text_only, method="frozen", id_offset=False))
+    frozen = assemble(dataset, cache, dataclasses.replace(text_only, method="frozen", content=ContentConfig.unused()))
     assert isinstance(frozen.source, CachedSource)
     frozen.model.item.heads.load_state_dict(embedded.model.item.heads.state_dict())
     frozen.model.item.fusion.load_state_dict(embedded.model.item.fusion.state_dict())

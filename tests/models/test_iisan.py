@@ -85,7 +85,7 @@ def test_missing_image_gives_zero_image_embedding():
 
 def test_cached_and_uncached_agree(tiny_multimodal):
     dataset, cache = tiny_multimodal
-    config = TrainConfig(epochs=1, train_batch_size=16, seed=3, id_offset=False, side=paper_side())
+    config = TrainConfig.for_method("iisan", epochs=1, train_batch_size=16, seed=3, id_offset=False, side=paper_side())
     cached = assemble(dataset, cache, config)
     uncached = assemble(dataset, cache, dataclasses.replace(config, mode="uncached"))
     assert all(torch.equal(a, b) for a, b in zip(cached.model.state_dict().values(), uncached.model.state_dict().values()))

@@ -127,7 +127,7 @@ def test_bad_versa_options_are_config_errors():
 
 def test_asymmetric_cache_cached_equals_uncached(tiny_asymmetric):
     dataset, cache = tiny_asymmetric
-    config = TrainConfig(epochs=1, train_batch_size=16, seed=3, id_offset=False, side=paper_side())
+    config = TrainConfig.for_method("iisan", epochs=1, train_batch_size=16, seed=3, id_offset=False, side=paper_side())
     cached = assemble(dataset, cache, config)
     uncached = assemble(dataset, cache, dataclasses.replace(config, mode="uncached"))
     inter_inputs = cached.model.item.inter_inputs
@@ -151,7 +151,7 @@ def test_asymmetric_training_run_saves_and_reloads(tiny_asymmetric, tmp_path):
     from iisan.assemble import assemble_run
 
     dataset, cache = tiny_asymmetric
-    config = TrainConfig(epochs=2, train_batch_size=32, seed=1, id_offset=False,
+    config = TrainConfig.for_method("iisan", epochs=2, train_batch_size=32, seed=1, id_offset=False,
                          side=paper_side(inter_layers="mean", dtl_to="larger"))
     summary = train(dataset, tmp_path / "run", config, cache_dir=cache)
     assert summary["epochs"] == 2

@@ -74,14 +74,14 @@ def test_queries_flow_while_new_items_are_embedded(scratch, monkeypatch):
     recommender = Recommender.load(scratch.run)
     history = recommender.keys[1:3]
     embedding, release = threading.Event(), threading.Event()
-    slow = Recommender._embed_new
+    slow = recommender._embedder.embed
 
-    def blocked(self, texts, images):
+    def blocked(texts, images):
         embedding.set()
         release.wait(30)  # an add that takes as long as its images do to decode
-        return slow(self, texts, images)
+        return slow(texts, images)
 
-    monkeypatch.setattr(Recommender, "_embed_new", blocked)
+    monkeypatch.setattr(recommender._embedder, "embed", blocked)
     adder = threading.Thread(target=recommender.add_items,
                              args=([{"key": "slow", "text": "x", "image": png_bytes(size=64)}],))
     adder.start()

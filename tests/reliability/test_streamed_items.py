@@ -33,9 +33,9 @@ def test_items_are_embedded_in_fixed_batches_and_committed_once(scratch, tmp_pat
     file = tmp_path / "many.jsonl"
     write_items(file, 70)
     sizes = []
-    embed = Recommender._embed_new
-    monkeypatch.setattr(Recommender, "_embed_new", lambda self, texts, images: sizes.append(len(images)) or
-                        embed(self, texts, images))
+    embed = recommender._embedder.embed
+    monkeypatch.setattr(recommender._embedder, "embed", lambda texts, images: sizes.append(len(images)) or
+                        embed(texts, images))
     before = committed_generation(recommender.index_dir)
     read = []
     items = (read.append(item["key"]) or item for item in iter_new_items(file))

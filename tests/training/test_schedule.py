@@ -56,7 +56,7 @@ def test_a_run_follows_the_schedule_and_a_killed_one_resumes_on_it(tiny_multimod
     config = dataclasses.replace(FAST, schedule="cosine", warmup_epochs=0.5)
     train(dataset, tmp_path / "straight", config, cache_dir=cache)
     groups = json.loads((resume_folder(tmp_path / "straight") / "optimizer.json").read_text())["param_groups"]
-    assert sorted(g["base_lr"] for g in groups) == sorted([config.lr, config.side_lr, config.id_offset_lr])
+    assert sorted(g["base_lr"] for g in groups) == sorted([config.lr, config.side_lr, config.content.id_offset_lr])
     factors = [g["lr"] / g["base_lr"] for g in groups]  # the last step's: near the end of the cosine
     assert 0 < factors[0] < 0.05 and factors == pytest.approx([factors[0]] * len(groups))
 

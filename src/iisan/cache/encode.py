@@ -130,18 +130,8 @@ def _encode_modality(
         "settings": config.settings(modality), "precision": precision_name(compute),
         "stored_layers": list(stored) if len(stored) < encoder.num_layers + 1 else None,
     }
-    entry = manifest["encoders"].get(modality)
-    changed = identity_changes(entry, identity) if entry is not None else []
-    if changed:
-        raise CacheMismatchError(
-            f"cache at {root} holds {modality} states from {entry['name']} with other "
-            f"{', '.join(changed)}; rerun with --force (Python: force=True) to rebuild it"
-        )
-    new = entry is None
-    if new:  # the manifest first: a folder with arrays but no manifest would not be ours to resume
-        entry = {**identity, "file": states_path(root, modality).name, "completed_rows": 1}
-        manifest["encoders"][modality] = entry
-        write_manifest(root, manifest)
+    new = modality not in manifest["encoders"]
+    entry = _manifest_entry(root, manifest, modality, identity)
     states, done, present = _open_arrays(root, modality, dataset.num_items, (len(stored), encoder.hidden_size), new)
 
     if modality == "text":
@@ -198,6 +188,27 @@ def _encode_modality(
         "items_per_second": round(written / seconds, 1) if seconds > 0 and written else None,
         "items_with_modality": int(present.sum()),
     }
+
+
+def _manifest_entry(root: Path, manifest: dict, modality: str, identity: dict[str, Any]) -> dict[str, Any]:
+    """``modality``'s manifest entry, written first for a new one (a folder with arrays but
+    no manifest would not be ours to resume).
+
+    Raises:
+        CacheMismatchError: the cache holds states of another encoder setting.
+    """
+    entry = manifest["encoders"].get(modality)
+    changed = identity_changes(entry, identity) if entry is not None else []
+    if changed:
+        raise CacheMismatchError(
+            f"cache at {root} holds {modality} states from {entry['name']} with other "
+            f"{', '.join(changed)}; rerun with --force (Python: force=True) to rebuild it"
+        )
+    if entry is None:
+        entry = {**identity, "file": states_path(root, modality).name, "completed_rows": 1}
+        manifest["encoders"][modality] = entry
+        write_manifest(root, manifest)
+    return entry
 
 
 def _require_finite(pooled: torch.Tensor, rows: np.ndarray, dataset: PreparedDataset, modality: str) -> None:

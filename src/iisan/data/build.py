@@ -71,27 +71,7 @@ def build_dataset(
     inter = _drop_duplicate_users(raw.interactions, raw.interactions_file, problems)
     inter = _drop_unknown_items(inter, items, raw.interactions_file, problems)
 
-    kcore = config.effective_kcore
-    if kcore > 0:
-        before = inter.height
-        inter = _kcore(inter, kcore)
-        filtered["kcore_removed_interactions"] = before - inter.height
-
-    cold_users = held = None
-    if config.cold_items > 0:  # the item cold-start protocol: never seen in training
-        held = newest_items(inter, config.cold_items)
-        before = inter.height
-        inter, cold_users = hold_out(inter, held)
-        filtered["cold_start_removed_interactions"] = before - inter.height
-
-    inter, short_users, truncated = _keep_recent(inter, config.keep_len, config.min_seq_len)
-    filtered["short_users"] = short_users
-    filtered["truncated_interactions"] = truncated
-    if inter.height == 0:
-        raise InputError(
-            f"no user has at least {config.min_seq_len} interactions after filtering "
-            f"({problems.summary()}); check the source or lower --min-seq-len"
-        )
+    inter, held, cold_users = _filter_sequences(inter, config, problems, filtered)
 
     # Item ids 1..N in order of first appearance in the kept sequences; 0 is padding.
     vocab = inter.select(pl.col("item").unique(maintain_order=True)).with_columns(
@@ -123,7 +103,7 @@ def build_dataset(
         "synthetic": bool(raw.info.get("synthetic")),
         "max_seq_len": config.max_seq_len,
         "min_seq_len": config.min_seq_len,
-        "kcore": kcore,
+        "kcore": config.effective_kcore,
         "counts": {
             "users": sequences.height,
             "items": item_table.height,
@@ -143,6 +123,39 @@ def build_dataset(
         meta["synthetic_config"] = raw.info["synthetic"]
     write_json_atomic(out_dir / META_FILE, meta)
     return meta
+
+
+def _filter_sequences(inter: pl.DataFrame, config: PrepareConfig, problems: Problems,
+                      filtered: dict[str, int]) -> tuple[pl.DataFrame, pl.Series | None, pl.DataFrame | None]:
+    """The k-core, the item cold-start hold-out and each user's most recent items, counting
+    what each removes in ``filtered``. Returns the interactions kept, the held-out items and
+    the users whose next item one of them was (``None`` without ``--cold-items``).
+
+    Raises:
+        InputError: no user is left.
+    """
+    kcore = config.effective_kcore
+    if kcore > 0:
+        before = inter.height
+        inter = _kcore(inter, kcore)
+        filtered["kcore_removed_interactions"] = before - inter.height
+
+    cold_users = held = None
+    if config.cold_items > 0:  # the item cold-start protocol: never seen in training
+        held = newest_items(inter, config.cold_items)
+        before = inter.height
+        inter, cold_users = hold_out(inter, held)
+        filtered["cold_start_removed_interactions"] = before - inter.height
+
+    inter, short_users, truncated = _keep_recent(inter, config.keep_len, config.min_seq_len)
+    filtered["short_users"] = short_users
+    filtered["truncated_interactions"] = truncated
+    if inter.height == 0:
+        raise InputError(
+            f"no user has at least {config.min_seq_len} interactions after filtering "
+            f"({problems.summary()}); check the source or lower --min-seq-len"
+        )
+    return inter, held, cold_users
 
 
 def _write_cold_start(held: pl.Series, users: pl.DataFrame, vocab: pl.DataFrame, items: pl.DataFrame,

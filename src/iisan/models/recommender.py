@@ -23,17 +23,17 @@ def build_item_encoder(config: TrainConfig, shapes: dict[str, tuple[int, int]], 
                        stored: dict[str, tuple[int, ...]] | None = None) -> ItemTower:
     """The item tower of ``config.method``, from its registry entry (:mod:`iisan.methods`);
     ``shapes`` maps modality -> ``(L + 1, D)``; the rest: see :class:`~iisan.methods.TowerContext`.
-    Wrapped with per-item id offsets when ``config.id_offset``."""
+    Wrapped with per-item id offsets when ``config.content.id_offset``."""
     context = TowerContext(shapes, num_items, constant, layers, encoders or {}, poolings or {}, stored)
     tower = get_method(config.method).build_tower(config, context)
-    return ContentWithIdOffset(tower, num_items, config.user.dim) if config.id_offset else tower
+    return ContentWithIdOffset(tower, num_items, config.user.dim) if config.content.id_offset else tower
 
 
 def build_blend(config: TrainConfig, shapes: dict[str, tuple[int, int]], num_items: int) -> ScoreBlend | None:
-    """The score blend of a ``config.blend`` run over the modalities its tower reads (item
+    """The score blend of a ``config.content.blend`` run over the modalities its tower reads (item
     counts zero until the training data sets them), else ``None``."""
     modalities = [m for m in config.side.encoder_modalities if m in shapes]
-    if not config.blend or not modalities:
+    if not config.content.blend or not modalities:
         return None
     return ScoreBlend({m: shapes[m] for m in modalities}, config.user.dim, torch.zeros(num_items + 1))
 

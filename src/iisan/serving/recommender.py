@@ -22,12 +22,13 @@ import torch
 
 from iisan.assemble import Assembled, TrainedRun, assemble_run, load_trained
 from iisan.errors import (
-    CacheMismatchError, ConfigError, DatasetError, IisanError, NonFiniteError, UnknownItemError, UnknownUserError,
+    CacheMismatchError, ConfigError, DatasetError, IisanError, NonFiniteError, UnknownItemError,
 )
 from iisan.evaluation.ranking import item_embeddings
 from iisan.search import HnswSettings, ItemIndex
 from iisan.serving.catalogue import CatalogueStore
 from iisan.serving.intake import ContentEmbedder, embed_in_batches, refuse_taken
+from iisan.serving.users import DatasetUsers
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class Recommender:
         self.max_seq_len = trained.config.user.max_seq_len
         self._embedder = ContentEmbedder(trained, len(trained.items))
         self._parts: Assembled | None = None  # dataset and cache, only to re-embed the catalogue
-        self._histories: dict[str, list[int]] | None = None  # the dataset's users, on first use
+        self._users = DatasetUsers(run_dir)  # read on first use
         self.store = CatalogueStore(run_dir, trained.items, self.device, self._embed_trained)
         self._lock = self.store.lock
         self.store.open(rebuild, hnsw)
@@ -195,21 +196,8 @@ class Recommender:
             DatasetError: the run's dataset is not where ``config.json`` says. UnknownUserError: no
                 such user.
         """
-        if self._histories is None:
-            from iisan.data.dataset import PreparedDataset
-            from iisan.run.files import read_run_config
-
-            recorded = read_run_config(self.run_dir)["dataset"]
-            try:
-                sequences = PreparedDataset.load(recorded).sequences
-            except DatasetError as err:
-                raise DatasetError(f"a user's history comes from the run's dataset, recorded in "
-                                   f"{self.run_dir / 'config.json'}: {err}") from None
-            self._histories = dict(zip(sequences["user_key"].to_list(), sequences["items"].to_list()))
-        if user not in self._histories:
-            raise UnknownUserError(f"unknown user {user!r}: the run's dataset has {len(self._histories):,} users")
         keys = self.store.current.keys
-        return [keys[item] for item in self._histories[user]]
+        return [keys[item] for item in self._users.history(user)]
 
     def recommend(self, history: list[str], k: int = 10, exclude_seen: bool = True,
                   on_unknown: str = "raise") -> list[tuple[str, float]]:
@@ -244,15 +232,12 @@ class Recommender:
             InputError: a malformed item, a key already in the catalogue, an unreadable
                 image; nothing is added then.
         """
-        keys, texts, rows = embed_in_batches(items, self.model.layers, self._embed_new, self._refuse_taken, batch_size)
-        self.store.append(keys, texts, rows, self._refuse_taken)
+        def refuse(keys: list[str]) -> None:  # the catalogue's keys when called: another writer may add
+            refuse_taken(keys, self.ids)
+
+        keys, texts, rows = embed_in_batches(items, self.model.layers, self._embedder.embed, refuse, batch_size)
+        self.store.append(keys, texts, rows, refuse)
         return keys
-
-    def _refuse_taken(self, keys: list[str]) -> None:
-        refuse_taken(keys, self.ids)
-
-    def _embed_new(self, texts: list[str], images: list[bytes | None]) -> np.ndarray:
-        return self._embedder.embed(texts, images)
 
     def health(self) -> dict[str, Any]:
         """See :func:`health`."""

@@ -156,7 +156,7 @@ def add_error_handlers(app):
 def create_app(recommender, token: str | None = None, limits: Limits = Limits(), access_log: bool = False):
     """The FastAPI application. ``token``: required as ``Authorization: Bearer`` on writes;
     ``access_log``: one line per request on the ``iisan.access`` logger."""
-    from fastapi import Depends, FastAPI, Header
+    from fastapi import Depends, FastAPI
     from fastapi.responses import JSONResponse, PlainTextResponse
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
     from starlette.concurrency import run_in_threadpool
@@ -182,13 +182,6 @@ def create_app(recommender, token: str | None = None, limits: Limits = Limits(),
 
     add_error_handlers(app)
 
-    def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
-        if token is None:
-            return
-        scheme, _, given = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-            raise HTTPException(401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
-
     batcher = QueryBatcher(recommender)
 
     @app.post("/recommend", response_model=schema.RecommendResponse, responses=errors(413, 422),
@@ -205,19 +198,10 @@ def create_app(recommender, token: str | None = None, limits: Limits = Limits(),
     async def recommend_for_user(user: str, k: int = 10, exclude_seen: bool = True) -> JSONResponse:
         return await recommend(schema.RecommendRequest(user=user, k=k, exclude_seen=exclude_seen))
 
-    @app.post("/items", response_model=schema.AddItemsResponse, dependencies=[Depends(require_token)],
+    @app.post("/items", response_model=schema.AddItemsResponse, dependencies=[Depends(bearer_check(token))],
               responses=errors(401, 413, 422, 503), summary="Add items from their content, without retraining")
     def add_items(body: schema.AddItemsRequest) -> dict:
-        items = []
-        for n, item in enumerate(body.items, start=1):
-            image = None
-            if item.image is not None:
-                try:
-                    image = base64.b64decode(item.image, validate=True)
-                except (binascii.Error, ValueError):
-                    raise InputError(f"items.{n - 1}.image: not valid base64") from None
-            items.append({"key": item.key, "text": item.text, "image": image})
-        added = recommender.add_items(items)
+        added = recommender.add_items(decoded_items(body.items))
         return {"added": added, "items": recommender.num_items}
 
     # :path, so a key holding "/" (which POST /items accepts) can be looked up too
@@ -238,6 +222,40 @@ def create_app(recommender, token: str | None = None, limits: Limits = Limits(),
         return PlainTextResponse(generate_latest(registry).decode(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def bearer_check(token: str | None):
+    """A FastAPI dependency refusing requests without ``Authorization: Bearer <token>``
+    (none when ``token`` is ``None``)."""
+    from fastapi import Header
+    from starlette.exceptions import HTTPException
+
+    def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
+        if token is None:
+            return
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise HTTPException(401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+
+    return require_token
+
+
+def decoded_items(items) -> list[dict]:
+    """``POST /items`` items as :meth:`Recommender.add_items` takes them: images from base64.
+
+    Raises:
+        InputError: an image that is not valid base64, naming the item.
+    """
+    decoded = []
+    for n, item in enumerate(items):
+        image = None
+        if item.image is not None:
+            try:
+                image = base64.b64decode(item.image, validate=True)
+            except (binascii.Error, ValueError):
+                raise InputError(f"items.{n}.image: not valid base64") from None
+        decoded.append({"key": item.key, "text": item.text, "image": image})
+    return decoded
 
 
 def read_token(path) -> str:

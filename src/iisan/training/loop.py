@@ -209,7 +209,7 @@ def _finish(run_dir: Path, parts: Assembled, workers: Workers, embed_catalogue, 
     if model.blend is not None:  # weighed on validation, then part of the saved weights
         calibration = calibrate_blend(model, parts.source, parts.dataset.num_items, parts.splits.valid,
                                       config.include_history, workers, seed=config.seed,
-                                      select=config.blend_select)
+                                      select=config.content.blend_select)
         if workers.is_main:
             save_weights(run_dir / WEIGHTS_FILE, model)
     items = embed_catalogue()
@@ -358,7 +358,7 @@ def build_optimizer(parts: Assembled) -> torch.optim.AdamW:
     offsets = getattr(parts.model.item, "offsets", None)
     offset_params = {id(p) for p in offsets.parameters()} if offsets is not None else set()
     groups = [{"params": [p for p in parts.model.parameters() if id(p) not in side | offset_params], "lr": config.lr}]
-    for chosen, lr in ((side, config.side_lr), (offset_params, config.id_offset_lr)):
+    for chosen, lr in ((side, config.side_lr), (offset_params, config.content.id_offset_lr)):
         params = [p for p in parts.model.parameters() if id(p) in chosen]
         if params:
             groups.append({"params": params, "lr": lr})

@@ -17,6 +17,10 @@ training these towers compute exactly what ``frozen`` computes on the same encod
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -29,14 +33,36 @@ from iisan.models.fusion import heads_and_fusion
 
 EMBEDDED_METHODS = method_names(reads="raw")
 
-# Where, inside one transformer layer of each supported architecture, the attention and
-# feed-forward outputs are projected back to the hidden width (BERT/MiniLM, DINOv2, MPNet,
-# and the decoder LLMs: Llama, Qwen2, Mistral, Gemma).
-ATTENTION_OUTPUTS = ("attention.output.dense", "attention.o_proj", "attention.attn.o", "self_attn.o_proj")
-FEED_FORWARD_OUTPUTS = ("output.dense", "mlp.fc2", "mlp.down_proj")
-# The layer list: encoders keep it at encoder.layer, decoder LLMs at layers.
-LAYER_LISTS = ("encoder.layer", "layers")
-ATTENTION_MODULES = ("attention", "self_attn")
+
+@dataclass(frozen=True)
+class LayerParts:
+    """Where adapters and LoRA go in one model type, as peft keeps target modules per model
+    type. Names are relative to one transformer layer, with the spellings of transformers
+    4.x and 5.x where they differ (the first that exists is used).
+
+    Attributes:
+        layers: the model's list of transformer layers.
+        query_key_value: leaf names of the attention's input projections (LoRA's targets).
+        attention_output: the attention's output projection (an adapter goes after it).
+        feed_forward_output: the feed-forward block's output projection (an adapter after it).
+    """
+
+    layers: tuple[str, ...]
+    query_key_value: tuple[str, ...]
+    attention_output: tuple[str, ...]
+    feed_forward_output: tuple[str, ...]
+
+
+_BERT = LayerParts(("encoder.layer",), ("query", "key", "value"), ("attention.output.dense",), ("output.dense",))
+_VIT = LayerParts(("encoder.layer", "layers"), ("query", "key", "value", "q_proj", "k_proj", "v_proj"),
+                  ("attention.output.dense", "attention.o_proj"), ("output.dense", "mlp.fc2"))
+_LLAMA = LayerParts(("layers",), ("q_proj", "k_proj", "v_proj"), ("self_attn.o_proj",), ("mlp.down_proj",))
+LAYER_PARTS = {
+    "bert": _BERT, "roberta": _BERT, "xlm-roberta": _BERT, "electra": _BERT,
+    "mpnet": LayerParts(("encoder.layer",), ("q", "k", "v"), ("attention.attn.o",), ("output.dense",)),
+    "vit": _VIT, "dinov2": _VIT,
+    "llama": _LLAMA, "qwen2": _LLAMA, "qwen3": _LLAMA, "mistral": _LLAMA, "gemma": _LLAMA, "gemma2": _LLAMA,
+}
 OFF_PATH_MODULES = ("pooler", "layernorm")  # after the last hidden state (BERT/MPNet pooler, DINOv2 final norm)
 OFF_PATH_PARAMETERS = ("embeddings.mask_token",)  # DINOv2: used only for masked-image pretraining
 
@@ -67,55 +93,51 @@ class Adapted(nn.Module):
         return self.adapter(self.projection(x))
 
 
-def layer_list(model: nn.Module) -> str:
-    """The name of the model's list of transformer layers."""
-    for name in LAYER_LISTS:
+def layer_parts(model: nn.Module) -> tuple[str, LayerParts]:
+    """The name of ``model``'s layer list and its :class:`LayerParts`: its model type's
+    entry, or for a type not in :data:`LAYER_PARTS` the first entry that fits it."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    candidates = [LAYER_PARTS[model_type]] if model_type in LAYER_PARTS else list(dict.fromkeys(LAYER_PARTS.values()))
+    for parts in candidates:
+        for name in parts.layers:
+            try:
+                layers = model.get_submodule(name)
+            except AttributeError:
+                continue
+            if isinstance(layers, nn.ModuleList) and len(layers) and all(
+                    _find(layers[0], where) for where in (parts.attention_output, parts.feed_forward_output)):
+                return name, parts
+    raise ConfigError(f"{type(model).__name__} (model type {model_type}): the adapter and lora baselines know "
+                      f"{', '.join(LAYER_PARTS)} and models laid out like them")
+
+
+def _find(layer: nn.Module, names: tuple[str, ...]) -> str | None:
+    """The first of ``names`` that is a linear layer inside ``layer``."""
+    for name in names:
         try:
-            if isinstance(model.get_submodule(name), nn.ModuleList):
+            if isinstance(layer.get_submodule(name), nn.Linear):
                 return name
         except AttributeError:
             continue
-    raise ConfigError(f"{type(model).__name__}: no {' or '.join(LAYER_LISTS)} layer list; the adapter and lora "
-                      "baselines support BERT-, MPNet- and DINOv2-style encoders and Llama-style decoders")
-
-
-def encoder_layers(model: nn.Module) -> nn.ModuleList:
-    return model.get_submodule(layer_list(model))
-
-
-def _find(layer: nn.Module, names: tuple[str, ...], what: str) -> str:
-    for name in names:
-        try:
-            module = layer.get_submodule(name)
-        except AttributeError:
-            continue
-        if isinstance(module, nn.Linear):
-            return name
-    raise ConfigError(f"{type(layer).__name__}: cannot find the {what} projection (looked for {', '.join(names)})")
+    return None
 
 
 def insert_adapters(model: nn.Module, bottleneck: int) -> None:
     """Houlsby adapters after the attention and feed-forward output projections of every layer."""
-    for layer in encoder_layers(model):
-        for name in (_find(layer, ATTENTION_OUTPUTS, "attention output"),
-                     _find(layer, FEED_FORWARD_OUTPUTS, "feed-forward output")):
-            parent_name, _, child = name.rpartition(".")
+    name, parts = layer_parts(model)
+    for layer in model.get_submodule(name):
+        for where in (_find(layer, parts.attention_output), _find(layer, parts.feed_forward_output)):
+            parent_name, _, child = where.rpartition(".")
             parent = layer.get_submodule(parent_name) if parent_name else layer
             setattr(parent, child, Adapted(getattr(parent, child), bottleneck))
 
 
 def attention_projections(model: nn.Module) -> list[str]:
-    """Full names of every layer's query, key and value projections: the attention's
-    linear layers other than its output projection."""
-    names = []
-    prefix = layer_list(model)
-    for index, layer in enumerate(model.get_submodule(prefix)):
-        output = _find(layer, ATTENTION_OUTPUTS, "attention output")
-        attention = next(a for a in ATTENTION_MODULES if hasattr(layer, a))
-        for name, module in getattr(layer, attention).named_modules():
-            if isinstance(module, nn.Linear) and f"{attention}.{name}" != output:
-                names.append(f"{prefix}.{index}.{attention}.{name}")
-    return names
+    """Full names of every layer's query, key and value projections."""
+    name, parts = layer_parts(model)
+    return [f"{name}.{index}.{path}" for index, layer in enumerate(model.get_submodule(name))
+            for path, module in layer.named_modules()
+            if isinstance(module, nn.Linear) and path.rpartition(".")[2] in parts.query_key_value]
 
 
 def add_lora(model: nn.Module, rank: int) -> nn.Module:
@@ -126,40 +148,36 @@ def add_lora(model: nn.Module, rank: int) -> nn.Module:
     return inject_adapter_in_model(config, model)
 
 
-def _full(model: nn.Module, _bottleneck: int, _rank: int) -> nn.Module:
+def train_everything(model: nn.Module, config) -> nn.Module:
+    """``fft``: every encoder weight."""
     return model.requires_grad_(True)
 
 
-def _adapters(model: nn.Module, bottleneck: int, _rank: int) -> nn.Module:
+def train_adapters(model: nn.Module, config) -> nn.Module:
+    """``adapter``: new Houlsby adapters only."""
     model.requires_grad_(False)
-    insert_adapters(model, bottleneck)  # new modules: trainable
+    insert_adapters(model, config.tuning.adapter_bottleneck)  # new modules: trainable
     return model
 
 
-def _lora(model: nn.Module, _bottleneck: int, rank: int) -> nn.Module:
-    model = add_lora(model.requires_grad_(False), rank)
+def train_lora(model: nn.Module, config) -> nn.Module:
+    """``lora``: the LoRA update of the attention's input projections only."""
+    model = add_lora(model.requires_grad_(False), config.tuning.lora_rank)
     for name, parameter in model.named_parameters():
         parameter.requires_grad_("lora_" in name)
     return model
 
 
-def _biases(model: nn.Module, _bottleneck: int, _rank: int) -> nn.Module:
+def train_biases(model: nn.Module, config) -> nn.Module:
+    """``bitfit``: the bias terms only."""
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(name.endswith("bias"))
     return model
 
 
-# What each encoder baseline trains: the method's name -> how it adapts a pretrained encoder
-# (model, adapter bottleneck, LoRA rank) -> the model, exactly its trained parameters trainable.
-ADAPTATIONS = {"fft": _full, "adapter": _adapters, "lora": _lora, "bitfit": _biases}
-
-
-def prepare_encoder(model: nn.Module, method: str, adapter_bottleneck: int = 64, lora_rank: int = 8) -> nn.Module:
-    """Apply ``method`` to a pretrained encoder and leave trainable exactly what it trains."""
-    adapt = ADAPTATIONS.get(method)
-    if adapt is None:
-        raise ConfigError(f"method must be one of {', '.join(ADAPTATIONS)}, got {method!r}")
-    model = adapt(model, adapter_bottleneck, lora_rank)
+def prepare_encoder(model: nn.Module, adapt: Callable[[nn.Module, Any], nn.Module], config) -> nn.Module:
+    """Adapt a pretrained encoder with ``adapt`` and leave trainable exactly what it trains."""
+    model = adapt(model, config)
     for name in OFF_PATH_MODULES:
         # The tower reads the last layer's hidden states: a pooler or a final norm after it
         # gets no gradient, so it is neither trained nor counted as trainable.
@@ -173,27 +191,25 @@ def prepare_encoder(model: nn.Module, method: str, adapter_bottleneck: int = 64,
 
 
 class EmbeddedEncoderItemEncoder(nn.Module):
-    """Encoders on raw content (adapted by ``method``), last-layer pooling, linear heads and fusion.
+    """Encoders on raw content (adapted by ``adapt``), last-layer pooling, linear heads and fusion.
 
     Args:
-        method: one of :data:`EMBEDDED_METHODS`.
         models: modality -> the pretrained Hugging Face model (modified in place).
         poolings: modality -> ``cls`` or ``mean``, as the cache was built.
-        dim: the item embedding width ``d``.
+        adapt: what the method trains (e.g. :func:`train_lora`), given the model and ``config``.
+        config: the run's ``TrainConfig`` (``user.dim``: the item embedding width; ``tuning``).
     """
 
-    def __init__(self, method: str, models: dict[str, nn.Module], poolings: dict[str, str], dim: int,
-                 adapter_bottleneck: int = 64, lora_rank: int = 8, precision: str = "fp32") -> None:
+    def __init__(self, models: dict[str, nn.Module], poolings: dict[str, str],
+                 adapt: Callable[[nn.Module, Any], nn.Module], config) -> None:
         super().__init__()
-        self.method = method
-        self.precision = precision
+        self.precision = config.tuning.precision
         self.poolings = dict(poolings)
-        self.encoders = nn.ModuleDict({m: prepare_encoder(model, method, adapter_bottleneck, lora_rank)
-                                       for m, model in models.items()})
+        self.encoders = nn.ModuleDict({m: prepare_encoder(model, adapt, config) for m, model in models.items()})
         self.widths = {m: int(model.config.hidden_size) for m, model in models.items()}
         self.layers = {m: (int(model.config.num_hidden_layers),) for m, model in models.items()}
-        self.heads = nn.ModuleDict({m: nn.Linear(width, dim) for m, width in self.widths.items()})
-        self.fusion = nn.Linear(len(models) * dim, dim)
+        self.heads = nn.ModuleDict({m: nn.Linear(width, config.user.dim) for m, width in self.widths.items()})
+        self.fusion = nn.Linear(len(models) * config.user.dim, config.user.dim)
 
     def side_parameters(self) -> list[nn.Parameter]:
         """The trainable encoder parameters (trained at ``side_lr``)."""
@@ -216,10 +232,17 @@ class EmbeddedEncoderItemEncoder(nn.Module):
         return heads_and_fusion(self.heads, self.fusion, states, features.present)
 
 
-def build_tower(config, context) -> EmbeddedEncoderItemEncoder:
-    """The ``fft``, ``adapter``, ``lora`` and ``bitfit`` entries of the method registry
-    (:mod:`iisan.methods`): the encoders in ``context.encoders``, prepared for ``config.method``."""
-    return EmbeddedEncoderItemEncoder(config.method, {m: e.model for m, e in context.encoders.items()},
-                                      context.poolings, config.user.dim,
-                                      adapter_bottleneck=config.side.bottleneck, lora_rank=config.lora_rank,
-                                      precision=config.precision)
+def _tower_builder(adapt: Callable[[nn.Module, Any], nn.Module]) -> Callable:
+    def build_tower(config, context) -> EmbeddedEncoderItemEncoder:
+        return EmbeddedEncoderItemEncoder({m: e.model for m, e in context.encoders.items()}, context.poolings,
+                                          adapt, config)
+
+    build_tower.__doc__ = f"The item tower of the method that trains what :func:`{adapt.__name__}` trains."
+    return build_tower
+
+
+# The registry entries of fft, adapter, lora, bitfit (iisan.methods) name these.
+fft_tower = _tower_builder(train_everything)
+adapter_tower = _tower_builder(train_adapters)
+lora_tower = _tower_builder(train_lora)
+bitfit_tower = _tower_builder(train_biases)

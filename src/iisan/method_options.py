@@ -1,0 +1,73 @@
+"""The options that belong to one family of methods, each family's config class.
+
+A method's registry entry (:mod:`iisan.methods`) names the class holding its own options;
+:class:`~iisan.config.TrainConfig` holds one of each (``content``, ``tuning``), and a
+method whose entry names another class leaves that one at its :meth:`unused` values, so a
+saved ``config.json`` says what the run did. On the command line and in ``--config`` files
+their fields are flat options like every other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from iisan.options import check_options, option
+
+Precision = Literal["auto", "fp32", "bf16"]  # encoders' compute precision; see devices.compute_dtype
+BlendSelect = Literal["overall", "balanced"]  # see iisan.training.calibrate
+
+CONTENT = "New and rare items"
+TUNING = "Encoder baselines (fft, adapter, lora, bitfit)"
+
+
+@dataclass(frozen=True)
+class ContentConfig:
+    """What the content methods (``iisan``, ``frozen``) add for new and rare items: per-item
+    id offsets while training, and the score blend after it."""
+
+    id_offset: bool = option(True, panel=CONTENT,
+                             help="iisan, frozen: add a learned per-item vector, zero at the start, to each "
+                                  "training item's content embedding; items added later stay content only.")
+    # 10x below lr: at lr the offsets memorise the training items within a few epochs.
+    id_offset_lr: float = option(1e-4, above=0, panel=CONTENT, help="Learning rate of the id offsets.")
+    blend: bool = option(
+        True, panel=CONTENT,
+        help="iisan, frozen: after training, blend each score with the content floor's (knn) and add priors "
+             "for cold and tail items, weighed on the validation split (iisan.models.blend); what lets a "
+             "trained content model rank new and rare items.")
+    blend_select: BlendSelect = option(
+        "overall", panel=CONTENT,
+        help="What the blend's weights are chosen for on validation: overall (NDCG@10 over all users, "
+             "most of whom want popular items) or balanced (the mean of NDCG@10 over the cold, tail and head "
+             "slices: new and rare items weigh as much as popular ones).")
+
+    def __post_init__(self) -> None:
+        check_options(self)
+
+    @classmethod
+    def unused(cls) -> ContentConfig:
+        """What a method without these options records: no offsets, no blend."""
+        return cls(id_offset=False, blend=False)
+
+
+@dataclass(frozen=True)
+class EncoderTuningConfig:
+    """The options of the methods that train the encoders themselves (``fft``, ``adapter``,
+    ``lora``, ``bitfit``)."""
+
+    lora_rank: int = option(8, minimum=1, panel=TUNING, help="LoRA rank for --method lora (alpha = 2 x rank).")
+    adapter_bottleneck: int = option(64, minimum=1, panel=TUNING,
+                                     help="Width of the Houlsby adapters' bottleneck for --method adapter.")
+    precision: Precision = option(
+        "auto", panel=TUNING,
+        help="Compute precision of the encoders that fft, adapter, lora and bitfit run and train: auto (bf16 "
+             "autocast on a GPU that supports it, else fp32), fp32 or bf16. uncached mode runs its frozen "
+             "encoders at the cache's precision; the side network and user encoder stay fp32.")
+
+    def __post_init__(self) -> None:
+        check_options(self)
+
+    @classmethod
+    def unused(cls) -> EncoderTuningConfig:
+        return cls()
