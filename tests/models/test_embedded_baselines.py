@@ -110,3 +110,39 @@ def json_metrics(run):
     import json
 
     return json.loads((run / "metrics.json").read_text())
+
+
+def _tiny(model_type: str) -> torch.nn.Module:
+    from transformers import (
+        BertConfig, BertModel, Dinov2Config, Dinov2Model, LlamaConfig, LlamaModel, MPNetConfig, MPNetModel,
+    )
+
+    shape = {"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 32}
+    config, model = {"bert": (BertConfig, BertModel), "mpnet": (MPNetConfig, MPNetModel),
+                     "dinov2": (Dinov2Config, Dinov2Model), "llama": (LlamaConfig, LlamaModel)}[model_type]
+    return model(config(**shape))
+
+
+@pytest.mark.parametrize("model_type", ["bert", "mpnet", "dinov2", "llama"])
+def test_lora_and_adapters_find_their_places_by_model_type(model_type):
+    """LoRA goes on exactly the query, key and value projections of every layer, adapters
+    after the two output projections of every layer, whichever spelling this transformers
+    version uses; a model type not in the table is laid out like one that is."""
+    from iisan.models.baselines.embedded import LAYER_PARTS, attention_projections, insert_adapters
+
+    model = _tiny(model_type)
+    targets = attention_projections(model)
+    assert len(targets) == 3 * 2 and len({t.rsplit(".", 1)[1] for t in targets}) == 3
+    assert all(isinstance(model.get_submodule(t), torch.nn.Linear) for t in targets)
+    insert_adapters(model, bottleneck=4)
+    assert sum(name.endswith(".adapter") for name, _ in model.named_modules()) == 2 * 2
+    renamed = _tiny(model_type)
+    renamed.config.model_type = "unheard-of"
+    assert model_type in LAYER_PARTS and attention_projections(renamed) == targets
+
+
+def test_an_adapter_run_saved_before_its_own_width_keeps_the_side_networks():
+    saved = TrainConfig.for_method("adapter").to_json()
+    del saved["tuning"]
+    saved["side"]["bottleneck"] = 24
+    assert TrainConfig.from_json(saved).tuning.adapter_bottleneck == 24
