@@ -257,11 +257,11 @@ def test_serve_starts_uvicorn_and_warns_when_exposed(tiny_run, tmp_path, monkeyp
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append((app, kwargs)))
     exposed = runner.invoke(app, ["serve", str(run), "--host", "0.0.0.0", "--port", "8123"])
     assert exposed.exit_code == 0, exposed.output
-    assert "warning" in exposed.output and "without --token-file" in exposed.output
+    assert "warning" in exposed.output.lower() and "without --token-file" in exposed.output
     assert calls[0][1]["host"] == "0.0.0.0" and calls[0][1]["port"] == 8123
     (tmp_path / "token").write_text("abc\n")
     local = runner.invoke(app, ["serve", str(run), "--token-file", str(tmp_path / "token")])
-    assert local.exit_code == 0 and "warning" not in local.output
+    assert local.exit_code == 0 and "warning" not in local.output.lower()
     (tmp_path / "empty").write_text("")
     empty = runner.invoke(app, ["serve", str(run), "--token-file", str(tmp_path / "empty")])
     assert empty.exit_code == 2 and "is empty" in empty.output

@@ -13,15 +13,21 @@ from typer.testing import CliRunner
 
 from iisan.cli import app
 from iisan.cli.generated import Options, with_options
-from iisan.config import EncodeConfig, PrepareConfig, SideNetworkConfig, TrainConfig, UserEncoderConfig
+from iisan.config import (
+    EncodeConfig, EvaluateConfig, IndexConfig, PrepareConfig, RecommendConfig, ServeConfig, SideNetworkConfig,
+    TrainConfig, UserEncoderConfig,
+)
 from iisan.data.synth import SynthConfig
 from iisan.efficiency import EfficiencyConfig
 from iisan.errors import ConfigError
+from iisan.method_options import ContentConfig, EncoderTuningConfig
 from iisan.options import all_specs, option_specs
 
-CONFIGS = (PrepareConfig, EncodeConfig, TrainConfig, SynthConfig, EfficiencyConfig)
 COMMANDS = {("prepare",): PrepareConfig, ("encode",): EncodeConfig, ("train",): TrainConfig,
-            ("data", "synth"): SynthConfig, ("bench", "efficiency"): EfficiencyConfig}
+            ("data", "synth"): SynthConfig, ("bench", "efficiency"): EfficiencyConfig,
+            ("evaluate",): EvaluateConfig, ("recommend",): RecommendConfig, ("index", "build"): IndexConfig,
+            ("serve",): ServeConfig}
+CONFIGS = tuple(COMMANDS.values())
 
 
 def _command(path: tuple[str, ...]):
@@ -56,7 +62,8 @@ def test_option_names_are_unique_across_nested_configs():
         assert len(names) == len(set(names)) and len(flags) == len(set(flags)), config.__name__
 
 
-@pytest.mark.parametrize("config", [*CONFIGS, SideNetworkConfig, UserEncoderConfig], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("config", [*CONFIGS, SideNetworkConfig, UserEncoderConfig, ContentConfig,
+                                    EncoderTuningConfig], ids=lambda c: c.__name__)
 def test_every_choice_and_bound_is_enforced(config):
     """Each field with choices refuses a value outside them, and each bounded one a value
     below its bound, with the field named: validation comes from the field, not a tuple
@@ -70,6 +77,8 @@ def test_every_choice_and_bound_is_enforced(config):
             bad.append(spec.minimum - 1)
         if spec.above is not None:
             bad.append(spec.above)
+        if spec.maximum is not None:
+            bad.append(spec.maximum + 1)
         for value in bad:
             value = (value,) if spec.is_list else value
             with pytest.raises(ConfigError, match=spec.name):

@@ -37,8 +37,12 @@ PRECISIONS = get_args(Precision)
 MODALITIES = get_args(Modality)
 INTER_LAYERS = get_args(InterLayers)
 LOSSES = get_args(Loss)
-SPLITS = ("valid", "test")  # the held-out items a run is evaluated on
-INDEX_KINDS = ("flat", "hnsw")  # exact search, or faiss HNSW
+Split = Literal["valid", "test"]  # the held-out items a run is evaluated on
+IndexKind = Literal["flat", "hnsw"]  # exact search, or faiss HNSW
+LogFormat = Literal["plain", "json"]
+HNSW_BOUNDS = {"m": (2, 256), "ef_construction": (1, 4096), "ef_search": (1, 16_384)}  # see iisan.search
+SPLITS = get_args(Split)
+INDEX_KINDS = get_args(IndexKind)
 DEVICES = ("auto", "cpu", "cuda")
 EVAL_KS = (5, 10, 20)  # the cut-offs of HR@K and NDCG@K unless asked for others
 # head="auto" is compact from this encoder width up (LLMs: 2048-8192), wide below (BERT-
@@ -519,11 +523,13 @@ class TrainConfig:
         user = {"variant": "reference", **data.pop("user", {})}  # runs saved before variants existed
         # runs saved before methods had their own options kept them flat; adapters took the
         # side network's bottleneck
-        content = {"id_offset": False, "blend": False, **_pop_fields(data, ContentConfig), **data.pop("content", {})}
+        content = {"id_offset": False, "blend": False, **_pop_fields(data, ContentConfig),
+                   **data.pop("content", {})}
         if content.get("id_offset_lr") is None:
             content.pop("id_offset_lr", None)
-        tuning = {"precision": "fp32", "adapter_bottleneck": side.get("bottleneck", SideNetworkConfig.bottleneck),
-                  **_pop_fields(data, EncoderTuningConfig), **data.pop("tuning", {})}
+        tuning = {"precision": "fp32",
+                  "adapter_bottleneck": side.get("bottleneck", SideNetworkConfig.bottleneck)}
+        tuning.update(**_pop_fields(data, EncoderTuningConfig), **data.pop("tuning", {}))
         return cls(**data, side=SideNetworkConfig(**side), user=UserEncoderConfig(**user),
                    content=ContentConfig(**content), tuning=EncoderTuningConfig(**tuning))
 
@@ -534,3 +540,69 @@ def _pop_fields(data: dict[str, Any], config_class: type) -> dict[str, Any]:
 
 # Fields renamed to say what they count; config.json files saved before use the old names.
 RENAMED = {"batch_size": "train_batch_size", "eval_batch_size": "eval_user_chunk"}
+
+
+# Using a trained run: evaluate, recommend, index, serve.
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """What ``iisan evaluate`` measures (fields: ``iisan evaluate --help``)."""
+
+    split: Split = option("test", help="Which held-out item to predict.")
+    ks: tuple[int, ...] = option(EVAL_KS, flag="k", minimum=1,
+                                 help="Cut-offs for HR@K and NDCG@K, comma-separated.")
+    include_history: bool = option(False, help="Rank the user's own history too (excluded by default, as in "
+                                               "the paper); stored as SPLIT_with_history.")
+    cold_start: bool = option(
+        False, help="The item cold-start protocol instead of a split: add the items the dataset held out "
+                    "(prepare --cold-items) to a copy of the run, as `iisan items add` does, and rank them "
+                    "for the users whose next item they were. Stored under cold_start.")
+    unblended: bool = option(False, help="Score a blended run with its trained model alone, to see what the "
+                                         "blend adds; stored as SPLIT_unblended.")
+
+    def __post_init__(self) -> None:
+        check_options(self)
+
+
+@dataclass(frozen=True)
+class RecommendConfig:
+    """How ``iisan recommend`` answers (the same settings as a ``POST /recommend`` body)."""
+
+    k: int = option(10, minimum=1, aliases=("k",), help="How many items to recommend.")
+    include_seen: bool = option(False, help="Allow items of the history in the answer.")
+    skip_unknown: bool = option(False, help="Ignore keys the catalogue does not hold.")
+
+    def __post_init__(self) -> None:
+        check_options(self)
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """The item index a run serves from (``iisan index build``)."""
+
+    index: IndexKind = option("flat", help="flat: exact inner-product search; hnsw: approximate, for "
+                                           "catalogues past a million items.")
+    hnsw_m: int = option(32, minimum=HNSW_BOUNDS["m"][0], maximum=HNSW_BOUNDS["m"][1],
+                         help="HNSW links per node.")
+    # 512: on a 1M-item catalogue, bench/serve.py's recall and latency chose it over 128.
+    ef_search: int = option(512, minimum=HNSW_BOUNDS["ef_search"][0], maximum=HNSW_BOUNDS["ef_search"][1],
+                            help="HNSW candidates at query time (higher: better recall, slower).")
+
+    def __post_init__(self) -> None:
+        check_options(self)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """The HTTP service (``iisan serve``)."""
+
+    host: str = option("127.0.0.1", help="Address to bind; anything but loopback exposes the service.")
+    port: int = option(8000, minimum=1, maximum=65535, help="TCP port.")
+    token_file: Path | None = option(None, help="File holding the bearer token that POST /items requires.")
+    access_log: bool = option(True, help="One line per request on stderr (also off with --quiet).")
+    log_format: LogFormat = option("plain", help="The request log: plain (time, client, method, path, "
+                                                 "status, ms, request id) or one JSON object per line.")
+
+    def __post_init__(self) -> None:
+        check_options(self)

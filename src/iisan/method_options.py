@@ -56,7 +56,8 @@ class EncoderTuningConfig:
     """The options of the methods that train the encoders themselves (``fft``, ``adapter``,
     ``lora``, ``bitfit``)."""
 
-    lora_rank: int = option(8, minimum=1, panel=TUNING, help="LoRA rank for --method lora (alpha = 2 x rank).")
+    lora_rank: int = option(8, minimum=1, panel=TUNING,
+                            help="LoRA rank for --method lora (alpha = 2 x rank).")
     adapter_bottleneck: int = option(64, minimum=1, panel=TUNING,
                                      help="Width of the Houlsby adapters' bottleneck for --method adapter.")
     precision: Precision = option(

@@ -161,8 +161,8 @@ for _name, _summary, _defaults in (
     ("lora", "LoRA on the encoders' attention projections", {}),
     ("bitfit", "the encoders' biases only", {}),
 ):
-    register_method(Method(_name, _summary, reads="raw", tower=f"iisan.models.baselines.embedded:{_name}_tower",
-                           defaults=_defaults, options=EncoderTuningConfig))
+    register_method(Method(_name, _summary, reads="raw", defaults=_defaults, options=EncoderTuningConfig,
+                           tower=f"iisan.models.baselines.embedded:{_name}_tower"))
 register_method(Method(
     "knn", "the content-only floor: cosine of frozen last-layer states to the history's, no training",
     reads="states", tower="iisan.models.baselines.knn:build_tower", user="iisan.models.baselines.knn:build_user",

@@ -23,7 +23,7 @@ from iisan.errors import ConfigError
 
 
 def option(default: Any = MISSING, *, help: str, flag: str | None = None, minimum: float | None = None,
-           above: float | None = None, choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None,
+           above: float | None = None, maximum: float | None = None, choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None,
            panel: str | None = None,
            none_word: str | None = None, aliases: tuple[str, ...] = (), default_factory: Any = MISSING,
            cli: bool = True) -> Any:
@@ -34,6 +34,7 @@ def option(default: Any = MISSING, *, help: str, flag: str | None = None, minimu
         flag: the command-line name without dashes (default: the field name with dashes).
         minimum: numbers must be at least this.
         above: numbers must be greater than this.
+        maximum: numbers must be at most this.
         choices: the allowed values when they are not a ``Literal``, or a function giving them
             (the method registry's, which may grow).
         panel: the ``--help`` group; ``None`` is the first, common one.
@@ -41,7 +42,7 @@ def option(default: Any = MISSING, *, help: str, flag: str | None = None, minimu
         aliases: older names still accepted (flags and ``--config`` keys).
         cli: ``False`` for a field that the data decides (not an option).
     """
-    metadata = {"help": help, "flag": flag, "minimum": minimum, "above": above, "choices": choices,
+    metadata = {"help": help, "flag": flag, "minimum": minimum, "above": above, "maximum": maximum, "choices": choices,
                 "panel": panel, "none_word": none_word, "aliases": aliases, "cli": cli}
     return dataclasses.field(default=default, default_factory=default_factory, metadata={"option": metadata})
 
@@ -59,6 +60,7 @@ class OptionSpec:
     choices_from: tuple[str, ...] | Callable[[], tuple[str, ...]] | None
     minimum: float | None
     above: float | None
+    maximum: float | None
     panel: str | None
     optional: bool  # None is a value
     is_list: bool  # tuple[kind, ...]
@@ -93,7 +95,7 @@ def option_specs(config_class: type) -> tuple[OptionSpec, ...]:
         specs.append(OptionSpec(
             name=f.name, owner=config_class, kind=kind, default=default, help=meta["help"],
             flag=meta["flag"] or f.name.replace("_", "-"), choices_from=meta["choices"] or literal,
-            minimum=meta["minimum"], above=meta["above"], panel=meta["panel"], optional=optional,
+            minimum=meta["minimum"], above=meta["above"], maximum=meta["maximum"], panel=meta["panel"], optional=optional,
             is_list=is_list,
             none_word=meta["none_word"], aliases=meta["aliases"]))
     return tuple(specs)
@@ -150,6 +152,8 @@ def check_options(config: Any) -> None:
             if spec.minimum is not None and item < spec.minimum:
                 bound = {0: "0 or more", 1: "positive"}.get(spec.minimum, f"at least {spec.minimum:g}")
                 raise ConfigError(f"{spec.name} must be {bound}, got {item}")
+            if spec.maximum is not None and item > spec.maximum:
+                raise ConfigError(f"{spec.name} must be at most {spec.maximum:g}, got {item}")
             if spec.above is not None and item <= spec.above:
                 bound = "positive" if spec.above == 0 else f"above {spec.above:g}"
                 raise ConfigError(f"{spec.name} must be {bound}, got {item}")

@@ -1,6 +1,6 @@
 """The ``iisan`` commands: each parses, builds a config, calls one library function and
-prints. Options that configure a stage are generated from its config's fields
-(:mod:`iisan.cli.generated`); only what is not configuration is declared here."""
+prints. Options are generated from the config fields (:mod:`iisan.cli.generated`); only
+the inputs, outputs and switches of the command line itself are declared here."""
 
 from __future__ import annotations
 
@@ -18,14 +18,15 @@ from iisan import __version__
 from iisan.cli import output
 from iisan.cli.errors import fail, handles_errors
 from iisan.cli.generated import Options, one_of, with_options
-from iisan.cli.output import print_json, stderr, stdout
+from iisan.cli.output import show, stderr, stdout
 from iisan.config import (
-    DEVICES, EVAL_KS, INDEX_KINDS, METHODS, SPLITS, EncodeConfig, PrepareConfig, SynthConfig, TrainConfig,
+    DEVICES, METHODS, SPLITS, EncodeConfig, EvaluateConfig, IndexConfig, PrepareConfig, RecommendConfig,
+    ServeConfig, SynthConfig, TrainConfig,
 )
 from iisan.efficiency import EfficiencyConfig
 from iisan.errors import ConfigError, IisanError
 from iisan.methods import get_method
-from iisan.options import OptionSpec, describe_default, parse_values
+from iisan.options import OptionSpec, build_config, describe_default
 from iisan.threads import THREADS_ENV, use_threads
 
 
@@ -49,8 +50,7 @@ bench_app = _group("bench", "Measured comparisons between methods.")
 
 
 def flag(names: str, help: str, **settings: Any) -> Any:
-    """An on/off option named ``names`` (space-separated); it shows no type in --help (typer
-    would print ``<bool>``)."""
+    """An on/off option named ``names`` (space-separated); no ``<bool>`` type in --help."""
     return typer.Option(*names.split(), metavar="", help=help, **settings)
 
 
@@ -88,8 +88,8 @@ Out = Annotated[Path, typer.Option("--out", "-o", help="Folder to write.", show_
 Force = Annotated[bool, flag("--force", "Replace --out even if it holds something else.")]
 Json = Annotated[bool, flag("--json", "Print the result as JSON.")]
 Device = Annotated[str, typer.Option(parser=one_of(DEVICES), metavar="|".join(DEVICES), help="auto: this "
-                                     "process's GPU if there is one (under torchrun, the one of its "
-                                     "LOCAL_RANK), else the CPU.")]
+                                     "process's GPU if there is one (under torchrun, its LOCAL_RANK's), else "
+                                     "the CPU.")]
 ConfigFile = Annotated[Path | None, typer.Option(
     "--config", callback=_config_file, is_eager=True, show_default=False,
     help="TOML, YAML or JSON file of option values (names with underscores, flat or in \\[train], "
@@ -104,15 +104,14 @@ def _version() -> None:
 @app.callback()
 def _main(
     verbose: Annotated[bool, flag("--verbose -v", "Log debug details.")] = False,
-    quiet: Annotated[bool, flag("--quiet -q", "Log warnings only; no progress bars, no request "
-                                        "log.")] = False,
+    quiet: Annotated[bool, flag("--quiet -q", "Log warnings only; no progress bars, no request log.")]
+    = False,
     threads: Annotated[str | None, typer.Option(
-        metavar="N|auto", help=f"CPU threads for torch: a number, or auto (the cores this process may use, "
-             f"less those other processes keep busy). Default: {THREADS_ENV}, else OMP_NUM_THREADS, else "
-             f"auto.",
-        show_default=False)] = None,
+        metavar="N|auto", show_default=False, help=f"CPU threads for torch: a number, or auto (the cores "
+        f"this process may use, less those other processes keep busy). Default: {THREADS_ENV}, else "
+        f"OMP_NUM_THREADS, else auto.")] = None,
     version: Annotated[bool, flag("--version", is_eager=True, callback=lambda on: on and _version(),
-                                          help="Print the version.")] = False,
+                                  help="Print the version.")] = False,
 ) -> None:
     logger = logging.getLogger("iisan")  # only iisan's own messages; other libraries keep warnings and up
     logger.handlers = [RichHandler(console=stderr, show_path=False, rich_tracebacks=False)]
@@ -141,22 +140,14 @@ def prepare(
     [bold]Examples[/]
 
       iisan prepare builtin --format movielens --out data/ml-100k
-
       iisan prepare interactions.csv --format csv --items items.csv --user-col uid --out data/shop
-
-      iisan prepare dataset/Amazon_Scientific --format recbole --out data/sci-recbole
     """
     from iisan.data.prepare import prepare as run_prepare
     from iisan.data.report import prepare_summary, problems_table
-    from iisan.options import build_config
 
     meta, problems = run_prepare(source, out, build_config(PrepareConfig, options), force=force)
-    if as_json:
-        return print_json(meta)
-    stdout.print(prepare_summary(meta))
-    if problems:
-        stdout.print(problems_table(problems))
-    stdout.print(f"wrote {out}")
+    show(meta, as_json, lambda meta: output.lines(
+        prepare_summary(meta), problems and problems_table(problems), f"wrote {out}"))
 
 
 @command(data_app, "synth")
@@ -176,10 +167,8 @@ def data_synth(out: Out, options: Options, force: Force = False, as_json: Json =
     from iisan.data.synth import synthesize
 
     config = SynthConfig(**options)
-    info = synthesize(out, config, force=force)
-    if as_json:
-        return print_json(info)
-    stdout.print(f"wrote synthetic source {out} ({config.items:,} items, {config.users:,} users)")
+    show(synthesize(out, config, force=force), as_json,
+         lambda _: f"wrote synthetic source {out} ({config.items:,} items, {config.users:,} users)")
 
 
 @command(data_app, "stats")
@@ -194,8 +183,7 @@ def data_stats(dataset: Dataset, as_json: Json = False) -> None:
     from iisan.data.report import stats_tables
     from iisan.data.stats import dataset_stats
 
-    stats = dataset_stats(PreparedDataset.load(dataset))
-    return print_json(stats) if as_json else stdout.print(stats_tables(stats))
+    show(dataset_stats(PreparedDataset.load(dataset)), as_json, stats_tables)
 
 
 @command(app)
@@ -203,13 +191,13 @@ def data_stats(dataset: Dataset, as_json: Json = False) -> None:
 def encode(
     dataset: Dataset, out: Out, options: Options,
     shard: Annotated[str | None, typer.Option(
-        help="K/N: encode only the K-th of N item ranges, into "
-             "OUT/shard-K-of-N (run N of these, on one machine or several "
-             "sharing OUT); auto: K and N from torchrun's RANK and WORLD_SIZE.", show_default=False)] = None,
+        show_default=False, help="K/N: encode only the K-th of N item ranges, into OUT/shard-K-of-N (run N "
+        "of these, on one machine or several sharing OUT); auto: K and N from torchrun's RANK and "
+        "WORLD_SIZE.")] = None,
     merge_check: Annotated[bool, flag("--merge-check", "After sharded runs: check that every row of every "
-                                              "shard is done, then assemble the cache in OUT.")] = False,
-    force: Annotated[bool, flag("--force",
-                                "Delete and rebuild the cache (another dataset or encoder).")] = False,
+                                      "shard is done, then assemble the cache in OUT.")] = False,
+    force: Annotated[bool, flag("--force", "Delete and rebuild the cache (another dataset or encoder).")]
+    = False,
     device: Device = "auto", config: ConfigFile = None, as_json: Json = False,
 ) -> None:
     """Run each frozen encoder over every item once and cache every layer's pooled state.
@@ -221,11 +209,7 @@ def encode(
     [bold]Examples[/]
 
       iisan encode data/scientific --out cache/scientific --image-encoder none
-
-      iisan encode data/synth --out cache/synth --image-encoder dinov2-small --image-size 112
-
       iisan encode data/big --out /shared/cache --shard 1/4   (and 2/4, 3/4, 4/4 elsewhere; same options)
-
       iisan encode data/big --out /shared/cache --merge-check
     """
     from iisan.cache.encode import encode as run_encode
@@ -234,18 +218,12 @@ def encode(
     if merge_check:
         if shard is not None:
             raise ConfigError("--merge-check assembles finished shards; run it without --shard")
-        merged = merge_shards(dataset, out)
-        if as_json:
-            return print_json(merged)
-        return stdout.print(f"merged {merged['shards']} shards into {out}: every row of "
-                            f"{', '.join(merged['modalities'])} is complete ({merged['items']:,} items)")
+        return show(merge_shards(dataset, out), as_json, lambda m: f"merged {m['shards']} shards into {out}: "
+                    f"every row of {', '.join(m['modalities'])} is complete ({m['items']:,} items)")
     summary = run_encode(dataset, out, EncodeConfig(**options), force=force,
                          shard=parse_shard(shard) if shard else None, device=device)
-    if as_json:
-        return print_json(summary)
-    stdout.print(output.encode_summary(summary, out))
-    if summary["problems"]:
-        stdout.print(f"problems: {summary['problems']}")
+    show(summary, as_json, lambda s: output.lines(output.encode_summary(s, out),
+                                                  s["problems"] and f"problems: {s['problems']}"))
 
 
 @command(encoders_app, "list")
@@ -261,12 +239,7 @@ def encoders_list(as_json: Json = False) -> None:
 
     rows = [{"name": s.name, "modality": s.modality, "installed": s.installed, "description": s.description,
              "install": s.install} for s in REGISTRY.values()]
-    if as_json:
-        return print_json(rows)
-    cells = [[r["name"], r["modality"], "yes" if r["installed"] else "no", r["description"], r["install"]]
-             for r in rows]
-    stdout.print(output.table("Encoders (any local Hugging Face folder works too)",
-                              ["name", "modality", "installed", "description", "install"], cells))
+    show(rows, as_json, output.encoders)
 
 
 def _train_default(spec: OptionSpec) -> str:
@@ -283,13 +256,13 @@ def train(
     cache: Annotated[Path | None, typer.Option(help="Hidden-state cache from `iisan encode` (not needed for "
                                                "--method id).", show_default=False)] = None,
     resume: Annotated[bool, flag("--resume", "Continue the run in --out after its last finished epoch, with "
-                                         "its own options (--epochs may extend it).")] = False,
+                                 "its own options (--epochs may extend it).")] = False,
     force: Annotated[bool, flag("--force", "Replace a non-empty --out.")] = False,
-    tensorboard: Annotated[bool, flag("--tensorboard",
-                                      "Also log to OUT/tensorboard (needs tensorboard).")] = False,
+    tensorboard: Annotated[bool, flag("--tensorboard", "Also log to OUT/tensorboard (needs tensorboard).")]
+    = False,
     distributed: Annotated[bool, flag("--distributed", "Spread the run over the processes torchrun started "
-                                              "(also on under torchrun's environment); the batch is then "
-                                              "global.")] = False,
+                                      "(also on under torchrun's environment); the batch is then global.")]
+    = False,
     device: Device = "auto", config: ConfigFile = None, as_json: Json = False,
 ) -> None:
     """Train a recommender, keep the epoch with the best validation NDCG@10, test it.
@@ -302,11 +275,7 @@ def train(
     [bold]Examples[/]
 
       iisan train data/scientific --cache cache/scientific --out runs/sci-iisan
-
       iisan train data/scientific --method id --out runs/sci-id
-
-      iisan train data/scientific --cache cache/scientific --method lora --out runs/sci-lora
-
       torchrun --nproc-per-node 2 -m iisan train data/synth --cache cache/synth --out runs/ddp
     """
     from iisan.distributed import is_main_process
@@ -320,36 +289,17 @@ def train(
         train_config = TrainConfig.from_options(options)
     summary = run_train(dataset, out, train_config, cache_dir=cache, resume=resume, force=force,
                         tensorboard=tensorboard, distributed=distributed, device=device)
-    if not is_main_process():
-        return
-    if as_json:
-        return print_json(summary)
-    stdout.print(f"{summary['method']} ({summary['mode']}): {summary['epochs']} epochs, best "
-                 f"{summary['best_epoch']}, {summary['seconds_per_epoch']} s/epoch, "
-                 f"{summary['trainable_parameters']:,} trainable of {summary['total_parameters']:,} "
-                 f"parameters")
-    stdout.print(output.metrics_table({split: summary[split] for split in SPLITS}, f"Run {out}"))
+    if is_main_process():
+        show(summary, as_json, lambda s: output.trained(s, out, SPLITS))
 
 
 @command(app)
+@with_options(EvaluateConfig)
 def evaluate(
-    run: Run,
-    split: Annotated[str, typer.Option(parser=one_of(SPLITS), metavar="|".join(SPLITS),
-                                       help="Which held-out item to predict.")] = "test",
-    k: Annotated[str, typer.Option("--k", help="Cut-offs for HR@K and NDCG@K, comma-separated.")]
-    = ",".join(map(str, EVAL_KS)),
-    include_history: Annotated[bool, flag("--include-history", "Rank the user's own history too "
-                                                  "(excluded by default, as in the paper); stored "
-                                                  "as SPLIT_with_history.")] = False,
-    cold_start: Annotated[bool, flag("--cold-start", "The item cold-start protocol instead of a split: add "
-                             "the items the dataset held out (prepare --cold-items) to a copy of the run, as "
-                             "`iisan items add` does, and rank them for the users whose next item they were. "
-                             "Stored under cold_start.")] = False,
-    unblended: Annotated[bool, flag("--unblended", "Score a blended run with its trained model alone, to see "
-                                            "what the blend adds; stored as SPLIT_unblended.")] = False,
-    slices: Annotated[bool, flag("--slices", "Also print every metric per popularity slice of the target: "
-                                         "cold (0 occurrences in the training part), tail (1-4), head (5+), "
-                                         "with user counts. Always in --json and metrics.json.")] = False,
+    run: Run, options: Options,
+    slices: Annotated[bool, flag("--slices", "Also print every metric per popularity slice of the "
+                                 "target: cold (0 occurrences in the training part), tail (1-4), head (5+), "
+                                 "with user counts. Always in --json and metrics.json.")] = False,
     device: Device = "auto", as_json: Json = False,
 ) -> None:
     """Full-ranking HR@K, NDCG@K and MRR of a run's best weights on all items.
@@ -360,33 +310,19 @@ def evaluate(
     [bold]Examples[/]
 
       iisan evaluate runs/sci-iisan --slices
-
       iisan evaluate runs/sci-cold --cold-start   (prepared with --cold-items 0.1)
-
       iisan evaluate runs/sci-iisan --split valid --k 1,10,50 --json
     """
-    from iisan.evaluation.evaluate import evaluate_run, metrics_key
+    from iisan.evaluation.evaluate import evaluate_run
+    from iisan.new_items import evaluate_cold_start
 
-    ks = parse_values(k, int, "--k")
-    if cold_start:
-        from iisan.new_items import evaluate_cold_start
-
-        result = evaluate_cold_start(run, ks=ks, device=device)
-        if as_json:
-            return print_json(result)
-        stdout.print(f"{run}: {result['users']:,} users whose next item was one of {result['new_items']:,} "
-                     f"added after training; full ranking over {result['items']:,} items "
-                     f"({result['seconds']:.1f} s)")
-        return stdout.print(output.metrics_table({"cold start": result["metrics"]}, "Item cold start"))
-    result = evaluate_run(run, split=split, ks=ks, include_history=include_history, device=device,
-                          unblended=unblended)
-    if as_json:
-        return print_json(result)
-    columns = (output.slice_columns(result["metrics"], result["slices"]) if slices
-               else {metrics_key(split, include_history, unblended): result["metrics"]})
-    stdout.print(output.metrics_table(columns, f"{run}: {result['users']:,} users x {result['items']:,} "
-                                               f"items, full ranking ({result['seconds']:.1f} s on "
-                                               f"{result['device']})"))
+    config = EvaluateConfig(**options)
+    if config.cold_start:
+        return show(evaluate_cold_start(run, ks=config.ks, device=device), as_json,
+                    lambda result: output.cold_start(result, run))
+    result = evaluate_run(run, split=config.split, ks=config.ks, include_history=config.include_history,
+                          device=device, unblended=config.unblended)
+    show(result, as_json, lambda result: output.evaluated(result, run, config, slices))
 
 
 @command(app)
@@ -413,34 +349,17 @@ def quickstart(
 
     result = run_quickstart(out, epochs=epochs, seed=seed, force=force, text_encoder=text_encoder,
                             device=device)
-    if as_json:
-        return print_json(result)
-    stdout.print(f"{result['dataset']}: {result['counts']['users']:,} users, {result['counts']['items']:,} "
-                 f"items (text only: no images). Trained {result['epochs']} epochs, best "
-                 f"{result['best_epoch']}.")
-    stdout.print(output.metrics_table({"test": result["test"]}, "Test, full ranking"))
-    stdout.print(f"User {result['user']} recently watched:")
-    for item in result["history"]:
-        stdout.print(f"  {item['title']}", highlight=False)
-    stdout.print(output.ranked_items(
-        f"Top {len(result['recommendations'])} next items for user {result['user']}",
-                                     result["recommendations"]))
-    steps = ", ".join(f"{step} {seconds:.1f} s" for step, seconds in result["seconds"].items())
-    stdout.print(f"Everything is in {out} ({steps}). Next: iisan serve {Path(out) / 'run'}")
+    show(result, as_json, lambda result: output.quickstart(result, out))
 
 
 @command(app)
+@with_options(RecommendConfig)
 def recommend(
-    run: Run,
+    run: Run, options: Options,
     history: Annotated[str | None, typer.Option(help="The user's item keys, oldest first, comma-separated.",
                                                 show_default=False)] = None,
     user: Annotated[str | None, typer.Option(
-        help="Or a user of the run's dataset: their whole history there.",
-                                             show_default=False)] = None,
-    k: Annotated[int, typer.Option("-k", "--k", min=1, help="How many items to recommend.")] = 10,
-    include_seen: Annotated[bool, flag("--include-seen",
-                                       "Allow items of the history in the answer.")] = False,
-    skip_unknown: Annotated[bool, flag("--skip-unknown", "Ignore keys the catalogue does not hold.")] = False,
+        help="Or a user of the run's dataset: their whole history there.", show_default=False)] = None,
     device: Device = "auto", as_json: Json = False,
 ) -> None:
     """Top-k next items for a history of item keys, or for a known user, with titles and scores.
@@ -448,11 +367,11 @@ def recommend(
     [bold]Examples[/]
 
       iisan recommend iisan-quickstart/run --history 50,172,181 -k 5
-
       iisan recommend iisan-quickstart/run --user 196 --json
     """
     from iisan.serving.recommender import Recommender
 
+    config = RecommendConfig(**options)
     if (history is None) == (user is None):
         raise ConfigError("give --history KEYS or --user USER (one of them)")
     keys = [key.strip() for key in (history or "").split(",") if key.strip()]
@@ -460,26 +379,16 @@ def recommend(
         raise ConfigError("--history needs at least one item key")
     recommender = Recommender.load(run, device=device)
     keys = recommender.history_of(user) if user is not None else keys
-    answer = recommender.recommend(keys, k=k, exclude_seen=not include_seen,
-                                   on_unknown="skip" if skip_unknown else "raise")
+    answer = recommender.recommend(keys, k=config.k, exclude_seen=not config.include_seen,
+                                   on_unknown="skip" if config.skip_unknown else "raise")
     rows = [{"key": key, "title": recommender.title(key), "score": round(score, 4)} for key, score in answer]
-    if as_json:
-        return print_json(rows)
-    stdout.print(output.ranked_items(f"Top {len(rows)} after {output.plural(len(keys), 'item')}", rows))
+    title = f"Top {len(rows)} after {output.plural(len(keys), 'item')}"
+    show(rows, as_json, lambda rows: output.ranked_items(title, rows))
 
 
 @command(index_app, "build")
-def index_build(
-    run: Run,
-    index: Annotated[str, typer.Option(parser=one_of(INDEX_KINDS), metavar="|".join(INDEX_KINDS),
-                                       help="flat: exact inner-product search; hnsw: approximate, for "
-                                       "catalogues past a million items.")] = "flat",
-    hnsw_m: Annotated[int, typer.Option(help="HNSW links per node.")] = 32,
-    ef_search: Annotated[int, typer.Option(
-        help="HNSW candidates at query time (higher: better recall, slower).")]
-    = 512,
-    device: Device = "auto", as_json: Json = False,
-) -> None:
+@with_options(IndexConfig)
+def index_build(run: Run, options: Options, device: Device = "auto", as_json: Json = False) -> None:
     """(Re)build the run's item index from the trained model, whatever state it is in.
 
     Items added with `iisan items add` are kept when the stored index can still be read.
@@ -490,11 +399,8 @@ def index_build(
     """
     from iisan.serving.recommender import rebuild_index
 
-    result = rebuild_index(run, index, hnsw_m=hnsw_m, ef_search=ef_search, device=device)
-    if as_json:
-        return print_json(result)
-    stdout.print(f"{result['index']} index over {result['items']:,} items in {result['seconds']} s: "
-                 f"{result['folder']}")
+    show(rebuild_index(run, IndexConfig(**options), device=device), as_json,
+         lambda r: f"{r['index']} index over {r['items']:,} items in {r['seconds']} s: {r['folder']}")
 
 
 @command(index_app, "check")
@@ -512,11 +418,9 @@ def index_check(
     """
     from iisan.serving.recommender import Recommender
 
-    result = Recommender.load(run, device=device).index_recall(queries=queries, k=k)
-    if as_json:
-        return print_json(result)
-    stdout.print(f"{result['index']} index, {result['items']:,} items: recall@{k} = "
-                 f"{result[f'recall@{k}']:.4f} over {result['queries']:,} queries")
+    show(Recommender.load(run, device=device).index_recall(queries=queries, k=k), as_json,
+         lambda r: f"{r['index']} index, {r['items']:,} items: recall@{k} = {r[f'recall@{k}']:.4f} over "
+                   f"{r['queries']:,} queries")
 
 
 @command(items_app, "add")
@@ -525,7 +429,7 @@ def items_add(
     file: Annotated[Path, typer.Argument(help='JSON Lines, one item per line: {"key": ..., "text": ..., '
                                          '"image": "path/relative/to/FILE"}.', show_default=False)],
     allow_outside_paths: Annotated[bool, flag("--allow-outside-paths", "Read image paths that are absolute, "
-                                                      "contain .., or leave FILE's folder.")] = False,
+                                              "contain .., or leave FILE's folder.")] = False,
     device: Device = "auto", as_json: Json = False,
 ) -> None:
     """Embed new items with the frozen encoders and the trained side network, and add them
@@ -543,29 +447,13 @@ def items_add(
 
     recommender = Recommender.load(run, device=device)
     keys = recommender.add_items(iter_new_items(file, allow_outside_paths))  # streamed, committed at the end
-    if as_json:
-        return print_json({"added": len(keys), "items": recommender.num_items, "keys": keys})
-    stdout.print(f"added {output.plural(len(keys), 'item')}; the catalogue now holds "
-                 f"{recommender.num_items:,}")
+    show({"added": len(keys), "items": recommender.num_items, "keys": keys}, as_json,
+         lambda r: f"added {output.plural(r['added'], 'item')}; the catalogue now holds {r['items']:,}")
 
 
 @command(app)
-def serve(
-    run: Run,
-    host: Annotated[str, typer.Option(help="Address to bind; anything but loopback exposes the service.")]
-    = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
-    token_file: Annotated[Path | None, typer.Option(help="File holding the bearer token that POST /items "
-                                                    "requires.", show_default=False)] = None,
-    access_log: Annotated[bool, flag("--access-log/--no-access-log",
-                                     "One line per request on stderr (also off with --quiet).")]
-    = True,
-    log_format: Annotated[str, typer.Option(parser=one_of(("plain", "json")), metavar="plain|json",
-                                            help="The request log: plain (time, client, method, "
-                                            "path, status, ms, request id) or one JSON object "
-                                            "per line.")] = "plain",
-    device: Device = "auto",
-) -> None:
+@with_options(ServeConfig)
+def serve(run: Run, options: Options, device: Device = "auto") -> None:
     """Serve recommendations over HTTP (FastAPI + uvicorn); OpenAPI docs at /docs.
 
     POST /recommend {"history": [...] or "user": ID, "k": 10}; GET /users/{id}/recommendations;
@@ -575,29 +463,11 @@ def serve(
     [bold]Examples[/]
 
       iisan serve iisan-quickstart/run
-
       curl -s localhost:8000/recommend -H 'content-type: application/json' -d '{"history": ["50", "172"]}'
     """
-    import uvicorn
+    from iisan.serving.server import serve as run_server
 
-    from iisan.serving.access_log import log_requests_to_stderr
-    from iisan.serving.recommender import Recommender
-    from iisan.serving.service import create_app, is_loopback, read_token
-
-    token = read_token(token_file) if token_file is not None else None
-    if token is None and not is_loopback(host):
-        stderr.print(f"[bold yellow]warning:[/] binding {host} without --token-file: anyone who can reach "
-                     "it can add "
-                     "items", highlight=False)
-    recommender = Recommender.load(run, device=device)
-    stderr.print(f"serving {recommender.num_items:,} items ({recommender.index.kind} index, model on "
-                 f"{recommender.device}) on http://{host}:{port} (docs: /docs)", highlight=False)
-    access_log = access_log and logging.getLogger("iisan").level <= logging.INFO  # --quiet turns it off
-    if access_log:
-        log_requests_to_stderr(json_lines=log_format == "json")
-    uvicorn.run(create_app(recommender, token, access_log=access_log), host=host, port=port,
-                log_level="warning",
-                access_log=False)
+    run_server(run, ServeConfig(**options), device=device)
 
 
 @command(app)
@@ -646,6 +516,6 @@ def bench_efficiency(
 
     report = run_efficiency(dataset, out, EfficiencyConfig(**options, device=device), cache=cache,
                             progress=(lambda line: None) if as_json else (lambda line: stderr.print(line)))
-    print_json(report) if as_json else output.efficiency(report, out)
+    show(report, as_json, lambda report: output.efficiency(report, out))
     if report["failed"]:
         fail(f"{', '.join(report['failed'])} failed (their rows say why); the others were measured", code=1)

@@ -56,8 +56,14 @@ def with_options(*config_classes: type, skip: tuple[str, ...] = (),
                     options[spec.name] = _value(spec, value)
             return command(*args, **kwargs, options=options)
 
-        run.__signature__ = signature.replace(parameters=own + generated)
-        run.__annotations__ = {p.name: p.annotation for p in own + generated}
+        # Required arguments first, then the config's options, then the command's own
+        # switches (--device, --json: the same on every command) at the end of --help.
+        first = [p for p in own if p.default is inspect.Parameter.empty]
+        last = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own
+                if p.default is not inspect.Parameter.empty]
+        parameters = first + generated + last
+        run.__signature__ = signature.replace(parameters=parameters)
+        run.__annotations__ = {p.name: p.annotation for p in parameters}
         run.option_specs = tuple(specs)
         return run
 

@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console, Group
+from collections.abc import Callable
+
+from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
@@ -17,6 +19,19 @@ stderr = Console(stderr=True)
 
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str, allow_nan=False) + "\n")
+
+
+def show(result: Any, as_json: bool, render: Callable[[Any], RenderableType]) -> None:
+    """``result`` as JSON (``--json``), or as ``render`` draws it for a person."""
+    if as_json:
+        print_json(result)
+    else:
+        stdout.print(render(result), highlight=False)
+
+
+def lines(*parts: RenderableType | None) -> Group:
+    """The parts one under another, leaving out the empty ones."""
+    return Group(*(part for part in parts if part))
 
 
 def table(title: str | None, columns: list[str], rows: list[list[str]], right: tuple[str, ...] = ()) -> Table:
@@ -62,7 +77,7 @@ def encode_summary(summary: dict[str, Any], out: Path) -> Table:
     return table(f"Hidden-state cache {out}", ["modality", "encoder", *numbers], rows, right=numbers)
 
 
-def efficiency(report: dict[str, Any], out: Path) -> None:
+def efficiency(report: dict[str, Any], out: Path) -> Group:
     from iisan.efficiency import TERMINAL_COLUMNS, memory_label, report_device, table_rows
 
     header, rows = table_rows(report, TERMINAL_COLUMNS)
@@ -76,12 +91,54 @@ def efficiency(report: dict[str, Any], out: Path) -> None:
                              min_width=width)
     for row in rows:
         out_table.add_row(*row)
-    stdout.print(out_table)
-    if report["cache_build_seconds"] is not None:
-        stdout.print(f"cache build (one-off): {report['cache_build_seconds']:.1f} s = "
-                     f"{report['cache_build_seconds_per_epoch']:.1f} s per epoch over "
-                     f"{report['settings']['typical_epochs']} epochs")
-    stdout.print(f"wrote {out}/efficiency.csv, .json, .md, .png")
+    build = report["cache_build_seconds"] is not None and (
+        f"cache build (one-off): {report['cache_build_seconds']:.1f} s = "
+        f"{report['cache_build_seconds_per_epoch']:.1f} s per epoch over "
+        f"{report['settings']['typical_epochs']} epochs")
+    return lines(out_table, build, f"wrote {out}/efficiency.csv, .json, .md, .png")
+
+
+def encoders(rows: list[dict[str, Any]]) -> Table:
+    cells = [[r["name"], r["modality"], "yes" if r["installed"] else "no", r["description"], r["install"]]
+             for r in rows]
+    return table("Encoders (any local Hugging Face folder works too)",
+                 ["name", "modality", "installed", "description", "install"], cells)
+
+
+def trained(summary: dict[str, Any], out: Path, splits: tuple[str, ...]) -> Group:
+    return lines(f"{summary['method']} ({summary['mode']}): {summary['epochs']} epochs, best "
+                 f"{summary['best_epoch']}, {summary['seconds_per_epoch']} s/epoch, "
+                 f"{summary['trainable_parameters']:,} trainable of {summary['total_parameters']:,} "
+                 f"parameters",
+                 metrics_table({split: summary[split] for split in splits}, f"Run {out}"))
+
+
+def evaluated(result: dict[str, Any], run: Path, config: Any, slices: bool) -> Group:
+    from iisan.evaluation.evaluate import metrics_key
+
+    columns = (slice_columns(result["metrics"], result["slices"]) if slices
+               else {metrics_key(config.split, config.include_history, config.unblended): result["metrics"]})
+    return metrics_table(columns, f"{run}: {result['users']:,} users x {result['items']:,} items, full "
+                                  f"ranking ({result['seconds']:.1f} s on {result['device']})")
+
+
+def cold_start(result: dict[str, Any], run: Path) -> Group:
+    return lines(f"{run}: {result['users']:,} users whose next item was one of {result['new_items']:,} added "
+                 f"after training; full ranking over {result['items']:,} items ({result['seconds']:.1f} s)",
+                 metrics_table({"cold start": result["metrics"]}, "Item cold start"))
+
+
+def quickstart(result: dict[str, Any], out: Path) -> Group:
+    steps = ", ".join(f"{step} {seconds:.1f} s" for step, seconds in result["seconds"].items())
+    counts = result["counts"]
+    return lines(f"{result['dataset']}: {counts['users']:,} users, {counts['items']:,} items (text only: no "
+                 f"images). Trained {result['epochs']} epochs, best {result['best_epoch']}.",
+                 metrics_table({"test": result["test"]}, "Test, full ranking"),
+                 f"User {result['user']} recently watched:",
+                 *(Text(f"  {item['title']}") for item in result["history"]),
+                 ranked_items(f"Top {len(result['recommendations'])} next items for user {result['user']}",
+                              result["recommendations"]),
+                 f"Everything is in {out} ({steps}). Next: iisan serve {Path(out) / 'run'}")
 
 
 def plural(count: int, word: str) -> str:

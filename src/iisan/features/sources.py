@@ -56,4 +56,5 @@ def raw_content(context: SourceContext) -> FeatureSource:
     """Tokenised texts and preprocessed images for the encoders inside the tower."""
     from iisan.features.live import RawContentSource
 
-    return RawContentSource(context.dataset, {m: context.entries[m] for m in context.encoders}, context.encoders)
+    entries = {m: context.entries[m] for m in context.encoders}
+    return RawContentSource(context.dataset, entries, context.encoders)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from iisan.assemble import Assembled, TrainedRun, assemble_run, load_trained
+from iisan.config import IndexConfig
 from iisan.errors import (
     CacheMismatchError, ConfigError, DatasetError, IisanError, NonFiniteError, UnknownItemError,
 )
@@ -303,14 +304,14 @@ def health(recommender: Recommender) -> dict[str, Any]:
             "index": catalogue.stored.index.kind, "problems": problems}
 
 
-def rebuild_index(run_dir: str | Path, kind: str = "flat", hnsw_m: int = 32, ef_search: int = 512,
-                  device: str = "auto") -> dict[str, Any]:
-    """(Re)build ``run_dir``'s item index of ``kind`` from its trained model, whatever state
-    the stored one is in; items added since training are kept when it can still be read."""
+def rebuild_index(run_dir: str | Path, config: IndexConfig = IndexConfig(), device: str = "auto") -> dict[str, Any]:
+    """(Re)build ``run_dir``'s item index of ``config.index`` kind from its trained model,
+    whatever state the stored one is in; items added since training are kept when it can
+    still be read."""
     import time
 
     start = time.perf_counter()
-    recommender = Recommender.load(run_dir, rebuild=kind, hnsw=HnswSettings(m=hnsw_m, ef_search=ef_search),
-                                   device=device)
-    return {"index": kind, "items": recommender.num_items, "added_items": len(recommender.added),
+    hnsw = HnswSettings(m=config.hnsw_m, ef_search=config.ef_search)
+    recommender = Recommender.load(run_dir, rebuild=config.index, hnsw=hnsw, device=device)
+    return {"index": config.index, "items": recommender.num_items, "added_items": len(recommender.added),
             "seconds": round(time.perf_counter() - start, 2), "folder": str(recommender.index_dir)}

@@ -26,7 +26,8 @@ class DatasetUsers:
         if self._histories is None:
             self._histories = self._load()
         if user not in self._histories:
-            raise UnknownUserError(f"unknown user {user!r}: the run's dataset has {len(self._histories):,} users")
+            raise UnknownUserError(f"unknown user {user!r}: the run's dataset has {len(self._histories):,} "
+                                   f"users")
         return self._histories[user]
 
     def _load(self) -> dict[str, list[int]]:

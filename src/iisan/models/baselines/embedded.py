@@ -53,7 +53,8 @@ class LayerParts:
     feed_forward_output: tuple[str, ...]
 
 
-_BERT = LayerParts(("encoder.layer",), ("query", "key", "value"), ("attention.output.dense",), ("output.dense",))
+_BERT = LayerParts(("encoder.layer",), ("query", "key", "value"), ("attention.output.dense",),
+                   ("output.dense",))
 _VIT = LayerParts(("encoder.layer", "layers"), ("query", "key", "value", "q_proj", "k_proj", "v_proj"),
                   ("attention.output.dense", "attention.o_proj"), ("output.dense", "mlp.fc2"))
 _LLAMA = LayerParts(("layers",), ("q_proj", "k_proj", "v_proj"), ("self_attn.o_proj",), ("mlp.down_proj",))
@@ -63,7 +64,8 @@ LAYER_PARTS = {
     "vit": _VIT, "dinov2": _VIT,
     "llama": _LLAMA, "qwen2": _LLAMA, "qwen3": _LLAMA, "mistral": _LLAMA, "gemma": _LLAMA, "gemma2": _LLAMA,
 }
-OFF_PATH_MODULES = ("pooler", "layernorm")  # after the last hidden state (BERT/MPNet pooler, DINOv2 final norm)
+# After the last hidden state: BERT's and MPNet's pooler, DINOv2's final norm.
+OFF_PATH_MODULES = ("pooler", "layernorm")
 OFF_PATH_PARAMETERS = ("embeddings.mask_token",)  # DINOv2: used only for masked-image pretraining
 
 
@@ -97,7 +99,8 @@ def layer_parts(model: nn.Module) -> tuple[str, LayerParts]:
     """The name of ``model``'s layer list and its :class:`LayerParts`: its model type's
     entry, or for a type not in :data:`LAYER_PARTS` the first entry that fits it."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    candidates = [LAYER_PARTS[model_type]] if model_type in LAYER_PARTS else list(dict.fromkeys(LAYER_PARTS.values()))
+    known = model_type in LAYER_PARTS
+    candidates = [LAYER_PARTS[model_type]] if known else list(dict.fromkeys(LAYER_PARTS.values()))
     for parts in candidates:
         for name in parts.layers:
             try:
@@ -107,8 +110,8 @@ def layer_parts(model: nn.Module) -> tuple[str, LayerParts]:
             if isinstance(layers, nn.ModuleList) and len(layers) and all(
                     _find(layers[0], where) for where in (parts.attention_output, parts.feed_forward_output)):
                 return name, parts
-    raise ConfigError(f"{type(model).__name__} (model type {model_type}): the adapter and lora baselines know "
-                      f"{', '.join(LAYER_PARTS)} and models laid out like them")
+    raise ConfigError(f"{type(model).__name__} (model type {model_type}): the adapter and lora baselines "
+                      f"know {', '.join(LAYER_PARTS)} and models laid out like them")
 
 
 def _find(layer: nn.Module, names: tuple[str, ...]) -> str | None:
@@ -144,7 +147,8 @@ def add_lora(model: nn.Module, rank: int) -> nn.Module:
     """LoRA (``peft``) on the query, key and value projections; ``alpha = 2 * rank``, no dropout."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=attention_projections(model))
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
+                        target_modules=attention_projections(model))
     return inject_adapter_in_model(config, model)
 
 
@@ -205,7 +209,8 @@ class EmbeddedEncoderItemEncoder(nn.Module):
         super().__init__()
         self.precision = config.tuning.precision
         self.poolings = dict(poolings)
-        self.encoders = nn.ModuleDict({m: prepare_encoder(model, adapt, config) for m, model in models.items()})
+        self.encoders = nn.ModuleDict({m: prepare_encoder(model, adapt, config)
+                                       for m, model in models.items()})
         self.widths = {m: int(model.config.hidden_size) for m, model in models.items()}
         self.layers = {m: (int(model.config.num_hidden_layers),) for m, model in models.items()}
         self.heads = nn.ModuleDict({m: nn.Linear(width, config.user.dim) for m, width in self.widths.items()})
