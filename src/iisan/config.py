@@ -523,7 +523,7 @@ class TrainConfig:
         user = {"variant": "reference", **data.pop("user", {})}  # runs saved before variants existed
         # runs saved before methods had their own options kept them flat; adapters took the
         # side network's bottleneck
-        content = {"id_offset": False, "blend": False, **_pop_fields(data, ContentConfig),
+        content = {"id_offset": False, "blend": False, "blend_groups": 1, **_pop_fields(data, ContentConfig),
                    **data.pop("content", {})}
         if content.get("id_offset_lr") is None:
             content.pop("id_offset_lr", None)

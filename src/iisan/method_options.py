@@ -36,6 +36,11 @@ class ContentConfig:
         help="iisan, frozen: after training, blend each score with the content floor's (knn) and add priors "
              "for cold and tail items, weighed on the validation split (iisan.models.blend); what lets a "
              "trained content model rank new and rare items.")
+    blend_groups: int = option(
+        3, minimum=1, maximum=8, panel=CONTENT,
+        help="Fit the blend's weights separately for this many equally large groups of users, by the share "
+             "of rare items (cold or tail) in their history: users who keep choosing rare items tend to "
+             "choose one next, where the content floor knows more. 1: one set of weights for everyone.")
     blend_select: BlendSelect = option(
         "overall", panel=CONTENT,
         help="What the blend's weights are chosen for on validation: overall (NDCG@10 over all users, "

@@ -42,7 +42,7 @@ def test_the_query_scores_the_standardised_mix_up_to_a_constant_per_user():
     user = torch.from_numpy(rng.normal(size=(5, 4)).astype(np.float32))
     history = torch.from_numpy(rng.normal(size=(5, 6)).astype(np.float32))
     alpha, priors = 0.7, torch.tensor([0.5, 0.2, -0.1])
-    scores = blend.query(user, history, alpha, priors) @ items.T  # [5, N + 1]
+    scores = blend.query(user, history, alpha=alpha, priors=priors) @ items.T  # [5, N + 1]
 
     def z(raw):  # standardised over the catalogue (items 1..N), as the module documents
         real = raw[:, 1:].double()
@@ -143,3 +143,20 @@ def test_balanced_selection_weighs_each_slice_alike(tiny_multimodal, tmp_path):
     assert blend["valid_after"] == pytest.approx(sum(slices) / len(slices), abs=1e-6)
     with pytest.raises(ConfigError, match="blend_select must be one of overall, balanced"):
         TrainConfig.for_method("iisan", blend_select="fair")
+
+
+def test_each_group_of_users_gets_its_own_weights():
+    """Users are grouped by the share of rare items in their history (bounds at quantiles of
+    it); a query carries its group's floor weight and priors, and items added after training
+    count as rare."""
+    blend = ScoreBlend({"text": (2, 3)}, 4, torch.tensor([0, 0, 1, 4, 5, 99, 7]), groups=2)
+    histories = torch.tensor([[0, 5, 6], [0, 4, 5], [1, 2, 6], [0, 0, 1], [5, 6, 1000]])  # rare: 1, 2, 3; 1000 is new
+    assert blend.rare_share(histories).tolist() == [0.0, 0.0, pytest.approx(2 / 3), 1.0, pytest.approx(1 / 3)]
+    blend.fit_groups(histories)
+    assert blend.group_bounds.tolist() == [pytest.approx(1 / 3)]  # the median share
+    assert blend.user_groups(histories).tolist() == [0, 0, 1, 1, 1]
+    blend.alpha.copy_(torch.tensor([0.0, 2.0]))
+    blend.priors.copy_(torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.5, -0.1]]))
+    query = blend.query(torch.ones(5, 4), torch.ones(5, 3), blend.user_groups(histories))
+    assert (query[:2, 4:7] == 0).all() and (query[2:, 4:7] != 0).all()
+    assert query[:2, 7:].abs().sum() == 0 and torch.equal(query[2:, 7:], blend.priors[1].expand(3, -1))

@@ -56,8 +56,8 @@ def test_resume_continues_from_the_last_good_epoch(scratch):
 
 def _numbers(tree):
     """Every number in a JSON tree (metrics, per-slice metrics, the blend's weights)."""
-    if isinstance(tree, dict):
-        for value in tree.values():
+    if isinstance(tree, dict | list):
+        for value in tree.values() if isinstance(tree, dict) else tree:
             yield from _numbers(value)
     elif not isinstance(tree, str):
         yield tree

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file, save_file
 
 from iisan.run.files import read_run_config
 from iisan.serving.recommender import Recommender
@@ -27,6 +28,13 @@ def old_run(tiny_run, tmp_path) -> Path:
     # Where this machine's tiny dataset and cache are: provenance, the only paths in the file.
     old.update(dataset=today["dataset"], cache=today["cache"], dataset_fingerprint=today["dataset_fingerprint"])
     (run / "config.json").write_text(json.dumps(old))
+    # and the blend's weights as that code laid them out: one alpha, one row of priors, no bounds
+    weights = load_file(run / "model.safetensors")
+    weights["blend.alpha"] = weights["blend.alpha"].reshape(())
+    weights["blend.priors"] = weights["blend.priors"].reshape(-1)
+    del weights["blend.group_bounds"]
+    save_file(weights, run / "model.safetensors")
+    shutil.rmtree(run / "index", ignore_errors=True)  # built from today's file: built again on load
     return run
 
 

@@ -18,11 +18,17 @@ user, cold / tail are the popularity slices of :mod:`iisan.evaluation.slices` (0
 ``count_i`` is the item's number of occurrences there (a popularity prior, positive or
 negative, that the standardised trained score no longer carries at its own scale).
 
+The weights ``alpha``, ``beta`` and ``gamma`` are one set per group of users, grouped by
+the share of their history that is rare (cold or tail items; items added after training
+count as cold): users who keep choosing rare items tend to choose one next, where the
+floor knows more than the trained score. The groups' bounds are quantiles of that share
+over the validation users (``groups`` of them; one group is a single set of weights).
+
 It stays one inner product, so the item index serves it unchanged: ``z`` only needs the
 standard deviation over items, ``sqrt(u' C u)`` with ``C`` the covariance of the item
 vectors, a per-user constant that scales the query. Items are
 ``[e_i, c_i, [cold], [tail], log(1 + count_i)]``, queries
-``[u / sd_u, alpha * h / sd_h, beta_cold, beta_tail, gamma]``.
+``[u / sd_u, alpha * h / sd_h, beta_cold, beta_tail, gamma]`` with the user's group's weights.
 
 The weights are fitted after training by :func:`iisan.training.calibrate.calibrate_blend`
 on the validation split, never on test; before that the blend is inactive and the model
@@ -42,6 +48,7 @@ from iisan.models.inputs import ItemFeatures
 # what the trained score already ranks well), then the log-popularity feature.
 PRIOR_SLICES = tuple((name, low, high) for name, low, high in SLICES if name != "head")
 PRIORS = (*(name for name, _, _ in PRIOR_SLICES), "log_popularity")
+RARE_MOST = max(high for _, _, high in PRIOR_SLICES)  # an item seen at most this often is rare
 
 
 class ScoreBlend(nn.Module):
@@ -51,17 +58,20 @@ class ScoreBlend(nn.Module):
         shapes: modality -> ``(L + 1, D)`` of the content the floor reads (the last layer).
         dim: the width ``d`` of the trained embeddings.
         counts: ``[N + 1]`` occurrences of each item in the training part.
+        groups: how many groups of users get their own weights.
     """
 
-    def __init__(self, shapes: dict[str, tuple[int, int]], dim: int, counts: torch.Tensor) -> None:
+    def __init__(self, shapes: dict[str, tuple[int, int]], dim: int, counts: torch.Tensor,
+                 groups: int = 1) -> None:
         super().__init__()
         self.content = FrozenContentItems(tuple(shapes), shapes)
         self.history = RecencyMean(self.content.dim)
         self.dim = dim
         self.register_buffer("counts", torch.as_tensor(counts, dtype=torch.long).clone())
         self.register_buffer("active", torch.tensor(False))
-        self.register_buffer("alpha", torch.tensor(0.0))
-        self.register_buffer("priors", torch.zeros(len(PRIORS)))
+        self.register_buffer("alpha", torch.zeros(groups))
+        self.register_buffer("priors", torch.zeros(groups, len(PRIORS)))
+        self.register_buffer("group_bounds", torch.zeros(groups - 1))  # of the rare share; see fit_groups
         self.register_buffer("trained_cov", torch.eye(dim))
         self.register_buffer("content_cov", torch.eye(self.content.dim))
 
@@ -74,12 +84,46 @@ class ScoreBlend(nn.Module):
         """The width of item vectors and queries."""
         return self.dim + self.content.dim + len(PRIORS)
 
+    @property
+    def groups(self) -> int:
+        return len(self.alpha)
+
+    def upgrade_saved(self, prefix: str, tensors: dict[str, torch.Tensor]) -> None:
+        """Weights saved before groups of users (one scalar ``alpha``, no bounds) as one group's."""
+        alpha = tensors.get(f"{prefix}alpha")
+        if alpha is not None and alpha.dim() == 0:
+            tensors[f"{prefix}alpha"] = alpha.reshape(1)
+            tensors[f"{prefix}priors"] = tensors[f"{prefix}priors"].reshape(1, -1)
+            tensors.setdefault(f"{prefix}group_bounds", torch.zeros(0))
+
+    def _counts_of(self, ids: torch.Tensor) -> torch.Tensor:
+        """Training occurrences of ``ids``; ids beyond the training catalogue (added later) 0."""
+        known = ids < len(self.counts)
+        return torch.where(known, self.counts[ids.clamp(max=len(self.counts) - 1)], torch.zeros_like(ids))
+
+    def rare_share(self, ids: torch.Tensor) -> torch.Tensor:
+        """``[U]``: the share of each history's items (left-padded ids ``[U, L]``) that are rare."""
+        real = ids != 0
+        rare = (self._counts_of(ids) <= RARE_MOST) & real
+        return rare.sum(-1).float() / real.sum(-1).clamp(min=1).float()
+
+    def user_groups(self, ids: torch.Tensor) -> torch.Tensor:
+        """``[U]``: each history's group, 0 (fewest rare items) to ``groups - 1``."""
+        return torch.bucketize(self.rare_share(ids), self.group_bounds, right=True)
+
+    @torch.no_grad()
+    def fit_groups(self, ids: torch.Tensor) -> None:
+        """Group bounds at the quantiles of the rare share over the histories ``ids [U, L]``
+        (the validation users'), so the groups are about equally large."""
+        if self.groups > 1:
+            levels = torch.arange(1, self.groups, dtype=torch.float64) / self.groups
+            self.group_bounds.copy_(torch.quantile(self.rare_share(ids).double().cpu(), levels))
+
     def prior_features(self, ids: torch.Tensor) -> torch.Tensor:
         """``[n, len(PRIORS)]``: 0/1 for each prior slice the item is in, then
         ``log(1 + count)``. Ids beyond the training catalogue (added later) count 0 times, so
         are cold; padding gets zeros."""
-        known = ids < len(self.counts)
-        counts = torch.where(known, self.counts[ids.clamp(max=len(self.counts) - 1)], torch.zeros_like(ids))
+        counts = self._counts_of(ids)
         flags = [((counts >= low) & (counts <= high)).float() for _, low, high in PRIOR_SLICES]
         features = torch.stack([*flags, torch.log1p(counts.float())], dim=-1)
         return features * (ids != 0).unsqueeze(-1).float()
@@ -97,14 +141,18 @@ class ScoreBlend(nn.Module):
         """The floor's user vector ``h`` for each row of item vectors ``[U, L, width]``."""
         return self.history(self.split(items)[1], mask)[:, -1]
 
-    def query(self, user: torch.Tensor, content: torch.Tensor, alpha=None, priors=None) -> torch.Tensor:
+    def query(self, user: torch.Tensor, content: torch.Tensor, groups: torch.Tensor | None = None,
+              alpha=None, priors=None) -> torch.Tensor:
         """``[U, d + D_c + priors]``: ``user`` (trained) and ``content`` (floor) queries, each
-        divided by the standard deviation of its scores over the catalogue, weighted."""
-        alpha = self.alpha if alpha is None else alpha
-        priors = self.priors if priors is None else priors
+        divided by the standard deviation of its scores over the catalogue, weighted by each
+        user's group's weights (``groups [U]``, see :meth:`user_groups`; default group 0), or
+        by ``alpha`` (a number) and ``priors`` ``[len(PRIORS)]`` when given."""
+        groups = torch.zeros(len(user), dtype=torch.long, device=user.device) if groups is None else groups
+        alpha = self.alpha[groups].unsqueeze(-1) if alpha is None else alpha
+        priors = self.priors[groups] if priors is None else priors.expand(len(user), -1)
         trained = user / _spread(user, self.trained_cov)
         floor = alpha * content / _spread(content, self.content_cov)
-        return torch.cat([trained, floor, priors.to(user.dtype).expand(len(user), -1)], dim=-1)
+        return torch.cat([trained, floor, priors.to(user.dtype)], dim=-1)
 
     @torch.no_grad()
     def fit_spread(self, items: torch.Tensor) -> None:

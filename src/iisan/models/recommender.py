@@ -35,7 +35,8 @@ def build_blend(config: TrainConfig, shapes: dict[str, tuple[int, int]], num_ite
     modalities = [m for m in config.side.encoder_modalities if m in shapes]
     if not config.content.blend or not modalities:
         return None
-    return ScoreBlend({m: shapes[m] for m in modalities}, config.user.dim, torch.zeros(num_items + 1))
+    return ScoreBlend({m: shapes[m] for m in modalities}, config.user.dim, torch.zeros(num_items + 1),
+                      groups=config.content.blend_groups)
 
 
 class SequentialRecommender(nn.Module):
@@ -105,7 +106,8 @@ class SequentialRecommender(nn.Module):
             return self.user(items[ids], ids != 0)[:, -1]
         trained, _ = self.blend.split(items)
         user = self.user(trained[ids], ids != 0)[:, -1]
-        return self.blend.query(user, self.blend.content_query(items[ids], ids != 0))
+        content = self.blend.content_query(items[ids], ids != 0)
+        return self.blend.query(user, content, self.blend.user_groups(ids))
 
     def _tower_features(self, features: ItemFeatures) -> ItemFeatures:
         """``features`` with only the layers the tower reads, when the blend added the last."""

@@ -62,6 +62,10 @@ def load_weights(path: Path, module: torch.nn.Module, fix: str = "retrain the ru
         DatasetError: one line naming the file, what is wrong and ``fix``.
     """
     tensors = load_tensors(path, fix)
+    for name, part in module.named_modules():  # weights saved by an earlier layout of a part
+        upgrade = getattr(part, "upgrade_saved", None)
+        if upgrade is not None:
+            upgrade(f"{name}." if name else "", tensors)
     expected = module.state_dict()
     missing = sorted(expected.keys() - tensors.keys())
     unexpected = sorted(tensors.keys() - expected.keys())

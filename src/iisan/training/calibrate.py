@@ -3,7 +3,9 @@
 Coordinate ascent over small grids: the content floor's weight, then the cold prior, the
 tail prior and the log-popularity prior, each keeping the best validation score so far,
 until a round changes nothing. Starting from the trained score alone (all zero), the blend
-is only kept where it scores better on validation; test is never read.
+is only kept where it scores better on validation; test is never read. With groups of
+users (:class:`~iisan.models.blend.ScoreBlend`), the ascent first moves every group's
+weights together, then each group's on its own from there.
 
 The validation score is chosen by ``select``: ``overall``, NDCG@10 over the validation
 users (where users whose next item is popular weigh most, as they are most of them), or
@@ -20,6 +22,7 @@ validation users when there are more, never fewer than ``MIN_USERS``).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -59,9 +62,11 @@ def calibrate_blend(model: SequentialRecommender, source: FeatureSource, num_ite
     not split), so every rank ends with the same weights.
 
     Returns:
-        ``{"alpha": a, "priors": {"cold": b, "tail": c, "log_popularity": g}, "select": s,
-        "valid_before": x, "valid_after": y, "users": U, "evaluations": n}`` (``valid_*``: the
-        criterion on the calibration users without and with the blend).
+        ``{"alpha": [a...], "priors": {"cold": [b...], "tail": [c...], "log_popularity": [g...]},
+        "groups": {"rare_share_bounds": [...], "users": [...]}, "select": s, "valid_before": x,
+        "valid_together": y0, "valid_after": y, "users": U, "evaluations": n}``: one weight per
+        group of users; ``valid_*``, the criterion on the calibration users without the blend,
+        with one set of weights for every group, and with each group's own.
     """
     if select not in SELECTIONS:
         raise ConfigError(f"select must be one of {', '.join(SELECTIONS)}, got {select!r}")
@@ -72,40 +77,80 @@ def calibrate_blend(model: SequentialRecommender, source: FeatureSource, num_ite
     users = _calibration_users(len(valid.targets), items.shape[0], seed)
     blend.alpha.fill_(1.0)  # the queries then carry h / sd_h as it is
     blend.priors.zero_()
+    inputs = torch.from_numpy(valid.inputs[users]).to(items.device)
+    blend.fit_groups(inputs)
+    groups = blend.user_groups(inputs).cpu().numpy()
     trained_rows, floor_rows, targets = _score_rows(model, items, valid, users, include_history)
     features = items[:, blend.dim + blend.content.dim:]  # [N + 1, priors]
-    tried: dict[tuple[float, ...], float] = {}
     slices = slice_of(valid.target_counts[users]) if valid.target_counts is not None else None
-    groups = ([torch.from_numpy(slices == name) for name in SLICE_NAMES if (slices == name).any()]
+    judged = ([torch.from_numpy(slices == name) for name in SLICE_NAMES if (slices == name).any()]
               if select == "balanced" and slices is not None else [torch.ones(len(users), dtype=torch.bool)])
+    members = [np.flatnonzero(groups == g) for g in range(blend.groups)]
+    group_ranks: dict[tuple[int, tuple[float, ...]], torch.Tensor] = {}
 
-    def score(weights: tuple[float, ...]) -> float:
-        if weights not in tried:
+    def ranks_of(group: int, weights: tuple[float, ...]) -> torch.Tensor:
+        """The ranks of one group's users under one setting (computed once)."""
+        if (group, weights) not in group_ranks:
             prior = features @ torch.tensor(weights[1:], dtype=features.dtype, device=features.device)
-            ranks = torch.cat([pessimistic_ranks(trained + weights[0] * floor + prior, target)
-                               for trained, floor, target in zip(trained_rows, floor_rows, targets)]).cpu()
-            tried[weights] = float(np.mean([metrics_from_ranks(ranks[group], (10,))[SELECT_METRIC]
-                                            for group in groups]))
-        return tried[weights]
+            ranks = []
+            mine = members[group]
+            for start, (trained, floor, target) in zip(range(0, len(users), USER_CHUNK),
+                                                       zip(trained_rows, floor_rows, targets)):
+                rows = mine[(mine >= start) & (mine < start + len(target))] - start
+                if len(rows):
+                    rows = torch.from_numpy(rows).to(trained.device)
+                    scores = trained[rows] + weights[0] * floor[rows] + prior
+                    ranks.append(pessimistic_ranks(scores, target[rows]))
+            group_ranks[group, weights] = torch.cat(ranks).cpu() if ranks else torch.zeros(0, dtype=torch.long)
+        return group_ranks[group, weights]
 
-    best = (0.0,) * (1 + len(PRIORS))
-    grids = (ALPHAS, *(SLICE_PRIORS,) * (len(PRIORS) - 1), POPULARITY_PRIORS)
-    for _ in range(MAX_ROUNDS):
-        start = best
-        for position, grid in enumerate(grids):
-            candidates = [best[:position] + (value,) + best[position + 1:] for value in grid]
-            best = max(candidates, key=lambda w: (score(w), w == best))  # ties keep the current
-        if best == start:
-            break
-    blend.alpha.fill_(best[0])
-    blend.priors.copy_(torch.tensor(best[1:]))
-    result = {"alpha": best[0], "priors": dict(zip(PRIORS, best[1:])), "select": select,
-              "valid_before": tried[(0.0,) * len(best)], "valid_after": tried[best], "users": len(users),
-              "evaluations": len(tried)}
-    log.info("blend: alpha %.2f, priors %s; valid %s (%s) %.4f -> %.4f (%d users, %d settings tried)",
-             result["alpha"], result["priors"], SELECT_METRIC, select, result["valid_before"],
-             result["valid_after"], len(users), len(tried))
+    tried: dict[tuple[tuple[float, ...], ...], float] = {}
+
+    def score(setting: tuple[tuple[float, ...], ...]) -> float:
+        if setting not in tried:
+            ranks = torch.zeros(len(users), dtype=torch.long)
+            for group, weights in enumerate(setting):
+                ranks[members[group]] = ranks_of(group, weights)
+            tried[setting] = float(np.mean([metrics_from_ranks(ranks[users_judged], (10,))[SELECT_METRIC]
+                                            for users_judged in judged]))
+        return tried[setting]
+
+    none = ((0.0,) * (1 + len(PRIORS)),) * blend.groups
+    together = _ascend(score, none, lambda setting, change: tuple(change(w) for w in setting))
+    best = together
+    if blend.groups > 1:
+        for group in range(blend.groups):  # then each group's on its own
+            best = _ascend(score, best, lambda setting, change, g=group: tuple(
+                change(w) if n == g else w for n, w in enumerate(setting)))
+    blend.alpha.copy_(torch.tensor([w[0] for w in best]))
+    blend.priors.copy_(torch.tensor([w[1:] for w in best]))
+    result = {"alpha": [w[0] for w in best],
+              "priors": {name: [w[1 + n] for w in best] for n, name in enumerate(PRIORS)},
+              "groups": {"rare_share_bounds": [round(float(b), 4) for b in blend.group_bounds],
+                         "users": [len(m) for m in members]},
+              "select": select, "valid_before": tried[none], "valid_together": tried[together],
+              "valid_after": tried[best], "users": len(users), "evaluations": len(group_ranks)}
+    log.info("blend: alpha %s, priors %s per group of users; valid %s (%s) %.4f -> %.4f (%d users, %d group "
+             "settings tried)", result["alpha"], result["priors"], SELECT_METRIC, select,
+             result["valid_before"], result["valid_after"], len(users), len(group_ranks))
     return result
+
+
+def _ascend(score: Callable[[Any], float], start: Any, apply: Callable[[Any, Callable], Any]) -> Any:
+    """Coordinate ascent from ``start``: for each weight in turn (the floor's, then each
+    prior's), the grid value that scores best, ``apply(setting, change)`` giving the setting
+    with ``change`` applied to the weights it moves; until a round changes nothing."""
+    grids = (ALPHAS, *(SLICE_PRIORS,) * (len(PRIORS) - 1), POPULARITY_PRIORS)
+    best = start
+    for _ in range(MAX_ROUNDS):
+        before = best
+        for position, grid in enumerate(grids):
+            candidates = [apply(best, lambda w, v=value: w[:position] + (v,) + w[position + 1:])
+                          for value in grid]
+            best = max(candidates, key=lambda s: (score(s), s == best))  # ties keep the current
+        if best == before:
+            break
+    return best
 
 
 def _calibration_users(count: int, catalogue: int, seed: int) -> np.ndarray:
