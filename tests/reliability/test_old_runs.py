@@ -1,7 +1,9 @@
 """Run folders saved by earlier code keep loading (issue 29: the run folder's owner moved;
 what it reads must not). ``tests/fixtures/config-0.1-d657f23.json`` is the ``config.json``
 the code at d657f23 wrote for the tiny run's settings (text only: the repository carries no
-weights). It replaces today's in a copy of the tiny run, whose weights it describes."""
+weights); ``config-0.2-methods-options.json`` the one written once methods had their own
+options (``content``, ``tuning``). Each replaces today's in a copy of the tiny run, whose
+weights it describes (in the layout of the code that wrote it)."""
 
 from __future__ import annotations
 
@@ -16,18 +18,21 @@ from iisan.run.files import read_run_config
 from iisan.serving.recommender import Recommender
 from tests.reliability.conftest import cli
 
-OLD_CONFIG = Path(__file__).resolve().parents[1] / "fixtures" / "config-0.1-d657f23.json"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+OLD_CONFIGS = ("config-0.1-d657f23.json", "config-0.2-methods-options.json")
 
 
-@pytest.fixture
-def old_run(tiny_run, tmp_path) -> Path:
+@pytest.fixture(params=OLD_CONFIGS)
+def old_run(tiny_run, tmp_path, request) -> Path:
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     today = read_run_config(run)
-    old = json.loads(OLD_CONFIG.read_text())
+    old = json.loads((FIXTURES / request.param).read_text())
     # Where this machine's tiny dataset and cache are: provenance, the only paths in the file.
     old.update(dataset=today["dataset"], cache=today["cache"], dataset_fingerprint=today["dataset_fingerprint"])
     (run / "config.json").write_text(json.dumps(old))
+    if request.param != OLD_CONFIGS[0]:
+        return run
     # and the blend's weights as that code laid them out: one alpha, one row of priors, no bounds
     weights = load_file(run / "model.safetensors")
     weights["blend.alpha"] = weights["blend.alpha"].reshape(())
