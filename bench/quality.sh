@@ -63,6 +63,8 @@ cosine30         | cache-mean | $BEFORE --epochs 30 --schedule cosine --warmup-e
 recbole          | cache-mean | $BEFORE --user-encoder recbole
 full             | cache-mean | $BEFORE --loss full
 defaults         | cache-mean |
+blend1           | cache-mean | --blend-groups 1
+balanced         | cache-mean | --blend-select balanced
 noblend          | cache-mean | --no-blend
 knn              | cache-mean | --method knn
 frozen-noblend   | cache-mean | --method frozen --no-blend
@@ -99,6 +101,9 @@ EOF
 #   defaults); id-e15: id-sequences with its cosine over 15 epochs; id-b256: 256 users a batch;
 #   id-inbatch: the in-batch recipe id used before. prefixes vs noblend: IISAN on prefixes,
 #   256 a batch; batch256 vs noblend: 256 windows a batch (four times the in-batch negatives).
+#   blend1 vs defaults: one set of blend weights for every user, against one per group of users
+#   (by the share of rare items in the history); balanced: the blend fitted for the cold, tail
+#   and head slices alike.
 #   defaults vs noblend: the score blended with the content floor's and priors for cold and
 #   tail items, weighed on validation (today's default; every row that says --no-blend, and
 #   BEFORE, scores as trained); knn: the content-only floor (no training); frozen vs
