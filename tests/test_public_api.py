@@ -74,3 +74,20 @@ def test_no_import_cycles_between_subpackages():
     assert not cycles, f"import cycles: {cycles[:3]}"
     assert not edges["models"] & {"cache", "data", "features", "training", "evaluation"}  # modules only
     assert not edges["recommend"] & {"training"} and not edges["evaluation"] & {"training"}
+
+
+SOURCE = REPO / "src" / "iisan"
+LONGEST_FUNCTION, LONGEST_CLASS = 80, 200
+
+
+def test_no_function_over_80_lines_and_no_class_over_200():
+    """Small units a reader can hold in view (issue 29): a function that outgrows 80 lines,
+    or a class 200, is split before it lands."""
+    too_long = []
+    for path in sorted(SOURCE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            limit = (LONGEST_FUNCTION if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+                     else LONGEST_CLASS if isinstance(node, ast.ClassDef) else None)
+            if limit is not None and node.end_lineno - node.lineno + 1 > limit:
+                too_long.append(f"{path.relative_to(SOURCE)}:{node.lineno} {node.name}")
+    assert not too_long, too_long

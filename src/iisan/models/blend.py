@@ -114,7 +114,10 @@ class ScoreBlend(nn.Module):
     @torch.no_grad()
     def fit_groups(self, ids: torch.Tensor) -> None:
         """Group bounds at the quantiles of the rare share over the histories ``ids [U, L]``
-        (the validation users'), so the groups are about equally large."""
+        (the validation users'), so the groups are about equally large. A share equal to a
+        bound belongs to the group above it; where many users share one value (a dense
+        catalogue, where most histories hold no rare item) a group may be empty, and the
+        others then cover everyone."""
         if self.groups > 1:
             levels = torch.arange(1, self.groups, dtype=torch.float64) / self.groups
             self.group_bounds.copy_(torch.quantile(self.rare_share(ids).double().cpu(), levels))

@@ -80,41 +80,12 @@ def calibrate_blend(model: SequentialRecommender, source: FeatureSource, num_ite
     inputs = torch.from_numpy(valid.inputs[users]).to(items.device)
     blend.fit_groups(inputs)
     groups = blend.user_groups(inputs).cpu().numpy()
-    trained_rows, floor_rows, targets = _score_rows(model, items, valid, users, include_history)
-    features = items[:, blend.dim + blend.content.dim:]  # [N + 1, priors]
     slices = slice_of(valid.target_counts[users]) if valid.target_counts is not None else None
     judged = ([torch.from_numpy(slices == name) for name in SLICE_NAMES if (slices == name).any()]
               if select == "balanced" and slices is not None else [torch.ones(len(users), dtype=torch.bool)])
     members = [np.flatnonzero(groups == g) for g in range(blend.groups)]
-    group_ranks: dict[tuple[int, tuple[float, ...]], torch.Tensor] = {}
-
-    def ranks_of(group: int, weights: tuple[float, ...]) -> torch.Tensor:
-        """The ranks of one group's users under one setting (computed once)."""
-        if (group, weights) not in group_ranks:
-            prior = features @ torch.tensor(weights[1:], dtype=features.dtype, device=features.device)
-            ranks = []
-            mine = members[group]
-            for start, (trained, floor, target) in zip(range(0, len(users), USER_CHUNK),
-                                                       zip(trained_rows, floor_rows, targets)):
-                rows = mine[(mine >= start) & (mine < start + len(target))] - start
-                if len(rows):
-                    rows = torch.from_numpy(rows).to(trained.device)
-                    scores = trained[rows] + weights[0] * floor[rows] + prior
-                    ranks.append(pessimistic_ranks(scores, target[rows]))
-            group_ranks[group, weights] = torch.cat(ranks).cpu() if ranks else torch.zeros(0, dtype=torch.long)
-        return group_ranks[group, weights]
-
-    tried: dict[tuple[tuple[float, ...], ...], float] = {}
-
-    def score(setting: tuple[tuple[float, ...], ...]) -> float:
-        if setting not in tried:
-            ranks = torch.zeros(len(users), dtype=torch.long)
-            for group, weights in enumerate(setting):
-                ranks[members[group]] = ranks_of(group, weights)
-            tried[setting] = float(np.mean([metrics_from_ranks(ranks[users_judged], (10,))[SELECT_METRIC]
-                                            for users_judged in judged]))
-        return tried[setting]
-
+    score = _Criterion(*_score_rows(model, items, valid, users, include_history),
+                       items[:, blend.dim + blend.content.dim:], members, judged)
     none = ((0.0,) * (1 + len(PRIORS)),) * blend.groups
     together = _ascend(score, none, lambda setting, change: tuple(change(w) for w in setting))
     best = together
@@ -128,12 +99,60 @@ def calibrate_blend(model: SequentialRecommender, source: FeatureSource, num_ite
               "priors": {name: [w[1 + n] for w in best] for n, name in enumerate(PRIORS)},
               "groups": {"rare_share_bounds": [round(float(b), 4) for b in blend.group_bounds],
                          "users": [len(m) for m in members]},
-              "select": select, "valid_before": tried[none], "valid_together": tried[together],
-              "valid_after": tried[best], "users": len(users), "evaluations": len(group_ranks)}
+              "select": select, "valid_before": score(none), "valid_together": score(together),
+              "valid_after": score(best), "users": len(users), "evaluations": len(score.group_ranks)}
     log.info("blend: alpha %s, priors %s per group of users; valid %s (%s) %.4f -> %.4f (%d users, %d group "
              "settings tried)", result["alpha"], result["priors"], SELECT_METRIC, select,
-             result["valid_before"], result["valid_after"], len(users), len(group_ranks))
+             result["valid_before"], result["valid_after"], len(users), len(score.group_ranks))
     return result
+
+
+class _Criterion:
+    """The calibration criterion of a setting (one weight tuple per group of users): NDCG@10,
+    or its mean over the ``judged`` subsets of users; each group's ranks under each weight
+    tuple are computed once.
+
+    Args:
+        trained_rows, floor_rows, targets: per chunk of users, from :func:`_score_rows`.
+        features: the items' prior features ``[N + 1, priors]``.
+        members: per group, the positions of its users among the calibration users.
+        judged: boolean masks over the calibration users whose NDCG@10 values are averaged.
+    """
+
+    def __init__(self, trained_rows: list[torch.Tensor], floor_rows: list[torch.Tensor],
+                 targets: list[torch.Tensor], features: torch.Tensor, members: list[np.ndarray],
+                 judged: list[torch.Tensor]) -> None:
+        self.chunks = list(zip(trained_rows, floor_rows, targets))
+        self.features, self.members, self.judged = features, members, judged
+        self.users = sum(len(m) for m in members)
+        self.group_ranks: dict[tuple[int, tuple[float, ...]], torch.Tensor] = {}
+        self.tried: dict[tuple[tuple[float, ...], ...], float] = {}
+
+    def ranks_of(self, group: int, weights: tuple[float, ...]) -> torch.Tensor:
+        """The ranks of one group's users under one weight tuple."""
+        if (group, weights) not in self.group_ranks:
+            prior = self.features @ torch.tensor(weights[1:], dtype=self.features.dtype,
+                                                 device=self.features.device)
+            ranks, mine, start = [], self.members[group], 0
+            for trained, floor, target in self.chunks:
+                rows = mine[(mine >= start) & (mine < start + len(target))] - start
+                start += len(target)
+                if len(rows):
+                    rows = torch.from_numpy(rows).to(trained.device)
+                    scores = trained[rows] + weights[0] * floor[rows] + prior
+                    ranks.append(pessimistic_ranks(scores, target[rows]))
+            found = torch.cat(ranks).cpu() if ranks else torch.zeros(0, dtype=torch.long)
+            self.group_ranks[group, weights] = found
+        return self.group_ranks[group, weights]
+
+    def __call__(self, setting: tuple[tuple[float, ...], ...]) -> float:
+        if setting not in self.tried:
+            ranks = torch.zeros(self.users, dtype=torch.long)
+            for group, weights in enumerate(setting):
+                ranks[self.members[group]] = self.ranks_of(group, weights)
+            self.tried[setting] = float(np.mean([metrics_from_ranks(ranks[users], (10,))[SELECT_METRIC]
+                                                 for users in self.judged]))
+        return self.tried[setting]
 
 
 def _ascend(score: Callable[[Any], float], start: Any, apply: Callable[[Any, Callable], Any]) -> Any:
