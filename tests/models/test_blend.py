@@ -152,7 +152,9 @@ def test_each_group_of_users_gets_its_own_weights():
     blend = ScoreBlend({"text": (2, 3)}, 4, torch.tensor([0, 0, 1, 4, 5, 99, 7]), groups=2)
     histories = torch.tensor([[0, 5, 6], [0, 4, 5], [1, 2, 6], [0, 0, 1], [5, 6, 1000]])  # rare: 1, 2, 3; 1000 is new
     assert blend.rare_share(histories).tolist() == [0.0, 0.0, pytest.approx(2 / 3), 1.0, pytest.approx(1 / 3)]
-    blend.fit_groups(histories)
+    assert blend.fit_groups(histories) == 1 and blend.group_bounds.tolist() == [2.0]  # too few users for 2
+    assert blend.user_groups(histories).tolist() == [0] * 5
+    assert blend.fit_groups(histories, min_users=2) == 2
     assert blend.group_bounds.tolist() == [pytest.approx(1 / 3)]  # the median share
     assert blend.user_groups(histories).tolist() == [0, 0, 1, 1, 1]
     blend.alpha.copy_(torch.tensor([0.0, 2.0]))
@@ -160,3 +162,19 @@ def test_each_group_of_users_gets_its_own_weights():
     query = blend.query(torch.ones(5, 4), torch.ones(5, 3), blend.user_groups(histories))
     assert (query[:2, 4:7] == 0).all() and (query[2:, 4:7] != 0).all()
     assert query[:2, 7:].abs().sum() == 0 and torch.equal(query[2:, 7:], blend.priors[1].expand(3, -1))
+
+
+def test_calibration_fits_each_group_from_the_shared_weights(tiny_multimodal, tmp_path, monkeypatch):
+    """With enough validation users for three groups, calibration moves every group's weights
+    together, then each group's on its own: never worse than one set of weights on
+    validation; with too few (the tiny set's 150) it keeps one group."""
+    import iisan.models.blend
+
+    dataset, cache = tiny_multimodal
+    summary = train(dataset, tmp_path / "one", TrainConfig(epochs=1, train_batch_size=32, seed=2), cache_dir=cache)
+    assert summary["blend"]["groups"]["used"] == 1 and len(summary["blend"]["groups"]["rare_share_bounds"]) == 0
+    monkeypatch.setattr(iisan.models.blend, "MIN_GROUP_USERS", 40)
+    summary = train(dataset, tmp_path / "three", TrainConfig(epochs=1, train_batch_size=32, seed=2), cache_dir=cache)
+    blend = summary["blend"]
+    assert blend["groups"]["used"] == 3 and sum(blend["groups"]["users"]) == blend["users"]
+    assert blend["valid_after"] >= blend["valid_together"] >= blend["valid_before"]

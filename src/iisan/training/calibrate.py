@@ -63,10 +63,11 @@ def calibrate_blend(model: SequentialRecommender, source: FeatureSource, num_ite
 
     Returns:
         ``{"alpha": [a...], "priors": {"cold": [b...], "tail": [c...], "log_popularity": [g...]},
-        "groups": {"rare_share_bounds": [...], "users": [...]}, "select": s, "valid_before": x,
-        "valid_together": y0, "valid_after": y, "users": U, "evaluations": n}``: one weight per
-        group of users; ``valid_*``, the criterion on the calibration users without the blend,
-        with one set of weights for every group, and with each group's own.
+        "groups": {"used": G, "rare_share_bounds": [...], "users": [...]}, "select": s,
+        "valid_before": x, "valid_together": y0, "valid_after": y, "users": U, "evaluations": n}``:
+        one weight per group of users (those beyond the ``G`` used are empty); ``valid_*``, the
+        criterion on the calibration users without the blend, with one set of weights for
+        every group, and with each group's own.
     """
     if select not in SELECTIONS:
         raise ConfigError(f"select must be one of {', '.join(SELECTIONS)}, got {select!r}")
@@ -78,7 +79,7 @@ def calibrate_blend(model: SequentialRecommender, source: FeatureSource, num_ite
     blend.alpha.fill_(1.0)  # the queries then carry h / sd_h as it is
     blend.priors.zero_()
     inputs = torch.from_numpy(valid.inputs[users]).to(items.device)
-    blend.fit_groups(inputs)
+    used = blend.fit_groups(inputs)
     groups = blend.user_groups(inputs).cpu().numpy()
     slices = slice_of(valid.target_counts[users]) if valid.target_counts is not None else None
     judged = ([torch.from_numpy(slices == name) for name in SLICE_NAMES if (slices == name).any()]
@@ -89,16 +90,16 @@ def calibrate_blend(model: SequentialRecommender, source: FeatureSource, num_ite
     none = ((0.0,) * (1 + len(PRIORS)),) * blend.groups
     together = _ascend(score, none, lambda setting, change: tuple(change(w) for w in setting))
     best = together
-    if blend.groups > 1:
-        for group in range(blend.groups):  # then each group's on its own
+    if used > 1:
+        for group in range(used):  # then each group's on its own
             best = _ascend(score, best, lambda setting, change, g=group: tuple(
                 change(w) if n == g else w for n, w in enumerate(setting)))
     blend.alpha.copy_(torch.tensor([w[0] for w in best]))
     blend.priors.copy_(torch.tensor([w[1:] for w in best]))
     result = {"alpha": [w[0] for w in best],
               "priors": {name: [w[1 + n] for w in best] for n, name in enumerate(PRIORS)},
-              "groups": {"rare_share_bounds": [round(float(b), 4) for b in blend.group_bounds],
-                         "users": [len(m) for m in members]},
+              "groups": {"used": used, "users": [len(m) for m in members[:used]],
+                         "rare_share_bounds": [round(float(b), 4) for b in blend.group_bounds[:used - 1]]},
               "select": select, "valid_before": score(none), "valid_together": score(together),
               "valid_after": score(best), "users": len(users), "evaluations": len(score.group_ranks)}
     log.info("blend: alpha %s, priors %s per group of users; valid %s (%s) %.4f -> %.4f (%d users, %d group "
