@@ -71,7 +71,10 @@ def _model_and_source(config: TrainConfig, dataset: PreparedDataset, cache: Hidd
                       shapes: dict[str, tuple[int, int]], device,
                       layers: dict[str, tuple[int, ...]] | None = None) -> tuple[SequentialRecommender, FeatureSource]:
     entries = {m: cache.entry(m) for m in shapes} if cache is not None else {}
-    constant = {m: cache.constant_layers(m) for m in shapes} if cache is not None and layers is None else None
+    # Only a tower that chooses layers from the states needs to know the constant ones (a read of
+    # the cache); the encoder baselines run the encoders themselves.
+    choose = cache is not None and layers is None and get_method(config.method).reads == "states"
+    constant = {m: cache.constant_layers(m) for m in shapes} if choose else None
     stored = {m: cache.stored_layers(m) for m in shapes} if cache is not None else None
     model, encoders = build_model(config, shapes, dataset.num_items, entries, device, constant, layers, stored)
     context = SourceContext(config, dataset, cache, entries, model, encoders, device)

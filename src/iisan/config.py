@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from iisan.errors import ConfigError
-from iisan.method_options import ContentConfig, EncoderTuningConfig, Precision
+from iisan.method_options import ContentConfig, EncoderTuningConfig, MethodOptions, Precision
 from iisan.methods import get_method, method_names
 from iisan.options import build_config, check_options, nested_configs, option
 
@@ -478,8 +478,8 @@ class TrainConfig:
             raise ConfigError(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
         own = get_method(self.method).options
         for name, section in nested_configs(TrainConfig).items():
-            if hasattr(section, "unused") and section is not own and getattr(self, name) != section.unused():
-                # not this method's: the saved config says they were not used
+            # another method family's options: the saved config says they were not used
+            if issubclass(section, MethodOptions) and section is not own:
                 object.__setattr__(self, name, section.unused())
 
     def to_json(self) -> dict[str, Any]:

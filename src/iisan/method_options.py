@@ -2,9 +2,9 @@
 
 A method's registry entry (:mod:`iisan.methods`) names the class holding its own options;
 :class:`~iisan.config.TrainConfig` holds one of each (``content``, ``tuning``), and a
-method whose entry names another class leaves that one at its :meth:`unused` values, so a
-saved ``config.json`` says what the run did. On the command line and in ``--config`` files
-their fields are flat options like every other.
+method whose entry names another class leaves that one at its
+:meth:`~MethodOptions.unused` values, so a saved ``config.json`` says what the run did. On
+the command line and in ``--config`` files their fields are flat options like every other.
 """
 
 from __future__ import annotations
@@ -21,8 +21,21 @@ CONTENT = "New and rare items"
 TUNING = "Encoder baselines (fft, adapter, lora, bitfit)"
 
 
+class MethodOptions:
+    """Base of a method family's option class: validated from its fields, and recorded at
+    :meth:`unused` by a run of a method outside the family."""
+
+    def __post_init__(self) -> None:
+        check_options(self)
+
+    @classmethod
+    def unused(cls) -> MethodOptions:
+        """What a method without these options records (by default, the defaults)."""
+        return cls()
+
+
 @dataclass(frozen=True)
-class ContentConfig:
+class ContentConfig(MethodOptions):
     """What the content methods (``iisan``, ``frozen``) add for new and rare items: per-item
     id offsets while training, and the score blend after it."""
 
@@ -47,9 +60,6 @@ class ContentConfig:
              "most of whom want popular items) or balanced (the mean of NDCG@10 over the cold, tail and head "
              "slices: new and rare items weigh as much as popular ones).")
 
-    def __post_init__(self) -> None:
-        check_options(self)
-
     @classmethod
     def unused(cls) -> ContentConfig:
         """What a method without these options records: no offsets, no blend."""
@@ -57,7 +67,7 @@ class ContentConfig:
 
 
 @dataclass(frozen=True)
-class EncoderTuningConfig:
+class EncoderTuningConfig(MethodOptions):
     """The options of the methods that train the encoders themselves (``fft``, ``adapter``,
     ``lora``, ``bitfit``)."""
 
@@ -70,10 +80,3 @@ class EncoderTuningConfig:
         help="Compute precision of the encoders that fft, adapter, lora and bitfit run and train: auto (bf16 "
              "autocast on a GPU that supports it, else fp32), fp32 or bf16. uncached mode runs its frozen "
              "encoders at the cache's precision; the side network and user encoder stay fp32.")
-
-    def __post_init__(self) -> None:
-        check_options(self)
-
-    @classmethod
-    def unused(cls) -> EncoderTuningConfig:
-        return cls()

@@ -23,6 +23,7 @@ from iisan.config import TrainConfig
 from iisan.errors import ConfigError, DatasetError
 from iisan.evaluation.metrics import metric_label
 from iisan.fileio import write_bytes_atomic
+from iisan.method_options import MethodOptions
 from iisan.methods import get_method
 from iisan.options import nested_configs
 from iisan.run.files import read_run_config
@@ -293,7 +294,7 @@ def _unused_options(config: TrainConfig | None, flat: dict[str, Any]) -> list[st
     method = get_method(config.method)
     unused = [k for k in flat if k.startswith("train.side.")] if not method.needs_cache else []
     for name, section in nested_configs(TrainConfig).items():
-        if hasattr(section, "unused") and section is not method.options:  # another method family's
+        if issubclass(section, MethodOptions) and section is not method.options:  # another family's
             unused += [f"train.{name}.{f.name}" for f in dataclasses.fields(section)]
     if config.loss != "sampled":
         unused.append("train.negatives")
@@ -306,9 +307,8 @@ def _unused_options(config: TrainConfig | None, flat: dict[str, Any]) -> list[st
 
 def _configuration(records: list[RunRecord]) -> str:
     configs = [_train_config(r.config.get("train", {})) for r in records]
-    flat = [_flatten({"train": c.to_json() if c else r.config.get("train", {}), "dataset": r.config.get("dataset"),
-                      "cache": r.config.get("cache"), "num_items": r.config.get("num_items")})
-            for c, r in zip(configs, records)]
+    flat = [_flatten({"train": c.to_json() if c else r.config.get("train", {}), **{
+        key: r.config.get(key) for key in ("dataset", "cache", "num_items")}}) for c, r in zip(configs, records)]
     for key in ("dataset", "cache"):
         for f, short in zip(flat, _shortened([f.get(key) for f in flat])):
             f[key] = short

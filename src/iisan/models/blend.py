@@ -121,10 +121,10 @@ class ScoreBlend(nn.Module):
         (the validation users'), so the groups are about equally large; returns how many
         are used. Each group needs ``min_users`` of them (default :data:`MIN_GROUP_USERS`:
         fewer users' weights are noise), so a small validation split uses fewer groups than
-        :attr:`groups` and
-        the rest stay empty (bound 2, above any share). A share equal to a bound belongs to the group
-        above it; where many users share one value (a dense catalogue, where most histories
-        hold no rare item) a group may be empty, and the others then cover everyone."""
+        :attr:`groups` and the rest stay empty (bound 2, above any share). A share equal to
+        a bound belongs to the group above it; where many users share one value (a dense
+        catalogue, where most histories hold no rare item) a group may be empty, and the
+        others then cover everyone."""
         used = max(1, min(self.groups, len(ids) // (min_users or MIN_GROUP_USERS)))
         bounds = torch.full((self.groups - 1,), 2.0, dtype=torch.float64)  # saved weights stay finite
         if used > 1:
