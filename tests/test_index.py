@@ -113,7 +113,7 @@ def test_extending_leaves_the_original_index_as_it_was():
 
 
 @pytest.mark.parametrize("n, k", [(128, 1), (1280, 10), (4096, 200), (256, 256)])
-def test_blocked_top_k_equals_torch_top_k(n, k):
+def test_blocked_top_k_equals_a_stable_sort(n, k):
     import torch
 
     from iisan.search import blocked_topk
@@ -122,6 +122,8 @@ def test_blocked_top_k_equals_torch_top_k(n, k):
     scores = torch.randn(7, n)
     scores[0, :64] = -torch.inf  # excluded items, as the index marks them
     scores[1] = torch.randint(0, 5, (n,)).float()  # many ties: the lowest columns first among equals
+    scores[2, [n - 1, n // 2, 3]] = 10.0  # equal best scores inside the k, none at the cut
+    scores[3, -k:] = scores[3, :k] = 10.0  # the cut falls inside a run of equal scores
     values, columns = blocked_topk(scores, k)
     expected = torch.sort(scores, dim=1, descending=True, stable=True)
     assert torch.equal(values, expected.values[:, :k])

@@ -216,6 +216,35 @@ def test_a_chunked_body_over_the_limit_gets_413(client, history):
     assert small.status_code == 200  # a small chunked body is read whole and answered
 
 
+def test_the_body_limit_holds_for_a_body_in_one_message_without_a_declared_length():
+    """The usual body arrives in one message; one over the limit with no Content-Length
+    (which a client may leave out) is refused before the app reads it."""
+    import asyncio
+
+    from iisan.serving.middleware import BodyLimit
+
+    async def app(scope, receive, send):  # answers with the length of the body it was handed
+        body = (await receive())["body"]
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": str(len(body)).encode()})
+
+    def call(body: bytes) -> list[dict]:
+        sent = []
+
+        async def receive():
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        asyncio.run(BodyLimit(app, max_bytes=100)({"type": "http", "headers": []}, receive, send))
+        return sent
+
+    assert call(b"x" * 100)[0]["status"] == 200 and call(b"x" * 100)[1]["body"] == b"100"
+    refused = call(b"x" * 101)
+    assert refused[0]["status"] == 413 and b"over 100 bytes" in refused[1]["body"]
+
+
 def test_a_9_mib_chunked_body_gets_413_at_the_default_limit(recommender):
     client = TestClient(create_app(recommender), raise_server_exceptions=False)
     body = (b"x" * (1 << 20) for _ in range(9))

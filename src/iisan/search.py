@@ -161,13 +161,33 @@ def blocked_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
     The k best scores lie in the k blocks first by (maximum, descending; block, ascending):
     a block holding one of them has a maximum at least that high, and k blocks ahead of it
     would hold k items ahead of it (a tie with a lower block is a tie with lower columns).
-    So the k best of those blocks' ``k * BLOCK`` scores, taken in column order with a stable
-    sort, replace a sort of all n.
+    So the k best of those blocks' ``k * BLOCK`` scores, taken in column order, replace a
+    sort of all n.
     """
     queries, n = scores.shape
     maxima = scores.view(queries, n // BLOCK, BLOCK).amax(-1)
-    blocks = torch.sort(maxima, dim=1, descending=True, stable=True).indices[:, : min(k, maxima.shape[1])]
-    blocks = blocks.sort(dim=1).values  # column order, so the stable sort below breaks ties by column
+    blocks = stable_top(maxima, min(k, maxima.shape[1])).sort(dim=1).values  # in column order
     columns = (blocks.unsqueeze(-1) * BLOCK + torch.arange(BLOCK)).reshape(queries, -1)
-    top = torch.sort(torch.gather(scores, 1, columns), dim=1, descending=True, stable=True)
-    return top.values[:, :k], torch.gather(columns, 1, top.indices[:, :k])
+    candidates = torch.gather(scores, 1, columns)
+    best = stable_top(candidates, k)
+    return torch.gather(candidates, 1, best), torch.gather(columns, 1, best)
+
+
+def stable_top(values: torch.Tensor, k: int) -> torch.Tensor:
+    """Columns of the ``k`` best of each row of ``values [q, n]``, best first, equal values
+    by column: what a stable descending sort cut at ``k`` gives, at ``torch.topk``'s cost.
+
+    ``topk`` may pick any of several values equal to its k-th; only a row with more values
+    at least that high than ``k`` can have such a tie at the cut, and only those rows (rare
+    but for masked items' ``-inf``) pay for the sort. Ties within the k are put in column
+    order here.
+    """
+    chosen = torch.topk(values, k).indices.sort(dim=1).values  # column order ...
+    order = torch.sort(torch.gather(values, 1, chosen), dim=1, descending=True, stable=True).indices
+    chosen = torch.gather(chosen, 1, order)  # ... then best first, equal values keeping it
+    kth = torch.gather(values, 1, chosen[:, -1:])
+    tied = (values >= kth).sum(dim=1) > k
+    if tied.any():
+        rows = tied.nonzero().squeeze(1)
+        chosen[rows] = torch.sort(values[rows], dim=1, descending=True, stable=True).indices[:, :k]
+    return chosen

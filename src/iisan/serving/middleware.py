@@ -135,9 +135,15 @@ class BodyLimit:
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             await self._reject(send)
             return
+        message = await receive()
+        if message["type"] == "http.request" and not message.get("more_body", False):  # the usual case
+            if len(message.get("body", b"")) > self.max_bytes:
+                await self._reject(send)
+                return
+            await self.app(scope, _replay([message], receive), send)
+            return
         body = bytearray()
         while True:
-            message = await receive()
             if message["type"] != "http.request":  # the client left: let the app see it
                 await self.app(scope, _replay([message], receive), send)
                 return
@@ -147,6 +153,7 @@ class BodyLimit:
                 return
             if not message.get("more_body", False):
                 break
+            message = await receive()
         await self.app(scope, _replay([{"type": "http.request", "body": bytes(body), "more_body": False}], receive), send)
 
     async def _reject(self, send) -> None:

@@ -163,10 +163,11 @@ class Recommender:
         results: list[list[tuple[str, float]] | IisanError] = [[] for _ in queries]
         self.store.refresh()
         with self._lock:
+            catalogue = self.store.current  # read once: one generation for the whole batch
             rows: list[tuple[int, list[int]]] = []
             for n, query in enumerate(queries):
                 try:
-                    rows.append((n, known_ids(query, self.ids)))
+                    rows.append((n, known_ids(query, catalogue.ids)))
                 except IisanError as err:
                     results[n] = err
             if not rows:
@@ -175,18 +176,18 @@ class Recommender:
             for row, (_, ids) in enumerate(rows):
                 recent = ids[-self.max_seq_len:]
                 inputs[row, -len(recent):] = recent
-            vectors = self.model.user_vectors(self.store.current.table, inputs).cpu().numpy()
+            vectors = self.model.user_vectors(catalogue.table, inputs).cpu().numpy()
             finite = np.isfinite(vectors).all(axis=1)
             exclude = [set(ids) if queries[n].exclude_seen else set() for n, ids in rows]
-            k = min(max(queries[n].k for n, _ in rows), self.num_items)
-            found, scores = self.index.search(np.where(finite[:, None], vectors, 0), k, exclude)
+            k = min(max(queries[n].k for n, _ in rows), len(catalogue.keys) - 1)
+            found, scores = catalogue.stored.index.search(np.where(finite[:, None], vectors, 0), k, exclude)
             for row, (n, _) in enumerate(rows):
                 if not finite[row]:  # never ranked: a NaN vector would order items arbitrarily
                     results[n] = NonFiniteError("the model gives a non-finite user vector for this history; "
                                                 "the run's weights are damaged: retrain the run")
                     continue
-                results[n] = [(self.keys[i], float(s)) for i, s in zip(found[row, :queries[n].k], scores[row])
-                              if i > 0]
+                top = zip(found[row, :queries[n].k].tolist(), scores[row].tolist())  # Python ints and floats
+                results[n] = [(catalogue.keys[i], score) for i, score in top if i > 0]
         return results
 
     def history_of(self, user: str) -> list[str]:

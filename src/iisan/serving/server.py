@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from pathlib import Path
 
@@ -29,6 +30,9 @@ def serve(run_dir: str | Path, config: ServeConfig = ServeConfig(), device: str 
     if token is None and not is_loopback(config.host):
         log.warning("binding %s without --token-file: anyone who can reach it can add items", config.host)
     recommender = Recommender.load(run_dir, device=device)
+    # What was loaded lives as long as the process: keep it out of every later garbage
+    # collection's scan (the catalogue's keys alone are a list and a dict of N entries).
+    gc.freeze()
     log.info("serving %s items (%s index, model on %s) on http://%s:%d (docs: /docs)",
              f"{recommender.num_items:,}", recommender.index.kind, recommender.device, config.host,
              config.port)
