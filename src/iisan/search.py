@@ -156,7 +156,7 @@ class ItemIndex:
 
 def blocked_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` best of ``scores [q, n]`` (``n`` a multiple of ``BLOCK``), ties to the lowest
-    column: exactly a stable descending sort cut at ``k``, 4x faster than ``torch.topk``.
+    column: exactly a stable descending sort cut at ``k``, without ranking all ``n``.
 
     The k best scores lie in the k blocks first by (maximum, descending; block, ascending):
     a block holding one of them has a maximum at least that high, and k blocks ahead of it
@@ -182,11 +182,11 @@ def stable_top(values: torch.Tensor, k: int) -> torch.Tensor:
     but for masked items' ``-inf``) pay for the sort. Ties within the k are put in column
     order here.
     """
-    chosen = torch.topk(values, k).indices.sort(dim=1).values  # column order ...
+    top = torch.topk(values, k)
+    chosen = top.indices.sort(dim=1).values  # column order ...
     order = torch.sort(torch.gather(values, 1, chosen), dim=1, descending=True, stable=True).indices
     chosen = torch.gather(chosen, 1, order)  # ... then best first, equal values keeping it
-    kth = torch.gather(values, 1, chosen[:, -1:])
-    tied = (values >= kth).sum(dim=1) > k
+    tied = (values >= top.values[:, -1:]).sum(dim=1) > k
     if tied.any():
         rows = tied.nonzero().squeeze(1)
         chosen[rows] = torch.sort(values[rows], dim=1, descending=True, stable=True).indices[:, :k]

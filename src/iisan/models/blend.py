@@ -49,9 +49,8 @@ from iisan.models.inputs import ItemFeatures
 PRIOR_SLICES = tuple((name, low, high) for name, low, high in SLICES if name != "head")
 PRIORS = (*(name for name, _, _ in PRIOR_SLICES), "log_popularity")
 RARE_MOST = max(high for _, _, high in PRIOR_SLICES)  # an item seen at most this often is rare
-# Validation users a group of users needs for weights of its own. Scientific's 2,200 a group
-# gain on every seed; MovieLens-100K's 943 split in three move test NDCG@10 from 3% below to
-# 2% above one set of weights depending on the modality: noise at that size.
+# Validation users a group of users needs for weights of its own: fitted on fewer, they are
+# noise (measured in docs/results/new-and-rare-items.md, MovieLens-100K with posters).
 MIN_GROUP_USERS = 1000
 
 

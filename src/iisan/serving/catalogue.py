@@ -45,6 +45,10 @@ class Catalogue:
     ids: dict[str, int]
     table: torch.Tensor  # the embeddings on the model's device: what the user encoder reads
 
+    @property
+    def num_items(self) -> int:
+        return len(self.keys) - 1
+
 
 class CatalogueStore:
     """The run's catalogue as this process sees it (:attr:`current`).
@@ -105,7 +109,8 @@ class CatalogueStore:
         if stored is None or stored.generation == self.current.stored.generation:
             return False
         self._swap(self._view(stored))
-        log.info("loaded %s, committed by another process (%d items)", stored.generation, len(self.current.keys) - 1)
+        log.info("loaded %s, committed by another process (%d items)", stored.generation,
+                 self.current.num_items)
         return True
 
     def rebuild(self, kind: str, hnsw: HnswSettings) -> None:

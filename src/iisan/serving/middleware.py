@@ -136,25 +136,23 @@ class BodyLimit:
             await self._reject(send)
             return
         message = await receive()
-        if message["type"] == "http.request" and not message.get("more_body", False):  # the usual case
-            if len(message.get("body", b"")) > self.max_bytes:
-                await self._reject(send)
-                return
-            await self.app(scope, _replay([message], receive), send)
+        if message["type"] == "http.request" and message.get("more_body", False):
+            message = await self._gather(message, receive)  # streamed (chunked): one message of it
+        if message["type"] == "http.request" and len(message.get("body", b"")) > self.max_bytes:
+            await self._reject(send)
             return
+        await self.app(scope, _replay([message], receive), send)  # or the client left: the app sees it
+
+    async def _gather(self, message: dict, receive) -> dict:
+        """The streamed body from ``message`` on as one message, read only until it is over
+        the limit; or the disconnect, if the client leaves first."""
         body = bytearray()
-        while True:
-            if message["type"] != "http.request":  # the client left: let the app see it
-                await self.app(scope, _replay([message], receive), send)
-                return
+        while message["type"] == "http.request":
             body += message.get("body", b"")
-            if len(body) > self.max_bytes:
-                await self._reject(send)
-                return
-            if not message.get("more_body", False):
-                break
+            if len(body) > self.max_bytes or not message.get("more_body", False):
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
             message = await receive()
-        await self.app(scope, _replay([{"type": "http.request", "body": bytes(body), "more_body": False}], receive), send)
+        return message
 
     async def _reject(self, send) -> None:
         body = json.dumps({"error": f"request body over {self.max_bytes:,} bytes"}).encode()

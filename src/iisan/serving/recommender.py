@@ -134,7 +134,7 @@ class Recommender:
 
     @property
     def num_items(self) -> int:
-        return len(self.keys) - 1
+        return self.store.current.num_items
 
     @property
     def trained_items(self) -> int:
@@ -179,7 +179,7 @@ class Recommender:
             vectors = self.model.user_vectors(catalogue.table, inputs).cpu().numpy()
             finite = np.isfinite(vectors).all(axis=1)
             exclude = [set(ids) if queries[n].exclude_seen else set() for n, ids in rows]
-            k = min(max(queries[n].k for n, _ in rows), len(catalogue.keys) - 1)
+            k = min(max(queries[n].k for n, _ in rows), catalogue.num_items)
             found, scores = catalogue.stored.index.search(np.where(finite[:, None], vectors, 0), k, exclude)
             for row, (n, _) in enumerate(rows):
                 if not finite[row]:  # never ranked: a NaN vector would order items arbitrarily
@@ -291,7 +291,7 @@ def health(recommender: Recommender) -> dict[str, Any]:
     catalogue's parts agree and a probe query is answered."""
     catalogue = recommender.store.current
     problems = []
-    sizes = {len(catalogue.keys) - 1, len(catalogue.stored.embeddings) - 1, catalogue.stored.index.size}
+    sizes = {catalogue.num_items, len(catalogue.stored.embeddings) - 1, catalogue.stored.index.size}
     if len(sizes) > 1:
         problems.append(f"catalogue parts disagree on its size ({sorted(sizes)})")
     elif catalogue.ids:
@@ -301,7 +301,7 @@ def health(recommender: Recommender) -> dict[str, Any]:
             probe = err
         if isinstance(probe, Exception):
             problems.append(f"a probe query fails: {type(probe).__name__}: {probe}")
-    return {"status": "failing" if problems else "ok", "items": len(catalogue.keys) - 1,
+    return {"status": "failing" if problems else "ok", "items": catalogue.num_items,
             "index": catalogue.stored.index.kind, "problems": problems}
 
 
