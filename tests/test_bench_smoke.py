@@ -65,6 +65,8 @@ def test_run_readers(tiny_run, tmp_path):
     ceiling = json.loads(bench("bench/rare_ceiling.py", runs / "iisan-1", "--user-chunk", "7", "--json"))[str(runs / "iisan-1")]
     assert set(ceiling["own_slice_only"]) == {"alpha 0", "alpha 0.25", "alpha 0.5", "alpha 1", "alpha 2", "alpha 4",
                                               "floor"}
+    assert set(ceiling["best_with_popularity_prior"]) == {"cold", "tail"}
+    assert "own slice only, best alpha + popularity" in bench("bench/rare_ceiling.py", runs / "iisan-1")
 
 
 @pytest.fixture(scope="module")
