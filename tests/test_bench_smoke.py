@@ -62,10 +62,14 @@ def test_run_readers(tiny_run, tmp_path):
     assert "iisan" in bench("bench/summarise_runs.py", runs, "--slices")
     assert "repeat_share" in json.loads(bench("bench/repeat_targets.py", runs / "iisan-1", "--json"))[str(runs / "iisan-1")]
     assert "iisan" in bench("bench/versa_table.py", runs, "--steps", "2")
-    ceiling = json.loads(bench("bench/rare_ceiling.py", runs / "iisan-1", "--user-chunk", "7", "--json"))[str(runs / "iisan-1")]
+    ceiling = json.loads(bench("bench/rare_ceiling.py", runs / "iisan-1", "--user-chunk", "7", "--json"))
+    ceiling = ceiling[str(runs / "iisan-1")]
     assert set(ceiling["own_slice_only"]) == {"alpha 0", "alpha 0.25", "alpha 0.5", "alpha 1", "alpha 2", "alpha 4",
                                               "floor"}
     assert set(ceiling["best_with_popularity_prior"]) == {"cold", "tail"}
+    # Fewer competitors never rank a target lower: the oracle is at least the floor over every item.
+    for name, every_item in ceiling["floor_every_item"].items():
+        assert every_item is None or ceiling["own_slice_only"]["floor"][name] >= every_item
     assert "own slice only, best alpha + popularity" in bench("bench/rare_ceiling.py", runs / "iisan-1")
 
 
