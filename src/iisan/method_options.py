@@ -54,6 +54,11 @@ class ContentConfig(MethodOptions):
         help="Fit the blend's weights separately for this many equally large groups of users, by the share "
              "of rare items (cold or tail) in their history: users who keep choosing rare items tend to "
              "choose one next, where the content floor knows more. 1: one set of weights for everyone.")
+    blend_whiten: bool = option(
+        False, panel=CONTENT,
+        help="Whiten the content the blend's floor reads (each encoder's catalogue mean removed, its "
+             "covariance made the identity) before the cosine, so that directions every item shares do not "
+             "dominate it; fitted on the catalogue after training.")
     blend_select: BlendSelect = option(
         "overall", panel=CONTENT,
         help="What the blend's weights are chosen for on validation: overall (NDCG@10 over all users, "

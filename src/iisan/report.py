@@ -301,7 +301,7 @@ def _unused_options(config: TrainConfig | None, flat: dict[str, Any]) -> list[st
     if not config.content.id_offset:
         unused.append("train.content.id_offset_lr")
     if not config.content.blend:
-        unused.append("train.content.blend_select")
+        unused += ["train.content.blend_select", "train.content.blend_whiten"]
     return [k for k in unused if k in flat]
 
 

@@ -54,9 +54,10 @@ USER_CHUNK = 1024
 @torch.no_grad()
 def calibrate_blend(model: SequentialRecommender, source: FeatureSource, num_items: int, valid: EvalSplit,
                     include_history: bool = False, workers: Workers = LOCAL, seed: int = 0,
-                    select: str = "overall") -> dict[str, Any]:
+                    select: str = "overall", whiten: bool = False) -> dict[str, Any]:
     """Fit ``model.blend``'s weights on ``valid`` by the ``select`` criterion (see the module)
-    and leave it active.
+    and leave it active; with ``whiten``, first fit the whitening of the floor's content on
+    the catalogue (:meth:`~iisan.models.baselines.knn.FrozenContentItems.fit_whitening`).
 
     Under torchrun every rank computes the same (the catalogue is gathered, the users are
     not split), so every rank ends with the same weights.
@@ -72,6 +73,8 @@ def calibrate_blend(model: SequentialRecommender, source: FeatureSource, num_ite
     if select not in SELECTIONS:
         raise ConfigError(f"select must be one of {', '.join(SELECTIONS)}, got {select!r}")
     blend = model.blend
+    if whiten:
+        blend.content.fit_whitening(source, num_items)
     blend.active.fill_(True)
     items = item_embeddings(model, source, num_items, workers)
     blend.fit_spread(items)

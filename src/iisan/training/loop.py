@@ -209,7 +209,7 @@ def _finish(run_dir: Path, parts: Assembled, workers: Workers, embed_catalogue, 
     if model.blend is not None:  # weighed on validation, then part of the saved weights
         calibration = calibrate_blend(model, parts.source, parts.dataset.num_items, parts.splits.valid,
                                       config.include_history, workers, seed=config.seed,
-                                      select=config.content.blend_select)
+                                      select=config.content.blend_select, whiten=config.content.blend_whiten)
         if workers.is_main:
             save_weights(run_dir / WEIGHTS_FILE, model)
     items = embed_catalogue()

@@ -21,25 +21,69 @@ from iisan.models.inputs import ItemFeatures
 # Weight of the item k steps before the last one: 0.5 ** k. Chosen on Scientific's
 # validation split over {0.5, 0.8, 1.0} (README, "New and rare items").
 RECENCY_DECAY = 0.5
+# Added to each eigenvalue of the content covariance before whitening, so directions with
+# (almost) no variance are not blown up.
+WHITEN_EPS = 1e-6
 
 
 class FrozenContentItems(nn.Module):
-    """The last cached layer of each modality, L2-normalised, concatenated: ``[n, sum D_m]``."""
+    """The last cached layer of each modality, L2-normalised, concatenated: ``[n, sum D_m]``.
+
+    Optionally whitened first (:meth:`fit_whitening`): each modality's state less the
+    catalogue's mean, times the inverse square root of the catalogue's covariance, so that no
+    few directions that every item shares dominate the cosine. The buffers hold the identity
+    until fitted (and in runs saved before them), which leaves the states as they are.
+    """
 
     def __init__(self, modalities: tuple[str, ...], shapes: dict[str, tuple[int, int]]) -> None:
         super().__init__()
         self.layers = {m: (shapes[m][0] - 1,) for m in modalities}  # the last layer: always cached
         self.dim = sum(shapes[m][1] for m in modalities)
+        for m in modalities:
+            self.register_buffer(f"mean_{m}", torch.zeros(shapes[m][1]))
+            self.register_buffer(f"whiten_{m}", torch.eye(shapes[m][1]))
 
     def side_parameters(self) -> list[nn.Parameter]:
         return []
 
+    def upgrade_saved(self, prefix: str, tensors: dict[str, torch.Tensor]) -> None:
+        """Runs saved before whitening existed: their states were used as they are."""
+        for m in self.layers:
+            tensors.setdefault(f"{prefix}mean_{m}", torch.zeros_like(getattr(self, f"mean_{m}")))
+            tensors.setdefault(f"{prefix}whiten_{m}", torch.eye(len(getattr(self, f"mean_{m}"))))
+
     def forward(self, features: ItemFeatures) -> torch.Tensor:
         parts = []
         for modality in self.layers:
-            state = F.normalize(features.states[modality][:, -1].float(), dim=-1)
+            state = features.states[modality][:, -1].float() - getattr(self, f"mean_{modality}")
+            state = F.normalize(state @ getattr(self, f"whiten_{modality}"), dim=-1)
             parts.append(state * features.present[modality].unsqueeze(-1).to(state.dtype))
         return torch.cat(parts, dim=-1)
+
+    @torch.no_grad()
+    def fit_whitening(self, source, num_items: int, chunk: int = 4096) -> None:
+        """Fit the mean and whitening matrix of each modality on the catalogue's items
+        ``1..num_items`` that have it, read from ``source`` (a :class:`~iisan.features.FeatureSource`)
+        in chunks. The matrix is ``V (L + eps)^-1/2 V'`` of the covariance's eigenvectors ``V``
+        and eigenvalues ``L``; a modality present on fewer than two items stays as it is."""
+        import numpy as np
+
+        sums = {m: (0, 0.0, 0.0) for m in self.layers}
+        for start in range(1, num_items + 1, chunk):
+            features = source.features(np.arange(start, min(start + chunk, num_items + 1)))
+            for m in self.layers:
+                states = features.states[m][:, -1].double()
+                states = states[features.present[m].bool().to(states.device)]
+                count, total, outer = sums[m]
+                sums[m] = (count + len(states), total + states.sum(0), outer + states.T @ states)
+        for m, (count, total, outer) in sums.items():
+            if count < 2:
+                continue
+            mean = total / count
+            values, vectors = torch.linalg.eigh(outer / count - torch.outer(mean, mean))
+            scale = (values.clamp(min=0) + WHITEN_EPS).rsqrt()
+            getattr(self, f"mean_{m}").copy_(mean.float())
+            getattr(self, f"whiten_{m}").copy_(((vectors * scale) @ vectors.T).float())
 
 
 class RecencyMean(nn.Module):
