@@ -12,6 +12,7 @@ and rare items it needs no interaction at all to work.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -30,8 +31,8 @@ class FrozenContentItems(nn.Module):
     """The last cached layer of each modality, L2-normalised, concatenated: ``[n, sum D_m]``.
 
     Optionally whitened first (:meth:`fit_whitening`): each modality's state less the
-    catalogue's mean, times the inverse square root of the catalogue's covariance, so that no
-    few directions that every item shares dominate the cosine. The buffers hold the identity
+    catalogue's mean, times the inverse square root of the catalogue's covariance, so that the
+    few directions every item shares do not dominate the cosine. The buffers hold the identity
     until fitted (and in runs saved before them), which leaves the states as they are.
     """
 
@@ -66,8 +67,6 @@ class FrozenContentItems(nn.Module):
         ``1..num_items`` that have it, read from ``source`` (a :class:`~iisan.features.FeatureSource`)
         in chunks. The matrix is ``V (L + eps)^-1/2 V'`` of the covariance's eigenvectors ``V``
         and eigenvalues ``L``; a modality present on fewer than two items stays as it is."""
-        import numpy as np
-
         sums = {m: (0, 0.0, 0.0) for m in self.layers}
         for start in range(1, num_items + 1, chunk):
             features = source.features(np.arange(start, min(start + chunk, num_items + 1)))
