@@ -16,7 +16,7 @@ per group; the grid shows how much that could matter.
 It holds the two score rows of every cold- and tail-target user (8 bytes a user and item):
 about 1 GB for Scientific's 5,700 such users and 20,000 items.
 
-    python bench/rare_ceiling.py RUN_DIR [RUN_DIR ...] [--split valid|test] [--user-chunk N] [--json]
+    python bench/rare_ceiling.py RUN_DIR [RUN_DIR ...] [--split valid|test] [--json]
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from iisan.config import SLICES
 from iisan.evaluation.metrics import metrics_from_ranks, pessimistic_ranks
 from iisan.evaluation.ranking import item_embeddings
 from iisan.evaluation.slices import slice_of
+from iisan.training.calibrate import _score_rows
 
 ALPHAS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 # The popularity prior's weights: the blend's grid (iisan.training.calibrate) and beyond it,
@@ -40,10 +41,11 @@ POPULARITY_PRIORS = (-0.2, 0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0)
 RARE_SLICES = ("cold", "tail")
 
 
-def score_rows(run_dir: str, split_name: str, user_chunk: int):
+def score_rows(run_dir: str, split_name: str):
     """For the users whose target is cold or tail, per chunk: the standardised trained and
     floor scores over every item (history and padding at minus infinity in both), the
-    targets and their slices; then every item's training count."""
+    targets and their slices; then every item's training count. The rows are calibration's
+    (:func:`iisan.training.calibrate._score_rows`), so the oracle reads what the blend reads."""
     parts = assemble_run(run_dir)
     model, blend = parts.model, parts.model.blend
     if not model.blending:
@@ -51,21 +53,15 @@ def score_rows(run_dir: str, split_name: str, user_chunk: int):
     items = item_embeddings(model, parts.source, parts.dataset.num_items)
     blend.alpha.fill_(1.0)  # queries then carry [u / sd_u, h / sd_h, 0...], as calibration reads them
     blend.priors.zero_()
-    trained_items, content_items = blend.split(items)
     split = getattr(parts.splits, split_name)
     slices = slice_of(split.target_counts)
     rare_users = np.flatnonzero(np.isin(slices, RARE_SLICES))
-    chunks = []
-    for start in range(0, len(rare_users), user_chunk):
-        users = rare_users[start : start + user_chunk]
-        query = model.user_vectors(items, split.inputs[users])
-        trained = query[:, : blend.dim] @ trained_items.T
-        floor = query[:, blend.dim : blend.dim + blend.content.dim] @ content_items.T
-        rows, cols = (torch.from_numpy(a) for a in split.history_pairs(users))
-        for scores in (trained, floor):
-            scores[:, 0] = -torch.inf
-            scores[rows, cols] = -torch.inf
-        chunks.append((trained, floor, torch.from_numpy(split.targets[users]), slices[users]))
+    chunks, start = [], 0
+    for trained, floor, targets in zip(*_score_rows(model, items, split, rare_users, include_history=False)):
+        # calibration masks history and padding in the trained row only (it ranks their sum)
+        floor = floor.masked_fill(torch.isneginf(trained), -torch.inf)
+        chunks.append((trained, floor, targets, slices[rare_users[start : start + len(targets)]]))
+        start += len(targets)
     return chunks, blend.counts.cpu()
 
 
@@ -80,8 +76,8 @@ def cell(value: float | None, yardstick: float | None = None) -> str:
     return f"{value / yardstick:.2f}x" if yardstick is not None else f"{value:.4f}"
 
 
-def ceiling(run_dir: str, split_name: str, user_chunk: int = 1024) -> dict:
-    chunks, counts = score_rows(run_dir, split_name, user_chunk)
+def ceiling(run_dir: str, split_name: str) -> dict:
+    chunks, counts = score_rows(run_dir, split_name)
     outside = {name: ~((counts >= low) & (counts <= high)) | (torch.arange(len(counts)) == 0)
                for name, low, high in SLICES if name in RARE_SLICES}
     popularity = torch.log1p(counts.float())
@@ -118,11 +114,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", help="blended run folders written by `iisan train`")
     parser.add_argument("--split", choices=("valid", "test"), default="valid")
-    parser.add_argument("--user-chunk", type=int, default=1024, help="users scored at once")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    results = {run: ceiling(run, args.split, args.user_chunk) for run in args.runs}
+    results = {run: ceiling(run, args.split) for run in args.runs}
     if args.json:
         print(json.dumps(results, indent=2))
         return

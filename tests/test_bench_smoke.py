@@ -62,7 +62,7 @@ def test_run_readers(tiny_run, tmp_path):
     assert "iisan" in bench("bench/summarise_runs.py", runs, "--slices")
     assert "repeat_share" in json.loads(bench("bench/repeat_targets.py", runs / "iisan-1", "--json"))[str(runs / "iisan-1")]
     assert "iisan" in bench("bench/versa_table.py", runs, "--steps", "2")
-    ceiling = json.loads(bench("bench/rare_ceiling.py", runs / "iisan-1", "--user-chunk", "7", "--json"))
+    ceiling = json.loads(bench("bench/rare_ceiling.py", runs / "iisan-1", "--json"))
     ceiling = ceiling[str(runs / "iisan-1")]
     assert set(ceiling["own_slice_only"]) == {"alpha 0", "alpha 0.25", "alpha 0.5", "alpha 1", "alpha 2", "alpha 4",
                                               "floor"}
