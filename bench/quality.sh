@@ -65,8 +65,10 @@ full             | cache-mean | $BEFORE --loss full
 defaults         | cache-mean |
 blend1           | cache-mean | --blend-groups 1
 balanced         | cache-mean | --blend-select balanced
+plainfloor       | cache-mean | --no-blend-whiten
 noblend          | cache-mean | --no-blend
 knn              | cache-mean | --method knn
+knn-whiten       | cache-mean | --method knn --knn-whiten
 frozen-noblend   | cache-mean | --method frozen --no-blend
 patience10       | cache-mean | --patience 10 --no-blend
 bottleneck128    | cache-mean | --bottleneck 128 --no-blend
@@ -103,7 +105,9 @@ EOF
 #   256 a batch; batch256 vs noblend: 256 windows a batch (four times the in-batch negatives).
 #   blend1 vs defaults: one set of blend weights for every user, against one per group of users
 #   (by the share of rare items in the history); balanced: the blend fitted for the cold, tail
-#   and head slices alike.
+#   and head slices alike; plainfloor vs defaults: the blend's floor reads the content as it
+#   is, not whitened (the defaults until late 2026-12-02); knn-whiten vs knn: the floor on whitened
+#   content.
 #   defaults vs noblend: the score blended with the content floor's and priors for cold and
 #   tail items, weighed on validation (today's default; every row that says --no-blend, and
 #   BEFORE, scores as trained); knn: the content-only floor (no training); frozen vs

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from iisan.errors import ConfigError
-from iisan.method_options import ContentConfig, EncoderTuningConfig, MethodOptions, Precision
+from iisan.method_options import ContentConfig, EncoderTuningConfig, KnnConfig, MethodOptions, Precision
 from iisan.methods import get_method, method_names
 from iisan.options import build_config, check_options, nested_configs, option
 
@@ -469,6 +469,7 @@ class TrainConfig:
     user: UserEncoderConfig = option(default_factory=UserEncoderConfig, cli=False, help="The user encoder.")
     content: ContentConfig = option(default_factory=ContentConfig, cli=False,
                                     help="iisan's and frozen's own options: id offsets, the score blend.")
+    knn: KnnConfig = option(default_factory=KnnConfig, cli=False, help="The content-only floor's own option.")
     tuning: EncoderTuningConfig = option(default_factory=EncoderTuningConfig, cli=False,
                                          help="The encoder baselines' own options.")
 
@@ -502,7 +503,7 @@ class TrainConfig:
     @classmethod
     def for_method(cls, method: str, **changes: Any) -> TrainConfig:
         """``method``'s own defaults, then ``changes``: flat option values, or a whole nested
-        config (``side=``, ``user=``, ``content=``, ``tuning=``)."""
+        config (``side=``, ``user=``, ``content=``, ``knn=``, ``tuning=``)."""
         whole = {key: changes.pop(key) for key in nested_configs(cls) if key in changes}
         config = cls.from_options({"method": method, **changes})
         return replace(config, **whole) if whole else config
@@ -522,16 +523,19 @@ class TrainConfig:
                 side[key] = tuple(side[key])
         user = {"variant": "reference", **data.pop("user", {})}  # runs saved before variants existed
         # runs saved before methods had their own options kept them flat; adapters took the
-        # side network's bottleneck
-        content = {"id_offset": False, "blend": False, "blend_groups": 1, **_pop_fields(data, ContentConfig),
-                   **data.pop("content", {})}
+        # side network's bottleneck; the floor was not whitened
+        content = {"id_offset": False, "blend": False, "blend_groups": 1, "blend_whiten": "off",
+                   **_pop_fields(data, ContentConfig), **data.pop("content", {})}
+        if isinstance(content["blend_whiten"], bool):  # saved while it was on or off
+            content["blend_whiten"] = "on" if content["blend_whiten"] else "off"
         if content.get("id_offset_lr") is None:
             content.pop("id_offset_lr", None)
         tuning = {"precision": "fp32",
                   "adapter_bottleneck": side.get("bottleneck", SideNetworkConfig.bottleneck)}
         tuning.update(**_pop_fields(data, EncoderTuningConfig), **data.pop("tuning", {}))
+        knn = KnnConfig(**{**_pop_fields(data, KnnConfig), **data.pop("knn", {})})
         return cls(**data, side=SideNetworkConfig(**side), user=UserEncoderConfig(**user),
-                   content=ContentConfig(**content), tuning=EncoderTuningConfig(**tuning))
+                   content=ContentConfig(**content), knn=knn, tuning=EncoderTuningConfig(**tuning))
 
 
 def _pop_fields(data: dict[str, Any], config_class: type) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The options that belong to one family of methods, each family's config class.
 
 A method's registry entry (:mod:`iisan.methods`) names the class holding its own options;
-:class:`~iisan.config.TrainConfig` holds one of each (``content``, ``tuning``), and a
+:class:`~iisan.config.TrainConfig` holds one of each (``content``, ``knn``, ``tuning``), and a
 method whose entry names another class leaves that one at its
 :meth:`~MethodOptions.unused` values, so a saved ``config.json`` says what the run did. On
 the command line and in ``--config`` files their fields are flat options like every other.
@@ -16,6 +16,7 @@ from iisan.options import check_options, option
 
 Precision = Literal["auto", "fp32", "bf16"]  # encoders' compute precision; see devices.compute_dtype
 BlendSelect = Literal["overall", "balanced"]  # see iisan.training.calibrate
+BlendWhiten = Literal["auto", "on", "off"]  # see iisan.training.calibrate
 
 CONTENT = "New and rare items"
 TUNING = "Encoder baselines (fft, adapter, lora, bitfit)"
@@ -54,11 +55,12 @@ class ContentConfig(MethodOptions):
         help="Fit the blend's weights separately for this many equally large groups of users, by the share "
              "of rare items (cold or tail) in their history: users who keep choosing rare items tend to "
              "choose one next, where the content floor knows more. 1: one set of weights for everyone.")
-    blend_whiten: bool = option(
-        False, panel=CONTENT,
+    blend_whiten: BlendWhiten = option(
+        "auto", panel=CONTENT,
         help="Whiten the content the blend's floor reads (each encoder's catalogue mean removed, its "
-             "covariance made the identity) before the cosine, so that directions every item shares do not "
-             "dominate it; fitted on the catalogue after training.")
+             "covariance made the identity, fitted on the catalogue after training) so that directions every "
+             "item shares do not dominate the cosine: on, off, or auto (the blend is fitted both ways and "
+             "validation keeps the better).")
     blend_select: BlendSelect = option(
         "overall", panel=CONTENT,
         help="What the blend's weights are chosen for on validation: overall (NDCG@10 over all users, "
@@ -69,6 +71,16 @@ class ContentConfig(MethodOptions):
     def unused(cls) -> ContentConfig:
         """What a method without these options records: no offsets, no blend."""
         return cls(id_offset=False, blend=False)
+
+
+@dataclass(frozen=True)
+class KnnConfig(MethodOptions):
+    """The content-only floor's own option (``knn``)."""
+
+    knn_whiten: bool = option(
+        False, panel=CONTENT,
+        help="knn: whiten the content before the cosine, as --blend-whiten does for the blend's floor (fitted "
+             "on the catalogue). Off by default: the plain cosine is the floor the results compare with.")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from iisan.errors import ConfigError
 
-from iisan.method_options import ContentConfig, EncoderTuningConfig
+from iisan.method_options import ContentConfig, EncoderTuningConfig, KnnConfig
 
 if TYPE_CHECKING:
     from torch import nn
@@ -166,4 +166,4 @@ for _name, _summary, _defaults in (
 register_method(Method(
     "knn", "the content-only floor: cosine of frozen last-layer states to the history's, no training",
     reads="states", tower="iisan.models.baselines.knn:build_tower", user="iisan.models.baselines.knn:build_user",
-    trains=False))
+    options=KnnConfig, trains=False))

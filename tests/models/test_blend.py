@@ -71,7 +71,9 @@ def test_calibration_reads_validation_only_and_never_does_worse(tiny_multimodal,
     summary = train(dataset, tmp_path / "run", TrainConfig(epochs=1, train_batch_size=32, seed=2), cache_dir=cache)
     blend = summary["blend"]
     assert blend["valid_after"] >= blend["valid_before"] and blend["evaluations"] > 1
-    assert len(seen) == 1 and seen[0].targets.tolist() == summary_split(dataset, "valid").targets.tolist()
+    valid_targets = summary_split(dataset, "valid").targets.tolist()
+    assert len(seen) == 2  # the default whitening, auto, fits the blend both ways
+    assert all(split.targets.tolist() == valid_targets for split in seen)
     # Every validation user calibrates here, so the fit is what the final evaluation measures.
     assert blend["users"] == len(seen[0].targets)
     assert summary["valid"]["ndcg@10"] == pytest.approx(blend["valid_after"], abs=1e-6)
@@ -128,6 +130,12 @@ def test_the_blend_applies_to_content_methods_only():
     saved_before_blends = TrainConfig().to_json()
     del saved_before_blends["content"]["blend"]
     assert TrainConfig.from_json(saved_before_blends).content.blend is False  # runs saved before: as they trained
+    saved = TrainConfig().to_json()
+    del saved["content"]["blend_whiten"]
+    assert TrainConfig.from_json(saved).content.blend_whiten == "off"  # saved before whitening
+    for was, now in ((True, "on"), (False, "off")):  # saved while the option was on or off
+        saved["content"]["blend_whiten"] = was
+        assert TrainConfig.from_json(saved).content.blend_whiten == now
 
 
 def test_balanced_selection_weighs_each_slice_alike(tiny_multimodal, tmp_path):
@@ -216,15 +224,35 @@ def test_whitening_makes_the_catalogues_content_isotropic():
 
 
 def test_a_whitened_blend_is_fitted_after_training_and_saved(tiny_multimodal, tmp_path):
-    """--blend-whiten: the floor's content is whitened on the catalogue before the blend is
+    """--blend-whiten on: the floor's content is whitened on the catalogue before the blend is
     weighed, the saved run holds the fit, and the run loads with it."""
     from iisan.assemble import load_trained
 
     dataset, cache = tiny_multimodal
-    config = TrainConfig.for_method("iisan", epochs=1, train_batch_size=32, seed=2, blend_whiten=True)
-    train(dataset, tmp_path / "run", config, cache_dir=cache)
+    config = TrainConfig.for_method("iisan", epochs=1, train_batch_size=32, seed=2, blend_whiten="on")
+    assert train(dataset, tmp_path / "run", config, cache_dir=cache)["blend"]["whitened"] is True
     content = load_trained(tmp_path / "run").model.blend.content
     for modality in content.layers:
         mean, matrix = getattr(content, f"mean_{modality}"), getattr(content, f"whiten_{modality}")
         assert mean.abs().sum() > 0 and not torch.equal(matrix, torch.eye(len(mean)))
-    assert TrainConfig().content.blend_whiten is False  # opt-in until the results pages are measured with it
+
+
+def test_auto_whitening_keeps_whichever_validation_prefers(tiny_multimodal, tmp_path):
+    """--blend-whiten auto (the default) fits the blend both ways and keeps the better on
+    validation: the run reports both criteria, scores with the one kept, and saves it."""
+    from iisan.assemble import load_trained
+
+    dataset, cache = tiny_multimodal
+    assert TrainConfig().content.blend_whiten == "auto"
+    both = {}
+    for whiten in ("on", "off", "auto"):
+        config = TrainConfig.for_method("iisan", epochs=1, train_batch_size=32, seed=2, blend_whiten=whiten)
+        both[whiten] = train(dataset, tmp_path / whiten, config, cache_dir=cache)
+    auto = both["auto"]["blend"]
+    assert auto["valid_whitened"] == both["on"]["blend"]["valid_after"]
+    assert auto["valid_unwhitened"] == both["off"]["blend"]["valid_after"]
+    kept = "on" if auto["valid_whitened"] > auto["valid_unwhitened"] else "off"
+    assert auto["whitened"] is (kept == "on") and auto["alpha"] == both[kept]["blend"]["alpha"]
+    assert both["auto"]["test"]["ndcg@10"] == both[kept]["test"]["ndcg@10"]
+    content = load_trained(tmp_path / "auto").model.blend.content
+    assert bool(content.mean_text.abs().sum() > 0) is (kept == "on")

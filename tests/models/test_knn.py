@@ -10,6 +10,7 @@ import torch
 
 from iisan.cache.store import HiddenStateCache
 from iisan.config import TrainConfig
+from iisan.method_options import KnnConfig
 from iisan.data.dataset import PreparedDataset
 from iisan.data.split import split_sequences
 from iisan.evaluation.metrics import metrics_from_ranks, pessimistic_ranks
@@ -30,13 +31,22 @@ def test_recency_mean_weighs_the_latest_item_most_and_ignores_padding():
                 assert torch.allclose(out[b, j], mean / mean.norm(), atol=1e-6)
 
 
-def _floor_by_hand(dataset_dir, cache_dir, split: str) -> dict[str, float]:
+def _whitened_by_hand(states: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """ZCA whitening fitted on the catalogue's items (ids 1..N) that have the modality."""
+    fit = states[1:][present[1:]].astype(np.float64)
+    values, vectors = np.linalg.eigh(np.cov(fit.T, bias=True))
+    return ((states - fit.mean(0)) @ (vectors / np.sqrt(values.clip(0) + 1e-6)) @ vectors.T).astype(np.float32)
+
+
+def _floor_by_hand(dataset_dir, cache_dir, split: str, whiten: bool = False) -> dict[str, float]:
     """The floor's test metrics written out with numpy: per-modality cosines summed."""
     dataset = PreparedDataset.load(dataset_dir)
     cache = HiddenStateCache.open(cache_dir)
     vectors = []
     for modality in ("text", "image"):
         states = np.asarray(cache.states(modality)[:, -1], dtype=np.float32)
+        if whiten:
+            states = _whitened_by_hand(states, np.asarray(cache.present(modality), dtype=bool))
         states /= np.maximum(np.linalg.norm(states, axis=1, keepdims=True), 1e-12)
         vectors.append(states * cache.present(modality)[:, None])
     items = np.concatenate(vectors, axis=1)
@@ -66,6 +76,23 @@ def test_a_knn_run_trains_nothing_and_scores_cosines(tiny_multimodal, tmp_path):
         assert summary["test"][key] == pytest.approx(value, abs=1e-6), key
     assert set(summary["test"]["slices"]) == {"cold", "tail", "head"}
     assert json.loads((tmp_path / "knn" / "config.json").read_text())["train"]["method"] == "knn"
+
+
+def test_a_whitened_knn_run_scores_cosines_of_whitened_content(tiny_multimodal, tmp_path):
+    """--knn-whiten: the catalogue's mean removed and its covariance made the identity per
+    modality before the cosine; fitted once, saved with the run (the default stays plain)."""
+    from iisan.assemble import load_trained
+
+    dataset, cache = tiny_multimodal
+    summary = train(dataset, tmp_path / "knn", TrainConfig(method="knn", knn=KnnConfig(knn_whiten=True)),
+                    cache_dir=cache)
+    whitened, plain = _floor_by_hand(dataset, cache, "test", whiten=True), _floor_by_hand(dataset, cache, "test")
+    assert whitened != plain  # the tiny set's content is anisotropic enough to reorder items
+    for key, value in whitened.items():
+        assert summary["test"][key] == pytest.approx(value, abs=1e-6), key
+    assert load_trained(tmp_path / "knn").model.item.mean_text.abs().sum() > 0  # the fit was saved
+    assert TrainConfig(method="knn").knn.knn_whiten is False
+    assert TrainConfig(method="iisan").knn == KnnConfig.unused()
 
 
 def test_a_knn_run_recommends_like_any_run(tiny_multimodal, tmp_path):

@@ -67,7 +67,7 @@ class ScoreBlend(nn.Module):
     def __init__(self, shapes: dict[str, tuple[int, int]], dim: int, counts: torch.Tensor,
                  groups: int = 1) -> None:
         super().__init__()
-        self.content = FrozenContentItems(tuple(shapes), shapes)
+        self.content = FrozenContentItems(tuple(shapes), shapes)  # whitened or not: see calibrate_blend
         self.history = RecencyMean(self.content.dim)
         self.dim = dim
         self.register_buffer("counts", torch.as_tensor(counts, dtype=torch.long).clone())

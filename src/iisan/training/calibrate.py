@@ -7,6 +7,10 @@ is only kept where it scores better on validation; test is never read. With grou
 users (:class:`~iisan.models.blend.ScoreBlend`), the ascent first moves every group's
 weights together, then each group's on its own from there.
 
+The floor may read its content whitened (``whiten``): each encoder's catalogue mean
+removed and its covariance made the identity, so that the directions every item shares do
+not dominate the cosine; with ``auto`` the blend is fitted both ways and the better kept.
+
 The validation score is chosen by ``select``: ``overall``, NDCG@10 over the validation
 users (where users whose next item is popular weigh most, as they are most of them), or
 ``balanced``, the mean of NDCG@10 over the cold, tail and head slices of their targets
@@ -42,6 +46,7 @@ log = logging.getLogger(__name__)
 
 SELECT_METRIC = "ndcg@10"
 SELECTIONS = ("overall", "balanced")
+WHITENINGS = ("off", "on", "auto")  # the floor's content: as it is, whitened, or whichever validation prefers
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)  # the floor's weight, in standard deviations
 SLICE_PRIORS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)  # a slice's bonus, in standard deviations of either score
 POPULARITY_PRIORS = (-0.2, -0.1, 0.0, 0.1, 0.2, 0.3, 0.4)  # per unit of log(1 + count)
@@ -54,10 +59,13 @@ USER_CHUNK = 1024
 @torch.no_grad()
 def calibrate_blend(model: SequentialRecommender, source: FeatureSource, num_items: int, valid: EvalSplit,
                     include_history: bool = False, workers: Workers = LOCAL, seed: int = 0,
-                    select: str = "overall", whiten: bool = False) -> dict[str, Any]:
+                    select: str = "overall", whiten: str = "off") -> dict[str, Any]:
     """Fit ``model.blend``'s weights on ``valid`` by the ``select`` criterion (see the module)
-    and leave it active; with ``whiten``, first fit the whitening of the floor's content on
-    the catalogue (:meth:`~iisan.models.baselines.knn.FrozenContentItems.fit_whitening`).
+    and leave it active. ``whiten``: the floor reads its content as it is (``off``), whitened
+    on the catalogue (``on``,
+    :meth:`~iisan.models.baselines.knn.FrozenContentItems.fit_whitening`), or the blend is
+    fitted both ways and the one with the better criterion kept (``auto``; a tie keeps the
+    content as it is).
 
     Under torchrun every rank computes the same (the catalogue is gathered, the users are
     not split), so every rank ends with the same weights.
@@ -65,16 +73,43 @@ def calibrate_blend(model: SequentialRecommender, source: FeatureSource, num_ite
     Returns:
         ``{"alpha": [a...], "priors": {"cold": [b...], "tail": [c...], "log_popularity": [g...]},
         "groups": {"used": G, "rare_share_bounds": [...], "users": [...]}, "select": s,
-        "valid_before": x, "valid_together": y0, "valid_after": y, "users": U, "evaluations": n}``:
-        one weight per group of users (those beyond the ``G`` used are empty); ``valid_*``, the
-        criterion on the calibration users without the blend, with one set of weights for
-        every group, and with each group's own.
+        "valid_before": x, "valid_together": y0, "valid_after": y, "users": U, "evaluations": n,
+        "whitened": w}``: one weight per group of users (those beyond the ``G`` used are empty);
+        ``valid_*``, the criterion on the calibration users without the blend, with one set of
+        weights for every group, and with each group's own; ``auto`` adds
+        ``"valid_whitened"`` and ``"valid_unwhitened"``, the criterion each way.
     """
     if select not in SELECTIONS:
         raise ConfigError(f"select must be one of {', '.join(SELECTIONS)}, got {select!r}")
+    if whiten not in WHITENINGS:
+        raise ConfigError(f"whiten must be one of {', '.join(WHITENINGS)}, got {whiten!r}")
+    content = model.blend.content
+
+    def fit() -> dict[str, Any]:
+        return _calibrate(model, source, num_items, valid, include_history, workers, seed, select)
+
+    content.reset_whitening()
+    if whiten == "off":
+        return {**fit(), "whitened": False}
+    content.fit_whitening(source, num_items)
+    whitened = {**fit(), "whitened": True}
+    if whiten == "on":
+        return whitened
+    kept = {name: value.clone() for name, value in model.blend.state_dict().items()}
+    content.reset_whitening()
+    unwhitened = {**fit(), "whitened": False}
+    chosen = whitened if whitened["valid_after"] > unwhitened["valid_after"] else unwhitened
+    if chosen is whitened:
+        model.blend.load_state_dict(kept)
+    log.info("blend: whitened content %s (valid %.4f whitened, %.4f as it is)", "kept" if chosen is whitened
+             else "not kept", whitened["valid_after"], unwhitened["valid_after"])
+    return {**chosen, "valid_whitened": whitened["valid_after"], "valid_unwhitened": unwhitened["valid_after"]}
+
+
+def _calibrate(model: SequentialRecommender, source: FeatureSource, num_items: int, valid: EvalSplit,
+               include_history: bool, workers: Workers, seed: int, select: str) -> dict[str, Any]:
+    """The blend's weights fitted on ``valid`` with the floor's content as it stands."""
     blend = model.blend
-    if whiten:
-        blend.content.fit_whitening(source, num_items)
     blend.active.fill_(True)
     items = item_embeddings(model, source, num_items, workers)
     blend.fit_spread(items)

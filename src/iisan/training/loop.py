@@ -25,6 +25,7 @@ from iisan.distributed import stop as stop_workers
 from iisan.errors import ConfigError, MissingDependencyError, NonFiniteError
 from iisan.evaluation.ranking import evaluate_split, item_embeddings
 from iisan.fileio import read_json_object, refuse_output_over_inputs, write_json_atomic
+from iisan.models.baselines.knn import fit_content_whitening
 from iisan.models.inputs import ItemFeatures
 from iisan.models.recommender import SequentialRecommender
 from iisan.progress import progress
@@ -152,8 +153,6 @@ def _train_locked(dataset_dir: Path, run_dir: Path, config: TrainConfig, cache_d
         model.load_state_dict(best_weights)
     elif trains:  # resumed after the last epoch: the best weights are only on disk
         load_weights(run_dir / WEIGHTS_FILE, model)
-    elif workers.is_main:
-        save_weights(run_dir / WEIGHTS_FILE, model)
     calibration, results = _finish(run_dir, parts, workers, embed_catalogue, evaluate)
     if writer is not None:
         writer.close()
@@ -202,16 +201,20 @@ def _start_or_resume(run_dir: Path, parts: Assembled, optimizer, resume: bool, d
 
 
 def _finish(run_dir: Path, parts: Assembled, workers: Workers, embed_catalogue, evaluate) -> tuple[dict | None, dict]:
-    """With the best weights loaded: calibrate the blend (on validation), evaluate valid and
-    test, and write ``metrics.json`` and the catalogue with its index."""
+    """With the best weights loaded: fit what is fitted after training (the floor's whitening,
+    the blend on validation) and save the weights with it, evaluate valid and test, and write
+    ``metrics.json`` and the catalogue with its index."""
     model, config = parts.model, parts.config
+    # knn's content, where it is whitened: fitted on the catalogue (the blend's: by calibration)
+    fitted = fit_content_whitening(model, parts.source, parts.dataset.num_items)
     calibration = None
-    if model.blend is not None:  # weighed on validation, then part of the saved weights
+    if model.blend is not None:  # weighed on validation
         calibration = calibrate_blend(model, parts.source, parts.dataset.num_items, parts.splits.valid,
                                       config.include_history, workers, seed=config.seed,
                                       select=config.content.blend_select, whiten=config.content.blend_whiten)
-        if workers.is_main:
-            save_weights(run_dir / WEIGHTS_FILE, model)
+    # the best weights with what was fitted since; a method that trains nothing has no file yet
+    if workers.is_main and (fitted or calibration or not (run_dir / WEIGHTS_FILE).is_file()):
+        save_weights(run_dir / WEIGHTS_FILE, model)
     items = embed_catalogue()
     results = evaluate(items, "valid", "test")
     if workers.is_main:

@@ -30,14 +30,16 @@ WHITEN_EPS = 1e-6
 class FrozenContentItems(nn.Module):
     """The last cached layer of each modality, L2-normalised, concatenated: ``[n, sum D_m]``.
 
-    Optionally whitened first (:meth:`fit_whitening`): each modality's state less the
-    catalogue's mean, times the inverse square root of the catalogue's covariance, so that the
-    few directions every item shares do not dominate the cosine. The buffers hold the identity
-    until fitted (and in runs saved before them), which leaves the states as they are.
+    Optionally whitened first (``whiten``, fitted by :meth:`fit_whitening`): each modality's
+    state less the catalogue's mean, times the inverse square root of the catalogue's
+    covariance, so that the few directions every item shares do not dominate the cosine. The
+    buffers hold the identity until fitted (and in runs saved before them), which leaves the
+    states as they are.
     """
 
-    def __init__(self, modalities: tuple[str, ...], shapes: dict[str, tuple[int, int]]) -> None:
+    def __init__(self, modalities: tuple[str, ...], shapes: dict[str, tuple[int, int]], whiten: bool = False) -> None:
         super().__init__()
+        self.whiten = whiten  # whether fit_content_whitening fits it
         self.layers = {m: (shapes[m][0] - 1,) for m in modalities}  # the last layer: always cached
         self.dim = sum(shapes[m][1] for m in modalities)
         for m in modalities:
@@ -60,6 +62,13 @@ class FrozenContentItems(nn.Module):
             state = F.normalize(state @ getattr(self, f"whiten_{modality}"), dim=-1)
             parts.append(state * features.present[modality].unsqueeze(-1).to(state.dtype))
         return torch.cat(parts, dim=-1)
+
+    @torch.no_grad()
+    def reset_whitening(self) -> None:
+        """Back to the states as they are: mean zero, the identity."""
+        for m in self.layers:
+            getattr(self, f"mean_{m}").zero_()
+            getattr(self, f"whiten_{m}").copy_(torch.eye(len(getattr(self, f"mean_{m}"))))
 
     @torch.no_grad()
     def fit_whitening(self, source, num_items: int, chunk: int = 4096) -> None:
@@ -85,6 +94,16 @@ class FrozenContentItems(nn.Module):
             getattr(self, f"whiten_{m}").copy_(((vectors * scale) @ vectors.T).float())
 
 
+def fit_content_whitening(model: nn.Module, source, num_items: int) -> int:
+    """Fit the whitening of every :class:`FrozenContentItems` in ``model`` built to be whitened
+    (``knn --knn-whiten``; the blend's floor is calibration's to decide), on the catalogue; how
+    many there were."""
+    whitened = [m for m in model.modules() if isinstance(m, FrozenContentItems) and m.whiten]
+    for module in whitened:
+        module.fit_whitening(source, num_items)
+    return len(whitened)
+
+
 class RecencyMean(nn.Module):
     """At each position, the normalised recency-weighted mean of the items up to it (causal,
     padding ignored): ``[batch, length, D]``, the user-encoder interface."""
@@ -107,7 +126,7 @@ class RecencyMean(nn.Module):
 def build_tower(config, context) -> FrozenContentItems:
     """The ``knn`` entry of the method registry (:mod:`iisan.methods`)."""
     modalities = tuple(m for m in config.side.encoder_modalities if m in context.shapes)
-    return FrozenContentItems(modalities, context.shapes)
+    return FrozenContentItems(modalities, context.shapes, whiten=config.knn.knn_whiten)
 
 
 def build_user(config, item_tower: FrozenContentItems) -> RecencyMean:
