@@ -59,7 +59,7 @@ USER_CHUNK = 1024
 @torch.no_grad()
 def calibrate_blend(model: SequentialRecommender, source: FeatureSource, num_items: int, valid: EvalSplit,
                     include_history: bool = False, workers: Workers = LOCAL, seed: int = 0,
-                    select: str = "overall", whiten: str = "off") -> dict[str, Any]:
+                    select: str = "overall", whiten: str = "auto") -> dict[str, Any]:
     """Fit ``model.blend``'s weights on ``valid`` by the ``select`` criterion (see the module)
     and leave it active. ``whiten``: the floor reads its content as it is (``off``), whitened
     on the catalogue (``on``,
