@@ -24,7 +24,7 @@ from iisan.config import (
     ServeConfig, SynthConfig, TrainConfig,
 )
 from iisan.efficiency import EfficiencyConfig
-from iisan.errors import ConfigError, IisanError
+from iisan.errors import ConfigError, IisanError, UnknownItemError
 from iisan.methods import get_method
 from iisan.options import OptionSpec, build_config, describe_default
 from iisan.threads import THREADS_ENV, use_threads
@@ -379,8 +379,11 @@ def recommend(
         raise ConfigError("--history needs at least one item key")
     recommender = Recommender.load(run, device=device)
     keys = recommender.history_of(user) if user is not None else keys
-    answer = recommender.recommend(keys, k=config.k, exclude_seen=not config.include_seen,
-                                   on_unknown="skip" if config.skip_unknown else "raise")
+    try:
+        answer = recommender.recommend(keys, k=config.k, exclude_seen=not config.include_seen,
+                                       on_unknown="skip" if config.skip_unknown else "raise")
+    except UnknownItemError as err:
+        fail(f"{err} (--skip-unknown leaves unknown keys out)")
     rows = [{"key": key, "title": recommender.title(key), "score": round(score, 4)} for key, score in answer]
     title = f"Top {len(rows)} after {output.plural(len(keys), 'item')}"
     show(rows, as_json, lambda rows: output.ranked_items(title, rows))
