@@ -73,11 +73,11 @@ def test_run_readers(tiny_run, tmp_path):
     assert "own slice only, best alpha + popularity" in bench("bench/rare_ceiling.py", runs / "iisan-1")
 
 
-@pytest.fixture(scope="module")
-def scientific_work(tmp_path_factory) -> Path:
-    """One work folder for the Scientific benches: both build the same dataset and minilm
-    cache there (work/scientific, work/cache-minilm), so it is encoded once."""
-    return tmp_path_factory.mktemp("bench-scientific")
+@pytest.fixture
+def scientific_work(scientific_minilm) -> Path:
+    """The Scientific benches' work folder: the session's dataset and minilm cache
+    (work/scientific, work/cache-minilm), which their own build step finds complete."""
+    return scientific_minilm
 
 
 @pytest.mark.shared_data

@@ -13,7 +13,6 @@ from iisan.cli import app
 from iisan.data.dataset import PreparedDataset
 from iisan.data.split import split_sequences
 from iisan.evaluation.metrics import metrics_from_ranks, pessimistic_ranks
-from tests.conftest import SCIENTIFIC
 
 runner = CliRunner()
 
@@ -34,11 +33,13 @@ def popularity_hr10(dataset_dir) -> float:
 
 @pytest.mark.slow
 @pytest.mark.shared_data
-def test_iisan_text_on_scientific_beats_popularity(tmp_path):
-    data, cache, run = tmp_path / "sci", tmp_path / "cache", tmp_path / "run"
-    assert runner.invoke(app, ["prepare", str(SCIENTIFIC), "-f", "iisan-tsv", "-o", str(data)]).exit_code == 0
-    encoded = runner.invoke(app, ["encode", str(data), "--out", str(cache), "--image-encoder", "none"])
+def test_iisan_text_on_scientific_beats_popularity(scientific_minilm, tmp_path):
+    # prepared and encoded through the command line by the fixture (once for every test that needs it)
+    data, cache, run = scientific_minilm / "scientific", scientific_minilm / "cache-minilm", tmp_path / "run"
+    encoded = runner.invoke(app, ["encode", str(data), "--out", str(cache), "--image-encoder", "none", "--json"])
     assert encoded.exit_code == 0, encoded.output
+    text = json.loads(encoded.stdout)["modalities"]["text"]  # the complete cache: a rerun encodes nothing
+    assert text["rows_encoded"] == 0 and text["rows_already_done"] > 19_000
     trained = runner.invoke(app, ["train", str(data), "--cache", str(cache), "--modality", "text",
                                   "--epochs", "3", "--out", str(run), "--json"])
     assert trained.exit_code == 0, trained.output
