@@ -12,14 +12,12 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
-SCIENTIFIC = REPO.parent / "shared" / "datasets" / "amazon-scientific"
 
 
 def bench(*args, timeout: int = 600) -> str:
@@ -73,22 +71,17 @@ def test_run_readers(tiny_run, tmp_path):
     assert "own slice only, best alpha + popularity" in bench("bench/rare_ceiling.py", runs / "iisan-1")
 
 
-@pytest.fixture
-def scientific_work(scientific_minilm) -> Path:
-    """The Scientific benches' work folder: the session's dataset and minilm cache
-    (work/scientific, work/cache-minilm), which their own build step finds complete."""
-    return scientific_minilm
-
-
+# --work: the session's Scientific set and minilm cache, laid out as these benches build
+# theirs, so they find it complete and do not encode again.
 @pytest.mark.shared_data
-def test_train_step_bench_on_scientific(scientific_work):
-    out = bench("bench/train_step.py", "--work", scientific_work, "--steps", "3", "--uncached-steps", "1",
+def test_train_step_bench_on_scientific(scientific_minilm):
+    out = bench("bench/train_step.py", "--work", scientific_minilm, "--steps", "3", "--uncached-steps", "1",
                 timeout=1200)
     assert json.loads(out[out.index("{"):])["step_ms_median"] > 0
 
 
 @pytest.mark.shared_data
-def test_threads_bench_on_scientific(scientific_work):
-    bench("bench/threads.py", "--work", scientific_work, "--threads", "1", "--repeats", "1", "--steps", "3",
+def test_threads_bench_on_scientific(scientific_minilm):
+    bench("bench/threads.py", "--work", scientific_minilm, "--threads", "1", "--repeats", "1", "--steps", "3",
           "--jobs", "step", timeout=1200)
-    assert json.loads((scientific_work / "threads-busy0.json").read_text())
+    assert json.loads((scientific_minilm / "threads-busy0.json").read_text())
