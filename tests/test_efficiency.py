@@ -31,6 +31,9 @@ def test_unknown_methods_are_refused():
         EfficiencyConfig(methods=("fft", "qlora"))
 
 
+# Slow: about 30 s, a subprocess per method; the failing-method test below keeps the bench
+# in the default run.
+@pytest.mark.slow
 def test_bench_efficiency_writes_its_files(tiny_multimodal, tmp_path):
     dataset, _ = tiny_multimodal
     out = tmp_path / "eff"

@@ -181,6 +181,9 @@ def test_kill_9_then_resume_ends_equal_to_an_uninterrupted_run(tiny_multimodal, 
     assert_same_run(out, reference)
 
 
+# Slow: about 30 s, a training per write step; the kill -9 tests above keep training's resume
+# in the default run.
+@pytest.mark.slow
 def test_a_crash_at_every_training_write_then_resume(tiny_multimodal, reference, tmp_path, monkeypatch):
     dataset, cache = tiny_multimodal
     for n in range(1, 100):
