@@ -256,3 +256,50 @@ def test_auto_whitening_keeps_whichever_validation_prefers(tiny_multimodal, tmp_
     assert both["auto"]["test"]["ndcg@10"] == both[kept]["test"]["ndcg@10"]
     content = load_trained(tmp_path / "auto").model.blend.content
     assert bool(content.mean_text.abs().sum() > 0) is (kept == "on")
+
+
+def test_the_criterion_scores_only_reachable_users_and_equals_scoring_everyone(monkeypatch):
+    """Calibration skips users whose target cannot reach the top 10 under any weights of the
+    grids; its criterion must still be exactly what ranking every user gives."""
+    import itertools
+
+    from iisan.evaluation.metrics import metrics_from_ranks, pessimistic_ranks
+    from iisan.training import calibrate
+
+    rng = np.random.default_rng(3)
+    users, items = 240, 120
+    trained = torch.from_numpy(rng.normal(size=(users, items + 1)).astype(np.float32))
+    floor = torch.from_numpy(rng.normal(size=(users, items + 1)).astype(np.float32))
+    trained[:80], floor[:80] = trained[:80].round(), floor[:80].round()  # many exact ties
+    targets = torch.from_numpy(rng.integers(1, items + 1, size=users))
+    trained[:, 0] = -torch.inf
+    trained[torch.arange(0, users, 7), targets[::7]] = -torch.inf  # targets in the history: misses
+    trained[torch.arange(users)[:, None], torch.from_numpy(rng.integers(1, items + 1, (users, 5)))] = -torch.inf
+    counts = torch.from_numpy(rng.choice([0, 1, 2, 4, 9, 40], size=items + 1))
+    features = torch.stack([counts == 0, (counts >= 1) & (counts <= 4), torch.log1p(counts.double())], -1).float()
+    features[0] = 0
+    members = [np.arange(0, 80), np.arange(80, 170), np.arange(170, 240)]
+    judged = [torch.from_numpy(rng.random(users) < share) for share in (0.3, 0.6, 1.0)]
+    chunks = [slice(0, 100), slice(100, 240)]
+    monkeypatch.setattr(calibrate, "BLOCK_USERS", 7)  # several blocks of users per group
+    criterion = calibrate._Criterion([trained[c] for c in chunks], [floor[c] for c in chunks],
+                                     [targets[c] for c in chunks], features, members, judged)
+    scored = sum(len(block.positions) for blocks in criterion.undecided for block in blocks)
+    assert 0 < scored < users  # the test exercises both kinds of user
+    undecided = sum(block.items.shape[0] * block.items.shape[1] for blocks in criterion.undecided for block in blocks)
+    assert undecided < scored * (items + 1)  # and items decided without scoring them
+
+    def everyone(setting):
+        ranks = torch.empty(users, dtype=torch.long)
+        for group, weights in enumerate(setting):
+            rows = members[group]
+            scores = trained[rows] + weights[0] * floor[rows] + features @ torch.tensor(weights[1:])
+            ranks[rows] = pessimistic_ranks(scores, targets[rows])
+        return float(np.mean([metrics_from_ranks(ranks[mask], (10,))["ndcg@10"] for mask in judged]))
+
+    corners = list(itertools.product(*((min(grid), max(grid)) for grid in calibrate.GRIDS)))
+    for _ in range(60):
+        setting = tuple(tuple(float(rng.choice(grid)) for grid in calibrate.GRIDS) for _ in members)
+        assert criterion(setting) == everyone(setting)
+    for corner in corners:  # the box's corners, where the bounds are tight
+        assert criterion((corner,) * 3) == everyone((corner,) * 3)
