@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from iisan.errors import ConfigError, InputError, UnknownItemError, UnknownUserError
-from iisan.serving.intake import read_new_items
+from iisan.serving.intake import iter_new_items, read_new_items
 from iisan.serving.recommender import Recommender
 from tests.conftest import png_bytes
 
@@ -155,6 +155,15 @@ def test_new_items_file_is_read_with_line_numbers(tmp_path):
     bad.write_text('{"key": "n1"}\n{broken\n')
     with pytest.raises(InputError, match="bad.jsonl:2: not valid JSON"):
         read_new_items(bad)
+
+
+def test_a_file_item_refused_when_vetted_is_named_by_its_line(run_copy, tmp_path):
+    new = tmp_path / "new.jsonl"
+    new.write_text('{"key": "n1", "text": "lamp"}\n\n{"key": "n2", "text": 5}\n')
+    recommender = Recommender.load(run_copy)
+    with pytest.raises(InputError, match=r"new\.jsonl:3 \('n2'\): text must be a string"):
+        recommender.add_items(iter_new_items(new))
+    assert Recommender.load(run_copy).num_items == recommender.num_items  # nothing added
 
 
 def test_a_batch_answers_like_single_queries_and_isolates_errors(recommender):

@@ -25,9 +25,19 @@ MAX_IMAGE_BYTES = 20 * 1024 * 1024
 ENCODE_CHUNK = 32
 
 
+class LocatedItem(dict):
+    """A new item read from a file, with where it was read (``FILE:LINE``), so that an
+    error about it points at the line rather than at the item's number."""
+
+    def __init__(self, fields: dict[str, Any], where: str) -> None:
+        super().__init__(fields)
+        self.where = where
+
+
 def vet_items(items: list[dict[str, Any]], layers: dict[str, tuple[int, ...]], first: int = 1) -> tuple[list[str], list[str], list[bytes | None]]:
     """Keys, cleaned texts and image bytes of untrusted new ``items`` for a model that reads
-    ``layers`` (modality -> layers), numbered from ``first`` in errors.
+    ``layers`` (modality -> layers), named in errors by where they were read
+    (:class:`LocatedItem`) or else numbered from ``first``.
 
     Raises:
         InputError: the first malformed item, in one line naming it.
@@ -36,7 +46,7 @@ def vet_items(items: list[dict[str, Any]], layers: dict[str, tuple[int, ...]], f
         raise InputError("this run's items are ids without content (method id): new items cannot be embedded")
     keys, texts, images = [], [], []
     for n, item in enumerate(items, start=first):
-        where = f"item {n}"
+        where = getattr(item, "where", f"item {n}")
         if not isinstance(item, dict):
             raise InputError(f"{where}: expected an object with key, text and image")
         unknown = set(item) - {"key", "text", "image"}
@@ -98,7 +108,8 @@ def iter_new_items(path: str | Path, allow_outside_paths: bool = False) -> Itera
     line by line, each image when its line is reached: memory does not grow with the file.
 
     Unless ``allow_outside_paths``, an image path that is absolute, climbs with ``..`` or is
-    a symlink leading out of the file's folder is refused.
+    a symlink leading out of the file's folder is refused. Each item is a
+    :class:`LocatedItem`: vetting it later names its line.
 
     Raises:
         InputError: the file cannot be read, a line is not a JSON object, or an image path is
@@ -122,7 +133,7 @@ def iter_new_items(path: str | Path, allow_outside_paths: bool = False) -> Itera
                 raise InputError(f"{path}:{number}: {err}") from None
             except OSError as err:
                 raise InputError(f"{path}:{number}: cannot read image {item['image']}: {err.strerror or err}") from None
-        yield item
+        yield LocatedItem(item, f"{path}:{number}")
 
 
 def _text_lines(path: Path) -> Iterator[str]:
