@@ -53,7 +53,8 @@ def test_python_vs_cli_bench(tmp_path):
 
 
 def test_run_readers(tiny_run, tmp_path):
-    """The scripts that read finished runs: summarise_runs, repeat_targets, versa_table, rare_ceiling."""
+    """The scripts that read finished runs: summarise_runs, repeat_targets, versa_table, rare_ceiling,
+    calibration."""
     runs = tmp_path / "runs"
     runs.mkdir()
     shutil.copytree(tiny_run, runs / "iisan-1")
@@ -69,6 +70,9 @@ def test_run_readers(tiny_run, tmp_path):
     for name, every_item in ceiling["floor_every_item"].items():
         assert every_item is None or ceiling["own_slice_only"]["floor"][name] >= every_item
     assert "own slice only, best alpha + popularity" in bench("bench/rare_ceiling.py", runs / "iisan-1")
+    # The script itself exits non-zero if the library's fit and the exhaustive one differ.
+    timed = json.loads(bench("bench/calibration.py", runs / "iisan-1", "--select", "balanced", "--json"))
+    assert timed["library_s"] > 0 and timed["exhaustive_s"] > 0 and timed["settings"] > 1
 
 
 # --work: the session's Scientific set and minilm cache, laid out as these benches build

@@ -284,7 +284,7 @@ def test_the_criterion_scores_only_reachable_users_and_equals_scoring_everyone(m
     monkeypatch.setattr(calibrate, "BLOCK_USERS", 7)  # several blocks of users per group
     criterion = calibrate._Criterion([trained[c] for c in chunks], [floor[c] for c in chunks],
                                      [targets[c] for c in chunks], features, members, judged)
-    scored = sum(len(block.positions) for blocks in criterion.undecided for block in blocks)
+    scored = sum(len(positions) for positions in criterion.positions)
     assert 0 < scored < users  # the test exercises both kinds of user
     undecided = sum(block.items.shape[0] * block.items.shape[1] for blocks in criterion.undecided for block in blocks)
     assert undecided < scored * (items + 1)  # and items decided without scoring them

@@ -212,6 +212,8 @@ class _Criterion:
                                                     int(above[row]), start + row))
             start += len(target)
         self.undecided = [_pad(users) for users in kept]
+        self.positions = [np.concatenate([block.positions for block in blocks] or [np.zeros(0, dtype=np.int64)])
+                          for blocks in self.undecided]
         self.group_ranks: dict[tuple[int, tuple[float, ...]], torch.Tensor] = {}
         self.tried: dict[tuple[tuple[float, ...], ...], float] = {}
 
@@ -232,9 +234,7 @@ class _Criterion:
         if setting not in self.tried:
             ranks = torch.full((self.users,), MISS, dtype=torch.long)  # a miss: no user scored here hits
             for group, weights in enumerate(setting):
-                positions = [block.positions for block in self.undecided[group]]
-                if positions:
-                    ranks[np.concatenate(positions)] = self.ranks_of(group, weights)
+                ranks[self.positions[group]] = self.ranks_of(group, weights)
             self.tried[setting] = float(np.mean([metrics_from_ranks(ranks[users], (SELECT_K,))[SELECT_METRIC]
                                                  for users in self.judged]))
         return self.tried[setting]
