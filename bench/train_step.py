@@ -8,9 +8,12 @@ On ../shared/datasets/amazon-scientific (text, minilm cache, modality text), bat
     computing every item embedding once;
   - peak RSS of this process (it holds the memory-mapped cache pages it touched);
   - side by side, the step time of the same model in uncached mode (minilm in the graph
-    under no_grad, same batches): what the cache saves per step.
+    under no_grad, same batches): what the cache saves per step;
+  - side by side, the step with AdamW's fused update (the default since 2026-12-02)
+    against its for-loop form (torch's CPU default, which training used before).
 
-    python bench/train_step.py [--work bench/out/train] [--steps 100] [--uncached-steps 10] [--train-batch-size 64]
+    python bench/train_step.py [--work bench/out/train] [--steps 100] [--uncached-steps 10] [--unfused-steps 100]
+                               [--train-batch-size 64]
 
 The cache is built once in --work (about a minute) and reused by later runs.
 """
@@ -52,6 +55,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("bench/out/train"))
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--uncached-steps", type=int, default=10)
+    parser.add_argument("--unfused-steps", type=int, default=100)
     parser.add_argument("--train-batch-size", type=int, default=64)
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -92,20 +96,33 @@ def main() -> None:
 
     cached_peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # training + evaluation
 
-    # The same batches, cached and uncached, alternating so both see the same machine state.
+    def paired(runs: list, steps: int) -> list[list[float]]:
+        """Seconds per step of each (parts, optimizer) in ``runs`` on the same batches, in turn,
+        so all see the same machine state; the first round (warm-up) left out."""
+        rounds = []
+        for _ in range(steps + 1):
+            batch = random_batch()
+            timed = []
+            for run, run_optimizer in runs:
+                start = time.perf_counter()
+                training_step(run, run_optimizer, batch, log_pop)
+                timed.append(time.perf_counter() - start)
+            rounds.append(timed)
+        return rounds[1:]  # the first uncached step loads and warms the encoder
+
     uncached = assemble(dataset, cache, dataclasses.replace(config, mode="uncached"))
     uncached_optimizer = build_optimizer(uncached)
     uncached.model.train()
-    pairs = []
-    for _ in range(args.uncached_steps + 1):
-        batch = random_batch()
-        timed = []
-        for run, run_optimizer in ((parts, optimizer), (uncached, uncached_optimizer)):
-            start = time.perf_counter()
-            training_step(run, run_optimizer, batch, log_pop)
-            timed.append(time.perf_counter() - start)
-        pairs.append(timed)
-    pairs = pairs[1:]  # the first uncached step loads and warms the encoder
+    pairs = paired([(parts, optimizer), (uncached, uncached_optimizer)], args.uncached_steps)
+    peak_rss_mb_after_uncached = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    del uncached, uncached_optimizer
+
+    unfused = assemble(dataset, cache, config)
+    unfused_optimizer = build_optimizer(unfused)
+    for group in unfused_optimizer.param_groups:
+        group["fused"] = False  # AdamW then takes its for-loop form, as on the CPU before
+    unfused.model.train()
+    optimizer_pairs = paired([(parts, optimizer), (unfused, unfused_optimizer)], args.unfused_steps)
 
     report = {
         "torch_threads": torch.get_num_threads(),
@@ -123,7 +140,11 @@ def main() -> None:
         "paired_step_ms_uncached_median": round(1000 * statistics.median(p[1] for p in pairs), 2),
         "uncached_over_cached_step_ratio": round(statistics.median(p[1] for p in pairs)
                                                  / statistics.median(p[0] for p in pairs), 1),
-        "peak_rss_mb_after_uncached": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb_after_uncached": round(peak_rss_mb_after_uncached, 1),
+        "paired_step_ms_fused_median": round(1000 * statistics.median(p[0] for p in optimizer_pairs), 2),
+        "paired_step_ms_for_loop_median": round(1000 * statistics.median(p[1] for p in optimizer_pairs), 2),
+        "fused_over_for_loop_step_ratio": round(statistics.median(p[0] for p in optimizer_pairs)
+                                                / statistics.median(p[1] for p in optimizer_pairs), 3),
     }
     print(json.dumps(report, indent=2))
 

@@ -80,8 +80,9 @@ def test_run_readers(tiny_run, tmp_path):
 @pytest.mark.shared_data
 def test_train_step_bench_on_scientific(scientific_minilm):
     out = bench("bench/train_step.py", "--work", scientific_minilm, "--steps", "3", "--uncached-steps", "1",
-                timeout=1200)
-    assert json.loads(out[out.index("{"):])["step_ms_median"] > 0
+                "--unfused-steps", "2", timeout=1200)
+    report = json.loads(out[out.index("{"):])
+    assert report["step_ms_median"] > 0 and report["fused_over_for_loop_step_ratio"] > 0
 
 
 @pytest.mark.shared_data
