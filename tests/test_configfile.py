@@ -69,6 +69,9 @@ def test_config_file_mistakes_are_one_line_errors(tmp_path):
     (tmp_path / "typo.toml").write_text("epochz = 3\n")
     typo = runner.invoke(app, ["train", "data", "--out", str(tmp_path / "r"), "--config", str(tmp_path / "typo.toml")])
     assert typo.exit_code == 2 and "has no option epochz" in _flat(typo.output) and "Traceback" not in typo.output
+    # The keys it lists are the ones a file may use: the flags' spellings, not Python's names.
+    assert "train_batch_size" in _flat(typo.output) and " json" in _flat(typo.output)
+    assert "as_json" not in _flat(typo.output)
     (tmp_path / "broken.yaml").write_text("epochs: [1,\n")
     broken = runner.invoke(app, ["train", "data", "--out", str(tmp_path / "r"), "--config", str(tmp_path / "broken.yaml")])
     assert broken.exit_code == 2 and "is not valid YAML" in _flat(broken.output)

@@ -71,6 +71,13 @@ def _run_options(saved: dict[str, Any], path: Path) -> dict[str, Any]:
     return {**options, **flat_options(config)}
 
 
+def _file_key(param) -> str:
+    """How a config file names a Click parameter: its first long flag with underscores
+    (``json`` for ``--json``, whatever the Python name), else its name."""
+    flags = [opt for opt in getattr(param, "opts", ()) if opt.startswith("--")]
+    return flags[0][2:].replace("-", "_") if flags else param.name
+
+
 def as_defaults(options: dict[str, Any], params: list, where: str,
                 aliases: dict[str, str] | None = None) -> dict[str, Any]:
     """``options`` as a Click ``default_map`` for a command with ``params`` (Click
@@ -88,7 +95,7 @@ def as_defaults(options: dict[str, Any], params: list, where: str,
             names.setdefault(spelling.lstrip("-").replace("-", "_"), param.name)
     unknown = sorted(set(options) - set(names))
     if unknown:
-        known = sorted({name for name in names.values() if name != "config"})
+        known = sorted({_file_key(param) for param in params if param.name != "config"})
         raise ConfigError(f"--config: {where} has no option {', '.join(unknown)} "
                           f"(it has: {', '.join(known)})")
     defaults = {}
