@@ -17,11 +17,8 @@ users (where users whose next item is popular weigh most, as they are most of th
 (:mod:`iisan.evaluation.slices`), which weighs new and rare items as much as popular ones.
 
 Each user's two standardised score rows (trained, floor) are computed once; a setting's
-scores are then ``trained + alpha * floor + priors``, a few additions per item. Only the
-users whose target can reach the top 10 under some setting of the grids are scored per
-setting: a score is linear in the weights, so bounding it over the grids' box shows which
-items outrank the target whatever the weights are, and a target with ten such items scores
-0 in every setting (on Scientific about four users in five; the criterion is exactly what
+scores are then ``trained + alpha * floor + priors``, a few additions per item, and only
+what a setting can change is scored (:class:`_Criterion`; the criterion is exactly what
 scoring every user gives). The rows of at most
 ``CALIBRATION_SCORES // (2 (N + 1))`` users are held at once (a fixed random subset of the
 validation users when there are more, never fewer than ``MIN_USERS``).
@@ -52,9 +49,8 @@ SELECT_K = 10
 SELECT_METRIC = f"ndcg@{SELECT_K}"
 SELECTIONS = ("overall", "balanced")
 WHITENINGS = ("off", "on", "auto")  # the floor's content: as it is, whitened, or whichever validation prefers
-# The grids, steps of 0.125 (0.05 for popularity) where the fitted weights fall: on Scientific
-# these scored higher on the validation users calibration leaves out than steps of 0.25 (0.1)
-# in each of six runs (docs/results/new-and-rare-items.md).
+# The grids: steps of 0.125 (0.05 for popularity) where fitted weights fall, chosen over
+# coarser steps on the validation users calibration leaves out (docs/results/new-and-rare-items.md).
 ALPHAS = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0, 1.25, 1.5, 2.0)  # the floor's weight, in sds
 SLICE_PRIORS = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 1.0, 1.25, 1.5)  # a slice's bonus, in sds of a score
 POPULARITY_PRIORS = (-0.2, -0.1, -0.05, 0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4)  # per unit of log(1 + count)
@@ -163,7 +159,8 @@ class _Undecided(NamedTuple):
     """Some scored users' undecided items (neither above nor below the target whatever the
     weights), padded to the longest row: their trained and floor scores ``[u, m]`` (padding
     -inf and 0), item ids (padding 0), the target's column among them, how many items are
-    above the target under every setting, and the users' positions among the calibration users."""
+    above the target under every setting, and the users' positions among the calibration users.
+    Before :func:`_pad` blocks them, one user's: 1-D rows and plain numbers."""
 
     trained: torch.Tensor
     floor: torch.Tensor
@@ -201,7 +198,7 @@ class _Criterion:
         group_of = np.empty(self.users, dtype=np.int64)
         for group, mine in enumerate(members):
             group_of[mine] = group
-        kept: list[list[tuple]] = [[] for _ in members]  # per group, per scored user: its undecided items
+        kept: list[list[_Undecided]] = [[] for _ in members]  # per group, one unpadded row per scored user
         start = 0
         for trained, floor, target in zip(trained_rows, floor_rows, targets):
             least, greatest = _bounds(trained, floor, target, features)
@@ -210,9 +207,9 @@ class _Criterion:
             ranked = torch.isfinite(trained.gather(1, target[:, None])[:, 0])
             for row in torch.nonzero(ranked & (above < SELECT_K))[:, 0].tolist():
                 items = torch.nonzero(undecided[row])[:, 0]
-                kept[group_of[start + row]].append((trained[row, items], floor[row, items], items,
-                                                    int(torch.searchsorted(items, target[row])),
-                                                    int(above[row]), start + row))
+                kept[group_of[start + row]].append(_Undecided(
+                    trained[row, items], floor[row, items], items, int(torch.searchsorted(items, target[row])),
+                    int(above[row]), start + row))
             start += len(target)
         self.undecided = [_pad(users) for users in kept]
         self.positions = [np.concatenate([block.positions for block in blocks] or [np.zeros(0, dtype=np.int64)])
@@ -259,10 +256,10 @@ def _bounds(trained: torch.Tensor, floor: torch.Tensor, targets: torch.Tensor,
     return least, greatest
 
 
-def _pad(users: list[tuple]) -> list[_Undecided]:
-    """Scored users' undecided items in blocks of :data:`BLOCK_USERS`, users with about as many
-    items together, so that padding costs little."""
-    users = sorted(users, key=lambda user: len(user[2]))
+def _pad(users: list[_Undecided]) -> list[_Undecided]:
+    """Scored users' rows (one user each, unpadded) in blocks of :data:`BLOCK_USERS`, users with
+    about as many undecided items together, so that padding costs little."""
+    users = sorted(users, key=lambda user: len(user.items))
     blocks = []
     for start in range(0, len(users), BLOCK_USERS):
         trained, floor, items, target_at, above, positions = zip(*users[start : start + BLOCK_USERS])

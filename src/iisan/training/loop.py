@@ -365,9 +365,9 @@ def build_optimizer(parts: Assembled) -> torch.optim.AdamW:
         params = [p for p in parts.model.parameters() if id(p) in chosen]
         if params:
             groups.append({"params": params, "lr": lr})
-    # Fused: one kernel per tensor instead of a dozen; on the CPU a Scientific step's update
-    # takes a third of the time (bench/train_step.py compares the whole step). A resumed run
-    # keeps the form its saved optimizer.json names, so runs saved before continue unfused.
+    # Fused: one kernel per tensor instead of a dozen (bench/train_step.py times the step both
+    # ways). A resumed run keeps the form its saved optimizer.json names, so runs saved before
+    # continue unfused.
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay, fused=True)
     remember_base_rates(optimizer)
     return optimizer
