@@ -78,3 +78,18 @@ def test_config_file_mistakes_are_one_line_errors(tmp_path):
     (tmp_path / "x.ini").write_text("")
     other = runner.invoke(app, ["encode", "data", "--out", "c", "--config", str(tmp_path / "x.ini")])
     assert other.exit_code == 2 and "use a .toml, .yaml, .yml or .json file" in _flat(other.output)
+
+
+def test_a_config_value_of_the_wrong_type_is_named_by_its_key_in_the_file(tmp_path):
+    # Checked as the file is read: the error names the file's key and value, not the flag
+    # the value would have become.
+    for text, entry in (('epochs = "ten"\n', "epochs = 'ten'"), ("[train]\nlr = [1, 2]\n", "lr = [1, 2]"),
+                        ('method = "nope"\n', "method = 'nope'")):
+        (tmp_path / "bad.toml").write_text(text)
+        result = runner.invoke(app, ["train", "data", "--out", str(tmp_path / "r"), "--config",
+                                     str(tmp_path / "bad.toml")])
+        assert result.exit_code == 2, result.output
+        assert f"--config': {entry}:" in _flat(result.output) and "Traceback" not in result.output
+    (tmp_path / "good.toml").write_text('epochs = 3\nmethod = "id"\n')
+    help_after = runner.invoke(app, ["train", "--config", str(tmp_path / "good.toml"), "--help"])
+    assert help_after.exit_code == 0, help_after.output

@@ -79,15 +79,17 @@ def _file_key(param) -> str:
 
 
 def as_defaults(options: dict[str, Any], params: list, where: str,
-                aliases: dict[str, str] | None = None) -> dict[str, Any]:
+                aliases: dict[str, str] | None = None, context: Any = None) -> dict[str, Any]:
     """``options`` as a Click ``default_map`` for a command with ``params`` (Click
     parameters): a key may be a parameter's name or any of its flags with underscores
     (``train_batch_size`` for ``--train-batch-size``) or an older name in ``aliases`` (old
     name -> parameter name, ``batch_size`` -> ``train_batch_size``); lists become comma-separated;
-    ``None`` leaves the command's own default (or, for an encoder, skips it).
+    ``None`` leaves the command's own default (or, for an encoder, skips it). Given the
+    command's Click ``context``, each value is parsed as its flag's would be, so a value of
+    the wrong type is reported with the file's key rather than as the flag it became.
 
     Raises:
-        ConfigError: an option the command does not have.
+        ConfigError: an option the command does not have, or a value its option cannot take.
     """
     names = dict(aliases or {})
     for param in params:
@@ -107,4 +109,22 @@ def as_defaults(options: dict[str, Any], params: list, where: str,
         if isinstance(value, (list, tuple)):
             value = ",".join(str(v) for v in value)
         defaults[names[key]] = value
+    if context is not None:
+        by_name = {param.name: param for param in params}
+        for key, value in options.items():
+            if names[key] in defaults:
+                _check_value(by_name[names[key]], defaults[names[key]], f"{key} = {value!r}", context)
     return defaults
+
+
+def _check_value(param: Any, value: Any, entry: str, context: Any) -> None:
+    """Parse ``value`` as ``param`` would parse it from the command line (its callback, if
+    any, is left for Click to run once)."""
+    from typer import BadParameter  # typer's own Click, not the click package
+
+    if param.callback is not None:
+        return
+    try:
+        param.process_value(context, value)
+    except BadParameter as err:
+        raise ConfigError(f"{entry}: {err.message}") from None

@@ -76,7 +76,7 @@ def _config_file(ctx: typer.Context, value: Path | None) -> Path | None:
         aliases = {name: spec.name for spec in specs for name in spec.names}
         try:
             ctx.default_map = {**(ctx.default_map or {}), **as_defaults(
-                read_config_file(value), ctx.command.params, f"`iisan {ctx.info_name}`", aliases)}
+                read_config_file(value), ctx.command.params, f"`iisan {ctx.info_name}`", aliases, ctx)}
         except IisanError as err:
             raise typer.BadParameter(str(err)) from None
     return value
