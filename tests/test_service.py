@@ -345,3 +345,9 @@ def test_recommend_for_a_user_of_the_dataset(client, recommender):
     both = client.post("/recommend", json={"user": user, "history": ["x"]})
     assert both.status_code == 422 and "one of them" in both.json()["error"]
     assert client.post("/recommend", json={"k": 3}).status_code == 422
+
+
+def test_a_body_that_is_not_json_is_named_so(client):
+    response = client.post("/recommend", content=b'{"history": ["1"]', headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert response.json()["error"] == "the body is not valid JSON (character 17: Expecting ',' delimiter)"

@@ -120,7 +120,12 @@ def add_error_handlers(app):
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+        errors = exc.errors()
+        detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in errors]
+        if errors and errors[0].get("type") == "json_invalid":  # its loc is ("body", character)
+            reason = errors[0].get("ctx", {}).get("error", "")
+            return error(422, f"the body is not valid JSON (character {detail[0]['loc'][-1]}: {reason})",
+                         detail=detail)
         first = detail[0] if detail else {"loc": [], "msg": "invalid request"}
         where = ".".join(str(part) for part in first["loc"] if part != "body") or "body"
         return error(422, f"{where}: {first['msg']}", detail=detail)
