@@ -5,7 +5,8 @@ Run folders are named ``<label>-<seed>``; each holds the ``metrics.json`` that
 history excluded from the ranking (the paper's, our default) and history ranked too
 (``test_with_history``: RecBole 1.2.1's full-sort protocol for sequential models).
 Prints a Markdown table; with ``--slices``, a second one: test NDCG@10 per popularity slice
-of the target (cold: 0 occurrences in the training part, tail: 1-4, head: 5+), both protocols.
+of the target (cold: 0 occurrences in the training part, tail: 1-4, head: 5+), both protocols,
+and a third, what the top-10 lists reach, for runs that ``iisan evaluate`` scored.
 
     python bench/summarise_runs.py RUNS_DIR [--peer LABEL HR@10 NDCG@10] [--slices]
 """
@@ -59,6 +60,7 @@ def main() -> None:
         print(f"| {label} | - | - | - | - | {float(hr):.4f} | {float(ndcg):.4f} | - | - |")
     if args.slices:
         print_slices(runs)
+        print_exposure(runs)
 
 
 SLICES = ("cold", "tail", "head")
@@ -87,6 +89,28 @@ def print_slices(runs: dict[str, list[tuple[str, dict, list[dict]]]]) -> None:
             counts = next(m["test"]["slices"] for _, m, _ in rows if "slices" in m.get("test", {}))
             users = " / ".join(f"{counts[part]['users']:,}" for part in SLICES)
             print(f"| {name} | {users} | {' | '.join(cells)} |")
+
+
+def print_exposure(runs: dict[str, list[tuple[str, dict, list[dict]]]]) -> None:
+    """What the test users' top-10 lists hold (history excluded; `iisan evaluate` records it):
+    the share of the catalogue they reach and of their places each item slice takes."""
+    key = "exposure@10"
+    if not any(key in m.get("test", {}) for rows in runs.values() for _, m, _ in rows):
+        return
+    print()
+    print("| method | catalogue reached | places: cold | tail | head |")
+    print("|" + " --- |" * 5)
+    for label, rows in runs.items():
+        for suffix, name in (("_unblended", f"{label} (unblended)"), ("", label)):
+            reached = [m[f"test{suffix}"][key] for _, m, _ in rows if key in m.get(f"test{suffix}", {})]
+            if reached:
+                cells = [cell([r["reached"] for r in reached], 3)]
+                cells += [cell([r[part]["slots"] for r in reached], 3) for part in SLICES]
+                print(f"| {name} | {' | '.join(cells)} |")
+        shares = next((m["test"][key] for _, m, _ in rows if key in m.get("test", {})), None)
+    if shares is not None:
+        catalogue = " / ".join(f"{shares[part]['catalogue']:.3f}" for part in SLICES)
+        print(f"\nThe catalogue's shares (cold / tail / head): {catalogue}")
 
 
 if __name__ == "__main__":

@@ -147,10 +147,16 @@ def test_train_evaluate_and_resume_from_the_cli(tiny_multimodal, tmp_path):
     assert set(json.loads((run / "metrics.json").read_text())) == {"valid", "test", "test_with_history", "blend"}
     assert set(as_json["slices"]) == {"cold", "tail", "head"}
     assert sum(s["users"] for s in as_json["slices"].values()) == as_json["users"]
+    reach = as_json["exposure"]  # what the top-10 lists hold, also in metrics.json
+    assert reach["k"] == 10 and 0 < reach["reached"] <= 1
+    assert sum(reach[name]["slots"] for name in ("cold", "tail", "head")) == pytest.approx(1, abs=1e-3)
+    recorded = json.loads((run / "metrics.json").read_text())["test_with_history"]
+    assert recorded["exposure@10"] == reach
     by_slice = runner.invoke(app, ["evaluate", str(run), "--slices"], env={"COLUMNS": "160"})
     assert by_slice.exit_code == 0
     for name, part in as_json["slices"].items():
         assert f"{name} ({part['users']:,})" in by_slice.stdout
+    assert "Top-10 lists: they reach" in " ".join(by_slice.stdout.split())
 
 
 def test_train_asymmetric_encoders_from_the_cli(tiny_asymmetric, tmp_path):

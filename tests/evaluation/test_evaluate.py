@@ -32,7 +32,8 @@ def test_merges_splits_and_history_setting(tiny_run, tmp_path):
     evaluate_run(run, split="test", include_history=True)
     recorded = json.loads((run / "metrics.json").read_text())
     assert set(recorded) == {"valid", "test", "test_with_history", "blend"}
-    assert set(recorded["valid"]) == {"hr@1", "ndcg@1", "mrr@1", "hr@3", "ndcg@3", "mrr@3", "mrr", "slices"}
+    assert set(recorded["valid"]) == {"hr@1", "ndcg@1", "mrr@1", "hr@3", "ndcg@3", "mrr@3", "mrr", "slices",
+                                     "exposure@10"}
     assert set(recorded["valid"]["slices"]["head"]) == {"hr@1", "ndcg@1", "mrr@1", "hr@3", "ndcg@3", "mrr@3", "mrr",
                                                        "users"}
 

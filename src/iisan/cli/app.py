@@ -305,7 +305,8 @@ def evaluate(
     """Full-ranking HR@K, NDCG@K and MRR of a run's best weights on all items.
 
     Ties count against the model. The result is merged into RUN/metrics.json, with the
-    same metrics per popularity slice (--slices shows them).
+    same metrics per popularity slice (--slices shows them) and what the top-10 lists
+    reach: the share of the catalogue, and of their places new, rare and popular items take.
 
     [bold]Examples[/]
 

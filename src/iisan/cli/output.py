@@ -115,11 +115,16 @@ def trained(summary: dict[str, Any], out: Path, splits: tuple[str, ...]) -> Grou
 
 def evaluated(result: dict[str, Any], run: Path, config: Any, slices: bool) -> Group:
     from iisan.evaluation.evaluate import metrics_key
+    from iisan.evaluation.slices import SLICE_NAMES as SLICES
 
     columns = (slice_columns(result["metrics"], result["slices"]) if slices
                else {metrics_key(config.split, config.include_history, config.unblended): result["metrics"]})
-    return metrics_table(columns, f"{run}: {result['users']:,} users x {result['items']:,} items, full "
-                                  f"ranking ({result['seconds']:.1f} s on {result['device']})")
+    reach = result["exposure"]
+    shares = {part: " / ".join(f"{reach[name][part]:.1%}" for name in SLICES) for part in ("slots", "catalogue")}
+    return lines(metrics_table(columns, f"{run}: {result['users']:,} users x {result['items']:,} items, full "
+                                        f"ranking ({result['seconds']:.1f} s on {result['device']})"),
+                 f"Top-{reach['k']} lists: they reach {reach['reached']:.1%} of the catalogue; their places go to "
+                 f"{' / '.join(SLICES)} items {shares['slots']} (the catalogue: {shares['catalogue']})")
 
 
 def cold_start(result: dict[str, Any], run: Path) -> Group:

@@ -8,6 +8,7 @@ from typing import Any
 
 from iisan.config import SPLITS
 from iisan.errors import ConfigError
+from iisan.evaluation.exposure import EXPOSURE_K
 from iisan.evaluation.ranking import DEFAULT_KS, evaluate_split, item_embeddings
 from iisan.fileio import read_json_object, write_json_atomic
 
@@ -39,7 +40,9 @@ def evaluate_run(
 
     Returns:
         ``{"metrics": {...}, "slices": {"cold": {..., "users": n}, "tail": ..., "head": ...},
-        "users": U, "items": N, "seconds": t}`` (slices: :mod:`iisan.evaluation.slices`).
+        "exposure": {"k": 10, "reached": r, "cold": {...}, ...}, "users": U, "items": N,
+        "seconds": t}`` (slices: :mod:`iisan.evaluation.slices`; what the top-10 lists hold:
+        :mod:`iisan.evaluation.exposure`).
     """
     from iisan.assemble import assemble_run
     from iisan.devices import pick_device
@@ -60,7 +63,7 @@ def evaluate_run(
     target = getattr(parts.splits, split)
     metrics = evaluate_split(parts.model, items, target, ks=tuple(sorted(set(ks))),
                              batch_size=batch_size or parts.config.eval_user_chunk,
-                             include_history=include_history)
+                             include_history=include_history, item_counts=parts.splits.popularity)
     seconds = time.perf_counter() - start
     path = run_dir / METRICS_FILE
     recorded = (read_json_object(path, {}, fix=f"delete {path.name} and evaluate again (it is rewritten)")
@@ -68,6 +71,6 @@ def evaluate_run(
     recorded[metrics_key(split, include_history, unblended)] = metrics
     write_json_atomic(path, recorded)
     metrics = dict(metrics)
-    slices = metrics.pop("slices")
-    return {"metrics": metrics, "slices": slices, "users": len(target.targets), "items": parts.dataset.num_items,
+    slices, reach = metrics.pop("slices"), metrics.pop(f"exposure@{EXPOSURE_K}")
+    return {"metrics": metrics, "slices": slices, "exposure": reach, "users": len(target.targets), "items": parts.dataset.num_items,
             "seconds": round(seconds, 3), "device": str(parts.model.device)}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -11,6 +11,7 @@ from iisan.config import EVAL_KS
 from iisan.data.split import EvalSplit
 from iisan.distributed import LOCAL, Workers
 from iisan.errors import NonFiniteError
+from iisan.evaluation.exposure import EXPOSURE_K, exposure
 from iisan.evaluation.metrics import metrics_from_ranks, pessimistic_ranks
 from iisan.evaluation.slices import metrics_by_slice
 from iisan.features import FeatureSource
@@ -64,10 +65,13 @@ def evaluate_split(
     batch_size: int = 1024,
     include_history: bool = False,
     workers: Workers = LOCAL,
+    item_counts: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Full-ranking HR@K, NDCG@K and MRR over all users of ``split``, and the same per
     popularity slice under ``"slices"`` when the split knows its targets' training counts
-    (see :mod:`iisan.evaluation.slices`).
+    (see :mod:`iisan.evaluation.slices`). Given every item's training count
+    (``item_counts [N + 1]``), also what the users' top-10 lists reach, under
+    ``"exposure@10"`` (:mod:`iisan.evaluation.exposure`).
 
     Users are scored in chunks of at most ``batch_size``, fewer when the catalogue is so
     large that ``batch_size x N`` scores would exceed :data:`SCORE_BUDGET`, so memory
@@ -76,22 +80,37 @@ def evaluate_split(
     history item is excluded too and counts as a miss. Under torchrun each rank ranks its
     share of the users and the metrics cover all of them.
     """
-    ranks = target_ranks(model, items, split, batch_size, include_history, workers)
+    top_k = EXPOSURE_K if item_counts is not None else 0
+    ranks, top = rank_split(model, items, split, batch_size, include_history, workers, top_k)
     metrics: dict[str, Any] = metrics_from_ranks(ranks, ks)
     if split.target_counts is not None:
         metrics["slices"] = metrics_by_slice(ranks, split.target_counts, ks)
+    if top is not None:
+        metrics[f"exposure@{top_k}"] = exposure(top, item_counts)
     return metrics
 
 
-@torch.no_grad()
+class Ranking(NamedTuple):
+    ranks: torch.Tensor  # [U] the 0-based rank of each user's target
+    top: torch.Tensor | None  # [U, k] each user's k best items, best first (0: no item left to rank)
+
+
 def target_ranks(model: SequentialRecommender, items: torch.Tensor, split: EvalSplit, batch_size: int = 1024,
                  include_history: bool = False, workers: Workers = LOCAL) -> torch.Tensor:
-    """The 0-based full-ranking rank of every user's target ``[U]`` (on the CPU); see
-    :func:`evaluate_split` for the chunking, the history and torchrun."""
+    """The 0-based full-ranking rank of every user's target ``[U]`` (on the CPU)."""
+    return rank_split(model, items, split, batch_size, include_history, workers).ranks
+
+
+@torch.no_grad()
+def rank_split(model: SequentialRecommender, items: torch.Tensor, split: EvalSplit, batch_size: int = 1024,
+               include_history: bool = False, workers: Workers = LOCAL, top_k: int = 0) -> Ranking:
+    """Every user's target rank, and with ``top_k`` their ``top_k`` best items (on the CPU);
+    see :func:`evaluate_split` for the chunking, the history and torchrun."""
     device = items.device
     chunk_size = max(1, min(batch_size, SCORE_BUDGET // items.shape[0]))
     share = workers.share(len(split.targets))
     ranks = [torch.zeros(0, dtype=torch.long, device=device)]
+    tops = [torch.zeros(0, min(top_k, items.shape[0]), dtype=torch.long, device=device)]
     broken = 0  # users whose vector is not finite: counted on every rank, then refused together
     for start in range(share.start, share.stop, chunk_size):
         chunk = np.arange(start, min(start + chunk_size, share.stop))
@@ -103,8 +122,12 @@ def target_ranks(model: SequentialRecommender, items: torch.Tensor, split: EvalS
             rows, cols = split.history_pairs(chunk)
             scores[torch.from_numpy(rows).to(device), torch.from_numpy(cols).to(device)] = -torch.inf
         ranks.append(pessimistic_ranks(scores, torch.from_numpy(split.targets[chunk]).to(device)))
+        if top_k:
+            best = scores.topk(min(top_k, scores.shape[1]), dim=1)
+            tops.append(torch.where(torch.isfinite(best.values), best.indices, 0))
     broken = int(workers.sum(broken))
     if broken:
         raise NonFiniteError(f"{broken} of {len(split.targets)} users got non-finite user vectors (NaN or "
                              "infinity): the run's weights are damaged; retrain the run")
-    return workers.gather(torch.cat(ranks))[0].cpu()
+    top = workers.gather(torch.cat(tops))[0].cpu() if top_k else None
+    return Ranking(workers.gather(torch.cat(ranks))[0].cpu(), top)
