@@ -93,6 +93,18 @@ def test_report_has_every_section_and_embedded_curves(two_runs, tmp_path):
     assert "s/step" in out.read_text() and "Cache build (one-off): 36.4 s" in out.read_text()
 
 
+def test_what_the_top_lists_reach_is_shown_for_runs_that_evaluate_scored(two_runs, tmp_path):
+    from iisan.evaluation.evaluate import evaluate_run
+
+    first, second = two_runs
+    reach = evaluate_run(first)["exposure"]  # the second run keeps training's metrics: "-"
+    page = Collector()
+    page.feed(write_report([first, second], tmp_path / "report.html").read_text())
+    assert "catalogue reached" in page.cells and f"{reach['reached']:.1%}" in page.cells
+    assert {"cold items: share of the places", "head items: share of the catalogue"} <= set(page.cells)
+    assert f"{reach['tail']['slots']:.1%}" in page.cells and "-" in page.cells
+
+
 def test_benchmark_folders_and_runs_in_one_report_with_paths_shortened(two_runs, tmp_path):
     bench = tmp_path / "eff"
     bench.mkdir()

@@ -211,9 +211,14 @@ def _metrics_tables(records: list[RunRecord]) -> str:
         if slice_rows:
             parts.append(f"<h4>{_e(split.replace('_', ' '))}, by slice of the target</h4>"
                          + _table(["slice", *runs[1:]], slice_rows))
+        exposure_rows = _exposure_rows(records, split)
+        if exposure_rows:
+            parts.append(f"<h4>{_e(split.replace('_', ' '))}, what the top-10 lists reach</h4>"
+                         + _table(["share", *runs[1:]], exposure_rows))
     note = ('<p class="note">Full ranking over every item; the history is excluded unless the split says '
             '"with history"; ties count against the model. Slices: how often the target occurs in the '
-            'training part, cold 0 times, tail 1-4, head 5 or more.</p>')
+            'training part, cold 0 times, tail 1-4, head 5 or more; an item\'s slice for the top-10 lists '
+            'by its own count (`iisan evaluate` records them).</p>')
     return note + "\n".join(parts)
 
 
@@ -229,6 +234,29 @@ def _slice_rows(records: list[RunRecord], split: str) -> list[list[str]]:
         return []
     return [[_e(f"{name} {label}"), *[cell(r, name, key) for r in records]]
             for name in SLICE_NAMES for key, label in (("users", "users"), ("ndcg@10", "NDCG@10"), ("hr@10", "HR@10"))]
+
+
+def _exposure_rows(records: list[RunRecord], split: str) -> list[list[str]]:
+    """The catalogue's share in the top-10 lists, and each item slice's share of their places
+    and of the catalogue (runs not scored by ``iisan evaluate`` since it records them: "-")."""
+    from iisan.evaluation.exposure import EXPOSURE_K
+    from iisan.evaluation.slices import SLICE_NAMES
+
+    key = f"exposure@{EXPOSURE_K}"
+    if not any(key in r.metrics.get(split, {}) for r in records):
+        return []
+
+    def cell(record: RunRecord, *path: str) -> str:
+        value = record.metrics.get(split, {}).get(key)
+        for step in path:
+            value = value.get(step) if isinstance(value, dict) else None
+        return "-" if value is None else f"{value:.1%}"
+
+    rows = [["catalogue reached", *[cell(r, "reached") for r in records]]]
+    rows += [[f"{name} items: {part}", *[cell(r, name, field) for r in records]]
+             for name in SLICE_NAMES for part, field in (("share of the places", "slots"),
+                                                         ("share of the catalogue", "catalogue"))]
+    return rows
 
 
 def _metric_order(name: str) -> tuple[int, int]:
