@@ -18,14 +18,16 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import torch
 
 from iisan.config import EVAL_KS
 from iisan.data.cold_start import COLD_ITEMS_FILE, COLD_START_FILE
 from iisan.data.dataset import PreparedDataset
 from iisan.data.split import EvalSplit, last_items
 from iisan.errors import ConfigError
+from iisan.evaluation.exposure import EXPOSURE_K
 from iisan.evaluation.metrics import metrics_from_ranks
-from iisan.evaluation.ranking import target_ranks
+from iisan.evaluation.ranking import rank_split
 from iisan.fileio import read_json_object, write_json_atomic
 from iisan.run.files import RESUME_DIR, read_run_config
 from iisan.serving.recommender import Recommender
@@ -61,15 +63,29 @@ def evaluate_cold_start(run_dir: str | Path, ks: tuple[int, ...] = EVAL_KS, devi
         recommender.add_items(rows)  # embedded a batch at a time, committed once
         split = _split(users, recommender.ids, recommender.max_seq_len)
         catalogue = recommender.embeddings.to(recommender.device)
-        ranks = target_ranks(recommender.model, catalogue, split, batch_size)
+        ranks, top = rank_split(recommender.model, catalogue, split, batch_size, top_k=EXPOSURE_K)
+        added = np.zeros(recommender.num_items + 1, dtype=bool)
+        added[[recommender.ids[row["key"]] for row in rows]] = True
     metrics = metrics_from_ranks(ranks, tuple(sorted(set(ks))))
+    reach = _new_item_places(top, added)
     path = run_dir / "metrics.json"
     fix = f"delete {path.name} and evaluate again"
     recorded = read_json_object(path, {}, fix=fix) if path.is_file() else {}
-    recorded[METRICS_KEY] = {**metrics, "users": len(split.targets), "new_items": len(rows)}
+    recorded[METRICS_KEY] = {**metrics, "users": len(split.targets), "new_items": len(rows),
+                             f"exposure@{EXPOSURE_K}": reach}
     write_json_atomic(path, recorded)
-    return {"metrics": metrics, "users": len(split.targets), "new_items": len(rows),
+    return {"metrics": metrics, "exposure": reach, "users": len(split.targets), "new_items": len(rows),
             "items": recommender.num_items, "seconds": round(time.perf_counter() - start, 3)}
+
+
+def _new_item_places(top: torch.Tensor, added: np.ndarray) -> dict[str, Any]:
+    """How the cold-start users' top-k lists treat the added items: the share of the places
+    they take, beside their share of the catalogue, and the share of users shown one or more."""
+    new = torch.from_numpy(added)[top] & (top > 0)
+    places = max(int((top > 0).sum()), 1)
+    return {"k": top.shape[1], "places": round(int(new.sum()) / places, 4),
+            "catalogue": round(float(added[1:].mean()), 4),
+            "users_shown_one": round(float(new.any(dim=1).double().mean()), 4)}
 
 
 def _split(users: pl.DataFrame, ids: dict[str, int], max_seq_len: int) -> EvalSplit:

@@ -74,6 +74,11 @@ def test_cold_start_adds_the_items_to_a_copy_and_ranks_them(cold_dataset, tmp_pa
     assert sorted(p.name for p in (run / "index").iterdir()) == index_before  # the run is unchanged
     recorded = json.loads((run / "metrics.json").read_text())["cold_start"]
     assert recorded["users"] == users and recorded["ndcg@10"] == result["metrics"]["ndcg@10"]
+    # How the lists treat the added items: a hit is one of them in the top 10, so a user
+    # with a hit is shown one.
+    reach = result["exposure"]
+    assert reach["catalogue"] == round(18 / result["items"], 4) and recorded["exposure@10"] == reach
+    assert 0 <= reach["places"] <= 1 and reach["users_shown_one"] >= result["metrics"]["hr@10"]
 
     from typer.testing import CliRunner
 
@@ -83,6 +88,7 @@ def test_cold_start_adds_the_items_to_a_copy_and_ranks_them(cold_dataset, tmp_pa
     words = " ".join(table.stdout.split())  # rich wraps at the console's width, the run's path first
     assert table.exit_code == 0 and f"{users:,} users whose next item was one of 18 added" in words
     assert f"{result['metrics']['ndcg@10']:.4f}" in table.stdout  # the same ranking again
+    assert f"the added items take {reach['places']:.1%} of the places" in words
 
 
 def test_cold_start_on_a_dataset_without_held_out_items_says_how(tiny_run):

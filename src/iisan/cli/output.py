@@ -128,9 +128,13 @@ def evaluated(result: dict[str, Any], run: Path, config: Any, slices: bool) -> G
 
 
 def cold_start(result: dict[str, Any], run: Path) -> Group:
+    reach = result["exposure"]
     return lines(f"{run}: {result['users']:,} users whose next item was one of {result['new_items']:,} added "
                  f"after training; full ranking over {result['items']:,} items ({result['seconds']:.1f} s)",
-                 metrics_table({"cold start": result["metrics"]}, "Item cold start"))
+                 metrics_table({"cold start": result["metrics"]}, "Item cold start"),
+                 f"Top-{reach['k']} lists: the added items take {reach['places']:.1%} of the places "
+                 f"({reach['catalogue']:.1%} of the catalogue); {reach['users_shown_one']:.1%} of these users "
+                 f"are shown at least one")
 
 
 def quickstart(result: dict[str, Any], out: Path) -> Group:
