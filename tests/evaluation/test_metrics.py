@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -112,7 +113,13 @@ def test_full_ranking_matches_brute_force_on_any_small_catalogue(seed, num_items
     items, split = _random_case(seed, num_items, users, length)
     model = SequentialRecommender(torch.nn.Identity(), SumOfItems())
     ks = tuple(sorted(ks))
-    result = evaluate_split(model, items, split, ks=ks, batch_size=chunk, include_history=include_history)
+    counts = np.arange(num_items + 1) % 7  # every slice, for what the top lists reach
+    result = evaluate_split(model, items, split, ks=ks, batch_size=chunk, include_history=include_history,
+                            item_counts=counts)
+    reach = result["exposure@10"]  # the catalogue may hold fewer than 10 items: shorter lists
+    assert reach["k"] == min(10, num_items + 1) and 0 <= reach["reached"] <= 1
+    slots = sum(reach[name]["slots"] for name in ("cold", "tail", "head"))
+    assert slots == pytest.approx(1, abs=1e-3) or (slots == 0 and reach["reached"] == 0)
     scores = items[torch.from_numpy(split.inputs)].sum(dim=1) @ items.T
     histories = [[] if include_history else list(split.flat[s:e])
                  for s, e in zip(split.history_start, split.history_end)]
