@@ -351,3 +351,22 @@ def test_a_body_that_is_not_json_is_named_so(client):
     response = client.post("/recommend", content=b'{"history": ["1"]', headers={"content-type": "application/json"})
     assert response.status_code == 422
     assert response.json()["error"] == "the body is not valid JSON (character 17: Expecting ',' delimiter)"
+
+
+def _counter(text: str, catalogue: str) -> float:
+    match = re.search(rf'^iisan_recommended_items_total{{catalogue="{catalogue}"}} (\S+)$', text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_metrics_count_the_places_of_items_added_after_training(recommender, history, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(recommender.run_dir, run)  # a catalogue of its own: items are added below
+    own = Recommender.load(run)
+    client = TestClient(create_app(own, limits=Limits(max_k=1000)), raise_server_exceptions=False)
+    assert client.post("/items", json={"items": [{"key": "metric-new", "text": "green mug"}]}).status_code == 200
+    answer = client.post("/recommend", json={"history": history, "k": own.num_items}).json()["items"]  # every item
+    assert "metric-new" in {item["key"] for item in answer}
+    # the module's catalogue may hold items other tests added: each counts as added too
+    added = sum(client.get(f"/items/{item['key']}").json()["added"] for item in answer)
+    text = client.get("/metrics").text
+    assert _counter(text, "added") == added and _counter(text, "trained") == len(answer) - added

@@ -178,6 +178,10 @@ def create_app(recommender, token: str | None = None, limits: Limits = Limits(),
     requests = Counter("iisan_requests", "HTTP requests served.", ["method", "route", "status"], registry=registry)
     latency = Histogram("iisan_request_seconds", "Time to serve a request.", ["route"], registry=registry,
                         buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+    # Whether items added after training are ever shown: the places of the answers by catalogue.
+    places = Counter("iisan_recommended_items", "Items in recommendation answers, by whether they were in the "
+                     "trained catalogue or added after training.", ["catalogue"], registry=registry)
+    trained_places, added_places = places.labels("trained"), places.labels("added")
 
     app = FastAPI(title="iisan", summary="Next-item recommendation with IISAN.",
                   description="Recommend the next items for a history of item keys; add new items without retraining.")
@@ -194,6 +198,10 @@ def create_app(recommender, token: str | None = None, limits: Limits = Limits(),
     async def recommend(body: schema.RecommendRequest) -> JSONResponse:
         history = body.history if body.user is None else await run_in_threadpool(recommender.history_of, body.user)
         answer = await batcher.answer(Query(history, body.k, body.exclude_seen, "skip" if body.skip_unknown else "raise"))
+        ids, trained = recommender.ids, recommender.trained_items
+        added = sum(ids[key] > trained for key, _ in answer)
+        added_places.inc(added)
+        trained_places.inc(len(answer) - added)
         # A ready response skips re-validating our own output against the model (hot path).
         return JSONResponse({"items": [{"key": key, "title": recommender.title(key), "score": score}
                                        for key, score in answer]})
