@@ -247,12 +247,22 @@ def _bounds(trained: torch.Tensor, floor: torch.Tensor, targets: torch.Tensor,
     linear in each weight). Excluded items (-inf) are -inf in both."""
     least = trained - trained.gather(1, targets[:, None])
     greatest = least.clone()
-    for difference, grid in ((floor - floor.gather(1, targets[:, None]), GRIDS[0]),
-                             *((features[:, k][None, :] - features[targets, k][:, None], grid)
-                               for k, grid in enumerate(GRIDS[1:]))):
+    floor = floor - floor.gather(1, targets[:, None])
+    low, high = min(GRIDS[0]) * floor, max(GRIDS[0]) * floor
+    least += torch.minimum(low, high)
+    greatest += torch.maximum(low, high)
+    # The priors' part depends on the user only through the target's features: computed once
+    # per distinct target row (a few hundred training counts), then gathered per user.
+    rows, row_of = torch.unique(features[targets], dim=0, return_inverse=True)
+    prior_least = torch.zeros(len(rows), features.shape[0], dtype=least.dtype, device=least.device)
+    prior_greatest = torch.zeros_like(prior_least)
+    for k, grid in enumerate(GRIDS[1:]):
+        difference = features[:, k][None, :] - rows[:, k][:, None]
         low, high = min(grid) * difference, max(grid) * difference
-        least += torch.minimum(low, high)
-        greatest += torch.maximum(low, high)
+        prior_least += torch.minimum(low, high)
+        prior_greatest += torch.maximum(low, high)
+    least += prior_least[row_of]
+    greatest += prior_greatest[row_of]
     return least, greatest
 
 
