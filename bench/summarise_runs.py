@@ -105,7 +105,7 @@ def print_exposure(runs: dict[str, list[tuple[str, dict, list[dict]]]]) -> None:
             reached = [m[f"test{suffix}"][key] for _, m, _ in rows if key in m.get(f"test{suffix}", {})]
             if reached:
                 cells = [cell([r["reached"] for r in reached], 3)]
-                cells += [cell([r[part]["slots"] for r in reached], 3) for part in SLICES]
+                cells += [cell([r[part]["places"] for r in reached], 3) for part in SLICES]
                 print(f"| {name} | {' | '.join(cells)} |")
         shares = next((m["test"][key] for _, m, _ in rows if key in m.get("test", {})), None)
     if shares is not None:

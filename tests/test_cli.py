@@ -149,7 +149,7 @@ def test_train_evaluate_and_resume_from_the_cli(tiny_multimodal, tmp_path):
     assert sum(s["users"] for s in as_json["slices"].values()) == as_json["users"]
     reach = as_json["exposure"]  # what the top-10 lists hold, also in metrics.json
     assert reach["k"] == 10 and 0 < reach["reached"] <= 1
-    assert sum(reach[name]["slots"] for name in ("cold", "tail", "head")) == pytest.approx(1, abs=1e-3)
+    assert sum(reach[name]["places"] for name in ("cold", "tail", "head")) == pytest.approx(1, abs=1e-3)
     recorded = json.loads((run / "metrics.json").read_text())["test_with_history"]
     assert recorded["exposure@10"] == reach
     by_slice = runner.invoke(app, ["evaluate", str(run), "--slices"], env={"COLUMNS": "160"})

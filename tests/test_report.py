@@ -102,7 +102,7 @@ def test_what_the_top_lists_reach_is_shown_for_runs_that_evaluate_scored(two_run
     page.feed(write_report([first, second], tmp_path / "report.html").read_text())
     assert "catalogue reached" in page.cells and f"{reach['reached']:.1%}" in page.cells
     assert {"cold items: share of the places", "head items: share of the catalogue"} <= set(page.cells)
-    assert f"{reach['tail']['slots']:.1%}" in page.cells and "-" in page.cells
+    assert f"{reach['tail']['places']:.1%}" in page.cells and "-" in page.cells
 
 
 def test_benchmark_folders_and_runs_in_one_report_with_paths_shortened(two_runs, tmp_path):

@@ -218,7 +218,7 @@ def _metrics_tables(records: list[RunRecord]) -> str:
     note = ('<p class="note">Full ranking over every item; the history is excluded unless the split says '
             '"with history"; ties count against the model. Slices: how often the target occurs in the '
             'training part, cold 0 times, tail 1-4, head 5 or more; an item\'s slice for the top-10 lists '
-            'by its own count (`iisan evaluate` records them).</p>')
+            'by its own count (<code>iisan evaluate</code> records them).</p>')
     return note + "\n".join(parts)
 
 
@@ -254,7 +254,7 @@ def _exposure_rows(records: list[RunRecord], split: str) -> list[list[str]]:
 
     rows = [["catalogue reached", *[cell(r, "reached") for r in records]]]
     rows += [[f"{name} items: {part}", *[cell(r, name, field) for r in records]]
-             for name in SLICE_NAMES for part, field in (("share of the places", "slots"),
+             for name in SLICE_NAMES for part, field in (("share of the places", "places"),
                                                          ("share of the catalogue", "catalogue"))]
     return rows
 

@@ -19,9 +19,9 @@ def test_exposure_counts_places_catalogue_and_reach_per_item_slice():
     top = torch.tensor([[6, 3, 1], [6, 3, 0], [6, 4, 3]])  # 0: a place no item was left for
     out = exposure(top, counts)
     assert out["k"] == 3 and out["reached"] == round(4 / 6, 4)  # items 1, 3, 4, 6
-    assert out["cold"] == {"slots": round(1 / 8, 4), "catalogue": round(2 / 6, 4), "reached": 0.5}
-    assert out["tail"] == {"slots": round(4 / 8, 4), "catalogue": 0.5, "reached": round(2 / 3, 4)}
-    assert out["head"] == {"slots": round(3 / 8, 4), "catalogue": round(1 / 6, 4), "reached": 1.0}
+    assert out["cold"] == {"places": round(1 / 8, 4), "catalogue": round(2 / 6, 4), "reached": 0.5}
+    assert out["tail"] == {"places": round(4 / 8, 4), "catalogue": 0.5, "reached": round(2 / 3, 4)}
+    assert out["head"] == {"places": round(3 / 8, 4), "catalogue": round(1 / 6, 4), "reached": 1.0}
 
 
 def test_evaluate_split_reports_the_exposure_of_its_own_top_lists():
@@ -45,4 +45,4 @@ def test_evaluate_split_reports_the_exposure_of_its_own_top_lists():
     expected = exposure(torch.from_numpy(np.argsort(-scores, axis=1)[:, :10]), counts)
     assert result["exposure@10"] == expected
     assert "exposure@10" not in evaluate_split(model, items, split)  # only when item counts are given
-    assert sum(result["exposure@10"][s]["slots"] for s in ("cold", "tail", "head")) == pytest.approx(1, abs=1e-3)
+    assert sum(result["exposure@10"][s]["places"] for s in ("cold", "tail", "head")) == pytest.approx(1, abs=1e-3)

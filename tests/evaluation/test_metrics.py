@@ -118,8 +118,8 @@ def test_full_ranking_matches_brute_force_on_any_small_catalogue(seed, num_items
                             item_counts=counts)
     reach = result["exposure@10"]  # the catalogue may hold fewer than 10 items: shorter lists
     assert reach["k"] == min(10, num_items + 1) and 0 <= reach["reached"] <= 1
-    slots = sum(reach[name]["slots"] for name in ("cold", "tail", "head"))
-    assert slots == pytest.approx(1, abs=1e-3) or (slots == 0 and reach["reached"] == 0)
+    places = sum(reach[name]["places"] for name in ("cold", "tail", "head"))
+    assert places == pytest.approx(1, abs=1e-3) or (places == 0 and reach["reached"] == 0)
     scores = items[torch.from_numpy(split.inputs)].sum(dim=1) @ items.T
     histories = [[] if include_history else list(split.flat[s:e])
                  for s, e in zip(split.history_start, split.history_end)]

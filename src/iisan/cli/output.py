@@ -120,11 +120,11 @@ def evaluated(result: dict[str, Any], run: Path, config: Any, slices: bool) -> G
     columns = (slice_columns(result["metrics"], result["slices"]) if slices
                else {metrics_key(config.split, config.include_history, config.unblended): result["metrics"]})
     reach = result["exposure"]
-    shares = {part: " / ".join(f"{reach[name][part]:.1%}" for name in SLICES) for part in ("slots", "catalogue")}
+    shares = {part: " / ".join(f"{reach[name][part]:.1%}" for name in SLICES) for part in ("places", "catalogue")}
     return lines(metrics_table(columns, f"{run}: {result['users']:,} users x {result['items']:,} items, full "
                                         f"ranking ({result['seconds']:.1f} s on {result['device']})"),
                  f"Top-{reach['k']} lists: they reach {reach['reached']:.1%} of the catalogue; their places go to "
-                 f"{' / '.join(SLICES)} items {shares['slots']} (the catalogue: {shares['catalogue']})")
+                 f"{' / '.join(SLICES)} items {shares['places']} (the catalogue: {shares['catalogue']})")
 
 
 def cold_start(result: dict[str, Any], run: Path) -> Group:
