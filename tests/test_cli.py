@@ -227,7 +227,8 @@ def test_recommend_index_and_items_from_the_cli(tiny_run, tmp_path):
     answer = runner.invoke(app, ["recommend", str(run), "--history", history, "-k", "4", "--json"])
     assert answer.exit_code == 0, answer.output
     rows = json.loads(answer.stdout)
-    assert len(rows) == 4 and set(rows[0]) == {"key", "title", "score"}
+    assert len(rows) == 4 and set(rows[0]) == {"key", "title", "score", "added"}
+    assert not any(r["added"] for r in rows)
     assert not {r["key"] for r in rows} & set(history.split(","))
     table = runner.invoke(app, ["recommend", str(run), "--history", history])
     assert table.exit_code == 0 and "Top 10" in table.stdout
@@ -250,6 +251,12 @@ def test_recommend_index_and_items_from_the_cli(tiny_run, tmp_path):
     assert again.exit_code == 2 and "already in the catalogue" in again.output
     with_new = runner.invoke(app, ["recommend", str(run), "--history", "brand-new", "--json"])
     assert with_new.exit_code == 0 and len(json.loads(with_new.stdout)) == 10
+    # Every item, the new one among them, marked as added after training.
+    everything = json.loads(runner.invoke(app, ["recommend", str(run), "--history", history, "-k", "1000",
+                                                "--json"]).stdout)
+    assert [r["key"] for r in everything if r["added"]] == ["brand-new"]
+    marked = runner.invoke(app, ["recommend", str(run), "--history", history, "-k", "1000"], env={"COLUMNS": "200"})
+    assert marked.exit_code == 0 and "added" in marked.stdout
 
 
 def test_serve_starts_uvicorn_and_warns_when_exposed(tiny_run, tmp_path, monkeypatch):

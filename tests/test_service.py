@@ -368,5 +368,6 @@ def test_metrics_count_the_places_of_items_added_after_training(recommender, his
     assert "metric-new" in {item["key"] for item in answer}
     # the module's catalogue may hold items other tests added: each counts as added too
     added = sum(client.get(f"/items/{item['key']}").json()["added"] for item in answer)
+    assert added == sum(item["added"] for item in answer)  # each answer says it too
     text = client.get("/metrics").text
     assert _counter(text, "added") == added and _counter(text, "trained") == len(answer) - added

@@ -62,9 +62,12 @@ def slice_columns(metrics: dict[str, Any], slices: dict[str, dict[str, Any]]) ->
 
 
 def ranked_items(title: str, items: list[dict[str, Any]]) -> Table:
-    rows = [[str(rank), item["key"], item["title"] or "", f"{item['score']:.3f}"]
+    """Ranked items; those added after training are marked (a column only when there are some)."""
+    marked = any(item.get("added") for item in items)
+    rows = [[str(rank), item["key"], item["title"] or "", f"{item['score']:.3f}",
+             *(["yes" if item.get("added") else ""] if marked else [])]
             for rank, item in enumerate(items, start=1)]
-    return table(title, ["#", "key", "title", "score"], rows, right=("#", "score"))
+    return table(title, ["#", "key", "title", "score", *(["added"] if marked else [])], rows, right=("#", "score"))
 
 
 def encode_summary(summary: dict[str, Any], out: Path) -> Table:

@@ -67,6 +67,7 @@ def request_models(limits: Limits) -> SimpleNamespace:
         key: str
         title: str | None
         score: float
+        added: bool = Field(description="Whether the item was added after training (POST /items, iisan items add).")
 
     class RecommendResponse(BaseModel):
         items: list[Recommendation]
@@ -199,12 +200,13 @@ def create_app(recommender, token: str | None = None, limits: Limits = Limits(),
         history = body.history if body.user is None else await run_in_threadpool(recommender.history_of, body.user)
         answer = await batcher.answer(Query(history, body.k, body.exclude_seen, "skip" if body.skip_unknown else "raise"))
         ids, trained = recommender.ids, recommender.trained_items
-        added = sum(ids[key] > trained for key, _ in answer)
+        items = [{"key": key, "title": recommender.title(key), "score": score, "added": ids[key] > trained}
+                 for key, score in answer]
+        added = sum(item["added"] for item in items)
         added_places.inc(added)
-        trained_places.inc(len(answer) - added)
+        trained_places.inc(len(items) - added)
         # A ready response skips re-validating our own output against the model (hot path).
-        return JSONResponse({"items": [{"key": key, "title": recommender.title(key), "score": score}
-                                       for key, score in answer]})
+        return JSONResponse({"items": items})
 
     @app.get("/users/{user:path}/recommendations", response_model=schema.RecommendResponse,
              responses=errors(404, 422), summary="Top-k next items for a user of the run's dataset")
