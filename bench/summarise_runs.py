@@ -107,10 +107,9 @@ def print_exposure(runs: dict[str, list[tuple[str, dict, list[dict]]]]) -> None:
                 cells = [cell([r["reached"] for r in reached], 3)]
                 cells += [cell([r[part]["places"] for r in reached], 3) for part in SLICES]
                 print(f"| {name} | {' | '.join(cells)} |")
-        shares = next((m["test"][key] for _, m, _ in rows if key in m.get("test", {})), None)
-    if shares is not None:
-        catalogue = " / ".join(f"{shares[part]['catalogue']:.3f}" for part in SLICES)
-        print(f"\nThe catalogue's shares (cold / tail / head): {catalogue}")
+    shares = next(m["test"][key] for rows in runs.values() for _, m, _ in rows if key in m.get("test", {}))
+    catalogue = " / ".join(f"{shares[part]['catalogue']:.3f}" for part in SLICES)
+    print(f"\nThe catalogue's shares (cold / tail / head): {catalogue}")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from iisan.data.cold_start import COLD_ITEMS_FILE, COLD_START_FILE
 from iisan.data.dataset import PreparedDataset
 from iisan.data.split import EvalSplit, last_items
 from iisan.errors import ConfigError
-from iisan.evaluation.exposure import EXPOSURE_K
+from iisan.evaluation.exposure import EXPOSURE_K, shares
 from iisan.evaluation.metrics import metrics_from_ranks
 from iisan.evaluation.ranking import rank_split
 from iisan.fileio import read_json_object, write_json_atomic
@@ -81,11 +81,11 @@ def evaluate_cold_start(run_dir: str | Path, ks: tuple[int, ...] = EVAL_KS, devi
 def _new_item_places(top: torch.Tensor, added: np.ndarray) -> dict[str, Any]:
     """How the cold-start users' top-k lists treat the added items: the share of the places
     they take, beside their share of the catalogue, and the share of users shown one or more."""
-    new = torch.from_numpy(added)[top] & (top > 0)
-    places = max(int((top > 0).sum()), 1)
-    return {"k": top.shape[1], "places": round(int(new.sum()) / places, 4),
-            "catalogue": round(float(added[1:].mean()), 4),
-            "users_shown_one": round(float(new.any(dim=1).double().mean()), 4)}
+    added = torch.from_numpy(added)
+    share = shares(top, added)
+    shown = (added[top] & (top > 0)).any(dim=1)
+    return {"k": top.shape[1], "places": share["places"], "catalogue": share["catalogue"],
+            "users_shown_one": round(float(shown.double().mean()), 4)}
 
 
 def _split(users: pl.DataFrame, ids: dict[str, int], max_seq_len: int) -> EvalSplit:

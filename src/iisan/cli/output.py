@@ -67,7 +67,8 @@ def ranked_items(title: str, items: list[dict[str, Any]]) -> Table:
     rows = [[str(rank), item["key"], item["title"] or "", f"{item['score']:.3f}",
              *(["yes" if item.get("added") else ""] if marked else [])]
             for rank, item in enumerate(items, start=1)]
-    return table(title, ["#", "key", "title", "score", *(["added"] if marked else [])], rows, right=("#", "score"))
+    columns = ["#", "key", "title", "score", *(["added"] if marked else [])]
+    return table(title, columns, rows, right=("#", "score"))
 
 
 def encode_summary(summary: dict[str, Any], out: Path) -> Table:
@@ -123,11 +124,12 @@ def evaluated(result: dict[str, Any], run: Path, config: Any, slices: bool) -> G
     columns = (slice_columns(result["metrics"], result["slices"]) if slices
                else {metrics_key(config.split, config.include_history, config.unblended): result["metrics"]})
     reach = result["exposure"]
-    shares = {part: " / ".join(f"{reach[name][part]:.1%}" for name in SLICES) for part in ("places", "catalogue")}
+    shares = {part: " / ".join(f"{reach[name][part]:.1%}" for name in SLICES)
+              for part in ("places", "catalogue")}
     return lines(metrics_table(columns, f"{run}: {result['users']:,} users x {result['items']:,} items, full "
                                         f"ranking ({result['seconds']:.1f} s on {result['device']})"),
-                 f"Top-{reach['k']} lists: they reach {reach['reached']:.1%} of the catalogue; their places go to "
-                 f"{' / '.join(SLICES)} items {shares['places']} (the catalogue: {shares['catalogue']})")
+                 f"Top-{reach['k']} lists: they reach {reach['reached']:.1%} of the catalogue; their places "
+                 f"go to {' / '.join(SLICES)} items {shares['places']} (the catalogue: {shares['catalogue']})")
 
 
 def cold_start(result: dict[str, Any], run: Path) -> Group:
@@ -136,8 +138,8 @@ def cold_start(result: dict[str, Any], run: Path) -> Group:
                  f"after training; full ranking over {result['items']:,} items ({result['seconds']:.1f} s)",
                  metrics_table({"cold start": result["metrics"]}, "Item cold start"),
                  f"Top-{reach['k']} lists: the added items take {reach['places']:.1%} of the places "
-                 f"({reach['catalogue']:.1%} of the catalogue); {reach['users_shown_one']:.1%} of these users "
-                 f"are shown at least one")
+                 f"({reach['catalogue']:.1%} of the catalogue); {reach['users_shown_one']:.1%} of these "
+                 f"users are shown at least one")
 
 
 def quickstart(result: dict[str, Any], out: Path) -> Group:

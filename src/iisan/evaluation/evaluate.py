@@ -72,5 +72,5 @@ def evaluate_run(
     write_json_atomic(path, recorded)
     metrics = dict(metrics)
     slices, reach = metrics.pop("slices"), metrics.pop(f"exposure@{EXPOSURE_K}")
-    return {"metrics": metrics, "slices": slices, "exposure": reach, "users": len(target.targets), "items": parts.dataset.num_items,
-            "seconds": round(seconds, 3), "device": str(parts.model.device)}
+    return {"metrics": metrics, "slices": slices, "exposure": reach, "users": len(target.targets),
+            "items": parts.dataset.num_items, "seconds": round(seconds, 3), "device": str(parts.model.device)}

@@ -26,17 +26,26 @@ def exposure(top: torch.Tensor, item_counts: np.ndarray) -> dict[str, Any]:
     "head": ...}`` for the lists ``top [U, k]`` (item ids, 0 for an empty place where fewer
     than k items could be ranked) of a catalogue whose items ``1..N`` occur
     ``item_counts[1:]`` times in the training part."""
-    counts = torch.as_tensor(np.asarray(item_counts))[1:]
-    places = top[top > 0].cpu().long() - 1  # the listed items, 0-based over items 1..N
-    listed = torch.zeros(len(counts), dtype=torch.bool)
-    listed[places] = True
-    out: dict[str, Any] = {"k": top.shape[1], "reached": _share(listed.sum(), len(counts))}
+    counts = torch.as_tensor(np.asarray(item_counts))
+    every_item = torch.ones(len(counts), dtype=torch.bool)
+    out: dict[str, Any] = {"k": top.shape[1], "reached": shares(top, every_item)["reached"]}
     for name, low, high in SLICES:
-        members = (counts >= low) & (counts <= high)
-        out[name] = {"places": _share(members[places].sum(), len(places)),
-                     "catalogue": _share(members.sum(), len(counts)),
-                     "reached": _share((listed & members).sum(), members.sum())}
+        out[name] = shares(top, (counts >= low) & (counts <= high))
     return out
+
+
+def shares(top: torch.Tensor, members: torch.Tensor) -> dict[str, float]:
+    """For the items ``members`` marks (``[N + 1]`` booleans over item ids; padding, id 0, is
+    never counted): their share of the lists' ``places``, of the ``catalogue`` (items 1..N),
+    and the share of them ``reached``, in one list or more."""
+    members = members.clone()
+    members[0] = False
+    places = top[top > 0].cpu().long()
+    listed = torch.zeros(len(members), dtype=torch.bool)
+    listed[places] = True
+    return {"places": _share(members[places].sum(), len(places)),
+            "catalogue": _share(members.sum(), len(members) - 1),
+            "reached": _share((listed & members).sum(), members.sum())}
 
 
 def _share(part: int | torch.Tensor, whole: int | torch.Tensor) -> float:

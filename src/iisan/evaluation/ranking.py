@@ -95,12 +95,6 @@ class Ranking(NamedTuple):
     top: torch.Tensor | None  # [U, k] each user's k best items, best first (0: no item left to rank)
 
 
-def target_ranks(model: SequentialRecommender, items: torch.Tensor, split: EvalSplit, batch_size: int = 1024,
-                 include_history: bool = False, workers: Workers = LOCAL) -> torch.Tensor:
-    """The 0-based full-ranking rank of every user's target ``[U]`` (on the CPU)."""
-    return rank_split(model, items, split, batch_size, include_history, workers).ranks
-
-
 @torch.no_grad()
 def rank_split(model: SequentialRecommender, items: torch.Tensor, split: EvalSplit, batch_size: int = 1024,
                include_history: bool = False, workers: Workers = LOCAL, top_k: int = 0) -> Ranking:
