@@ -386,7 +386,7 @@ def recommend(
     except UnknownItemError as err:
         fail(f"{err} (--skip-unknown leaves unknown keys out)")
     rows = [{"key": key, "title": recommender.title(key), "score": round(score, 4),
-             "added": recommender.was_added(key)} for key, score in answer]
+             "added": recommender.store.was_added(key)} for key, score in answer]
     title = f"Top {len(rows)} after {output.plural(len(keys), 'item')}"
     show(rows, as_json, lambda rows: output.ranked_items(title, rows))
 

@@ -141,10 +141,6 @@ class Recommender:
         """Items of the training catalogue; ids above it were added later."""
         return len(self.trained.items)
 
-    def was_added(self, key: str) -> bool:
-        """Whether the catalogue's item ``key`` was added after training."""
-        return self.store.current.ids[key] > self.trained_items
-
     def title(self, key: str) -> str | None:
         catalogue = self.store.current
         return catalogue.titles[catalogue.ids[key]]
