@@ -81,6 +81,28 @@ def test_index_is_built_once_and_stored(run_copy):
     assert first.index_recall(queries=50)["recall@10"] == 1.0
 
 
+def test_a_new_items_words_are_weighed_as_the_catalogues(tiny_multimodal, tmp_path):
+    """In a run whose floor reads the texts' words (the default), an item added after
+    training gets the term vector its text would have had in the catalogue."""
+    from iisan.config import TrainConfig
+    from iisan.training.loop import train
+
+    dataset, cache = tiny_multimodal
+    config = TrainConfig.for_method("iisan", epochs=1, train_batch_size=32, seed=1, eval_user_chunk=64,
+                                    blend_groups=1)
+    assert config.content.blend_terms > 0
+    train(dataset, tmp_path / "run", config, cache_dir=cache)
+    recommender = Recommender.load(tmp_path / "run")
+    blend, twin = recommender.parts.model.blend, 3
+    text = recommender.parts.dataset.items["text"][twin - 1]
+    recommender.add_items([{"key": "new-twin", "text": text}])  # no image: the words do not need one
+    start = recommender.parts.model.dim + blend.content.dim
+    words = recommender.embeddings[-1][start:-3]
+    assert words.abs().sum() > 0
+    assert torch.allclose(words, recommender.embeddings[twin][start:-3], atol=2e-3)
+    assert torch.allclose(words, blend.terms.table[twin].float(), atol=2e-3)
+
+
 def test_a_new_item_with_known_content_ranks_next_to_its_twin(run_copy):
     recommender = Recommender.load(run_copy)
     items = recommender.parts.dataset.items

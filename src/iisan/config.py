@@ -523,8 +523,9 @@ class TrainConfig:
                 side[key] = tuple(side[key])
         user = {"variant": "reference", **data.pop("user", {})}  # runs saved before variants existed
         # runs saved before methods had their own options kept them flat; adapters took the
-        # side network's bottleneck; the floor was not whitened
+        # side network's bottleneck; the floor was not whitened and read no words
         content = {"id_offset": False, "blend": False, "blend_groups": 1, "blend_whiten": "off",
+                   "blend_terms": 0,
                    **_pop_fields(data, ContentConfig), **data.pop("content", {})}
         if isinstance(content["blend_whiten"], bool):  # saved while it was on or off
             content["blend_whiten"] = "on" if content["blend_whiten"] else "off"

@@ -55,6 +55,12 @@ class ContentConfig(MethodOptions):
         help="Fit the blend's weights separately for this many equally large groups of users, by the share "
              "of rare items (cold or tail) in their history: users who keep choosing rare items tend to "
              "choose one next, where the content floor knows more. 1: one set of weights for everyone.")
+    blend_terms: int = option(
+        512, minimum=0, maximum=8192, panel=CONTENT,
+        help="Columns of the items' word vectors (TF-IDF over words and pairs of adjacent words of the "
+             "text, hashed; fitted on the catalogue's texts) that the blend's floor adds to the frozen "
+             "content's cosine: the exact brand names, model numbers and sizes a sentence encoder blurs. "
+             "0: the frozen content alone.")
     blend_whiten: BlendWhiten = option(
         "auto", panel=CONTENT,
         help="Whiten the content the blend's floor reads (each encoder's catalogue mean removed, its "

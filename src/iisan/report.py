@@ -329,7 +329,7 @@ def _unused_options(config: TrainConfig | None, flat: dict[str, Any]) -> list[st
     if not config.content.id_offset:
         unused.append("train.content.id_offset_lr")
     if not config.content.blend:
-        unused += ["train.content.blend_select", "train.content.blend_whiten"]
+        unused += ["train.content.blend_select", "train.content.blend_whiten", "train.content.blend_terms"]
     return [k for k in unused if k in flat]
 
 

@@ -56,6 +56,49 @@ def test_the_query_scores_the_standardised_mix_up_to_a_constant_per_user():
     assert torch.allclose(difference, difference[:, :1].expand_as(difference), atol=1e-4)
 
 
+def _blend_with_terms(num_items=30, width=6, dims=16, seed=0):
+    rng = np.random.default_rng(seed)
+    blend = ScoreBlend({"text": (3, width)}, 4, torch.zeros(num_items + 1), terms=dims)
+    words = ["gauge", "screw", "uxcell", "lead", "pen", "blue", "8mm", "set"]
+    blend.terms.fit([" ".join(rng.choice(words, size=3)) for _ in range(num_items)])
+    states = torch.from_numpy(rng.normal(size=(num_items + 1, 1, width)).astype(np.float32))
+    features = ItemFeatures(torch.arange(num_items + 1), {"text": states},
+                            {"text": torch.ones(num_items + 1, dtype=torch.bool)})
+    items = blend.item_vectors(torch.zeros(num_items + 1, 4), features)
+    blend.fit_spread(items)
+    return blend, items, states[:, -1]
+
+
+def test_with_term_vectors_the_floor_is_the_standardised_sum_of_its_two_cosines():
+    blend, items, content = _blend_with_terms()
+    rng = np.random.default_rng(1)
+    history = torch.from_numpy(rng.normal(size=(5, 6)).astype(np.float32))
+    words = torch.from_numpy(rng.normal(size=(5, 16)).astype(np.float32))
+    query = blend.query(torch.zeros(5, 4), torch.cat([history, words], dim=-1), alpha=1.0,
+                        priors=torch.zeros(3))
+    scores = (query @ items.T)[:, 1:].double()
+
+    def z(raw):
+        return (raw - raw.mean(1, keepdim=True)) / raw.std(1, unbiased=False, keepdim=True)
+
+    unit = torch.nn.functional.normalize(content, dim=-1)[1:]
+    expected = z(z(history @ unit.T) + z(words @ blend.terms.table[1:].float().T)).double()
+    assert torch.allclose(scores - scores.mean(1, keepdim=True), expected, atol=1e-4)
+
+
+def test_items_added_after_training_need_their_term_vectors():
+    blend, items, _ = _blend_with_terms()
+    new = torch.tensor([31, 32])
+    states = torch.ones(2, 1, 6)
+    features = ItemFeatures(new, {"text": states}, {"text": torch.ones(2, dtype=torch.bool)})
+    with pytest.raises(ValueError, match="term vectors"):
+        blend.item_vectors(torch.zeros(2, 4), features)
+    features.terms = blend.terms.embed(["uxcell gauge", "blue pen"])
+    rows = blend.item_vectors(torch.zeros(2, 4), features)
+    assert torch.equal(blend.split(rows)[1][:, 6:], features.terms)
+    assert blend.prior_features(new)[:, 0].tolist() == [1.0, 1.0]  # and cold
+
+
 def test_calibration_reads_validation_only_and_never_does_worse(tiny_multimodal, tmp_path, monkeypatch):
     import iisan.training.calibrate as calibrate
 

@@ -7,14 +7,17 @@ an untrained nearest neighbour (``knn``) good on items nobody has bought yet, an
 never occurred in training get no training signal at all. The blended score of item ``i``
 for a user is
 
-    z(u . e_i) + alpha * z(h . c_i) + beta_cold * [i cold] + beta_tail * [i tail]
-               + gamma * log(1 + count_i)
+    z(u . e_i) + alpha * z(z(h . c_i) + z(g . t_i))
+               + beta_cold * [i cold] + beta_tail * [i tail] + gamma * log(1 + count_i)
 
 where ``u . e_i`` is the trained score, ``h . c_i`` the floor's (the cosine of the item's
 frozen last-layer content to the recency-weighted mean of the history's, see
-:mod:`iisan.models.baselines.knn`), ``z`` standardises a score over the catalogue for that
-user, cold / tail are the popularity slices of :mod:`iisan.evaluation.slices` (0 and
-1-4 occurrences in the training part; items added after training are cold), and
+:mod:`iisan.models.baselines.knn`), ``g . t_i`` the same over the words of the texts
+(the items' hashed TF-IDF vectors ``t_i``, :mod:`iisan.models.terms`; a run without them,
+``--blend-terms 0`` or one saved before them, has ``z(h . c_i)`` alone in the floor's
+place), ``z`` standardises a score over the catalogue for that user, cold / tail are the
+popularity slices of :mod:`iisan.evaluation.slices` (0 and 1-4 occurrences in the training
+part; items added after training are cold), and
 ``count_i`` is the item's number of occurrences there (a popularity prior, positive or
 negative, that the standardised trained score no longer carries at its own scale).
 
@@ -27,8 +30,9 @@ over the validation users (``groups`` of them; one group is a single set of weig
 It stays one inner product, so the item index serves it unchanged: ``z`` only needs the
 standard deviation over items, ``sqrt(u' C u)`` with ``C`` the covariance of the item
 vectors, a per-user constant that scales the query. Items are
-``[e_i, c_i, [cold], [tail], log(1 + count_i)]``, queries
-``[u / sd_u, alpha * h / sd_h, beta_cold, beta_tail, gamma]`` with the user's group's weights.
+``[e_i, c_i, t_i, [cold], [tail], log(1 + count_i)]``, queries
+``[u / sd_u, alpha * f / sd_f, beta_cold, beta_tail, gamma]`` with the user's group's
+weights and ``f = [h / sd_h, g / sd_g]``.
 
 The weights are fitted after training by :func:`iisan.training.calibrate.calibrate_blend`
 on the validation split, never on test; before that the blend is inactive and the model
@@ -43,6 +47,7 @@ from torch import nn
 from iisan.config import SLICES
 from iisan.models.baselines.knn import FrozenContentItems, RecencyMean
 from iisan.models.inputs import ItemFeatures
+from iisan.models.terms import TermVectors
 
 # The priors' slices, in the order of the flags on item vectors (head gets no flag: it is
 # what the trained score already ranks well), then the log-popularity feature.
@@ -62,13 +67,16 @@ class ScoreBlend(nn.Module):
         dim: the width ``d`` of the trained embeddings.
         counts: ``[N + 1]`` occurrences of each item in the training part.
         groups: how many groups of users get their own weights.
+        terms: columns of the texts' term vectors in the floor (0: none); fitted on the
+            catalogue's texts by calibration.
     """
 
     def __init__(self, shapes: dict[str, tuple[int, int]], dim: int, counts: torch.Tensor,
-                 groups: int = 1) -> None:
+                 groups: int = 1, terms: int = 0) -> None:
         super().__init__()
         self.content = FrozenContentItems(tuple(shapes), shapes)  # whitened or not: see calibrate_blend
-        self.history = RecencyMean(self.content.dim)
+        self.terms = TermVectors(len(counts) - 1, terms) if terms else None
+        self.history = RecencyMean(self.content_dim)
         self.dim = dim
         self.register_buffer("counts", torch.as_tensor(counts, dtype=torch.long).clone())
         self.register_buffer("active", torch.tensor(False))
@@ -76,16 +84,21 @@ class ScoreBlend(nn.Module):
         self.register_buffer("priors", torch.zeros(groups, len(PRIORS)))
         self.register_buffer("group_bounds", torch.zeros(groups - 1))  # of the rare share; see fit_groups
         self.register_buffer("trained_cov", torch.eye(dim))
-        self.register_buffer("content_cov", torch.eye(self.content.dim))
+        self.register_buffer("content_cov", torch.eye(self.content_dim))
 
     @property
     def layers(self) -> dict[str, tuple[int, ...]]:
         return self.content.layers
 
     @property
+    def content_dim(self) -> int:
+        """The width of the floor's part of item vectors: the frozen content, then the terms."""
+        return self.content.dim + (self.terms.dims if self.terms is not None else 0)
+
+    @property
     def width(self) -> int:
         """The width of item vectors and queries."""
-        return self.dim + self.content.dim + len(PRIORS)
+        return self.dim + self.content_dim + len(PRIORS)
 
     @property
     def groups(self) -> int:
@@ -142,13 +155,24 @@ class ScoreBlend(nn.Module):
         return features * (ids != 0).unsqueeze(-1).float()
 
     def item_vectors(self, trained: torch.Tensor, features: ItemFeatures) -> torch.Tensor:
-        """``[n, d + D_c + priors]``: the trained embedding, the frozen content, the priors' features."""
-        content = self.content(features) * (features.ids != 0).unsqueeze(-1).to(trained.dtype)
+        """``[n, d + D_c + D_t + priors]``: the trained embedding, the frozen content, the
+        term vectors (the catalogue's table, or ``features.terms`` for items added after
+        training), the priors' features."""
+        content = self.content(features)
+        if self.terms is not None:
+            terms = features.terms
+            if terms is None:
+                if bool((features.ids >= len(self.terms.table)).any()):
+                    raise ValueError("items added after training need their texts' term vectors "
+                                     "(ItemFeatures.terms, from TermVectors.embed)")
+                terms = self.terms(features.ids)
+            content = torch.cat([content, terms.to(content.dtype)], dim=-1)
+        content = content * (features.ids != 0).unsqueeze(-1).to(trained.dtype)
         return torch.cat([trained, content, self.prior_features(features.ids)], dim=-1)
 
     def split(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The trained and the content parts of item vectors from :meth:`item_vectors`."""
-        return items[..., : self.dim], items[..., self.dim : self.dim + self.content.dim]
+        return items[..., : self.dim], items[..., self.dim : self.dim + self.content_dim]
 
     def content_query(self, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The floor's user vector ``h`` for each row of item vectors ``[U, L, width]``."""
@@ -156,7 +180,7 @@ class ScoreBlend(nn.Module):
 
     def query(self, user: torch.Tensor, content: torch.Tensor, groups: torch.Tensor | None = None,
               alpha=None, priors=None) -> torch.Tensor:
-        """``[U, d + D_c + priors]``: ``user`` (trained) and ``content`` (floor) queries, each
+        """``[U, width]``: ``user`` (trained) and ``content`` (floor) queries, each
         divided by the standard deviation of its scores over the catalogue, weighted by each
         user's group's weights (``groups [U]``, see :meth:`user_groups`; default group 0), or
         by ``alpha`` (a number) and ``priors`` ``[len(PRIORS)]`` when given."""
@@ -164,8 +188,18 @@ class ScoreBlend(nn.Module):
         alpha = self.alpha[groups].unsqueeze(-1) if alpha is None else alpha
         priors = self.priors[groups] if priors is None else priors.expand(len(user), -1)
         trained = user / _spread(user, self.trained_cov)
-        floor = alpha * content / _spread(content, self.content_cov)
-        return torch.cat([trained, floor, priors.to(user.dtype)], dim=-1)
+        return torch.cat([trained, alpha * self._floor_query(content), priors.to(user.dtype)], dim=-1)
+
+    def _floor_query(self, content: torch.Tensor) -> torch.Tensor:
+        """The floor's query, one standard deviation of its scores over the catalogue: with
+        term vectors, the two parts each standardised, then their sum."""
+        if self.terms is None:
+            return content / _spread(content, self.content_cov)
+        d = self.content.dim
+        meaning, words = content[:, :d], content[:, d:]
+        parts = torch.cat([meaning / _spread(meaning, self.content_cov[:d, :d]),
+                           words / _spread(words, self.content_cov[d:, d:])], dim=-1)
+        return parts / _spread(parts, self.content_cov)
 
     @torch.no_grad()
     def fit_spread(self, items: torch.Tensor) -> None:

@@ -24,12 +24,16 @@ class ItemFeatures:
             ``bitfit``): modality -> the encoder's model inputs (``input_ids`` and
             ``attention_mask``, or ``pixel_values``) for the rows that have the modality,
             which are ``present[modality].nonzero()`` in order.
+        terms: ``[n, dims]``, the term vectors of items added after training
+            (:meth:`~iisan.models.terms.TermVectors.embed` of their texts), which the
+            catalogue's table does not hold; None for the catalogue's own items.
     """
 
     ids: torch.Tensor
     states: dict[str, torch.Tensor] = field(default_factory=dict)
     present: dict[str, torch.Tensor] = field(default_factory=dict)
     inputs: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    terms: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> ItemFeatures:
         if self.ids.device == device:
@@ -37,4 +41,5 @@ class ItemFeatures:
         return ItemFeatures(ids=self.ids.to(device),
                             states={m: s.to(device, non_blocking=True) for m, s in self.states.items()},
                             present={m: p.to(device) for m, p in self.present.items()},
-                            inputs={m: {k: v.to(device) for k, v in i.items()} for m, i in self.inputs.items()})
+                            inputs={m: {k: v.to(device) for k, v in i.items()} for m, i in self.inputs.items()},
+                            terms=None if self.terms is None else self.terms.to(device))

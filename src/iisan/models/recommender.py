@@ -31,12 +31,14 @@ def build_item_encoder(config: TrainConfig, shapes: dict[str, tuple[int, int]], 
 
 def build_blend(config: TrainConfig, shapes: dict[str, tuple[int, int]], num_items: int) -> ScoreBlend | None:
     """The score blend of a ``config.content.blend`` run over the modalities its tower reads (item
-    counts zero until the training data sets them), else ``None``."""
+    counts zero until the training data sets them), else ``None``; its floor adds the texts'
+    term vectors (``config.content.blend_terms`` columns) when the tower reads text."""
     modalities = [m for m in config.side.encoder_modalities if m in shapes]
     if not config.content.blend or not modalities:
         return None
     return ScoreBlend({m: shapes[m] for m in modalities}, config.user.dim, torch.zeros(num_items + 1),
-                      groups=config.content.blend_groups)
+                      groups=config.content.blend_groups,
+                      terms=config.content.blend_terms if "text" in modalities else 0)
 
 
 class SequentialRecommender(nn.Module):
@@ -121,4 +123,4 @@ class SequentialRecommender(nn.Module):
             else:
                 keep = [union[modality].index(layer) for layer in own[modality]]
                 states[modality] = tensor[:, keep]
-        return ItemFeatures(features.ids, states, features.present, features.inputs)
+        return ItemFeatures(features.ids, states, features.present, features.inputs, features.terms)

@@ -228,6 +228,9 @@ class ContentEmbedder:
                 features = self._content_source().content_features(ids, texts[start:end], images[start:end])
             except (OSError, ValueError) as err:
                 raise InputError(f"cannot decode an image: {err}") from err
+            blend = self.model.blend
+            if blend is not None and blend.terms is not None:  # the catalogue's table does not hold them
+                features.terms = blend.terms.embed(texts[start:end])
             with torch.no_grad():
                 chunks.append(self.model.catalogue_vectors(features.to(self.model.device)).cpu().numpy())
         rows = np.concatenate(chunks).astype(np.float32)

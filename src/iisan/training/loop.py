@@ -211,7 +211,8 @@ def _finish(run_dir: Path, parts: Assembled, workers: Workers, embed_catalogue, 
     if model.blend is not None:  # weighed on validation
         calibration = calibrate_blend(model, parts.source, parts.dataset.num_items, parts.splits.valid,
                                       config.include_history, workers, seed=config.seed,
-                                      select=config.content.blend_select, whiten=config.content.blend_whiten)
+                                      select=config.content.blend_select, whiten=config.content.blend_whiten,
+                                      texts=parts.dataset.items["text"].to_list())
     # the best weights with what was fitted since; a method that trains nothing has no file yet
     if workers.is_main and (fitted or calibration or not (run_dir / WEIGHTS_FILE).is_file()):
         save_weights(run_dir / WEIGHTS_FILE, model)
