@@ -87,6 +87,11 @@ class KnnConfig(MethodOptions):
         False, panel=CONTENT,
         help="knn: whiten the content before the cosine, as --blend-whiten does for the blend's floor (fitted "
              "on the catalogue). Off by default: the plain cosine is the floor the results compare with.")
+    knn_terms: int = option(
+        0, minimum=0, maximum=8192, panel=CONTENT,
+        help="knn: add the cosine of the items' word vectors (as --blend-terms: TF-IDF over words and pairs "
+             "of words, hashed into this many columns, fitted on the catalogue's texts) to the frozen "
+             "content's. 0 by default: the frozen content alone is the floor the results compare with.")
 
 
 @dataclass(frozen=True)

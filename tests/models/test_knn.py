@@ -15,6 +15,7 @@ from iisan.data.dataset import PreparedDataset
 from iisan.data.split import split_sequences
 from iisan.evaluation.metrics import metrics_from_ranks, pessimistic_ranks
 from iisan.models.baselines.knn import RECENCY_DECAY, RecencyMean
+from iisan.models.terms import TermVectors
 from iisan.training.loop import train
 
 
@@ -38,8 +39,9 @@ def _whitened_by_hand(states: np.ndarray, present: np.ndarray) -> np.ndarray:
     return ((states - fit.mean(0)) @ (vectors / np.sqrt(values.clip(0) + 1e-6)) @ vectors.T).astype(np.float32)
 
 
-def _floor_by_hand(dataset_dir, cache_dir, split: str, whiten: bool = False) -> dict[str, float]:
-    """The floor's test metrics written out with numpy: per-modality cosines summed."""
+def _floor_by_hand(dataset_dir, cache_dir, split: str, whiten: bool = False, words: int = 0) -> dict[str, float]:
+    """The floor's test metrics written out with numpy: per-modality cosines summed (and with
+    ``words``, the cosine of the texts' term vectors)."""
     dataset = PreparedDataset.load(dataset_dir)
     cache = HiddenStateCache.open(cache_dir)
     vectors = []
@@ -49,6 +51,10 @@ def _floor_by_hand(dataset_dir, cache_dir, split: str, whiten: bool = False) -> 
             states = _whitened_by_hand(states, np.asarray(cache.present(modality), dtype=bool))
         states /= np.maximum(np.linalg.norm(states, axis=1, keepdims=True), 1e-12)
         vectors.append(states * cache.present(modality)[:, None])
+    if words:
+        terms = TermVectors(dataset.num_items, words)
+        terms.fit(dataset.items["text"].to_list())
+        vectors.append(terms.table.float().numpy())
     items = np.concatenate(vectors, axis=1)
     items[0] = 0
     flat, offsets = dataset.sequence_arrays()
@@ -93,6 +99,28 @@ def test_a_whitened_knn_run_scores_cosines_of_whitened_content(tiny_multimodal, 
     assert load_trained(tmp_path / "knn").model.item.mean_text.abs().sum() > 0  # the fit was saved
     assert TrainConfig(method="knn").knn.knn_whiten is False
     assert TrainConfig(method="iisan").knn == KnnConfig.unused()
+
+
+def test_a_knn_run_with_words_adds_their_cosine(tiny_multimodal, tmp_path):
+    """--knn-terms: each item's term vector follows its frozen states, so the score adds the
+    cosine of the words; fitted on the catalogue's texts, saved, and given to new items."""
+    from iisan.assemble import load_trained
+    from iisan.serving.recommender import Recommender
+
+    dataset, cache = tiny_multimodal
+    summary = train(dataset, tmp_path / "knn", TrainConfig(method="knn", knn=KnnConfig(knn_terms=64)),
+                    cache_dir=cache)
+    with_words = _floor_by_hand(dataset, cache, "test", words=64)
+    assert with_words != _floor_by_hand(dataset, cache, "test")
+    for key, value in with_words.items():
+        assert summary["test"][key] == pytest.approx(value, abs=1e-5), key
+    assert load_trained(tmp_path / "knn").model.item.terms.fitted  # saved with the run
+    recommender = Recommender.load(tmp_path / "knn")
+    text = PreparedDataset.load(dataset).items["text"][0]
+    recommender.add_items([{"key": "new", "text": text}])
+    assert recommender.embeddings[-1][-64:].abs().sum() > 0
+    assert torch.allclose(recommender.embeddings[-1][-64:], recommender.embeddings[1][-64:], atol=2e-3)
+    assert TrainConfig(method="knn").knn.knn_terms == 0
 
 
 def test_a_knn_run_recommends_like_any_run(tiny_multimodal, tmp_path):

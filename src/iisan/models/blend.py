@@ -160,13 +160,7 @@ class ScoreBlend(nn.Module):
         training), the priors' features."""
         content = self.content(features)
         if self.terms is not None:
-            terms = features.terms
-            if terms is None:
-                if bool((features.ids >= len(self.terms.table)).any()):
-                    raise ValueError("items added after training need their texts' term vectors "
-                                     "(ItemFeatures.terms, from TermVectors.embed)")
-                terms = self.terms(features.ids)
-            content = torch.cat([content, terms.to(content.dtype)], dim=-1)
+            content = torch.cat([content, self.terms.of(features).to(content.dtype)], dim=-1)
         content = content * (features.ids != 0).unsqueeze(-1).to(trained.dtype)
         return torch.cat([trained, content, self.prior_features(features.ids)], dim=-1)
 

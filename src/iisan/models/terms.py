@@ -95,6 +95,16 @@ class TermVectors(nn.Module):
         counted = [terms_of(text) for text in texts]
         return self._vectors(counted, [_hashes(terms) for terms in counted])
 
+    def of(self, features) -> torch.Tensor:
+        """The vectors of an :class:`~iisan.models.inputs.ItemFeatures` batch: the catalogue's
+        table, or ``features.terms`` for items added after training, which must carry them."""
+        if features.terms is not None:
+            return features.terms
+        if bool((features.ids >= len(self.table)).any()):
+            raise ValueError("items added after training need their texts' term vectors "
+                             "(ItemFeatures.terms, from TermVectors.embed)")
+        return self(features.ids)
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """The catalogue's vectors of ``ids`` (float32); ids beyond the table are zero rows
         (items added after training carry their own, see :meth:`embed`)."""

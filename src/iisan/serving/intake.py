@@ -18,6 +18,7 @@ from iisan.data.images import ImageRefused, RefusedPath, check_relative, open_im
 from iisan.data.text import clean_text
 from iisan.errors import InputError, NonFiniteError
 from iisan.fileio import text_encoding
+from iisan.models.terms import TermVectors
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 # Items per encoder pass when embedding new ones: the pass holds every layer's token states
@@ -212,6 +213,8 @@ class ContentEmbedder:
         self.model = trained.model
         self.trained_items = trained_items
         self._source = None
+        # the term vectors the model reads, if any (the blend's floor, or knn's content): one at most
+        self.terms = next((m for m in self.model.modules() if isinstance(m, TermVectors)), None)
 
     def embed(self, texts: list[str], images: list[bytes | None]) -> np.ndarray:
         """``[n, width]`` float32 vectors of the items with these texts and image bytes.
@@ -228,9 +231,8 @@ class ContentEmbedder:
                 features = self._content_source().content_features(ids, texts[start:end], images[start:end])
             except (OSError, ValueError) as err:
                 raise InputError(f"cannot decode an image: {err}") from err
-            blend = self.model.blend
-            if blend is not None and blend.terms is not None:  # the catalogue's table does not hold them
-                features.terms = blend.terms.embed(texts[start:end])
+            if self.terms is not None:  # the catalogue's table does not hold them
+                features.terms = self.terms.embed(texts[start:end])
             with torch.no_grad():
                 chunks.append(self.model.catalogue_vectors(features.to(self.model.device)).cpu().numpy())
         rows = np.concatenate(chunks).astype(np.float32)

@@ -25,7 +25,7 @@ from iisan.distributed import stop as stop_workers
 from iisan.errors import ConfigError, MissingDependencyError, NonFiniteError
 from iisan.evaluation.ranking import evaluate_split, item_embeddings
 from iisan.fileio import read_json_object, refuse_output_over_inputs, write_json_atomic
-from iisan.models.baselines.knn import fit_content_whitening
+from iisan.models.baselines.knn import fit_frozen_content
 from iisan.models.inputs import ItemFeatures
 from iisan.models.recommender import SequentialRecommender
 from iisan.progress import progress
@@ -205,14 +205,16 @@ def _finish(run_dir: Path, parts: Assembled, workers: Workers, embed_catalogue, 
     the blend on validation) and save the weights with it, evaluate valid and test, and write
     ``metrics.json`` and the catalogue with its index."""
     model, config = parts.model, parts.config
-    # knn's content, where it is whitened: fitted on the catalogue (the blend's: by calibration)
-    fitted = fit_content_whitening(model, parts.source, parts.dataset.num_items)
+    # knn's content, where it is whitened or reads words: fitted on the catalogue (the blend's: by
+    # calibration)
+    texts = parts.dataset.items["text"].to_list()
+    fitted = fit_frozen_content(model, parts.source, parts.dataset.num_items, texts)
     calibration = None
     if model.blend is not None:  # weighed on validation
         calibration = calibrate_blend(model, parts.source, parts.dataset.num_items, parts.splits.valid,
                                       config.include_history, workers, seed=config.seed,
                                       select=config.content.blend_select, whiten=config.content.blend_whiten,
-                                      texts=parts.dataset.items["text"].to_list())
+                                      texts=texts)
     # the best weights with what was fitted since; a method that trains nothing has no file yet
     if workers.is_main and (fitted or calibration or not (run_dir / WEIGHTS_FILE).is_file()):
         save_weights(run_dir / WEIGHTS_FILE, model)

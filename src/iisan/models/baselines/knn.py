@@ -2,7 +2,8 @@
 
 An item is its frozen encoders' last-layer state, L2-normalised per modality and
 concatenated (so the dot product of two items is the sum of their per-modality cosines;
-a missing image adds 0). A user is the recency-weighted mean of their history's item
+a missing image adds 0), and with ``--knn-terms`` its text's term vector
+(:mod:`iisan.models.terms`), whose cosine is then added too. A user is the recency-weighted mean of their history's item
 vectors, normalised: the item ``k`` steps before the last weighs ``RECENCY_DECAY ** k``.
 Scores are therefore cosines between the history's content and each item's content.
 
@@ -18,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from iisan.models.inputs import ItemFeatures
+from iisan.models.terms import TermVectors
 
 # Weight of the item k steps before the last one: 0.5 ** k. Chosen on Scientific's
 # validation split over {0.5, 0.8, 1.0} (README, "New and rare items").
@@ -34,14 +36,17 @@ class FrozenContentItems(nn.Module):
     state less the catalogue's mean, times the inverse square root of the catalogue's
     covariance, so that the few directions every item shares do not dominate the cosine. The
     buffers hold the identity until fitted (and in runs saved before them), which leaves the
-    states as they are.
+    states as they are. With ``terms`` (a :class:`~iisan.models.terms.TermVectors`, fitted
+    with the whitening, :func:`fit_frozen_content`), each item's term vector follows the states.
     """
 
-    def __init__(self, modalities: tuple[str, ...], shapes: dict[str, tuple[int, int]], whiten: bool = False) -> None:
+    def __init__(self, modalities: tuple[str, ...], shapes: dict[str, tuple[int, int]], whiten: bool = False,
+                 terms: TermVectors | None = None) -> None:
         super().__init__()
-        self.whiten = whiten  # whether fit_content_whitening fits it
+        self.whiten = whiten  # whether fit_frozen_content fits it
+        self.terms = terms
         self.layers = {m: (shapes[m][0] - 1,) for m in modalities}  # the last layer: always cached
-        self.dim = sum(shapes[m][1] for m in modalities)
+        self.dim = sum(shapes[m][1] for m in modalities) + (terms.dims if terms is not None else 0)
         for m in modalities:
             self.register_buffer(f"mean_{m}", torch.zeros(shapes[m][1]))
             self.register_buffer(f"whiten_{m}", torch.eye(shapes[m][1]))
@@ -61,6 +66,8 @@ class FrozenContentItems(nn.Module):
             state = features.states[modality][:, -1].float() - getattr(self, f"mean_{modality}")
             state = F.normalize(state @ getattr(self, f"whiten_{modality}"), dim=-1)
             parts.append(state * features.present[modality].unsqueeze(-1).to(state.dtype))
+        if self.terms is not None:
+            parts.append(self.terms.of(features).to(parts[0].dtype))
         return torch.cat(parts, dim=-1)
 
     @torch.no_grad()
@@ -94,14 +101,20 @@ class FrozenContentItems(nn.Module):
             getattr(self, f"whiten_{m}").copy_(((vectors * scale) @ vectors.T).float())
 
 
-def fit_content_whitening(model: nn.Module, source, num_items: int) -> int:
-    """Fit the whitening of every :class:`FrozenContentItems` in ``model`` built to be whitened
-    (``knn --knn-whiten``; the blend's floor is calibration's to decide), on the catalogue; how
-    many there were."""
-    whitened = [m for m in model.modules() if isinstance(m, FrozenContentItems) and m.whiten]
-    for module in whitened:
-        module.fit_whitening(source, num_items)
-    return len(whitened)
+def fit_frozen_content(model: nn.Module, source, num_items: int, texts) -> int:
+    """Fit what :class:`FrozenContentItems` in ``model`` were built to fit, on the catalogue:
+    the whitening (``knn --knn-whiten``) and the term vectors (``knn --knn-terms``, on
+    ``texts``, the item texts by id 1..N); the blend's floor is calibration's to fit. How many
+    modules were fitted."""
+    fitted = 0
+    for module in model.modules():
+        if isinstance(module, FrozenContentItems) and (module.whiten or module.terms is not None):
+            if module.whiten:
+                module.fit_whitening(source, num_items)
+            if module.terms is not None:
+                module.terms.fit(texts)
+            fitted += 1
+    return fitted
 
 
 class RecencyMean(nn.Module):
@@ -126,7 +139,9 @@ class RecencyMean(nn.Module):
 def build_tower(config, context) -> FrozenContentItems:
     """The ``knn`` entry of the method registry (:mod:`iisan.methods`)."""
     modalities = tuple(m for m in config.side.encoder_modalities if m in context.shapes)
-    return FrozenContentItems(modalities, context.shapes, whiten=config.knn.knn_whiten)
+    words = config.knn.knn_terms if "text" in modalities else 0
+    return FrozenContentItems(modalities, context.shapes, whiten=config.knn.knn_whiten,
+                              terms=TermVectors(context.num_items, words) if words else None)
 
 
 def build_user(config, item_tower: FrozenContentItems) -> RecencyMean:
