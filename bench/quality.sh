@@ -65,10 +65,13 @@ full             | cache-mean | $BEFORE --loss full
 defaults         | cache-mean |
 blend1           | cache-mean | --blend-groups 1
 balanced         | cache-mean | --blend-select balanced
-plainfloor       | cache-mean | --no-blend-whiten
+plainfloor       | cache-mean | --blend-whiten off
+nowords          | cache-mean | --blend-terms 0
 noblend          | cache-mean | --no-blend
 knn              | cache-mean | --method knn
 knn-whiten       | cache-mean | --method knn --knn-whiten
+knn-words        | cache-mean | --method knn --knn-terms 512
+knn-whiten-words | cache-mean | --method knn --knn-whiten --knn-terms 512
 frozen-noblend   | cache-mean | --method frozen --no-blend
 patience10       | cache-mean | --patience 10 --no-blend
 bottleneck128    | cache-mean | --bottleneck 128 --no-blend
@@ -107,7 +110,8 @@ EOF
 #   (by the share of rare items in the history); balanced: the blend fitted for the cold, tail
 #   and head slices alike; plainfloor vs defaults: the blend's floor reads the content as it
 #   is, not whitened (the defaults until late 2026-12-02); knn-whiten vs knn: the floor on whitened
-#   content.
+#   content; nowords vs defaults: the blend's floor without the texts' words (the defaults until
+#   2026-12-03); knn-words, knn-whiten-words: the floors with the words added.
 #   defaults vs noblend: the score blended with the content floor's and priors for cold and
 #   tail items, weighed on validation (today's default; every row that says --no-blend, and
 #   BEFORE, scores as trained); knn: the content-only floor (no training); frozen vs
