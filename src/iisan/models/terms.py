@@ -74,18 +74,20 @@ class TermVectors(nn.Module):
     @torch.no_grad()
     def fit(self, texts: Sequence[str | None]) -> None:
         """Count document frequencies over the catalogue's texts (item ids 1..N in order) and
-        fill :attr:`table` with their vectors."""
+        fill :attr:`table` with their vectors; two passes of :data:`ENCODE_CHUNK` texts, so
+        memory does not grow with the catalogue."""
         if len(texts) + 1 != len(self.table):
             raise ValueError(f"{len(texts)} texts for a catalogue of {len(self.table) - 1} items")
-        counted = [terms_of(text) for text in texts]
-        hashes = [_hashes(terms) for terms in counted]
-        buckets = np.concatenate([h % DF_BUCKETS for h in hashes] or [np.zeros(0, np.uint64)])
-        df = np.bincount(buckets.astype(np.int64), minlength=DF_BUCKETS)
+        df = np.zeros(DF_BUCKETS, dtype=np.int64)
+        for start in range(0, len(texts), ENCODE_CHUNK):
+            hashes = [_hashes(terms_of(text)) for text in texts[start : start + ENCODE_CHUNK]]
+            buckets = np.concatenate([h % DF_BUCKETS for h in hashes] or [np.zeros(0, np.uint64)])
+            df += np.bincount(buckets.astype(np.int64), minlength=DF_BUCKETS)
         self.df.copy_(torch.from_numpy(df.astype(np.int32)))
         self.documents.fill_(len(texts))
         self.table.zero_()
         for start in range(0, len(texts), ENCODE_CHUNK):
-            rows = self._vectors(counted[start : start + ENCODE_CHUNK], hashes[start : start + ENCODE_CHUNK])
+            rows = self.embed(texts[start : start + ENCODE_CHUNK])
             self.table[1 + start : 1 + start + len(rows)] = rows.to(self.table.dtype)
 
     def embed(self, texts: Iterable[str | None]) -> torch.Tensor:
