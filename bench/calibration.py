@@ -67,8 +67,7 @@ def fit(run_dir: str, whiten: str, select: str, criterion) -> tuple[dict, float]
     try:
         start = time.perf_counter()
         result = calibrate.calibrate_blend(parts.model, parts.source, parts.dataset.num_items, parts.splits.valid,
-                                           seed=parts.config.seed, select=select, whiten=whiten,
-                                           texts=parts.dataset.items["text"].to_list())
+                                           seed=parts.config.seed, select=select, whiten=whiten)
         return result, time.perf_counter() - start
     finally:
         calibrate._Criterion = library

@@ -96,7 +96,7 @@ def test_a_new_items_words_are_weighed_as_the_catalogues(tiny_multimodal, tmp_pa
     blend, twin = recommender.parts.model.blend, 3
     text = recommender.parts.dataset.items["text"][twin - 1]
     recommender.add_items([{"key": "new-twin", "text": text}])  # no image: the words do not need one
-    start = recommender.parts.model.dim + blend.content.dim
+    start = recommender.parts.model.dim + blend.content.dim - blend.terms.dims
     words = recommender.embeddings[-1][start:-3]
     assert words.abs().sum() > 0
     assert torch.allclose(words, recommender.embeddings[twin][start:-3], atol=2e-3)

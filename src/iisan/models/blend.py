@@ -67,16 +67,18 @@ class ScoreBlend(nn.Module):
         dim: the width ``d`` of the trained embeddings.
         counts: ``[N + 1]`` occurrences of each item in the training part.
         groups: how many groups of users get their own weights.
-        terms: columns of the texts' term vectors in the floor (0: none); fitted on the
-            catalogue's texts by calibration.
+        terms: columns of the texts' term vectors in the floor (0: none): part of the
+            frozen content, fitted on the catalogue's texts as training ends
+            (:func:`~iisan.models.baselines.knn.fit_frozen_content`).
     """
 
     def __init__(self, shapes: dict[str, tuple[int, int]], dim: int, counts: torch.Tensor,
                  groups: int = 1, terms: int = 0) -> None:
         super().__init__()
-        self.content = FrozenContentItems(tuple(shapes), shapes)  # whitened or not: see calibrate_blend
-        self.terms = TermVectors(len(counts) - 1, terms) if terms else None
-        self.history = RecencyMean(self.content_dim)
+        # whitened or not: see calibrate_blend
+        self.content = FrozenContentItems(tuple(shapes), shapes,
+                                          terms=TermVectors(len(counts) - 1, terms) if terms else None)
+        self.history = RecencyMean(self.content.dim)
         self.dim = dim
         self.register_buffer("counts", torch.as_tensor(counts, dtype=torch.long).clone())
         self.register_buffer("active", torch.tensor(False))
@@ -84,21 +86,21 @@ class ScoreBlend(nn.Module):
         self.register_buffer("priors", torch.zeros(groups, len(PRIORS)))
         self.register_buffer("group_bounds", torch.zeros(groups - 1))  # of the rare share; see fit_groups
         self.register_buffer("trained_cov", torch.eye(dim))
-        self.register_buffer("content_cov", torch.eye(self.content_dim))
+        self.register_buffer("content_cov", torch.eye(self.content.dim))
 
     @property
     def layers(self) -> dict[str, tuple[int, ...]]:
         return self.content.layers
 
     @property
-    def content_dim(self) -> int:
-        """The width of the floor's part of item vectors: the frozen content, then the terms."""
-        return self.content.dim + (self.terms.dims if self.terms is not None else 0)
+    def terms(self) -> TermVectors | None:
+        """The texts' term vectors the floor reads after the frozen states, if any."""
+        return self.content.terms
 
     @property
     def width(self) -> int:
         """The width of item vectors and queries."""
-        return self.dim + self.content_dim + len(PRIORS)
+        return self.dim + self.content.dim + len(PRIORS)
 
     @property
     def groups(self) -> int:
@@ -155,18 +157,14 @@ class ScoreBlend(nn.Module):
         return features * (ids != 0).unsqueeze(-1).float()
 
     def item_vectors(self, trained: torch.Tensor, features: ItemFeatures) -> torch.Tensor:
-        """``[n, d + D_c + D_t + priors]``: the trained embedding, the frozen content, the
-        term vectors (the catalogue's table, or ``features.terms`` for items added after
-        training), the priors' features."""
-        content = self.content(features)
-        if self.terms is not None:
-            content = torch.cat([content, self.terms.of(features).to(content.dtype)], dim=-1)
-        content = content * (features.ids != 0).unsqueeze(-1).to(trained.dtype)
+        """``[n, d + D_c + priors]``: the trained embedding, the frozen content (with the
+        term vectors, if any), the priors' features."""
+        content = self.content(features) * (features.ids != 0).unsqueeze(-1).to(trained.dtype)
         return torch.cat([trained, content, self.prior_features(features.ids)], dim=-1)
 
     def split(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The trained and the content parts of item vectors from :meth:`item_vectors`."""
-        return items[..., : self.dim], items[..., self.dim : self.dim + self.content_dim]
+        return items[..., : self.dim], items[..., self.dim : self.dim + self.content.dim]
 
     def content_query(self, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The floor's user vector ``h`` for each row of item vectors ``[U, L, width]``."""
@@ -189,7 +187,7 @@ class ScoreBlend(nn.Module):
         term vectors, the two parts each standardised, then their sum."""
         if self.terms is None:
             return content / _spread(content, self.content_cov)
-        d = self.content.dim
+        d = self.content.dim - self.terms.dims
         meaning, words = content[:, :d], content[:, d:]
         parts = torch.cat([meaning / _spread(meaning, self.content_cov[:d, :d]),
                            words / _spread(words, self.content_cov[d:, d:])], dim=-1)

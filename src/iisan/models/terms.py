@@ -94,8 +94,7 @@ class TermVectors(nn.Module):
         """``[n, dims]`` float32: the vectors of new texts, with the fitted frequencies."""
         if not self.fitted:
             raise RuntimeError("TermVectors.embed before fit: the document frequencies are not known")
-        counted = [terms_of(text) for text in texts]
-        return self._vectors(counted, [_hashes(terms) for terms in counted])
+        return self._vectors([terms_of(text) for text in texts])
 
     def of(self, features) -> torch.Tensor:
         """The vectors of an :class:`~iisan.models.inputs.ItemFeatures` batch: the catalogue's
@@ -114,13 +113,14 @@ class TermVectors(nn.Module):
         rows = self.table[ids.clamp(max=len(self.table) - 1)].float()
         return rows * known.unsqueeze(-1).to(rows.dtype)
 
-    def _vectors(self, counted: list[Counter[str]], hashes: list[np.ndarray]) -> torch.Tensor:
+    def _vectors(self, counted: list[Counter[str]]) -> torch.Tensor:
         out = np.zeros((len(counted), self.dims), dtype=np.float64)
         df = self.df.cpu().numpy()
         n = int(self.documents)
-        for row, (terms, hashed) in enumerate(zip(counted, hashes)):
-            if not len(hashed):
+        for row, terms in enumerate(counted):
+            if not terms:
                 continue
+            hashed = _hashes(terms)
             tf = np.fromiter(terms.values(), dtype=np.float64, count=len(terms))
             idf = np.log((1 + n) / (1 + df[(hashed % DF_BUCKETS).astype(np.int64)])) + 1
             column = ((hashed >> np.uint64(20)) % np.uint64(self.dims)).astype(np.int64)

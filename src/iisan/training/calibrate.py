@@ -27,7 +27,7 @@ validation users when there are more, never fewer than ``MIN_USERS``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -68,17 +68,13 @@ USER_CHUNK = 1024
 @torch.no_grad()
 def calibrate_blend(model: SequentialRecommender, source: FeatureSource, num_items: int, valid: EvalSplit,
                     include_history: bool = False, workers: Workers = LOCAL, seed: int = 0,
-                    select: str = "overall", whiten: str = "auto",
-                    texts: Sequence[str | None] | None = None) -> dict[str, Any]:
+                    select: str = "overall", whiten: str = "auto") -> dict[str, Any]:
     """Fit ``model.blend``'s weights on ``valid`` by the ``select`` criterion (see the module)
     and leave it active. ``whiten``: the floor reads its content as it is (``off``), whitened
     on the catalogue (``on``,
     :meth:`~iisan.models.baselines.knn.FrozenContentItems.fit_whitening`), or the blend is
     fitted both ways and the one with the better criterion kept (``auto``; a tie keeps the
     content as it is).
-
-    A blend whose floor reads term vectors (:mod:`iisan.models.terms`) fits them first on
-    ``texts``, the catalogue's item texts in id order (1..N).
 
     Under torchrun every rank computes the same (the catalogue is gathered, the users are
     not split), so every rank ends with the same weights.
@@ -97,10 +93,6 @@ def calibrate_blend(model: SequentialRecommender, source: FeatureSource, num_ite
     if whiten not in WHITENINGS:
         raise ConfigError(f"whiten must be one of {', '.join(WHITENINGS)}, got {whiten!r}")
     content = model.blend.content
-    if model.blend.terms is not None:
-        if texts is None:
-            raise ConfigError("this blend's floor reads the items' words: give the catalogue's texts")
-        model.blend.terms.fit(texts)
 
     def fit() -> dict[str, Any]:
         return _calibrate(model, source, num_items, valid, include_history, workers, seed, select)
@@ -141,7 +133,7 @@ def _calibrate(model: SequentialRecommender, source: FeatureSource, num_items: i
               if select == "balanced" and slices is not None else [torch.ones(len(users), dtype=torch.bool)])
     members = [np.flatnonzero(groups == g) for g in range(blend.groups)]
     score = _Criterion(*_score_rows(model, items, valid, users, include_history),
-                       items[:, blend.dim + blend.content_dim:], members, judged)
+                       items[:, blend.dim + blend.content.dim:], members, judged)
     none = ((0.0,) * (1 + len(PRIORS)),) * blend.groups
     together = _ascend(score, none, lambda setting, change: tuple(change(w) for w in setting))
     best = together
@@ -325,7 +317,7 @@ def _score_rows(model: SequentialRecommender, items: torch.Tensor, split: EvalSp
         chunk = users[start : start + USER_CHUNK]
         query = model.user_vectors(items, split.inputs[chunk])  # [u / sd_u, h / sd_h, 0...] (alpha 1)
         trained = query[:, : blend.dim] @ trained_items.T
-        floor = query[:, blend.dim : blend.dim + blend.content_dim] @ content_items.T
+        floor = query[:, blend.dim : blend.dim + blend.content.dim] @ content_items.T
         trained[:, 0] = -torch.inf
         if not include_history:
             rows, cols = split.history_pairs(chunk)

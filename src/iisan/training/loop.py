@@ -205,16 +205,15 @@ def _finish(run_dir: Path, parts: Assembled, workers: Workers, embed_catalogue, 
     the blend on validation) and save the weights with it, evaluate valid and test, and write
     ``metrics.json`` and the catalogue with its index."""
     model, config = parts.model, parts.config
-    # knn's content, where it is whitened or reads words: fitted on the catalogue (the blend's: by
-    # calibration)
+    # frozen content that is whitened (knn's; the blend's is calibration's) or reads words: fitted
+    # on the catalogue
     texts = parts.dataset.items["text"].to_list()
     fitted = fit_frozen_content(model, parts.source, parts.dataset.num_items, texts)
     calibration = None
     if model.blend is not None:  # weighed on validation
         calibration = calibrate_blend(model, parts.source, parts.dataset.num_items, parts.splits.valid,
                                       config.include_history, workers, seed=config.seed,
-                                      select=config.content.blend_select, whiten=config.content.blend_whiten,
-                                      texts=texts)
+                                      select=config.content.blend_select, whiten=config.content.blend_whiten)
     # the best weights with what was fitted since; a method that trains nothing has no file yet
     if workers.is_main and (fitted or calibration or not (run_dir / WEIGHTS_FILE).is_file()):
         save_weights(run_dir / WEIGHTS_FILE, model)
