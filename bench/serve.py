@@ -162,7 +162,7 @@ def in_process_big(run: Path, histories: list[list[str]], big_items: int, querie
     # times: the same committed generation, so the recommender does not reload it from disk.
     embeddings = np.concatenate([trained, extra])
     keys = rec.keys + [f"x{i}" for i in range(len(extra))]
-    titles = [rec.title(key) if key else None for key in rec.keys] + [None] * len(extra)
+    titles = [rec.item(key)["title"] if key else None for key in rec.keys] + [None] * len(extra)
     generation = rec.store.current.stored.generation
 
     def use_index(kind: str) -> None:

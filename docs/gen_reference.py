@@ -13,6 +13,7 @@ from iisan.cli import app
 from iisan.config import EncodeConfig, PrepareConfig, TrainConfig
 from iisan.config import SynthConfig
 from iisan.efficiency import EfficiencyConfig
+from iisan.methods import describe_train_default
 from iisan.options import all_specs, describe_default
 
 MARKUP = re.compile(r"\[/?(bold|dim|italic)?\]")  # rich markup in help texts
@@ -69,9 +70,10 @@ with mkdocs_gen_files.open("reference/options.md", "w") as page:
     for command, config in CONFIGS:
         print(f"## {config.__name__} (`{command}`)\n", file=page)
         print("| field | flag | type | default | what it does |\n| --- | --- | --- | --- | --- |", file=page)
+        describe = describe_train_default if config is TrainConfig else describe_default  # a method's own
         for spec in all_specs(config):
             kind = " \\| ".join(f"`{c}`" for c in spec.choices) if spec.choices else spec.kind.__name__
             kind = f"list of {kind}" if spec.is_list else kind
-            print(f"| `{spec.name}` | `--{spec.flag}` | {kind} | `{describe_default(spec)}` | {plain(spec.help)} |",
+            print(f"| `{spec.name}` | `--{spec.flag}` | {kind} | `{describe(spec)}` | {plain(spec.help)} |",
                   file=page)
         print(file=page)

@@ -61,7 +61,7 @@ def test_unknown_keys_are_named_or_skipped(recommender):
 def test_titles_follow_keys(recommender):
     items = recommender.parts.dataset.items
     key = items["key"][7]
-    assert recommender.title(key) == items["text"][7]
+    assert recommender.item(key)["title"] == items["text"][7]
     assert not recommender.embeddings[0].any()  # padding row
 
 
@@ -128,7 +128,7 @@ def test_a_new_item_with_known_content_ranks_next_to_its_twin(run_copy):
     assert old[-3:].tolist() == blend.prior_features(torch.tensor([twin]))[0].tolist()
     top = [key for key, _ in recommender.recommend(history, k=len(recommender.keys))]
     assert top.index("new-twin") < len(top) // 10
-    assert recommender.title("new-twin") == row["text"]
+    assert recommender.item("new-twin")["title"] == row["text"]
     # Persisted: a fresh load knows the item and can use it in a history.
     reloaded = Recommender.load(run_copy)
     assert reloaded.num_items == recommender.num_items

@@ -43,7 +43,7 @@ def test_recommend_matches_the_library(client, recommender, history):
     assert response.status_code == 200
     items = response.json()["items"]
     assert [(i["key"], pytest.approx(i["score"], rel=1e-5)) for i in items] == recommender.recommend(history, k=5)
-    assert all(i["title"] == recommender.title(i["key"]) for i in items)
+    assert all(i["title"] == recommender.item(i["key"])["title"] for i in items)
     with_seen = client.post("/recommend", json={"history": history, "k": 3, "exclude_seen": False}).json()["items"]
     assert [i["key"] for i in with_seen] == [k for k, _ in recommender.recommend(history, k=3, exclude_seen=False)]
 
@@ -57,7 +57,7 @@ def test_unknown_keys_are_named_or_skipped(client, history):
 
 def test_items_health_metrics_and_docs(client, recommender, history):
     item = client.get(f"/items/{history[0]}").json()
-    assert item == {"key": history[0], "title": recommender.title(history[0]), "added": False}
+    assert item == {"key": history[0], "title": recommender.item(history[0])["title"], "added": False}
     assert client.get("/items/nope").status_code == 404
     assert client.get("/health").json() == {"status": "ok", "items": recommender.num_items, "index": "flat", "problems": []}
     metrics = client.get("/metrics")

@@ -87,9 +87,7 @@ def _set_up_once() -> None:
     # IISAN_THREADS overrides what the caller's torch already uses.
     if "torch" not in sys.modules or os.environ.get(THREADS_ENV):
         use_threads(None)
-    logger = logging.getLogger("iisan")
-    if not logger.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+    from iisan.progress import log_to
+
+    if not logging.getLogger("iisan").handlers and not logging.getLogger().handlers:
+        log_to(logging.StreamHandler(), logging.INFO, "%(asctime)s %(message)s", propagate=True)

@@ -572,14 +572,19 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class RecommendConfig:
-    """How ``iisan recommend`` answers (the same settings as a ``POST /recommend`` body)."""
+    """What ``iisan recommend`` answers, and how (the fields of a ``POST /recommend`` body)."""
 
+    history: tuple[str, ...] | None = option(None, help="The user's item keys, oldest first, "
+                                                   "comma-separated.")
+    user: str | None = option(None, help="Or a user of the run's dataset: their whole history there.")
     k: int = option(10, minimum=1, aliases=("k",), help="How many items to recommend.")
     include_seen: bool = option(False, help="Allow items of the history in the answer.")
     skip_unknown: bool = option(False, help="Ignore keys the catalogue does not hold.")
 
     def __post_init__(self) -> None:
         check_options(self)
+        if (self.history is None) == (self.user is None):
+            raise ConfigError("give history (item keys) or user, one of them")
 
 
 @dataclass(frozen=True)

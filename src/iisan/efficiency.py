@@ -180,7 +180,7 @@ def run_efficiency(dataset: str | Path, out: str | Path, config: EfficiencyConfi
     from iisan.devices import pick_device
 
     pick_device(config.device)  # an unusable device is one error, not one failed row per method
-    progress = progress or log.info  # a library logs; the CLI passes its own printer
+    progress = progress or log.info  # the iisan logger: the CLI shows it on stderr, -q hides it
     dataset, out = Path(dataset), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if cache is not None:  # what the given cache holds decides: a text-only cache of an image data set is text

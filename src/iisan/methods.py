@@ -16,6 +16,7 @@ imported when first built.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from iisan.errors import ConfigError
 
 from iisan.method_options import ContentConfig, EncoderTuningConfig, KnnConfig
+from iisan.options import OptionSpec, describe_default
 
 if TYPE_CHECKING:
     from torch import nn
@@ -167,3 +169,11 @@ register_method(Method(
     "knn", "the content-only floor: cosine of frozen last-layer states to the history's, no training",
     reads="states", tower="iisan.models.baselines.knn:build_tower", user="iisan.models.baselines.knn:build_user",
     options=KnnConfig, trains=False))
+
+
+def describe_train_default(spec: OptionSpec) -> str:
+    """A training option's default as ``--help`` and the reference show it: the methods that
+    train with their own value, then the rest (``"10 for id, 3 otherwise"``)."""
+    own = [f"{describe_default(dataclasses.replace(spec, default=method.defaults[spec.name]))} for {name}"
+           for name, method in _REGISTRY.items() if spec.name in method.defaults]
+    return ", ".join([*own, f"{describe_default(spec)} otherwise"]) if own else describe_default(spec)

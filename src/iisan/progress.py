@@ -1,4 +1,5 @@
-"""Progress bars that follow the ``iisan`` logger: ``iisan -q`` (level WARNING) hides them."""
+"""iisan's log lines and the progress bars that follow them: ``iisan -q`` (level WARNING)
+hides both."""
 
 from __future__ import annotations
 
@@ -17,3 +18,12 @@ def progress(iterable: Any = None, **options: Any) -> tqdm:
     quiet = logging.getLogger("iisan").level > logging.INFO
     options["disable"] = options.get("disable", False) or quiet
     return tqdm(iterable, **options)
+
+
+def log_to(handler: logging.Handler, level: int, format: str = "%(message)s",
+           propagate: bool = False) -> None:
+    """Send the ``iisan`` logger's lines (not other libraries') to ``handler`` from ``level`` up."""
+    handler.setFormatter(logging.Formatter(format, datefmt="%H:%M:%S"))
+    logger = logging.getLogger("iisan")
+    logger.handlers, logger.propagate = [handler], propagate
+    logger.setLevel(level)

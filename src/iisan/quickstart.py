@@ -77,9 +77,8 @@ def quickstart(out: str | Path, epochs: int = TrainConfig.epochs, seed: int = 42
         "best_epoch": summary["best_epoch"],
         "test": summary["test"],
         "user": user["user_key"],
-        "history": [{"key": k, "title": recommender.title(k)} for k in history[-5:]],
-        "recommendations": [{"key": k, "title": recommender.title(k), "score": round(s, 4)}
-                            for k, s in recommendations],
+        "history": [{"key": k, "title": recommender.item(k)["title"]} for k in history[-5:]],
+        "recommendations": [{**recommender.item(k), "score": round(s, 4)} for k, s in recommendations],
         "seconds": {step: round(t, 1) for step, t in seconds.items()},
     }
     write_json_atomic(out / MARKER, result)

@@ -18,10 +18,10 @@ def test_a_connection_survives_every_kind_of_error_answer(scratch):
     recommender = Recommender.load(scratch.run)
     key = recommender.keys[1]
 
-    def broken_title(_key):  # a bug of ours, on one route only
+    def broken_item(_key):  # a bug of ours, on one route only
         raise RuntimeError("boom")
 
-    recommender.title = broken_title
+    recommender.item = broken_item
     server = uvicorn.Server(uvicorn.Config(create_app(recommender), host="127.0.0.1", port=0, log_level="critical"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -25,7 +25,7 @@ def test_a_moved_run_recommends_without_its_dataset_and_cache(scratch, tmp_path)
 
     recommender = Recommender.load(moved)
     assert recommender.recommend(history, k=5) == expected
-    assert recommender.title(history[0]) == before.title(history[0])
+    assert recommender.item(history[0])["title"] == before.item(history[0])["title"]
     recommender.add_items([{"key": "fresh", "text": "a brand new item"}])
     assert "fresh" in Recommender.load(moved).ids
     result = cli("recommend", moved, "--history", ",".join(history), "-k", "3")

@@ -36,12 +36,12 @@ def test_items_are_embedded_in_fixed_batches_and_committed_once(scratch, tmp_pat
     embed = recommender._embedder.embed
     monkeypatch.setattr(recommender._embedder, "embed", lambda texts, images: sizes.append(len(images)) or
                         embed(texts, images))
-    before = committed_generation(recommender.index_dir)
+    before = committed_generation(recommender.store.index_dir)
     read = []
     items = (read.append(item["key"]) or item for item in iter_new_items(file))
     keys = recommender.add_items(items, batch_size=32)
     assert sizes == [32, 32, 6] and keys == [f"s{n}" for n in range(70)] == read
-    generation = committed_generation(recommender.index_dir)
+    generation = committed_generation(recommender.store.index_dir)
     assert int(generation[4:]) == int(before[4:]) + 1  # one commit for the whole file
     assert {f"s{n}" for n in range(70)} <= set(Recommender.load(scratch.run).ids)
 

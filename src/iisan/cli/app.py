@@ -4,7 +4,6 @@ the inputs, outputs and switches of the command line itself are declared here.""
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import logging
 from collections.abc import Callable
@@ -15,18 +14,19 @@ import typer
 from rich.logging import RichHandler
 
 from iisan import __version__
-from iisan.cli import output
 from iisan.cli.errors import fail, handles_errors
-from iisan.cli.generated import Options, one_of, with_options
+from iisan.cli.generated import ConfigFile, Options, one_of, with_options
 from iisan.cli.output import show, stderr, stdout
 from iisan.config import (
-    DEVICES, METHODS, SPLITS, EncodeConfig, EvaluateConfig, IndexConfig, PrepareConfig, RecommendConfig,
-    ServeConfig, SynthConfig, TrainConfig,
+    DEVICES, EncodeConfig, EvaluateConfig, IndexConfig, PrepareConfig, RecommendConfig, ServeConfig,
+    SynthConfig, TrainConfig,
 )
-from iisan.efficiency import EfficiencyConfig
-from iisan.errors import ConfigError, IisanError, UnknownItemError
-from iisan.methods import get_method
-from iisan.options import OptionSpec, build_config, describe_default
+from iisan.efficiency import EfficiencyConfig, run_efficiency
+from iisan.errors import ConfigError, UnknownItemError
+from iisan.methods import describe_train_default
+from iisan.options import build_config
+from iisan.progress import log_to
+from iisan.report import terminal
 from iisan.threads import THREADS_ENV, use_threads
 
 
@@ -38,10 +38,10 @@ def _group(name: str | None, help: str) -> typer.Typer:
     return group
 
 
-app = _group(None, "Multimodal sequential recommendation with IISAN's decoupled side network.\n\nPipeline: "
-             "[bold]prepare[/] a source → encode → train → evaluate → recommend / serve.\n\nStart with: "
-             "[bold]iisan quickstart[/] (the whole pipeline on MovieLens-100K, about 40 seconds on 2 idle "
-             "cores).")
+app = _group(None, "Multimodal sequential recommendation with IISAN's decoupled side network.\n\n"
+             "Pipeline: [bold]prepare[/] a source → encode → train → evaluate → recommend / serve.\n\n"
+             "Start with: [bold]iisan quickstart[/] (the whole pipeline on MovieLens-100K, about 40 seconds "
+             "on 2 idle cores).")
 data_app = _group("data", "Synthetic sources and dataset statistics.")
 encoders_app = _group("encoders", "Frozen pretrained encoders.")
 index_app = _group("index", "The item-embedding index of a trained run.")
@@ -67,21 +67,6 @@ def command(group: typer.Typer, name: str | None = None) -> Callable:
     return register
 
 
-def _config_file(ctx: typer.Context, value: Path | None) -> Path | None:
-    """``--config FILE``: the file's values become this command's defaults (flags still win)."""
-    if value is not None:
-        from iisan.configfile import as_defaults, read_config_file
-
-        specs = getattr(ctx.command.callback, "option_specs", ())
-        aliases = {name: spec.name for spec in specs for name in spec.names}
-        try:
-            ctx.default_map = {**(ctx.default_map or {}), **as_defaults(
-                read_config_file(value), ctx.command.params, f"`iisan {ctx.info_name}`", aliases, ctx)}
-        except IisanError as err:
-            raise typer.BadParameter(str(err)) from None
-    return value
-
-
 Run = Annotated[Path, typer.Argument(help="Run folder written by `iisan train`.", show_default=False)]
 Dataset = Annotated[Path, typer.Argument(help="Prepared dataset folder.", show_default=False)]
 Out = Annotated[Path, typer.Option("--out", "-o", help="Folder to write.", show_default=False)]
@@ -90,10 +75,6 @@ Json = Annotated[bool, flag("--json", "Print the result as JSON.")]
 Device = Annotated[str, typer.Option(parser=one_of(DEVICES), metavar="|".join(DEVICES), help="auto: this "
                                      "process's GPU if there is one (under torchrun, its LOCAL_RANK's), else "
                                      "the CPU.")]
-ConfigFile = Annotated[Path | None, typer.Option(
-    "--config", callback=_config_file, is_eager=True, show_default=False,
-    help="TOML, YAML or JSON file of option values (names with underscores, flat or in \\[train], "
-         "\\[encode], \\[bench] sections; a run's config.json for train); flags given here override it.")]
 
 
 def _version() -> None:
@@ -102,6 +83,7 @@ def _version() -> None:
 
 
 @app.callback()
+@handles_errors
 def _main(
     verbose: Annotated[bool, flag("--verbose -v", "Log debug details.")] = False,
     quiet: Annotated[bool, flag("--quiet -q", "Log warnings only; no progress bars, no request log.")]
@@ -113,15 +95,9 @@ def _main(
     version: Annotated[bool, flag("--version", is_eager=True, callback=lambda on: on and _version(),
                                   help="Print the version.")] = False,
 ) -> None:
-    logger = logging.getLogger("iisan")  # only iisan's own messages; other libraries keep warnings and up
-    logger.handlers = [RichHandler(console=stderr, show_path=False, rich_tracebacks=False)]
-    logger.handlers[0].setFormatter(logging.Formatter("%(message)s", datefmt="[%X]"))
-    logger.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
-    logger.propagate = False
-    try:
-        use_threads(threads)
-    except IisanError as err:
-        fail(str(err))
+    log_to(RichHandler(console=stderr, show_path=False, rich_tracebacks=False),
+           logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    use_threads(threads)
 
 
 @command(app)
@@ -143,11 +119,9 @@ def prepare(
       iisan prepare interactions.csv --format csv --items items.csv --user-col uid --out data/shop
     """
     from iisan.data.prepare import prepare as run_prepare
-    from iisan.data.report import prepare_summary, problems_table
 
     meta, problems = run_prepare(source, out, build_config(PrepareConfig, options), force=force)
-    show(meta, as_json, lambda meta: output.lines(
-        prepare_summary(meta), problems and problems_table(problems), f"wrote {out}"))
+    show(meta, as_json, lambda meta: terminal.prepared(meta, problems, out))
 
 
 @command(data_app, "synth")
@@ -168,7 +142,7 @@ def data_synth(out: Out, options: Options, force: Force = False, as_json: Json =
 
     config = SynthConfig(**options)
     show(synthesize(out, config, force=force), as_json,
-         lambda _: f"wrote synthetic source {out} ({config.items:,} items, {config.users:,} users)")
+         lambda _: terminal.synthesized(out, config.items, config.users))
 
 
 @command(data_app, "stats")
@@ -180,10 +154,9 @@ def data_stats(dataset: Dataset, as_json: Json = False) -> None:
       iisan data stats data/ml-100k
     """
     from iisan.data.dataset import PreparedDataset
-    from iisan.data.report import stats_tables
     from iisan.data.stats import dataset_stats
 
-    show(dataset_stats(PreparedDataset.load(dataset)), as_json, stats_tables)
+    show(dataset_stats(PreparedDataset.load(dataset)), as_json, terminal.stats_tables)
 
 
 @command(app)
@@ -218,12 +191,10 @@ def encode(
     if merge_check:
         if shard is not None:
             raise ConfigError("--merge-check assembles finished shards; run it without --shard")
-        return show(merge_shards(dataset, out), as_json, lambda m: f"merged {m['shards']} shards into {out}: "
-                    f"every row of {', '.join(m['modalities'])} is complete ({m['items']:,} items)")
+        return show(merge_shards(dataset, out), as_json, lambda merged: terminal.merged(merged, out))
     summary = run_encode(dataset, out, EncodeConfig(**options), force=force,
                          shard=parse_shard(shard) if shard else None, device=device)
-    show(summary, as_json, lambda s: output.lines(output.encode_summary(s, out),
-                                                  s["problems"] and f"problems: {s['problems']}"))
+    show(summary, as_json, lambda summary: terminal.encoded(summary, out))
 
 
 @command(encoders_app, "list")
@@ -235,22 +206,13 @@ def encoders_list(as_json: Json = False) -> None:
 
       iisan encoders list
     """
-    from iisan.encoders.registry import REGISTRY
+    from iisan.encoders.registry import encoder_table
 
-    rows = [{"name": s.name, "modality": s.modality, "installed": s.installed, "description": s.description,
-             "install": s.install} for s in REGISTRY.values()]
-    show(rows, as_json, output.encoders)
-
-
-def _train_default(spec: OptionSpec) -> str:
-    """The default ``--help`` shows for a training option: a method may have its own."""
-    own = [f"{describe_default(dataclasses.replace(spec, default=value))} for {name}"
-           for name in METHODS if (value := get_method(name).defaults.get(spec.name)) is not None]
-    return ", ".join([*own, f"{describe_default(spec)} otherwise"]) if own else describe_default(spec)
+    show(encoder_table(), as_json, terminal.encoders)
 
 
 @command(app)
-@with_options(TrainConfig, default_text=_train_default)
+@with_options(TrainConfig, default_text=describe_train_default)
 def train(
     dataset: Dataset, out: Out, options: Options,
     cache: Annotated[Path | None, typer.Option(help="Hidden-state cache from `iisan encode` (not needed for "
@@ -282,15 +244,12 @@ def train(
     from iisan.run.files import resume_settings
     from iisan.training.loop import train as run_train
 
-    if resume:
-        train_config, saved_cache = resume_settings(out, options)
-        cache = cache or saved_cache
-    else:
-        train_config = TrainConfig.from_options(options)
-    summary = run_train(dataset, out, train_config, cache_dir=cache, resume=resume, force=force,
-                        tensorboard=tensorboard, distributed=distributed, device=device)
+    train_config, saved_cache = (resume_settings(out, options) if resume
+                                 else (TrainConfig.from_options(options), None))
+    summary = run_train(dataset, out, train_config, cache_dir=cache or saved_cache, resume=resume,
+                        force=force, tensorboard=tensorboard, distributed=distributed, device=device)
     if is_main_process():
-        show(summary, as_json, lambda s: output.trained(s, out, SPLITS))
+        show(summary, as_json, lambda summary: terminal.trained(summary, out))
 
 
 @command(app)
@@ -320,20 +279,18 @@ def evaluate(
     config = EvaluateConfig(**options)
     if config.cold_start:
         return show(evaluate_cold_start(run, ks=config.ks, device=device), as_json,
-                    lambda result: output.cold_start(result, run))
+                    lambda result: terminal.cold_start(result, run))
     result = evaluate_run(run, split=config.split, ks=config.ks, include_history=config.include_history,
                           device=device, unblended=config.unblended)
-    show(result, as_json, lambda result: output.evaluated(result, run, config, slices))
+    show(result, as_json, lambda result: terminal.evaluated(result, run, config, slices))
 
 
 @command(app)
+@with_options(TrainConfig, EncodeConfig, only=("epochs", "seed", "text_encoder"))
 def quickstart(
+    options: Options,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the dataset, cache and run.")]
     = Path("iisan-quickstart"),
-    epochs: Annotated[int, typer.Option(help="Maximum training epochs.")] = TrainConfig.epochs,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = TrainConfig.seed,
-    text_encoder: Annotated[str, typer.Option(help="Registry name or local Hugging Face folder.")]
-    = EncodeConfig.text_encoder,
     force: Force = False, device: Device = "auto", as_json: Json = False,
 ) -> None:
     """The whole pipeline on MovieLens-100K, then top-10 for one user.
@@ -348,21 +305,13 @@ def quickstart(
     """
     from iisan.quickstart import quickstart as run_quickstart
 
-    result = run_quickstart(out, epochs=epochs, seed=seed, force=force, text_encoder=text_encoder,
-                            device=device)
-    show(result, as_json, lambda result: output.quickstart(result, out))
+    result = run_quickstart(out, **options, force=force, device=device)
+    show(result, as_json, lambda result: terminal.quickstart(result, out))
 
 
 @command(app)
 @with_options(RecommendConfig)
-def recommend(
-    run: Run, options: Options,
-    history: Annotated[str | None, typer.Option(help="The user's item keys, oldest first, comma-separated.",
-                                                show_default=False)] = None,
-    user: Annotated[str | None, typer.Option(
-        help="Or a user of the run's dataset: their whole history there.", show_default=False)] = None,
-    device: Device = "auto", as_json: Json = False,
-) -> None:
+def recommend(run: Run, options: Options, device: Device = "auto", as_json: Json = False) -> None:
     """Top-k next items for a history of item keys, or for a known user, with titles and scores.
 
     [bold]Examples[/]
@@ -373,22 +322,15 @@ def recommend(
     from iisan.serving.recommender import Recommender
 
     config = RecommendConfig(**options)
-    if (history is None) == (user is None):
-        raise ConfigError("give --history KEYS or --user USER (one of them)")
-    keys = [key.strip() for key in (history or "").split(",") if key.strip()]
-    if history is not None and not keys:
-        raise ConfigError("--history needs at least one item key")
     recommender = Recommender.load(run, device=device)
-    keys = recommender.history_of(user) if user is not None else keys
+    keys = list(config.history or recommender.history_of(config.user))
     try:
         answer = recommender.recommend(keys, k=config.k, exclude_seen=not config.include_seen,
                                        on_unknown="skip" if config.skip_unknown else "raise")
     except UnknownItemError as err:
         fail(f"{err} (--skip-unknown leaves unknown keys out)")
-    rows = [{"key": key, "title": recommender.title(key), "score": round(score, 4),
-             "added": recommender.store.was_added(key)} for key, score in answer]
-    title = f"Top {len(rows)} after {output.plural(len(keys), 'item')}"
-    show(rows, as_json, lambda rows: output.ranked_items(title, rows))
+    rows = [{**recommender.item(key), "score": round(score, 4)} for key, score in answer]
+    show(rows, as_json, lambda rows: terminal.recommended(rows, len(keys)))
 
 
 @command(index_app, "build")
@@ -404,8 +346,7 @@ def index_build(run: Run, options: Options, device: Device = "auto", as_json: Js
     """
     from iisan.serving.recommender import rebuild_index
 
-    show(rebuild_index(run, IndexConfig(**options), device=device), as_json,
-         lambda r: f"{r['index']} index over {r['items']:,} items in {r['seconds']} s: {r['folder']}")
+    show(rebuild_index(run, IndexConfig(**options), device=device), as_json, terminal.index_built)
 
 
 @command(index_app, "check")
@@ -423,9 +364,8 @@ def index_check(
     """
     from iisan.serving.recommender import Recommender
 
-    show(Recommender.load(run, device=device).index_recall(queries=queries, k=k), as_json,
-         lambda r: f"{r['index']} index, {r['items']:,} items: recall@{k} = {r[f'recall@{k}']:.4f} over "
-                   f"{r['queries']:,} queries")
+    recall = Recommender.load(run, device=device).index_recall(queries=queries, k=k)
+    show(recall, as_json, terminal.index_recall)
 
 
 @command(items_app, "add")
@@ -452,8 +392,7 @@ def items_add(
 
     recommender = Recommender.load(run, device=device)
     keys = recommender.add_items(iter_new_items(file, allow_outside_paths))  # streamed, committed at the end
-    show({"added": len(keys), "items": recommender.num_items, "keys": keys}, as_json,
-         lambda r: f"added {output.plural(r['added'], 'item')}; the catalogue now holds {r['items']:,}")
+    show({"added": len(keys), "items": recommender.num_items, "keys": keys}, as_json, terminal.items_added)
 
 
 @command(app)
@@ -491,7 +430,7 @@ def report(
     from iisan.report import write_report
 
     path = write_report(runs, out)
-    stdout.print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB, {output.plural(len(runs), 'run')})")
+    stdout.print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB, {terminal.plural(len(runs), 'run')})")
 
 
 @command(bench_app, "efficiency")
@@ -517,10 +456,7 @@ def bench_efficiency(
 
       iisan bench efficiency data/synth --image-size 112 --out bench/out/efficiency
     """
-    from iisan.efficiency import run_efficiency
-
-    report = run_efficiency(dataset, out, EfficiencyConfig(**options, device=device), cache=cache,
-                            progress=(lambda line: None) if as_json else (lambda line: stderr.print(line)))
-    show(report, as_json, lambda report: output.efficiency(report, out))
+    report = run_efficiency(dataset, out, EfficiencyConfig(**options, device=device), cache=cache)
+    show(report, as_json, lambda report: terminal.efficiency(report, out))
     if report["failed"]:
         fail(f"{', '.join(report['failed'])} failed (their rows say why); the others were measured", code=1)

@@ -5,7 +5,8 @@ option is written once, in its config class.
 A command declares ``options: Options`` and is decorated with :func:`with_options`; it is
 called with ``options``, the values given on the command line or in ``--config`` (flat,
 by field name; options left out are absent, so the config's and the method's defaults
-apply), and without one parameter per option.
+apply), and without one parameter per option. ``--config FILE`` (:data:`ConfigFile`) sets
+the same options from a file.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Annotated, Any
 
 import typer
 
+from iisan.errors import IisanError
 from iisan.options import OptionSpec, all_specs, describe_default, parse_list
 
 Options = dict[str, Any]
@@ -26,20 +28,19 @@ NOT_GIVEN = None  # every generated option defaults to None: "not given"
 METAVAR_WIDTH = 16  # choices listed in the type column up to this width, in the help text beyond
 
 
-def with_options(*config_classes: type, skip: tuple[str, ...] = (),
+def with_options(*config_classes: type, only: tuple[str, ...] | None = None,
                  default_text: Callable[[OptionSpec], str] = describe_default) -> Callable:
-    """Add an option for every field of ``config_classes`` (and their nested configs) but
-    ``skip`` to the decorated command, which receives them as ``options``.
+    """Add an option for every field of ``config_classes`` (and their nested configs), or
+    for those named in ``only``, to the decorated command, which receives them as ``options``.
 
     ``default_text`` gives the default shown in ``--help`` (a method may change it).
     """
-    specs = [spec for cls in config_classes for spec in all_specs(cls) if spec.name not in skip]
+    specs = [spec for cls in config_classes for spec in all_specs(cls) if only is None or spec.name in only]
 
     def decorate(command: Callable) -> Callable:
         signature = inspect.signature(command, eval_str=True)
         own = [p for p in signature.parameters.values() if p.name != "options"]
-        taken = {p.name for p in own}
-        clash = [spec.name for spec in specs if spec.name in taken]
+        clash = [spec.name for spec in specs if spec.name in signature.parameters]
         if clash:
             raise TypeError(f"{command.__name__} declares {clash} by hand and as config fields: define them "
                             f"once")
@@ -49,11 +50,8 @@ def with_options(*config_classes: type, skip: tuple[str, ...] = (),
 
         @functools.wraps(command)
         def run(*args: Any, **kwargs: Any) -> Any:
-            options = {}
-            for spec in specs:
-                value = kwargs.pop(spec.name)
-                if value is not NOT_GIVEN:
-                    options[spec.name] = _value(spec, value)
+            options = {spec.name: _value(spec, value) for spec in specs  # every one popped, given or not
+                       if (value := kwargs.pop(spec.name)) is not NOT_GIVEN}
             return command(*args, **kwargs, options=options)
 
         # Required arguments first, then the config's options, then the command's own
@@ -121,3 +119,24 @@ def _value(spec: OptionSpec, value: Any) -> Any:
     if spec.is_list:
         return parse_list(spec, value) if isinstance(value, str) else tuple(value)
     return value
+
+
+def _read_config_file(ctx: typer.Context, value: Path | None) -> Path | None:
+    """``--config FILE``: the file's values become this command's defaults (flags still win)."""
+    if value is not None:
+        from iisan.configfile import as_defaults, read_config_file
+
+        specs = getattr(ctx.command.callback, "option_specs", ())
+        aliases = {name: spec.name for spec in specs for name in spec.names}
+        try:
+            ctx.default_map = {**(ctx.default_map or {}), **as_defaults(
+                read_config_file(value), ctx.command.params, f"`iisan {ctx.info_name}`", aliases, ctx)}
+        except IisanError as err:
+            raise typer.BadParameter(str(err)) from None
+    return value
+
+
+ConfigFile = Annotated[Path | None, typer.Option(
+    "--config", callback=_read_config_file, is_eager=True, show_default=False,
+    help="TOML, YAML or JSON file of option values (names with underscores, flat or in \\[train], "
+         "\\[encode], \\[bench] sections; a run's config.json for train); flags given here override it.")]

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from iisan.encoders.packaged import distribution_file, iisan_home, package_dir, unpack_split_zip
 from iisan.errors import ConfigError, IisanError
@@ -50,6 +50,12 @@ class EncoderSpec:
         except PackageNotFoundError:
             return False
         return True
+
+
+def encoder_table() -> list[dict[str, Any]]:
+    """Every registered encoder, whether its package is installed, and the line that installs it."""
+    return [{"name": s.name, "modality": s.modality, "installed": s.installed, "description": s.description,
+             "install": s.install} for s in REGISTRY.values()]
 
 
 def _minilm() -> Path:

@@ -107,10 +107,6 @@ class Recommender:
         return self._parts
 
     @property
-    def index_dir(self) -> Path:
-        return self.store.index_dir
-
-    @property
     def index(self) -> ItemIndex:
         return self.store.current.stored.index
 
@@ -141,9 +137,11 @@ class Recommender:
         """Items of the training catalogue; ids above it were added later."""
         return len(self.trained.items)
 
-    def title(self, key: str) -> str | None:
+    def item(self, key: str) -> dict[str, Any]:
+        """An item as the service and the CLI show it: key, title, whether added after training."""
         catalogue = self.store.current
-        return catalogue.titles[catalogue.ids[key]]
+        item = catalogue.ids[key]
+        return {"key": key, "title": catalogue.titles[item], "added": item > self.trained_items}
 
     def rebuild_index(self, kind: str = "flat", hnsw: HnswSettings = HnswSettings()) -> None:
         """Recompute the trained catalogue's embeddings and store a fresh ``kind`` index,
@@ -315,4 +313,4 @@ def rebuild_index(run_dir: str | Path, config: IndexConfig = IndexConfig(), devi
     hnsw = HnswSettings(m=config.hnsw_m, ef_search=config.ef_search)
     recommender = Recommender.load(run_dir, rebuild=config.index, hnsw=hnsw, device=device)
     return {"index": config.index, "items": recommender.num_items, "added_items": len(recommender.added),
-            "seconds": round(time.perf_counter() - start, 2), "folder": str(recommender.index_dir)}
+            "seconds": round(time.perf_counter() - start, 2), "folder": str(recommender.store.index_dir)}

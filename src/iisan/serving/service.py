@@ -200,8 +200,7 @@ def create_app(recommender, token: str | None = None, limits: Limits = Limits(),
     async def recommend(body: schema.RecommendRequest) -> JSONResponse:
         history = body.history if body.user is None else await run_in_threadpool(recommender.history_of, body.user)
         answer = await batcher.answer(Query(history, body.k, body.exclude_seen, "skip" if body.skip_unknown else "raise"))
-        items = [{"key": key, "title": recommender.title(key), "score": score,
-                  "added": recommender.store.was_added(key)} for key, score in answer]
+        items = [{**recommender.item(key), "score": score} for key, score in answer]
         added = sum(item["added"] for item in items)
         added_places.inc(added)
         trained_places.inc(len(items) - added)
@@ -224,7 +223,7 @@ def create_app(recommender, token: str | None = None, limits: Limits = Limits(),
     def get_item(key: str) -> dict:
         if key not in recommender.ids:
             raise HTTPException(404, f"unknown item key: {key[:limits.max_key_chars]!r}")
-        return {"key": key, "title": recommender.title(key), "added": recommender.store.was_added(key)}
+        return recommender.item(key)
 
     @app.get("/health", response_model=schema.Health, responses={503: {"model": schema.Health, "description": "Queries fail."}},
              summary="Whether queries are answered: 200 ok, 503 failing (with the problems)")
