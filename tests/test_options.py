@@ -48,6 +48,30 @@ def test_each_config_field_is_exactly_one_option_of_its_command(path):
         assert spec.help and spec.help in by_name[spec.name].help
 
 
+def _leaf_commands(group, path=()):
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            yield from _leaf_commands(command, (*path, name))
+        else:
+            yield (*path, name), command
+
+
+def test_no_command_declares_a_config_option_again_by_hand():
+    """An option that some config defines is generated from that field on every command
+    that takes it (quickstart's --epochs, items add's --allow-outside-paths, index check's
+    -k), never declared a second time with its own help and default."""
+    configs = {*CONFIGS, SynthConfig}
+    field_flags = {opt for config in configs for spec in all_specs(config)
+                   for opt in (f"--{spec.flag}", *(f"-{a}" for a in spec.aliases if len(a) == 1))}
+    twice = []
+    for path, command in _leaf_commands(get_command(app)):
+        generated = {spec.name for spec in getattr(command.callback, "option_specs", ())}
+        twice += [f"iisan {' '.join(path)} {opt}" for param in command.params if param.name not in generated
+                  for opt in param.opts if opt in field_flags]
+    assert len(list(_leaf_commands(get_command(app)))) >= 15
+    assert not twice, twice
+
+
 def test_a_command_cannot_declare_a_config_field_by_hand():
     def train(epochs: Annotated[int, typer.Option()] = 3, options: Options | None = None) -> None: ...
 

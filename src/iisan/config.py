@@ -157,8 +157,9 @@ class PrepareConfig:
         default_factory=CsvColumns, cli=False, help="Column names of the csv format.")
     allow_outside_paths: bool = option(
         False, panel="Images",
-        help="Read image paths that are absolute, contain .., or are symlinks leading out of the source "
-             "(refused and counted as refused_image by default).")
+        help="Read image paths that are absolute, contain .., or are symlinks leading out of the folder "
+             "of the source (prepare) or of the items file (items add). By default prepare refuses and "
+             "counts them as refused_image, and items add stops.")
     cold_items: float = option(
         0.0, minimum=0,
         help="Item cold-start protocol: hold this fraction of the items (the newest) out of training "

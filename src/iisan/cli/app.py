@@ -350,13 +350,14 @@ def index_build(run: Run, options: Options, device: Device = "auto", as_json: Js
 
 
 @command(index_app, "check")
+@with_options(RecommendConfig, only=("k",))
 def index_check(
-    run: Run,
+    run: Run, options: Options,
     queries: Annotated[int, typer.Option(min=1, help="Test users whose histories serve as queries.")] = 1000,
-    k: Annotated[int, typer.Option("-k", "--k", min=1, help="Cut-off for recall@k.")] = 10,
     device: Device = "auto", as_json: Json = False,
 ) -> None:
-    """Recall@k of the run's index against exact search (1.0 for a flat index), over test users' histories.
+    """Recall@k of the run's index: the share of the exact top-k that it returns (1.0 for a
+    flat index), over test users' histories.
 
     [bold]Example[/]
 
@@ -364,17 +365,16 @@ def index_check(
     """
     from iisan.serving.recommender import Recommender
 
-    recall = Recommender.load(run, device=device).index_recall(queries=queries, k=k)
+    recall = Recommender.load(run, device=device).index_recall(queries=queries, **options)
     show(recall, as_json, terminal.index_recall)
 
 
 @command(items_app, "add")
+@with_options(PrepareConfig, only=("allow_outside_paths",))
 def items_add(
-    run: Run,
+    run: Run, options: Options,
     file: Annotated[Path, typer.Argument(help='JSON Lines, one item per line: {"key": ..., "text": ..., '
                                          '"image": "path/relative/to/FILE"}.', show_default=False)],
-    allow_outside_paths: Annotated[bool, flag("--allow-outside-paths", "Read image paths that are absolute, "
-                                              "contain .., or leave FILE's folder.")] = False,
     device: Device = "auto", as_json: Json = False,
 ) -> None:
     """Embed new items with the frozen encoders and the trained side network, and add them
@@ -391,7 +391,7 @@ def items_add(
     from iisan.serving.recommender import Recommender
 
     recommender = Recommender.load(run, device=device)
-    keys = recommender.add_items(iter_new_items(file, allow_outside_paths))  # streamed, committed at the end
+    keys = recommender.add_items(iter_new_items(file, **options))  # streamed, committed at the end
     show({"added": len(keys), "items": recommender.num_items, "keys": keys}, as_json, terminal.items_added)
 
 
