@@ -13,8 +13,10 @@ import shutil
 import subprocess
 import sys
 
+import polars as pl
 import pytest
 
+from iisan.run.files import read_run_config
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -73,6 +75,16 @@ def test_run_readers(tiny_run, tmp_path):
     # The script itself exits non-zero if the library's fit and the exhaustive one differ.
     timed = json.loads(bench("bench/calibration.py", runs / "iisan-1", "--select", "balanced", "--json"))
     assert timed["library_s"] > 0 and timed["exhaustive_s"] > 0 and timed["settings"] > 1
+
+
+def test_covisits_bench(tiny_run):
+    dataset = read_run_config(tiny_run)["dataset"]
+    result = json.loads(bench("bench/covisits.py", dataset, "--split", "test", "--json"))
+    users = pl.read_parquet(f"{dataset}/sequences.parquet").height
+    assert sum(row["users"] for row in result["slices"].values()) == users
+    # A cold target never occurs in the training part, so nothing there can precede it.
+    assert result["slices"].get("cold", {"covisited": 0.0})["covisited"] == 0.0
+    assert all(0 <= row["covisited"] <= 1 and 0 <= row["ndcg@10"] <= 1 for row in result["slices"].values())
 
 
 # --work: the session's Scientific set and minilm cache, laid out as these benches build
