@@ -131,6 +131,22 @@ def test_calibration_reads_validation_only_and_never_does_worse(tiny_multimodal,
     assert "valid_unblended" in json.loads((tmp_path / "run" / "metrics.json").read_text())
 
 
+def test_calibration_refuses_words_that_were_never_fitted(tiny_multimodal, tmp_path):
+    """A blend that reads the texts' words fitted before its term vectors would read zero
+    words for every item and keep weights fitted on them: refused, naming the step missing."""
+    from iisan.assemble import assemble_run
+    from iisan.training.calibrate import calibrate_blend
+
+    dataset, cache = tiny_multimodal
+    train(dataset, tmp_path / "run", TrainConfig(epochs=1, train_batch_size=32, seed=2), cache_dir=cache)
+    parts = assemble_run(tmp_path / "run")
+    terms = parts.model.blend.terms
+    assert terms is not None and terms.fitted  # the defaults read the words, fitted as training ends
+    terms.documents.fill_(0)
+    with pytest.raises(ValueError, match="fit_frozen_content"):
+        calibrate_blend(parts.model, parts.source, parts.dataset.num_items, parts.splits.valid)
+
+
 def summary_split(dataset, name):
     from iisan.data.dataset import PreparedDataset
     from iisan.data.split import split_sequences

@@ -93,6 +93,9 @@ def calibrate_blend(model: SequentialRecommender, source: FeatureSource, num_ite
     if whiten not in WHITENINGS:
         raise ConfigError(f"whiten must be one of {', '.join(WHITENINGS)}, got {whiten!r}")
     content = model.blend.content
+    if content.terms is not None and not content.terms.fitted:  # else the floor would read zero words
+        raise ValueError("the blend reads the texts' words but its term vectors are not fitted: call "
+                         "iisan.models.baselines.knn.fit_frozen_content(model, source, num_items, texts) first")
 
     def fit() -> dict[str, Any]:
         return _calibrate(model, source, num_items, valid, include_history, workers, seed, select)
