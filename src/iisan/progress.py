@@ -20,10 +20,10 @@ def progress(iterable: Any = None, **options: Any) -> tqdm:
     return tqdm(iterable, **options)
 
 
-def log_to(handler: logging.Handler, level: int, format: str = "%(message)s",
+def log_to(handler: logging.Handler, level: int, format: str = "%(message)s", datefmt: str = "%H:%M:%S",
            propagate: bool = False) -> None:
     """Send the ``iisan`` logger's lines (not other libraries') to ``handler`` from ``level`` up."""
-    handler.setFormatter(logging.Formatter(format, datefmt="%H:%M:%S"))
+    handler.setFormatter(logging.Formatter(format, datefmt=datefmt))
     logger = logging.getLogger("iisan")
     logger.handlers, logger.propagate = [handler], propagate
     logger.setLevel(level)

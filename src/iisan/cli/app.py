@@ -96,7 +96,7 @@ def _main(
                                   help="Print the version.")] = False,
 ) -> None:
     log_to(RichHandler(console=stderr, show_path=False, rich_tracebacks=False),
-           logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+           logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO, datefmt="[%X]")
     use_threads(threads)
 
 
