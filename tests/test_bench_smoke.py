@@ -2,7 +2,8 @@
 once broke one unseen (issue 29: bench/serve.py's 1M-item part). These check that each
 script finishes and prints its report, not its figures (those are measured, not tested).
 
-Marked slow (CI runs them); the ones that read ../shared's Scientific set are shared_data too.
+Marked slow (CI runs them). The two that read ../shared's Scientific set live in
+tests/test_scientific_slow.py, beside the other test of its encoded cache.
 """
 
 from __future__ import annotations
@@ -85,20 +86,3 @@ def test_covisits_bench(tiny_run):
     # A cold target never occurs in the training part, so nothing there can precede it.
     assert result["slices"].get("cold", {"covisited": 0.0})["covisited"] == 0.0
     assert all(0 <= row["covisited"] <= 1 and 0 <= row["ndcg@10"] <= 1 for row in result["slices"].values())
-
-
-# --work: the session's Scientific set and minilm cache, laid out as these benches build
-# theirs, so they find it complete and do not encode again.
-@pytest.mark.shared_data
-def test_train_step_bench_on_scientific(scientific_minilm):
-    out = bench("bench/train_step.py", "--work", scientific_minilm, "--steps", "3", "--uncached-steps", "1",
-                "--unfused-steps", "2", timeout=1200)
-    report = json.loads(out[out.index("{"):])
-    assert report["step_ms_median"] > 0 and report["fused_over_for_loop_step_ratio"] > 0
-
-
-@pytest.mark.shared_data
-def test_threads_bench_on_scientific(scientific_minilm):
-    bench("bench/threads.py", "--work", scientific_minilm, "--threads", "1", "--repeats", "1", "--steps", "3",
-          "--jobs", "step", timeout=1200)
-    assert json.loads((scientific_minilm / "threads-busy0.json").read_text())

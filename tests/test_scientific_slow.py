@@ -1,4 +1,8 @@
-"""End to end on the real Amazon Scientific data with the real minilm encoder (slow: ~3 min)."""
+"""End to end on the real Amazon Scientific data with the real minilm encoder (slow).
+
+Every test that reads the encoded Scientific set (the ``scientific_minilm`` session
+fixture, about 2 minutes to build) is in this file, so CI's ``--dist loadfile`` runs them
+on one worker and builds it once, while the other slow tests run on the second."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from iisan.cli import app
 from iisan.data.dataset import PreparedDataset
 from iisan.data.split import split_sequences
 from iisan.evaluation.metrics import metrics_from_ranks, pessimistic_ranks
+from tests.test_bench_smoke import bench
 
 runner = CliRunner()
 
@@ -48,3 +53,22 @@ def test_iisan_text_on_scientific_beats_popularity(scientific_minilm, tmp_path):
     # The run folder carries everything `evaluate` needs; it reproduces training's test figure.
     evaluated = json.loads(runner.invoke(app, ["evaluate", str(run), "--json"]).stdout)
     assert evaluated["metrics"]["hr@10"] == pytest.approx(summary["test"]["hr@10"], abs=1e-9)
+
+
+# --work: the session's Scientific set and minilm cache, laid out as these benches build
+# theirs, so they find it complete and do not encode again.
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_train_step_bench_on_scientific(scientific_minilm):
+    out = bench("bench/train_step.py", "--work", scientific_minilm, "--steps", "3", "--uncached-steps", "1",
+                "--unfused-steps", "2", timeout=1200)
+    report = json.loads(out[out.index("{"):])
+    assert report["step_ms_median"] > 0 and report["fused_over_for_loop_step_ratio"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_threads_bench_on_scientific(scientific_minilm):
+    bench("bench/threads.py", "--work", scientific_minilm, "--threads", "1", "--repeats", "1", "--steps", "3",
+          "--jobs", "step", timeout=1200)
+    assert json.loads((scientific_minilm / "threads-busy0.json").read_text())
