@@ -154,7 +154,8 @@ register_method(Method(
 register_method(Method(
     "id", "SASRec with item-id embeddings, no content", reads="ids",
     tower="iisan.models.baselines.id:build_tower",
-    defaults={"loss": "full", "patience": 10, "dropout": 0.5, "samples": "prefixes", "train_batch_size": 256}))
+    defaults={"loss": "full", "patience": 10, "dropout": 0.5, "samples": "prefixes",
+              "train_batch_size": 256}))
 # The encoder baselines train encoder weights at side_lr; 1e-3 is too high for updating every
 # weight of a pretrained encoder (README "Accuracy"), so fft uses 1e-4.
 for _name, _summary, _defaults in (
@@ -167,8 +168,8 @@ for _name, _summary, _defaults in (
                            tower=f"iisan.models.baselines.embedded:{_name}_tower"))
 register_method(Method(
     "knn", "the content-only floor: cosine of frozen last-layer states to the history's, no training",
-    reads="states", tower="iisan.models.baselines.knn:build_tower", user="iisan.models.baselines.knn:build_user",
-    options=KnnConfig, trains=False))
+    reads="states", tower="iisan.models.baselines.knn:build_tower",
+    user="iisan.models.baselines.knn:build_user", options=KnnConfig, trains=False))
 
 
 def describe_train_default(spec: OptionSpec) -> str:

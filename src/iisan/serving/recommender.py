@@ -257,7 +257,8 @@ def index_recall(recommender: Recommender, queries: int = 1000, k: int = 10, see
         found, _ = recommender.index.search(vectors, k)
         # Exact answers from the flat index, in chunks: a [queries, N] score matrix
         # would take gigabytes at the million-item sizes HNSW is meant for.
-        exact_index = recommender.index if recommender.index.kind == "flat" else ItemIndex(recommender.store.current.stored.embeddings, "flat")
+        exact_index = (recommender.index if recommender.index.kind == "flat"
+                       else ItemIndex(recommender.store.current.stored.embeddings, "flat"))
         exact = np.concatenate([exact_index.search(vectors[s:s + RECALL_CHUNK], k)[0]
                                 for s in range(0, len(vectors), RECALL_CHUNK)])
     hits = sum(len(set(a) & set(b)) for a, b in zip(found.tolist(), exact.tolist()))
@@ -303,7 +304,8 @@ def health(recommender: Recommender) -> dict[str, Any]:
             "index": catalogue.stored.index.kind, "problems": problems}
 
 
-def rebuild_index(run_dir: str | Path, config: IndexConfig = IndexConfig(), device: str = "auto") -> dict[str, Any]:
+def rebuild_index(run_dir: str | Path, config: IndexConfig = IndexConfig(),
+                  device: str = "auto") -> dict[str, Any]:
     """(Re)build ``run_dir``'s item index of ``config.index`` kind from its trained model,
     whatever state the stored one is in; items added since training are kept when it can
     still be read."""
