@@ -168,19 +168,19 @@ def tpme(rows: list[dict[str, Any]], memory_key: str) -> list[float]:
 
 
 def run_efficiency(dataset: str | Path, out: str | Path, config: EfficiencyConfig,
-                   cache: str | Path | None = None, progress=None) -> dict[str, Any]:
+                   cache: str | Path | None = None) -> dict[str, Any]:
     """Build the cache unless given (timed), measure every method in its own process, write the files.
 
     A method that fails (out of memory, an encoder that cannot be loaded) becomes a row
     with its ``error`` (the last lines of its output); the others are still measured and
     compared, and every file is written. ``report["failed"]`` names the failed methods.
+    Progress goes to the ``iisan`` logger (the CLI shows it on stderr; ``-q`` hides it).
     """
     from iisan.data.dataset import PreparedDataset
 
     from iisan.devices import pick_device
 
     pick_device(config.device)  # an unusable device is one error, not one failed row per method
-    progress = progress or log.info  # the iisan logger: the CLI shows it on stderr, -q hides it
     dataset, out = Path(dataset), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if cache is not None:  # what the given cache holds decides: a text-only cache of an image data set is text
@@ -194,7 +194,7 @@ def run_efficiency(dataset: str | Path, out: str | Path, config: EfficiencyConfi
     cache_seconds = None
     if cache is None:
         cache = out / "cache"
-        progress(f"building the cache in {cache} (timed)")
+        log.info(f"building the cache in {cache} (timed)")
         from iisan.cache.encode import encode
 
         settings = EncodeConfig(text_encoder=config.text_encoder, image_size=config.image_size,
@@ -205,11 +205,11 @@ def run_efficiency(dataset: str | Path, out: str | Path, config: EfficiencyConfi
 
     rows = []
     for name in config.methods:
-        progress(f"{name}: {WARMUP_STEPS} warm-up + {config.steps} timed steps of {config.train_batch_size} "
+        log.info(f"{name}: {WARMUP_STEPS} warm-up + {config.steps} timed steps of {config.train_batch_size} "
                  "users")
         rows.append(measure_in_subprocess(dataset, Path(cache), name, config))
         if "error" in rows[-1]:
-            progress(f"{name} failed: {rows[-1]['error']}")
+            log.info(f"{name} failed: {rows[-1]['error']}")
 
     measured = [r for r in rows if "error" not in r]
     memory_key = ("cuda_max_allocated_mb" if measured and all("cuda_max_allocated_mb" in r for r in measured)

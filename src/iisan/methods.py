@@ -174,7 +174,7 @@ register_method(Method(
 
 def describe_train_default(spec: OptionSpec) -> str:
     """A training option's default as ``--help`` and the reference show it: the methods that
-    train with their own value, then the rest (``"10 for id, 3 otherwise"``)."""
+    train with their own value, then the rest (``"10 for id, 5 otherwise"``)."""
     own = [f"{describe_default(dataclasses.replace(spec, default=method.defaults[spec.name]))} for {name}"
            for name, method in _REGISTRY.items() if spec.name in method.defaults]
     return ", ".join([*own, f"{describe_default(spec)} otherwise"]) if own else describe_default(spec)

@@ -1,7 +1,7 @@
 """Each command's result drawn as rich tables: what ``iisan`` prints without ``--json``.
 
 Every function takes the result a library call returns (the same dict ``--json`` prints)
-and returns a renderable; ``rich.print(evaluated(result, run))`` shows it in a notebook.
+and returns a renderable; ``rich.print(trained(summary, run))`` shows it in a notebook.
 """
 
 from __future__ import annotations
@@ -219,7 +219,7 @@ def index_built(result: dict[str, Any]) -> str:
 
 
 def index_recall(result: dict[str, Any]) -> str:
-    recall = next(name for name in result if name.startswith("recall@"))
+    recall = f"recall@{result['k']}"
     return (f"{result['index']} index, {result['items']:,} items: {recall} = {result[recall]:.4f} over "
             f"{result['queries']:,} queries")
 

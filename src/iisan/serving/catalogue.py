@@ -75,10 +75,6 @@ class CatalogueStore:
         self.lock = threading.Lock()  # queries hold it while they read; a swap takes it
         self.current: Catalogue
 
-    def was_added(self, key: str) -> bool:
-        """Whether the current catalogue's item ``key`` was added after training."""
-        return self.current.ids[key] > self.trained_items
-
     def open(self, rebuild: str | None = None, hnsw: HnswSettings = HnswSettings()) -> None:
         """Load the committed catalogue (building it first if the run has none), or with
         ``rebuild`` build a fresh index of that kind, keeping the items added since when they
