@@ -36,7 +36,7 @@ import torch
 from iisan.data.split import EvalSplit
 from iisan.distributed import LOCAL, Workers
 from iisan.errors import ConfigError
-from iisan.evaluation.metrics import MISS, metrics_from_ranks, pessimistic_ranks
+from iisan.evaluation.metrics import MISS, metrics_from_ranks
 from iisan.evaluation.slices import SLICE_NAMES, slice_of
 from iisan.evaluation.ranking import item_embeddings
 from iisan.features import FeatureSource
