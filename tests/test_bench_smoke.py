@@ -57,7 +57,7 @@ def test_python_vs_cli_bench(tmp_path):
 
 def test_run_readers(tiny_run, tmp_path):
     """The scripts that read finished runs: summarise_runs, repeat_targets, versa_table, rare_ceiling,
-    calibration."""
+    cold_knowledge, calibration."""
     runs = tmp_path / "runs"
     runs.mkdir()
     shutil.copytree(tiny_run, runs / "iisan-1")
@@ -73,6 +73,13 @@ def test_run_readers(tiny_run, tmp_path):
     for name, every_item in ceiling["floor_every_item"].items():
         assert every_item is None or ceiling["own_slice_only"]["floor"][name] >= every_item
     assert "own slice only, best alpha + popularity" in bench("bench/rare_ceiling.py", runs / "iisan-1")
+    known = json.loads(bench("bench/cold_knowledge.py", runs / "iisan-1", "--auc", "0.9,1", "--json"))
+    known = known[str(runs / "iisan-1")]
+    assert [row["predictor"] for row in known["rows"]] == ["the run's groups (rare share)", "AUC 0.9", "AUC 1"]
+    # Its first row scores the run's own blend on calibration's users: calibration's own figure.
+    recorded = json.loads((runs / "iisan-1" / "metrics.json").read_text())["blend"]["valid_after"]
+    assert known["rows"][0]["valid"] == pytest.approx(recorded, abs=6e-5)
+    assert "groups of users from" in bench("bench/cold_knowledge.py", runs / "iisan-1", "--auc", "1")
     # The script itself exits non-zero if the library's fit and the exhaustive one differ.
     timed = json.loads(bench("bench/calibration.py", runs / "iisan-1", "--select", "balanced", "--json"))
     assert timed["library_s"] > 0 and timed["exhaustive_s"] > 0 and timed["settings"] > 1
