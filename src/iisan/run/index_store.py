@@ -164,7 +164,7 @@ def load_index(folder: Path, weights_file: Path, digest: str | None = None) -> S
     # A flat index is rebuilt from the embeddings (exact, and a copy of them anyway).
     index = ItemIndex(embeddings, meta["kind"], hnsw, built=built)
     claimed = (meta.get("items", len(base) - 1), meta.get("added", len(extra)), meta.get("dim", base.shape[1]))
-    if index.size != len(embeddings) - 1 or (built is not None and built.d != base.shape[1]) \
+    if index.size != len(embeddings) - 1 or (built is not None and built.d != index.graph_dim) \
             or claimed != (len(base) - 1, len(extra), base.shape[1]):
         raise DatasetError(f"{folder} is inconsistent; {REBUILD}")
     return StoredIndex(index, embeddings, table, generation)
