@@ -10,7 +10,7 @@ import pytest
 
 from iisan.errors import ConfigError, DatasetError
 from iisan.run.index_store import StoredIndex, load_index, save_index, weights_digest
-from iisan.search import HnswSettings, ItemIndex
+from iisan.search import HnswSettings, ItemIndex, column_scale
 
 
 def _embeddings(n: int = 500, d: int = 16, seed: int = 0) -> np.ndarray:
@@ -83,6 +83,27 @@ def test_hnsw_finds_the_exact_top_k_when_norms_carry_popularity():
     assert np.allclose(scores, np.take_along_axis(queries @ embeddings.T, ids, axis=1), atol=1e-4)
 
 
+def test_hnsw_shaped_by_its_queries_ignores_the_columns_they_do_not_read():
+    """Items whose few columns queries read are outweighed by 120 they do not (a blend whose
+    floor weight came out 0): lifted as they are, the graph's neighbours are the unread
+    columns' and the search finds 0.45 of the exact top 10; scaled by the queries, 0.99."""
+    rng = np.random.default_rng(0)
+    read, unread = rng.standard_normal((3000, 8)) * 0.3, rng.standard_normal((3000, 120))
+    embeddings = np.vstack([np.zeros((1, 128)), np.hstack([read, unread])]).astype(np.float32)
+    queries = np.hstack([rng.standard_normal((400, 8)) * 5, np.zeros((400, 120))]).astype(np.float32)
+    sample, queries = queries[:200], queries[200:]
+    scale = column_scale(sample)
+    assert scale.shape == (128,) and (scale[8:] == scale[8:].min()).all() and scale[8:].min() > 0
+    index = ItemIndex(embeddings, "hnsw", HnswSettings(m=16, ef_search=64), scale=scale)
+    ids, scores = index.search(queries, 10)
+    exact = _exact(embeddings, queries, 10)
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids.tolist(), exact.tolist())]) > 0.95
+    assert np.allclose(scores, np.take_along_axis(queries @ embeddings.T, ids, axis=1), atol=1e-4)
+    grown = index.extended(embeddings[3:4] * 0.5)  # added items are shaped the same way
+    assert grown.scale is index.scale and grown.search(queries[:3], 10)[0].shape == (3, 10)
+    assert ItemIndex(embeddings, "flat", scale=scale).scale is None  # exact search needs none
+
+
 def test_a_graph_saved_before_the_lift_is_still_read_and_searched(tmp_path):
     import faiss
 
@@ -123,7 +144,8 @@ def test_store_load_and_added_rows_round_trip(tmp_path, kind):
     digest = weights_digest(weights)
     base = _embeddings(n=200)
     empty = pl.DataFrame(schema={"item_id": pl.Int64, "key": pl.String, "text": pl.String})
-    first = save_index(tmp_path / "index", StoredIndex(ItemIndex(base, kind), base, empty), 200, digest)
+    scale = np.linspace(0.5, 2.0, 16).astype(np.float32)  # an HNSW graph keeps the scale it was shaped by
+    first = save_index(tmp_path / "index", StoredIndex(ItemIndex(base, kind, scale=scale), base, empty), 200, digest)
     extra = np.random.default_rng(4).standard_normal((3, 16)).astype(np.float32)
     grown = load_index(tmp_path / "index", weights).index.extended(extra)
     table = pl.DataFrame({"item_id": [201, 202, 203], "key": ["a", "b", "c"], "text": ["x", None, "z"]})
@@ -136,6 +158,7 @@ def test_store_load_and_added_rows_round_trip(tmp_path, kind):
     stored = load_index(tmp_path / "index", weights)
     assert stored.generation == second
     assert stored.index.kind == kind and stored.index.size == 203
+    assert np.array_equal(stored.index.scale, scale) if kind == "hnsw" else stored.index.scale is None
     assert np.array_equal(stored.embeddings, np.concatenate([base, extra]))
     assert stored.added["key"].to_list() == ["a", "b", "c"]
     ids, _ = stored.index.search(extra[1:2] * 100, 1)

@@ -135,5 +135,26 @@ def test_index_values_are_checked_not_trusted(scratch, change, needle):
     assert result.exit_code == 0 and len(json.loads(result.stdout)) == 3
 
 
+@pytest.mark.parametrize("scale", [np.zeros(1, np.float32), None, "nan"])
+def test_hnsw_scale_is_checked_not_trusted(scratch, scale):
+    """The scale an HNSW graph was shaped by (iisan.search) is read back from disk: a wrong
+    shape, no tensor or a non-finite value is a one-line error naming the fix."""
+    from safetensors.numpy import load_file, save_file
+
+    assert cli("index", "build", scratch.run, "--index", "hnsw").exit_code == 0
+    generation = json.loads((scratch.run / "index" / "index.json").read_text())["generation"]
+    path = scratch.run / "index" / generation / "hnsw_scale.safetensors"
+    saved = load_file(str(path))["scale"]  # the build shaped the graph by the run's own queries
+    assert saved.shape[0] > 1 and (saved > 0).all()
+    if isinstance(scale, str):
+        saved[0] = np.nan
+        save_file({"scale": saved}, str(path))
+    else:
+        save_file({"other" if scale is None else "scale": np.zeros(1, np.float32) if scale is None else scale},
+                  str(path))
+    one_line_error(cli("recommend", scratch.run, "--history", first_key(scratch), "-k", "3"),
+                   "hnsw_scale.safetensors", "iisan index build")
+
+
 def test_hnsw_options_out_of_range_are_one_line(scratch):
     one_line_error(cli("index", "build", scratch.run, "--index", "hnsw", "--ef-search", "0"), "ef_search must be")

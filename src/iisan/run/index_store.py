@@ -80,6 +80,8 @@ def save_index(folder: Path, stored: StoredIndex, trained_items: int, weights: s
 
             faiss.write_index(index.faiss, str(work / "hnsw.faiss"))
             crash_point()
+            if index.scale is not None:  # what the graph's distances were shaped by (iisan.search)
+                save_file({"scale": index.scale}, str(work / "hnsw_scale.safetensors"))
 
     try:
         return commit_generation(folder, POINTER, write, {
@@ -161,8 +163,14 @@ def load_index(folder: Path, weights_file: Path, digest: str | None = None) -> S
         built = faiss.read_index(str(files / "hnsw.faiss")) if meta["kind"] == "hnsw" else None
     except (TypeError, RuntimeError) as err:
         raise DatasetError(f"{files}: the HNSW graph is damaged ({str(err).splitlines()[0]}); {REBUILD}") from None
+    scale = None
+    if built is not None and (files / "hnsw_scale.safetensors").is_file():
+        scale = load_tensors(files / "hnsw_scale.safetensors", REBUILD).get("scale")
+        if scale is None or scale.shape != (base.shape[1],) or not bool(((scale > 0) & scale.isfinite()).all()):
+            raise DatasetError(f"{files / 'hnsw_scale.safetensors'} holds no scale for this index; {REBUILD}")
+        scale = scale.float().numpy()
     # A flat index is rebuilt from the embeddings (exact, and a copy of them anyway).
-    index = ItemIndex(embeddings, meta["kind"], hnsw, built=built)
+    index = ItemIndex(embeddings, meta["kind"], hnsw, built=built, scale=scale)
     claimed = (meta.get("items", len(base) - 1), meta.get("added", len(extra)), meta.get("dim", base.shape[1]))
     if index.size != len(embeddings) - 1 or (built is not None and built.d != index.graph_dim) \
             or claimed != (len(base) - 1, len(extra), base.shape[1]):

@@ -24,7 +24,7 @@ from iisan.errors import DatasetError
 from iisan.run.files import WEIGHTS_FILE
 from iisan.run.index_store import INDEX_DIR, StoredIndex, committed_generation, load_index, save_index, weights_digest
 from iisan.run.lock import run_lock
-from iisan.search import HnswSettings, ItemIndex
+from iisan.search import HnswSettings, ItemIndex, column_scale
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,13 @@ class CatalogueStore:
         device: where :attr:`Catalogue.table` lives.
         embed_trained: the trained catalogue's ranking vectors ``[N + 1, width]``, computed
             again for a build (it needs the run's dataset and cache).
+        sample_queries: some of the run's own query vectors against given ranking vectors,
+            which shape an HNSW graph (:func:`iisan.search.column_scale`); ``None``: none.
     """
 
     def __init__(self, run_dir: Path, trained: pl.DataFrame, device: torch.device,
-                 embed_trained: Callable[[], np.ndarray]) -> None:
+                 embed_trained: Callable[[], np.ndarray],
+                 sample_queries: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
         self.run_dir = run_dir
         self.index_dir = run_dir / INDEX_DIR
         self.trained_items = len(trained)
@@ -70,6 +73,7 @@ class CatalogueStore:
         self._keys: list[str] = ["", *trained["key"].to_list()]
         self._titles: list[str | None] = [None, *trained["text"].to_list()]
         self._embed_trained = embed_trained
+        self._sample_queries = sample_queries
         self._weights = weights_digest(run_dir / WEIGHTS_FILE)
         self._checked = time.monotonic()
         self.lock = threading.Lock()  # queries hold it while they read; a swap takes it
@@ -161,7 +165,9 @@ class CatalogueStore:
         else:
             rows, added = keep.embeddings[self.trained_items + 1:], keep.added
         embeddings = np.concatenate([base, rows])
-        stored = StoredIndex(ItemIndex(embeddings, kind, hnsw), embeddings, added)
+        shaped = kind == "hnsw" and self._sample_queries is not None
+        scale = column_scale(self._sample_queries(embeddings)) if shaped else None
+        stored = StoredIndex(ItemIndex(embeddings, kind, hnsw, scale=scale), embeddings, added)
         stored.generation = save_index(self.index_dir, stored, self.trained_items, self._weights)
         return self._view(stored)
 

@@ -11,6 +11,7 @@ so they can be recommended (and used in histories) at once.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from iisan.serving.users import DatasetUsers
 log = logging.getLogger(__name__)
 
 RECALL_CHUNK = 128
+QUERY_SAMPLE = 1000  # validation users whose queries shape an HNSW graph
 # New items embedded at once: bounds the images and encoder states held, whatever the file's length.
 ADD_BATCH = 256
 
@@ -51,11 +53,10 @@ class Query:
 class Recommender:
     """A trained run, ready to answer queries.
 
-    Thread-safe, and safe beside other processes: its catalogue (:class:`CatalogueStore`)
-    is changed by one writer at a time and picks up what other processes commit. Queries
-    never wait for a writer: new items are embedded outside every lock, and a query is
-    locked out only while the new catalogue object replaces the old.
-    """
+    Thread-safe, and safe beside other processes: its catalogue (:class:`CatalogueStore`) is
+    changed by one writer at a time and picks up what other processes commit. Queries never
+    wait for a writer: new items are embedded outside every lock, and a query is locked out
+    only while the new catalogue object replaces the old."""
 
     def __init__(self, trained: TrainedRun, run_dir: Path, rebuild: str | None = None,
                  hnsw: HnswSettings = HnswSettings()) -> None:
@@ -67,7 +68,8 @@ class Recommender:
         self._embedder = ContentEmbedder(trained, len(trained.items))
         self._parts: Assembled | None = None  # dataset and cache, only to re-embed the catalogue
         self._users = DatasetUsers(run_dir)  # read on first use
-        self.store = CatalogueStore(run_dir, trained.items, self.device, self._embed_trained)
+        self.store = CatalogueStore(run_dir, trained.items, self.device, self._embed_trained,
+                                    functools.partial(sample_queries, self))  # which shape an HNSW graph
         self._lock = self.store.lock
         self.store.open(rebuild, hnsw)
 
@@ -246,6 +248,16 @@ class Recommender:
     def index_recall(self, queries: int = 1000, k: int = 10, seed: int = 0) -> dict[str, Any]:
         """Recall@k of the stored index against exact search, on test users' histories."""
         return index_recall(self, queries, k, seed)
+
+
+def sample_queries(recommender: Recommender, embeddings: np.ndarray) -> np.ndarray:
+    """The query vectors of some validation users (:data:`QUERY_SAMPLE`) against the ranking
+    vectors ``embeddings``: what an HNSW graph's distances are shaped by (iisan.search)."""
+    inputs = recommender.parts.splits.valid.inputs
+    rows = np.sort(np.random.default_rng(0).permutation(len(inputs))[:QUERY_SAMPLE])
+    with torch.no_grad():
+        table = torch.from_numpy(embeddings).to(recommender.device)
+        return recommender.model.user_vectors(table, inputs[rows]).cpu().numpy()
 
 
 def index_recall(recommender: Recommender, queries: int = 1000, k: int = 10, seed: int = 0) -> dict[str, Any]:
