@@ -238,9 +238,12 @@ def test_recommend_index_and_items_from_the_cli(tiny_run, tmp_path):
 
     built = runner.invoke(app, ["index", "build", str(run), "--index", "hnsw", "--json"])
     assert built.exit_code == 0, built.output
-    assert json.loads(built.stdout)["index"] == "hnsw"
+    built = json.loads(built.stdout)
+    assert built["index"] == "hnsw" and 0.9 <= built["recall@10"] <= 1.0  # the build says how exact it is
     check = json.loads(runner.invoke(app, ["index", "check", str(run), "--queries", "50", "--json"]).stdout)
     assert check["index"] == "hnsw" and 0.9 <= check["recall@10"] <= 1.0
+    said = runner.invoke(app, ["index", "build", str(run), "--index", "hnsw"], env={"COLUMNS": "200"})
+    assert "recall@10" in said.stdout and "against exact search" in said.stdout
 
     new = tmp_path / "new.jsonl"
     new.write_text(json.dumps({"key": "brand-new", "text": items["text"][0]}) + "\n")
@@ -257,6 +260,8 @@ def test_recommend_index_and_items_from_the_cli(tiny_run, tmp_path):
     assert [r["key"] for r in everything if r["added"]] == ["brand-new"]
     marked = runner.invoke(app, ["recommend", str(run), "--history", history, "-k", "1000"], env={"COLUMNS": "200"})
     assert marked.exit_code == 0 and "added" in marked.stdout
+    flat = json.loads(runner.invoke(app, ["index", "build", str(run), "--json"]).stdout)
+    assert flat["index"] == "flat" and "recall@10" not in flat  # exact: nothing to report
 
 
 def test_serve_starts_uvicorn_and_warns_when_exposed(tiny_run, tmp_path, monkeypatch):

@@ -25,7 +25,8 @@ On every trained run measured the scaled lift finds more of the exact top 10 tha
 inner products (docs/results/scale.md). Where a few items are far longer than all the
 others, the lift crowds the rest together near one pole and does worse (3,000 random
 vectors whose norms are log-normal, sigma 1, default settings, no scale: 0.54 of the exact
-top 10 against 1.0); ``iisan index check`` measures a run's recall. Graphs saved before the
+top 10 against 1.0); ``iisan index build`` reports the recall it reaches, and ``iisan
+index check`` measures it. Graphs saved before the
 lift (inner product, no extra coordinate) are still read and searched as they were built.
 """
 

@@ -214,8 +214,9 @@ def recommended(rows: list[dict[str, Any]], history_length: int) -> Table:
 
 
 def index_built(result: dict[str, Any]) -> str:
+    recall = f"; recall@10 {result['recall@10']:.4f} against exact search" if "recall@10" in result else ""
     return (f"{result['index']} index over {result['items']:,} items in {result['seconds']} s: "
-            f"{result['folder']}")
+            f"{result['folder']}{recall}")
 
 
 def index_recall(result: dict[str, Any]) -> str:
