@@ -32,8 +32,7 @@ from iisan.assemble import assemble_run
 from iisan.evaluation.metrics import MISS, metrics_from_ranks
 from iisan.evaluation.ranking import item_embeddings
 from iisan.evaluation.slices import SLICE_NAMES, slice_of
-from iisan.models.blend import PRIORS
-from iisan.training.calibrate import SELECT_METRIC, _ascend, _calibration_users, _Criterion, _score_rows
+from iisan.training.calibrate import SELECT_METRIC, _calibration_users, _Criterion, _score_rows, fit_weights
 
 GROUPS = 3
 
@@ -67,16 +66,6 @@ def criterion(model, items, split, users, groups: np.ndarray) -> _Criterion:
     prior_features = items[:, model.blend.dim + model.blend.content.dim:]
     rows = _score_rows(model, items, split, users, include_history=False)
     return _Criterion(*rows, prior_features, members, [torch.ones(len(users), dtype=torch.bool)])
-
-
-def fit(score: _Criterion) -> tuple[tuple[float, ...], ...]:
-    """The blend's weights per group, fitted as calibration fits them."""
-    best = ((0.0,) * (1 + len(PRIORS)),) * GROUPS
-    best = _ascend(score, best, lambda setting, change: tuple(change(w) for w in setting))
-    for group in range(GROUPS):
-        best = _ascend(score, best, lambda setting, change, g=group: tuple(
-            change(w) if n == g else w for n, w in enumerate(setting)))
-    return best
 
 
 def test_row(score: _Criterion, setting, slices: np.ndarray) -> dict:
@@ -116,7 +105,7 @@ def knowledge(run_dir: str, aucs: list[float]) -> dict:
             groups = {"valid": simulated_groups((valid_slices == "cold").astype(float), target_auc, rng),
                       "test": simulated_groups((test_slices == "cold").astype(float), target_auc, rng)}
         valid_score = criterion(model, items, valid, valid_users, groups["valid"])
-        setting = fit(valid_score) if target_auc is not None else fitted
+        setting = fit_weights(valid_score, GROUPS, GROUPS)[1] if target_auc is not None else fitted
         test_score = criterion(model, items, test, test_users, groups["test"])
         predictor = "the run's groups (rare share)" if target_auc is None else f"AUC {target_auc:g}"
         rows.append({"predictor": predictor,

@@ -138,12 +138,7 @@ def _calibrate(model: SequentialRecommender, source: FeatureSource, num_items: i
     score = _Criterion(*_score_rows(model, items, valid, users, include_history),
                        items[:, blend.dim + blend.content.dim:], members, judged)
     none = ((0.0,) * (1 + len(PRIORS)),) * blend.groups
-    together = _ascend(score, none, lambda setting, change: tuple(change(w) for w in setting))
-    best = together
-    if used > 1:
-        for group in range(used):  # then each group's on its own
-            best = _ascend(score, best, lambda setting, change, g=group: tuple(
-                change(w) if n == g else w for n, w in enumerate(setting)))
+    together, best = fit_weights(score, blend.groups, used)
     blend.alpha.copy_(torch.tensor([w[0] for w in best]))
     blend.priors.copy_(torch.tensor([w[1:] for w in best]))
     result = {"alpha": [w[0] for w in best],
@@ -156,6 +151,20 @@ def _calibrate(model: SequentialRecommender, source: FeatureSource, num_items: i
              "settings tried)", result["alpha"], result["priors"], SELECT_METRIC, select,
              result["valid_before"], result["valid_after"], len(users), len(score.group_ranks))
     return result
+
+
+def fit_weights(score: Callable[[Any], float], groups: int, used: int) -> tuple[Any, Any]:
+    """The blend's weights per group by coordinate ascent on ``score`` from the trained score
+    alone: every group's weights moved together, then each of the first ``used`` groups' on
+    its own from there. Returns both settings (together, then the final one)."""
+    none = ((0.0,) * (1 + len(PRIORS)),) * groups
+    together = _ascend(score, none, lambda setting, change: tuple(change(w) for w in setting))
+    best = together
+    if used > 1:
+        for group in range(used):
+            best = _ascend(score, best, lambda setting, change, g=group: tuple(
+                change(w) if n == g else w for n, w in enumerate(setting)))
+    return together, best
 
 
 class _Undecided(NamedTuple):
