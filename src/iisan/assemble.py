@@ -174,7 +174,7 @@ def require_trained_cache(saved: dict[str, Any], cache: HiddenStateCache | None,
     if cache is None:
         return
     for modality, recorded in saved_entries(saved, run_dir).items():
-        changes = recorded.changes(cache.entry(modality))
+        changes = recorded.changes(cache.entry(modality), modality)
         if changes:
             raise CacheMismatchError(f"{cache.root} is not the cache {run_dir} was trained on ({modality}: "
                                      f"{'; '.join(changes)}): {fix}")

@@ -239,6 +239,6 @@ def test_a_manifest_entry_is_typed_and_round_trips():
     again = EncoderEntry.from_json(entry.to_json(), "test")
     assert again == entry
     changed = EncoderEntry.from_json({**old, "pooling": "cls", "stored_layers": [0, 6]}, "test")
-    assert entry.changes(changed) == ["pooling mean -> cls", "stored_layers None -> [0, 6]"]
+    assert entry.changes(changed, "text") == ["pooling mean -> cls", "stored_layers None -> [0, 6]"]
     with pytest.raises(CacheMismatchError, match="hidden_size"):
         EncoderEntry.from_json({k: v for k, v in old.items() if k != "hidden_size"}, "test")

@@ -14,7 +14,8 @@ from PIL import Image
 
 from iisan.encoders.frozen import FrozenEncoder, default_pooling, pool_tokens
 from iisan.encoders.packaged import package_dir, unpack_split_zip
-from iisan.encoders.registry import EncoderLoadError, resolve, weights_hash
+from iisan.encoders.identity import weights_identity
+from iisan.encoders.registry import EncoderLoadError, resolve
 from iisan.errors import ConfigError, MissingDependencyError
 
 
@@ -42,7 +43,7 @@ def test_weights_must_be_safetensors(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "pytorch_model.bin").write_bytes(b"pickle")
     with pytest.raises(EncoderLoadError, match="safetensors"):
-        weights_hash(tmp_path)
+        weights_identity(tmp_path)
 
 
 def _split_zip(tmp_path, files: dict[str, bytes], parts: int = 3):

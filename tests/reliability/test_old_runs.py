@@ -8,6 +8,7 @@ weights it describes (in the layout of the code that wrote it)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -57,3 +58,25 @@ def test_a_run_with_an_earlier_config_takes_new_items_and_reports(old_run):
     Recommender.load(old_run).add_items([{"key": "new-in-an-old-run", "text": "a new item"}])
     assert "new-in-an-old-run" in Recommender.load(old_run).ids
     assert cli("report", old_run, "--out", old_run.parent / "report.md").exit_code == 0
+
+
+def test_a_run_on_a_machine_whose_transformers_restamped_its_encoders_takes_new_items(scratch, tmp_path,
+                                                                                       monkeypatch):
+    """The same encoders written by another transformers release (a new ``transformers_version``
+    in ``config.json``, as a move to another machine rebuilds them) are the same weights: the
+    run still embeds new items with images (issue 46: it refused, "the weights changed")."""
+    from iisan.encoders.registry import resolve
+    from tests.conftest import png_bytes
+
+    home = tmp_path / "other-machine"
+    for modality in ("text", "image"):
+        _, folder = resolve(f"tiny-random-{modality}", modality)
+        copy = shutil.copytree(folder, home / "models" / folder.name)
+        config = (copy / "config.json").read_text()
+        assert '"transformers_version"' in config
+        (copy / "config.json").write_text(re.sub(r'"transformers_version": "[^"]*"',
+                                                 '"transformers_version": "9.0.0"', config))
+    monkeypatch.setenv("IISAN_HOME", str(home))
+    Recommender.load(scratch.run).add_items([{"key": "moved", "text": "a red lamp", "image": png_bytes()}])
+    assert "moved" in Recommender.load(scratch.run).ids
+    assert not (home / "identities.json").exists()  # nothing to migrate: the cache's identity is today's

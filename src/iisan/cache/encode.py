@@ -198,7 +198,7 @@ def _manifest_entry(root: Path, manifest: dict, modality: str, identity: dict[st
         CacheMismatchError: the cache holds states of another encoder setting.
     """
     entry = manifest["encoders"].get(modality)
-    changed = identity_changes(entry, identity) if entry is not None else []
+    changed = identity_changes(entry, identity, modality) if entry is not None else []
     if changed:
         raise CacheMismatchError(
             f"cache at {root} holds {modality} states from {entry['name']} with other "

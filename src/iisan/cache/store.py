@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from iisan.encoders.identity import same_weights
 from iisan.errors import CacheMismatchError, DatasetError
 from iisan.fileio import read_json_object, require_fields, write_json_atomic
 
@@ -118,20 +119,28 @@ class EncoderEntry:
         """``(L + 1, D)`` of one item's states."""
         return self.num_layers + 1, self.hidden_size
 
-    def changes(self, other: EncoderEntry) -> list[str]:
-        """The identity fields on which ``other`` differs, each as ``field mine -> other's``."""
-        return [f"{key} {_short(getattr(self, key))} -> {_short(getattr(other, key))}"
-                for key in IDENTITY_KEYS if getattr(self, key) != getattr(other, key)]
+    def changes(self, other: EncoderEntry, modality: str) -> list[str]:
+        """The identity fields on which ``other`` differs, each as ``field mine -> other's``.
+
+        Weight identities are compared as weights, not strings: one recorded by an earlier
+        iisan (which hashed transformers' version stamp too) matches today's when the
+        encoder's folder here holds those weights (see :mod:`iisan.encoders.identity`)."""
+        differ = [key for key in IDENTITY_KEYS if getattr(self, key) != getattr(other, key)]
+        if "weight_hash" in differ and self.name == other.name \
+                and same_weights(self.weight_hash, other.weight_hash, self.name, modality):
+            differ.remove("weight_hash")
+        return [f"{key} {_short(getattr(self, key))} -> {_short(getattr(other, key))}" for key in differ]
 
 
-def identity_changes(recorded: dict[str, Any] | EncoderEntry, found: dict[str, Any] | EncoderEntry) -> list[str]:
+def identity_changes(recorded: dict[str, Any] | EncoderEntry, found: dict[str, Any] | EncoderEntry,
+                     modality: str) -> list[str]:
     """The identity keys on which two manifest entries differ, each as ``key recorded -> found``."""
     def entry(value):
         if isinstance(value, EncoderEntry):
             return value
         return EncoderEntry.from_json({"completed_rows": 0, **value}, "a manifest entry")
 
-    return entry(recorded).changes(entry(found))
+    return entry(recorded).changes(entry(found), modality)
 
 
 def _short(value: Any) -> str:

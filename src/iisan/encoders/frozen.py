@@ -21,7 +21,8 @@ from PIL import Image
 from iisan.data.images import open_image
 from iisan.devices import autocast_to
 from iisan.encoders.onnx_dinov2 import IMAGENET_MEAN, IMAGENET_STD
-from iisan.encoders.registry import EncoderLoadError, Modality, resolve, weights_hash
+from iisan.encoders.identity import weights_identity
+from iisan.encoders.registry import EncoderLoadError, Modality, resolve
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ class FrozenEncoder:
         from transformers.utils import logging as hf_logging
 
         resolved, folder = resolve(name, modality)
-        digest = weights_hash(folder)
+        digest = weights_identity(folder)
         hf_logging.set_verbosity_error()  # no "newly initialised pooler" notes for unused heads
         hf_logging.disable_progress_bar()
         try:

@@ -8,7 +8,6 @@ downloaded, and only safetensors weights are loaded (nothing is unpickled).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -168,16 +167,3 @@ def _from_hub_cache(repo_id: str, modality: Modality) -> Path:
     if not (folder / "config.json").is_file():
         raise ConfigError(f"the cached snapshot of {repo_id!r} ({folder}) has no config.json; download it again")
     return folder
-
-
-def weights_hash(folder: Path) -> str:
-    """A hash of an encoder's config and safetensors weights (identifies it in cache manifests)."""
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise EncoderLoadError(f"{folder} has no *.safetensors weights (other formats are not loaded: they can run code)")
-    digest = hashlib.sha256((folder / "config.json").read_bytes())
-    for path in files:
-        with open(path, "rb") as handle:
-            while block := handle.read(1 << 22):
-                digest.update(block)
-    return digest.hexdigest()[:32]

@@ -18,6 +18,7 @@ import torch
 from iisan.cache.store import EncoderEntry
 from iisan.data.dataset import PreparedDataset
 from iisan.encoders.frozen import FrozenEncoder, crop_image
+from iisan.encoders.identity import canonical_identity
 from iisan.errors import CacheMismatchError
 from iisan.models.inputs import ItemFeatures
 
@@ -134,7 +135,7 @@ def load_encoders(entries: dict[str, EncoderEntry], modalities, device: torch.de
     for modality in modalities:
         dtype = torch.bfloat16 if frozen and entries[modality].precision == "bf16" else None
         encoder = FrozenEncoder.load(entries[modality].name, modality, device, dtype)  # type: ignore[arg-type]
-        if encoder.weight_hash != entries[modality].weight_hash:
+        if canonical_identity(entries[modality].weight_hash, encoder.folder) != encoder.weight_hash:
             raise CacheMismatchError(f"the {modality} encoder's weights changed since the cache was built")
         encoders[modality] = encoder
     return encoders
