@@ -1,7 +1,7 @@
 """The blend's calibration as training runs it, against the same fit scoring every user and
 every item for every setting (how it ran before 2026-12-02), on one finished run.
 
-The two differ only in the criterion's inner loop (iisan.training.calibrate._Criterion
+The two differ only in the criterion's inner loop (iisan.scoring.calibrate._Criterion
 decides most users and items from bounds over the grids' box), so the fitted weights and
 criteria must agree exactly; the script checks that and reports both times and their
 ratio. The exhaustive reference is written out here, not imported, so the comparison keeps
@@ -23,7 +23,7 @@ import torch
 
 from iisan.assemble import assemble_run
 from iisan.evaluation.metrics import metrics_from_ranks, pessimistic_ranks
-from iisan.training import calibrate
+from iisan.scoring import calibrate
 
 
 class ExhaustiveCriterion:
@@ -66,7 +66,7 @@ def fit(run_dir: str, whiten: str, select: str, criterion) -> tuple[dict, float]
     calibrate._Criterion = criterion
     try:
         start = time.perf_counter()
-        result = calibrate.calibrate_blend(parts.model, parts.source, parts.dataset.num_items, parts.splits.valid,
+        result = calibrate.calibrate_blend(parts.scorer, parts.source, parts.dataset.num_items, parts.splits.valid,
                                            seed=parts.config.seed, select=select, whiten=whiten)
         return result, time.perf_counter() - start
     finally:

@@ -2,7 +2,7 @@
 
 `bench/rare_ceiling.py` shows that a blended run would rank cold targets about twice as
 well as the content-only floor if it knew exactly which users' next item is cold. This
-script asks how exactly it must know. The blend's groups of users (:mod:`iisan.models.blend`)
+script asks how exactly it must know. The blend's groups of users (:mod:`iisan.scoring.blend`)
 are replaced by groups drawn from a simulated predictor of that fact with a chosen AUC,
 z = 1[target cold] + sigma * noise, where AUC = Phi(1 / (sigma sqrt 2)): three groups, the
 top p of z, the next p and the rest, p being the split's share of cold targets (with AUC 1
@@ -32,7 +32,7 @@ from iisan.assemble import assemble_run
 from iisan.evaluation.metrics import MISS, metrics_from_ranks
 from iisan.evaluation.ranking import item_embeddings
 from iisan.evaluation.slices import SLICE_NAMES, slice_of
-from iisan.training.calibrate import SELECT_METRIC, _calibration_users, _Criterion, _score_rows, fit_weights
+from iisan.scoring.calibrate import SELECT_METRIC, _calibration_users, _Criterion, _score_rows, fit_weights
 
 GROUPS = 3
 
@@ -63,7 +63,7 @@ def simulated_groups(cold: np.ndarray, target_auc: float, rng: np.random.Generat
 def criterion(model, items, split, users, groups: np.ndarray) -> _Criterion:
     """Calibration's criterion (overall NDCG@10) over ``users`` of ``split`` in ``groups``."""
     members = [np.flatnonzero(groups == g) for g in range(max(GROUPS, model.blend.groups))]
-    prior_features = items[:, model.blend.dim + model.blend.content.dim:]
+    prior_features = items[:, model.dim + model.blend.content.dim:]
     rows = _score_rows(model, items, split, users, include_history=False)
     return _Criterion(*rows, prior_features, members, [torch.ones(len(users), dtype=torch.bool)])
 
@@ -81,9 +81,10 @@ def test_row(score: _Criterion, setting, slices: np.ndarray) -> dict:
 
 def knowledge(run_dir: str, aucs: list[float]) -> dict:
     parts = assemble_run(run_dir)
-    model, blend = parts.model, parts.model.blend
-    if not model.blending:
+    model = parts.scorer  # the model with its scorer
+    if model is parts.model:
         raise SystemExit(f"{run_dir}: no calibrated blend (trained with --no-blend or a method without one)")
+    blend = model.blend
     items = item_embeddings(model, parts.source, parts.dataset.num_items)
     seed = int(parts.config.seed)
     valid, test = parts.splits.valid, parts.splits.test

@@ -1,6 +1,6 @@
 """How far re-weighting a blended run's two scores can take its rare targets.
 
-The blend (:mod:`iisan.models.blend`) ranks by z(trained) + alpha z(floor) + priors. The
+The blend (:mod:`iisan.scoring.blend`) ranks by z(trained) + alpha z(floor) + priors. The
 priors and the groups of users decide how far cold and tail items move up as a whole; what
 orders the items of one slice among themselves is the mix of the two scores. This script
 measures that mix with an oracle: for each user whose next item is cold (never in the
@@ -32,10 +32,10 @@ from iisan.config import SLICES
 from iisan.evaluation.metrics import metrics_from_ranks, pessimistic_ranks
 from iisan.evaluation.ranking import item_embeddings
 from iisan.evaluation.slices import slice_of
-from iisan.training.calibrate import _score_rows
+from iisan.scoring.calibrate import _score_rows
 
 ALPHAS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
-# The popularity prior's weights: the blend's grid (iisan.training.calibrate) and beyond it,
+# The popularity prior's weights: the blend's grid (iisan.scoring.calibrate) and beyond it,
 # so a best weight at the blend's edge (0.4) is not mistaken for the ceiling.
 POPULARITY_PRIORS = (-0.2, 0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0)
 RARE_SLICES = ("cold", "tail")
@@ -45,11 +45,12 @@ def score_rows(run_dir: str, split_name: str):
     """For the users whose target is cold or tail, per chunk: the standardised trained and
     floor scores over every item (history and padding at minus infinity in both), the
     targets and their slices; then every item's training count. The rows are calibration's
-    (:func:`iisan.training.calibrate._score_rows`), so the oracle reads what the blend reads."""
+    (:func:`iisan.scoring.calibrate._score_rows`), so the oracle reads what the blend reads."""
     parts = assemble_run(run_dir)
-    model, blend = parts.model, parts.model.blend
-    if not model.blending:
+    model = parts.scorer  # the model with its scorer
+    if model is parts.model:
         raise SystemExit(f"{run_dir}: no calibrated blend (trained with --no-blend or a method without one)")
+    blend = model.blend
     items = item_embeddings(model, parts.source, parts.dataset.num_items)
     blend.alpha.fill_(1.0)  # queries then carry [u / sd_u, h / sd_h, 0...], as calibration reads them
     blend.priors.zero_()

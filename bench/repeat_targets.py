@@ -29,13 +29,13 @@ K = 10
 def test_ranks(run_dir: str) -> tuple[np.ndarray, np.ndarray]:
     """0-based ranks of every test target with history ranked, and whether it repeats history."""
     parts = assemble_run(run_dir)
-    items = item_embeddings(parts.model, parts.source, parts.dataset.num_items)
+    items = item_embeddings(parts.scorer, parts.source, parts.dataset.num_items)
     split = parts.splits.test
     users = len(split.targets)
     ranks = []
     for start in range(0, users, 1024):
         chunk = np.arange(start, min(start + 1024, users))
-        scores = parts.model.user_vectors(items, split.inputs[chunk]) @ items.T
+        scores = parts.scorer.user_vectors(items, split.inputs[chunk]) @ items.T
         scores[:, 0] = -torch.inf
         ranks.append(pessimistic_ranks(scores, torch.from_numpy(split.targets[chunk])))
     rows, cols = split.history_pairs(np.arange(users))

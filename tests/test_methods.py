@@ -62,7 +62,7 @@ def test_a_registered_method_trains_and_reloads(registered, tiny_multimodal, tmp
     summary = train(dataset, tmp_path / "run", config, cache_dir=cache)
     assert summary["method"] == "mean-last" and 0 <= summary["test"]["ndcg@10"] <= 1
     recommender = Recommender.load(tmp_path / "run")
-    assert isinstance(recommender.model.item, MeanOfLastLayer)
+    assert isinstance(recommender.trained.model.item, MeanOfLastLayer)
     assert len(recommender.recommend(recommender.keys[1:3], k=3)) == 3
 
 

@@ -27,7 +27,7 @@ def test_top_k_matches_the_evaluation_scores(recommender):
     inputs = split.inputs[:1]
     history = [recommender.keys[i] for i in inputs[0] if i]
     got = recommender.recommend(history, k=5, exclude_seen=False)
-    scores = (recommender.parts.model.user_vectors(recommender.embeddings, inputs) @ recommender.embeddings.T)[0]
+    scores = (recommender.parts.scorer.user_vectors(recommender.embeddings, inputs) @ recommender.embeddings.T)[0]
     scores[0] = -torch.inf
     expected = torch.topk(scores, 5).indices.tolist()
     assert [key for key, _ in got] == [recommender.keys[i] for i in expected]
@@ -90,10 +90,10 @@ def test_a_new_items_words_are_weighed_as_the_catalogues(tiny_multimodal, tmp_pa
     dataset, cache = tiny_multimodal
     config = TrainConfig.for_method("iisan", epochs=1, train_batch_size=32, seed=1, eval_user_chunk=64,
                                     blend_groups=1)
-    assert config.content.blend_terms > 0
+    assert config.score.blend_terms > 0
     train(dataset, tmp_path / "run", config, cache_dir=cache)
     recommender = Recommender.load(tmp_path / "run")
-    blend, twin = recommender.parts.model.blend, 3
+    blend, twin = recommender.parts.scorer.blend, 3
     text = recommender.parts.dataset.items["text"][twin - 1]
     recommender.add_items([{"key": "new-twin", "text": text}])  # no image: the words do not need one
     start = recommender.parts.model.dim + blend.content.dim - blend.terms.dims
@@ -122,7 +122,7 @@ def test_a_new_item_with_known_content_ranks_next_to_its_twin(run_copy):
     dim = recommender.parts.model.dim
     assert torch.allclose(new[:dim], old[:dim] - offset, atol=2e-3)
     # The blend's part: the same frozen content as its twin, and a new item is cold.
-    blend = recommender.parts.model.blend
+    blend = recommender.parts.scorer.blend
     assert torch.allclose(new[dim:-3], old[dim:-3], atol=2e-3)
     assert new[-3:].tolist() == [1.0, 0.0, 0.0]  # cold, not tail, log(1 + 0)
     assert old[-3:].tolist() == blend.prior_features(torch.tensor([twin]))[0].tolist()

@@ -94,7 +94,7 @@ def test_report_has_every_section_and_embedded_curves(two_runs, tmp_path):
 
 
 def test_what_the_top_lists_reach_is_shown_for_runs_that_evaluate_scored(two_runs, tmp_path):
-    from iisan.evaluation.evaluate import evaluate_run
+    from iisan.run_metrics import evaluate_run
 
     first, second = two_runs
     reach = evaluate_run(first)["exposure"]  # the second run keeps training's metrics: "-"

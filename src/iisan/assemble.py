@@ -18,19 +18,30 @@ from iisan.features import FeatureSource
 from iisan.features.live import load_encoders
 from iisan.features.sources import SourceContext
 from iisan.methods import get_method
-from iisan.models.recommender import SequentialRecommender, build_blend, build_item_encoder
+from iisan.models.terms import fill_tables
+from iisan.models.recommender import SequentialRecommender, build_item_encoder
 from iisan.models.user import UserEncoder
 from iisan.run.files import CATALOGUE_FILE, WEIGHTS_FILE, load_weights, read_run_config
+from iisan.scoring.scorer import BlendScorer, load_scorer, scoring_layers
 
 
 @dataclass
 class Assembled:
+    """A run's parts. ``scorer`` is what ranks: the model with its fitted scorer, or the
+    model alone (its own scores) when it has none or none is fitted yet."""
+
     config: TrainConfig
     dataset: PreparedDataset
     cache: HiddenStateCache | None
     model: SequentialRecommender
     source: FeatureSource
     splits: Splits
+    shapes: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
+    scorer: SequentialRecommender | BlendScorer | None = None
+
+    def __post_init__(self) -> None:
+        if self.scorer is None:
+            self.scorer = self.model
 
 
 def assemble(dataset_dir: str | Path, cache_dir: str | Path | None, config: TrainConfig,
@@ -62,9 +73,7 @@ def assemble(dataset_dir: str | Path, cache_dir: str | Path | None, config: Trai
     model, source = _model_and_source(config, dataset, cache, shapes, device, layers)
     flat, offsets = dataset.sequence_arrays()
     splits = split_sequences(flat, offsets, config.user.max_seq_len, dataset.num_items)
-    if model.blend is not None:  # its cold / tail priors are the training data's slices
-        model.blend.counts.copy_(torch.from_numpy(splits.popularity))
-    return Assembled(config, dataset, cache, model, source, splits)
+    return Assembled(config, dataset, cache, model, source, splits, shapes)
 
 
 def _model_and_source(config: TrainConfig, dataset: PreparedDataset, cache: HiddenStateCache | None,
@@ -77,7 +86,9 @@ def _model_and_source(config: TrainConfig, dataset: PreparedDataset, cache: Hidd
     constant = {m: cache.constant_layers(m) for m in shapes} if choose else None
     stored = {m: cache.stored_layers(m) for m in shapes} if cache is not None else None
     model, encoders = build_model(config, shapes, dataset.num_items, entries, device, constant, layers, stored)
-    context = SourceContext(config, dataset, cache, entries, model, encoders, device)
+    # a run fitted a scorer on (or will): its floor reads the last layer too
+    read = scoring_layers(model, shapes) if config.content.blend else model.layers
+    context = SourceContext(config, dataset, cache, entries, model, encoders, device, read)
     return model, get_method(config.method).build_source(context)
 
 
@@ -98,8 +109,7 @@ def build_model(config: TrainConfig, shapes: dict[str, tuple[int, int]], num_ite
         encoders = load_encoders({m: entries[m] for m in modalities}, modalities, device)
     poolings = {m: entries[m].pooling for m in encoders}
     item = build_item_encoder(config, shapes, num_items, constant, layers, encoders, poolings, stored)
-    blend = build_blend(config, shapes, num_items)
-    return SequentialRecommender(item, user or method.build_user(config, item), blend), encoders
+    return SequentialRecommender(item, user or method.build_user(config, item)), encoders
 
 
 @dataclass
@@ -109,6 +119,7 @@ class TrainedRun:
     Attributes:
         config: the run's training configuration.
         model: the best weights, in eval mode.
+        scorer: what ranks: the model with its fitted scorer, or the model alone.
         items: the trained catalogue: ``item_id`` (1..N), ``key``, ``text``.
         encoders: modality -> encoder identity (name, weight hash, pooling, settings), to
             embed new items' content the way the catalogue was.
@@ -120,6 +131,11 @@ class TrainedRun:
     items: object  # polars DataFrame
     encoders: dict[str, EncoderEntry]
     encoder_modules: dict
+    scorer: SequentialRecommender | BlendScorer | None = None
+
+    def __post_init__(self) -> None:
+        if self.scorer is None:
+            self.scorer = self.model
 
 
 def load_trained(run_dir: str | Path, device: torch.device | str = "cpu") -> TrainedRun:
@@ -141,8 +157,8 @@ def load_trained(run_dir: str | Path, device: torch.device | str = "cpu") -> Tra
     if not catalogue.is_file():
         parts = assemble_run(run_dir, device=device)
         return TrainedRun(parts.config, parts.model, parts.dataset.items.select("item_id", "key", "text"),
-                          {m: parts.cache.entry(m) for m in parts.model.layers} if parts.cache else {},
-                          getattr(parts.source, "encoders", {}))
+                          {m: parts.cache.entry(m) for m in parts.scorer.layers} if parts.cache else {},
+                          getattr(parts.source, "encoders", {}), parts.scorer)
     try:
         items = pl.read_parquet(catalogue)
     except (OSError, pl.exceptions.PolarsError) as err:
@@ -158,7 +174,9 @@ def load_trained(run_dir: str | Path, device: torch.device | str = "cpu") -> Tra
     model, encoders = build_model(config, shapes, saved["num_items"], entries, device, layers=layers)
     load_weights(run_dir / WEIGHTS_FILE, model)
     model.to(device).eval()
-    return TrainedRun(config, model, items, entries, encoders)
+    # Serving reads the catalogue's vectors from the index: the word tables need not be made.
+    scorer = load_scorer(run_dir, saved, model)
+    return TrainedRun(config, model, items, entries, encoders, scorer.eval() if scorer else None)
 
 
 def require_trained_cache(saved: dict[str, Any], cache: HiddenStateCache | None, run_dir: Path,
@@ -202,4 +220,10 @@ def assemble_run(run_dir: str | Path, mode: str | None = None, device: torch.dev
     require_trained_cache(saved, assembled.cache, run_dir)
     load_weights(run_dir / WEIGHTS_FILE, assembled.model)  # loads onto the CPU model, then it moves
     assembled.model.to(device).eval()
+    texts = assembled.dataset.items["text"].to_list()
+    fill_tables(assembled.model, texts)  # knn's words: made again from the texts, not saved
+    scorer = load_scorer(run_dir, saved, assembled.model)
+    if scorer is not None:
+        scorer.fill_terms(texts)
+        assembled.scorer = scorer.eval()
     return assembled

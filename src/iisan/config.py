@@ -417,6 +417,55 @@ class UserEncoderConfig:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
+# The scorer fitted after training (iisan.scoring).
+
+BlendSelect = Literal["overall", "balanced"]  # see iisan.scoring.calibrate
+BlendWhiten = Literal["auto", "on", "off"]  # see iisan.scoring.calibrate
+
+SCORE_PANEL = "New and rare items"
+# What runs saved before an option existed did: one group, no words, the floor as it is.
+SCORE_SAVED_BEFORE = {"blend_groups": 1, "blend_terms": 0, "blend_whiten": "off"}
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """How the score blend is fitted on validation (:mod:`iisan.scoring`)."""
+
+    blend_groups: int = option(
+        3, minimum=1, maximum=8, panel=SCORE_PANEL,
+        help="Fit the blend's weights separately for this many equally large groups of users, by the share "
+             "of rare items (cold or tail) in their history: users who keep choosing rare items tend to "
+             "choose one next, where the content floor knows more. 1: one set of weights for everyone.")
+    blend_terms: int = option(
+        512, minimum=0, maximum=8192, panel=SCORE_PANEL,
+        help="Columns of the items' word vectors (TF-IDF over words and pairs of adjacent words of the "
+             "text, hashed; fitted on the catalogue's texts) that the blend's floor adds to the frozen "
+             "content's cosine: the exact brand names, model numbers and sizes a sentence encoder blurs. "
+             "0: the frozen content alone.")
+    blend_whiten: BlendWhiten = option(
+        "auto", panel=SCORE_PANEL,
+        help="Whiten the content the blend's floor reads (each encoder's catalogue mean removed, its "
+             "covariance made the identity, fitted on the catalogue after training) so that directions every "
+             "item shares do not dominate the cosine: on, off, or auto (the blend is fitted both ways and "
+             "validation keeps the better).")
+    blend_select: BlendSelect = option(
+        "overall", panel=SCORE_PANEL,
+        help="What the blend's weights are chosen for on validation: overall (NDCG@10 over all users, "
+             "most of whom want popular items) or balanced (the mean of NDCG@10 over the cold, tail and head "
+             "slices: new and rare items weigh as much as popular ones).")
+
+    def __post_init__(self) -> None:
+        check_options(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ScoreConfig:
+        """Saved options, from any version of iisan (absent ones as runs before them did)."""
+        data = {**SCORE_SAVED_BEFORE, **{k: v for k, v in data.items() if k in cls.__dataclass_fields__}}
+        if isinstance(data["blend_whiten"], bool):  # saved while it was on or off
+            data["blend_whiten"] = "on" if data["blend_whiten"] else "off"
+        return cls(**data)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run (fields: ``iisan train --help``; a method's registry entry may
@@ -470,6 +519,8 @@ class TrainConfig:
     user: UserEncoderConfig = option(default_factory=UserEncoderConfig, cli=False, help="The user encoder.")
     content: ContentConfig = option(default_factory=ContentConfig, cli=False,
                                     help="iisan's and frozen's own options: id offsets, the score blend.")
+    score: ScoreConfig = option(default_factory=ScoreConfig, cli=False,
+                                help="How the score blend is fitted after training (iisan.scoring).")
     knn: KnnConfig = option(default_factory=KnnConfig, cli=False, help="The content-only floor's own option.")
     tuning: EncoderTuningConfig = option(default_factory=EncoderTuningConfig, cli=False,
                                          help="The encoder baselines' own options.")
@@ -504,7 +555,7 @@ class TrainConfig:
     @classmethod
     def for_method(cls, method: str, **changes: Any) -> TrainConfig:
         """``method``'s own defaults, then ``changes``: flat option values, or a whole nested
-        config (``side=``, ``user=``, ``content=``, ``knn=``, ``tuning=``)."""
+        config (``side=``, ``user=``, ``content=``, ``score=``, ``knn=``, ``tuning=``)."""
         whole = {key: changes.pop(key) for key in nested_configs(cls) if key in changes}
         config = cls.from_options({"method": method, **changes})
         return replace(config, **whole) if whole else config
@@ -525,11 +576,10 @@ class TrainConfig:
         user = {"variant": "reference", **data.pop("user", {})}  # runs saved before variants existed
         # runs saved before methods had their own options kept them flat; adapters took the
         # side network's bottleneck; the floor was not whitened and read no words
-        content = {"id_offset": False, "blend": False, "blend_groups": 1, "blend_whiten": "off",
-                   "blend_terms": 0,
-                   **_pop_fields(data, ContentConfig), **data.pop("content", {})}
-        if isinstance(content["blend_whiten"], bool):  # saved while it was on or off
-            content["blend_whiten"] = "on" if content["blend_whiten"] else "off"
+        content = {"id_offset": False, "blend": False, **_pop_fields(data, ContentConfig), **data.pop("content", {})}
+        # the blend's options were content's (and flat before that) until the scorer had its own
+        score = ScoreConfig.from_json({**_pop_fields(data, ScoreConfig), **_pop_fields(content, ScoreConfig),
+                                       **data.pop("score", {})})
         if content.get("id_offset_lr") is None:
             content.pop("id_offset_lr", None)
         tuning = {"precision": "fp32",
@@ -537,7 +587,7 @@ class TrainConfig:
         tuning.update(**_pop_fields(data, EncoderTuningConfig), **data.pop("tuning", {}))
         knn = KnnConfig(**{**_pop_fields(data, KnnConfig), **data.pop("knn", {})})
         return cls(**data, side=SideNetworkConfig(**side), user=UserEncoderConfig(**user),
-                   content=ContentConfig(**content), knn=knn, tuning=EncoderTuningConfig(**tuning))
+                   content=ContentConfig(**content), score=score, knn=knn, tuning=EncoderTuningConfig(**tuning))
 
 
 def _pop_fields(data: dict[str, Any], config_class: type) -> dict[str, Any]:

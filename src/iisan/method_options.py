@@ -15,8 +15,6 @@ from typing import Literal
 from iisan.options import check_options, option
 
 Precision = Literal["auto", "fp32", "bf16"]  # encoders' compute precision; see devices.compute_dtype
-BlendSelect = Literal["overall", "balanced"]  # see iisan.training.calibrate
-BlendWhiten = Literal["auto", "on", "off"]  # see iisan.training.calibrate
 
 CONTENT = "New and rare items"
 TUNING = "Encoder baselines (fft, adapter, lora, bitfit)"
@@ -38,7 +36,8 @@ class MethodOptions:
 @dataclass(frozen=True)
 class ContentConfig(MethodOptions):
     """What the content methods (``iisan``, ``frozen``) add for new and rare items: per-item
-    id offsets while training, and the score blend after it."""
+    id offsets while training, and whether a score blend is fitted after it (its options:
+    :class:`~iisan.config.ScoreConfig`)."""
 
     id_offset: bool = option(True, panel=CONTENT,
                              help="iisan, frozen: add a learned per-item vector, zero at the start, to each "
@@ -48,31 +47,8 @@ class ContentConfig(MethodOptions):
     blend: bool = option(
         True, panel=CONTENT,
         help="iisan, frozen: after training, blend each score with the content floor's (knn) and add priors "
-             "for cold and tail items, weighed on the validation split (iisan.models.blend); what lets a "
-             "trained content model rank new and rare items.")
-    blend_groups: int = option(
-        3, minimum=1, maximum=8, panel=CONTENT,
-        help="Fit the blend's weights separately for this many equally large groups of users, by the share "
-             "of rare items (cold or tail) in their history: users who keep choosing rare items tend to "
-             "choose one next, where the content floor knows more. 1: one set of weights for everyone.")
-    blend_terms: int = option(
-        512, minimum=0, maximum=8192, panel=CONTENT,
-        help="Columns of the items' word vectors (TF-IDF over words and pairs of adjacent words of the "
-             "text, hashed; fitted on the catalogue's texts) that the blend's floor adds to the frozen "
-             "content's cosine: the exact brand names, model numbers and sizes a sentence encoder blurs. "
-             "0: the frozen content alone.")
-    blend_whiten: BlendWhiten = option(
-        "auto", panel=CONTENT,
-        help="Whiten the content the blend's floor reads (each encoder's catalogue mean removed, its "
-             "covariance made the identity, fitted on the catalogue after training) so that directions every "
-             "item shares do not dominate the cosine: on, off, or auto (the blend is fitted both ways and "
-             "validation keeps the better).")
-    blend_select: BlendSelect = option(
-        "overall", panel=CONTENT,
-        help="What the blend's weights are chosen for on validation: overall (NDCG@10 over all users, "
-             "most of whom want popular items) or balanced (the mean of NDCG@10 over the cold, tail and head "
-             "slices: new and rare items weigh as much as popular ones).")
-
+             "for cold and tail items, weighed on the validation split (iisan.scoring; `iisan calibrate` "
+             "fits it again); what lets a trained content model rank new and rare items.")
     @classmethod
     def unused(cls) -> ContentConfig:
         """What a method without these options records: no offsets, no blend."""

@@ -14,7 +14,7 @@ from iisan.data.cold_start import COLD_ITEMS_FILE, COLD_START_FILE, hold_out, ne
 from iisan.data.dataset import PreparedDataset
 from iisan.data.synth import SynthConfig, synthesize
 from iisan.errors import ConfigError
-from iisan.new_items import evaluate_cold_start
+from iisan.run_metrics import evaluate_cold_start
 from iisan.training.loop import train
 from tests.conftest_multimodal import TINY_ENCODE
 

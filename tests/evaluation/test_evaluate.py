@@ -9,7 +9,7 @@ import pytest
 
 from iisan.data.dataset import PreparedDataset
 from iisan.errors import ConfigError, DatasetError
-from iisan.evaluation.evaluate import evaluate_run
+from iisan.run_metrics import evaluate_run
 
 
 def test_reproduces_the_metrics_written_by_training(tiny_run, tmp_path):

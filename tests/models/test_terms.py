@@ -65,3 +65,24 @@ def test_new_texts_get_the_catalogues_vectors_and_unknown_ids_none():
     assert vectors(torch.tensor([0, 2, 5, 99])).abs().sum(dim=1).tolist()[::2] == [0, 0]  # padding, beyond
     with pytest.raises(ValueError, match="3 texts for a catalogue of 4"):
         vectors.fit(texts[:3])
+
+
+def test_the_catalogue_table_is_made_from_the_texts_not_saved():
+    """The saved weights hold the frequencies; the table is a function of them and the texts,
+    made again where the catalogue is embedded (the index keeps the vectors once)."""
+    texts = ["uxcell gap gauge 0.02mm", "blue pen", None, "gap gauge set"]
+    fitted = TermVectors(len(texts), 32)
+    fitted.fit(texts)
+    saved = fitted.state_dict()
+    assert set(saved) == {"df", "documents"}
+    loaded = TermVectors(len(texts), 32)
+    loaded.load_state_dict(saved)
+    with pytest.raises(RuntimeError, match="fill"):
+        loaded(torch.tensor([1]))
+    loaded.fill(texts)
+    assert torch.equal(loaded.table, fitted.table)
+    old = {**saved, "table": fitted.table}  # weights saved while the table was saved with them
+    loaded.upgrade_saved("", old)
+    assert set(old) == {"df", "documents"}
+    with pytest.raises(ValueError, match="3 texts for a catalogue of 4"):
+        loaded.fill(texts[:3])

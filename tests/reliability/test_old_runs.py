@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file, save_file
 
 from iisan.run.files import read_run_config
@@ -32,15 +33,18 @@ def old_run(tiny_run, tmp_path, request) -> Path:
     # Where this machine's tiny dataset and cache are: provenance, the only paths in the file.
     old.update(dataset=today["dataset"], cache=today["cache"], dataset_fingerprint=today["dataset_fingerprint"])
     (run / "config.json").write_text(json.dumps(old))
-    if request.param != OLD_CONFIGS[0]:
-        return run
-    # and the blend's weights as that code laid them out: one alpha, one row of priors, no bounds
+    # The blend's weights inside the model's, as that code kept them (before the scorer had files)
     weights = load_file(run / "model.safetensors")
-    weights["blend.alpha"] = weights["blend.alpha"].reshape(())
-    weights["blend.priors"] = weights["blend.priors"].reshape(-1)
-    del weights["blend.group_bounds"]
+    [blend_file] = (run / "scorer").glob("gen-*/blend.safetensors")
+    weights.update({f"blend.{name}": tensor for name, tensor in load_file(blend_file).items()})
+    weights["blend.active"] = torch.tensor(True)
+    shutil.rmtree(run / "scorer")
+    if request.param == OLD_CONFIGS[0]:  # and as 0.1 laid them out: one alpha, one row of priors, no bounds
+        weights["blend.alpha"] = weights["blend.alpha"].reshape(())
+        weights["blend.priors"] = weights["blend.priors"].reshape(-1)
+        del weights["blend.group_bounds"]
     save_file(weights, run / "model.safetensors")
-    shutil.rmtree(run / "index", ignore_errors=True)  # built from today's file: built again on load
+    shutil.rmtree(run / "index", ignore_errors=True)  # built from today's files: built again on load
     return run
 
 

@@ -19,7 +19,7 @@ from iisan.cli.generated import ConfigFile, Options, one_of, with_options
 from iisan.cli.output import show, stderr, stdout
 from iisan.config import (
     DEVICES, EncodeConfig, EvaluateConfig, IndexConfig, PrepareConfig, RecommendConfig, ServeConfig,
-    SynthConfig, TrainConfig,
+    ScoreConfig, SynthConfig, TrainConfig,
 )
 from iisan.efficiency import EfficiencyConfig, run_efficiency
 from iisan.errors import ConfigError, UnknownItemError
@@ -140,9 +140,8 @@ def data_synth(out: Out, options: Options, force: Force = False, as_json: Json =
     """
     from iisan.data.synth import synthesize
 
-    config = SynthConfig(**options)
-    show(synthesize(out, config, force=force), as_json,
-         lambda _: terminal.synthesized(out, config.items, config.users))
+    info = synthesize(out, SynthConfig(**options), force=force)
+    show(info, as_json, lambda info: terminal.synthesized(out, info))
 
 
 @command(data_app, "stats")
@@ -273,8 +272,7 @@ def evaluate(
       iisan evaluate runs/sci-cold --cold-start   (prepared with --cold-items 0.1)
       iisan evaluate runs/sci-iisan --split valid --k 1,10,50 --json
     """
-    from iisan.evaluation.evaluate import evaluate_run
-    from iisan.new_items import evaluate_cold_start
+    from iisan.run_metrics import evaluate_cold_start, evaluate_run
 
     config = EvaluateConfig(**options)
     if config.cold_start:
@@ -412,6 +410,27 @@ def serve(run: Run, options: Options, device: Device = "auto") -> None:
     from iisan.serving.server import serve as run_server
 
     run_server(run, ServeConfig(**options), device=device)
+
+
+@command(app)
+@with_options(ScoreConfig)
+def calibrate(run: Run, options: Options, device: Device = "auto", as_json: Json = False) -> None:
+    """Fit a trained run's scorer again on its validation split, without retraining.
+
+    The scorer blends the model's score with the content floor's (frozen content and the
+    texts' words) and priors for new and rare items, weighed per group of users. Options not
+    given keep the values it was fitted with. The validation and test metrics and the
+    catalogue's exact index are written again; the model's weights are not touched. A run
+    with items added since training is refused (their content is not kept).
+
+    [bold]Examples[/]
+
+      iisan calibrate runs/sci-iisan --blend-select balanced
+      iisan calibrate runs/sci-iisan --blend-terms 0 --json
+    """
+    from iisan.training.recalibrate import calibrate_run
+
+    show(calibrate_run(run, options, device=device), as_json, lambda result: terminal.calibrated(result, run))
 
 
 @command(app)

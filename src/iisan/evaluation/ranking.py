@@ -30,7 +30,8 @@ def model_device(model: torch.nn.Module) -> torch.device:
 def item_embeddings(model: SequentialRecommender, source: FeatureSource, num_items: int,
                     workers: Workers = LOCAL) -> torch.Tensor:
     """The ranking vector of every item ``[N + 1, width]`` (row 0, padding, is zero), computed
-    once: the trained embeddings, or the blend's item vectors once it is calibrated.
+    once: the model's trained embeddings, or its scorer's item vectors (``model`` is either: see
+    :class:`~iisan.scoring.scorer.BlendScorer`).
 
     Under torchrun each rank embeds its share of the catalogue and every rank gets all rows.
     """

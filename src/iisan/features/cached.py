@@ -86,9 +86,10 @@ class CachedSource:
             index = torch.from_numpy(ids).to(self.device)
             if len(ids) == len(self._present[next(iter(self.layers))]) and (np.diff(ids) == 1).all() and ids[0] == 0:
                 # The whole catalogue (the full-catalogue loss, every step): no copy.
-                return ItemFeatures(ids=index, states=dict(self._in_memory), present=dict(self._present))
+                return ItemFeatures(ids=index, states=dict(self._in_memory), present=dict(self._present),
+                                    layers=self.layers)
             return ItemFeatures(ids=index, states={m: s[index] for m, s in self._in_memory.items()},
-                                present={m: p[index] for m, p in self._present.items()})
+                                present={m: p[index] for m, p in self._present.items()}, layers=self.layers)
         order = np.argsort(ids, kind="stable")  # sorted reads are friendlier to the page cache
         states = {}
         for modality, layers in self.layers.items():
@@ -102,4 +103,4 @@ class CachedSource:
             self._touched = 0
         tensor_ids = torch.from_numpy(ids)
         return ItemFeatures(ids=tensor_ids, states=states,
-                            present={m: p[tensor_ids] for m, p in self._present.items()})
+                            present={m: p[tensor_ids] for m, p in self._present.items()}, layers=self.layers)

@@ -160,7 +160,8 @@ class LiveSource(_RawContent):
     def _features(self, ids: np.ndarray, inputs_of) -> ItemFeatures:
         """The frozen encoders' pooled states of the selected layers, as the cache holds them."""
         first = next(iter(self.encoders.values()), None)
-        features = ItemFeatures(ids=torch.from_numpy(ids).to(first.device if first is not None else "cpu"))
+        features = ItemFeatures(ids=torch.from_numpy(ids).to(first.device if first is not None else "cpu"),
+                                layers=self.layers)
         for modality, layers in self.layers.items():
             encoder, entry = self.encoders[modality], self.entries[modality]
             device = encoder.device  # the states stay where the encoder ran: no round trip through the host

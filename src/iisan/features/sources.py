@@ -25,6 +25,8 @@ class SourceContext:
         model: the assembled model (``model.layers``: what its tower reads).
         encoders: modality -> the encoders running inside the tower (the encoder baselines).
         device: where encoders run and a resident cache is kept.
+        layers: the layers the source holds: the tower's, and the last one where a scorer's
+            floor reads it (``None``: the tower's).
     """
 
     config: Any
@@ -34,6 +36,7 @@ class SourceContext:
     model: Any
     encoders: dict[str, Any]
     device: torch.device | str
+    layers: dict[str, tuple[int, ...]] | None = None
 
 
 def ids_only(context: SourceContext) -> FeatureSource:
@@ -44,7 +47,7 @@ def ids_only(context: SourceContext) -> FeatureSource:
 def encoder_states(context: SourceContext) -> FeatureSource:
     """The frozen encoders' states of the layers the tower reads: from the cache, or computed
     by running the encoders (``--mode uncached``)."""
-    layers = context.model.layers
+    layers = context.layers or context.model.layers
     if context.config.mode == "cached":
         return CachedSource(context.cache, layers, device=context.device)
     from iisan.features.live import LiveSource

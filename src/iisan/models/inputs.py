@@ -24,6 +24,9 @@ class ItemFeatures:
             ``bitfit``): modality -> the encoder's model inputs (``input_ids`` and
             ``attention_mask``, or ``pixel_values``) for the rows that have the modality,
             which are ``present[modality].nonzero()`` in order.
+        layers: modality -> the encoder layers ``states`` hold, in order (empty: exactly
+            the ones the tower reads). A source may hold more than a tower reads (a
+            scorer's floor reads the last layer); the tower takes its own.
         terms: ``[n, dims]``, the term vectors of items added after training
             (:meth:`~iisan.models.terms.TermVectors.embed` of their texts), which the
             catalogue's table does not hold; None for the catalogue's own items.
@@ -34,6 +37,7 @@ class ItemFeatures:
     present: dict[str, torch.Tensor] = field(default_factory=dict)
     inputs: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     terms: torch.Tensor | None = None
+    layers: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     def to(self, device: torch.device) -> ItemFeatures:
         if self.ids.device == device:
@@ -42,4 +46,4 @@ class ItemFeatures:
                             states={m: s.to(device, non_blocking=True) for m, s in self.states.items()},
                             present={m: p.to(device) for m, p in self.present.items()},
                             inputs={m: {k: v.to(device) for k, v in i.items()} for m, i in self.inputs.items()},
-                            terms=None if self.terms is None else self.terms.to(device))
+                            terms=None if self.terms is None else self.terms.to(device), layers=self.layers)

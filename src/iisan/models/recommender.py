@@ -9,7 +9,6 @@ from torch import nn
 
 from iisan.config import TrainConfig
 from iisan.methods import TowerContext, get_method
-from iisan.models.blend import ScoreBlend
 from iisan.models.inputs import ItemFeatures
 from iisan.models.fusion import ItemTower
 from iisan.models.id_offset import ContentWithIdOffset
@@ -29,33 +28,19 @@ def build_item_encoder(config: TrainConfig, shapes: dict[str, tuple[int, int]], 
     return ContentWithIdOffset(tower, num_items, config.user.dim) if config.content.id_offset else tower
 
 
-def build_blend(config: TrainConfig, shapes: dict[str, tuple[int, int]], num_items: int) -> ScoreBlend | None:
-    """The score blend of a ``config.content.blend`` run over the modalities its tower reads (item
-    counts zero until the training data sets them), else ``None``; its floor adds the texts'
-    term vectors (``config.content.blend_terms`` columns) when the tower reads text."""
-    modalities = [m for m in config.side.encoder_modalities if m in shapes]
-    if not config.content.blend or not modalities:
-        return None
-    return ScoreBlend({m: shapes[m] for m in modalities}, config.user.dim, torch.zeros(num_items + 1),
-                      groups=config.content.blend_groups,
-                      terms=config.content.blend_terms if "text" in modalities else 0)
-
-
 class SequentialRecommender(nn.Module):
-    """``item`` maps features to embeddings ``[n, d]``; ``user`` maps a sequence of them to user states;
-    ``blend`` (optional) mixes the trained score with the content floor's once calibrated.
+    """``item`` maps features to embeddings ``[n, d]``; ``user`` maps a sequence of them to user states.
 
-    Training reads :meth:`embed_items` and ``user``; ranking reads :meth:`catalogue_vectors`
-    and :meth:`user_vectors`, which are the blend's when it is active. Parameter names start
-    with ``item.`` or ``user.``, so filters stay one line.
+    Training reads :meth:`embed_items` and ``user``; ranking by the model's own scores reads
+    :meth:`catalogue_vectors` and :meth:`user_vectors` (a scorer, :mod:`iisan.scoring`, may
+    compose them with more). Parameter names start with ``item.`` or ``user.``, so filters
+    stay one line.
     """
 
-    def __init__(self, item: ItemTower, user: UserEncoder | nn.Module,
-                 blend: ScoreBlend | None = None) -> None:
+    def __init__(self, item: ItemTower, user: UserEncoder | nn.Module) -> None:
         super().__init__()
         self.item = item
         self.user = user
-        self.blend = blend
 
     @property
     def dim(self) -> int:
@@ -69,58 +54,43 @@ class SequentialRecommender(nn.Module):
 
     @property
     def layers(self) -> dict[str, tuple[int, ...]]:
-        """modality -> the encoder layers the item tower (and the blend, the last) reads."""
-        if self.blend is None:
-            return self.item.layers
-        wanted = {**self.blend.layers, **self.item.layers}
-        return {m: tuple(sorted(set(self.item.layers.get(m, ())) | set(self.blend.layers.get(m, ()))))
-                for m in wanted}
-
-    @property
-    def blending(self) -> bool:
-        """Whether ranking uses the calibrated blend."""
-        return self.blend is not None and bool(self.blend.active)
+        """modality -> the encoder layers the item tower reads."""
+        return self.item.layers
 
     @property
     def catalogue_width(self) -> int:
         """The width of :meth:`catalogue_vectors`."""
-        return self.blend.width if self.blending else self.dim
+        return self.dim
 
     def embed_items(self, features: ItemFeatures) -> torch.Tensor:
-        """The trained item embeddings ``[n, d]``; the padding id 0 maps to zeros."""
+        """The trained item embeddings ``[n, d]``; the padding id 0 maps to zeros. ``features``
+        may hold more layers than the tower reads (a scorer's): the tower takes its own."""
         embeddings = self.item(self._tower_features(features))
         return embeddings * (features.ids != 0).unsqueeze(-1).to(embeddings.dtype)
 
     def catalogue_vectors(self, features: ItemFeatures) -> torch.Tensor:
-        """What ranking stores per item: the trained embedding, or the blend's item vector."""
-        trained = self.embed_items(features)
-        return self.blend.item_vectors(trained, features) if self.blending else trained
+        """What ranking by the model's own scores stores per item: the trained embedding."""
+        return self.embed_items(features)
 
     @torch.no_grad()
     def user_vectors(self, items: torch.Tensor, inputs) -> torch.Tensor:
-        """One query per user ``[U, width]`` for left-padded item ids ``inputs [U, L]``
-        (numpy or torch), reading the catalogue ``items [N + 1, width]`` of
-        :meth:`catalogue_vectors`; one dot product with ``items`` scores every item for
-        every user. Without the blend: the user encoder's last-position output."""
+        """One query per user ``[U, d]`` for left-padded item ids ``inputs [U, L]`` (numpy or
+        torch), reading the catalogue ``items [N + 1, d]`` of :meth:`catalogue_vectors`: the
+        user encoder's last-position output, whose dot product with ``items`` scores every item."""
         self.eval()
         ids = torch.as_tensor(inputs).to(items.device)
-        if not self.blending:
-            return self.user(items[ids], ids != 0)[:, -1]
-        trained, _ = self.blend.split(items)
-        user = self.user(trained[ids], ids != 0)[:, -1]
-        content = self.blend.content_query(items[ids], ids != 0)
-        return self.blend.query(user, content, self.blend.user_groups(ids))
+        return self.user(items[ids], ids != 0)[:, -1]
 
     def _tower_features(self, features: ItemFeatures) -> ItemFeatures:
-        """``features`` with only the layers the tower reads, when the blend added the last."""
-        if self.blend is None or not features.states:
+        """``features`` with only the layers the tower reads, when a scorer added others."""
+        if not features.states:
             return features
-        union, own = self.layers, self.item.layers
+        own = self.item.layers
         states = {}
         for modality, tensor in features.states.items():
-            if modality not in own or union[modality] == own[modality]:
+            layers = features.layers.get(modality)
+            if modality not in own or layers is None or tuple(layers) == tuple(own[modality]):
                 states[modality] = tensor
             else:
-                keep = [union[modality].index(layer) for layer in own[modality]]
-                states[modality] = tensor[:, keep]
-        return ItemFeatures(features.ids, states, features.present, features.inputs, features.terms)
+                states[modality] = tensor[:, [tuple(layers).index(layer) for layer in own[modality]]]
+        return ItemFeatures(features.ids, states, features.present, features.inputs, features.terms, own)

@@ -54,30 +54,37 @@ def _hashes(terms: Counter[str]) -> np.ndarray:
 class TermVectors(nn.Module):
     """Hashed TF-IDF vectors ``[n, dims]`` of item texts, and the catalogue's table of them.
 
-    Buffers (saved with the model): ``df`` ``[DF_BUCKETS]``, the fitted document frequency
-    per hash bucket; ``documents``, how many texts it was fitted on; ``table``
+    Buffers saved with the weights: ``df`` ``[DF_BUCKETS]``, the fitted document frequency
+    per hash bucket; ``documents``, how many texts it was fitted on. Not saved: ``table``
     ``[num_items + 1, dims]`` float16, the catalogue's vectors by item id (row 0, padding,
-    zero), so ranking reads them like any cached feature. :meth:`fit` sets all three.
+    zero), so ranking reads them like any cached feature. It is a function of the texts and
+    the frequencies, so it is made again from the catalogue's texts where the catalogue is
+    embedded (:meth:`fill`), and a served run carries the vectors once, in its index.
+    :meth:`fit` sets all three.
     """
 
     def __init__(self, num_items: int, dims: int) -> None:
         super().__init__()
         self.dims = dims
+        self.num_items = num_items
         self.register_buffer("df", torch.zeros(DF_BUCKETS, dtype=torch.int32))
         self.register_buffer("documents", torch.tensor(0, dtype=torch.long))
-        self.register_buffer("table", torch.zeros(num_items + 1, dims, dtype=torch.float16))
+        self.register_buffer("table", None, persistent=False)  # made by fit or fill
 
     @property
     def fitted(self) -> bool:
         return int(self.documents) > 0
+
+    def upgrade_saved(self, prefix: str, tensors: dict[str, torch.Tensor]) -> None:
+        """Weights saved while the table was saved with them: it is made again from the texts."""
+        tensors.pop(f"{prefix}table", None)
 
     @torch.no_grad()
     def fit(self, texts: Sequence[str | None]) -> None:
         """Count document frequencies over the catalogue's texts (item ids 1..N in order) and
         fill :attr:`table` with their vectors; two passes of :data:`ENCODE_CHUNK` texts, so
         memory does not grow with the catalogue."""
-        if len(texts) + 1 != len(self.table):
-            raise ValueError(f"{len(texts)} texts for a catalogue of {len(self.table) - 1} items")
+        self._require_catalogue(texts)
         df = np.zeros(DF_BUCKETS, dtype=np.int64)
         for start in range(0, len(texts), ENCODE_CHUNK):
             hashes = [_hashes(terms_of(text)) for text in texts[start : start + ENCODE_CHUNK]]
@@ -85,10 +92,22 @@ class TermVectors(nn.Module):
             df += np.bincount(buckets.astype(np.int64), minlength=DF_BUCKETS)
         self.df.copy_(torch.from_numpy(df.astype(np.int32)))
         self.documents.fill_(len(texts))
-        self.table.zero_()
+        self.fill(texts)
+
+    @torch.no_grad()
+    def fill(self, texts: Sequence[str | None]) -> None:
+        """Make :attr:`table` from the catalogue's texts (item ids 1..N in order) with the
+        fitted frequencies: the same float16 rows :meth:`fit` made."""
+        self._require_catalogue(texts)
+        table = torch.zeros(len(texts) + 1, self.dims, dtype=torch.float16, device=self.df.device)
         for start in range(0, len(texts), ENCODE_CHUNK):
             rows = self.embed(texts[start : start + ENCODE_CHUNK])
-            self.table[1 + start : 1 + start + len(rows)] = rows.to(self.table.dtype)
+            table[1 + start : 1 + start + len(rows)] = rows.to(table.dtype)
+        self.table = table
+
+    def _require_catalogue(self, texts: Sequence[str | None]) -> None:
+        if len(texts) != self.num_items:
+            raise ValueError(f"{len(texts)} texts for a catalogue of {self.num_items} items")
 
     def embed(self, texts: Iterable[str | None]) -> torch.Tensor:
         """``[n, dims]`` float32: the vectors of new texts, with the fitted frequencies."""
@@ -101,7 +120,7 @@ class TermVectors(nn.Module):
         table, or ``features.terms`` for items added after training, which must carry them."""
         if features.terms is not None:
             return features.terms
-        if bool((features.ids >= len(self.table)).any()):
+        if bool((features.ids > self.num_items).any()):
             raise ValueError("items added after training need their texts' term vectors "
                              "(ItemFeatures.terms, from TermVectors.embed)")
         return self(features.ids)
@@ -109,6 +128,8 @@ class TermVectors(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """The catalogue's vectors of ``ids`` (float32); ids beyond the table are zero rows
         (items added after training carry their own, see :meth:`embed`)."""
+        if self.table is None:
+            raise RuntimeError("TermVectors: the catalogue's table is not made: fill(texts) first")
         known = ids < len(self.table)
         rows = self.table[ids.clamp(max=len(self.table) - 1)].float()
         return rows * known.unsqueeze(-1).to(rows.dtype)
@@ -129,3 +150,14 @@ class TermVectors(nn.Module):
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return torch.from_numpy(out / np.where(norms > 0, norms, 1.0)).float()
 
+
+
+def fill_tables(module: nn.Module, texts: Sequence[str | None]) -> int:
+    """Make the catalogue table of every fitted :class:`TermVectors` in ``module`` from the
+    catalogue's texts (item ids 1..N in order), after its weights were loaded; how many."""
+    filled = 0
+    for part in module.modules():
+        if isinstance(part, TermVectors) and part.fitted:
+            part.fill(texts)
+            filled += 1
+    return filled

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from iisan.config import TrainConfig
+from iisan.config import ScoreConfig, TrainConfig
 from iisan.errors import ConfigError, DatasetError
 from iisan.evaluation.metrics import metric_label
 from iisan.fileio import write_bytes_atomic
@@ -329,7 +329,7 @@ def _unused_options(config: TrainConfig | None, flat: dict[str, Any]) -> list[st
     if not config.content.id_offset:
         unused.append("train.content.id_offset_lr")
     if not config.content.blend:
-        unused += ["train.content.blend_select", "train.content.blend_whiten", "train.content.blend_terms"]
+        unused += [f"train.score.{f.name}" for f in dataclasses.fields(ScoreConfig)]
     return [k for k in unused if k in flat]
 
 

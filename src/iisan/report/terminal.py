@@ -132,8 +132,8 @@ def stats_tables(stats: dict[str, Any], bar_width: int = 40) -> Group:
     return Group(overview, histogram, head)
 
 
-def synthesized(out: Path, items: int, users: int) -> str:
-    return f"wrote synthetic source {out} ({items:,} items, {users:,} users)"
+def synthesized(out: Path, info: dict[str, Any]) -> str:
+    return f"wrote synthetic source {out} ({info['items']:,} items, {info['users']:,} users)"
 
 
 def encoded(summary: dict[str, Any], out: Path) -> Group:
@@ -169,8 +169,19 @@ def trained(summary: dict[str, Any], out: Path) -> Group:
                  metrics_table({split: summary[split] for split in SPLITS}, f"Run {out}"))
 
 
+def calibrated(result: dict[str, Any], run: Path) -> Group:
+    """``iisan calibrate``: the weights per group of users, and the metrics with them."""
+    blend = result["blend"]
+    weights = ", ".join(f"{name} {values}" for name, values in {"floor": blend["alpha"], **blend["priors"]}.items())
+    return lines(f"{run}: scorer fitted on {blend['users']:,} validation users in {result['seconds']:.1f} s "
+                 f"({blend['select']}; whitened content {'kept' if blend['whitened'] else 'not kept'}); "
+                 f"valid NDCG@10 {blend['valid_before']:.4f} without it, {blend['valid_after']:.4f} with it",
+                 f"weights per group of users: {weights}",
+                 metrics_table({split: result[split] for split in SPLITS}, f"Run {run}, calibrated"))
+
+
 def evaluated(result: dict[str, Any], run: Path, config: Any, slices: bool) -> Group:
-    from iisan.evaluation.evaluate import metrics_key
+    from iisan.run_metrics import metrics_key
     from iisan.evaluation.slices import SLICE_NAMES as SLICES
 
     columns = (slice_columns(result["metrics"], result["slices"]) if slices

@@ -43,6 +43,11 @@ WEIGHTS_FILE = "model.safetensors"
 CATALOGUE_FILE = "items.parquet"  # the trained catalogue's item_id, key, text: recommending needs no dataset
 METRICS_LOG = "metrics.jsonl"
 RESUME_DIR = "resume"
+# The scorer's own files (iisan.scoring.scorer): a pointer naming the generation that holds its weights.
+SCORER_DIR = "scorer"
+SCORER_POINTER = "scorer.json"
+SCORER_WEIGHTS = "blend.safetensors"
+SCORER_IN_MODEL_WEIGHTS = "blend."  # where runs saved before kept the scorer's weights
 RESUME_FIX = "the resume state is damaged: start the run again with --force"
 # What every run's config.json holds (written by write_run_config).
 RUN_FIELDS: dict[str, Any] = {"version": int, "train": dict, "dataset": str, "dataset_fingerprint": str,
@@ -62,6 +67,10 @@ def load_weights(path: Path, module: torch.nn.Module, fix: str = "retrain the ru
         DatasetError: one line naming the file, what is wrong and ``fix``.
     """
     tensors = load_tensors(path, fix)
+    # Runs saved before the scorer had files of its own kept its weights in the model's file
+    # (iisan.scoring.scorer reads them from there): not the model's.
+    for name in [n for n in tensors if n.startswith(SCORER_IN_MODEL_WEIGHTS)]:
+        del tensors[name]
     for name, part in module.named_modules():  # weights saved by an earlier layout of a part
         upgrade = getattr(part, "upgrade_saved", None)
         if upgrade is not None:
@@ -196,13 +205,25 @@ def write_run_config(run_dir: Path, train: dict[str, Any], dataset: Path, datase
     })
 
 
+def scorer_weights_file(run_dir: Path) -> Path | None:
+    """The committed scorer's weights file, ``None`` when the run has no scorer of its own."""
+    generation = current_generation(run_dir / SCORER_DIR, SCORER_POINTER)
+    return run_dir / SCORER_DIR / generation / SCORER_WEIGHTS if generation is not None else None
+
+
+def ranking_digest(run_dir: Path) -> str:
+    """What the run's ranking vectors are made from (its model's and scorer's weights), as the
+    index records it: an index of other weights is refused."""
+    return weights_digest(run_dir / WEIGHTS_FILE, scorer_weights_file(run_dir))
+
+
 def write_catalogue(run_dir: Path, items: pl.DataFrame, embeddings: np.ndarray) -> None:
     """The trained catalogue (``item_id``, ``key``, ``text``) and its exact index, so the run
     folder alone answers queries: moved elsewhere, or with its dataset and cache deleted."""
     empty = pl.DataFrame(schema={"item_id": pl.Int64, "key": pl.String, "text": pl.String})
     write_atomic(run_dir / CATALOGUE_FILE, lambda tmp: items.select("item_id", "key", "text").write_parquet(tmp))
     stored = StoredIndex(ItemIndex(embeddings, "flat"), embeddings, empty)
-    save_index(run_dir / INDEX_DIR, stored, len(items), weights_digest(run_dir / WEIGHTS_FILE))
+    save_index(run_dir / INDEX_DIR, stored, len(items), ranking_digest(run_dir))
 
 
 def save_resume_state(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:

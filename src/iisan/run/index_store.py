@@ -36,10 +36,12 @@ READS_VERSIONS = (1, 2)  # version 1 kept its files in the index folder itself, 
 REBUILD = "rebuild it with `iisan index build`"
 
 
-def weights_digest(weights_file: Path) -> str:
-    """SHA-256 of the weights an index was built from (a few MB: milliseconds); any
-    retraining changes it, copying the run folder does not."""
-    return file_sha256(weights_file)
+def weights_digest(weights_file: Path, scorer_file: Path | None = None) -> str:
+    """SHA-256 of the weights an index was built from (a few MB: milliseconds): the model's,
+    and the scorer's when the run has one of its own (``model+scorer``); any retraining or
+    calibration changes it, copying the run folder does not."""
+    digest = file_sha256(weights_file)
+    return digest if scorer_file is None else f"{digest}+{file_sha256(scorer_file)}"
 
 
 @dataclass

@@ -21,8 +21,8 @@ import polars as pl
 import torch
 
 from iisan.errors import DatasetError
-from iisan.run.files import WEIGHTS_FILE
-from iisan.run.index_store import INDEX_DIR, StoredIndex, committed_generation, load_index, save_index, weights_digest
+from iisan.run.files import WEIGHTS_FILE, ranking_digest
+from iisan.run.index_store import INDEX_DIR, StoredIndex, committed_generation, load_index, save_index
 from iisan.run.lock import run_lock
 from iisan.search import HnswSettings, ItemIndex, column_scale
 
@@ -74,7 +74,7 @@ class CatalogueStore:
         self._titles: list[str | None] = [None, *trained["text"].to_list()]
         self._embed_trained = embed_trained
         self._sample_queries = sample_queries
-        self._weights = weights_digest(run_dir / WEIGHTS_FILE)
+        self._weights = ranking_digest(run_dir)
         self._checked = time.monotonic()
         self.lock = threading.Lock()  # queries hold it while they read; a swap takes it
         self.current: Catalogue

@@ -210,11 +210,12 @@ class ContentEmbedder:
 
     def __init__(self, trained, trained_items: int) -> None:
         self.trained = trained
-        self.model = trained.model
+        self.ranker = trained.scorer  # the model with its scorer, or the model alone
         self.trained_items = trained_items
         self._source = None
-        # the term vectors the model reads, if any (the blend's floor, or knn's content): one at most
-        self.terms = next((m for m in self.model.modules() if isinstance(m, TermVectors)), None)
+        # the term vectors the ranker reads, if any (the scorer's floor, or knn's content): one at most
+        parts = [trained.model, *([trained.scorer.blend] if trained.scorer is not trained.model else [])]
+        self.terms = next((m for part in parts for m in part.modules() if isinstance(m, TermVectors)), None)
 
     def embed(self, texts: list[str], images: list[bytes | None]) -> np.ndarray:
         """``[n, width]`` float32 vectors of the items with these texts and image bytes.
@@ -222,7 +223,7 @@ class ContentEmbedder:
         Raises:
             InputError: an image cannot be decoded. NonFiniteError: the model gives NaN.
         """
-        self.model.eval()
+        self.ranker.eval()
         chunks = []
         for start in range(0, len(texts), ENCODE_CHUNK):  # an encoder pass holds every layer's states
             end = min(start + ENCODE_CHUNK, len(texts))
@@ -234,7 +235,7 @@ class ContentEmbedder:
             if self.terms is not None:  # the catalogue's table does not hold them
                 features.terms = self.terms.embed(texts[start:end])
             with torch.no_grad():
-                chunks.append(self.model.catalogue_vectors(features.to(self.model.device)).cpu().numpy())
+                chunks.append(self.ranker.catalogue_vectors(features.to(self.ranker.device)).cpu().numpy())
         rows = np.concatenate(chunks).astype(np.float32)
         if not np.isfinite(rows).all():
             raise NonFiniteError("the model gives non-finite embeddings for these items; nothing was added")
@@ -247,7 +248,7 @@ class ContentEmbedder:
             if self.trained.encoder_modules:  # the encoder baselines run them inside the tower
                 self._source = RawContentSource(None, self.trained.encoders, self.trained.encoder_modules)
             else:
-                layers = self.model.layers
+                layers = self.ranker.layers
                 self._source = LiveSource(None, {m: self.trained.encoders[m] for m in layers}, layers,
-                                          self.model.device)
+                                          self.ranker.device)
         return self._source

@@ -62,8 +62,8 @@ class Recommender:
     def __init__(self, trained: TrainedRun, run_dir: Path, rebuild: str | None = None,
                  hnsw: HnswSettings = HnswSettings()) -> None:
         self.trained = trained
-        self.model = trained.model
-        self.device = self.model.device
+        self.ranker = trained.scorer  # the model with its scorer, or the model alone: what ranks
+        self.device = self.ranker.device
         self.run_dir = run_dir
         self.max_seq_len = trained.config.user.max_seq_len
         self._embedder = ContentEmbedder(trained, len(trained.items))
@@ -152,7 +152,8 @@ class Recommender:
         self.store.rebuild(kind, hnsw)
 
     def _embed_trained(self) -> np.ndarray:
-        return item_embeddings(self.model, self.parts.source, self.trained_items).cpu().numpy()
+        # the assembled run's ranker: its word tables are made from the dataset's texts
+        return item_embeddings(self.parts.scorer, self.parts.source, self.trained_items).cpu().numpy()
 
     def recommend_many(self, queries: list[Query]) -> list[list[tuple[str, float]] | IisanError]:
         """Answer several queries with one user-encoder pass and one index search.
@@ -177,7 +178,7 @@ class Recommender:
             for row, (_, ids) in enumerate(rows):
                 recent = ids[-self.max_seq_len:]
                 inputs[row, -len(recent):] = recent
-            vectors = self.model.user_vectors(catalogue.table, inputs).cpu().numpy()
+            vectors = self.ranker.user_vectors(catalogue.table, inputs).cpu().numpy()
             finite = np.isfinite(vectors).all(axis=1)
             exclude = [set(ids) if queries[n].exclude_seen else set() for n, ids in rows]
             k = min(max(queries[n].k for n, _ in rows), catalogue.num_items)
@@ -238,7 +239,7 @@ class Recommender:
         def refuse(keys: list[str]) -> None:  # the catalogue's keys when called: another writer may add
             refuse_taken(keys, self.ids)
 
-        keys, texts, rows = embed_in_batches(items, self.model.layers, self._embedder.embed, refuse, batch_size)
+        keys, texts, rows = embed_in_batches(items, self.ranker.layers, self._embedder.embed, refuse, batch_size)
         self.store.append(keys, texts, rows, refuse)
         return keys
 
@@ -258,7 +259,7 @@ def sample_queries(recommender: Recommender, embeddings: np.ndarray) -> np.ndarr
     rows = np.sort(np.random.default_rng(0).permutation(len(inputs))[:QUERY_SAMPLE])
     with torch.no_grad():
         table = torch.from_numpy(embeddings).to(recommender.device)
-        return recommender.model.user_vectors(table, inputs[rows]).cpu().numpy()
+        return recommender.ranker.user_vectors(table, inputs[rows]).cpu().numpy()
 
 
 def index_recall(recommender: Recommender, queries: int = 1000, k: int = 10, seed: int = 0) -> dict[str, Any]:
@@ -266,7 +267,7 @@ def index_recall(recommender: Recommender, queries: int = 1000, k: int = 10, see
     inputs = recommender.parts.splits.test.inputs
     rows = np.random.default_rng(seed).choice(len(inputs), size=min(queries, len(inputs)), replace=False)
     with recommender.store.lock:
-        vectors = recommender.model.user_vectors(recommender.store.current.table, inputs[rows]).cpu().numpy()
+        vectors = recommender.ranker.user_vectors(recommender.store.current.table, inputs[rows]).cpu().numpy()
         found, _ = recommender.index.search(vectors, k)
         # Exact answers from the flat index, in chunks: a [queries, N] score matrix
         # would take gigabytes at the million-item sizes HNSW is meant for.

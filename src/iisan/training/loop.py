@@ -35,7 +35,8 @@ from iisan.run.files import (
     write_run_config,
 )
 from iisan.run.lock import run_lock
-from iisan.training.calibrate import calibrate_blend
+from iisan.scoring.calibrate import fit_scorer
+from iisan.scoring.scorer import save_scorer
 from iisan.training.loss import candidate_softmax_loss, in_batch_softmax_loss, log_popularity, sampling_probabilities
 from iisan.training.schedule import lr_factor, remember_base_rates, set_rates
 
@@ -111,13 +112,15 @@ def _train_locked(dataset_dir: Path, run_dir: Path, config: TrainConfig, cache_d
     state = _start_or_resume(run_dir, parts, optimizer, resume, dataset_dir, cache_dir, workers)
     writer = _tensorboard(run_dir) if tensorboard and workers.is_main else None
 
+    # What ranks: the model while it trains, the model with its scorer once one is fitted (_finish).
     def evaluate(items: torch.Tensor, *splits: str) -> dict[str, dict[str, float]]:
-        return {split: evaluate_split(model, items, getattr(parts.splits, split), batch_size=config.eval_user_chunk,
-                                      include_history=config.include_history, workers=workers)
+        return {split: evaluate_split(parts.scorer, items, getattr(parts.splits, split),
+                                      batch_size=config.eval_user_chunk, include_history=config.include_history,
+                                      workers=workers)
                 for split in splits}
 
     def embed_catalogue() -> torch.Tensor:  # once for all splits
-        return item_embeddings(model, parts.source, parts.dataset.num_items, workers)
+        return item_embeddings(parts.scorer, parts.source, parts.dataset.num_items, workers)
 
     best_weights = None  # kept in memory: ranks need not read back what rank 0 wrote
     epoch_seconds = []
@@ -194,29 +197,32 @@ def _start_or_resume(run_dir: Path, parts: Assembled, optimizer, resume: bool, d
     if workers.is_main:
         write_run_config(run_dir, parts.config.to_json(), dataset_dir, parts.dataset.fingerprint, cache_dir,
                          {m: parts.cache.entry(m) for m in parts.model.layers} if parts.cache else {},
-                         parts.model.item.layers,  # the tower's, not the blend's
+                         parts.model.layers,  # the tower's, not the scorer's
                          parts.dataset.num_items, workers.world_size)
         trim_metrics(run_dir, 0)  # resumed before any epoch was complete: start the log over
     return {"epoch": 0, "best": -1.0, "best_epoch": 0, "bad_epochs": 0}
 
 
 def _finish(run_dir: Path, parts: Assembled, workers: Workers, embed_catalogue, evaluate) -> tuple[dict | None, dict]:
-    """With the best weights loaded: fit what is fitted after training (the floor's whitening,
-    the blend on validation) and save the weights with it, evaluate valid and test, and write
-    ``metrics.json`` and the catalogue with its index."""
+    """With the best weights loaded: fit what is fitted after training (knn's whitening and
+    words; the scorer on validation, saved in its own files), evaluate valid and test with
+    what ranks, and write ``metrics.json`` and the catalogue with its index."""
     model, config = parts.model, parts.config
-    # frozen content that is whitened (knn's; the blend's is calibration's) or reads words: fitted
-    # on the catalogue
+    # knn's frozen content that is whitened or reads words: fitted on the catalogue
     texts = parts.dataset.items["text"].to_list()
     fitted = fit_frozen_content(model, parts.source, parts.dataset.num_items, texts)
-    calibration = None
-    if model.blend is not None:  # weighed on validation
-        calibration = calibrate_blend(model, parts.source, parts.dataset.num_items, parts.splits.valid,
-                                      config.include_history, workers, seed=config.seed,
-                                      select=config.content.blend_select, whiten=config.content.blend_whiten)
     # the best weights with what was fitted since; a method that trains nothing has no file yet
-    if workers.is_main and (fitted or calibration or not (run_dir / WEIGHTS_FILE).is_file()):
+    if workers.is_main and (fitted or not (run_dir / WEIGHTS_FILE).is_file()):
         save_weights(run_dir / WEIGHTS_FILE, model)
+    scorer = None
+    if config.content.blend:  # weighed on validation
+        scorer = fit_scorer(model, parts.source, parts.shapes, texts, parts.splits, config.score,
+                            config.include_history, workers, seed=config.seed)
+    calibration = scorer.calibration if scorer is not None else None
+    if scorer is not None:
+        parts.scorer = scorer
+        if workers.is_main:
+            save_scorer(run_dir, scorer, parts.shapes, parts.dataset.num_items)
     items = embed_catalogue()
     results = evaluate(items, "valid", "test")
     if workers.is_main:

@@ -103,9 +103,8 @@ class FrozenContentItems(nn.Module):
 
 def fit_frozen_content(model: nn.Module, source, num_items: int, texts) -> int:
     """Fit what :class:`FrozenContentItems` in ``model`` were built to fit, on the catalogue:
-    the whitening (``knn --knn-whiten``; the blend's floor is calibration's to decide) and the
-    term vectors (``knn --knn-terms``, ``--blend-terms``; on ``texts``, the item texts by id
-    1..N). How many modules were fitted."""
+    the whitening (``knn --knn-whiten``) and the term vectors (``knn --knn-terms``; on
+    ``texts``, the item texts by id 1..N). How many modules were fitted."""
     fitted = 0
     for module in model.modules():
         if isinstance(module, FrozenContentItems) and (module.whiten or module.terms is not None):

@@ -34,9 +34,9 @@ vectors, a per-user constant that scales the query. Items are
 ``[u / sd_u, alpha * f / sd_f, beta_cold, beta_tail, gamma]`` with the user's group's
 weights and ``f = [h / sd_h, g / sd_g]``.
 
-The weights are fitted after training by :func:`iisan.training.calibrate.calibrate_blend`
-on the validation split, never on test; before that the blend is inactive and the model
-scores with ``u . e_i`` alone.
+The weights are fitted after training by :func:`iisan.scoring.calibrate.calibrate_blend`
+on the validation split, never on test; :class:`~iisan.scoring.scorer.BlendScorer` composes
+a fitted blend with the trained model.
 """
 
 from __future__ import annotations
@@ -81,7 +81,6 @@ class ScoreBlend(nn.Module):
         self.history = RecencyMean(self.content.dim)
         self.dim = dim
         self.register_buffer("counts", torch.as_tensor(counts, dtype=torch.long).clone())
-        self.register_buffer("active", torch.tensor(False))
         self.register_buffer("alpha", torch.zeros(groups))
         self.register_buffer("priors", torch.zeros(groups, len(PRIORS)))
         self.register_buffer("group_bounds", torch.zeros(groups - 1))  # of the rare share; see fit_groups

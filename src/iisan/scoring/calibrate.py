@@ -1,10 +1,10 @@
-"""Fitting the score blend (:mod:`iisan.models.blend`) of a trained model on validation.
+"""Fitting the score blend (:mod:`iisan.scoring.blend`) of a trained model on validation.
 
 Coordinate ascent over small grids: the content floor's weight, then the cold prior, the
 tail prior and the log-popularity prior, each keeping the best validation score so far,
 until a round changes nothing. Starting from the trained score alone (all zero), the blend
 is only kept where it scores better on validation; test is never read. With groups of
-users (:class:`~iisan.models.blend.ScoreBlend`), the ascent first moves every group's
+users (:class:`~iisan.scoring.blend.ScoreBlend`), the ascent first moves every group's
 weights together, then each group's on its own from there.
 
 The floor may read its content whitened (``whiten``): each encoder's catalogue mean
@@ -33,15 +33,17 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from iisan.data.split import EvalSplit
+from iisan.data.split import EvalSplit, Splits
 from iisan.distributed import LOCAL, Workers
 from iisan.errors import ConfigError
 from iisan.evaluation.metrics import MISS, metrics_from_ranks
 from iisan.evaluation.slices import SLICE_NAMES, slice_of
 from iisan.evaluation.ranking import item_embeddings
 from iisan.features import FeatureSource
-from iisan.models.blend import PRIORS
 from iisan.models.recommender import SequentialRecommender
+from iisan.scoring.blend import PRIORS
+from iisan.config import ScoreConfig
+from iisan.scoring.scorer import BlendScorer, build_blend
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +67,31 @@ MIN_USERS = 256
 USER_CHUNK = 1024
 
 
+def fit_scorer(model: SequentialRecommender, source: FeatureSource, shapes: dict[str, tuple[int, int]],
+               texts: list[str | None], splits: Splits, options: ScoreConfig, include_history: bool = False,
+               workers: Workers = LOCAL, seed: int = 0) -> BlendScorer | None:
+    """A blend for ``model`` fitted on its catalogue and validation split: the word vectors on
+    the catalogue's ``texts`` (item ids 1..N in order), the items' training counts from
+    ``splits``, then the weights (:func:`calibrate_blend`); ``None`` for a model that reads no
+    content. ``source`` must hold the last layer of each modality the tower reads
+    (:func:`~iisan.scoring.scorer.scoring_layers`)."""
+    blend = build_blend(model, shapes, len(texts), options)
+    if blend is None:
+        return None
+    blend.counts.copy_(torch.from_numpy(splits.popularity))  # the cold / tail priors: the training data's slices
+    if blend.terms is not None:
+        blend.terms.fit(texts)
+    scorer = BlendScorer(model, blend, options)
+    scorer.calibration = calibrate_blend(scorer, source, len(texts), splits.valid, include_history, workers,
+                                         seed=seed, select=options.blend_select, whiten=options.blend_whiten)
+    return scorer
+
+
 @torch.no_grad()
-def calibrate_blend(model: SequentialRecommender, source: FeatureSource, num_items: int, valid: EvalSplit,
+def calibrate_blend(scorer: BlendScorer, source: FeatureSource, num_items: int, valid: EvalSplit,
                     include_history: bool = False, workers: Workers = LOCAL, seed: int = 0,
                     select: str = "overall", whiten: str = "auto") -> dict[str, Any]:
-    """Fit ``model.blend``'s weights on ``valid`` by the ``select`` criterion (see the module)
-    and leave it active. ``whiten``: the floor reads its content as it is (``off``), whitened
+    """Fit ``scorer.blend``'s weights on ``valid`` by the ``select`` criterion (see the module). ``whiten``: the floor reads its content as it is (``off``), whitened
     on the catalogue (``on``,
     :meth:`~iisan.models.baselines.knn.FrozenContentItems.fit_whitening`), or the blend is
     fitted both ways and the one with the better criterion kept (``auto``; a tie keeps the
@@ -92,13 +113,13 @@ def calibrate_blend(model: SequentialRecommender, source: FeatureSource, num_ite
         raise ConfigError(f"select must be one of {', '.join(SELECTIONS)}, got {select!r}")
     if whiten not in WHITENINGS:
         raise ConfigError(f"whiten must be one of {', '.join(WHITENINGS)}, got {whiten!r}")
-    content = model.blend.content
+    content = scorer.blend.content
     if content.terms is not None and not content.terms.fitted:  # else the floor would read zero words
         raise ValueError("the blend reads the texts' words but its term vectors are not fitted: call "
-                         "iisan.models.baselines.knn.fit_frozen_content(model, source, num_items, texts) first")
+                         "scorer.blend.terms.fit(texts) first")
 
     def fit() -> dict[str, Any]:
-        return _calibrate(model, source, num_items, valid, include_history, workers, seed, select)
+        return _calibrate(scorer, source, num_items, valid, include_history, workers, seed, select)
 
     content.reset_whitening()
     if whiten == "off":
@@ -107,23 +128,22 @@ def calibrate_blend(model: SequentialRecommender, source: FeatureSource, num_ite
     whitened = {**fit(), "whitened": True}
     if whiten == "on":
         return whitened
-    kept = {name: value.clone() for name, value in model.blend.state_dict().items()}
+    kept = {name: value.clone() for name, value in scorer.blend.state_dict().items()}
     content.reset_whitening()
     unwhitened = {**fit(), "whitened": False}
     chosen = whitened if whitened["valid_after"] > unwhitened["valid_after"] else unwhitened
     if chosen is whitened:
-        model.blend.load_state_dict(kept)
+        scorer.blend.load_state_dict(kept)
     log.info("blend: whitened content %s (valid %.4f whitened, %.4f as it is)", "kept" if chosen is whitened
              else "not kept", whitened["valid_after"], unwhitened["valid_after"])
     return {**chosen, "valid_whitened": whitened["valid_after"], "valid_unwhitened": unwhitened["valid_after"]}
 
 
-def _calibrate(model: SequentialRecommender, source: FeatureSource, num_items: int, valid: EvalSplit,
+def _calibrate(scorer: BlendScorer, source: FeatureSource, num_items: int, valid: EvalSplit,
                include_history: bool, workers: Workers, seed: int, select: str) -> dict[str, Any]:
     """The blend's weights fitted on ``valid`` with the floor's content as it stands."""
-    blend = model.blend
-    blend.active.fill_(True)
-    items = item_embeddings(model, source, num_items, workers)
+    blend = scorer.blend
+    items = item_embeddings(scorer, source, num_items, workers)
     blend.fit_spread(items)
     users = _calibration_users(len(valid.targets), items.shape[0], seed)
     blend.alpha.fill_(1.0)  # the queries then carry h / sd_h as it is
@@ -135,7 +155,7 @@ def _calibrate(model: SequentialRecommender, source: FeatureSource, num_items: i
     judged = ([torch.from_numpy(slices == name) for name in SLICE_NAMES if (slices == name).any()]
               if select == "balanced" and slices is not None else [torch.ones(len(users), dtype=torch.bool)])
     members = [np.flatnonzero(groups == g) for g in range(blend.groups)]
-    score = _Criterion(*_score_rows(model, items, valid, users, include_history),
+    score = _Criterion(*_score_rows(scorer, items, valid, users, include_history),
                        items[:, blend.dim + blend.content.dim:], members, judged)
     none = ((0.0,) * (1 + len(PRIORS)),) * blend.groups
     together, best = fit_weights(score, blend.groups, used)
@@ -317,17 +337,17 @@ def _calibration_users(count: int, catalogue: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(count, size=most, replace=False))
 
 
-def _score_rows(model: SequentialRecommender, items: torch.Tensor, split: EvalSplit, users: np.ndarray,
+def _score_rows(scorer: BlendScorer, items: torch.Tensor, split: EvalSplit, users: np.ndarray,
                 include_history: bool) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
     """Per chunk of ``users``: the standardised trained and floor scores ``[chunk, N + 1]``
     (padding and, unless ``include_history``, the history at minus infinity in the trained
     row, so in every sum), and the targets."""
-    blend = model.blend
+    blend = scorer.blend
     trained_items, content_items = blend.split(items)
     trained_rows, floor_rows, targets = [], [], []
     for start in range(0, len(users), USER_CHUNK):
         chunk = users[start : start + USER_CHUNK]
-        query = model.user_vectors(items, split.inputs[chunk])  # [u / sd_u, h / sd_h, 0...] (alpha 1)
+        query = scorer.user_vectors(items, split.inputs[chunk])  # [u / sd_u, h / sd_h, 0...] (alpha 1)
         trained = query[:, : blend.dim] @ trained_items.T
         floor = query[:, blend.dim : blend.dim + blend.content.dim] @ content_items.T
         trained[:, 0] = -torch.inf

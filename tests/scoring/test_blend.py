@@ -11,7 +11,7 @@ import torch
 
 from iisan.config import TrainConfig
 from iisan.errors import ConfigError
-from iisan.models.blend import ScoreBlend
+from iisan.scoring.blend import ScoreBlend
 from iisan.models.inputs import ItemFeatures
 from iisan.training.loop import train
 
@@ -100,7 +100,7 @@ def test_items_added_after_training_need_their_term_vectors():
 
 
 def test_calibration_reads_validation_only_and_never_does_worse(tiny_multimodal, tmp_path, monkeypatch):
-    import iisan.training.calibrate as calibrate
+    import iisan.scoring.calibrate as calibrate
 
     dataset, cache = tiny_multimodal
     seen = []
@@ -124,7 +124,7 @@ def test_calibration_reads_validation_only_and_never_does_worse(tiny_multimodal,
     assert recorded["blend"] == blend
 
     # The same run scored without its blend: what calibration started from.
-    from iisan.evaluation.evaluate import evaluate_run
+    from iisan.run_metrics import evaluate_run
 
     plain = evaluate_run(tmp_path / "run", split="valid", unblended=True)
     assert plain["metrics"]["ndcg@10"] == pytest.approx(blend["valid_before"], abs=1e-6)
@@ -135,16 +135,16 @@ def test_calibration_refuses_words_that_were_never_fitted(tiny_multimodal, tmp_p
     """A blend that reads the texts' words fitted before its term vectors would read zero
     words for every item and keep weights fitted on them: refused, naming the step missing."""
     from iisan.assemble import assemble_run
-    from iisan.training.calibrate import calibrate_blend
+    from iisan.scoring.calibrate import calibrate_blend
 
     dataset, cache = tiny_multimodal
     train(dataset, tmp_path / "run", TrainConfig(epochs=1, train_batch_size=32, seed=2), cache_dir=cache)
     parts = assemble_run(tmp_path / "run")
-    terms = parts.model.blend.terms
+    terms = parts.scorer.blend.terms
     assert terms is not None and terms.fitted  # the defaults read the words, fitted as training ends
     terms.documents.fill_(0)
-    with pytest.raises(ValueError, match="fit_frozen_content"):
-        calibrate_blend(parts.model, parts.source, parts.dataset.num_items, parts.splits.valid)
+    with pytest.raises(ValueError, match=r"terms.fit\(texts\)"):
+        calibrate_blend(parts.scorer, parts.source, parts.dataset.num_items, parts.splits.valid)
 
 
 def summary_split(dataset, name):
@@ -157,7 +157,7 @@ def summary_split(dataset, name):
 
 
 def test_calibration_subsamples_users_within_its_budget(monkeypatch):
-    import iisan.training.calibrate as calibrate
+    import iisan.scoring.calibrate as calibrate
 
     assert calibrate._calibration_users(100, 1000, 0).tolist() == list(range(100))
     monkeypatch.setattr(calibrate, "CALIBRATION_SCORES", 2 * 1000 * 300)
@@ -174,10 +174,11 @@ def test_no_blend_trains_the_plain_model(tiny_multimodal, tmp_path):
                     cache_dir=cache)
     assert "blend" not in summary
     assert "blend" not in json.loads((tmp_path / "run" / "metrics.json").read_text())
-    model = load_trained(tmp_path / "run").model
-    assert model.blend is None and model.catalogue_width == model.dim
+    run = load_trained(tmp_path / "run")
+    assert run.scorer is run.model and run.model.catalogue_width == run.model.dim
+    assert not (tmp_path / "run" / "scorer").exists()
     from iisan.errors import ConfigError
-    from iisan.evaluation.evaluate import evaluate_run
+    from iisan.run_metrics import evaluate_run
 
     with pytest.raises(ConfigError, match="no calibrated blend"):
         evaluate_run(tmp_path / "run", unblended=True)
@@ -190,11 +191,15 @@ def test_the_blend_applies_to_content_methods_only():
     del saved_before_blends["content"]["blend"]
     assert TrainConfig.from_json(saved_before_blends).content.blend is False  # runs saved before: as they trained
     saved = TrainConfig().to_json()
-    del saved["content"]["blend_whiten"]
-    assert TrainConfig.from_json(saved).content.blend_whiten == "off"  # saved before whitening
+    del saved["score"]["blend_whiten"]
+    assert TrainConfig.from_json(saved).score.blend_whiten == "off"  # saved before whitening
     for was, now in ((True, "on"), (False, "off")):  # saved while the option was on or off
-        saved["content"]["blend_whiten"] = was
-        assert TrainConfig.from_json(saved).content.blend_whiten == now
+        saved["score"]["blend_whiten"] = was
+        assert TrainConfig.from_json(saved).score.blend_whiten == now
+    # saved while the blend's options were content's: they move to the scorer's
+    earlier = TrainConfig().to_json()
+    earlier["content"].update(earlier.pop("score"), blend_groups=2, blend_terms=64)
+    assert TrainConfig.from_json(earlier).score == TrainConfig.for_method("iisan", blend_groups=2, blend_terms=64).score
 
 
 def test_balanced_selection_weighs_each_slice_alike(tiny_multimodal, tmp_path):
@@ -235,12 +240,12 @@ def test_calibration_fits_each_group_from_the_shared_weights(tiny_multimodal, tm
     """With enough validation users for three groups, calibration moves every group's weights
     together, then each group's on its own: never worse than one set of weights on
     validation; with too few (the tiny set's 150) it keeps one group."""
-    import iisan.models.blend
+    import iisan.scoring.blend
 
     dataset, cache = tiny_multimodal
     summary = train(dataset, tmp_path / "one", TrainConfig(epochs=1, train_batch_size=32, seed=2), cache_dir=cache)
     assert summary["blend"]["groups"]["used"] == 1 and len(summary["blend"]["groups"]["rare_share_bounds"]) == 0
-    monkeypatch.setattr(iisan.models.blend, "MIN_GROUP_USERS", 40)
+    monkeypatch.setattr(iisan.scoring.blend, "MIN_GROUP_USERS", 40)
     summary = train(dataset, tmp_path / "three", TrainConfig(epochs=1, train_batch_size=32, seed=2), cache_dir=cache)
     blend = summary["blend"]
     assert blend["groups"]["used"] == 3 and sum(blend["groups"]["users"]) == blend["users"]
@@ -290,7 +295,7 @@ def test_a_whitened_blend_is_fitted_after_training_and_saved(tiny_multimodal, tm
     dataset, cache = tiny_multimodal
     config = TrainConfig.for_method("iisan", epochs=1, train_batch_size=32, seed=2, blend_whiten="on")
     assert train(dataset, tmp_path / "run", config, cache_dir=cache)["blend"]["whitened"] is True
-    content = load_trained(tmp_path / "run").model.blend.content
+    content = load_trained(tmp_path / "run").scorer.blend.content
     for modality in content.layers:
         mean, matrix = getattr(content, f"mean_{modality}"), getattr(content, f"whiten_{modality}")
         assert mean.abs().sum() > 0 and not torch.equal(matrix, torch.eye(len(mean)))
@@ -302,7 +307,7 @@ def test_auto_whitening_keeps_whichever_validation_prefers(tiny_multimodal, tmp_
     from iisan.assemble import load_trained
 
     dataset, cache = tiny_multimodal
-    assert TrainConfig().content.blend_whiten == "auto"
+    assert TrainConfig().score.blend_whiten == "auto"
     both = {}
     for whiten in ("on", "off", "auto"):
         config = TrainConfig.for_method("iisan", epochs=1, train_batch_size=32, seed=2, blend_whiten=whiten)
@@ -313,7 +318,7 @@ def test_auto_whitening_keeps_whichever_validation_prefers(tiny_multimodal, tmp_
     kept = "on" if auto["valid_whitened"] > auto["valid_unwhitened"] else "off"
     assert auto["whitened"] is (kept == "on") and auto["alpha"] == both[kept]["blend"]["alpha"]
     assert both["auto"]["test"]["ndcg@10"] == both[kept]["test"]["ndcg@10"]
-    content = load_trained(tmp_path / "auto").model.blend.content
+    content = load_trained(tmp_path / "auto").scorer.blend.content
     assert bool(content.mean_text.abs().sum() > 0) is (kept == "on")
 
 
@@ -323,7 +328,7 @@ def test_the_criterion_scores_only_reachable_users_and_equals_scoring_everyone(m
     import itertools
 
     from iisan.evaluation.metrics import metrics_from_ranks, pessimistic_ranks
-    from iisan.training import calibrate
+    from iisan.scoring import calibrate
 
     rng = np.random.default_rng(3)
     users, items = 240, 120

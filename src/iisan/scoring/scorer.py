@@ -1,0 +1,232 @@
+"""A trained model composed with the score blend: what evaluation and serving rank with.
+
+:class:`BlendScorer` offers what ranking reads of a model (:meth:`catalogue_vectors`,
+:meth:`user_vectors`, :attr:`layers`, :attr:`catalogue_width`, :attr:`device`), so the
+evaluation and the index take either: the model alone (its own scores) or the model with
+its scorer. Its files in the run folder::
+
+    RUN/scorer/scorer.json               format version, the options it was fitted with, the
+                                         shapes it is rebuilt from, calibration's report, and
+                                         the generation holding its weights
+    RUN/scorer/gen-000003/blend.safetensors   the blend's weights (the floor's whitening and
+                                         document frequencies, the covariances, the weights
+                                         per group of users, the items' training counts)
+
+Written as one generation (a crash leaves the previous scorer or the new one). Runs saved
+before the scorer had its own files kept its weights inside ``model.safetensors``
+(``blend.*``) and its options in ``config.json``; they are read from there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from iisan.errors import DatasetError
+from iisan.fileio import commit_generation, current_generation, load_tensors, read_json_object
+from iisan.models.inputs import ItemFeatures
+from iisan.models.recommender import SequentialRecommender
+from iisan.run.files import SCORER_DIR, SCORER_IN_MODEL_WEIGHTS, WEIGHTS_FILE
+from iisan.run.files import SCORER_POINTER as POINTER
+from iisan.run.files import SCORER_WEIGHTS as WEIGHTS
+from iisan.scoring.blend import ScoreBlend
+from iisan.config import ScoreConfig
+
+SCORER_VERSION = 1
+FIX = "calibrate the run again with `iisan calibrate`"
+FIELDS = {"version": int, "kind": str, "options": dict, "shapes": dict, "dim": int, "num_items": int}
+
+
+def blend_modalities(model: SequentialRecommender, shapes: dict[str, tuple[int, int]]) -> list[str]:
+    """The modalities the blend's floor reads: those the model's item tower reads."""
+    return [m for m in ("text", "image") if m in shapes and m in model.layers]
+
+
+def build_blend(model: SequentialRecommender, shapes: dict[str, tuple[int, int]], num_items: int,
+                config: ScoreConfig) -> ScoreBlend | None:
+    """An unfitted blend over the modalities ``model``'s tower reads (``shapes``: modality ->
+    ``(L + 1, D)``), its floor adding the texts' term vectors (``config.blend_terms``
+    columns) when it reads text; ``None`` for a model that reads no content."""
+    modalities = blend_modalities(model, shapes)
+    if not modalities:
+        return None
+    return ScoreBlend({m: shapes[m] for m in modalities}, model.dim, torch.zeros(num_items + 1),
+                      groups=config.blend_groups, terms=config.blend_terms if "text" in modalities else 0)
+
+
+def scoring_layers(model: SequentialRecommender, shapes: dict[str, tuple[int, int]]) -> dict[str, tuple[int, ...]]:
+    """The layers a feature source must hold for ``model`` and its blend: the tower's, and
+    the last layer of each modality it reads (the floor's content)."""
+    layers = {m: set(v) for m, v in model.layers.items()}
+    for modality in blend_modalities(model, shapes):
+        layers[modality].add(shapes[modality][0] - 1)
+    return {m: tuple(sorted(v)) for m, v in layers.items()}
+
+
+class BlendScorer:
+    """``model``'s scores blended with the content floor's and the priors (:mod:`iisan.scoring.blend`).
+
+    Args:
+        model: the trained model.
+        blend: its fitted (or being fitted) blend.
+        options: what it was fitted with.
+        calibration: calibration's report (weights, validation criteria), for the run's files.
+    """
+
+    def __init__(self, model: SequentialRecommender, blend: ScoreBlend, options: ScoreConfig = ScoreConfig(),
+                 calibration: dict[str, Any] | None = None) -> None:
+        self.model = model
+        self.blend = blend.to(model.device)
+        self.options = options
+        self.calibration = calibration or {}
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dim(self) -> int:
+        return self.model.dim
+
+    @property
+    def layers(self) -> dict[str, tuple[int, ...]]:
+        """modality -> the layers the tower and the floor read together."""
+        wanted = {**self.blend.layers, **self.model.layers}
+        return {m: tuple(sorted(set(self.model.layers.get(m, ())) | set(self.blend.layers.get(m, ()))))
+                for m in wanted}
+
+    @property
+    def catalogue_width(self) -> int:
+        return self.blend.width
+
+    def eval(self) -> BlendScorer:
+        self.model.eval()
+        self.blend.eval()
+        return self
+
+    def to(self, device: torch.device | str) -> BlendScorer:
+        self.model.to(device)
+        self.blend.to(device)
+        return self
+
+    @torch.no_grad()
+    def catalogue_vectors(self, features: ItemFeatures) -> torch.Tensor:
+        """The blend's item vectors: the trained embedding, the floor's content, the priors."""
+        return self.blend.item_vectors(self.model.embed_items(features), features)
+
+    @torch.no_grad()
+    def user_vectors(self, items: torch.Tensor, inputs) -> torch.Tensor:
+        """One query per user ``[U, width]`` for left-padded item ids ``inputs [U, L]``, reading
+        the catalogue ``items [N + 1, width]`` of :meth:`catalogue_vectors`: the trained user
+        vector and the floor's, each standardised, weighted by the user's group's weights."""
+        self.model.eval()
+        ids = torch.as_tensor(inputs).to(items.device)
+        trained, _ = self.blend.split(items)
+        user = self.model.user(trained[ids], ids != 0)[:, -1]
+        content = self.blend.content_query(items[ids], ids != 0)
+        return self.blend.query(user, content, self.blend.user_groups(ids))
+
+    def fill_terms(self, texts: Sequence[str | None]) -> None:
+        """Make the floor's table of the catalogue's word vectors from its texts (item ids
+        1..N in order): what embedding the catalogue reads; the saved weights hold only the
+        document frequencies."""
+        terms = self.blend.terms
+        if terms is not None and terms.table is None:
+            terms.fill(texts)
+
+
+def save_scorer(run_dir: Path, scorer: BlendScorer, shapes: dict[str, tuple[int, int]], num_items: int) -> None:
+    """Commit the scorer's files in ``run_dir`` as a new generation (see the module)."""
+    from safetensors.torch import save_file
+
+    tensors = {name: t.detach().cpu().contiguous().clone() for name, t in scorer.blend.state_dict().items()}
+
+    def write(folder: Path, _current: str | None) -> None:
+        save_file(tensors, str(folder / WEIGHTS))
+
+    commit_generation(run_dir / SCORER_DIR, POINTER, write, {
+        "version": SCORER_VERSION, "kind": "blend", "options": dataclasses.asdict(scorer.options),
+        "shapes": {m: list(s) for m, s in shapes.items() if m in scorer.blend.layers},
+        "dim": scorer.dim, "num_items": num_items, "calibration": scorer.calibration})
+
+
+def has_scorer(run_dir: Path, saved: dict[str, Any]) -> bool:
+    """Whether the run has a fitted scorer: its own files, or a blend inside the weights of a
+    run saved before them."""
+    return current_generation(run_dir / SCORER_DIR, POINTER) is not None or _legacy_blend(saved)
+
+
+def load_scorer(run_dir: Path, saved: dict[str, Any], model: SequentialRecommender) -> BlendScorer | None:
+    """The run's fitted scorer around ``model`` (its weights loaded), or ``None`` when the run
+    has none (trained with ``--no-blend``, a method without a blend).
+
+    Raises:
+        DatasetError: its files are damaged or do not fit the model (one line, with the fix).
+    """
+    folder = run_dir / SCORER_DIR
+    generation = current_generation(folder, POINTER)
+    if generation is not None:
+        record = read_json_object(folder / POINTER, FIELDS, FIX)
+        if record["version"] != SCORER_VERSION or record["kind"] != "blend":
+            raise DatasetError(f"{folder / POINTER}: a {record['kind']} scorer of format {record['version']}, this "
+                               f"iisan reads blend scorers of format {SCORER_VERSION}; {FIX}")
+        options = ScoreConfig.from_json(record["options"])
+        shapes = _shapes(record["shapes"], folder / POINTER)
+        tensors = load_tensors(folder / generation / WEIGHTS, FIX)
+        calibration = record.get("calibration") or {}
+        where = folder / generation / WEIGHTS
+    elif _legacy_blend(saved):
+        from iisan.config import TrainConfig
+
+        options = TrainConfig.from_json(saved["train"]).score
+        shapes = {m: (int(e["num_layers"]) + 1, int(e["hidden_size"])) for m, e in saved.get("encoders", {}).items()}
+        weights = load_tensors(run_dir / WEIGHTS_FILE, "retrain the run or restore the file")
+        tensors = {name.removeprefix(SCORER_IN_MODEL_WEIGHTS): t for name, t in weights.items()
+                   if name.startswith(SCORER_IN_MODEL_WEIGHTS)}
+        calibration = {}
+        where = run_dir / WEIGHTS_FILE
+        if not bool(tensors.pop("active", torch.tensor(True))):
+            return None  # never calibrated (stopped before training ended)
+    else:
+        return None
+    blend = build_blend(model, shapes, int(saved["num_items"]), options)
+    if blend is None:
+        raise DatasetError(f"{where}: a blend for a model that reads no content; {FIX}")
+    _load_blend(blend, tensors, where)
+    return BlendScorer(model, blend, options, calibration)
+
+
+def _legacy_blend(saved: dict[str, Any]) -> bool:
+    """Whether a run without scorer files was trained with a blend (kept in its model's weights)."""
+    from iisan.config import TrainConfig
+
+    return TrainConfig.from_json(saved["train"]).content.blend
+
+
+def _shapes(raw: Any, where: Path) -> dict[str, tuple[int, int]]:
+    if not isinstance(raw, dict) or not all(isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) for x in v)
+                                            for v in raw.values()):
+        raise DatasetError(f"{where}: shapes must map each modality to [layers, width]; {FIX}")
+    return {m: (v[0], v[1]) for m, v in raw.items()}
+
+
+def _load_blend(blend: ScoreBlend, tensors: dict[str, torch.Tensor], where: Path) -> None:
+    """The blend's weights, upgraded from earlier layouts and checked like a model's."""
+    for name, part in blend.named_modules():
+        upgrade = getattr(part, "upgrade_saved", None)
+        if upgrade is not None:
+            upgrade(f"{name}." if name else "", tensors)
+    expected = blend.state_dict()
+    differ = sorted((expected.keys() ^ tensors.keys())
+                    | {n for n in expected.keys() & tensors.keys() if expected[n].shape != tensors[n].shape})
+    if differ:
+        raise DatasetError(f"{where}: the blend's weights do not match its options ({differ[0]}"
+                           f"{f' and {len(differ) - 1} more' if len(differ) > 1 else ''}); {FIX}")
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise DatasetError(f"{where}: {name} holds non-finite values; {FIX}")
+    blend.load_state_dict(tensors)
