@@ -2,23 +2,29 @@
 
 1. A synthetic 100,000-item catalogue (every item in some user's history; random
    sequences, since only the query path matters here) and a run trained for one epoch on
-   it, its exact index built by the first load. With ``--method iisan`` (the default) the
-   run is what `iisan train` gives by default: IISAN over a random text encoder of
-   minilm's shape (6 layers x 384; features do not matter here, widths do), its score
-   blend fitted, so an item vector is 963 floats (the trained 64, the floor's 384 and 512
-   of words, 3 priors); with ``--method id``, ID-SASRec, 64 floats. The query path (user
-   encoder, then index search) is the same code for both; the width is what differs.
+   it, its index built by the first load. With ``--method iisan`` the run is what `iisan
+   train` gives by default: IISAN over a random text encoder of minilm's shape (6 layers x
+   384; features do not matter here, widths do), its scorer fitted: a full item vector is
+   963 floats (the trained 64, the floor's 384 and 512 of words, 3 priors), and the index
+   searches them mapped to 64 floats, whose best ``--candidates`` are scored again with the
+   full vectors (iisan.scoring.compact; on random data validation cannot choose that number,
+   so it is given: by default what calibration chose on Scientific); with ``--method id``,
+   ID-SASRec, 64 floats, one stage. ``--method both`` (the default) measures the two side by
+   side, alternating ``--rounds`` times.
 2. `iisan serve` in a subprocess on 127.0.0.1; 16 concurrent clients (asyncio, one process,
    a minimal keep-alive HTTP/1.1 client) post `/recommend` (k = 10, test users' histories) back to back for 30 s.
-   Reports throughput, p50 / p99 latency seen by the clients, and errors.
+   Reports throughput, p50 / p99 latency seen by the clients, the server's CPU per request,
+   and errors.
 3. In-process `Recommender.recommend` with the catalogue grown to 1,000,000 items by
    appending random embeddings of the trained rows' scale (so no 1M-item training is
-   needed): flat and HNSW indexes, median and p99 per query, HNSW recall@10 vs exact.
+   needed): flat and HNSW indexes, median and p99 per query, HNSW recall@10 vs exact, and
+   the process's resident memory with each index.
 
-    python bench/serve.py [--method iisan|id] [--work bench/out/serve] [--clients 16] [--seconds 30]
-                          [--big-items 1000000]
+    python bench/serve.py [--method both|iisan|id] [--work bench/out/serve] [--clients 16] [--seconds 30]
+                          [--rounds 2] [--big-items 1000000] [--candidates 800]
 
-Loopback only, bounded in count and time.
+Loopback only, bounded in count and time. Also reports what the index holds per item (the
+first stage's floats), the full vectors kept for the second stage, and the run folder's size.
 """
 
 from __future__ import annotations
@@ -35,6 +41,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+
+# What calibration chose on Scientific for a first stage of 64 floats (docs/results/scale.md):
+# random synthetic data gives validation nothing to choose it by.
+CANDIDATES = 800
 
 
 def write_catalogue(folder: Path, items: int, seed: int = 0) -> None:
@@ -152,6 +163,7 @@ def serve_under_load(run: Path, histories: list[list[str]], clients: int, second
 def in_process_big(run: Path, histories: list[list[str]], big_items: int, queries: int) -> list[dict]:
     import torch
 
+    from iisan.item_rows import ItemRows
     from iisan.run.index_store import StoredIndex
     from iisan.search import HnswSettings, ItemIndex, column_scale
     from iisan.serving.catalogue import Catalogue
@@ -159,6 +171,7 @@ def in_process_big(run: Path, histories: list[list[str]], big_items: int, querie
 
     torch.set_num_threads(1)  # one query at a time, as one server worker handles it
     rec = Recommender.load(run)
+    stage = rec.ranker.first_stage  # a blended run's narrow first stage, or None: one exact stage
     trained = rec.embeddings.numpy()
     rng = np.random.default_rng(1)
     extra = (rng.standard_normal((big_items - rec.num_items, trained.shape[1])) * trained[1:].std(0)
@@ -169,13 +182,16 @@ def in_process_big(run: Path, histories: list[list[str]], big_items: int, querie
     keys = rec.keys + [f"x{i}" for i in range(len(extra))]
     titles = [rec.item(key)["title"] if key else None for key in rec.keys] + [None] * len(extra)
     generation = rec.store.current.stored.generation
-    scale = column_scale(sample_queries(rec, trained))  # as `iisan index build` shapes a graph
+    sample = sample_queries(rec, trained)  # as `iisan index build` shapes a graph: over what it searches
+    scale = column_scale(sample @ stage.query_map if stage is not None else sample)
 
     def use_index(kind: str) -> None:
-        index = ItemIndex(embeddings, kind, HnswSettings(m=32, ef_construction=100), scale=scale)
-        stored = StoredIndex(index, embeddings, rec.added, generation)
+        settings = HnswSettings(m=32, ef_construction=100)
+        index = (stage.index(embeddings, kind, settings, scale=scale) if stage is not None
+                 else ItemIndex(embeddings, kind, settings, scale=scale))
+        stored = StoredIndex(index, ItemRows(embeddings), rec.added, generation)
         rec.store.current = Catalogue(stored, keys, titles, {key: i for i, key in enumerate(keys) if i},
-                                   torch.from_numpy(embeddings))
+                                      ItemRows(embeddings))
 
     results = []
     exact_top: list[set[str]] = []
@@ -197,7 +213,7 @@ def in_process_big(run: Path, histories: list[list[str]], big_items: int, querie
                 tops.append({key for key, _ in answer})
             row = {"index": kind, "ef_search": ef, "items": rec.num_items, "build_s": round(build, 1),
                    "queries": len(times), "median_ms": round(statistics.median(times), 3),
-                   "p99_ms": round(percentile(times, 99), 3)}
+                   "p99_ms": round(percentile(times, 99), 3), "rss_gib": round(rss_bytes() / 2**30, 2)}
             row["distinct_answers"] = len({frozenset(t) for t in tops})  # few: the queries look alike
             if kind == "flat":
                 exact_top = tops
@@ -212,10 +228,37 @@ def in_process_big(run: Path, histories: list[list[str]], big_items: int, querie
             results.append(row)
         if kind == "flat":
             exact_index = rec.index
+            if stage is not None:  # the two stages against scoring every item with the full vectors
+                everything = ItemIndex(embeddings, "flat")
+                probe = sample_queries(rec, trained)[:200]
+                served = rec.index.search(probe, 10)[0]
+                full = everything.search(probe, 10)[0]
+                results[-1]["recall@10_vs_full_scoring"] = round(float(np.mean(
+                    [len(set(a) & set(b)) / 10 for a, b in zip(served.tolist(), full.tolist())])), 4)
+                del everything
     return results
 
 
-def train_run(work: Path, items: int, method: str) -> None:
+def rss_bytes() -> int:
+    """This process's resident memory now (Linux /proc)."""
+    fields = Path("/proc/self/statm").read_text().split()
+    return int(fields[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def footprint(run: Path, items: int) -> dict:
+    """Bytes per item: what the index searches, the full vectors it keeps, the run folder."""
+    from iisan.serving.recommender import Recommender
+
+    rec = Recommender.load(run)
+    stage = rec.ranker.first_stage
+    full = rec.embeddings.shape[1] * 4
+    folder = sum(f.stat().st_size for f in run.rglob("*") if f.is_file())
+    return {"searched_bytes_per_item": stage.width * 4 if stage is not None else full,
+            "full_vector_bytes_per_item": full, "candidates": stage.candidates if stage is not None else None,
+            "run_folder_bytes_per_item": round(folder / items)}
+
+
+def train_run(work: Path, items: int, method: str, candidates: int, serve_width: int = 64) -> None:
     """The synthetic catalogue (once for both methods) and a one-epoch run of ``method`` on it."""
     from iisan.cache.encode import encode
     from iisan.config import EncodeConfig, PrepareConfig, SideNetworkConfig, TrainConfig
@@ -235,18 +278,25 @@ def train_run(work: Path, items: int, method: str) -> None:
         build_tiny_encoder(encoder, "text", hidden=384, layers=6, heads=6)
     encode(dataset, cache, EncodeConfig(text_encoder=str(encoder), image_encoder=None, max_text_tokens=32,
                                         encode_batch_size=512))
-    config = TrainConfig(epochs=1, eval_user_chunk=256, side=SideNetworkConfig(modality="text"))
+    config = TrainConfig.for_method("iisan", epochs=1, eval_user_chunk=256, candidates=candidates,
+                                    serve_width=serve_width, side=SideNetworkConfig(modality="text"))
     train(dataset, work / "run-iisan", config, cache_dir=cache, force=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--method", choices=("iisan", "id"), default="iisan",
-                        help="the run served: iisan's defaults (blended, 963 floats an item) or id (64)")
+    parser.add_argument("--method", choices=("both", "iisan", "id"), default="both",
+                        help="the runs served: iisan's defaults (blended: 963 floats an item, a first stage of "
+                             "64), id (64 floats, one stage), or both side by side")
     parser.add_argument("--work", type=Path, default=Path("bench/out/serve"))
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--rounds", type=int, default=2, help="HTTP loads per method, alternating")
+    parser.add_argument("--candidates", type=int, default=CANDIDATES,
+                        help="items the iisan run's first stage hands to exact scoring")
+    parser.add_argument("--serve-width", type=int, default=64,
+                        help="floats an item in the iisan run's first stage (0: the full vectors, one stage)")
     parser.add_argument("--big-items", type=int, default=1_000_000, help="0 skips the in-process part")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--no-access-log", dest="access_log", action="store_false",
@@ -254,25 +304,38 @@ def main() -> None:
     args = parser.parse_args()
 
     from iisan.data.dataset import PreparedDataset
-
-    dataset, run = args.work / "catalogue", args.work / f"run-{args.method}"
-    if not (run / "model.safetensors").is_file():
-        train_run(args.work, args.items, args.method)
-    keys = ["", *PreparedDataset.load(dataset).items["key"].to_list()]
-
     from iisan.data.split import split_sequences
 
+    methods = ("id", "iisan") if args.method == "both" else (args.method,)
+    dataset = args.work / "catalogue"
+    for method in methods:
+        if not (args.work / f"run-{method}" / "model.safetensors").is_file():
+            train_run(args.work, args.items, method, args.candidates, args.serve_width)
+    keys = ["", *PreparedDataset.load(dataset).items["key"].to_list()]
     flat, offsets = PreparedDataset.load(dataset).sequence_arrays()
     inputs = split_sequences(flat, offsets, 10, len(keys) - 1).test.inputs
     histories = [[keys[i] for i in row if i] for row in inputs[np.random.default_rng(0).permutation(len(inputs))]]
 
-    report = {"method": args.method, "catalogue_items": len(keys) - 1,
-              "http": serve_under_load(run, histories, args.clients, args.seconds, args.access_log)}
-    print(json.dumps(report, indent=2), flush=True)
-    if not args.big_items:
-        return
-    report["in_process"] = in_process_big(run, histories, args.big_items, args.queries)
-    print(json.dumps(report["in_process"], indent=2))
+    report: dict = {"catalogue_items": len(keys) - 1, "methods": {}}
+    for method in methods:
+        report["methods"][method] = {**footprint(args.work / f"run-{method}", len(keys) - 1), "http": []}
+    for _ in range(args.rounds):  # alternating, so a busy spell of the machine hits both
+        for method in methods:
+            load_result = serve_under_load(args.work / f"run-{method}", histories, args.clients, args.seconds,
+                                           args.access_log)
+            load_result["server_cpu_ms_per_request"] = round(1000 * load_result["server_cpu_s"]
+                                                             / max(load_result["requests"], 1), 2)
+            report["methods"][method]["http"].append(load_result)
+            print(method, json.dumps(load_result), flush=True)
+    if len(methods) == 2:
+        rps = {m: statistics.median(r["throughput_rps"] for r in report["methods"][m]["http"]) for m in methods}
+        report["iisan_vs_id_throughput"] = round(rps["iisan"] / rps["id"], 3)
+    if args.big_items:
+        for method in methods:
+            report["methods"][method]["in_process"] = in_process_big(args.work / f"run-{method}", histories,
+                                                                     args.big_items, args.queries)
+            print(method, json.dumps(report["methods"][method]["in_process"]), flush=True)
+    print(json.dumps(report, indent=2))
     (args.work / "serve.json").write_text(json.dumps(report, indent=2))
 
 

@@ -85,15 +85,15 @@ def tiny_multimodal(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pat
 @pytest.fixture(scope="session")
 def tiny_run(tiny_multimodal, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished two-epoch IISAN run on ``tiny_multimodal`` (one set of blend weights for
-    every user and no words in the floor: the layout runs saved before groups of users and
-    before term vectors can be converted to)."""
+    every user, no words in the floor, the full vectors served: the layout runs saved before
+    groups of users, term vectors and the compact first stage can be converted to)."""
     from iisan.config import TrainConfig
     from iisan.training.loop import train
 
     dataset, cache = tiny_multimodal
     run = tmp_path_factory.mktemp("tiny-run") / "run"
     config = TrainConfig.for_method("iisan", epochs=2, train_batch_size=32, seed=1, eval_user_chunk=64,
-                                    blend_groups=1, blend_terms=0)
+                                    blend_groups=1, blend_terms=0, serve_width=0)
     train(dataset, run, config, cache_dir=cache)
     return run
 

@@ -44,10 +44,16 @@ def test_scale_bench(tmp_path):
 
 def test_serve_bench_both_parts(tmp_path):
     out = bench("bench/serve.py", "--work", tmp_path, "--items", "2000", "--clients", "2", "--seconds", "2",
-                "--big-items", "3000", "--queries", "20")
+                "--rounds", "1", "--candidates", "50", "--big-items", "3000", "--queries", "20")
     report = json.loads((tmp_path / "serve.json").read_text())
-    assert report["http"]["requests"] > 0 and report["http"]["errors"] == 0, out
-    assert [row["index"] for row in report["in_process"]] == ["flat", "hnsw", "hnsw"]
+    for method in ("id", "iisan"):
+        served = report["methods"][method]
+        assert served["http"][0]["requests"] > 0 and served["http"][0]["errors"] == 0, out
+        assert [row["index"] for row in served["in_process"]] == ["flat", "hnsw", "hnsw"]
+    blended = report["methods"]["iisan"]
+    assert blended["searched_bytes_per_item"] == 256 and blended["candidates"] == 50
+    assert 0 <= blended["in_process"][0]["recall@10_vs_full_scoring"] <= 1
+    assert report["iisan_vs_id_throughput"] > 0
 
 
 def test_python_vs_cli_bench(tmp_path):

@@ -159,7 +159,7 @@ def test_store_load_and_added_rows_round_trip(tmp_path, kind):
     assert stored.generation == second
     assert stored.index.kind == kind and stored.index.size == 203
     assert np.array_equal(stored.index.scale, scale) if kind == "hnsw" else stored.index.scale is None
-    assert np.array_equal(stored.embeddings, np.concatenate([base, extra]))
+    assert np.array_equal(stored.embeddings.array(), np.concatenate([base, extra]))
     assert stored.added["key"].to_list() == ["a", "b", "c"]
     ids, _ = stored.index.search(extra[1:2] * 100, 1)
     assert ids[0, 0] == 202  # an added row is found under its item id

@@ -424,7 +424,7 @@ BlendWhiten = Literal["auto", "on", "off"]  # see iisan.scoring.calibrate
 
 SCORE_PANEL = "New and rare items"
 # What runs saved before an option existed did: one group, no words, the floor as it is.
-SCORE_SAVED_BEFORE = {"blend_groups": 1, "blend_terms": 0, "blend_whiten": "off"}
+SCORE_SAVED_BEFORE = {"blend_groups": 1, "blend_terms": 0, "blend_whiten": "off", "serve_width": 0}
 
 
 @dataclass(frozen=True)
@@ -453,6 +453,16 @@ class ScoreConfig:
         help="What the blend's weights are chosen for on validation: overall (NDCG@10 over all users, "
              "most of whom want popular items) or balanced (the mean of NDCG@10 over the cold, tail and head "
              "slices: new and rare items weigh as much as popular ones).")
+    serve_width: int = option(
+        64, minimum=0, maximum=4096, panel=SCORE_PANEL,
+        help="Floats per item in the index's first stage: the blend's item vectors mapped to this width "
+             "(the best low-rank fit of its scores on the catalogue and validation), whose best candidates "
+             "are scored again exactly; 64 is an id run's width. 0, or at least the full width: the full "
+             "vectors, one exact stage.")
+    candidates: int | None = option(
+        None, minimum=1, panel=SCORE_PANEL, none_word="auto",
+        help="Items the first stage hands to exact scoring; auto: the fewest of 50, 100, ..., 1600 whose "
+             "served ranking is within 0.1% of exact scoring on validation.")
 
     def __post_init__(self) -> None:
         check_options(self)

@@ -116,6 +116,7 @@ def rank_split(model: SequentialRecommender, items: torch.Tensor, split: EvalSpl
         if not include_history:
             rows, cols = split.history_pairs(chunk)
             scores[torch.from_numpy(rows).to(device), torch.from_numpy(cols).to(device)] = -torch.inf
+        scores = model.served(users, items, scores)  # what a served query ranks (a first stage's candidates)
         ranks.append(pessimistic_ranks(scores, torch.from_numpy(split.targets[chunk]).to(device)))
         if top_k:
             best = scores.topk(min(top_k, scores.shape[1]), dim=1)

@@ -81,6 +81,13 @@ class SequentialRecommender(nn.Module):
         ids = torch.as_tensor(inputs).to(items.device)
         return self.user(items[ids], ids != 0)[:, -1]
 
+    first_stage = None  # the model's index serves its own vectors: one exact stage
+
+    def served(self, queries: torch.Tensor, items: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """``scores [U, N + 1]`` as a served query ranks them: the model's index serves every
+        item's exact score (a scorer may serve fewer, see :mod:`iisan.scoring.compact`)."""
+        return scores
+
     def _tower_features(self, features: ItemFeatures) -> ItemFeatures:
         """``features`` with only the layers the tower reads, when a scorer added others."""
         if not features.states:

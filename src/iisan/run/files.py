@@ -35,7 +35,8 @@ from iisan.fileio import (
 )
 from iisan.run.index_store import INDEX_DIR, StoredIndex, save_index, weights_digest
 from iisan.run.lock import LOCK_FILE
-from iisan.search import ItemIndex
+from iisan.item_rows import ItemRows
+from iisan.search import FirstStage, ItemIndex
 
 RUN_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -217,12 +218,14 @@ def ranking_digest(run_dir: Path) -> str:
     return weights_digest(run_dir / WEIGHTS_FILE, scorer_weights_file(run_dir))
 
 
-def write_catalogue(run_dir: Path, items: pl.DataFrame, embeddings: np.ndarray) -> None:
-    """The trained catalogue (``item_id``, ``key``, ``text``) and its exact index, so the run
-    folder alone answers queries: moved elsewhere, or with its dataset and cache deleted."""
+def write_catalogue(run_dir: Path, items: pl.DataFrame, embeddings: np.ndarray, stage: FirstStage | None = None) -> None:
+    """The trained catalogue (``item_id``, ``key``, ``text``) and its exact index (``stage``:
+    the scorer's served first stage, whose candidates are scored exactly), so the run folder
+    alone answers queries: moved elsewhere, or with its dataset and cache deleted."""
     empty = pl.DataFrame(schema={"item_id": pl.Int64, "key": pl.String, "text": pl.String})
     write_atomic(run_dir / CATALOGUE_FILE, lambda tmp: items.select("item_id", "key", "text").write_parquet(tmp))
-    stored = StoredIndex(ItemIndex(embeddings, "flat"), embeddings, empty)
+    index = stage.index(embeddings) if stage is not None else ItemIndex(embeddings, "flat")
+    stored = StoredIndex(index, ItemRows(embeddings), empty)
     save_index(run_dir / INDEX_DIR, stored, len(items), ranking_digest(run_dir))
 
 

@@ -5,10 +5,12 @@ holding every file of the index, then one atomic rewrite of ``index.json``, whic
 the current generation. A crash at any point leaves the old or the new index, never a
 mix; unreferenced generations are removed by the next commit. ::
 
-    RUN/index/index.json                   kind, sizes, the weights it was built from, the generation
+    RUN/index/index.json                   kind, sizes, the weights it was built from, the first stage
+                                           it serves (a blended run's narrow vectors), the generation
     RUN/index/gen-000007/embeddings.safetensors   the trained catalogue (hard-linked between generations)
     RUN/index/gen-000007/added.safetensors, added.parquet   items added later, with their keys and texts
-    RUN/index/gen-000007/hnsw.faiss        for ``hnsw``: faiss's own binary format, not a pickle
+    RUN/index/gen-000007/hnsw.faiss        for ``hnsw``: faiss's own binary format, not a pickle (over
+                                           the first stage's narrow vectors when there are two stages)
 
 The search structures themselves are :mod:`iisan.search`.
 """
@@ -27,7 +29,8 @@ from iisan.fileio import (
     GENERATION, commit_generation, crash_point, current_generation, load_tensors, read_json_object,
     require_fields,
 )
-from iisan.search import KINDS, HnswSettings, ItemIndex
+from iisan.item_rows import ItemRows, map_safetensors
+from iisan.search import KINDS, FirstStage, HnswSettings, ItemIndex, TwoStageIndex
 
 INDEX_DIR = "index"
 POINTER = "index.json"
@@ -46,19 +49,25 @@ def weights_digest(weights_file: Path, scorer_file: Path | None = None) -> str:
 
 @dataclass
 class StoredIndex:
-    index: ItemIndex
-    embeddings: np.ndarray  # [N + 1 + added, d], row 0 padding
+    index: ItemIndex | TwoStageIndex
+    embeddings: ItemRows  # [N + 1 + added, width] full vectors, row 0 padding (the trained ones on disk)
     added: object  # polars DataFrame: item_id, key, text
     generation: str | None = None  # the folder it was read from (None: not stored yet)
     base_generation: str | None = None  # a committed generation with the same trained catalogue
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.embeddings, ItemRows):  # every row in one array
+            self.embeddings = ItemRows(np.asarray(self.embeddings, dtype=np.float32))
 
 
 def save_index(folder: Path, stored: StoredIndex, trained_items: int, weights: str) -> str:
     """Commit ``stored`` as a new generation and return its name.
 
-    ``embeddings[: trained_items + 1]`` is the trained catalogue; the rows after it, with
-    ``added``, the items added since. When the current generation holds the same trained
-    catalogue (items were added), its file is hard-linked instead of written again.
+    ``embeddings.base`` is the trained catalogue (``trained_items + 1`` rows); its ``extra``
+    rows, with ``added``, the items added since. When the current generation holds the same
+    trained catalogue (items were added), its file is hard-linked instead of written again.
+    A two-stage index also saves its first stage's narrow vectors (``first_stage.safetensors``),
+    so loading it reads no full vector.
 
     Raises:
         StorageError: a file could not be written (disk full, permissions); the index on
@@ -66,7 +75,9 @@ def save_index(folder: Path, stored: StoredIndex, trained_items: int, weights: s
     """
     from safetensors.numpy import save_file
 
-    index, base, extra = stored.index, stored.embeddings[: trained_items + 1], stored.embeddings[trained_items + 1:]
+    index, base, extra = stored.index, stored.embeddings.base, stored.embeddings.extra
+    if len(base) > trained_items + 1:  # rows given in one array: the added ones follow the trained
+        base, extra = base[: trained_items + 1], np.concatenate([base[trained_items + 1 :], extra])
 
     def write(work: Path, current: str | None) -> None:
         reuse = current is not None and current == stored.base_generation
@@ -77,6 +88,9 @@ def save_index(folder: Path, stored: StoredIndex, trained_items: int, weights: s
         crash_point()
         stored.added.write_parquet(work / "added.parquet")
         crash_point()
+        if isinstance(index, TwoStageIndex):
+            save_file({"rows": np.ascontiguousarray(index.narrow)}, str(work / "first_stage.safetensors"))
+            crash_point()
         if index.kind == "hnsw":
             import faiss
 
@@ -89,12 +103,26 @@ def save_index(folder: Path, stored: StoredIndex, trained_items: int, weights: s
         return commit_generation(folder, POINTER, write, {
             "version": INDEX_VERSION, "kind": index.kind, "dim": index.dim, "items": trained_items,
             "added": len(extra), "hnsw": vars(index.hnsw) if index.kind == "hnsw" else None, "weights": weights,
+            "first_stage": ({"width": index.first.dim, "candidates": index.candidates}
+                            if isinstance(index, TwoStageIndex) else None),
         })
     except StorageError as err:
         raise StorageError(f"{err}; the index still holds the previous items") from err
     except OSError as err:  # permissions and the like
         raise StorageError(f"cannot write the index in {folder} ({err.strerror or err}); "
                            "nothing changed: it still holds the previous items") from err
+
+
+def all_finite(rows: np.ndarray, chunk: int = 1 << 16) -> bool:
+    """Whether every value of ``rows`` is finite, read in chunks: a memory map is checked
+    without being made resident (its pages are handed back as the check passes them)."""
+    from iisan.cache.store import release_resident_pages
+
+    for start in range(0, len(rows), chunk):
+        if not np.isfinite(rows[start : start + chunk]).all():
+            return False
+        release_resident_pages(rows)
+    return True
 
 
 def _link(source: Path, target: Path) -> bool:
@@ -111,9 +139,11 @@ def committed_generation(folder: Path) -> str | None:
     return current_generation(folder, POINTER)
 
 
-def load_index(folder: Path, weights_file: Path, digest: str | None = None) -> StoredIndex | None:
+def load_index(folder: Path, weights_file: Path, digest: str | None = None,
+               stage: FirstStage | None = None) -> StoredIndex | None:
     """The stored index, or ``None`` when there is none. ``digest``: the weights' hash, when the
-    caller has it already (hashing them again costs a read of the file).
+    caller has it already (hashing them again costs a read of the file). ``stage``: the
+    scorer's served first stage, for an index of two stages (:class:`~iisan.search.TwoStageIndex`).
 
     Raises:
         DatasetError: it was built from other weights or is damaged (one line, with the fix).
@@ -141,10 +171,7 @@ def load_index(folder: Path, weights_file: Path, digest: str | None = None) -> S
     if not isinstance(generation, str) or not (generation == "." or GENERATION.fullmatch(generation)):
         raise DatasetError(f"{pointer}: invalid generation {generation!r}; {REBUILD}")
     files = folder / generation
-    base = load_tensors(files / "embeddings.safetensors", REBUILD).get("embeddings")
-    if base is None or base.ndim != 2:
-        raise DatasetError(f"{files / 'embeddings.safetensors'} holds no [items, dim] embeddings; {REBUILD}")
-    base = base.float().numpy()
+    base = map_safetensors(files / "embeddings.safetensors", "embeddings", REBUILD)  # read row by row
     if (files / "added.safetensors").is_file() or meta["version"] > 1:
         extra = load_tensors(files / "added.safetensors", REBUILD).get("embeddings")
         try:
@@ -158,21 +185,31 @@ def load_index(folder: Path, weights_file: Path, digest: str | None = None) -> S
     else:
         extra = np.zeros((0, base.shape[1]), dtype=np.float32)
         table = pl.DataFrame(schema={"item_id": pl.Int64, "key": pl.String, "text": pl.String})
-    embeddings = np.concatenate([base, extra])
-    if not np.isfinite(embeddings).all():
+    if not (all_finite(base) and np.isfinite(extra).all()):
         raise DatasetError(f"{files} holds non-finite embeddings; the index is damaged: {REBUILD}")
+    embeddings = ItemRows(base, extra)
     try:
         built = faiss.read_index(str(files / "hnsw.faiss")) if meta["kind"] == "hnsw" else None
     except (TypeError, RuntimeError) as err:
         raise DatasetError(f"{files}: the HNSW graph is damaged ({str(err).splitlines()[0]}); {REBUILD}") from None
+    recorded = meta.get("first_stage")
+    if (recorded is None) != (stage is None) or (stage is not None and recorded != {
+            "width": stage.width, "candidates": stage.candidates}):
+        raise DatasetError(f"{pointer}: built for another first stage than the run's scorer serves; {REBUILD}")
+    searched = stage.width if stage is not None else base.shape[1]  # what the first stage holds per item
     scale = None
     if built is not None and (files / "hnsw_scale.safetensors").is_file():
         scale = load_tensors(files / "hnsw_scale.safetensors", REBUILD).get("scale")
-        if scale is None or scale.shape != (base.shape[1],) or not bool(((scale > 0) & scale.isfinite()).all()):
+        if scale is None or scale.shape != (searched,) or not bool(((scale > 0) & scale.isfinite()).all()):
             raise DatasetError(f"{files / 'hnsw_scale.safetensors'} holds no scale for this index; {REBUILD}")
         scale = scale.float().numpy()
-    # A flat index is rebuilt from the embeddings (exact, and a copy of them anyway).
-    index = ItemIndex(embeddings, meta["kind"], hnsw, built=built, scale=scale)
+    if stage is not None:
+        narrow = load_tensors(files / "first_stage.safetensors", REBUILD).get("rows")
+        if narrow is None or tuple(narrow.shape) != (len(embeddings), stage.width) or not bool(narrow.isfinite().all()):
+            raise DatasetError(f"{files / 'first_stage.safetensors'} does not hold the first stage's rows; {REBUILD}")
+        index = stage.index(embeddings, meta["kind"], hnsw, built=built, scale=scale, narrow=narrow.float().numpy())
+    else:  # one stage over the full vectors, exact: its rows in memory, as it searches them
+        index = ItemIndex(embeddings.array(), meta["kind"], hnsw, built=built, scale=scale)
     claimed = (meta.get("items", len(base) - 1), meta.get("added", len(extra)), meta.get("dim", base.shape[1]))
     if index.size != len(embeddings) - 1 or (built is not None and built.d != index.graph_dim) \
             or claimed != (len(base) - 1, len(extra), base.shape[1]):

@@ -36,12 +36,13 @@ import torch
 from iisan.data.split import EvalSplit, Splits
 from iisan.distributed import LOCAL, Workers
 from iisan.errors import ConfigError
-from iisan.evaluation.metrics import MISS, metrics_from_ranks
+from iisan.evaluation.metrics import MISS, metrics_from_ranks, pessimistic_ranks
 from iisan.evaluation.slices import SLICE_NAMES, slice_of
 from iisan.evaluation.ranking import item_embeddings
 from iisan.features import FeatureSource
 from iisan.models.recommender import SequentialRecommender
 from iisan.scoring.blend import PRIORS
+from iisan.scoring.compact import CANDIDATE_GRID, TOLERANCE, CompactStage, served_scores
 from iisan.config import ScoreConfig
 from iisan.scoring.scorer import BlendScorer, build_blend
 
@@ -84,7 +85,71 @@ def fit_scorer(model: SequentialRecommender, source: FeatureSource, shapes: dict
     scorer = BlendScorer(model, blend, options)
     scorer.calibration = calibrate_blend(scorer, source, len(texts), splits.valid, include_history, workers,
                                          seed=seed, select=options.blend_select, whiten=options.blend_whiten)
+    scorer.calibration["compact"] = fit_compact(scorer, source, len(texts), splits.valid, options,
+                                                include_history, workers, seed)
     return scorer
+
+
+@torch.no_grad()
+def fit_compact(scorer: BlendScorer, source: FeatureSource, num_items: int, valid: EvalSplit, options: ScoreConfig,
+                include_history: bool = False, workers: Workers = LOCAL, seed: int = 0) -> dict[str, Any]:
+    """The served first stage of a calibrated scorer (:mod:`iisan.scoring.compact`): its maps
+    to ``options.serve_width`` floats, fitted on the catalogue and the calibration users'
+    queries, and its candidates, ``options.candidates`` or the fewest on
+    :data:`~iisan.scoring.compact.CANDIDATE_GRID` whose criterion on those users is within
+    :data:`~iisan.scoring.compact.TOLERANCE` of exact scoring's. Sets ``scorer.compact``
+    (``None`` when the full vectors are no wider) and returns what was measured."""
+    items = item_embeddings(scorer, source, num_items, workers)
+    width = items.shape[1]
+    if not 0 < options.serve_width < width:
+        scorer.compact = None
+        return {"width": width, "candidates": None}
+    users = _calibration_users(len(valid.targets), items.shape[0], seed)
+    stage = CompactStage(width, options.serve_width - len(PRIORS), len(PRIORS)).to(items.device)
+    queries = torch.cat([scorer.user_vectors(items, valid.inputs[users[s : s + USER_CHUNK]])
+                         for s in range(0, len(users), USER_CHUNK)])
+    stage.fit(items, queries)
+    grid = (options.candidates,) if options.candidates else CANDIDATE_GRID
+    criteria = _served_criteria(scorer, stage, items, queries, valid, users, include_history, grid)
+    exact = criteria.pop("exact")
+    within = [m for m in grid if criteria[m] >= exact * (1 - TOLERANCE)]
+    chosen = min(within) if within else max(grid)
+    stage.candidates.fill_(chosen)
+    scorer.compact = stage
+    log.info("served first stage: %d of %d floats an item, %d candidates scored again exactly; valid %s %.4f "
+             "(exact %.4f)", stage.width, width, chosen, SELECT_METRIC, criteria[chosen], exact)
+    return {"width": stage.width, "full_width": width, "candidates": chosen, "valid_exact": exact,
+            "valid_served": criteria[chosen], "tried": {str(m): criteria[m] for m in grid}}
+
+
+def _served_criteria(scorer: BlendScorer, stage: CompactStage, items: torch.Tensor, queries: torch.Tensor,
+                     valid: EvalSplit, users: np.ndarray, include_history: bool,
+                     grid: tuple[int, ...]) -> dict[Any, float]:
+    """The calibration criterion (the scorer's ``select``) of exact scoring (``"exact"``) and of
+    the first stage's best ``m`` candidates scored again, for each ``m`` of ``grid``."""
+    select = scorer.options.blend_select
+    slices = slice_of(valid.target_counts[users]) if valid.target_counts is not None else None
+    judged = ([slices == name for name in SLICE_NAMES if (slices == name).any()]
+              if select == "balanced" and slices is not None else [np.ones(len(users), dtype=bool)])
+    compact_items = stage.items(items)
+    ranks: dict[Any, list[torch.Tensor]] = {m: [] for m in ("exact", *grid)}
+    for start in range(0, len(users), USER_CHUNK):
+        chunk = users[start : start + USER_CHUNK]
+        mine = queries[start : start + len(chunk)]
+        scores = mine @ items.T
+        scores[:, 0] = -torch.inf
+        if not include_history:
+            rows, cols = valid.history_pairs(chunk)
+            device = items.device
+            scores[torch.from_numpy(rows).to(device), torch.from_numpy(cols).to(device)] = -torch.inf
+        targets = torch.from_numpy(valid.targets[chunk]).to(items.device)
+        approx = stage.queries(mine) @ compact_items.T
+        ranks["exact"].append(pessimistic_ranks(scores, targets).cpu())
+        for m in grid:
+            ranks[m].append(pessimistic_ranks(served_scores(scores, approx, m), targets).cpu())
+    return {m: float(np.mean([metrics_from_ranks(torch.cat(r)[torch.from_numpy(mask)], (SELECT_K,))[SELECT_METRIC]
+                              for mask in judged]))
+            for m, r in ranks.items()}
 
 
 @torch.no_grad()

@@ -33,11 +33,14 @@ from iisan.models.recommender import SequentialRecommender
 from iisan.run.files import SCORER_DIR, SCORER_IN_MODEL_WEIGHTS, WEIGHTS_FILE
 from iisan.run.files import SCORER_POINTER as POINTER
 from iisan.run.files import SCORER_WEIGHTS as WEIGHTS
-from iisan.scoring.blend import ScoreBlend
+from iisan.scoring.blend import PRIORS, ScoreBlend
+from iisan.scoring.compact import CompactStage, served_scores
+from iisan.search import FirstStage
 from iisan.config import ScoreConfig
 
 SCORER_VERSION = 1
 FIX = "calibrate the run again with `iisan calibrate`"
+COMPACT = "compact."  # the first stage's tensors, beside the blend's in one file
 FIELDS = {"version": int, "kind": str, "options": dict, "shapes": dict, "dim": int, "num_items": int}
 
 
@@ -78,11 +81,13 @@ class BlendScorer:
     """
 
     def __init__(self, model: SequentialRecommender, blend: ScoreBlend, options: ScoreConfig = ScoreConfig(),
-                 calibration: dict[str, Any] | None = None) -> None:
+                 calibration: dict[str, Any] | None = None, compact: CompactStage | None = None) -> None:
         self.model = model
         self.blend = blend.to(model.device)
         self.options = options
         self.calibration = calibration or {}
+        self.compact = compact.to(model.device) if compact is not None else None  # the served first stage
+        self._compact_items: tuple[torch.Tensor, torch.Tensor] | None = None  # (full rows, their map)
 
     @property
     def device(self) -> torch.device:
@@ -111,7 +116,26 @@ class BlendScorer:
     def to(self, device: torch.device | str) -> BlendScorer:
         self.model.to(device)
         self.blend.to(device)
+        if self.compact is not None:
+            self.compact.to(device)
         return self
+
+    @property
+    def first_stage(self) -> FirstStage | None:
+        """The served first stage for the index, ``None`` when it serves the full vectors."""
+        return self.compact.first_stage() if self.compact is not None and self.compact.fitted else None
+
+    @torch.no_grad()
+    def served(self, queries: torch.Tensor, items: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """``scores [U, N + 1]`` of ``queries`` against ``items`` as a served query ranks them:
+        with a compact first stage, only its candidates keep their scores (-inf elsewhere);
+        without one, all of them."""
+        if self.compact is None or not self.compact.fitted:
+            return scores
+        if self._compact_items is None or self._compact_items[0] is not items:
+            self._compact_items = (items, self.compact.items(items))
+        approx = self.compact.queries(queries) @ self._compact_items[1].T
+        return served_scores(scores, approx, int(self.compact.candidates))
 
     @torch.no_grad()
     def catalogue_vectors(self, features: ItemFeatures) -> torch.Tensor:
@@ -125,9 +149,9 @@ class BlendScorer:
         vector and the floor's, each standardised, weighted by the user's group's weights."""
         self.model.eval()
         ids = torch.as_tensor(inputs).to(items.device)
-        trained, _ = self.blend.split(items)
-        user = self.model.user(trained[ids], ids != 0)[:, -1]
-        content = self.blend.content_query(items[ids], ids != 0)
+        rows = items[ids]  # [U, L, width]: the histories' rows only (``items`` may be read row by row)
+        user = self.model.user(self.blend.split(rows)[0], ids != 0)[:, -1]
+        content = self.blend.content_query(rows, ids != 0)
         return self.blend.query(user, content, self.blend.user_groups(ids))
 
     def fill_terms(self, texts: Sequence[str | None]) -> None:
@@ -144,6 +168,9 @@ def save_scorer(run_dir: Path, scorer: BlendScorer, shapes: dict[str, tuple[int,
     from safetensors.torch import save_file
 
     tensors = {name: t.detach().cpu().contiguous().clone() for name, t in scorer.blend.state_dict().items()}
+    if scorer.compact is not None:
+        tensors.update({f"{COMPACT}{name}": t.detach().cpu().contiguous().clone()
+                        for name, t in scorer.compact.state_dict().items()})
 
     def write(folder: Path, _current: str | None) -> None:
         save_file(tensors, str(folder / WEIGHTS))
@@ -151,7 +178,8 @@ def save_scorer(run_dir: Path, scorer: BlendScorer, shapes: dict[str, tuple[int,
     commit_generation(run_dir / SCORER_DIR, POINTER, write, {
         "version": SCORER_VERSION, "kind": "blend", "options": dataclasses.asdict(scorer.options),
         "shapes": {m: list(s) for m, s in shapes.items() if m in scorer.blend.layers},
-        "dim": scorer.dim, "num_items": num_items, "calibration": scorer.calibration})
+        "dim": scorer.dim, "num_items": num_items, "calibration": scorer.calibration,
+        "compact": None if scorer.compact is None else {"width": scorer.compact.width}})
 
 
 def has_scorer(run_dir: Path, saved: dict[str, Any]) -> bool:
@@ -179,6 +207,7 @@ def load_scorer(run_dir: Path, saved: dict[str, Any], model: SequentialRecommend
         tensors = load_tensors(folder / generation / WEIGHTS, FIX)
         calibration = record.get("calibration") or {}
         where = folder / generation / WEIGHTS
+        compact = _compact_record(record.get("compact"), folder / POINTER)
     elif _legacy_blend(saved):
         from iisan.config import TrainConfig
 
@@ -187,7 +216,7 @@ def load_scorer(run_dir: Path, saved: dict[str, Any], model: SequentialRecommend
         weights = load_tensors(run_dir / WEIGHTS_FILE, "retrain the run or restore the file")
         tensors = {name.removeprefix(SCORER_IN_MODEL_WEIGHTS): t for name, t in weights.items()
                    if name.startswith(SCORER_IN_MODEL_WEIGHTS)}
-        calibration = {}
+        calibration, compact = {}, None
         where = run_dir / WEIGHTS_FILE
         if not bool(tensors.pop("active", torch.tensor(True))):
             return None  # never calibrated (stopped before training ended)
@@ -196,8 +225,22 @@ def load_scorer(run_dir: Path, saved: dict[str, Any], model: SequentialRecommend
     blend = build_blend(model, shapes, int(saved["num_items"]), options)
     if blend is None:
         raise DatasetError(f"{where}: a blend for a model that reads no content; {FIX}")
-    _load_blend(blend, tensors, where)
-    return BlendScorer(model, blend, options, calibration)
+    stage = None
+    if compact is not None:
+        stage = CompactStage(blend.width, compact - len(PRIORS), len(PRIORS))
+        _load_module(stage, {n.removeprefix(COMPACT): tensors.pop(n) for n in list(tensors) if n.startswith(COMPACT)},
+                     where, "first stage")
+    _load_module(blend, tensors, where, "blend")
+    return BlendScorer(model, blend, options, calibration, stage)
+
+
+def _compact_record(raw: Any, where: Path) -> int | None:
+    """The first stage's width a scorer record names (``None``: it serves the full vectors)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not isinstance(raw.get("width"), int) or raw["width"] <= len(PRIORS):
+        raise DatasetError(f"{where}: compact must be null or name the first stage's width; {FIX}")
+    return raw["width"]
 
 
 def _legacy_blend(saved: dict[str, Any]) -> bool:
@@ -214,19 +257,19 @@ def _shapes(raw: Any, where: Path) -> dict[str, tuple[int, int]]:
     return {m: (v[0], v[1]) for m, v in raw.items()}
 
 
-def _load_blend(blend: ScoreBlend, tensors: dict[str, torch.Tensor], where: Path) -> None:
-    """The blend's weights, upgraded from earlier layouts and checked like a model's."""
-    for name, part in blend.named_modules():
+def _load_module(module: torch.nn.Module, tensors: dict[str, torch.Tensor], where: Path, what: str) -> None:
+    """A part's weights, upgraded from earlier layouts and checked like a model's."""
+    for name, part in module.named_modules():
         upgrade = getattr(part, "upgrade_saved", None)
         if upgrade is not None:
             upgrade(f"{name}." if name else "", tensors)
-    expected = blend.state_dict()
+    expected = module.state_dict()
     differ = sorted((expected.keys() ^ tensors.keys())
                     | {n for n in expected.keys() & tensors.keys() if expected[n].shape != tensors[n].shape})
     if differ:
-        raise DatasetError(f"{where}: the blend's weights do not match its options ({differ[0]}"
+        raise DatasetError(f"{where}: the {what}'s weights do not match its options ({differ[0]}"
                            f"{f' and {len(differ) - 1} more' if len(differ) > 1 else ''}); {FIX}")
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise DatasetError(f"{where}: {name} holds non-finite values; {FIX}")
-    blend.load_state_dict(tensors)
+    module.load_state_dict(tensors)

@@ -24,7 +24,8 @@ from iisan.errors import DatasetError
 from iisan.run.files import WEIGHTS_FILE, ranking_digest
 from iisan.run.index_store import INDEX_DIR, StoredIndex, committed_generation, load_index, save_index
 from iisan.run.lock import run_lock
-from iisan.search import HnswSettings, ItemIndex, column_scale
+from iisan.item_rows import ItemRows
+from iisan.search import FirstStage, HnswSettings, ItemIndex, TwoStageIndex, column_scale
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class Catalogue:
     keys: list[str]  # by item id; id 0 is padding
     titles: list[str | None]
     ids: dict[str, int]
-    table: torch.Tensor  # the embeddings on the model's device: what the user encoder reads
+    table: ItemRows  # the full vectors, read onto the model's device: what the user encoder reads
 
     @property
     def num_items(self) -> int:
@@ -61,11 +62,13 @@ class CatalogueStore:
             again for a build (it needs the run's dataset and cache).
         sample_queries: some of the run's own query vectors against given ranking vectors,
             which shape an HNSW graph (:func:`iisan.search.column_scale`); ``None``: none.
+        stage: the scorer's served first stage (the index then has two stages), or ``None``.
     """
 
     def __init__(self, run_dir: Path, trained: pl.DataFrame, device: torch.device,
                  embed_trained: Callable[[], np.ndarray],
-                 sample_queries: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+                 sample_queries: Callable[[np.ndarray], np.ndarray] | None = None,
+                 stage: FirstStage | None = None) -> None:
         self.run_dir = run_dir
         self.index_dir = run_dir / INDEX_DIR
         self.trained_items = len(trained)
@@ -74,6 +77,7 @@ class CatalogueStore:
         self._titles: list[str | None] = [None, *trained["text"].to_list()]
         self._embed_trained = embed_trained
         self._sample_queries = sample_queries
+        self.stage = stage
         self._weights = ranking_digest(run_dir)
         self._checked = time.monotonic()
         self.lock = threading.Lock()  # queries hold it while they read; a swap takes it
@@ -94,7 +98,7 @@ class CatalogueStore:
             return
         with run_lock(self.run_dir, "rebuilding the index"):
             try:
-                kept = load_index(self.index_dir, self.run_dir / WEIGHTS_FILE, self._weights)
+                kept = load_index(self.index_dir, self.run_dir / WEIGHTS_FILE, self._weights, self.stage)
             except DatasetError as err:
                 log.warning("the stored index is unreadable (%s): rebuilding without its added items", err)
                 kept = None
@@ -135,8 +139,9 @@ class CatalogueStore:
             ids = np.arange(len(now.keys), len(now.keys) + len(keys))
             table = pl.concat([now.stored.added, pl.DataFrame({"item_id": ids.astype(np.int64), "key": keys,
                                                                "text": [t or None for t in texts]})])
-            stored = StoredIndex(now.stored.index.extended(rows), np.concatenate([now.stored.embeddings, rows]), table,
-                                 base_generation=now.stored.generation)
+            index = now.stored.index.extended(rows)
+            full = index.full if isinstance(index, TwoStageIndex) else now.stored.embeddings.appended(rows)
+            stored = StoredIndex(index, full, table, base_generation=now.stored.generation)
             # On disk first: only a committed generation becomes what queries read.
             stored.generation = save_index(self.index_dir, stored, self.trained_items, self._weights)
             self._swap(self._view(stored))
@@ -150,7 +155,7 @@ class CatalogueStore:
         for _ in range(READ_TRIES):
             generation = committed_generation(self.index_dir)
             try:
-                return load_index(self.index_dir, self.run_dir / WEIGHTS_FILE, self._weights)
+                return load_index(self.index_dir, self.run_dir / WEIGHTS_FILE, self._weights, self.stage)
             except DatasetError:
                 if committed_generation(self.index_dir) == generation:
                     raise  # nothing moved under the read: the index is damaged
@@ -163,16 +168,21 @@ class CatalogueStore:
             rows = np.zeros((0, base.shape[1]), dtype=np.float32)
             added = pl.DataFrame(schema={"item_id": pl.Int64, "key": pl.String, "text": pl.String})
         else:
-            rows, added = keep.embeddings[self.trained_items + 1:], keep.added
-        embeddings = np.concatenate([base, rows])
+            rows, added = keep.embeddings.extra, keep.added
+        embeddings = ItemRows(base, rows)
         shaped = kind == "hnsw" and self._sample_queries is not None
-        scale = column_scale(self._sample_queries(embeddings)) if shaped else None
-        stored = StoredIndex(ItemIndex(embeddings, kind, hnsw, scale=scale), embeddings, added)
+        scale = None
+        if shaped:  # the graph is over what the first stage searches
+            queries = self._sample_queries(embeddings.array())
+            scale = column_scale(queries @ self.stage.query_map if self.stage is not None else queries)
+        index = (self.stage.index(embeddings, kind, hnsw, scale=scale) if self.stage is not None
+                 else ItemIndex(embeddings.array(), kind, hnsw, scale=scale))
+        stored = StoredIndex(index, embeddings, added)
         stored.generation = save_index(self.index_dir, stored, self.trained_items, self._weights)
         return self._view(stored)
 
     def _view(self, stored: StoredIndex) -> Catalogue:
         keys = self._keys + stored.added["key"].to_list()
         titles = self._titles + stored.added["text"].to_list()
-        table = torch.from_numpy(stored.embeddings).to(self.device)  # shares memory on the CPU
+        table = stored.embeddings.on(self.device)  # rows read as queries need them
         return Catalogue(stored, keys, titles, {key: item_id for item_id, key in enumerate(keys) if item_id}, table)

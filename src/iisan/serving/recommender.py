@@ -70,7 +70,8 @@ class Recommender:
         self._parts: Assembled | None = None  # dataset and cache, only to re-embed the catalogue
         self._users = DatasetUsers(run_dir)  # read on first use
         self.store = CatalogueStore(run_dir, trained.items, self.device, self._embed_trained,
-                                    functools.partial(sample_queries, self))  # which shape an HNSW graph
+                                    functools.partial(sample_queries, self),  # which shape an HNSW graph
+                                    self.ranker.first_stage)
         self._lock = self.store.lock
         self.store.open(rebuild, hnsw)
 
@@ -129,7 +130,7 @@ class Recommender:
     @property
     def embeddings(self) -> torch.Tensor:
         """Every item's embedding ``[N + 1 + added, d]`` (row 0 padding), sharing memory with the index's source."""
-        return torch.from_numpy(self.store.current.stored.embeddings)
+        return torch.from_numpy(self.store.current.stored.embeddings.array())
 
     @property
     def num_items(self) -> int:
@@ -263,7 +264,8 @@ def sample_queries(recommender: Recommender, embeddings: np.ndarray) -> np.ndarr
 
 
 def index_recall(recommender: Recommender, queries: int = 1000, k: int = 10, seed: int = 0) -> dict[str, Any]:
-    """Recall@k of the stored index against exact search, on test users' histories."""
+    """Recall@k of the stored index against exact search over the full vectors (a two-stage
+    index's too), on test users' histories."""
     inputs = recommender.parts.splits.test.inputs
     rows = np.random.default_rng(seed).choice(len(inputs), size=min(queries, len(inputs)), replace=False)
     with recommender.store.lock:
@@ -271,8 +273,9 @@ def index_recall(recommender: Recommender, queries: int = 1000, k: int = 10, see
         found, _ = recommender.index.search(vectors, k)
         # Exact answers from the flat index, in chunks: a [queries, N] score matrix
         # would take gigabytes at the million-item sizes HNSW is meant for.
-        exact_index = (recommender.index if recommender.index.kind == "flat"
-                       else ItemIndex(recommender.store.current.stored.embeddings, "flat"))
+        exact = isinstance(recommender.index, ItemIndex) and recommender.index.kind == "flat"
+        exact_index = recommender.index if exact else ItemIndex(recommender.store.current.stored.embeddings.array(),
+                                                                "flat")
         exact = np.concatenate([exact_index.search(vectors[s:s + RECALL_CHUNK], k)[0]
                                 for s in range(0, len(vectors), RECALL_CHUNK)])
     hits = sum(len(set(a) & set(b)) for a, b in zip(found.tolist(), exact.tolist()))

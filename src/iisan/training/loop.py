@@ -227,7 +227,7 @@ def _finish(run_dir: Path, parts: Assembled, workers: Workers, embed_catalogue, 
     results = evaluate(items, "valid", "test")
     if workers.is_main:
         write_json_atomic(run_dir / "metrics.json", {**results, **({"blend": calibration} if calibration else {})})
-        write_catalogue(run_dir, parts.dataset.items, items.cpu().numpy())
+        write_catalogue(run_dir, parts.dataset.items, items.cpu().numpy(), parts.scorer.first_stage)
     return calibration, results
 
 

@@ -70,7 +70,7 @@ def calibrate_run(run_dir: str | Path, options: dict[str, Any] | None = None, de
                                          batch_size=config.eval_user_chunk, include_history=config.include_history)
                    for split in ("valid", "test")}
         _record(run_dir, {**results, "blend": scorer.calibration})
-        write_catalogue(run_dir, parts.dataset.items, items.cpu().numpy())
+        write_catalogue(run_dir, parts.dataset.items, items.cpu().numpy(), scorer.first_stage)
     return {"run": str(run_dir), "options": dataclasses.asdict(chosen), "blend": scorer.calibration, **results,
             "seconds": round(time.perf_counter() - start, 2)}
 
