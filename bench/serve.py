@@ -6,8 +6,8 @@
    train` gives by default: IISAN over a random text encoder of minilm's shape (6 layers x
    384; features do not matter here, widths do), its scorer fitted: a full item vector is
    963 floats (the trained 64, the floor's 384 and 512 of words, 3 priors), and the index
-   searches them mapped to 64 floats, whose best ``--candidates`` are scored again with the
-   full vectors (iisan.scoring.compact; on random data validation cannot choose that number,
+   searches them mapped to 128 columns of one byte each (iisan.two_stage), whose best
+   ``--candidates`` are scored again with the full vectors (iisan.scoring.compact; on random data validation cannot choose that number,
    so it is given: by default what calibration chose on Scientific); with ``--method id``,
    ID-SASRec, 64 floats, one stage. ``--method both`` (the default) measures the two side by
    side, alternating ``--rounds`` times.
@@ -43,9 +43,9 @@ from pathlib import Path
 import numpy as np
 
 
-# What calibration chose on Scientific for a first stage of 64 floats (docs/results/scale.md):
-# random synthetic data gives validation nothing to choose it by.
-CANDIDATES = 800
+# What calibration chose on Scientific for the default first stage (the median of 3 seeds;
+# docs/results/scale.md): random synthetic data gives validation nothing to choose it by.
+CANDIDATES = 400
 
 
 def write_catalogue(folder: Path, items: int, seed: int = 0) -> None:
@@ -253,7 +253,7 @@ def footprint(run: Path, items: int) -> dict:
     stage = rec.ranker.first_stage
     full = rec.embeddings.shape[1] * 4
     folder = sum(f.stat().st_size for f in run.rglob("*") if f.is_file())
-    return {"searched_bytes_per_item": stage.width * 4 if stage is not None else full,
+    return {"searched_bytes_per_item": stage.width if stage is not None else full,  # a byte a column
             "full_vector_bytes_per_item": full, "candidates": stage.candidates if stage is not None else None,
             "run_folder_bytes_per_item": round(folder / items)}
 
@@ -287,7 +287,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--method", choices=("both", "iisan", "id"), default="both",
                         help="the runs served: iisan's defaults (blended: 963 floats an item, a first stage of "
-                             "64), id (64 floats, one stage), or both side by side")
+                             "128 bytes), id (64 floats, one stage), or both side by side")
     parser.add_argument("--work", type=Path, default=Path("bench/out/serve"))
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--clients", type=int, default=16)
@@ -295,8 +295,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="HTTP loads per method, alternating")
     parser.add_argument("--candidates", type=int, default=CANDIDATES,
                         help="items the iisan run's first stage hands to exact scoring")
-    parser.add_argument("--serve-width", type=int, default=64,
-                        help="floats an item in the iisan run's first stage (0: the full vectors, one stage)")
+    parser.add_argument("--serve-width", type=int, default=128,
+                        help="columns (a byte each) an item in the iisan run's first stage (0: the full vectors, "
+                             "one stage)")
     parser.add_argument("--big-items", type=int, default=1_000_000, help="0 skips the in-process part")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--no-access-log", dest="access_log", action="store_false",

@@ -51,7 +51,7 @@ def test_serve_bench_both_parts(tmp_path):
         assert served["http"][0]["requests"] > 0 and served["http"][0]["errors"] == 0, out
         assert [row["index"] for row in served["in_process"]] == ["flat", "hnsw", "hnsw"]
     blended = report["methods"]["iisan"]
-    assert blended["searched_bytes_per_item"] == 256 and blended["candidates"] == 50
+    assert blended["searched_bytes_per_item"] == 128 and blended["candidates"] == 50
     assert 0 <= blended["in_process"][0]["recall@10_vs_full_scoring"] <= 1
     assert report["iisan_vs_id_throughput"] > 0
 

@@ -208,8 +208,10 @@ def saved_entries(saved: dict[str, Any], run_dir: Path) -> dict[str, EncoderEntr
                                       "the file", DatasetError) for m, e in saved.get("encoders", {}).items()}
 
 
-def assemble_run(run_dir: str | Path, mode: str | None = None, device: torch.device | str = "cpu") -> Assembled:
-    """Rebuild a trained run from its directory and load its best weights, on ``device``."""
+def assemble_run(run_dir: str | Path, mode: str | None = None, device: torch.device | str = "cpu",
+                 scorer: bool = True) -> Assembled:
+    """Rebuild a trained run from its directory and load its best weights, on ``device``, with
+    its fitted scorer unless ``scorer`` is false (one is about to be fitted again)."""
     run_dir = Path(run_dir)
     saved = read_run_config(run_dir)
     config = TrainConfig.from_json(saved["train"])
@@ -222,8 +224,8 @@ def assemble_run(run_dir: str | Path, mode: str | None = None, device: torch.dev
     assembled.model.to(device).eval()
     texts = assembled.dataset.items["text"].to_list()
     fill_tables(assembled.model, texts)  # knn's words: made again from the texts, not saved
-    scorer = load_scorer(run_dir, saved, assembled.model)
-    if scorer is not None:
-        scorer.fill_terms(texts)
-        assembled.scorer = scorer.eval()
+    fitted = load_scorer(run_dir, saved, assembled.model) if scorer else None
+    if fitted is not None:
+        fitted.fill_terms(texts)
+        assembled.scorer = fitted.eval()
     return assembled

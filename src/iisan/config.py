@@ -454,14 +454,14 @@ class ScoreConfig:
              "most of whom want popular items) or balanced (the mean of NDCG@10 over the cold, tail and head "
              "slices: new and rare items weigh as much as popular ones).")
     serve_width: int = option(
-        64, minimum=0, maximum=4096, panel=SCORE_PANEL,
-        help="Floats per item in the index's first stage: the blend's item vectors mapped to this width "
-             "(the best low-rank fit of its scores on the catalogue and validation), whose best candidates "
-             "are scored again exactly; 64 is an id run's width. 0, or at least the full width: the full "
-             "vectors, one exact stage.")
-    candidates: int | None = option(
-        None, minimum=1, panel=SCORE_PANEL, none_word="auto",
-        help="Items the first stage hands to exact scoring; auto: the fewest of 50, 100, ..., 1600 whose "
+        128, minimum=0, maximum=4096, panel=SCORE_PANEL,
+        help="Width of the index's first stage: the blend's item vectors mapped to this many columns (the "
+             "best low-rank fit of its scores on the catalogue and validation) and held as one byte each, "
+             "whose best candidates are scored again exactly with the full vectors (kept on disk). 0, or "
+             "at least the full width: the full vectors, one exact stage.")
+    candidates: int = option(
+        0, minimum=0, panel=SCORE_PANEL,
+        help="Items the first stage hands to exact scoring; 0: the fewest of 50, 100, ..., 1600 whose "
              "served ranking is within 0.1% of exact scoring on validation.")
 
     def __post_init__(self) -> None:
@@ -473,6 +473,8 @@ class ScoreConfig:
         data = {**SCORE_SAVED_BEFORE, **{k: v for k, v in data.items() if k in cls.__dataclass_fields__}}
         if isinstance(data["blend_whiten"], bool):  # saved while it was on or off
             data["blend_whiten"] = "on" if data["blend_whiten"] else "off"
+        if data.get("candidates", 0) is None:  # "chosen on validation", as 0 says now
+            data["candidates"] = 0
         return cls(**data)
 
 

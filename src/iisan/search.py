@@ -42,13 +42,11 @@ import torch
 
 from iisan.config import HNSW_BOUNDS, INDEX_KINDS
 from iisan.errors import ConfigError
-from iisan.item_rows import ItemRows
 
 log = logging.getLogger(__name__)
 
 KINDS = INDEX_KINDS
 BLOCK = 128  # exact top-k works block by block: see blocked_topk
-MAP_CHUNK = 65536  # full rows mapped to a first stage's at once: bounded memory over a memory-mapped catalogue
 # Sane ranges of the HNSW settings, whoever gives them (an option, or index.json on disk): an
 # ef_search of -5 answered one item for k=3; 4e8 took 3.5 GB for one query.
 
@@ -266,92 +264,3 @@ def stable_top(values: torch.Tensor, k: int) -> torch.Tensor:
         rows = tied.nonzero().squeeze(1)
         chosen[rows] = torch.sort(values[rows], dim=1, descending=True, stable=True).indices[:, :k]
     return chosen
-
-
-@dataclass(frozen=True)
-class FirstStage:
-    """How a two-stage index narrows full vectors (a scorer's compact stage, as arrays)."""
-
-    query_map: np.ndarray  # [width, w]
-    item_map: np.ndarray  # [width, w]
-    candidates: int
-
-    @property
-    def width(self) -> int:
-        return self.item_map.shape[1]
-
-    def index(self, full: ItemRows | np.ndarray, kind: str = "flat", hnsw: HnswSettings = HnswSettings(), built=None,
-              scale: np.ndarray | None = None, narrow: np.ndarray | None = None) -> TwoStageIndex:
-        """A two-stage index over ``full``'s rows (a saved graph of the first stage: ``built``;
-        its saved vectors: ``narrow``)."""
-        return TwoStageIndex.build(full, self.query_map, self.item_map, self.candidates, kind, hnsw, built, scale,
-                                   narrow)
-
-
-class TwoStageIndex:
-    """A first stage over narrow item vectors whose best ``candidates`` are scored again with the
-    full ones (:mod:`iisan.scoring.compact`): what a blended run serves.
-
-    Args:
-        first: the index over the narrow vectors (``flat`` or ``hnsw``).
-        narrow: every item's narrow vector ``[N + 1, w]``, what ``first`` indexes (saved with it).
-        full: every item's full vector (row 0 padding), read row by row for the second stage
-            (:class:`~iisan.item_rows.ItemRows`: on disk, memory-mapped).
-        query_map, item_map: ``[width, w]``, full vectors to narrow ones.
-        candidates: how many of the first stage's best the second scores.
-    """
-
-    def __init__(self, first: ItemIndex, narrow: np.ndarray, full: ItemRows, query_map: np.ndarray,
-                 item_map: np.ndarray, candidates: int) -> None:
-        self.first = first
-        self.narrow = narrow
-        self.full = full
-        self.query_map = np.ascontiguousarray(query_map, dtype=np.float32)
-        self.item_map = np.ascontiguousarray(item_map, dtype=np.float32)
-        self.candidates = candidates
-        self.dim = full.width
-
-    @classmethod
-    def build(cls, full: ItemRows | np.ndarray, query_map: np.ndarray, item_map: np.ndarray, candidates: int,
-              kind: str = "flat", hnsw: HnswSettings = HnswSettings(), built=None,
-              scale: np.ndarray | None = None, narrow: np.ndarray | None = None) -> TwoStageIndex:
-        """The first stage over ``full``'s rows mapped (or their saved ``narrow`` map), of
-        ``kind`` (a saved graph: ``built``)."""
-        full = full if isinstance(full, ItemRows) else ItemRows(np.asarray(full, dtype=np.float32))
-        item_map = np.asarray(item_map, dtype=np.float32)
-        if narrow is None:
-            narrow = np.concatenate([np.asarray(full.base[start : start + MAP_CHUNK]) @ item_map
-                                     for start in range(0, len(full.base), MAP_CHUNK)] + [full.extra @ item_map])
-        return cls(ItemIndex(narrow, kind, hnsw, built=built, scale=scale), narrow, full, query_map, item_map,
-                   candidates)
-
-    # What a stored index and the service read of an index: the first stage's.
-    kind = property(lambda self: self.first.kind)
-    hnsw = property(lambda self: self.first.hnsw)
-    faiss = property(lambda self: self.first.faiss)
-    scale = property(lambda self: self.first.scale)
-    size = property(lambda self: self.first.size)
-    graph_dim = property(lambda self: self.first.graph_dim)
-
-    def narrow_queries(self, queries: np.ndarray) -> np.ndarray:
-        """Full queries ``[q, width]`` as the first stage reads them ``[q, w]``."""
-        return np.ascontiguousarray(queries, dtype=np.float32) @ self.query_map
-
-    def extended(self, rows: np.ndarray) -> TwoStageIndex:
-        """A new index with ``rows`` (full vectors) after this one's items; this one unchanged."""
-        narrow = np.ascontiguousarray(rows, dtype=np.float32) @ self.item_map
-        return TwoStageIndex(self.first.extended(narrow), np.concatenate([self.narrow, narrow]),
-                             self.full.appended(rows), self.query_map, self.item_map, self.candidates)
-
-    def search(self, queries: np.ndarray, k: int, exclude: list[set[int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """As :meth:`ItemIndex.search`, for full queries: the first stage's best
-        ``max(candidates, k)`` (never an excluded item), ordered by their full scores."""
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        found, _ = self.first.search(self.narrow_queries(queries), max(self.candidates, k), exclude)
-        scores = np.einsum("qmd,qd->qm", self.full.gather(found), queries)
-        scores[found == 0] = -np.inf  # fewer items than candidates
-        # best first; equal scores by item id, lowest first (as the exact index orders them)
-        order = np.lexsort((found, -scores), axis=1)[:, :k]
-        ids, out = np.take_along_axis(found, order, 1), np.take_along_axis(scores, order, 1).astype(np.float32)
-        ids[~np.isfinite(out)] = 0
-        return ids, out

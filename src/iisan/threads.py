@@ -76,10 +76,12 @@ def use_threads(spec: str | int | None = None) -> int:
     """Apply :func:`thread_count` to this process and its children; returns the count.
 
     Before torch is imported this sets ``OMP_NUM_THREADS`` (and MKL's), which torch reads
-    when it loads; afterwards it calls ``torch.set_num_threads`` too.
+    when it loads; afterwards it calls ``torch.set_num_threads`` too. numpy's OpenBLAS
+    (``OPENBLAS_NUM_THREADS``) is read when numpy loads: set here for child processes (the
+    service does its products in torch).
     """
     count = thread_count(spec)
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[name] = str(count)
     torch = sys.modules.get("torch")
     if torch is not None and torch.get_num_threads() != count:

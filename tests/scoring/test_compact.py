@@ -11,7 +11,8 @@ import torch
 
 from iisan.config import TrainConfig
 from iisan.scoring.compact import CompactStage, served_scores
-from iisan.search import ItemIndex, TwoStageIndex
+from iisan.search import ItemIndex
+from iisan.two_stage import TwoStageIndex
 from iisan.serving.recommender import Recommender
 from iisan.training.loop import train
 
@@ -55,29 +56,70 @@ def test_the_map_is_the_best_low_rank_fit_of_the_scores():
 
 def test_served_scores_keep_the_first_stages_candidates_never_an_excluded_item():
     scores = torch.tensor([[-torch.inf, 5.0, 4.0, 3.0, 2.0, 1.0]])
-    approx = torch.tensor([[9.0, 0.0, 1.0, 8.0, 7.0, 2.0]])  # the padding's 9 must not count
+    item_codes = torch.tensor([[127], [0], [1], [8], [7], [2]], dtype=torch.int8)  # the padding's 127 must not count
+    query_codes = torch.tensor([[1]], dtype=torch.int8)
     scores[0, 4] = -torch.inf  # excluded: in the history
-    served = served_scores(scores, approx, 2)
+    served = served_scores(scores, query_codes, item_codes, 2)
     assert served.tolist() == [[-torch.inf, -torch.inf, -torch.inf, 3.0, -torch.inf, 1.0]]
 
 
+def test_equal_first_stage_scores_go_to_the_lowest_id_whatever_else_is_searched():
+    from iisan.two_stage import EXCLUDED, first_stage_top
+
+    scores = torch.tensor([[5, 7, 7, 7, 1, 7, 0] + [3] * 40], dtype=torch.int32)
+    assert first_stage_top(scores, 3).tolist() == [[1, 2, 3]]
+    both = first_stage_top(torch.cat([scores, scores.flip(1)]), 3)
+    assert both[0].tolist() == [1, 2, 3]
+    scores[0, 2] = EXCLUDED
+    assert first_stage_top(scores, 4).tolist() == [[1, 3, 5, 0]]
+    # the selection equals a full stable sort, block boundaries or not
+    rng = np.random.default_rng(2)
+    many = torch.from_numpy(rng.integers(-5, 5, size=(7, 301))).int()
+    for count in (1, 16, 17, 100, 301):
+        order = [sorted(range(301), key=lambda c, r=r: (-int(many[r, c]), c))[:count] for r in range(7)]
+        assert first_stage_top(many, count).tolist() == order
+
+
+def test_int8_codes_score_as_the_narrow_vectors_rank():
+    from iisan.two_stage import code_scores, item_codes, query_codes
+
+    rng = np.random.default_rng(5)
+    narrow = torch.from_numpy(rng.normal(size=(500, 16)).astype(np.float32)) * torch.logspace(0, -1, 16)
+    scale = narrow.abs().amax(0) / 127
+    queries = torch.from_numpy(rng.normal(size=(20, 16)).astype(np.float32))
+    coded = code_scores(query_codes(queries, scale), item_codes(narrow, scale)).double()
+    exact = (queries @ narrow.T).double()
+    correlation = [np.corrcoef(a, b)[0, 1] for a, b in zip(coded.numpy(), exact.numpy())]
+    assert min(correlation) > 0.999
+    assert torch.equal(code_scores(query_codes(queries, scale), item_codes(narrow, scale)),
+                       (query_codes(queries, scale).float() @ item_codes(narrow, scale).float().T).long())
+
+
 def test_the_two_stage_index_answers_the_served_ranking_with_ties_by_id():
+    from iisan.scoring.compact import served_scores as served
+    from iisan.two_stage import FirstStage, item_codes, query_codes
+
     rng = np.random.default_rng(4)
     full = rng.normal(size=(201, 10)).astype(np.float32)
     full[0] = 0
     full[7] = full[9]  # a tie on the full score
     narrow_map = rng.normal(size=(10, 4)).astype(np.float32)
-    index = TwoStageIndex.build(full, narrow_map, narrow_map, candidates=30)
+    scale = np.abs(full[1:] @ narrow_map).max(0) / 127
+    stage = FirstStage(narrow_map, narrow_map, scale.astype(np.float32), candidates=30)
+    index = stage.index(full)
     queries = rng.normal(size=(6, 10)).astype(np.float32)
     exclude = [{1, 2}, set(), {9}, set(), set(), {7}]
     ids, scores = index.search(queries, 5, exclude)
-    for row, query in enumerate(queries):
-        approx = (full[1:] @ narrow_map) @ (query @ narrow_map)
-        approx[[i - 1 for i in exclude[row]]] = -np.inf
-        candidates = np.argsort(-approx, kind="stable")[:30] + 1
-        exact = full[candidates] @ query
-        order = sorted(zip(-exact, candidates))[:5]
-        assert ids[row].tolist() == [int(c) for _, c in order]
+    exact = torch.from_numpy(queries @ full.T)
+    exact[:, 0] = -torch.inf
+    for row, ids_out in enumerate(exclude):
+        exact[row, list(ids_out)] = -torch.inf
+    expected = served(exact, query_codes(torch.from_numpy(queries @ narrow_map), torch.from_numpy(scale)),
+                      item_codes(torch.from_numpy(full @ narrow_map), torch.from_numpy(scale)), 30)
+    for row in range(len(queries)):
+        finite = torch.isfinite(expected[row])
+        order = sorted(zip((-expected[row][finite]).tolist(), torch.nonzero(finite)[:, 0].tolist()))[:5]
+        assert ids[row].tolist() == [c for _, c in order]
         assert np.allclose(scores[row], [-s for s, _ in order], atol=1e-5)
     grown = index.extended(full[[5]] * 3)  # an item added later: found by the first stage, scored in full
     assert grown.size == index.size + 1 and index.size == 200
@@ -101,7 +143,7 @@ def test_a_default_run_serves_a_narrow_first_stage_and_records_it(compact_run):
     assert json.loads((run / "index" / "index.json").read_text())["first_stage"] == {"width": 16, "candidates": 20}
     recommender = Recommender.load(run)
     assert isinstance(recommender.index, TwoStageIndex) and recommender.index.first.dim == 16
-    assert TrainConfig().score.serve_width == 64  # what the index holds by default: an id run's width
+    assert TrainConfig().score.serve_width == 128  # by default a byte each: half the bytes of an id run
 
 
 def test_evaluation_measures_what_is_served(compact_run):

@@ -36,7 +36,8 @@ from iisan.fileio import (
 from iisan.run.index_store import INDEX_DIR, StoredIndex, save_index, weights_digest
 from iisan.run.lock import LOCK_FILE
 from iisan.item_rows import ItemRows
-from iisan.search import FirstStage, ItemIndex
+from iisan.search import ItemIndex
+from iisan.two_stage import FirstStage
 
 RUN_VERSION = 1
 CONFIG_FILE = "config.json"

@@ -11,6 +11,7 @@ mix; unreferenced generations are removed by the next commit. ::
     RUN/index/gen-000007/added.safetensors, added.parquet   items added later, with their keys and texts
     RUN/index/gen-000007/hnsw.faiss        for ``hnsw``: faiss's own binary format, not a pickle (over
                                            the first stage's narrow vectors when there are two stages)
+    RUN/index/gen-000007/first_stage.safetensors   a two-stage flat index's int8 codes (iisan.two_stage)
 
 The search structures themselves are :mod:`iisan.search`.
 """
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from iisan.data.dataset import file_sha256
 from iisan.errors import ConfigError, DatasetError, StorageError
@@ -30,10 +32,12 @@ from iisan.fileio import (
     require_fields,
 )
 from iisan.item_rows import ItemRows, map_safetensors
-from iisan.search import KINDS, FirstStage, HnswSettings, ItemIndex, TwoStageIndex
+from iisan.search import KINDS, HnswSettings, ItemIndex
+from iisan.two_stage import CodedRows, FirstStage, TwoStageIndex
 
 INDEX_DIR = "index"
 POINTER = "index.json"
+FIRST_STAGE_FILE = "first_stage.safetensors"  # a two-stage flat index's int8 codes
 INDEX_VERSION = 2
 READS_VERSIONS = (1, 2)  # version 1 kept its files in the index folder itself, without generations
 REBUILD = "rebuild it with `iisan index build`"
@@ -88,8 +92,8 @@ def save_index(folder: Path, stored: StoredIndex, trained_items: int, weights: s
         crash_point()
         stored.added.write_parquet(work / "added.parquet")
         crash_point()
-        if isinstance(index, TwoStageIndex):
-            save_file({"rows": np.ascontiguousarray(index.narrow)}, str(work / "first_stage.safetensors"))
+        if isinstance(index, TwoStageIndex) and isinstance(index.first, CodedRows):
+            save_file({"codes": np.ascontiguousarray(index.first.codes.numpy())}, str(work / FIRST_STAGE_FILE))
             crash_point()
         if index.kind == "hnsw":
             import faiss
@@ -103,7 +107,7 @@ def save_index(folder: Path, stored: StoredIndex, trained_items: int, weights: s
         return commit_generation(folder, POINTER, write, {
             "version": INDEX_VERSION, "kind": index.kind, "dim": index.dim, "items": trained_items,
             "added": len(extra), "hnsw": vars(index.hnsw) if index.kind == "hnsw" else None, "weights": weights,
-            "first_stage": ({"width": index.first.dim, "candidates": index.candidates}
+            "first_stage": ({"width": index.stage.width, "candidates": index.stage.candidates}
                             if isinstance(index, TwoStageIndex) else None),
         })
     except StorageError as err:
@@ -204,10 +208,13 @@ def load_index(folder: Path, weights_file: Path, digest: str | None = None,
             raise DatasetError(f"{files / 'hnsw_scale.safetensors'} holds no scale for this index; {REBUILD}")
         scale = scale.float().numpy()
     if stage is not None:
-        narrow = load_tensors(files / "first_stage.safetensors", REBUILD).get("rows")
-        if narrow is None or tuple(narrow.shape) != (len(embeddings), stage.width) or not bool(narrow.isfinite().all()):
-            raise DatasetError(f"{files / 'first_stage.safetensors'} does not hold the first stage's rows; {REBUILD}")
-        index = stage.index(embeddings, meta["kind"], hnsw, built=built, scale=scale, narrow=narrow.float().numpy())
+        codes = None
+        if meta["kind"] == "flat":
+            codes = load_tensors(files / FIRST_STAGE_FILE, REBUILD).get("codes")
+            if codes is None or codes.dtype != torch.int8 or tuple(codes.shape) != (len(embeddings), stage.width):
+                raise DatasetError(f"{files / FIRST_STAGE_FILE} does not hold the first stage's codes; {REBUILD}")
+            codes = codes.numpy()
+        index = stage.index(embeddings, meta["kind"], hnsw, built=built, scale=scale, codes=codes)
     else:  # one stage over the full vectors, exact: its rows in memory, as it searches them
         index = ItemIndex(embeddings.array(), meta["kind"], hnsw, built=built, scale=scale)
     claimed = (meta.get("items", len(base) - 1), meta.get("added", len(extra)), meta.get("dim", base.shape[1]))

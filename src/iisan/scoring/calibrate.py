@@ -131,7 +131,7 @@ def _served_criteria(scorer: BlendScorer, stage: CompactStage, items: torch.Tens
     slices = slice_of(valid.target_counts[users]) if valid.target_counts is not None else None
     judged = ([slices == name for name in SLICE_NAMES if (slices == name).any()]
               if select == "balanced" and slices is not None else [np.ones(len(users), dtype=bool)])
-    compact_items = stage.items(items)
+    compact_items = stage.codes(items)
     ranks: dict[Any, list[torch.Tensor]] = {m: [] for m in ("exact", *grid)}
     for start in range(0, len(users), USER_CHUNK):
         chunk = users[start : start + USER_CHUNK]
@@ -143,10 +143,10 @@ def _served_criteria(scorer: BlendScorer, stage: CompactStage, items: torch.Tens
             device = items.device
             scores[torch.from_numpy(rows).to(device), torch.from_numpy(cols).to(device)] = -torch.inf
         targets = torch.from_numpy(valid.targets[chunk]).to(items.device)
-        approx = stage.queries(mine) @ compact_items.T
+        codes = stage.query_codes(mine)
         ranks["exact"].append(pessimistic_ranks(scores, targets).cpu())
         for m in grid:
-            ranks[m].append(pessimistic_ranks(served_scores(scores, approx, m), targets).cpu())
+            ranks[m].append(pessimistic_ranks(served_scores(scores, codes, compact_items, m), targets).cpu())
     return {m: float(np.mean([metrics_from_ranks(torch.cat(r)[torch.from_numpy(mask)], (SELECT_K,))[SELECT_METRIC]
                               for mask in judged]))
             for m, r in ranks.items()}

@@ -29,7 +29,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from iisan.search import FirstStage
+from iisan.two_stage import (
+    CODE_MAX, EXCLUDED, FirstStage, code_scores, first_stage_top, item_codes, query_codes,
+)
 
 
 CANDIDATE_GRID = (50, 100, 200, 400, 800, 1600)
@@ -52,6 +54,7 @@ class CompactStage(nn.Module):
         self.priors = priors
         self.register_buffer("query_map", torch.zeros(width, rank + priors))
         self.register_buffer("item_map", torch.zeros(width, rank + priors))
+        self.register_buffer("code_scale", torch.ones(rank + priors))  # iisan.two_stage: the int8 codes' step
         self.register_buffer("candidates", torch.tensor(0, dtype=torch.long))
 
     @property
@@ -73,7 +76,7 @@ class CompactStage(nn.Module):
 
     def first_stage(self) -> FirstStage:
         """The maps and candidates as the index takes them."""
-        return FirstStage(self.query_map.detach().cpu().float().numpy(), self.item_map.detach().cpu().float().numpy(),
+        return FirstStage(*(t.detach().cpu().float().numpy() for t in (self.query_map, self.item_map, self.code_scale)),
                           int(self.candidates))
 
     @torch.no_grad()
@@ -95,6 +98,16 @@ class CompactStage(nn.Module):
         query_map[head:, rank:] = item_map[head:, rank:] = np.eye(self.priors)  # the priors, exact
         self.query_map.copy_(torch.from_numpy(query_map))
         self.item_map.copy_(torch.from_numpy(item_map))
+        largest = self.items(items[1:].to(self.item_map.dtype)).abs().amax(dim=0)
+        self.code_scale.copy_(largest.clamp(min=torch.finfo(largest.dtype).tiny) / CODE_MAX)
+
+    def query_codes(self, queries: torch.Tensor) -> torch.Tensor:
+        """``[U, w]`` int8: full queries as the first stage reads them (:mod:`iisan.two_stage`)."""
+        return query_codes(self.queries(queries), self.code_scale.to(queries.dtype))
+
+    def codes(self, items: torch.Tensor) -> torch.Tensor:
+        """``[n, w]`` int8: full item vectors as the first stage holds them (:mod:`iisan.two_stage`)."""
+        return item_codes(self.items(items), self.code_scale.to(items.dtype))
 
 
 def _roots(second: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -107,12 +120,14 @@ def _roots(second: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return root, inverse
 
 
-def served_scores(scores: torch.Tensor, approx: torch.Tensor, candidates: int) -> torch.Tensor:
+def served_scores(scores: torch.Tensor, query_codes_: torch.Tensor, item_codes_: torch.Tensor,
+                  candidates: int) -> torch.Tensor:
     """``scores [U, N + 1]`` (full, -inf where an item may not be recommended) kept on the
-    first stage's best ``candidates`` by ``approx`` (the first stage's scores, -inf at the
-    same places) and -inf elsewhere: what a served query ranks. A target outside them is not
-    served, so :func:`~iisan.evaluation.metrics.pessimistic_ranks` makes it a miss."""
-    approx = torch.where(torch.isfinite(scores), approx, torch.full_like(approx, -torch.inf))
-    top = approx.topk(min(candidates, approx.shape[1]), dim=1).indices
+    first stage's best ``candidates`` (the integer scores of ``query_codes_ [U, w]`` against
+    ``item_codes_ [N + 1, w]``, chosen by :func:`~iisan.two_stage.first_stage_top` as the
+    index chooses them) and -inf elsewhere: what a served query ranks. A target outside
+    them is not served, so :func:`~iisan.evaluation.metrics.pessimistic_ranks` makes it a miss."""
+    first = code_scores(query_codes_, item_codes_).masked_fill(~torch.isfinite(scores), EXCLUDED)
+    top = first_stage_top(first, candidates)
     kept = torch.full_like(scores, -torch.inf)
     return kept.scatter_(1, top, scores.gather(1, top))

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from iisan.errors import DatasetError
+from iisan.errors import ConfigError, DatasetError
 from iisan.fileio import commit_generation, current_generation, load_tensors, read_json_object
 from iisan.models.inputs import ItemFeatures
 from iisan.models.recommender import SequentialRecommender
@@ -35,7 +35,7 @@ from iisan.run.files import SCORER_POINTER as POINTER
 from iisan.run.files import SCORER_WEIGHTS as WEIGHTS
 from iisan.scoring.blend import PRIORS, ScoreBlend
 from iisan.scoring.compact import CompactStage, served_scores
-from iisan.search import FirstStage
+from iisan.two_stage import FirstStage
 from iisan.config import ScoreConfig
 
 SCORER_VERSION = 1
@@ -133,9 +133,9 @@ class BlendScorer:
         if self.compact is None or not self.compact.fitted:
             return scores
         if self._compact_items is None or self._compact_items[0] is not items:
-            self._compact_items = (items, self.compact.items(items))
-        approx = self.compact.queries(queries) @ self._compact_items[1].T
-        return served_scores(scores, approx, int(self.compact.candidates))
+            self._compact_items = (items, self.compact.codes(items))
+        return served_scores(scores, self.compact.query_codes(queries), self._compact_items[1],
+                             int(self.compact.candidates))
 
     @torch.no_grad()
     def catalogue_vectors(self, features: ItemFeatures) -> torch.Tensor:
@@ -180,6 +180,20 @@ def save_scorer(run_dir: Path, scorer: BlendScorer, shapes: dict[str, tuple[int,
         "shapes": {m: list(s) for m, s in shapes.items() if m in scorer.blend.layers},
         "dim": scorer.dim, "num_items": num_items, "calibration": scorer.calibration,
         "compact": None if scorer.compact is None else {"width": scorer.compact.width}})
+
+
+def saved_options(run_dir: Path, saved: dict[str, Any]) -> ScoreConfig:
+    """The options the run's scorer was fitted with: its own record's when it is readable, else
+    the ones the run was trained with (``config.json``)."""
+    from iisan.config import TrainConfig
+
+    folder = run_dir / SCORER_DIR
+    if current_generation(folder, POINTER) is not None:
+        try:
+            return ScoreConfig.from_json(read_json_object(folder / POINTER, {"options": dict}, FIX)["options"])
+        except (DatasetError, ConfigError, TypeError):
+            pass  # a damaged record: the options the run was trained with
+    return TrainConfig.from_json(saved["train"]).score
 
 
 def has_scorer(run_dir: Path, saved: dict[str, Any]) -> bool:

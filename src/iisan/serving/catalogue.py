@@ -25,7 +25,8 @@ from iisan.run.files import WEIGHTS_FILE, ranking_digest
 from iisan.run.index_store import INDEX_DIR, StoredIndex, committed_generation, load_index, save_index
 from iisan.run.lock import run_lock
 from iisan.item_rows import ItemRows
-from iisan.search import FirstStage, HnswSettings, ItemIndex, TwoStageIndex, column_scale
+from iisan.search import HnswSettings, ItemIndex, column_scale
+from iisan.two_stage import FirstStage, TwoStageIndex
 
 log = logging.getLogger(__name__)
 

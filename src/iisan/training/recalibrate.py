@@ -24,7 +24,7 @@ from iisan.run.files import INDEX_DIR, read_run_config, write_catalogue
 from iisan.run.index_store import POINTER
 from iisan.run.lock import run_lock
 from iisan.scoring.calibrate import fit_scorer
-from iisan.scoring.scorer import BlendScorer, save_scorer
+from iisan.scoring.scorer import save_scorer, saved_options
 
 METRICS_FILE = "metrics.json"
 # Results that do not depend on the scorer: kept when it changes (every other one is stale).
@@ -52,12 +52,13 @@ def calibrate_run(run_dir: str | Path, options: dict[str, Any] | None = None, de
     if unknown:
         raise ConfigError(f"{', '.join(unknown)}: not an option of the scorer")
     start = time.perf_counter()
-    _require_content_method(read_run_config(run_dir), run_dir)  # a run folder, before its lock is taken
+    saved = read_run_config(run_dir)  # a run folder, before its lock is taken
+    _require_content_method(saved, run_dir)
     with run_lock(run_dir, "iisan calibrate"):
         _require_no_added_items(run_dir)
-        parts = assemble_run(run_dir, device=pick_device(device))
-        base = parts.scorer.options if isinstance(parts.scorer, BlendScorer) else parts.config.score
-        chosen = dataclasses.replace(base, **options)
+        # the scorer it has is not loaded: it may be damaged or of an older layout, and is replaced
+        parts = assemble_run(run_dir, device=pick_device(device), scorer=False)
+        chosen = dataclasses.replace(saved_options(run_dir, saved), **options)
         config = parts.config
         texts = parts.dataset.items["text"].to_list()
         scorer = fit_scorer(parts.model, parts.source, parts.shapes, texts, parts.splits, chosen,
