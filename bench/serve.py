@@ -161,9 +161,14 @@ def serve_under_load(run: Path, histories: list[list[str]], clients: int, second
 
 
 def in_process_big(run: Path, histories: list[list[str]], big_items: int, queries: int) -> list[dict]:
+    """The catalogue grown to ``big_items`` and kept as a served run keeps it: the full vectors
+    in a safetensors file, memory-mapped; an id run's index holds its rows in memory, a
+    two-stage index its first stage's codes (or graph)."""
     import torch
+    from safetensors.numpy import save_file
 
-    from iisan.item_rows import ItemRows
+    from iisan.cache.store import release_resident_pages
+    from iisan.item_rows import ItemRows, map_safetensors
     from iisan.run.index_store import StoredIndex
     from iisan.search import HnswSettings, ItemIndex, column_scale
     from iisan.serving.catalogue import Catalogue
@@ -174,24 +179,27 @@ def in_process_big(run: Path, histories: list[list[str]], big_items: int, querie
     stage = rec.ranker.first_stage  # a blended run's narrow first stage, or None: one exact stage
     trained = rec.embeddings.numpy()
     rng = np.random.default_rng(1)
-    extra = (rng.standard_normal((big_items - rec.num_items, trained.shape[1])) * trained[1:].std(0)
-             + trained[1:].mean(0)).astype(np.float32)
-    # Grow the catalogue in memory, as add_items would, without running an item tower 900k
-    # times: the same committed generation, so the recommender does not reload it from disk.
-    embeddings = np.concatenate([trained, extra])
-    keys = rec.keys + [f"x{i}" for i in range(len(extra))]
-    titles = [rec.item(key)["title"] if key else None for key in rec.keys] + [None] * len(extra)
+    # Grow the catalogue as add_items would, without running an item tower 900k times: random
+    # rows of the trained rows' scale, in the same committed generation (no reload from disk).
+    path = run.parent / f"big-{run.name}.safetensors"
+    save_file({"embeddings": np.concatenate([trained, (
+        rng.standard_normal((big_items - rec.num_items, trained.shape[1])) * trained[1:].std(0)
+        + trained[1:].mean(0)).astype(np.float32)])}, str(path))
+    base = map_safetensors(path, "embeddings", "run the bench again")
+    rows = ItemRows(base)
+    keys = rec.keys + [f"x{i}" for i in range(big_items - rec.num_items)]
+    titles = [rec.item(key)["title"] if key else None for key in rec.keys] + [None] * (big_items - rec.num_items)
     generation = rec.store.current.stored.generation
     sample = sample_queries(rec, trained)  # as `iisan index build` shapes a graph: over what it searches
     scale = column_scale(sample @ stage.query_map if stage is not None else sample)
 
     def use_index(kind: str) -> None:
         settings = HnswSettings(m=32, ef_construction=100)
-        index = (stage.index(embeddings, kind, settings, scale=scale) if stage is not None
-                 else ItemIndex(embeddings, kind, settings, scale=scale))
-        stored = StoredIndex(index, ItemRows(embeddings), rec.added, generation)
-        rec.store.current = Catalogue(stored, keys, titles, {key: i for i, key in enumerate(keys) if i},
-                                      ItemRows(embeddings))
+        index = (stage.index(rows, kind, settings, scale=scale) if stage is not None
+                 else ItemIndex(rows.array(), kind, settings, scale=scale))
+        release_resident_pages(base)  # the build read every row; a loaded run's index reads none
+        stored = StoredIndex(index, rows, rec.added, generation)
+        rec.store.current = Catalogue(stored, keys, titles, {key: i for i, key in enumerate(keys) if i}, rows)
 
     results = []
     exact_top: list[set[str]] = []
@@ -213,7 +221,7 @@ def in_process_big(run: Path, histories: list[list[str]], big_items: int, querie
                 tops.append({key for key, _ in answer})
             row = {"index": kind, "ef_search": ef, "items": rec.num_items, "build_s": round(build, 1),
                    "queries": len(times), "median_ms": round(statistics.median(times), 3),
-                   "p99_ms": round(percentile(times, 99), 3), "rss_gib": round(rss_bytes() / 2**30, 2)}
+                   "p99_ms": round(percentile(times, 99), 3), **memory()}
             row["distinct_answers"] = len({frozenset(t) for t in tops})  # few: the queries look alike
             if kind == "flat":
                 exact_top = tops
@@ -229,20 +237,32 @@ def in_process_big(run: Path, histories: list[list[str]], big_items: int, querie
         if kind == "flat":
             exact_index = rec.index
             if stage is not None:  # the two stages against scoring every item with the full vectors
-                everything = ItemIndex(embeddings, "flat")
+                everything = ItemIndex(rows.array(), "flat")
                 probe = sample_queries(rec, trained)[:200]
                 served = rec.index.search(probe, 10)[0]
                 full = everything.search(probe, 10)[0]
                 results[-1]["recall@10_vs_full_scoring"] = round(float(np.mean(
                     [len(set(a) & set(b)) / 10 for a, b in zip(served.tolist(), full.tolist())])), 4)
                 del everything
+                release_resident_pages(base)
+    path.unlink()
     return results
 
 
-def rss_bytes() -> int:
-    """This process's resident memory now (Linux /proc)."""
-    fields = Path("/proc/self/statm").read_text().split()
-    return int(fields[1]) * os.sysconf("SC_PAGE_SIZE")
+def memory() -> dict:
+    """This process's resident memory now (Linux /proc): all of it, its own (anonymous: the
+    heap, what cannot be dropped) and file pages (a memory map's: the system may drop them).
+    Freed memory is handed back first (glibc keeps it otherwise), so that what the build
+    made and dropped is not counted as what serving holds."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    gib = {name: int(status[field].split()[0]) / 2**20 for name, field in
+           (("rss_gib", "VmRSS"), ("rss_anon_gib", "RssAnon"), ("rss_file_gib", "RssFile"))}
+    return {name: round(value, 2) for name, value in gib.items()}
 
 
 def footprint(run: Path, items: int) -> dict:

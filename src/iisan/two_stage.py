@@ -34,7 +34,7 @@ from iisan.search import HnswSettings, ItemIndex
 CODE_MAX = 127
 ID_BITS = 32  # room for item ids in a key: 4e9 items
 SELECT_BLOCK = 16  # keys per block when the best candidates are selected (first_stage_top)
-MAP_CHUNK = 65536  # full rows mapped at once: bounded memory over a memory-mapped catalogue
+MAP_CHUNK = 16384  # full rows mapped at once: bounded memory over a memory-mapped catalogue
 # torch 2.13's int8 kernel on the CPU gave wrong sums for a width of 1 (3 and more: right): narrower
 # codes take the float32 path, which gives the same integers
 INT_MM_WIDTH = 8
@@ -119,7 +119,8 @@ class FirstStage:
     def narrow(self, full: ItemRows) -> torch.Tensor:
         """``[len(full), w]`` float32: every row mapped, a chunk at a time."""
         item_map = torch.from_numpy(np.asarray(self.item_map, dtype=np.float32))
-        parts = [torch.from_numpy(np.asarray(full.base[s : s + MAP_CHUNK], dtype=np.float32)) @ item_map
+        # a copy of each chunk: torch does not take a read-only memory map's pages
+        parts = [torch.from_numpy(np.array(full.base[s : s + MAP_CHUNK], dtype=np.float32)) @ item_map
                  for s in range(0, len(full.base), MAP_CHUNK)]
         return torch.cat([*parts, torch.from_numpy(full.extra) @ item_map])
 
@@ -131,39 +132,44 @@ class FirstStage:
 
 
 class CodedRows:
-    """The exact first stage: every item's int8 code (row 0, padding, never chosen)."""
+    """The exact first stage: every item's int8 code (row 0, padding, never chosen), held with
+    zero rows after them up to a whole number of selection blocks (never chosen either)."""
 
     kind = "flat"
     faiss = None
     scale = None
 
     def __init__(self, codes: torch.Tensor, stage: FirstStage) -> None:
-        self.codes = codes
+        self.size = len(codes) - 1  # items: rows 1..size
+        pad = -len(codes) % SELECT_BLOCK
+        self.codes = torch.cat([codes, codes.new_zeros(pad, codes.shape[1])]) if pad else codes
         self.stage = stage
         self.dim = codes.shape[1]
         self.hnsw = HnswSettings()
 
     @property
-    def size(self) -> int:
-        return len(self.codes) - 1
-
-    @property
     def graph_dim(self) -> int:
         return self.dim
 
+    @property
+    def item_codes(self) -> torch.Tensor:
+        """``[size + 1, w]``: the codes of the padding row and the items, what is saved."""
+        return self.codes[: self.size + 1]
+
     def extended(self, narrow: np.ndarray) -> CodedRows:
         rows = item_codes(torch.from_numpy(np.asarray(narrow, dtype=np.float32)), torch.from_numpy(self.stage.code_scale))
-        return CodedRows(torch.cat([self.codes, rows]), self.stage)
+        return CodedRows(torch.cat([self.item_codes, rows]), self.stage)
 
     def candidates(self, narrow_queries: np.ndarray, count: int, exclude: list[set[int]]) -> np.ndarray:
         """``[q, count]`` item ids (0 where fewer items are left), best first."""
         codes = query_codes(torch.from_numpy(narrow_queries), torch.from_numpy(self.stage.code_scale))
         scores = code_scores(codes, self.codes)
-        scores[:, 0] = EXCLUDED  # padding
+        scores[:, 0] = EXCLUDED  # the padding item
+        scores[:, self.size + 1 :] = PADDING  # the rows that make whole blocks
         rows = [row for row, ids in enumerate(exclude) for _ in ids]
         if rows:  # a handful per query: set where they are
             scores[torch.tensor(rows), torch.tensor([i for ids in exclude for i in ids])] = EXCLUDED
-        top = first_stage_top(scores, count)
+        top = first_stage_top(scores, min(count, self.size + 1))
         return torch.where(torch.gather(scores, 1, top) > EXCLUDED, top, 0).numpy()
 
 
@@ -209,6 +215,7 @@ class TwoStageIndex:
             found = self.first.candidates(narrow, count, exclude)
         else:
             found, _ = self.first.search(narrow, count, exclude)
+        found.sort(axis=1)  # read in id order, the disk's (the full scores order them below)
         # numpy's own loop (no BLAS, so no thread pool): 6x torch.bmm's speed for these
         # matrix-vector products on a CPU
         scores = np.einsum("qmd,qd->qm", self.full.gather(found), queries)

@@ -93,7 +93,7 @@ def save_index(folder: Path, stored: StoredIndex, trained_items: int, weights: s
         stored.added.write_parquet(work / "added.parquet")
         crash_point()
         if isinstance(index, TwoStageIndex) and isinstance(index.first, CodedRows):
-            save_file({"codes": np.ascontiguousarray(index.first.codes.numpy())}, str(work / FIRST_STAGE_FILE))
+            save_file({"codes": np.ascontiguousarray(index.first.item_codes.numpy())}, str(work / FIRST_STAGE_FILE))
             crash_point()
         if index.kind == "hnsw":
             import faiss

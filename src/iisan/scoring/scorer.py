@@ -196,12 +196,6 @@ def saved_options(run_dir: Path, saved: dict[str, Any]) -> ScoreConfig:
     return TrainConfig.from_json(saved["train"]).score
 
 
-def has_scorer(run_dir: Path, saved: dict[str, Any]) -> bool:
-    """Whether the run has a fitted scorer: its own files, or a blend inside the weights of a
-    run saved before them."""
-    return current_generation(run_dir / SCORER_DIR, POINTER) is not None or _legacy_blend(saved)
-
-
 def load_scorer(run_dir: Path, saved: dict[str, Any], model: SequentialRecommender) -> BlendScorer | None:
     """The run's fitted scorer around ``model`` (its weights loaded), or ``None`` when the run
     has none (trained with ``--no-blend``, a method without a blend).
