@@ -21,10 +21,10 @@
    the process's resident memory with each index.
 
     python bench/serve.py [--method both|iisan|id] [--work bench/out/serve] [--clients 16] [--seconds 30]
-                          [--rounds 2] [--big-items 1000000] [--candidates 800]
+                          [--rounds 2] [--big-items 1000000] [--candidates 400]
 
 Loopback only, bounded in count and time. Also reports what the index holds per item (the
-first stage's floats), the full vectors kept for the second stage, and the run folder's size.
+first stage's bytes), the full vectors kept for the second stage, and the run folder's size.
 """
 
 from __future__ import annotations

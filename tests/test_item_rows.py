@@ -45,6 +45,17 @@ def test_rows_are_read_by_id_across_the_trained_and_the_added():
     assert len(grown) == 7 and len(rows) == 6 and grown.base is base  # the trained rows are shared, not copied
 
 
+def test_each_query_scores_its_own_rows_from_the_map_and_the_added(tmp_path):
+    rng = np.random.default_rng(1)
+    base, extra = rng.normal(size=(30, 9)).astype(np.float32), rng.normal(size=(4, 9)).astype(np.float32)
+    save_file({"embeddings": base}, str(tmp_path / "e.safetensors"))
+    rows = ItemRows(map_safetensors(tmp_path / "e.safetensors", "embeddings", "rebuild it"), extra)
+    queries = rng.normal(size=(3, 9)).astype(np.float32)
+    ids = np.array([[0, 5, 29, 31], [33, 30, 1, 1], [7, 8, 9, 32]])  # 30..33: added after training
+    expected = np.einsum("qmd,qd->qm", np.concatenate([base, extra])[ids], queries)
+    assert np.allclose(rows.dot(ids, queries), expected, atol=1e-5)
+
+
 def test_a_served_run_keeps_its_trained_vectors_on_disk(tiny_run):
     recommender = Recommender.load(tiny_run)
     stored = recommender.store.current.stored

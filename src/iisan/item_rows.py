@@ -85,6 +85,26 @@ class ItemRows:
         out[~trained] = self.extra[flat[~trained] - len(self.base)]
         return out.reshape(*ids.shape, self.width)
 
+    def dot(self, ids: np.ndarray, queries: np.ndarray) -> np.ndarray:
+        """``[q, m]`` float32: each query ``queries [q, width]`` against its rows ``ids [q, m]``.
+
+        faiss reads each row once from the map, where a gather would copy the rows out first
+        and read them again (half the time for a first stage's candidates)."""
+        import faiss
+
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        out = np.empty(ids.shape, dtype=np.float32)
+        added = ids >= len(self.base)
+        trained = np.where(added, -1, ids)  # faiss leaves out negative ids (-inf)
+        base = np.ascontiguousarray(self.base, dtype=np.float32)  # a view of the map, not a copy
+        faiss.fvec_inner_products_by_idx(faiss.swig_ptr(out), faiss.swig_ptr(queries), faiss.swig_ptr(base),
+                                         faiss.swig_ptr(trained), self.width, len(ids), ids.shape[1])
+        if added.any():
+            rows = added.nonzero()[0]
+            out[added] = np.einsum("md,md->m", self.extra[ids[added] - len(self.base)], queries[rows])
+        return out
+
     def __getitem__(self, ids: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.gather(ids.cpu().numpy())).to(self.device)
 

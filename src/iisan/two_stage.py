@@ -216,9 +216,7 @@ class TwoStageIndex:
         else:
             found, _ = self.first.search(narrow, count, exclude)
         found.sort(axis=1)  # read in id order, the disk's (the full scores order them below)
-        # numpy's own loop (no BLAS, so no thread pool): 6x torch.bmm's speed for these
-        # matrix-vector products on a CPU
-        scores = np.einsum("qmd,qd->qm", self.full.gather(found), queries)
+        scores = self.full.dot(found, queries)
         scores[found == 0] = -np.inf  # fewer items than candidates
         # best first; equal scores by item id, lowest first (as the exact index orders them)
         order = np.lexsort((found, -scores), axis=1)[:, :k]
