@@ -271,14 +271,24 @@ def test_serve_starts_uvicorn_and_warns_when_exposed(tiny_run, tmp_path, monkeyp
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
+    import socket
+
     calls = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append((app, kwargs)))
-    exposed = runner.invoke(app, ["serve", str(run), "--host", "0.0.0.0", "--port", "8123"])
+
+    def run_server(server, sockets=None):  # instead of serving forever: what it would serve on
+        calls.append(sockets[0].getsockname())
+        sockets[0].close()
+
+    monkeypatch.setattr(uvicorn.Server, "run", run_server)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    exposed = runner.invoke(app, ["serve", str(run), "--host", "0.0.0.0", "--port", str(port)])
     assert exposed.exit_code == 0, exposed.output
     assert "warning" in exposed.output.lower() and "without --token-file" in exposed.output
-    assert calls[0][1]["host"] == "0.0.0.0" and calls[0][1]["port"] == 8123
+    assert calls[0] == ("0.0.0.0", port)
     (tmp_path / "token").write_text("abc\n")
-    local = runner.invoke(app, ["serve", str(run), "--token-file", str(tmp_path / "token")])
+    local = runner.invoke(app, ["serve", str(run), "--token-file", str(tmp_path / "token"), "--port", str(port)])
     assert local.exit_code == 0 and "warning" not in local.output.lower()
     (tmp_path / "empty").write_text("")
     empty = runner.invoke(app, ["serve", str(run), "--token-file", str(tmp_path / "empty")])

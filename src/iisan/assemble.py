@@ -167,6 +167,10 @@ def load_trained(run_dir: str | Path, device: torch.device | str = "cpu") -> Tra
             or len(items) != saved["num_items"]:
         raise DatasetError(f"{catalogue} does not hold items 1..{saved['num_items']} with key and text; "
                            "retrain the run or restore the file")
+    if items["key"].null_count() or items["key"].n_unique() != len(items):
+        repeated = items.filter(pl.col("key").is_duplicated())["key"].unique().sort().head(3).to_list()
+        raise DatasetError(f"{catalogue} repeats item keys ({', '.join(map(repr, repeated)) or 'or leaves one empty'}); "
+                           "a key must name one item: retrain the run or restore the file")
     config = TrainConfig.from_json(saved["train"])
     entries = saved_entries(saved, run_dir)
     shapes = {m: e.shape for m, e in entries.items()}

@@ -8,6 +8,7 @@ derived from those fields; only checks across fields are written out here.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -574,7 +575,22 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TrainConfig:
-        """A run's saved ``config.json`` ``train`` entry, from any version of iisan."""
+        """A run's saved ``config.json`` ``train`` entry, from any version of iisan.
+
+        Raises:
+            ConfigError: a field this iisan does not know, or a value of the wrong type (one
+                line naming the field).
+        """
+        try:
+            return cls._from_json(dict(data))
+        except TypeError as err:  # a stray field, or a group that is not an object
+            stray = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+            if stray:
+                raise ConfigError(f"{stray.group(1)} is not an option of this iisan (saved by a newer one?)") from None
+            raise ConfigError(f"a group of options is not an object: {err}") from None
+
+    @classmethod
+    def _from_json(cls, data: dict[str, Any]) -> TrainConfig:
         # runs saved before these options existed: no offset, no blend, encoders in float32, a constant
         # learning rate, the reference's user encoder, whole sequences
         data = {"schedule": "constant", "warmup_epochs": 0.0, "samples": "sequences", **data}

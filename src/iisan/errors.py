@@ -64,3 +64,8 @@ class UnknownUserError(IisanError, KeyError):
 
 class RunBusyError(IisanError):
     """Another process (or thread) is changing the run folder, and did not finish within the wait."""
+
+
+class RunReplacedError(IisanError):
+    """The run folder a process loaded was replaced since (trained again with ``--force``, its
+    scorer fitted again): what it holds no longer answers for the run on disk."""

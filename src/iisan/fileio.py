@@ -12,11 +12,13 @@ instead, so a sweep over every N can run in one process.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -63,6 +65,9 @@ def commit_generation(folder: Path, pointer: str, write: Callable[[Path, str | N
     A crash at any point leaves the previous generation or this one, each whole. Returns the
     new generation's name.
     """
+    if folder.is_symlink():
+        raise ConfigError(f"{folder} is a symbolic link; iisan never writes through a link out of a run: "
+                          "delete the link (its target is untouched) and try again")
     folder.mkdir(parents=True, exist_ok=True)
     numbers = [int(m.group(1)) for p in folder.iterdir() if (m := GENERATION.fullmatch(p.name))]
     name = f"gen-{max(numbers, default=0) + 1:06d}"
@@ -84,7 +89,7 @@ def commit_generation(folder: Path, pointer: str, write: Callable[[Path, str | N
         if path.name in (name, pointer):
             continue
         crash_point(writes=False)
-        if path.is_dir():
+        if path.is_dir() and not path.is_symlink():  # a link goes, never what it points at
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
@@ -233,13 +238,18 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
 
 @contextmanager
 def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield an empty temporary folder beside ``path``; on success it replaces ``path``.
+    """Yield an empty work folder beside ``path``; on success it replaces ``path``.
 
-    An interrupted writer leaves ``path`` as it was (the old content, or nothing).
+    At every instant ``path`` holds the old content or the new, whole: the two folders are
+    swapped in one step (``renameat2(RENAME_EXCHANGE)``, Linux), then the old one is deleted.
+    Where the system cannot swap, two renames are used and a writer killed between them is
+    mended by the next one (the old folder put back). Work folders of writers that died (on
+    this host) are removed by the next writer of ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    clean_leftovers(path)
+    work = Path(tempfile.mkdtemp(prefix=f".{path.name}.work-{socket.gethostname()}-{os.getpid()}-", dir=path.parent))
     work.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
     try:
         yield work
@@ -249,14 +259,68 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         if failure is not None:
             raise failure from err
         raise
-    if path.exists():
-        old = path.with_name(f".{path.name}.old")
+    fsync_file(work)
+    if path.exists() and not path.is_symlink() and exchange(work, path):
+        shutil.rmtree(work, ignore_errors=True)  # the old content, now under the work name
+    elif path.exists() or path.is_symlink():
+        old = _old_name(path)
         shutil.rmtree(old, ignore_errors=True)
         path.rename(old)
+        crash_point(writes=False)
         work.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True) if not old.is_symlink() else old.unlink()
     else:
         work.rename(path)
+    fsync_file(path.parent)
+
+
+def _old_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old")
+
+
+def exchange(first: Path, second: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); ``False`` where the
+    system or the file system cannot, having changed nothing."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    done = renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange)
+    if done == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(second))
+
+
+def clean_leftovers(path: Path) -> None:
+    """Mend what an interrupted replacement of ``path`` left beside it: the old folder put back
+    if the new one never arrived, else deleted; work folders of dead writers deleted."""
+    old = _old_name(path)
+    if old.is_dir() and not old.is_symlink():
+        if not path.exists() and not path.is_symlink():
+            old.rename(path)  # killed between the two renames: the old content is whole
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.work-(?P<host>.+)-(?P<pid>\d+)-[a-z0-9_]+")
+    for leftover in path.parent.iterdir():
+        match = pattern.fullmatch(leftover.name)
+        if (match and match["host"] == socket.gethostname() and not _alive(int(match["pid"]))
+                and leftover.is_dir() and not leftover.is_symlink()):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 # Byte-order marks, longest first (UTF-32 LE starts like UTF-16 LE), and the codec that reads

@@ -130,6 +130,21 @@ def _unpack(hint: Any) -> tuple[type, bool, bool, tuple[str, ...] | None]:
     return hint, optional, False, None
 
 
+KIND_WORDS = {int: "a whole number", float: "a number", bool: "true or false", str: "a string", Path: "a path"}
+
+
+def _of_kind(value: Any, kind: type) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is Path:
+        return isinstance(value, (str, Path))
+    return isinstance(value, kind)
+
+
 def check_options(config: Any) -> None:
     """Validate every option field of ``config`` against its spec (and take a ``str`` where
     a path is expected, as Python callers write them).
@@ -146,7 +161,12 @@ def check_options(config: Any) -> None:
             if not spec.optional:
                 raise ConfigError(f"{spec.name} needs a value")
             continue
+        if spec.is_list and not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{spec.name} must be a list of {spec.kind.__name__}, got {value!r}")
         for item in (value if spec.is_list else (value,)):
+            if not _of_kind(item, spec.kind):  # a saved or --config value of the wrong type
+                raise ConfigError(f"{spec.name} must be {KIND_WORDS.get(spec.kind, spec.kind.__name__)}, "
+                                  f"got {type(item).__name__} {item!r}")
             if spec.choices is not None and item not in spec.choices:
                 raise ConfigError(f"{spec.name} must be one of {', '.join(spec.choices)}, got {item!r}")
             if spec.minimum is not None and item < spec.minimum:

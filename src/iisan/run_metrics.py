@@ -25,12 +25,13 @@ from iisan.config import EVAL_KS, SPLITS
 from iisan.data.cold_start import COLD_ITEMS_FILE, COLD_START_FILE
 from iisan.data.dataset import PreparedDataset
 from iisan.data.split import EvalSplit, last_items
-from iisan.errors import ConfigError
+from iisan.errors import ConfigError, RunReplacedError
 from iisan.evaluation.exposure import EXPOSURE_K, shares
 from iisan.evaluation.metrics import metrics_from_ranks
 from iisan.evaluation.ranking import DEFAULT_KS, evaluate_split, item_embeddings, rank_split
 from iisan.fileio import read_json_object, write_json_atomic
-from iisan.run.files import RESUME_DIR, read_run_config
+from iisan.run.files import RESUME_DIR, read_run_config, run_identity
+from iisan.run.lock import run_lock
 from iisan.serving.recommender import Recommender
 
 METRICS_FILE = "metrics.json"
@@ -74,6 +75,7 @@ def evaluate_run(
     if not ks or min(ks) < 1:
         raise ConfigError(f"k values must be positive integers, got {ks}")
     run_dir = Path(run_dir)
+    loaded = run_identity(run_dir)
     parts = assemble_run(run_dir, device=pick_device(device))
     if unblended and parts.scorer is parts.model:
         raise ConfigError(f"--unblended: {run_dir} has no calibrated blend (trained with --no-blend, "
@@ -86,11 +88,7 @@ def evaluate_run(
                              batch_size=batch_size or parts.config.eval_user_chunk,
                              include_history=include_history, item_counts=parts.splits.popularity)
     seconds = time.perf_counter() - start
-    path = run_dir / METRICS_FILE
-    recorded = (read_json_object(path, {}, fix=f"delete {path.name} and evaluate again (it is rewritten)")
-                if path.is_file() else {})
-    recorded[metrics_key(split, include_history, unblended)] = metrics
-    write_json_atomic(path, recorded)
+    record_metrics(run_dir, metrics_key(split, include_history, unblended), metrics, loaded)
     metrics = dict(metrics)
     slices, reach = metrics.pop("slices"), metrics.pop(f"exposure@{EXPOSURE_K}")
     return {"metrics": metrics, "slices": slices, "exposure": reach, "users": len(target.targets),
@@ -109,6 +107,7 @@ def evaluate_cold_start(run_dir: str | Path, ks: tuple[int, ...] = EVAL_KS, devi
         ConfigError: the run's dataset was prepared without ``--cold-items``.
     """
     run_dir = Path(run_dir)
+    loaded = run_identity(run_dir)
     dataset = PreparedDataset.load(read_run_config(run_dir)["dataset"])
     if not (dataset.root / COLD_START_FILE).is_file():
         raise ConfigError(f"--cold-start: {dataset.root} holds no held-out items; prepare it with "
@@ -130,14 +129,31 @@ def evaluate_cold_start(run_dir: str | Path, ks: tuple[int, ...] = EVAL_KS, devi
         added[[recommender.ids[row["key"]] for row in rows]] = True
     metrics = metrics_from_ranks(ranks, tuple(sorted(set(ks))))
     reach = _new_item_places(top, added)
-    path = run_dir / METRICS_FILE
-    fix = f"delete {path.name} and evaluate again"
-    recorded = read_json_object(path, {}, fix=fix) if path.is_file() else {}
-    recorded[COLD_START_KEY] = {**metrics, "users": len(split.targets), "new_items": len(rows),
-                             f"exposure@{EXPOSURE_K}": reach}
-    write_json_atomic(path, recorded)
+    record_metrics(run_dir, COLD_START_KEY, {**metrics, "users": len(split.targets), "new_items": len(rows),
+                                             f"exposure@{EXPOSURE_K}": reach}, loaded)
     return {"metrics": metrics, "exposure": reach, "users": len(split.targets), "new_items": len(rows),
             "items": recommender.num_items, "seconds": round(time.perf_counter() - start, 3)}
+
+
+def record_metrics(run_dir: Path, key: str, entry: dict[str, Any], loaded: tuple) -> None:
+    """Merge ``entry`` into ``metrics.json`` under ``key``, holding the run's lock (two
+    evaluations never drop each other's entry), if the run is still the one measured
+    (``loaded``: its :func:`run_identity` before it was read).
+
+    Raises:
+        RunReplacedError: the run was trained or calibrated while it was measured; the file is
+            left as it was.
+        RunBusyError: a writer (training) held the run for longer than the lock's wait.
+    """
+    path = run_dir / METRICS_FILE
+    with run_lock(run_dir, "recording metrics"):
+        if run_identity(run_dir) != loaded:
+            raise RunReplacedError(f"{run_dir} was trained or calibrated while it was evaluated; {path.name} is "
+                                   "left as it was: evaluate again once that is done")
+        recorded = (read_json_object(path, {}, fix=f"delete {path.name} and evaluate again (it is rewritten)")
+                    if path.is_file() else {})
+        recorded[key] = entry
+        write_json_atomic(path, recorded)
 
 
 def _new_item_places(top: torch.Tensor, added: np.ndarray) -> dict[str, Any]:

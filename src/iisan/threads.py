@@ -87,3 +87,25 @@ def use_threads(spec: str | int | None = None) -> int:
     if torch is not None and torch.get_num_threads() != count:
         torch.set_num_threads(count)
     return count
+
+
+def threads_first(args: list[str] | None = None) -> list[str]:
+    """The command line (``sys.argv[1:]`` by default) with ``--threads N`` moved before the
+    command, where the command line reads it: ``iisan recommend RUN --threads 1`` works as
+    ``iisan --threads 1 recommend RUN`` does. Nothing after ``--`` moves."""
+    args = list(sys.argv[1:] if args is None else args)
+    moved: list[str] = []
+    rest: list[str] = []
+    n = 0
+    while n < len(args):
+        arg = args[n]
+        if arg == "--":
+            rest += args[n:]
+            break
+        if arg == "--threads" and n + 1 < len(args):
+            moved += args[n:n + 2]
+            n += 2
+            continue
+        (moved if arg.startswith("--threads=") else rest).append(arg)
+        n += 1
+    return moved + rest

@@ -136,3 +136,19 @@ def test_the_lock_is_exclusive_across_processes(scratch, wait):
         holder.wait()
     with run_lock(scratch.run, "after", wait=5):
         pass
+
+
+def test_an_item_another_process_added_is_found_by_lookup_and_health_without_a_query(scratch, tmp_path,
+                                                                                     monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from iisan.serving.service import create_app
+
+    serving = Recommender.load(scratch.run)
+    client = TestClient(create_app(serving), raise_server_exceptions=False)
+    items_before = client.get("/health").json()["items"]
+    other = Recommender.load(scratch.run)  # a second server on the same run
+    other.add_items([{"key": "from-the-other", "text": "an item the other server took"}])
+    monkeypatch.setattr(catalogue, "REFRESH_SECONDS", 0.0)  # the period passed
+    assert client.get("/items/from-the-other").status_code == 200
+    assert client.get("/health").json()["items"] == items_before + 1

@@ -20,4 +20,4 @@ def show(result: Any, as_json: bool, render: Callable[[Any], RenderableType]) ->
         text = json.dumps(result, indent=2, ensure_ascii=False, default=str, allow_nan=False)
         sys.stdout.write(text + "\n")
     else:
-        stdout.print(render(result), highlight=False)
+        stdout.print(render(result), highlight=False, markup=False)  # user data shown verbatim

@@ -18,17 +18,18 @@ from iisan.data.problems import Problems
 
 
 def lines(*parts: RenderableType | None) -> Group:
-    """The parts one under another, leaving out the empty ones."""
-    return Group(*(part for part in parts if part))
+    """The parts one under another, leaving out the empty ones; text shown as it is (a key or a
+    title may hold ``[bold]``: it is data, not markup)."""
+    return Group(*(Text(part) if isinstance(part, str) else part for part in parts if part))
 
 
 def table(title: str | None, columns: list[str], rows: list[list[str]], right: tuple[str, ...] = ()) -> Table:
     """A left-titled table whose long cells fold instead of truncating; ``right``-aligned columns."""
-    out = Table(title=title, title_justify="left")
+    out = Table(title=None if title is None else Text(title), title_justify="left")
     for column in columns:
         out.add_column(column, justify="right" if column in right else "left", overflow="fold")
     for row in rows:
-        out.add_row(*row)
+        out.add_row(*(Text(cell) if isinstance(cell, str) else cell for cell in row))  # data, never markup
     return out
 
 
@@ -79,7 +80,7 @@ def problems_table(problems: Problems) -> Table:
             f"{ex['file']}{':' + str(ex['line']) if ex['line'] is not None else ''}  {ex['detail']}"
             for ex in entry["examples"]
         )
-        table.add_row(kind, f"{entry['count']:,}", examples)
+        table.add_row(Text(kind), f"{entry['count']:,}", Text(examples))
     return table
 
 
@@ -99,7 +100,7 @@ def prepare_summary(meta: dict[str, Any]) -> Table:
 def stats_tables(stats: dict[str, Any], bar_width: int = 40) -> Group:
     counts, lengths = stats["counts"], stats["sequence_length"]
     pop, mod = stats["popularity"], stats["modalities"]
-    overview = Table(title=f"{stats['dataset']}" + (" (synthetic)" if stats["synthetic"] else ""),
+    overview = Table(title=Text(f"{stats['dataset']}" + (" (synthetic)" if stats["synthetic"] else "")),
                      title_justify="left", show_header=False)
     overview.add_column(style="bold", overflow="fold")
     overview.add_column(justify="right", overflow="fold")
@@ -128,7 +129,7 @@ def stats_tables(stats: dict[str, Any], bar_width: int = 40) -> Group:
     head.add_column("count", justify="right", no_wrap=True, min_width=5, overflow="fold")
     head.add_column("text", overflow="ellipsis", no_wrap=True, max_width=40)
     for row in pop["head"]:
-        head.add_row(str(row["item_id"]), str(row["key"]), f"{row['count']:,}", row["text"] or "")
+        head.add_row(str(row["item_id"]), Text(str(row["key"])), f"{row['count']:,}", Text(row["text"] or ""))
     return Group(overview, histogram, head)
 
 

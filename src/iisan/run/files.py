@@ -145,7 +145,14 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
     config = read_json_object(path, {"version": int}, fix="retrain the run or restore the file")
     if config["version"] != RUN_VERSION:
         raise DatasetError(f"{run_dir} has run format version {config['version']}, this iisan reads {RUN_VERSION}")
-    return require_fields(config, RUN_FIELDS, str(path), fix="retrain the run or restore the file")
+    config = require_fields(config, RUN_FIELDS, str(path), fix="retrain the run or restore the file")
+    from iisan.config import TrainConfig
+
+    try:  # every later reader rebuilds the options from it: a damaged field is one line here
+        TrainConfig.from_json(config["train"])
+    except ConfigError as err:
+        raise DatasetError(f"{path}: in 'train', {err}; retrain the run or restore the file") from None
+    return config
 
 
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
@@ -170,6 +177,26 @@ def trim_metrics(run_dir: Path, last_epoch: int) -> None:
             continue
     if len(kept) != len(lines):
         write_bytes_atomic(path, "".join(f"{line}\n" for line in kept).encode("utf-8"))
+
+
+def run_identity(run_dir: Path) -> tuple:
+    """What tells the run's weights from others put in their place: the files of
+    ``config.json`` and the weights (every training writes new ones, by a rename, so a new
+    inode) and the scorer's generation. Cheap: two stats and one small read."""
+    def stamp(path: Path) -> tuple[int, int, int] | None:
+        try:
+            stat = path.stat()
+        except OSError:
+            return None
+        return stat.st_dev, stat.st_ino, stat.st_mtime_ns
+
+    return stamp(run_dir / CONFIG_FILE), stamp(run_dir / WEIGHTS_FILE), current_generation(run_dir / SCORER_DIR,
+                                                                                             SCORER_POINTER)
+
+
+def holds_run_content(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds anything but its lock file."""
+    return run_dir.is_dir() and any(p.name != LOCK_FILE for p in run_dir.iterdir())
 
 
 def prepare_run_folder(run_dir: Path, resume: bool, force: bool) -> None:

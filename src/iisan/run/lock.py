@@ -14,6 +14,7 @@ it exits, so a killed writer never leaves a stale lock. It is re-entrant within 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import threading
@@ -23,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from iisan.errors import RunBusyError
+from iisan.errors import ConfigError, RunBusyError
 
 LOCK_FILE = ".lock"
 WAIT_SECONDS = 60.0
@@ -83,9 +84,14 @@ def acquire(run_dir: str | os.PathLike[str], what: str, wait: float) -> bool:
         return True
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError:
+        # O_NOFOLLOW: a lock file that is a link would have this writer truncate whatever it
+        # points at, outside the run
+        descriptor = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as err:
         held.threads.release()
+        if err.errno == errno.ELOOP:
+            raise ConfigError(f"{folder / LOCK_FILE} is a symbolic link; iisan never writes through a link out of a "
+                              "run: delete the link (its target is untouched) and try again") from None
         raise
     while True:
         try:

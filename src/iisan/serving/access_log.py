@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import atexit
 import io
 import json
 import logging
 import sys
 import threading
+from collections.abc import Callable
 
 
 class JsonLines(logging.Formatter):
@@ -17,10 +19,12 @@ class JsonLines(logging.Formatter):
         return json.dumps({"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), **getattr(record, "fields", {})})
 
 
-def log_requests_to_stderr(json_lines: bool = False, flush_seconds: float = 1.0) -> None:
+def log_requests_to_stderr(json_lines: bool = False, flush_seconds: float = 1.0) -> Callable[[], None]:
     """Send ``iisan.access`` to stderr, plain or as JSON lines, in blocks flushed at least
     every ``flush_seconds`` (a write per line, or a rich-rendered line, cost 5-10% of the
-    throughput under load, side by side in bench/serve.py)."""
+    throughput under load, side by side in bench/serve.py). Returns what flushes it now: the
+    server calls it when it stops (uvicorn ends on SIGTERM by raising the signal again, so no
+    exit handler would run)."""
     try:
         descriptor = sys.stderr.fileno()
     except (AttributeError, OSError, io.UnsupportedOperation):  # stderr is not a file (captured): as it is
@@ -44,4 +48,13 @@ def log_requests_to_stderr(json_lines: bool = False, flush_seconds: float = 1.0)
             except ValueError:  # stderr closed: the process is ending
                 return
 
+    def flush() -> None:
+        try:
+            with handler.lock:
+                stream.flush()
+        except ValueError:  # stderr closed: the process is ending
+            pass
+
     threading.Thread(target=flush_now_and_then, name="iisan-access-log", daemon=True).start()
+    atexit.register(flush)
+    return flush

@@ -20,8 +20,8 @@ import numpy as np
 import polars as pl
 import torch
 
-from iisan.errors import DatasetError
-from iisan.run.files import WEIGHTS_FILE, ranking_digest
+from iisan.errors import DatasetError, RunReplacedError
+from iisan.run.files import WEIGHTS_FILE, ranking_digest, run_identity
 from iisan.run.index_store import INDEX_DIR, StoredIndex, committed_generation, load_index, save_index
 from iisan.run.lock import run_lock
 from iisan.item_rows import ItemRows
@@ -80,6 +80,8 @@ class CatalogueStore:
         self._sample_queries = sample_queries
         self.stage = stage
         self._weights = ranking_digest(run_dir)
+        self._identity = run_identity(run_dir)
+        self.replaced = False  # the run on disk is another one now: see check_identity
         self._checked = time.monotonic()
         self.lock = threading.Lock()  # queries hold it while they read; a swap takes it
         self.current: Catalogue
@@ -109,9 +111,12 @@ class CatalogueStore:
         """Pick up a generation another process committed (at most every
         :data:`REFRESH_SECONDS` unless ``now``); ``True`` if the catalogue changed. Never waits
         for a writer."""
+        if self.replaced:
+            raise self._replaced_error()
         if not now and time.monotonic() - self._checked < REFRESH_SECONDS:
             return False
         self._checked = time.monotonic()
+        self.check_identity()
         if committed_generation(self.index_dir) in (None, self.current.stored.generation):
             return False
         stored = self._read()
@@ -121,6 +126,23 @@ class CatalogueStore:
         log.info("loaded %s, committed by another process (%d items)", stored.generation,
                  self.current.num_items)
         return True
+
+    def check_identity(self) -> None:
+        """Refuse to go on once the run folder holds another run than the one loaded (trained
+        again, its scorer fitted again): this process's model could neither answer for it nor
+        add items it would keep.
+
+        Raises:
+            RunReplacedError: from then on, for every query and write.
+        """
+        if run_identity(self.run_dir) != self._identity:
+            self.replaced = True
+            log.error("%s", self._replaced_error())
+            raise self._replaced_error()
+
+    def _replaced_error(self) -> RunReplacedError:
+        return RunReplacedError(f"the run {self.run_dir.name} was replaced on disk (trained or calibrated again) "
+                                "since it was loaded; restart the server to serve the new one")
 
     def rebuild(self, kind: str, hnsw: HnswSettings) -> None:
         """Embed the trained catalogue again and commit a fresh ``kind`` index, keeping the
@@ -186,4 +208,8 @@ class CatalogueStore:
         keys = self._keys + stored.added["key"].to_list()
         titles = self._titles + stored.added["text"].to_list()
         table = stored.embeddings.on(self.device)  # rows read as queries need them
-        return Catalogue(stored, keys, titles, {key: item_id for item_id, key in enumerate(keys) if item_id}, table)
+        ids = {key: item_id for item_id, key in enumerate(keys) if item_id}
+        if len(ids) != len(keys) - 1:  # added items never repeat a key; a damaged or edited table would
+            raise DatasetError(f"the index of {self.run_dir.name} repeats item keys among its added items; "
+                               "rebuild it: `iisan index build RUN`")
+        return Catalogue(stored, keys, titles, ids, table)

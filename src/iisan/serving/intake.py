@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -35,6 +36,12 @@ class LocatedItem(dict):
         self.where = where
 
 
+# Bounds on one new item, wherever it comes from (a file, the service, Python): far above any
+# title or description, far below what would hold gigabytes while it is cleaned and tokenized
+MAX_KEY_CHARS = 256
+MAX_TEXT_CHARS = 10_000
+
+
 def vet_items(items: list[dict[str, Any]], layers: dict[str, tuple[int, ...]], first: int = 1) -> tuple[list[str], list[str], list[bytes | None]]:
     """Keys, cleaned texts and image bytes of untrusted new ``items`` for a model that reads
     ``layers`` (modality -> layers), named in errors by where they were read
@@ -56,8 +63,12 @@ def vet_items(items: list[dict[str, Any]], layers: dict[str, tuple[int, ...]], f
         key, text, image = item.get("key"), item.get("text"), item.get("image")
         if not isinstance(key, str) or not key.strip():
             raise InputError(f"{where}: key must be a non-empty string")
+        if len(key) > MAX_KEY_CHARS:
+            raise InputError(f"{where}: key is {len(key):,} characters, more than {MAX_KEY_CHARS:,}")
         if text is not None and not isinstance(text, str):
             raise InputError(f"{where} ({key!r}): text must be a string")
+        if text is not None and len(text) > MAX_TEXT_CHARS:  # an encoder reads a few dozen tokens of it
+            raise InputError(f"{where} ({key!r}): text is {len(text):,} characters, more than {MAX_TEXT_CHARS:,}")
         text = clean_text(pl.Series([text], dtype=pl.String))[0] if text else None
         data = _image_bytes(image, f"{where} ({key!r})")
         if "image" not in layers and "text" in layers and text is None:
@@ -124,6 +135,8 @@ def iter_new_items(path: str | Path, allow_outside_paths: bool = False) -> Itera
             item = json.loads(line)
         except ValueError as err:
             raise InputError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+        except RecursionError:  # deeper than Python's parser goes: no item is
+            raise InputError(f"{path}:{number}: not valid JSON for an item (nested too deep)") from None
         if not isinstance(item, dict):
             raise InputError(f"{path}:{number}: expected a JSON object with key, text and image")
         if isinstance(item.get("image"), str):
@@ -216,6 +229,9 @@ class ContentEmbedder:
         # the term vectors the ranker reads, if any (the scorer's floor, or knn's content): one at most
         parts = [trained.model, *([trained.scorer.blend] if trained.scorer is not trained.model else [])]
         self.terms = next((m for part in parts for m in part.modules() if isinstance(m, TermVectors)), None)
+        # One embedding at a time: the first loads the encoders (and imports transformers),
+        # which concurrent first requests would otherwise race on, half-imported
+        self._lock = threading.Lock()
 
     def embed(self, texts: list[str], images: list[bytes | None]) -> np.ndarray:
         """``[n, width]`` float32 vectors of the items with these texts and image bytes.
@@ -223,6 +239,10 @@ class ContentEmbedder:
         Raises:
             InputError: an image cannot be decoded. NonFiniteError: the model gives NaN.
         """
+        with self._lock:
+            return self._embed(texts, images)
+
+    def _embed(self, texts: list[str], images: list[bytes | None]) -> np.ndarray:
         self.ranker.eval()
         chunks = []
         for start in range(0, len(texts), ENCODE_CHUNK):  # an encoder pass holds every layer's states

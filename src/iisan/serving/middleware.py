@@ -10,7 +10,9 @@ import itertools
 import json
 import logging
 import os
+import re
 import time
+from pathlib import Path
 
 from iisan.fileio import storage_failure
 
@@ -61,10 +63,23 @@ class Measure:
             self.latency.labels(route).observe(seconds)
             if self.access_log:
                 fields = {"client": (scope.get("client") or ("-", 0))[0], "method": scope["method"],
-                          "path": scope.get("path", ""), "status": status, "ms": round(1000 * seconds, 1),
+                          "path": request_path(scope), "status": status, "ms": round(1000 * seconds, 1),
                           "request_id": given or f"{self.process:x}-{next(self.numbers):x}"}
                 access.info("%(client)s %(method)s %(path)s %(status)d %(ms).1f ms %(request_id)s", fields,
                             extra={"fields": fields})
+
+
+# Control characters (C0, DEL, C1): a decoded %0a would start a forged log line, %1b would
+# send escape sequences to the operator's terminal
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def request_path(scope) -> str:
+    """The request's path as a log line may hold it: as the client sent it (still
+    percent-encoded), any control character written as ``\\xNN``."""
+    raw = scope.get("raw_path")
+    path = raw.decode("latin-1") if isinstance(raw, bytes) else scope.get("path", "")
+    return CONTROL.sub(lambda m: f"\\x{ord(m.group(0)):02x}", path)
 
 
 def _given_request_id(scope) -> str | None:
@@ -76,6 +91,20 @@ def _given_request_id(scope) -> str | None:
                 return given
             return None
     return None
+
+
+# Two or more components from the root: a server path (a key in a message is quoted after a
+# word or a quote, and one-component names such as /items are routes, not paths)
+SERVER_PATH = re.compile(r"(?<![\w.~])(?:/[^\s/'\"`,;:()\[\]]+){2,}")
+
+
+def without_server_paths(message: str, run_dir: Path | None = None) -> str:
+    """``message`` for a client: the run folder named by its name, any other path on the server
+    by its last component (the server's file system is nobody else's business)."""
+    if run_dir is not None:
+        for form in sorted({str(run_dir.resolve()), str(run_dir)}, key=len, reverse=True):
+            message = message.replace(form, run_dir.name)
+    return SERVER_PATH.sub(lambda m: m.group(0).rsplit("/", 1)[-1], message)
 
 
 class InternalErrors:
@@ -104,9 +133,9 @@ class InternalErrors:
                 raise
             failure = storage_failure(err, getattr(err, "filename", None) or "the run folder")
             if failure is not None:  # the disk's trouble, not a bug: retry later
-                status, message, headers = 503, str(failure), [(b"retry-after", b"5")]
+                status, message, headers = 503, without_server_paths(str(failure)), [(b"retry-after", b"5")]
             else:
-                log.exception("internal error answering %s %s", scope.get("method"), scope.get("path"))
+                log.exception("internal error answering %s %s", scope.get("method"), request_path(scope))
                 status, message, headers = 500, f"internal error: {type(err).__name__}", []
             body = json.dumps({"error": message}).encode()
             await send({"type": "http.response.start", "status": status,

@@ -305,6 +305,12 @@ def known_ids(query: Query, ids: dict[str, int]) -> list[int]:
 def health(recommender: Recommender) -> dict[str, Any]:
     """``{"status": "ok" | "failing", "items": N, "index": kind, "problems": [...]}``: the
     catalogue's parts agree and a probe query is answered."""
+    try:
+        recommender.store.refresh()  # the catalogue as the next query sees it
+    except IisanError as err:
+        catalogue = recommender.store.current
+        return {"status": "failing", "items": catalogue.num_items, "index": catalogue.stored.index.kind,
+                "problems": [f"{type(err).__name__}: {err}"]}
     catalogue = recommender.store.current
     problems = []
     sizes = {catalogue.num_items, len(catalogue.stored.embeddings) - 1, catalogue.stored.index.size}

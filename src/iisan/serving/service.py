@@ -14,13 +14,17 @@ import base64
 import binascii
 import hmac
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Annotated, Any
 
 from iisan.data.images import FORMATS_READ
-from iisan.errors import ConfigError, IisanError, InputError, RunBusyError, StorageError, UnknownItemError, UnknownUserError
+from iisan.errors import (
+    ConfigError, IisanError, InputError, RunBusyError, RunReplacedError, StorageError, UnknownItemError, UnknownUserError,
+)
 from iisan.serving.batcher import QueryBatcher
-from iisan.serving.middleware import BodyLimit, InternalErrors, Measure
+from iisan.serving.intake import MAX_KEY_CHARS, MAX_TEXT_CHARS
+from iisan.serving.middleware import BodyLimit, InternalErrors, Measure, without_server_paths
 from iisan.serving.recommender import Query
 
 
@@ -33,10 +37,10 @@ class Limits:
 
     max_body_bytes: int = 8 * 1024 * 1024
     max_history: int = 200
-    max_key_chars: int = 256
+    max_key_chars: int = MAX_KEY_CHARS
     max_k: int = MAX_K
     max_items_per_request: int = 100
-    max_text_chars: int = 10_000
+    max_text_chars: int = MAX_TEXT_CHARS
 
 
 def request_models(limits: Limits) -> SimpleNamespace:
@@ -108,9 +112,10 @@ def request_models(limits: Limits) -> SimpleNamespace:
                            AddItemsResponse=AddItemsResponse, Item=Item, ErrorBody=ErrorBody, Health=Health)
 
 
-def add_error_handlers(app):
+def add_error_handlers(app, run_dir: Path | None = None):
     """Every error answer is ``{"error": "<one line>"}`` with the right status: 422 for the
-    request's faults, 503 (with Retry-After) for the server's (a full disk, a busy run).
+    request's faults, 503 (with Retry-After) for the server's (a full disk, a busy run); the
+    server's own messages name the run, not its paths (:func:`without_server_paths`).
     Returns the helper that makes such an answer."""
     from fastapi import Request
     from fastapi.exceptions import RequestValidationError
@@ -149,15 +154,30 @@ def add_error_handlers(app):
 
     @app.exception_handler(IisanError)
     async def library_error(_: Request, exc: IisanError) -> JSONResponse:
+        message = without_server_paths(str(exc), run_dir)
         # A failed write (disk full) or another writer holding the run is the server's trouble,
         # not the request's: 503, the catalogue unchanged, and the request can be retried.
         if isinstance(exc, (StorageError, RunBusyError)):
-            response = error(503, str(exc))
+            response = error(503, message)
             response.headers["Retry-After"] = "5"
             return response
-        return error(422, str(exc))
+        if isinstance(exc, RunReplacedError):  # the server's state, not the request's: no retry helps
+            return error(503, message)
+        return error(422, message)
 
     return error
+
+
+def user_request(schema: SimpleNamespace, user: str, k: int, exclude_seen: bool):
+    """``GET /users/{id}/recommendations``'s path and query string as the body of ``POST
+    /recommend``, checked as the body is: a bad ``k`` or an overlong id is the client's 422."""
+    from fastapi.exceptions import RequestValidationError
+    from pydantic import ValidationError
+
+    try:
+        return schema.RecommendRequest(user=user, k=k, exclude_seen=exclude_seen)
+    except ValidationError as err:
+        raise RequestValidationError(err.errors(include_url=False, include_context=False)) from None
 
 
 def create_app(recommender, token: str | None = None, limits: Limits = Limits(), access_log: bool = False):
@@ -191,7 +211,8 @@ def create_app(recommender, token: str | None = None, limits: Limits = Limits(),
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
     app.add_middleware(Measure, requests=requests, latency=latency, access_log=access_log)
 
-    add_error_handlers(app)
+    run_dir = getattr(recommender, "run_dir", None)
+    add_error_handlers(app, run_dir)
 
     batcher = QueryBatcher(recommender)
 
@@ -210,7 +231,7 @@ def create_app(recommender, token: str | None = None, limits: Limits = Limits(),
     @app.get("/users/{user:path}/recommendations", response_model=schema.RecommendResponse,
              responses=errors(404, 422), summary="Top-k next items for a user of the run's dataset")
     async def recommend_for_user(user: str, k: int = 10, exclude_seen: bool = True) -> JSONResponse:
-        return await recommend(schema.RecommendRequest(user=user, k=k, exclude_seen=exclude_seen))
+        return await recommend(user_request(schema, user, k, exclude_seen))
 
     @app.post("/items", response_model=schema.AddItemsResponse, dependencies=[Depends(bearer_check(token))],
               responses=errors(401, 413, 422, 503), summary="Add items from their content, without retraining")
@@ -221,6 +242,7 @@ def create_app(recommender, token: str | None = None, limits: Limits = Limits(),
     # :path, so a key holding "/" (which POST /items accepts) can be looked up too
     @app.get("/items/{key:path}", response_model=schema.Item, responses=errors(404, 422), summary="One item of the catalogue")
     def get_item(key: str) -> dict:
+        recommender.store.refresh()  # what another server on the run committed, as queries see it
         if key not in recommender.ids:
             raise HTTPException(404, f"unknown item key: {key[:limits.max_key_chars]!r}")
         return recommender.item(key)
@@ -229,6 +251,7 @@ def create_app(recommender, token: str | None = None, limits: Limits = Limits(),
              summary="Whether queries are answered: 200 ok, 503 failing (with the problems)")
     def health() -> JSONResponse:
         report = recommender.health()
+        report["problems"] = [without_server_paths(problem, run_dir) for problem in report["problems"]]
         return JSONResponse(report, status_code=200 if report["status"] == "ok" else 503)
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
@@ -276,9 +299,9 @@ def read_token(path) -> str:
     """The bearer token from a file (surrounding whitespace ignored).
 
     Raises:
-        ConfigError: the file is unreadable or empty.
+        ConfigError: the file is unreadable, empty, or holds what an HTTP header cannot carry alike
+            for every client (spaces, control characters, non-ASCII).
     """
-    from pathlib import Path
 
     try:
         token = Path(path).read_text(encoding="utf-8").strip()
@@ -286,6 +309,10 @@ def read_token(path) -> str:
         raise ConfigError(f"cannot read the token file {path}: {err}") from err
     if not token:
         raise ConfigError(f"the token file {path} is empty")
+    if not all("!" <= ch <= "~" for ch in token):  # HTTP carries headers as bytes: ASCII alone is read alike
+        raise ConfigError(f"the token file {path} holds a space, a control character or a character outside "
+                          "ASCII, which clients would send differently; use letters, digits and punctuation "
+                          "(for example `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
     return token
 
 

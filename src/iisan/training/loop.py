@@ -24,13 +24,14 @@ from iisan.distributed import start as start_workers
 from iisan.distributed import stop as stop_workers
 from iisan.errors import ConfigError, MissingDependencyError, NonFiniteError
 from iisan.evaluation.ranking import evaluate_split, item_embeddings
-from iisan.fileio import read_json_object, refuse_output_over_inputs, write_json_atomic
+from iisan.fileio import atomic_directory, read_json_object, refuse_output_over_inputs, write_json_atomic
 from iisan.models.baselines.knn import fit_frozen_content
 from iisan.models.inputs import ItemFeatures
 from iisan.models.recommender import SequentialRecommender
 from iisan.progress import progress
 from iisan.run.files import (
-    RESUME_DIR, RESUME_FIX, WEIGHTS_FILE, append_metrics, load_optimizer, load_weights, prepare_run_folder,
+    RESUME_DIR, RESUME_FIX, WEIGHTS_FILE, append_metrics, holds_run_content, load_optimizer, load_weights,
+    prepare_run_folder,
     read_run_config, resume_folder, save_resume_state, save_weights, trim_metrics, write_catalogue,
     write_run_config,
 )
@@ -91,6 +92,12 @@ def _train(dataset_dir: Path, run_dir: Path, config: TrainConfig, cache_dir, res
     refuse_output_over_inputs(run_dir, {"dataset": dataset_dir, "cache": cache_dir})
     # The writer (rank 0) holds the run's lock from before it empties the folder to the end.
     with run_lock(run_dir, "iisan train") if workers.is_main else contextlib.nullcontext():
+        if workers.is_main and force and not resume and holds_run_content(run_dir):
+            # Replacing a run: the new one is trained beside it and swapped in whole at the
+            # end, so a bad input (a mistyped cache) or a kill leaves the old run as it was.
+            with atomic_directory(run_dir) as work:
+                summary = _train_locked(dataset_dir, work, config, cache_dir, resume, force, tensorboard, workers)
+            return {**summary, "run": str(run_dir)}
         return _train_locked(dataset_dir, run_dir, config, cache_dir, resume, force, tensorboard, workers)
 
 

@@ -107,6 +107,9 @@ def _parse_jsonl(
         except ValueError as err:
             bad.append((line, f"invalid JSON: {err}"))
             continue
+        except RecursionError:  # nested deeper than Python's parser goes: no record of ours is
+            bad.append((line, "invalid JSON: nested too deep"))
+            continue
         if not isinstance(record, dict):
             bad.append((line, f"expected a JSON object, found {type(record).__name__}"))
             continue

@@ -119,6 +119,10 @@ def _read_table(path: Path, problems: Problems, string_columns: list[str]) -> pl
     problems.add_many("wrong_column_count", path.name, bad_examples, count=len(bad_lines))
     if table.num_rows == 0:
         problems.add("empty_file", path.name, None, f"{path} has a header but no rows")
+    repeated = sorted({name for name in table.column_names if table.column_names.count(name) > 1})
+    if repeated:  # which of the two is meant cannot be guessed
+        raise InputError(f"{path}: the header names column {', '.join(map(repr, repeated))} more than once; "
+                         "rename the copies so that each column has its own name")
     frame = pl.from_arrow(table)
     return frame.with_columns(pl.Series("line", _valid_line_numbers(table.num_rows, bad_lines)))
 
