@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from iisan.models.recommender import SequentialRecommender, build_item_encoder
 from iisan.models.user import UserEncoder
 from iisan.run.files import CATALOGUE_FILE, WEIGHTS_FILE, load_weights, read_run_config
 from iisan.scoring.scorer import BlendScorer, load_scorer, scoring_layers
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -68,6 +71,9 @@ def assemble(dataset_dir: str | Path, cache_dir: str | Path | None, config: Trai
             raise ConfigError(f"method {config.method!r} reads encoder states: pass --cache (Python: cache_dir=...; build it with `iisan encode`)")
         cache = HiddenStateCache.open(cache_dir, dataset.fingerprint)
         shapes = {m: (cache.num_layers(m), cache.hidden_size(m)) for m in cache.modalities}
+        if config.side.modality == "auto":
+            log.info("modality auto: %s (the cache holds %s states; --modality chooses)",
+                     config.side.resolved(cache.modalities).modality, " and ".join(cache.modalities))
         config = dataclasses.replace(config, side=config.side.resolved(cache.modalities))  # "auto": what it holds
     torch.manual_seed(config.seed)
     model, source = _model_and_source(config, dataset, cache, shapes, device, layers)

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import MISSING, dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from iisan.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def option(default: Any = MISSING, *, help: str, flag: str | None = None, minimum: float | None = None,
@@ -245,3 +248,41 @@ def flat_options(config: Any) -> dict[str, Any]:
 
 def _names(config_class: type) -> set[str]:
     return {spec.name for spec in all_specs(config_class)}
+
+
+def one_of(values: tuple[str, ...]) -> Callable[[str], str]:
+    """The command-line parser of an option that takes one of ``values`` (typer's own choice
+    type, an Enum, puts "Value error, " before its message)."""
+
+    def parse(value: str) -> str:
+        if value not in values:
+            import typer
+
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(values)}")
+        return value
+
+    return parse
+
+
+def renamed_flags(args: list[str], specs_of: Callable[[str], Iterable[OptionSpec]]) -> list[str]:
+    """The command line ``args`` with each flag renamed since a release written by its new name,
+    with a warning (``iisan encode --batch-size 8`` is ``--encode-batch-size 8``): the older long
+    names of a command's options (``specs_of(command)``), which ``--config`` files accept too.
+    Nothing after ``--`` changes."""
+    position = 0
+    while position < len(args) and args[position].startswith("-"):  # global options before the command
+        position += 2 if args[position] == "--threads" else 1
+    if position >= len(args):
+        return list(args)
+    renamed = {f"--{alias}": f"--{spec.flag}" for spec in specs_of(args[position])
+               for alias in spec.aliases if len(alias) > 1}
+    out = list(args[: position + 1])
+    for n, arg in enumerate(args[position + 1:], start=position + 1):
+        if arg == "--":
+            return out + list(args[n:])
+        name, equals, value = arg.partition("=")
+        if name in renamed:
+            log.warning("%s is now called %s; the old name will be removed in a later release", name, renamed[name])
+            arg = renamed[name] + equals + value
+        out.append(arg)
+    return out

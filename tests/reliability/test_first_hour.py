@@ -29,3 +29,45 @@ def test_help_and_version_start_without_importing_torch():
                 "try:\n    main()\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules, file=sys.stderr)")
         done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
         assert done.stderr.strip().splitlines()[-1] == "False", (args, done.stderr[-800:])
+
+
+def test_a_method_without_epochs_says_so_instead_of_none_seconds():
+    import io
+
+    from rich.console import Console
+
+    from iisan.report import terminal
+
+    metrics = {"ndcg@10": 0.1, "hr@10": 0.2}
+    summary = {"method": "knn", "mode": "cached", "epochs": 0, "best_epoch": 0, "seconds_per_epoch": None,
+               "trainable_parameters": 0, "total_parameters": 10, "valid": metrics, "test": metrics}
+    console = Console(record=True, width=200, file=io.StringIO())
+    console.print(terminal.trained(summary, "runs/knn"))
+    text = console.export_text()
+    assert "None" not in text and "nothing to train" in text
+
+
+def test_train_says_which_modality_auto_chose(tiny_multimodal, tmp_path, caplog):
+    from iisan.assemble import assemble
+    from iisan.config import TrainConfig
+
+    dataset, cache = tiny_multimodal
+    with caplog.at_level("INFO", logger="iisan.assemble"):
+        assemble(dataset, cache, TrainConfig.for_method("iisan", epochs=1))
+    assert any("modality auto: intra_inter" in record.getMessage() and "text and image" in record.getMessage()
+               for record in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+def test_a_renamed_flag_keeps_working_with_a_warning(tmp_path):
+    from iisan.config import EncodeConfig, TrainConfig
+    from iisan.options import option_specs, renamed_flags
+
+    specs = {"encode": option_specs(EncodeConfig), "train": option_specs(TrainConfig)}
+    assert renamed_flags(["--threads", "2", "encode", "DATA", "--batch-size", "8"], lambda c: specs.get(c, ())) == [
+        "--threads", "2", "encode", "DATA", "--encode-batch-size", "8"]
+    assert renamed_flags(["train", "DATA", "--batch-size=8", "--", "--batch-size"], lambda c: specs.get(c, ())) == [
+        "train", "DATA", "--train-batch-size=8", "--", "--batch-size"]
+    done = subprocess.run([sys.executable, "-m", "iisan", "encode", str(tmp_path / "none"), "--out",
+                           str(tmp_path / "cache"), "--batch-size", "8"], capture_output=True, text=True, timeout=120)
+    assert "--batch-size is now called --encode-batch-size" in done.stderr
+    assert "not a prepared dataset" in done.stderr  # the flag was read: the command went on to its input

@@ -21,7 +21,7 @@ from typing import Annotated, Any
 import typer
 
 from iisan.errors import IisanError
-from iisan.options import OptionSpec, all_specs, describe_default, parse_list
+from iisan.options import OptionSpec, all_specs, describe_default, one_of, parse_list
 
 Options = dict[str, Any]
 NOT_GIVEN = None  # every generated option defaults to None: "not given"
@@ -98,18 +98,6 @@ def _annotation(spec: OptionSpec, default: str) -> Any:
         return Annotated[str | None, typer.Option(*flags, **settings)]
     kind = Path if spec.kind is Path else spec.kind
     return Annotated[kind | None, typer.Option(*flags, **settings)]
-
-
-def one_of(values: tuple[str, ...]) -> Callable[[str], str]:
-    """The parser of an option that takes one of ``values`` (typer's own choice type, an
-    Enum, puts "Value error, " before its message)."""
-
-    def parse(value: str) -> str:
-        if value not in values:
-            raise typer.BadParameter(f"{value!r} is not one of {', '.join(values)}")
-        return value
-
-    return parse
 
 
 def _value(spec: OptionSpec, value: Any) -> Any:

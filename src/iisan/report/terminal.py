@@ -163,8 +163,10 @@ def encoders(rows: list[dict[str, Any]]) -> Table:
 
 def trained(summary: dict[str, Any], out: Path) -> Group:
     """``iisan train``: what ran, and the best epoch's metrics on each split."""
-    return lines(f"{summary['method']} ({summary['mode']}): {summary['epochs']} epochs, best "
-                 f"{summary['best_epoch']}, {summary['seconds_per_epoch']} s/epoch, "
+    seconds = summary["seconds_per_epoch"]
+    trained = (f"{summary['epochs']} epochs, best {summary['best_epoch']}, {seconds} s/epoch" if seconds is not None
+               else "nothing to train (evaluated as it is)")  # knn: no epoch ran
+    return lines(f"{summary['method']} ({summary['mode']}): {trained}, "
                  f"{summary['trainable_parameters']:,} trainable of {summary['total_parameters']:,} "
                  f"parameters",
                  metrics_table({split: summary[split] for split in SPLITS}, f"Run {out}"))

@@ -1,10 +1,15 @@
-"""Concurrent queries answered in batches, off the event loop."""
+"""Concurrent queries answered in batches, and additions one at a time, off the event loop."""
 
 from __future__ import annotations
 
 import asyncio
 import queue
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from iisan.errors import RunBusyError
 
 from iisan.serving.recommender import Query
 
@@ -64,3 +69,24 @@ def _settle(settled: list) -> None:
             future.set_exception(result)
         else:
             future.set_result(result)
+
+
+class WriteQueue:
+    """Additions run one at a time on a thread of their own, at most ``pending`` waiting.
+
+    A writer may wait for the run's lock (another process adding, an index build) for up to
+    a minute; on the request thread pool, a few dozen such waits would take every thread and
+    leave none for reads (``/health``, ``GET /items``). Here they wait apart, and beyond
+    ``pending`` a request is told at once to come back (503, as a busy run is)."""
+
+    def __init__(self, pending: int = 8) -> None:
+        self.slots = threading.BoundedSemaphore(pending)
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="iisan-write")
+
+    async def run(self, write: Callable[..., Any], *args: Any) -> Any:
+        if not self.slots.acquire(blocking=False):
+            raise RunBusyError("too many additions are waiting for the run; try again shortly")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.pool, write, *args)
+        finally:
+            self.slots.release()

@@ -22,7 +22,7 @@ from iisan.data.images import FORMATS_READ
 from iisan.errors import (
     ConfigError, IisanError, InputError, RunBusyError, RunReplacedError, StorageError, UnknownItemError, UnknownUserError,
 )
-from iisan.serving.batcher import QueryBatcher
+from iisan.serving.batcher import QueryBatcher, WriteQueue
 from iisan.serving.intake import MAX_KEY_CHARS, MAX_TEXT_CHARS
 from iisan.serving.middleware import BodyLimit, InternalErrors, Measure, without_server_paths
 from iisan.serving.recommender import Query
@@ -214,7 +214,7 @@ def create_app(recommender, token: str | None = None, limits: Limits = Limits(),
     run_dir = getattr(recommender, "run_dir", None)
     add_error_handlers(app, run_dir)
 
-    batcher = QueryBatcher(recommender)
+    batcher, writes = QueryBatcher(recommender), WriteQueue()
 
     @app.post("/recommend", response_model=schema.RecommendResponse, responses=errors(413, 422),
               summary="Top-k next items for a history")
@@ -235,8 +235,8 @@ def create_app(recommender, token: str | None = None, limits: Limits = Limits(),
 
     @app.post("/items", response_model=schema.AddItemsResponse, dependencies=[Depends(bearer_check(token))],
               responses=errors(401, 413, 422, 503), summary="Add items from their content, without retraining")
-    def add_items(body: schema.AddItemsRequest) -> dict:
-        added = recommender.add_items(decoded_items(body.items))
+    async def add_items(body: schema.AddItemsRequest) -> dict:
+        added = await writes.run(lambda: recommender.add_items(decoded_items(body.items)))
         return {"added": added, "items": recommender.num_items}
 
     # :path, so a key holding "/" (which POST /items accepts) can be looked up too
