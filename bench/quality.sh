@@ -25,7 +25,16 @@
 set -euo pipefail
 
 WORK=${1:-bench/out/quality}
-SCIENTIFIC=$(cd "$(dirname "$0")/../.." && pwd)/shared/datasets/amazon-scientific
+# The data: Amazon Scientific in the reference TSV layout, beside the checkout (../shared, as
+# CI has it), or wherever SCIENTIFIC points (a folder holding items.tsv and users.tsv).
+SCIENTIFIC=${SCIENTIFIC:-$(cd "$(dirname "$0")/../.." && pwd)/shared/datasets/amazon-scientific}
+if [ ! -f "$SCIENTIFIC/items.tsv" ] && [ ! -f "$WORK/scientific/dataset.json" ]; then
+  echo "bench/quality.sh needs Amazon Scientific in the reference TSV layout (items.tsv, users.tsv):" >&2
+  echo "  not found at $SCIENTIFIC. A lone clone does not have it: it lies in ../shared/datasets beside" >&2
+  echo "  the project's checkout, where CI and the results pages read it." >&2
+  echo "  Point SCIENTIFIC=/path/to/amazon-scientific at a copy, or run from a checkout with ../shared." >&2
+  exit 2
+fi
 SEEDS=${SEEDS:-"42 43 44"}
 ONLY=${ONLY:-}
 DEVICE=${DEVICE:-auto}

@@ -60,6 +60,7 @@ def test_items_health_metrics_and_docs(client, recommender, history):
     assert item == {"key": history[0], "title": recommender.item(history[0])["title"], "added": False}
     assert client.get("/items/nope").status_code == 404
     assert client.get("/health").json() == {"status": "ok", "items": recommender.num_items, "index": "flat", "problems": []}
+    assert client.post("/recommend", json={"history": history, "k": 2}).status_code == 200  # whatever ran before
     metrics = client.get("/metrics")
     assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
     assert 'iisan_requests_total{method="POST",route="/recommend",status="200"}' in metrics.text

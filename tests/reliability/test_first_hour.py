@@ -71,3 +71,14 @@ def test_a_renamed_flag_keeps_working_with_a_warning(tmp_path):
                            str(tmp_path / "cache"), "--batch-size", "8"], capture_output=True, text=True, timeout=120)
     assert "--batch-size is now called --encode-batch-size" in done.stderr
     assert "not a prepared dataset" in done.stderr  # the flag was read: the command went on to its input
+
+
+def test_the_quality_bench_says_where_its_data_comes_from_when_it_is_missing(tmp_path):
+    import os
+
+    from tests.conftest import REPO
+
+    done = subprocess.run(["bash", str(REPO / "bench" / "quality.sh"), str(tmp_path / "work")], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "SCIENTIFIC": str(tmp_path / "none")})
+    assert done.returncode == 2
+    assert "items.tsv" in done.stderr and "../shared/datasets" in done.stderr and "SCIENTIFIC=" in done.stderr

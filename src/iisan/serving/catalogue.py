@@ -164,7 +164,8 @@ class CatalogueStore:
                                                                "text": [t or None for t in texts]})])
             index = now.stored.index.extended(rows)
             full = index.full if isinstance(index, TwoStageIndex) else now.stored.embeddings.appended(rows)
-            stored = StoredIndex(index, full, table, base_generation=now.stored.generation)
+            stored = StoredIndex(index, full, table, base_generation=now.stored.generation,
+                                 segments=now.stored.segments)  # the rows on disk already: linked, not written
             # On disk first: only a committed generation becomes what queries read.
             stored.generation = save_index(self.index_dir, stored, self.trained_items, self._weights)
             self._swap(self._view(stored))

@@ -25,6 +25,7 @@ def serve(run_dir: str | Path, config: ServeConfig = ServeConfig(), device: str 
     import uvicorn
 
     from iisan.serving.access_log import log_requests_to_stderr
+    from iisan.serving.protocol import BoundedHeaders
     from iisan.serving.recommender import Recommender
     from iisan.serving.service import create_app, is_loopback, read_token
 
@@ -49,7 +50,7 @@ def serve(run_dir: str | Path, config: ServeConfig = ServeConfig(), device: str 
                 flush()
 
     Server(uvicorn.Config(create_app(recommender, token, access_log=access_log), log_level="warning",
-                          access_log=False)).run(sockets=[listener])
+                          access_log=False, http=BoundedHeaders)).run(sockets=[listener])
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
