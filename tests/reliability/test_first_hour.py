@@ -82,3 +82,16 @@ def test_the_quality_bench_says_where_its_data_comes_from_when_it_is_missing(tmp
                           text=True, timeout=60, env={**os.environ, "SCIENTIFIC": str(tmp_path / "none")})
     assert done.returncode == 2
     assert "items.tsv" in done.stderr and "../shared/datasets" in done.stderr and "SCIENTIFIC=" in done.stderr
+
+
+def test_piped_output_is_one_line_a_log_record_never_wrapped_at_80_columns(small_source, tmp_path):
+    import shutil
+
+    deep = tmp_path / ("a-folder-with-a-long-name-" * 4) / "source"
+    shutil.copytree(small_source, deep)
+    done = subprocess.run([sys.executable, "-m", "iisan", "prepare", str(deep), "-f", "iisan-tsv", "-o",
+                           str(tmp_path / "ds")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    reading = [line for line in done.stderr.splitlines() if "reading" in line]
+    assert len(reading) == 1 and str(deep) in reading[0] and len(reading[0]) > 80, done.stderr
+    assert reading[0].rstrip() == reading[0]  # not padded to a console's width either

@@ -10,7 +10,7 @@ from typing import Any
 
 from rich.console import Console, RenderableType
 
-stdout = Console()
+stdout = Console(width=None if sys.stdout.isatty() else 10_000)  # piped: tables at their own width, not 80
 stderr = Console(stderr=True)
 
 
