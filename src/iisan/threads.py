@@ -6,6 +6,7 @@ every child process (the efficiency bench's, torchrun's) start with it.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 from iisan.errors import ConfigError
 
 THREADS_ENV = "IISAN_THREADS"
+log = logging.getLogger(__name__)
 
 
 def available_cores() -> int:
@@ -65,7 +67,11 @@ def thread_count(spec: str | int | None = None) -> int:
     text = str(spec).strip().lower()
     if text == "auto":
         cores = available_cores()
-        return max(1, cores - busy_cores(cores))
+        busy = busy_cores(cores)
+        if busy and cores > 1:  # a long job (an image encode) would run on fewer cores all along: say so
+            log.info("threads auto: %d of %d cores (other processes keep %d busy now; --threads %d uses them all)",
+                     max(1, cores - busy), cores, busy, cores)
+        return max(1, cores - busy)
     if not text.isdigit() or int(text) < 1:
         raise ConfigError(f"threads must be a positive number or auto, got {spec!r} "
                           f"(from --threads, {THREADS_ENV} or OMP_NUM_THREADS)")

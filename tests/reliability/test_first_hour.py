@@ -95,3 +95,13 @@ def test_piped_output_is_one_line_a_log_record_never_wrapped_at_80_columns(small
     reading = [line for line in done.stderr.splitlines() if "reading" in line]
     assert len(reading) == 1 and str(deep) in reading[0] and len(reading[0]) > 80, done.stderr
     assert reading[0].rstrip() == reading[0]  # not padded to a console's width either
+
+
+def test_auto_threads_says_when_busy_cores_leave_it_fewer(monkeypatch, caplog):
+    import iisan.threads as threads
+
+    monkeypatch.setattr(threads, "available_cores", lambda: 2)
+    monkeypatch.setattr(threads, "busy_cores", lambda cores: 1)
+    with caplog.at_level("INFO", logger="iisan.threads"):
+        assert threads.thread_count("auto") == 1
+    assert any("1 of 2 cores" in r.getMessage() and "--threads 2" in r.getMessage() for r in caplog.records)
