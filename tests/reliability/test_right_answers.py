@@ -135,3 +135,21 @@ def test_a_json_line_nested_too_deep_is_one_line(scratch, tmp_path):
     items = tmp_path / "new.jsonl"
     items.write_text(json.dumps({"key": "k1", "text": "t"}) + "\n" + deep + "\n")
     one_line_error(cli("items", "add", scratch.run, items), "new.jsonl:2", "nested too deep")
+
+
+@pytest.mark.parametrize("damage", [
+    lambda meta: meta["param_groups"][0].update(lr="fast"),
+    lambda meta: meta["param_groups"][0].update(betas=[0.9]),
+    lambda meta: meta["scalars"].update({"not-a-number.step": 3}),
+    lambda meta: meta["param_groups"].append(meta["param_groups"][0]),
+])
+def test_a_damaged_optimizer_state_is_one_line_at_resume(scratch, damage):
+    from iisan.run.files import resume_folder
+
+    path = resume_folder(scratch.run) / "optimizer.json"
+    meta = json.loads(path.read_text())
+    damage(meta)
+    path.write_text(json.dumps(meta))
+    result = cli("train", scratch.dataset, "--cache", scratch.cache, "--out", scratch.run, "--resume", "--epochs", "3",
+                 "--train-batch-size", "32", "--seed", "1")
+    one_line_error(result, "optimizer.json", "does not hold this run's optimizer state")

@@ -117,14 +117,36 @@ def load_optimizer(folder: Path, optimizer: torch.optim.Optimizer) -> None:
     fix = RESUME_FIX
     tensors = load_tensors(folder / "optimizer.safetensors", fix)
     meta = read_json_object(folder / "optimizer.json", {"param_groups": list, "scalars": dict}, fix)
-    state: dict[int, dict[str, Any]] = {}
-    for name, value in tensors.items():
-        _, param, key = name.split(".", 2)
-        state.setdefault(int(param), {})[key] = value
-    for name, value in meta["scalars"].items():
-        param, key = name.split(".", 1)
-        state.setdefault(int(param), {})[key] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    try:  # every field read is checked: a damaged or edited file is one line, not a failure at the first step
+        state: dict[int, dict[str, Any]] = {}
+        for name, value in tensors.items():
+            _, param, key = name.split(".", 2)
+            state.setdefault(int(param), {})[key] = value
+        for name, value in meta["scalars"].items():
+            param, key = name.split(".", 1)
+            state.setdefault(int(param), {})[key] = value
+        groups = meta["param_groups"]
+        for group, own in zip(groups, optimizer.param_groups, strict=True):
+            for key, value in group.items():
+                if key in own and key != "params" and not _same_kind(value, own[key]):
+                    raise TypeError(f"param_groups {key} is {type(value).__name__} {value!r}, "
+                                    f"expected {type(own[key]).__name__}")
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
+        raise DatasetError(f"{folder / 'optimizer.json'} does not hold this run's optimizer state ({err}); {fix}") from None
+
+
+def _same_kind(saved: Any, own: Any) -> bool:
+    """Whether a saved optimizer setting can stand where the optimizer holds ``own``."""
+    if saved is None or own is None:  # "not set" (torch's own defaults: foreach, fused)
+        return True
+    if isinstance(own, bool) or isinstance(saved, bool):
+        return isinstance(own, bool) == isinstance(saved, bool)
+    if isinstance(own, (int, float)):
+        return isinstance(saved, (int, float))
+    if isinstance(own, (tuple, list)):
+        return isinstance(saved, (tuple, list)) and len(saved) == len(own) and all(map(_same_kind, saved, own))
+    return isinstance(saved, type(own))
 
 
 def resume_folder(run_dir: Path) -> Path:
