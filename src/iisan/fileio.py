@@ -268,7 +268,10 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         path.rename(old)
         crash_point(writes=False)
         work.rename(path)
-        shutil.rmtree(old, ignore_errors=True) if not old.is_symlink() else old.unlink()
+        if old.is_symlink():  # --out was a link: the link goes, never what it points at
+            old.unlink()
+        else:
+            shutil.rmtree(old, ignore_errors=True)
     else:
         work.rename(path)
     fsync_file(path.parent)

@@ -95,11 +95,10 @@ def use_threads(spec: str | int | None = None) -> int:
     return count
 
 
-def threads_first(args: list[str] | None = None) -> list[str]:
-    """The command line (``sys.argv[1:]`` by default) with ``--threads N`` moved before the
-    command, where the command line reads it: ``iisan recommend RUN --threads 1`` works as
-    ``iisan --threads 1 recommend RUN`` does. Nothing after ``--`` moves."""
-    args = list(sys.argv[1:] if args is None else args)
+def threads_first(args: list[str]) -> list[str]:
+    """The command line ``args`` with ``--threads N`` moved before the command, where the
+    command line reads it: ``iisan recommend RUN --threads 1`` works as ``iisan --threads 1
+    recommend RUN`` does. Nothing after ``--`` moves."""
     moved: list[str] = []
     rest: list[str] = []
     n = 0

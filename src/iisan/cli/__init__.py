@@ -5,8 +5,9 @@ import sys
 
 import typer
 
-from iisan.cli.app import app, threads_first
+from iisan.cli.app import app
 from iisan.options import renamed_flags
+from iisan.threads import threads_first
 
 
 def main() -> None:

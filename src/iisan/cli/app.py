@@ -27,7 +27,7 @@ from iisan.methods import describe_train_default
 from iisan.options import build_config
 from iisan.progress import log_to
 from iisan.report import terminal
-from iisan.threads import THREADS_ENV, threads_first, use_threads  # noqa: F401 - main() reads threads_first
+from iisan.threads import THREADS_ENV, use_threads
 
 
 def _group(name: str | None, help: str) -> typer.Typer:

@@ -33,7 +33,7 @@ from iisan.fileio import (
     commit_generation, crash_point, current_generation, load_tensors, read_json_object, require_fields,
     storage_errors, write_atomic, write_bytes_atomic, write_json_atomic,
 )
-from iisan.run.index_store import INDEX_DIR, StoredIndex, save_index, weights_digest
+from iisan.run.index_store import INDEX_DIR, StoredIndex, empty_added_table, save_index, weights_digest
 from iisan.run.lock import LOCK_FILE
 from iisan.item_rows import ItemRows
 from iisan.search import ItemIndex
@@ -272,10 +272,9 @@ def write_catalogue(run_dir: Path, items: pl.DataFrame, embeddings: np.ndarray, 
     """The trained catalogue (``item_id``, ``key``, ``text``) and its exact index (``stage``:
     the scorer's served first stage, whose candidates are scored exactly), so the run folder
     alone answers queries: moved elsewhere, or with its dataset and cache deleted."""
-    empty = pl.DataFrame(schema={"item_id": pl.Int64, "key": pl.String, "text": pl.String})
     write_atomic(run_dir / CATALOGUE_FILE, lambda tmp: items.select("item_id", "key", "text").write_parquet(tmp))
     index = stage.index(embeddings) if stage is not None else ItemIndex(embeddings, "flat")
-    stored = StoredIndex(index, ItemRows(embeddings), empty)
+    stored = StoredIndex(index, ItemRows(embeddings), empty_added_table())
     save_index(run_dir / INDEX_DIR, stored, len(items), ranking_digest(run_dir))
 
 

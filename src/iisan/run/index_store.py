@@ -98,12 +98,13 @@ def save_index(folder: Path, stored: StoredIndex, trained_items: int, weights: s
 
     coded = isinstance(index, TwoStageIndex) and isinstance(index.first, CodedRows)
     codes = index.first.item_codes.numpy() if coded else None
-    # the writer holds the run's lock: the generation committed now is the one write() is given
-    committed = current_generation(folder, POINTER)
-    segments = added_segments(stored.segments if committed == stored.base_generation else (), len(extra))
+    # The writer holds the run's lock: the generation committed now is the one commit_generation
+    # hands write(), and when it holds the same trained catalogue its files are linked, not written.
+    current = current_generation(folder, POINTER)
+    reuse = current is not None and current == stored.base_generation
+    segments = added_segments(stored.segments if reuse else (), len(extra))
 
-    def write(work: Path, current: str | None) -> None:
-        reuse = current is not None and current == stored.base_generation
+    def write(work: Path, _current: str | None) -> None:
         if not (reuse and _link(folder / current / "embeddings.safetensors", work / "embeddings.safetensors")):
             save_file({"embeddings": np.ascontiguousarray(base)}, str(work / "embeddings.safetensors"))
         crash_point()
@@ -271,26 +272,19 @@ def _read_added(files: Path, meta: dict, pointer: Path, width: int):
         parts = [_read_segment(files / SEGMENT.format(start=start, end=end), end - start, width)
                  for start, end in segments]
         extra = np.concatenate([rows for rows, _, _ in parts]) if parts else np.zeros((0, width), np.float32)
-        table = pl.concat([table for _, table, _ in parts]) if parts else _empty_table()
+        table = pl.concat([table for _, table, _ in parts]) if parts else empty_added_table()
         if parts and all(codes is not None for _, _, codes in parts):
             added_codes = np.concatenate([codes for _, _, codes in parts])
-    elif (files / "added.safetensors").is_file() or meta["version"] > 1:
-        extra = load_tensors(files / "added.safetensors", REBUILD).get("embeddings")
-        try:
-            table = pl.read_parquet(files / "added.parquet")
-        except (OSError, pl.exceptions.PolarsError) as err:
-            raise DatasetError(f"{files / 'added.parquet'} is damaged ({err}); {REBUILD}") from None
-        if extra is None or extra.ndim != 2 or extra.shape[1] != width or len(table) != len(extra) \
-                or set(table.columns) != {"item_id", "key", "text"}:
-            raise DatasetError(f"{files} holds added items that do not match their table; {REBUILD}")
-        extra = extra.float().numpy()
+    elif (files / "added.safetensors").is_file() or meta["version"] > 1:  # version 2: one segment of them all
+        extra, table, _ = _read_segment(files / "added", None, width)
     else:
         extra = np.zeros((0, width), dtype=np.float32)
-        table = _empty_table()
+        table = empty_added_table()
     return extra, table, segments, added_codes
 
 
-def _empty_table():
+def empty_added_table():
+    """The table of added items (``item_id``, ``key``, ``text``) when there are none."""
     import polars as pl
 
     return pl.DataFrame(schema={"item_id": pl.Int64, "key": pl.String, "text": pl.String})
@@ -309,8 +303,9 @@ def _recorded_segments(meta: dict, pointer: Path) -> tuple[tuple[int, int], ...]
     return tuple((start, end) for start, end in segments)
 
 
-def _read_segment(path: Path, rows: int, width: int):
-    """One segment's vectors, table and codes (``None``: saved without), checked."""
+def _read_segment(path: Path, rows: int | None, width: int):
+    """One segment's vectors, table and codes (``None``: saved without), checked (``rows``:
+    how many it must hold; ``None``: as many as its vectors)."""
     import polars as pl
 
     tensors = load_tensors(path.with_suffix(".safetensors"), REBUILD)
@@ -319,8 +314,10 @@ def _read_segment(path: Path, rows: int, width: int):
         table = pl.read_parquet(path.with_suffix(".parquet"))
     except (OSError, pl.exceptions.PolarsError) as err:
         raise DatasetError(f"{path.with_suffix('.parquet')} is damaged ({err}); {REBUILD}") from None
+    rows = len(vectors) if rows is None and vectors is not None else rows
     if vectors is None or vectors.ndim != 2 or tuple(vectors.shape) != (rows, width) or len(table) != rows \
             or set(table.columns) != {"item_id", "key", "text"} \
             or (codes is not None and (codes.dtype != torch.int8 or codes.ndim != 2 or len(codes) != rows)):
-        raise DatasetError(f"{path.name} holds added items that do not match their table; {REBUILD}")
+        raise DatasetError(f"{path.with_suffix('.safetensors')} holds added items that do not match their table; "
+                           f"{REBUILD}")
     return vectors.float().numpy(), table, None if codes is None else codes.numpy()

@@ -22,7 +22,9 @@ import torch
 
 from iisan.errors import DatasetError, RunReplacedError
 from iisan.run.files import WEIGHTS_FILE, ranking_digest, run_identity
-from iisan.run.index_store import INDEX_DIR, StoredIndex, committed_generation, load_index, save_index
+from iisan.run.index_store import (
+    INDEX_DIR, StoredIndex, committed_generation, empty_added_table, load_index, save_index,
+)
 from iisan.run.lock import run_lock
 from iisan.item_rows import ItemRows
 from iisan.search import HnswSettings, ItemIndex, column_scale
@@ -190,7 +192,7 @@ class CatalogueStore:
         base = self._embed_trained()
         if keep is None:
             rows = np.zeros((0, base.shape[1]), dtype=np.float32)
-            added = pl.DataFrame(schema={"item_id": pl.Int64, "key": pl.String, "text": pl.String})
+            added = empty_added_table()
         else:
             rows, added = keep.embeddings.extra, keep.added
         embeddings = ItemRows(base, rows)

@@ -302,7 +302,6 @@ def read_token(path) -> str:
         ConfigError: the file is unreadable, empty, or holds what an HTTP header cannot carry alike
             for every client (spaces, control characters, non-ASCII).
     """
-
     try:
         token = Path(path).read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as err:
