@@ -29,7 +29,7 @@ from iisan.cache.encode import encode
 from iisan.config import EncodeConfig, PrepareConfig
 from iisan.data import PreparedDataset, prepare
 from iisan.data.synth import SynthConfig, synthesize
-from iisan.encoders.frozen import FrozenEncoder
+from iisan.encoders.layer_states import FrozenEncoder
 
 SCIENTIFIC = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "amazon-scientific"
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from iisan.assemble import assemble_run
-from iisan.config import SLICES
+from iisan.evaluation.slices import SLICES
 from iisan.evaluation.metrics import metrics_from_ranks, pessimistic_ranks
 from iisan.evaluation.ranking import item_embeddings
 from iisan.evaluation.slices import slice_of

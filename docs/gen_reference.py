@@ -11,7 +11,7 @@ from typer.main import get_command
 
 from iisan.cli import app
 from iisan.config import EncodeConfig, PrepareConfig, TrainConfig
-from iisan.config import SynthConfig
+from iisan.data.synth import SynthConfig
 from iisan.efficiency import EfficiencyConfig
 from iisan.methods import describe_train_default
 from iisan.options import all_specs, describe_default

@@ -77,7 +77,7 @@ def small_source(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_multimodal(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(dataset dir, cache dir) of a small synthetic multimodal set encoded with tiny encoders."""
-    from tests.conftest_multimodal import build_tiny_multimodal
+    from tests.multimodal_data import build_tiny_multimodal
 
     return build_tiny_multimodal(tmp_path_factory.mktemp("tiny-mm"))
 
@@ -102,6 +102,6 @@ def tiny_run(tiny_multimodal, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_asymmetric(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(dataset dir, cache dir) like ``tiny_multimodal`` but with encoders of different shape:
     text 2 layers x 32, image 4 layers x 48 (selected layers: 2 vs 3)."""
-    from tests.conftest_multimodal import build_tiny_multimodal
+    from tests.multimodal_data import build_tiny_multimodal
 
     return build_tiny_multimodal(tmp_path_factory.mktemp("tiny-asym"), image_layers=4, image_hidden=48)

@@ -7,11 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from iisan import config as config_module
 from iisan import methods
 from iisan.config import TrainConfig
 from iisan.errors import ConfigError
+from iisan.method_options import KnnConfig
 from iisan.methods import Method, get_method, method_names, register_method
+from iisan.options import option_specs
 
 
 class MeanOfLastLayer(nn.Module):
@@ -42,14 +43,29 @@ def registered():
 
 
 def test_the_choices_come_from_the_registry():
-    assert config_module.METHODS == method_names() and "iisan" in method_names(reads="states")
-    assert config_module.EMBEDDED_METHODS == method_names(reads="raw") == ("fft", "adapter", "lora", "bitfit")
-    assert config_module.OFFSET_METHODS == ("iisan", "frozen")
+    assert "iisan" in method_names(reads="states")
+    assert method_names(reads="raw") == ("fft", "adapter", "lora", "bitfit")
     assert TrainConfig.for_method("id").loss == "full" and TrainConfig.for_method("fft").side_lr == 1e-4
     with pytest.raises(ConfigError, match="method must be one of iisan, frozen, id"):
         TrainConfig(method="nope")
     with pytest.raises(ValueError, match="registered already"):
         register_method(get_method("iisan"))
+
+
+def test_a_method_registered_after_import_is_a_choice_with_its_help(registered):
+    spec = next(spec for spec in option_specs(TrainConfig) if spec.name == "method")
+    assert "mean-last" in spec.choices and "mean-last: a toy tower" in spec.help
+    assert TrainConfig(method="mean-last").method_options is None  # no options of its own
+
+
+def test_an_option_the_method_never_reads_is_one_line():
+    with pytest.raises(ConfigError, match="--knn-terms is an option of knn: --method iisan never reads it"):
+        TrainConfig.from_options({"method": "iisan", "knn_terms": 64})
+    with pytest.raises(ConfigError, match="--lora-rank is an option of fft and adapter and lora and bitfit"):
+        TrainConfig.from_options({"method": "id", "lora_rank": 4})
+    with pytest.raises(ConfigError, match="--method id does not read KnnConfig's options"):
+        TrainConfig(method="id", method_options=KnnConfig())
+    assert TrainConfig.from_options({"method": "knn", "knn_terms": 64}).method_options == KnnConfig(knn_terms=64)
 
 
 def test_a_registered_method_trains_and_reloads(registered, tiny_multimodal, tmp_path):

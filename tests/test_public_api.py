@@ -115,3 +115,16 @@ def test_the_command_line_layer_stays_thin():
     lines = {path.name: code_lines(path.read_text()) for path in sorted((SOURCE / "cli").glob("*.py"))}
     assert "app.py" in lines and "generated.py" in lines
     assert sum(lines.values()) < 400, lines
+
+
+def test_tests_mirror_the_source_packages():
+    """Each package of ``src/iisan`` has its tests in the folder of the same name, and no two
+    modules share a name (one reads ``models.sequential``, never a second ``recommender.py``)."""
+    source = REPO / "src" / "iisan"
+    packages = sorted(p.name for p in source.iterdir() if (p / "__init__.py").is_file())
+    assert [name for name in packages if not (REPO / "tests" / name / "__init__.py").is_file()] == []
+    names = defaultdict(list)
+    for path in source.rglob("*.py"):
+        if path.name not in ("__init__.py", "__main__.py"):
+            names[path.stem].append(str(path.relative_to(source)))
+    assert {stem: paths for stem, paths in names.items() if len(paths) > 1} == {}

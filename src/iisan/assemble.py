@@ -20,7 +20,7 @@ from iisan.features.live import load_encoders
 from iisan.features.sources import SourceContext
 from iisan.methods import get_method
 from iisan.models.terms import fill_tables
-from iisan.models.recommender import SequentialRecommender, build_item_encoder
+from iisan.models.sequential import SequentialRecommender, build_item_encoder
 from iisan.models.user import UserEncoder
 from iisan.run.files import CATALOGUE_FILE, WEIGHTS_FILE, load_weights, read_run_config
 from iisan.scoring.scorer import BlendScorer, load_scorer, scoring_layers

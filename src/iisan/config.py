@@ -9,14 +9,13 @@ derived from those fields; only checks across fields are written out here.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 from iisan.errors import ConfigError
-from iisan.method_options import ContentConfig, EncoderTuningConfig, KnnConfig, MethodOptions, Precision
-from iisan.methods import get_method, method_names
-from iisan.options import build_config, check_options, nested_configs, option
+from iisan.method_options import ContentConfig, MethodOptions, Precision
+from iisan.options import build_config, check_options, family_configs, nested_configs, option, option_specs
 
 Format = Literal["iisan-tsv", "amazon2023", "csv", "movielens", "recbole"]
 Pooling = Literal["auto", "cls", "mean", "last"]
@@ -41,74 +40,10 @@ LOSSES = get_args(Loss)
 Split = Literal["valid", "test"]  # the held-out items a run is evaluated on
 IndexKind = Literal["flat", "hnsw"]  # exact search, or faiss HNSW
 LogFormat = Literal["plain", "json"]
-HNSW_BOUNDS = {"m": (2, 256), "ef_construction": (1, 4096), "ef_search": (1, 16_384)}  # see iisan.search
 SPLITS = get_args(Split)
 INDEX_KINDS = get_args(IndexKind)
 DEVICES = ("auto", "cpu", "cuda")
 EVAL_KS = (5, 10, 20)  # the cut-offs of HR@K and NDCG@K unless asked for others
-# head="auto" is compact from this encoder width up (LLMs: 2048-8192), wide below (BERT-
-# and ViT-sized encoders, where the paper's wide head is measured).
-COMPACT_HEAD_FROM = 1024
-# From the method registry (iisan.methods): one entry per method.
-METHODS = method_names()
-EMBEDDED_METHODS = method_names(reads="raw")  # run and train the encoders on raw content
-OFFSET_METHODS = tuple(name for name in METHODS if get_method(name).options is ContentConfig)
-# Popularity slices of a target item, by its occurrences in the training part: (name, fewest,
-# most), bounds inclusive (see iisan.evaluation.slices).
-SLICES: tuple[tuple[str, int, float], ...] = (("cold", 0, 0), ("tail", 1, 4), ("head", 5, float("inf")))
-USER_DEFAULTS = ("dropout", "variant")  # user-encoder fields a method's registry entry may set
-
-# What `iisan data synth` draws from (iisan.data.synth): titles name a category, images show a colour.
-CATEGORIES = (
-    "lamp", "kettle", "backpack", "headphones", "notebook", "sneaker", "mug", "clock",
-    "umbrella", "camera", "guitar", "bicycle", "chair", "scarf", "watch", "blender",
-    "tent", "keyboard", "telescope", "vase",
-)
-COLOURS = {
-    "red": (214, 39, 40), "orange": (255, 127, 14), "yellow": (238, 210, 2),
-    "green": (44, 160, 44), "teal": (23, 190, 207), "blue": (31, 119, 180),
-    "purple": (148, 103, 189), "pink": (247, 129, 191), "brown": (140, 86, 75),
-    "olive": (128, 128, 0), "navy": (0, 0, 128), "black": (20, 20, 20),
-}
-
-
-@dataclass(frozen=True)
-class SynthConfig:
-    """Size and shape of a synthetic source (fields: ``iisan data synth --help``);
-    everything is a deterministic function of it."""
-
-    items: int = option(2000, minimum=1, help="Number of items (at least categories x colours).")
-    users: int = option(1000, minimum=1, help="Number of users.")
-    categories: int = option(10, minimum=1, help="Categories (named in titles only).")
-    colours: int = option(8, minimum=1, help="Colours (shown in images only).")
-    min_len: int = option(5, minimum=1, help="Shortest sequence.")
-    max_len: int = option(20, minimum=1, help="Longest sequence.")
-    p_both: float = option(0.6, minimum=0, help="Probability that an interaction matches the user's category "
-                                                "and colour.")
-    p_category: float = option(0.2, minimum=0, help="Probability that it matches only their category (the "
-                                                    "rest match only their colour).")
-    image_size: int = option(64, minimum=0, help="PNG side in pixels; 0 for a text-only source.")
-    missing_image_rate: float = option(0.0, minimum=0, help="Share of items without an image.")
-    seed: int = option(0, help="Random seed; the output is deterministic given it.")
-
-    def __post_init__(self) -> None:
-        check_options(self)
-        if not 1 <= self.categories <= len(CATEGORIES):
-            raise ConfigError(f"categories must be in 1..{len(CATEGORIES)}, got {self.categories}")
-        if not 1 <= self.colours <= len(COLOURS):
-            raise ConfigError(f"colours must be in 1..{len(COLOURS)}, got {self.colours}")
-        if self.items < self.categories * self.colours:
-            raise ConfigError(
-                f"--items {self.items} cannot cover {self.categories} categories x {self.colours} colours; "
-                f"use at least {self.categories * self.colours} items"
-            )
-        if not self.min_len <= self.max_len:
-            raise ConfigError(f"need 1 <= min_len <= max_len, got {self.min_len}, {self.max_len}")
-        if self.p_both + self.p_category > 1:
-            raise ConfigError("p_both and p_category must sum to at most 1")
-        if self.missing_image_rate > 1:
-            raise ConfigError(f"missing_image_rate must be in [0, 1], got {self.missing_image_rate}")
-
 
 CSV = "Columns (csv, recbole)"
 
@@ -303,9 +238,9 @@ class SideNetworkConfig:
     image_steps: int | None = option(None, minimum=1, panel=VERSA, help="The same for the image encoder.")
     head: Head = option(
         "auto", panel=SIDE,
-        help=f"Tower heads: wide (D -> D -> d, the paper's), compact (D -> d -> d, the reference's Versa "
-             f"draft: 67M parameters fewer at D = 8192) or auto (compact from {COMPACT_HEAD_FROM} wide, wide "
-             f"below).")
+        help="Tower heads: wide (D -> D -> d, the paper's), compact (D -> d -> d, the reference's Versa "
+             "draft: 67M parameters fewer at D = 8192) or auto (compact for encoders 1024 wide or wider, wide "
+             "below).")
     text_bottleneck: int | None = option(None, minimum=1, panel=SIDE,
                                          help="SANB width of the text tower (default: --bottleneck).")
     image_bottleneck: int | None = option(None, minimum=1, panel=SIDE,
@@ -328,62 +263,9 @@ class SideNetworkConfig:
         return replace(self,
                        modality="intra_inter" if both else ("image" if "image" in available else "text"))
 
-    def selected_layers(self, num_layers: int, constant: tuple[int, ...] = (), modality: str | None = None,
-                        available: tuple[int, ...] | None = None) -> tuple[int, ...]:
-        """Indices into ``num_layers`` (= L + 1) layers of ``modality``'s encoder.
-
-        ``constant``: layers whose state is the same for every item, never chosen by a rule
-        or a step count (explicit lists are kept); ``available``: the layers the cache
-        stored (default: all).
-        """
-        available = tuple(range(num_layers)) if available is None else tuple(available)
-        explicit = getattr(self, f"{modality}_layers", None) if modality else None
-        explicit = explicit if explicit is not None else self.layers
-        if explicit is not None:
-            missing = sorted(set(explicit) - set(available))
-            if missing:
-                where = (f"the encoder has layers 0..{num_layers - 1}" if len(available) == num_layers
-                         else f"the cache stored only layers {', '.join(map(str, available))}")
-                raise ConfigError(f"layer {missing[-1]} does not exist: {where}")
-            return tuple(sorted(set(explicit)))
-        candidates = [i for i in available if i not in constant]
-        if not candidates:
-            raise ConfigError("every cached layer holds the same state for every item: nothing to learn from "
-                              "(was the cache built from empty texts?)")
-        steps = getattr(self, f"{modality}_steps", None) if modality else None
-        if steps is not None:
-            if steps > len(candidates):
-                raise ConfigError(f"{modality}_steps {steps}: the {modality} encoder has only "
-                                  f"{len(candidates)} "
-                                  "usable layers")
-            # Groups mirrored, the larger ones first: the picks count back from the last layer
-            # at an even stride (13 states in 3 steps: 4, 8, 12), like LayerDrop's rule.
-            last = len(candidates) - 1
-            return tuple(sorted(candidates[last - group[0]] for group in even_groups(len(candidates), steps)))
-        if self.layer_rule == "every_other":  # every other layer counting back from the last
-            candidates = [i for i in candidates if (available[-1] - i) % 2 == 0]
-        return tuple(candidates)
-
     def bottleneck_for(self, modality: str) -> int:
         """The SANB width of ``modality``'s tower (``inter`` uses ``bottleneck``)."""
         return getattr(self, f"{modality}_bottleneck", None) or self.bottleneck
-
-    def head_for(self, width: int, dim: int) -> str:
-        """``compact`` or ``wide`` for a tower of width ``width`` and embeddings of ``dim``."""
-        if self.head != "auto":
-            return self.head
-        return "compact" if width >= COMPACT_HEAD_FROM else "wide"
-
-
-def even_groups(count: int, groups: int) -> list[tuple[int, ...]]:
-    """Split positions ``0..count-1`` into ``groups`` contiguous groups of near-equal size,
-    the larger ones last (so the last group ends at the final layer)."""
-    if not 1 <= groups <= count:
-        raise ValueError(f"cannot split {count} layers into {groups} groups")
-    small, extra = divmod(count, groups)
-    sizes = [small] * (groups - extra) + [small + 1] * extra
-    starts = [sum(sizes[:i]) for i in range(groups)]
-    return [tuple(range(start, start + size)) for start, size in zip(starts, sizes)]
 
 
 USER = "User encoder (SASRec)"
@@ -424,8 +306,6 @@ BlendSelect = Literal["overall", "balanced"]  # see iisan.scoring.calibrate
 BlendWhiten = Literal["auto", "on", "off"]  # see iisan.scoring.calibrate
 
 SCORE_PANEL = "New and rare items"
-# What runs saved before an option existed did: one group, no words, the floor as it is.
-SCORE_SAVED_BEFORE = {"blend_groups": 1, "blend_terms": 0, "blend_whiten": "off", "serve_width": 0}
 
 
 @dataclass(frozen=True)
@@ -468,15 +348,6 @@ class ScoreConfig:
     def __post_init__(self) -> None:
         check_options(self)
 
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ScoreConfig:
-        """Saved options, from any version of iisan (absent ones as runs before them did)."""
-        data = {**SCORE_SAVED_BEFORE, **{k: v for k, v in data.items() if k in cls.__dataclass_fields__}}
-        if isinstance(data["blend_whiten"], bool):  # saved while it was on or off
-            data["blend_whiten"] = "on" if data["blend_whiten"] else "off"
-        if data.get("candidates", 0) is None:  # "chosen on validation", as 0 says now
-            data["candidates"] = 0
-        return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -484,11 +355,7 @@ class TrainConfig:
     """One training run (fields: ``iisan train --help``; a method's registry entry may
     change some defaults, see :meth:`for_method`)."""
 
-    method: str = option(
-        "iisan", choices=method_names,
-        help="; ".join(f"{name}: {get_method(name).summary}" for name in METHODS)
-        + ". Methods that train the encoders read their names from the cache's manifest and run them "
-          "on raw content.")
+    method: str = option("iisan", choices=lambda: _registry().method_names(), help=lambda: _registry().methods_help())
     mode: Mode = option("cached", help="cached: read the cache; uncached: run the frozen encoders in the "
                                        "graph under no_grad (same results, slower).")
     epochs: int = option(30, minimum=1, help="Maximum epochs (the cosine schedule reaches zero at the last).")
@@ -530,23 +397,29 @@ class TrainConfig:
                                         "(RecBole's protocol); by default it is excluded, as in the paper.")
     side: SideNetworkConfig = option(default_factory=SideNetworkConfig, cli=False, help="The side network.")
     user: UserEncoderConfig = option(default_factory=UserEncoderConfig, cli=False, help="The user encoder.")
-    content: ContentConfig = option(default_factory=ContentConfig, cli=False,
-                                    help="iisan's and frozen's own options: id offsets, the score blend.")
     score: ScoreConfig = option(default_factory=ScoreConfig, cli=False,
                                 help="How the score blend is fitted after training (iisan.scoring).")
-    knn: KnnConfig = option(default_factory=KnnConfig, cli=False, help="The content-only floor's own option.")
-    tuning: EncoderTuningConfig = option(default_factory=EncoderTuningConfig, cli=False,
-                                         help="The encoder baselines' own options.")
+    method_options: MethodOptions | None = option(
+        None, cli=False, families=lambda: _registry().option_classes(),
+        help="The method's own options, of the class its registry entry names (None: that class's defaults, "
+             "or nothing for a method without options of its own).")
 
     def __post_init__(self) -> None:
         check_options(self)
         if not self.warmup_epochs <= self.epochs:
             raise ConfigError(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
-        own = get_method(self.method).options
-        for name, section in nested_configs(TrainConfig).items():
-            # another method family's options: the saved config says they were not used
-            if issubclass(section, MethodOptions) and section is not own:
-                object.__setattr__(self, name, section.unused())
+        own = _registry().get_method(self.method).options
+        if self.method_options is None and own is not None:
+            object.__setattr__(self, "method_options", own())
+        elif self.method_options is not None and type(self.method_options) is not own:
+            raise ConfigError(f"--method {self.method} does not read {type(self.method_options).__name__}'s "
+                              f"options ({_registry().users_of(type(self.method_options))} do)")
+
+    @property
+    def content(self) -> ContentConfig:
+        """The content methods' options (id offsets, the blend), or what every other method does:
+        no offsets, no blend."""
+        return self.method_options if isinstance(self.method_options, ContentConfig) else ContentConfig.unused()
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -554,76 +427,69 @@ class TrainConfig:
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> TrainConfig:
         """A config from flat option values (``iisan train``'s, a ``--config`` file's): the
-        method's own defaults (its registry entry's), then ``options``; the side network's and
-        user encoder's fields go to them.
+        method's own defaults (its registry entry's), then ``options``; the side network's,
+        user encoder's, scorer's and the method's own fields go to them.
 
         Raises:
-            ConfigError: ``--id-offset`` for a method without offsets, or an unknown option.
+            ConfigError: an option the method never reads (``--knn-terms`` with ``--method
+                iisan``), or an unknown one.
         """
+        registry = _registry()
         method = options.get("method", cls.method)
-        if options.get("id_offset") and method not in OFFSET_METHODS:
-            raise ConfigError(f"--id-offset applies to {' and '.join(OFFSET_METHODS)}, not {method}")
-        return build_config(cls, {**get_method(method).defaults, **options, "method": method})
+        entry = registry.get_method(method)
+        own = {spec.name for spec in option_specs(entry.options)} if entry.options else set()
+        others = {spec.name: member for members in family_configs(cls).values() for member in members
+                  for spec in option_specs(member)}
+        stray = sorted(name for name in options if name in others and name not in own)
+        if stray:
+            flag = next(s.flag for s in option_specs(others[stray[0]]) if s.name == stray[0])
+            raise ConfigError(f"--{flag} is an option of {registry.users_of(others[stray[0]])}: --method {method} "
+                              f"never reads it")
+        options = {**entry.defaults, **options, "method": method}
+        given = {name: options.pop(name) for name in own if name in options}
+        config = build_config(cls, options)
+        return replace(config, method_options=entry.options(**given)) if given else config
 
     @classmethod
     def for_method(cls, method: str, **changes: Any) -> TrainConfig:
         """``method``'s own defaults, then ``changes``: flat option values, or a whole nested
-        config (``side=``, ``user=``, ``content=``, ``score=``, ``knn=``, ``tuning=``)."""
-        whole = {key: changes.pop(key) for key in nested_configs(cls) if key in changes}
+        config (``side=``, ``user=``, ``score=``, ``method_options=``)."""
+        whole = {key: changes.pop(key) for key in (*nested_configs(cls), *family_configs(cls)) if key in changes}
         config = cls.from_options({"method": method, **changes})
         return replace(config, **whole) if whole else config
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TrainConfig:
-        """A run's saved ``config.json`` ``train`` entry, from any version of iisan.
+        """A run's saved ``config.json`` ``train`` entry in this iisan's format (older formats
+        are brought to it by :mod:`iisan.run.migrate` when the run is read).
 
         Raises:
             ConfigError: a field this iisan does not know, or a value of the wrong type (one
                 line naming the field).
         """
+        data = dict(data)
         try:
-            return cls._from_json(dict(data))
+            groups = {name: kind(**data.pop(name, {})) for name, kind in nested_configs(cls).items()}
+            own = _registry().get_method(data.get("method", cls.method)).options
+            method_options = data.pop("method_options", None)
+            if method_options is not None:
+                groups["method_options"] = own(**method_options) if own is not None else None
+            return cls(**data, **groups)
         except TypeError as err:  # a stray field, or a group that is not an object
             stray = re.search(r"unexpected keyword argument '(\w+)'", str(err))
             if stray:
                 raise ConfigError(f"{stray.group(1)} is not an option of this iisan (saved by a newer one?)") from None
             raise ConfigError(f"a group of options is not an object: {err}") from None
 
-    @classmethod
-    def _from_json(cls, data: dict[str, Any]) -> TrainConfig:
-        # runs saved before these options existed: no offset, no blend, encoders in float32, a constant
-        # learning rate, the reference's user encoder, whole sequences
-        data = {"schedule": "constant", "warmup_epochs": 0.0, "samples": "sequences", **data}
-        for old, new in RENAMED.items():
-            if old in data:
-                data[new] = data.pop(old)
-        side = {"head": "wide", **data.pop("side", {})}  # runs saved before head existed: the paper's
-        for key in ("layers", "text_layers", "image_layers"):
-            if side.get(key) is not None:
-                side[key] = tuple(side[key])
-        user = {"variant": "reference", **data.pop("user", {})}  # runs saved before variants existed
-        # runs saved before methods had their own options kept them flat; adapters took the
-        # side network's bottleneck; the floor was not whitened and read no words
-        content = {"id_offset": False, "blend": False, **_pop_fields(data, ContentConfig), **data.pop("content", {})}
-        # the blend's options were content's (and flat before that) until the scorer had its own
-        score = ScoreConfig.from_json({**_pop_fields(data, ScoreConfig), **_pop_fields(content, ScoreConfig),
-                                       **data.pop("score", {})})
-        if content.get("id_offset_lr") is None:
-            content.pop("id_offset_lr", None)
-        tuning = {"precision": "fp32",
-                  "adapter_bottleneck": side.get("bottleneck", SideNetworkConfig.bottleneck)}
-        tuning.update(**_pop_fields(data, EncoderTuningConfig), **data.pop("tuning", {}))
-        knn = KnnConfig(**{**_pop_fields(data, KnnConfig), **data.pop("knn", {})})
-        return cls(**data, side=SideNetworkConfig(**side), user=UserEncoderConfig(**user),
-                   content=ContentConfig(**content), score=score, knn=knn, tuning=EncoderTuningConfig(**tuning))
 
+def _registry():
+    """The method registry (:mod:`iisan.methods`), read when a config asks it, never when this
+    module is imported: methods registered later are choices too, and the registry, which names
+    config classes, stays the owner of what a method reads (as peft's ``PeftConfig`` reads its
+    type mapping in ``from_peft_type``)."""
+    import iisan.methods
 
-def _pop_fields(data: dict[str, Any], config_class: type) -> dict[str, Any]:
-    return {f.name: data.pop(f.name) for f in fields(config_class) if f.name in data}
-
-
-# Fields renamed to say what they count; config.json files saved before use the old names.
-RENAMED = {"batch_size": "train_batch_size", "eval_batch_size": "eval_user_chunk"}
+    return iisan.methods
 
 
 # Using a trained run: evaluate, recommend, index, serve.
@@ -672,11 +538,10 @@ class IndexConfig:
 
     index: IndexKind = option("flat", help="flat: exact inner-product search; hnsw: approximate, for "
                                            "catalogues past a million items.")
-    hnsw_m: int = option(32, minimum=HNSW_BOUNDS["m"][0], maximum=HNSW_BOUNDS["m"][1],
-                         help="HNSW links per node.")
+    # Their ranges are the index's (iisan.search.HNSW_BOUNDS), checked when it is built.
+    hnsw_m: int = option(32, help="HNSW links per node.")
     # 512: on a 1M-item catalogue, bench/serve.py's recall and latency chose it over 128.
-    ef_search: int = option(512, minimum=HNSW_BOUNDS["ef_search"][0], maximum=HNSW_BOUNDS["ef_search"][1],
-                            help="HNSW candidates at query time (higher: better recall, slower).")
+    ef_search: int = option(512, help="HNSW candidates at query time (higher: better recall, slower).")
 
     def __post_init__(self) -> None:
         check_options(self)

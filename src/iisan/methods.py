@@ -142,6 +142,24 @@ def method_names(reads: str | None = None, trains: bool | None = None) -> tuple[
                  if (reads is None or m.reads == reads) and (trains is None or m.trains == trains))
 
 
+def methods_help() -> str:
+    """``--method``'s help: every method registered now, with its summary."""
+    return ("; ".join(f"{name}: {m.summary}" for name, m in _REGISTRY.items())
+            + ". Methods that train the encoders read their names from the cache's manifest and run them on raw "
+              "content.")
+
+
+def option_classes() -> tuple[type, ...]:
+    """The classes holding methods' own options, each once, in registration order."""
+    return tuple(dict.fromkeys(m.options for m in _REGISTRY.values() if m.options is not None))
+
+
+def users_of(options: type) -> str:
+    """The methods whose own options ``options`` holds, as words (``"iisan and frozen"``)."""
+    names = [name for name, m in _REGISTRY.items() if m.options is options]
+    return " and ".join(names) if names else "no registered method"
+
+
 register_method(Method(
     "iisan", "side network over every layer of the frozen encoders (the paper)", reads="states",
     tower="iisan.models.iisan:build_tower", options=ContentConfig))

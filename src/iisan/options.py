@@ -25,15 +25,16 @@ from iisan.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-def option(default: Any = MISSING, *, help: str, flag: str | None = None, minimum: float | None = None,
-           above: float | None = None, maximum: float | None = None, choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None,
-           panel: str | None = None,
+def option(default: Any = MISSING, *, help: str | Callable[[], str], flag: str | None = None,
+           minimum: float | None = None, above: float | None = None, maximum: float | None = None,
+           choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None, panel: str | None = None,
            none_word: str | None = None, aliases: tuple[str, ...] = (), default_factory: Any = MISSING,
-           cli: bool = True) -> Any:
+           cli: bool = True, families: Callable[[], tuple[type, ...]] | None = None) -> Any:
     """A dataclass field that is also a user-facing option.
 
     Args:
-        help: one or more sentences for ``--help`` and the reference.
+        help: one or more sentences for ``--help`` and the reference, or a function giving
+            them (read when asked: a registry may grow).
         flag: the command-line name without dashes (default: the field name with dashes).
         minimum: numbers must be at least this.
         above: numbers must be greater than this.
@@ -44,9 +45,12 @@ def option(default: Any = MISSING, *, help: str, flag: str | None = None, minimu
         none_word: a word that means ``None`` on the command line (``--image-encoder none``).
         aliases: older names still accepted (flags and ``--config`` keys).
         cli: ``False`` for a field that the data decides (not an option).
+        families: for a field holding one of several config classes, chosen by another field
+            (``TrainConfig.method_options``: the method's), a function giving every class it
+            may hold now; their options are options of the owner too (:func:`all_specs`).
     """
     metadata = {"help": help, "flag": flag, "minimum": minimum, "above": above, "maximum": maximum, "choices": choices,
-                "panel": panel, "none_word": none_word, "aliases": aliases, "cli": cli}
+                "panel": panel, "none_word": none_word, "aliases": aliases, "cli": cli, "families": families}
     return dataclasses.field(default=default, default_factory=default_factory, metadata={"option": metadata})
 
 
@@ -58,7 +62,7 @@ class OptionSpec:
     owner: type  # the config class that declares it
     kind: type  # int, float, str, bool or Path; for lists, the element type
     default: Any  # the field's default (MISSING when required)
-    help: str
+    help_from: str | Callable[[], str]
     flag: str
     choices_from: tuple[str, ...] | Callable[[], tuple[str, ...]] | None
     minimum: float | None
@@ -69,6 +73,11 @@ class OptionSpec:
     is_list: bool  # tuple[kind, ...]
     none_word: str | None
     aliases: tuple[str, ...]
+
+    @property
+    def help(self) -> str:
+        """The help text now (a registry's may grow after the config class was made)."""
+        return self.help_from() if callable(self.help_from) else self.help_from
 
     @property
     def choices(self) -> tuple[str, ...] | None:
@@ -96,7 +105,7 @@ def option_specs(config_class: type) -> tuple[OptionSpec, ...]:
         default = f.default if f.default is not MISSING else (
             f.default_factory() if f.default_factory is not MISSING else MISSING)
         specs.append(OptionSpec(
-            name=f.name, owner=config_class, kind=kind, default=default, help=meta["help"],
+            name=f.name, owner=config_class, kind=kind, default=default, help_from=meta["help"],
             flag=meta["flag"] or f.name.replace("_", "-"), choices_from=meta["choices"] or literal,
             minimum=meta["minimum"], above=meta["above"], maximum=meta["maximum"], panel=meta["panel"], optional=optional,
             is_list=is_list,
@@ -111,11 +120,22 @@ def nested_configs(config_class: type) -> dict[str, type]:
             if dataclasses.is_dataclass(hints[f.name])}
 
 
+def family_configs(config_class: type) -> dict[str, tuple[type, ...]]:
+    """Fields of ``config_class`` holding one of several config classes, with every class each
+    may hold now (see :func:`option`'s ``families``)."""
+    return {f.name: tuple(dict.fromkeys(f.metadata["option"]["families"]()))
+            for f in dataclasses.fields(config_class) if (f.metadata.get("option") or {}).get("families")}
+
+
 def all_specs(config_class: type) -> tuple[OptionSpec, ...]:
-    """The options of ``config_class`` and of its nested configs, flat: their names are unique."""
+    """The options of ``config_class``, of its nested configs and of every class its family
+    fields may hold, flat: their names are unique."""
     specs = list(option_specs(config_class))
     for nested in nested_configs(config_class).values():
         specs.extend(all_specs(nested))
+    for family in family_configs(config_class).values():
+        for member in family:
+            specs.extend(all_specs(member))
     return tuple(specs)
 
 
@@ -160,6 +180,9 @@ def check_options(config: Any) -> None:
         if spec.kind is Path and isinstance(value, str):
             value = Path(value)
             object.__setattr__(config, spec.name, value)  # frozen dataclasses: in __post_init__ only
+        if spec.is_list and isinstance(value, list):  # read from JSON: the field holds a tuple
+            value = tuple(value)
+            object.__setattr__(config, spec.name, value)
         if value is None:
             if not spec.optional:
                 raise ConfigError(f"{spec.name} needs a value")
@@ -241,8 +264,9 @@ def flat_options(config: Any) -> dict[str, Any]:
     """Every option value of ``config`` and of its nested configs, flat by field name (what
     :func:`build_config` takes back)."""
     values = {spec.name: getattr(config, spec.name) for spec in option_specs(type(config))}
-    for name in nested_configs(type(config)):
-        values.update(flat_options(getattr(config, name)))
+    for name in (*nested_configs(type(config)), *family_configs(type(config))):
+        if getattr(config, name) is not None:
+            values.update(flat_options(getattr(config, name)))
     return values
 
 

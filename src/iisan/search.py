@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from iisan.config import HNSW_BOUNDS, INDEX_KINDS
+from iisan.config import INDEX_KINDS
 from iisan.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ KINDS = INDEX_KINDS
 BLOCK = 128  # exact top-k works block by block: see blocked_topk
 # Sane ranges of the HNSW settings, whoever gives them (an option, or index.json on disk): an
 # ef_search of -5 answered one item for k=3; 4e8 took 3.5 GB for one query.
+HNSW_BOUNDS = {"m": (2, 256), "ef_construction": (1, 4096), "ef_search": (1, 16_384)}
 
 
 def column_scale(queries: np.ndarray) -> np.ndarray:

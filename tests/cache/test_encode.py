@@ -19,7 +19,7 @@ from iisan.cache.store import done_path, read_manifest
 from iisan.config import EncodeConfig, PrepareConfig
 from iisan.data import PreparedDataset, prepare
 from iisan.data.synth import SynthConfig, synthesize
-from iisan.encoders.frozen import FrozenEncoder
+from iisan.encoders.layer_states import FrozenEncoder
 from iisan.errors import CacheMismatchError, DatasetError
 from tests.conftest import write_tsv_source
 

@@ -16,7 +16,7 @@ from iisan.cache.store import HiddenStateCache, done_path, states_path
 from iisan.cli import app
 from iisan.data.dataset import PreparedDataset
 from iisan.errors import CacheMismatchError, ConfigError
-from tests.conftest_multimodal import TINY_ENCODE
+from tests.multimodal_data import TINY_ENCODE
 
 ENCODE_ARGS = ["--text-encoder", "tiny-random-text", "--image-encoder", "tiny-random-image", "--pooling", "mean",
                "--image-size", "32", "--encode-batch-size", "16", "--workers", "1"]

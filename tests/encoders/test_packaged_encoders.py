@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from iisan.encoders.frozen import FrozenEncoder
+from iisan.encoders.layer_states import FrozenEncoder
 from iisan.encoders.onnx_dinov2 import MAX_ABS_ERROR, run_backbone_onnx
 from iisan.encoders.packaged import package_dir
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from iisan.encoders.frozen import FrozenEncoder, default_pooling, pool_tokens
+from iisan.encoders.layer_states import FrozenEncoder, default_pooling, pool_tokens
 from iisan.encoders.packaged import package_dir, unpack_split_zip
 from iisan.encoders.identity import weights_identity
 from iisan.encoders.registry import EncoderLoadError, resolve

@@ -16,7 +16,7 @@ from iisan.data.synth import SynthConfig, synthesize
 from iisan.errors import ConfigError
 from iisan.run_metrics import evaluate_cold_start
 from iisan.training.loop import train
-from tests.conftest_multimodal import TINY_ENCODE
+from tests.multimodal_data import TINY_ENCODE
 
 
 def _interactions(sequences: dict[str, list[str]]) -> pl.DataFrame:

@@ -9,7 +9,7 @@ import torch
 from iisan.data.split import EvalSplit
 from iisan.evaluation.exposure import exposure
 from iisan.evaluation.ranking import evaluate_split
-from iisan.models.recommender import SequentialRecommender
+from iisan.models.sequential import SequentialRecommender
 from tests.evaluation.test_metrics import SumOfItems
 
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from iisan.data.split import EvalSplit
 from iisan.evaluation.metrics import metrics_from_ranks, pessimistic_ranks
 from iisan.evaluation.ranking import evaluate_split
-from iisan.models.recommender import SequentialRecommender
+from iisan.models.sequential import SequentialRecommender
 
 
 def brute_force(scores: list[list[float]], targets, histories, ks):

@@ -31,7 +31,7 @@ TRAINED = {
 @pytest.mark.parametrize("method", EMBEDDED_METHODS)
 def test_steps_reduce_the_loss_and_change_only_what_the_method_trains(tiny_multimodal, method):
     dataset, cache = tiny_multimodal
-    parts = assemble(dataset, cache, dataclasses.replace(CONFIG, method=method))
+    parts = assemble(dataset, cache, dataclasses.replace(CONFIG, method=method, method_options=None))
     model = parts.model
     assert set(model.item.encoders) == {"text", "image"}
     before = {name: value.clone() for name, value in model.state_dict().items()}
@@ -74,8 +74,8 @@ def test_untrained_tower_computes_what_frozen_computes_on_the_cache(tiny_multimo
     # the frozen baseline on the same encoders (up to the cache's float16 rounding).
     dataset, cache = tiny_multimodal
     text_only = dataclasses.replace(CONFIG, side=SideNetworkConfig(modality="text"))
-    embedded = assemble(dataset, cache, dataclasses.replace(text_only, method=method))
-    frozen = assemble(dataset, cache, dataclasses.replace(text_only, method="frozen", content=ContentConfig.unused()))
+    embedded = assemble(dataset, cache, dataclasses.replace(text_only, method=method, method_options=None))
+    frozen = assemble(dataset, cache, dataclasses.replace(text_only, method="frozen", method_options=ContentConfig.unused()))
     assert isinstance(frozen.source, CachedSource)
     frozen.model.item.heads.load_state_dict(embedded.model.item.heads.state_dict())
     frozen.model.item.fusion.load_state_dict(embedded.model.item.fusion.state_dict())
@@ -89,7 +89,7 @@ def test_an_encoder_baseline_trains_saves_and_reloads_from_the_run(tiny_multimod
     from iisan.assemble import assemble_run
 
     dataset, cache = tiny_multimodal
-    summary = train(dataset, tmp_path / "run", dataclasses.replace(CONFIG, method="lora"), cache_dir=cache)
+    summary = train(dataset, tmp_path / "run", dataclasses.replace(CONFIG, method="lora", method_options=None), cache_dir=cache)
     assert summary["trainable_parameters"] < summary["total_parameters"]
     reloaded = assemble_run(tmp_path / "run")
     items = item_embeddings(reloaded.model, reloaded.source, reloaded.dataset.num_items)
@@ -139,10 +139,3 @@ def test_lora_and_adapters_find_their_places_by_model_type(model_type):
     renamed = _tiny(model_type)
     renamed.config.model_type = "unheard-of"
     assert model_type in LAYER_PARTS and attention_projections(renamed) == targets
-
-
-def test_an_adapter_run_saved_before_its_own_width_keeps_the_side_networks():
-    saved = TrainConfig.for_method("adapter").to_json()
-    del saved["tuning"]
-    saved["side"]["bottleneck"] = 24
-    assert TrainConfig.from_json(saved).tuning.adapter_bottleneck == 24

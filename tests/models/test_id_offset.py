@@ -17,7 +17,7 @@ def test_offset_starts_at_zero_moves_known_items_and_leaves_new_ones_alone(tiny_
     dataset, cache = tiny_multimodal
     config = TrainConfig.for_method("iisan", train_batch_size=32, seed=1, id_offset=True)
     parts = assemble(dataset, cache, config)
-    plain = assemble(dataset, cache, dataclasses.replace(config, content=dataclasses.replace(config.content, id_offset=False)))
+    plain = assemble(dataset, cache, dataclasses.replace(config, method_options=dataclasses.replace(config.content, id_offset=False)))
     tower = parts.model.item
     ids = np.arange(parts.dataset.num_items + 1)
     features = parts.source.features(ids)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from iisan.models.layers import select_layers
 from iisan.assemble import assemble
 from iisan.config import SideNetworkConfig, TrainConfig
 from iisan.errors import ConfigError
@@ -48,11 +49,11 @@ def test_gated_tower_follows_the_equation():
 
 
 def test_default_layers_are_zero_and_every_other():
-    assert paper_side().selected_layers(7) == (0, 2, 4, 6)
-    assert paper_side().selected_layers(13) == (0, 2, 4, 6, 8, 10, 12)
-    assert paper_side(layers=(1, 3)).selected_layers(7) == (1, 3)
+    assert select_layers(paper_side(), 7) == (0, 2, 4, 6)
+    assert select_layers(paper_side(), 13) == (0, 2, 4, 6, 8, 10, 12)
+    assert select_layers(paper_side(layers=(1, 3)), 7) == (1, 3)
     with pytest.raises(ConfigError, match="does not exist"):
-        paper_side(layers=(9,)).selected_layers(7)
+        select_layers(paper_side(layers=(9,)), 7)
 
 
 @pytest.mark.parametrize("modality, towers", [
@@ -112,12 +113,12 @@ def test_cached_and_uncached_agree(tiny_multimodal):
 
 def test_layer_rules_count_back_from_the_last_layer_and_skip_constant_ones():
     every_other = paper_side(layer_rule="every_other")
-    assert every_other.selected_layers(7) == (0, 2, 4, 6)  # the paper's "layer 0 and every other"
-    assert every_other.selected_layers(7, constant=(0,)) == (2, 4, 6)
-    assert every_other.selected_layers(6) == (1, 3, 5)  # the last layer is always read
-    assert paper_side(layer_rule="all").selected_layers(7, constant=(0,)) == (1, 2, 3, 4, 5, 6)
-    assert paper_side(layers=(0, 3)).selected_layers(7, constant=(0,)) == (0, 3)
+    assert select_layers(every_other, 7) == (0, 2, 4, 6)  # the paper's "layer 0 and every other"
+    assert select_layers(every_other, 7, constant=(0,)) == (2, 4, 6)
+    assert select_layers(every_other, 6) == (1, 3, 5)  # the last layer is always read
+    assert select_layers(paper_side(layer_rule="all"), 7, constant=(0,)) == (1, 2, 3, 4, 5, 6)
+    assert select_layers(paper_side(layers=(0, 3)), 7, constant=(0,)) == (0, 3)
     with pytest.raises(ConfigError, match="same state for every item"):
-        paper_side(layer_rule="all").selected_layers(2, constant=(0, 1))
+        select_layers(paper_side(layer_rule="all"), 2, constant=(0, 1))
     with pytest.raises(ConfigError, match="layer_rule"):
         paper_side(layer_rule="some")

@@ -10,7 +10,7 @@ import torch
 
 from iisan.cache.store import HiddenStateCache
 from iisan.config import TrainConfig
-from iisan.method_options import KnnConfig
+from iisan.method_options import ContentConfig, KnnConfig
 from iisan.data.dataset import PreparedDataset
 from iisan.data.split import split_sequences
 from iisan.evaluation.metrics import metrics_from_ranks, pessimistic_ranks
@@ -90,15 +90,15 @@ def test_a_whitened_knn_run_scores_cosines_of_whitened_content(tiny_multimodal, 
     from iisan.assemble import load_trained
 
     dataset, cache = tiny_multimodal
-    summary = train(dataset, tmp_path / "knn", TrainConfig(method="knn", knn=KnnConfig(knn_whiten=True)),
+    summary = train(dataset, tmp_path / "knn", TrainConfig(method="knn", method_options=KnnConfig(knn_whiten=True)),
                     cache_dir=cache)
     whitened, plain = _floor_by_hand(dataset, cache, "test", whiten=True), _floor_by_hand(dataset, cache, "test")
     assert whitened != plain  # the tiny set's content is anisotropic enough to reorder items
     for key, value in whitened.items():
         assert summary["test"][key] == pytest.approx(value, abs=1e-6), key
     assert load_trained(tmp_path / "knn").model.item.mean_text.abs().sum() > 0  # the fit was saved
-    assert TrainConfig(method="knn").knn.knn_whiten is False
-    assert TrainConfig(method="iisan").knn == KnnConfig.unused()
+    assert TrainConfig(method="knn").method_options.knn_whiten is False
+    assert TrainConfig(method="iisan").method_options == ContentConfig()
 
 
 def test_a_knn_run_with_words_adds_their_cosine(tiny_multimodal, tmp_path):
@@ -108,7 +108,7 @@ def test_a_knn_run_with_words_adds_their_cosine(tiny_multimodal, tmp_path):
     from iisan.serving.recommender import Recommender
 
     dataset, cache = tiny_multimodal
-    summary = train(dataset, tmp_path / "knn", TrainConfig(method="knn", knn=KnnConfig(knn_terms=64)),
+    summary = train(dataset, tmp_path / "knn", TrainConfig(method="knn", method_options=KnnConfig(knn_terms=64)),
                     cache_dir=cache)
     with_words = _floor_by_hand(dataset, cache, "test", words=64)
     assert with_words != _floor_by_hand(dataset, cache, "test")
@@ -120,7 +120,7 @@ def test_a_knn_run_with_words_adds_their_cosine(tiny_multimodal, tmp_path):
     recommender.add_items([{"key": "new", "text": text}])
     assert recommender.embeddings[-1][-64:].abs().sum() > 0
     assert torch.allclose(recommender.embeddings[-1][-64:], recommender.embeddings[1][-64:], atol=2e-3)
-    assert TrainConfig(method="knn").knn.knn_terms == 0
+    assert TrainConfig(method="knn").method_options.knn_terms == 0
 
 
 def test_a_knn_run_recommends_like_any_run(tiny_multimodal, tmp_path):

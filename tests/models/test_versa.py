@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from iisan.models.layers import select_layers
 from iisan.assemble import assemble
 from iisan.config import SideNetworkConfig, TrainConfig
 from iisan.errors import ConfigError
@@ -36,7 +37,7 @@ def test_minilm_with_dinov2_small_pairs_first_and_last_layers():
     # Default LayerDrop: minilm (6 layers) selects 0,2,4,6; dinov2-small (12) selects 0,2,...,12.
     groups = layer_groups(7, 4)
     assert groups == [(0,), (1, 2), (3, 4), (5, 6)]
-    dinov2_layers = paper_side().selected_layers(13)
+    dinov2_layers = select_layers(paper_side(), 13)
     assert [dinov2_layers[g[-1]] for g in groups] == [0, 4, 8, 12]
 
 

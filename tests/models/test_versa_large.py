@@ -10,6 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from iisan.models.layers import head_kind, select_layers
 from iisan.cache.store import HiddenStateCache
 from iisan.cli import app
 from iisan.config import SideNetworkConfig
@@ -25,23 +26,23 @@ runner = CliRunner()
 def test_steps_pick_the_last_layer_of_evenly_spaced_groups_never_a_constant_one():
     side = SideNetworkConfig(text_steps=6, image_steps=3)
     # An 80-layer LLM (81 states) whose layer 0 is constant: 6 groups of the 80 others.
-    text = side.selected_layers(81, constant=(0,), modality="text")
+    text = select_layers(side, 81, constant=(0,), modality="text")
     assert len(text) == 6 and text[-1] == 80 and 0 not in text
     gaps = np.diff(text)
     assert gaps.max() - gaps.min() <= 1  # evenly spaced
-    assert side.selected_layers(13, modality="image") == (4, 8, 12)  # dinov2-small: 13 states
+    assert select_layers(side, 13, modality="image") == (4, 8, 12)  # dinov2-small: 13 states
     with pytest.raises(ConfigError, match="only 12 usable layers"):
-        SideNetworkConfig(image_steps=13).selected_layers(13, constant=(0,), modality="image")
+        select_layers(SideNetworkConfig(image_steps=13), 13, constant=(0,), modality="image")
 
 
 def test_explicit_per_modality_lists_win_and_the_shared_rule_is_unchanged():
     side = SideNetworkConfig(text_layers=(4, 19, 34), text_steps=2, layer_rule="every_other")
-    assert side.selected_layers(81, modality="text") == (4, 19, 34)  # the list wins over steps
-    assert side.selected_layers(13, modality="image") == (0, 2, 4, 6, 8, 10, 12)  # LayerDrop
-    assert side.selected_layers(13, constant=(0,), modality="image") == (2, 4, 6, 8, 10, 12)
-    assert side.selected_layers(7, available=(0, 3, 6)) == (0, 6)  # among stored layers only
+    assert select_layers(side, 81, modality="text") == (4, 19, 34)  # the list wins over steps
+    assert select_layers(side, 13, modality="image") == (0, 2, 4, 6, 8, 10, 12)  # LayerDrop
+    assert select_layers(side, 13, constant=(0,), modality="image") == (2, 4, 6, 8, 10, 12)
+    assert select_layers(side, 7, available=(0, 3, 6)) == (0, 6)  # among stored layers only
     with pytest.raises(ConfigError, match="stored only layers 0, 3, 6"):
-        SideNetworkConfig(text_layers=(2,)).selected_layers(7, modality="text", available=(0, 3, 6))
+        select_layers(SideNetworkConfig(text_layers=(2,)), 7, modality="text", available=(0, 3, 6))
 
 
 def test_towers_heads_and_bottlenecks_follow_each_modality():
@@ -66,7 +67,7 @@ def test_towers_heads_and_bottlenecks_follow_each_modality():
     count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
     wide_head, compact_head = 256 * 256 + 256 + 24 * 256 + 24, 24 * 256 + 24 + 24 * 24 + 24
     assert count(wide.heads["text"]) - count(tower.heads["text"]) == wide_head - compact_head
-    assert SideNetworkConfig().head_for(384, 64) == "wide" and SideNetworkConfig().head_for(4096, 64) == "compact"
+    assert head_kind(SideNetworkConfig(), 384) == "wide" and head_kind(SideNetworkConfig(), 4096) == "compact"
 
 
 def test_per_step_dtl_is_one_linear_map_per_step():
@@ -136,7 +137,7 @@ def test_uncached_mode_runs_a_bf16_cache_encoder_in_bf16(tiny_multimodal, tmp_pa
     dataset, _ = tiny_multimodal
     llm = build_tiny_decoder(tmp_path / "llama", "llama")
     from iisan.cache.store import EncoderEntry
-    from iisan.encoders.frozen import FrozenEncoder
+    from iisan.encoders.layer_states import FrozenEncoder
 
     loaded = FrozenEncoder.load(str(llm), "text")
     entry = EncoderEntry(name=str(llm), weight_hash=loaded.weight_hash, pooling="last", num_layers=loaded.num_layers,

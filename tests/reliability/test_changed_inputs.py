@@ -8,7 +8,7 @@ import dataclasses
 import json
 
 from iisan.cache.encode import encode
-from tests.conftest_multimodal import TINY_ENCODE
+from tests.multimodal_data import TINY_ENCODE
 from tests.reliability.conftest import cli, one_line_error
 
 

@@ -74,9 +74,9 @@ def test_encode_refuses_non_finite_states_and_resumes(tiny_multimodal, tmp_path,
     from iisan.cache import HiddenStateCache
     from iisan.cache.encode import encode
     from iisan.data import PreparedDataset
-    from iisan.encoders.frozen import FrozenEncoder
+    from iisan.encoders.layer_states import FrozenEncoder
     from iisan.errors import NonFiniteError
-    from tests.conftest_multimodal import TINY_ENCODE
+    from tests.multimodal_data import TINY_ENCODE
 
     dataset, _ = tiny_multimodal
     real = FrozenEncoder.pooled_hidden_states

@@ -187,19 +187,6 @@ def test_no_blend_trains_the_plain_model(tiny_multimodal, tmp_path):
 def test_the_blend_applies_to_content_methods_only():
     assert TrainConfig(method="id").content.blend is False and TrainConfig(method="knn").content.blend is False
     assert TrainConfig(method="iisan").content.blend and TrainConfig(method="frozen").content.blend
-    saved_before_blends = TrainConfig().to_json()
-    del saved_before_blends["content"]["blend"]
-    assert TrainConfig.from_json(saved_before_blends).content.blend is False  # runs saved before: as they trained
-    saved = TrainConfig().to_json()
-    del saved["score"]["blend_whiten"]
-    assert TrainConfig.from_json(saved).score.blend_whiten == "off"  # saved before whitening
-    for was, now in ((True, "on"), (False, "off")):  # saved while the option was on or off
-        saved["score"]["blend_whiten"] = was
-        assert TrainConfig.from_json(saved).score.blend_whiten == now
-    # saved while the blend's options were content's: they move to the scorer's
-    earlier = TrainConfig().to_json()
-    earlier["content"].update(earlier.pop("score"), blend_groups=2, blend_terms=64)
-    assert TrainConfig.from_json(earlier).score == TrainConfig.for_method("iisan", blend_groups=2, blend_terms=64).score
 
 
 def test_balanced_selection_weighs_each_slice_alike(tiny_multimodal, tmp_path):

@@ -105,12 +105,3 @@ def test_id_embeddings_start_as_the_user_encoders_variant():
     assert float(table[1:].std()) == pytest.approx(0.02, rel=0.05) and not table[0].any()
     reference = build_tower(TrainConfig.for_method("id"), Context()).embedding.weight.detach()
     assert float(reference[1:].std()) == pytest.approx(math.sqrt(2 / (5001 + 64)), rel=0.05)
-
-
-def test_runs_saved_before_these_options_read_as_before():
-    saved = TrainConfig().to_json()
-    for key in ("schedule", "warmup_epochs"):
-        saved.pop(key)
-    saved["user"].pop("variant")
-    config = TrainConfig.from_json(saved)
-    assert (config.schedule, config.warmup_epochs, config.user.variant) == ("constant", 0.0, "reference")

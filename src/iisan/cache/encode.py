@@ -31,7 +31,7 @@ from iisan.config import EncodeConfig
 from iisan.data.dataset import PreparedDataset
 from iisan.data.problems import Problems
 from iisan.devices import compute_dtype, pick_device, precision_name
-from iisan.encoders.frozen import FrozenEncoder
+from iisan.encoders.layer_states import FrozenEncoder
 from iisan.errors import CacheMismatchError, ConfigError, NonFiniteError, StorageError
 from iisan.fileio import check_replaceable, crash_point, refuse_output_over_inputs, storage_errors
 from iisan.progress import progress

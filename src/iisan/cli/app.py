@@ -14,13 +14,14 @@ import typer
 from rich.logging import RichHandler
 
 from iisan import __version__
-from iisan.cli.errors import fail, handles_errors
+from iisan.cli.exit_codes import fail, handles_errors
 from iisan.cli.generated import ConfigFile, Options, one_of, with_options
 from iisan.cli.output import show, stderr, stdout
 from iisan.config import (
     DEVICES, EncodeConfig, EvaluateConfig, IndexConfig, PrepareConfig, RecommendConfig, ServeConfig,
-    ScoreConfig, SynthConfig, TrainConfig,
+    ScoreConfig, TrainConfig,
 )
+from iisan.data.synth import SynthConfig, synthesize
 from iisan.efficiency import EfficiencyConfig, run_efficiency
 from iisan.errors import ConfigError, UnknownItemError
 from iisan.methods import describe_train_default
@@ -138,8 +139,6 @@ def data_synth(out: Out, options: Options, force: Force = False, as_json: Json =
       iisan data synth --items 2000 --users 1000 --out data/synth-src
       iisan prepare data/synth-src --format iisan-tsv --out data/synth
     """
-    from iisan.data.synth import synthesize
-
     info = synthesize(out, SynthConfig(**options), force=force)
     show(info, as_json, lambda info: terminal.synthesized(out, info))
 
@@ -324,7 +323,7 @@ def recommend(run: Run, options: Options, device: Device = "auto", as_json: Json
     keys = list(config.history or recommender.history_of(config.user))
     try:
         answer = recommender.recommend(keys, k=config.k, exclude_seen=not config.include_seen,
-                                       on_unknown="skip" if config.skip_unknown else "raise")
+                                       skip_unknown=config.skip_unknown)
     except UnknownItemError as err:
         fail(f"{err} (--skip-unknown leaves unknown keys out)")
     rows = [{**recommender.item(key), "score": round(score, 4)} for key, score in answer]

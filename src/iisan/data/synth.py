@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import io
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 from PIL import Image, ImageDraw
 
-from iisan.config import CATEGORIES, COLOURS, SynthConfig  # noqa: F401 - SynthConfig is imported from here too
 from iisan.data.sources.tsv import SYNTH_INFO_FILE
+from iisan.errors import ConfigError
 from iisan.fileio import atomic_directory, check_replaceable, write_json_atomic
+from iisan.options import check_options, option
 from iisan.progress import progress
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,58 @@ ADJECTIVES = (
     "compact", "deluxe", "classic", "portable", "premium", "everyday", "vintage",
     "modern", "lightweight", "sturdy", "foldable", "professional",
 )
+
+# What the source draws from: titles name a category, images show a colour.
+CATEGORIES = (
+    "lamp", "kettle", "backpack", "headphones", "notebook", "sneaker", "mug", "clock",
+    "umbrella", "camera", "guitar", "bicycle", "chair", "scarf", "watch", "blender",
+    "tent", "keyboard", "telescope", "vase",
+)
+COLOURS = {
+    "red": (214, 39, 40), "orange": (255, 127, 14), "yellow": (238, 210, 2),
+    "green": (44, 160, 44), "teal": (23, 190, 207), "blue": (31, 119, 180),
+    "purple": (148, 103, 189), "pink": (247, 129, 191), "brown": (140, 86, 75),
+    "olive": (128, 128, 0), "navy": (0, 0, 128), "black": (20, 20, 20),
+}
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Size and shape of a synthetic source (fields: ``iisan data synth --help``);
+    everything is a deterministic function of it."""
+
+    items: int = option(2000, minimum=1, help="Number of items (at least categories x colours).")
+    users: int = option(1000, minimum=1, help="Number of users.")
+    categories: int = option(10, minimum=1, help="Categories (named in titles only).")
+    colours: int = option(8, minimum=1, help="Colours (shown in images only).")
+    min_len: int = option(5, minimum=1, help="Shortest sequence.")
+    max_len: int = option(20, minimum=1, help="Longest sequence.")
+    p_both: float = option(0.6, minimum=0, help="Probability that an interaction matches the user's category "
+                                                "and colour.")
+    p_category: float = option(0.2, minimum=0, help="Probability that it matches only their category (the "
+                                                    "rest match only their colour).")
+    image_size: int = option(64, minimum=0, help="PNG side in pixels; 0 for a text-only source.")
+    missing_image_rate: float = option(0.0, minimum=0, help="Share of items without an image.")
+    seed: int = option(0, help="Random seed; the output is deterministic given it.")
+
+    def __post_init__(self) -> None:
+        check_options(self)
+        if not 1 <= self.categories <= len(CATEGORIES):
+            raise ConfigError(f"categories must be in 1..{len(CATEGORIES)}, got {self.categories}")
+        if not 1 <= self.colours <= len(COLOURS):
+            raise ConfigError(f"colours must be in 1..{len(COLOURS)}, got {self.colours}")
+        if self.items < self.categories * self.colours:
+            raise ConfigError(
+                f"--items {self.items} cannot cover {self.categories} categories x {self.colours} colours; "
+                f"use at least {self.categories * self.colours} items"
+            )
+        if not self.min_len <= self.max_len:
+            raise ConfigError(f"need 1 <= min_len <= max_len, got {self.min_len}, {self.max_len}")
+        if self.p_both + self.p_category > 1:
+            raise ConfigError("p_both and p_category must sum to at most 1")
+        if self.missing_image_rate > 1:
+            raise ConfigError(f"missing_image_rate must be in [0, 1], got {self.missing_image_rate}")
+
 
 def synthesize(out_dir: str | Path, config: SynthConfig, force: bool = False) -> dict:
     """Write a synthetic ``iisan-tsv`` source to ``out_dir``; returns its ``synth.json``."""

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from iisan.config import SLICES
+from iisan.evaluation.slices import SLICES
 
 EXPOSURE_K = 10
 

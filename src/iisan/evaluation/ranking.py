@@ -15,7 +15,7 @@ from iisan.evaluation.exposure import EXPOSURE_K, exposure
 from iisan.evaluation.metrics import metrics_from_ranks, pessimistic_ranks
 from iisan.evaluation.slices import metrics_by_slice
 from iisan.features import FeatureSource
-from iisan.models.recommender import SequentialRecommender
+from iisan.models.sequential import SequentialRecommender
 
 ITEM_CHUNK = 4096
 SCORE_BUDGET = 1 << 26  # scores held at once (256 MB of float32), whatever the catalogue size

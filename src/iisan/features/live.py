@@ -17,7 +17,7 @@ import torch
 
 from iisan.cache.store import EncoderEntry
 from iisan.data.dataset import PreparedDataset
-from iisan.encoders.frozen import FrozenEncoder, crop_image
+from iisan.encoders.layer_states import FrozenEncoder, crop_image
 from iisan.encoders.identity import canonical_identity
 from iisan.errors import CacheMismatchError
 from iisan.models.inputs import ItemFeatures

@@ -28,6 +28,7 @@ from torch import nn
 from iisan.config import SideNetworkConfig
 from iisan.errors import ConfigError
 from iisan.models.inputs import ItemFeatures
+from iisan.models.layers import head_kind, select_layers
 from iisan.models.fusion import heads_and_fusion
 from iisan.models.sanb import SANB
 from iisan.models.versa import InterModalInputs
@@ -101,7 +102,7 @@ class IISANItemEncoder(nn.Module):
                               f"but the cache has only {', '.join(shapes) or 'none'}")
         constant, stored = constant or {}, stored or {}
         self.layers = {m: tuple(layers[m]) if layers and m in layers else
-                       config.selected_layers(shapes[m][0], constant.get(m, ()), modality=m, available=stored.get(m))
+                       select_layers(config, shapes[m][0], constant.get(m, ()), modality=m, available=stored.get(m))
                        for m in config.encoder_modalities}
         uses_inter = config.modality in ("inter", "intra_inter")
         self.towers = nn.ModuleDict()
@@ -111,7 +112,7 @@ class IISANItemEncoder(nn.Module):
                 width = shapes[modality][1]
                 self.towers[modality] = GatedTower(width, len(self.layers[modality]), config,
                                                    config.bottleneck_for(modality))
-                self.heads[modality] = _head(width, dim, config.head_for(width, dim))
+                self.heads[modality] = _head(width, dim, head_kind(config, width))
         self.inter_inputs = None
         if uses_inter:
             self.inter_inputs = InterModalInputs(
@@ -120,7 +121,7 @@ class IISANItemEncoder(nn.Module):
             )
             width = self.inter_inputs.width
             self.towers["inter"] = InterTower(width, self.inter_inputs.steps, config)
-            self.heads["inter"] = _head(width, dim, config.head_for(width, dim))
+            self.heads["inter"] = _head(width, dim, head_kind(config, width))
         self.fusion = nn.Linear(len(self.towers) * dim, dim)
 
     def side_parameters(self) -> list[nn.Parameter]:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from iisan.config import INTER_LAYERS, even_groups
+from iisan.config import INTER_LAYERS
+from iisan.models.layers import even_groups
 
 
 def layer_groups(deep: int, steps: int) -> list[tuple[int, ...]]:

@@ -23,9 +23,7 @@ from iisan.config import ScoreConfig, TrainConfig
 from iisan.errors import ConfigError, DatasetError
 from iisan.evaluation.metrics import metric_label
 from iisan.fileio import write_bytes_atomic
-from iisan.method_options import MethodOptions
 from iisan.methods import get_method
-from iisan.options import nested_configs
 from iisan.run.files import read_run_config
 
 SPLIT_ORDER = ("valid", "test", "test_with_history", "valid_with_history")
@@ -321,13 +319,10 @@ def _unused_options(config: TrainConfig | None, flat: dict[str, Any]) -> list[st
         return []
     method = get_method(config.method)
     unused = [k for k in flat if k.startswith("train.side.")] if not method.needs_cache else []
-    for name, section in nested_configs(TrainConfig).items():
-        if issubclass(section, MethodOptions) and section is not method.options:  # another family's
-            unused += [f"train.{name}.{f.name}" for f in dataclasses.fields(section)]
     if config.loss != "sampled":
         unused.append("train.negatives")
     if not config.content.id_offset:
-        unused.append("train.content.id_offset_lr")
+        unused.append("train.method_options.id_offset_lr")
     if not config.content.blend:
         unused += [f"train.score.{f.name}" for f in dataclasses.fields(ScoreConfig)]
     return [k for k in unused if k in flat]
@@ -340,10 +335,10 @@ def _configuration(records: list[RunRecord]) -> str:
     for key in ("dataset", "cache"):
         for f, short in zip(flat, _shortened([f.get(key) for f in flat])):
             f[key] = short
+    keys = sorted({k for f in flat for k in f} - {"train.method_options"})  # None: a method without options
     for config, f in zip(configs, flat):  # options the run's method never reads: not a difference
-        for key in _unused_options(config, f):
+        for key in [*_unused_options(config, f), *(k for k in keys if k not in f)]:
             f[key] = NOT_APPLICABLE
-    keys = sorted({k for f in flat for k in f})
     differing = [k for k in keys
                  if len({json.dumps(f.get(k)) for f in flat if f.get(k) != NOT_APPLICABLE}) > 1]
     same = [k for k in keys if k not in differing]

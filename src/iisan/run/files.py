@@ -35,11 +35,11 @@ from iisan.fileio import (
 )
 from iisan.run.index_store import INDEX_DIR, StoredIndex, empty_added_table, save_index, weights_digest
 from iisan.run.lock import LOCK_FILE
+from iisan.run.migrate import RUN_FORMAT, upgrade_run_config
 from iisan.item_rows import ItemRows
 from iisan.search import ItemIndex
 from iisan.two_stage import FirstStage
 
-RUN_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 CATALOGUE_FILE = "items.parquet"  # the trained catalogue's item_id, key, text: recommending needs no dataset
@@ -165,12 +165,14 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DatasetError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); create one with `iisan train`")
     config = read_json_object(path, {"version": int}, fix="retrain the run or restore the file")
-    if config["version"] != RUN_VERSION:
-        raise DatasetError(f"{run_dir} has run format version {config['version']}, this iisan reads {RUN_VERSION}")
     config = require_fields(config, RUN_FIELDS, str(path), fix="retrain the run or restore the file")
     from iisan.config import TrainConfig
 
+    if config["version"] > RUN_FORMAT:
+        raise DatasetError(f"{run_dir} has run format version {config['version']}, written by a newer iisan; "
+                           f"this one reads up to {RUN_FORMAT}")
     try:  # every later reader rebuilds the options from it: a damaged field is one line here
+        config = upgrade_run_config(config)
         TrainConfig.from_json(config["train"])
     except ConfigError as err:
         raise DatasetError(f"{path}: in 'train', {err}; retrain the run or restore the file") from None
@@ -243,7 +245,7 @@ def write_run_config(run_dir: Path, train: dict[str, Any], dataset: Path, datase
     """``config.json``: the training options, what the run was trained on (dataset and cache,
     with the cache's encoder entries), the item tower's layers, the catalogue size."""
     write_json_atomic(run_dir / CONFIG_FILE, {
-        "version": RUN_VERSION,
+        "version": RUN_FORMAT,
         "iisan_version": __version__,
         "train": train,
         "dataset": str(Path(dataset).resolve()),

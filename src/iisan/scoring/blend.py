@@ -44,7 +44,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from iisan.config import SLICES
+from iisan.evaluation.slices import SLICES
 from iisan.models.baselines.knn import FrozenContentItems, RecencyMean
 from iisan.models.inputs import ItemFeatures
 from iisan.models.terms import TermVectors

@@ -40,7 +40,7 @@ from iisan.evaluation.metrics import MISS, metrics_from_ranks, pessimistic_ranks
 from iisan.evaluation.slices import SLICE_NAMES, slice_of
 from iisan.evaluation.ranking import item_embeddings
 from iisan.features import FeatureSource
-from iisan.models.recommender import SequentialRecommender
+from iisan.models.sequential import SequentialRecommender
 from iisan.scoring.blend import PRIORS
 from iisan.scoring.compact import CANDIDATE_GRID, TOLERANCE, CompactStage, served_scores
 from iisan.config import ScoreConfig

@@ -29,7 +29,7 @@ import torch
 from iisan.errors import ConfigError, DatasetError
 from iisan.fileio import commit_generation, current_generation, load_tensors, read_json_object
 from iisan.models.inputs import ItemFeatures
-from iisan.models.recommender import SequentialRecommender
+from iisan.models.sequential import SequentialRecommender
 from iisan.run.files import SCORER_DIR, SCORER_IN_MODEL_WEIGHTS, WEIGHTS_FILE
 from iisan.run.files import SCORER_POINTER as POINTER
 from iisan.run.files import SCORER_WEIGHTS as WEIGHTS
@@ -37,6 +37,7 @@ from iisan.scoring.blend import PRIORS, ScoreBlend
 from iisan.scoring.compact import CompactStage, served_scores
 from iisan.two_stage import FirstStage
 from iisan.config import ScoreConfig
+from iisan.run.migrate import upgrade_score_options
 
 SCORER_VERSION = 1
 FIX = "calibrate the run again with `iisan calibrate`"
@@ -190,7 +191,7 @@ def saved_options(run_dir: Path, saved: dict[str, Any]) -> ScoreConfig:
     folder = run_dir / SCORER_DIR
     if current_generation(folder, POINTER) is not None:
         try:
-            return ScoreConfig.from_json(read_json_object(folder / POINTER, {"options": dict}, FIX)["options"])
+            return ScoreConfig(**upgrade_score_options(read_json_object(folder / POINTER, {"options": dict}, FIX)["options"]))
         except (DatasetError, ConfigError, TypeError):
             pass  # a damaged record: the options the run was trained with
     return TrainConfig.from_json(saved["train"]).score
@@ -210,7 +211,7 @@ def load_scorer(run_dir: Path, saved: dict[str, Any], model: SequentialRecommend
         if record["version"] != SCORER_VERSION or record["kind"] != "blend":
             raise DatasetError(f"{folder / POINTER}: a {record['kind']} scorer of format {record['version']}, this "
                                f"iisan reads blend scorers of format {SCORER_VERSION}; {FIX}")
-        options = ScoreConfig.from_json(record["options"])
+        options = ScoreConfig(**upgrade_score_options(record["options"]))
         shapes = _shapes(record["shapes"], folder / POINTER)
         tensors = load_tensors(folder / generation / WEIGHTS, FIX)
         calibration = record.get("calibration") or {}

@@ -44,12 +44,24 @@ ADD_BATCH = 256
 
 @dataclass(frozen=True)
 class Query:
-    """One recommendation request: see :meth:`Recommender.recommend`."""
+    """One recommendation request, as the Python API (:meth:`Recommender.recommend`), ``iisan
+    recommend`` and the HTTP body (:class:`iisan.serving.schema.RecommendRequest`) state it.
 
-    history: list[str]
+    Attributes:
+        history: item keys the user interacted with, oldest first; only the last
+            ``max_seq_len`` feed the model. Or, instead:
+        user: a user of the run's dataset (their history there).
+        k: how many items to answer.
+        exclude_seen: leave the history's items out of the answer.
+        skip_unknown: ignore keys the catalogue does not hold, instead of raising
+            :class:`UnknownItemError` naming them.
+    """
+
+    history: list[str] | None = None
     k: int = 10
     exclude_seen: bool = True
-    on_unknown: str = "raise"
+    skip_unknown: bool = False
+    user: str | None = None
 
 
 class Recommender:
@@ -166,12 +178,13 @@ class Recommender:
         """
         results: list[list[tuple[str, float]] | IisanError] = [[] for _ in queries]
         self.store.refresh()
+        histories = [_history(query, self.history_of) for query in queries]  # before the lock: may load data
         with self._lock:
             catalogue = self.store.current  # read once: one generation for the whole batch
             rows: list[tuple[int, list[int]]] = []
             for n, query in enumerate(queries):
                 try:
-                    rows.append((n, known_ids(query, catalogue.ids)))
+                    rows.append((n, known_ids(histories[n], query, catalogue.ids)))
                 except IisanError as err:
                     results[n] = err
             if not rows:
@@ -205,16 +218,11 @@ class Recommender:
         keys = self.store.current.keys
         return [keys[item] for item in self._users.history(user)]
 
-    def recommend(self, history: list[str], k: int = 10, exclude_seen: bool = True,
-                  on_unknown: str = "raise") -> list[tuple[str, float]]:
-        """The ``k`` best next items for a user who interacted with ``history`` (oldest first).
-
-        Args:
-            history: original item keys; only the last ``max_seq_len`` feed the model.
-            exclude_seen: leave the history's items out of the answer.
-            on_unknown: ``raise`` (:class:`UnknownItemError` naming them) or ``skip``.
-        """
-        result = self.recommend_many([Query(history, k, exclude_seen, on_unknown)])[0]
+    def recommend(self, history: list[str] | None = None, k: int = 10, exclude_seen: bool = True,
+                  skip_unknown: bool = False, user: str | None = None) -> list[tuple[str, float]]:
+        """The ``k`` best next items for a user who interacted with ``history`` (oldest first),
+        or for ``user`` of the run's dataset: the fields of :class:`Query`, one request's."""
+        result = self.recommend_many([Query(history, k, exclude_seen, skip_unknown, user)])[0]
         if isinstance(result, IisanError):
             raise result
         return result
@@ -284,20 +292,31 @@ def index_recall(recommender: Recommender, queries: int = 1000, k: int = 10, see
             f"recall@{k}": round(hits / (len(rows) * k), 4)}
 
 
-def known_ids(query: Query, ids: dict[str, int]) -> list[int]:
-    """The item ids of ``query``'s history (``ids``: key -> id), checked.
+def _history(query: Query, history_of) -> list[str] | IisanError | None:
+    """``query``'s history: its own, or its user's (``history_of``), or why there is none."""
+    try:
+        return query.history if query.user is None else history_of(query.user)
+    except IisanError as err:
+        return err
+
+
+def known_ids(history: list[str] | IisanError | None, query: Query, ids: dict[str, int]) -> list[int]:
+    """The item ids of ``history``, ``query``'s (``ids``: key -> id), checked.
 
     Raises:
-        UnknownItemError: unknown keys (``on_unknown="raise"``). ConfigError: a bad query.
+        UnknownItemError: unknown keys (unless ``query.skip_unknown``). ConfigError: a bad query.
+        The error reading a user's history, when that is what ``history`` holds.
     """
-    if query.on_unknown not in ("raise", "skip"):
-        raise ConfigError(f"on_unknown must be raise or skip, got {query.on_unknown!r}")
+    if isinstance(history, IisanError):
+        raise history
+    if (query.history is None) == (query.user is None):
+        raise ConfigError("give history (item keys) or user, one of them")
     if query.k < 1:
         raise ConfigError(f"k must be positive, got {query.k}")
-    unknown = [key for key in query.history if key not in ids]
-    if unknown and query.on_unknown == "raise":
+    unknown = [key for key in history if key not in ids]
+    if unknown and not query.skip_unknown:
         raise UnknownItemError(unknown)
-    known = [ids[key] for key in query.history if key in ids]
+    known = [ids[key] for key in history if key in ids]
     if not known:
         raise ConfigError("the history holds no known item")
     return known

@@ -27,7 +27,7 @@ from iisan.evaluation.ranking import evaluate_split, item_embeddings
 from iisan.fileio import atomic_directory, read_json_object, refuse_output_over_inputs, write_json_atomic
 from iisan.models.baselines.knn import fit_frozen_content
 from iisan.models.inputs import ItemFeatures
-from iisan.models.recommender import SequentialRecommender
+from iisan.models.sequential import SequentialRecommender
 from iisan.progress import progress
 from iisan.run.files import (
     RESUME_DIR, RESUME_FIX, WEIGHTS_FILE, append_metrics, holds_run_content, load_optimizer, load_weights,

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from iisan.devices import autocast_to, compute_dtype
-from iisan.encoders.frozen import pool_tokens
+from iisan.encoders.layer_states import pool_tokens
 from iisan.errors import ConfigError
 from iisan.methods import method_names
 from iisan.models.inputs import ItemFeatures
@@ -160,13 +160,13 @@ def train_everything(model: nn.Module, config) -> nn.Module:
 def train_adapters(model: nn.Module, config) -> nn.Module:
     """``adapter``: new Houlsby adapters only."""
     model.requires_grad_(False)
-    insert_adapters(model, config.tuning.adapter_bottleneck)  # new modules: trainable
+    insert_adapters(model, config.method_options.adapter_bottleneck)  # new modules: trainable
     return model
 
 
 def train_lora(model: nn.Module, config) -> nn.Module:
     """``lora``: the LoRA update of the attention's input projections only."""
-    model = add_lora(model.requires_grad_(False), config.tuning.lora_rank)
+    model = add_lora(model.requires_grad_(False), config.method_options.lora_rank)
     for name, parameter in model.named_parameters():
         parameter.requires_grad_("lora_" in name)
     return model
@@ -207,7 +207,7 @@ class EmbeddedEncoderItemEncoder(nn.Module):
     def __init__(self, models: dict[str, nn.Module], poolings: dict[str, str],
                  adapt: Callable[[nn.Module, Any], nn.Module], config) -> None:
         super().__init__()
-        self.precision = config.tuning.precision
+        self.precision = config.method_options.precision
         self.poolings = dict(poolings)
         self.encoders = nn.ModuleDict({m: prepare_encoder(model, adapt, config)
                                        for m, model in models.items()})

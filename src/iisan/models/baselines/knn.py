@@ -138,8 +138,8 @@ class RecencyMean(nn.Module):
 def build_tower(config, context) -> FrozenContentItems:
     """The ``knn`` entry of the method registry (:mod:`iisan.methods`)."""
     modalities = tuple(m for m in config.side.encoder_modalities if m in context.shapes)
-    words = config.knn.knn_terms if "text" in modalities else 0
-    return FrozenContentItems(modalities, context.shapes, whiten=config.knn.knn_whiten,
+    words = config.method_options.knn_terms if "text" in modalities else 0
+    return FrozenContentItems(modalities, context.shapes, whiten=config.method_options.knn_whiten,
                               terms=TermVectors(context.num_items, words) if words else None)
 
 

@@ -51,9 +51,9 @@ def test_unknown_keys_are_named_or_skipped(recommender):
     known = recommender.keys[1:4]
     with pytest.raises(UnknownItemError, match="'nope'"):
         recommender.recommend([*known, "nope"])
-    assert recommender.recommend([*known, "nope"], on_unknown="skip") == recommender.recommend(known)
+    assert recommender.recommend([*known, "nope"], skip_unknown=True) == recommender.recommend(known)
     with pytest.raises(ConfigError, match="no known item"):
-        recommender.recommend(["nope"], on_unknown="skip")
+        recommender.recommend(["nope"], skip_unknown=True)
     with pytest.raises(ConfigError, match="k must be positive"):
         recommender.recommend(known, k=0)
 
@@ -193,7 +193,7 @@ def test_a_batch_answers_like_single_queries_and_isolates_errors(recommender):
 
     keys = recommender.keys
     queries = [Query(keys[1:4], k=3), Query(["nope"]), Query(keys[5:12], k=7, exclude_seen=False),
-               Query(keys[2:3], k=0), Query([*keys[3:6], "nope"], k=2, on_unknown="skip")]
+               Query(keys[2:3], k=0), Query([*keys[3:6], "nope"], k=2, skip_unknown=True)]
     results = recommender.recommend_many(queries)
 
     def same(batched, single):  # batched matmuls may differ in the last float bits

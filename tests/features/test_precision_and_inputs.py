@@ -59,8 +59,6 @@ def test_an_encoder_baseline_runs_its_encoder_in_bf16_when_asked(tiny_multimodal
                          log_popularity(torch.from_numpy(parts.splits.popularity)))
     assert seen == [torch.bfloat16] and np.isfinite(loss)
     assert encoder.embeddings.word_embeddings.weight.grad is not None  # fft still trains the encoder
-    saved_before = {k: v for k, v in config.to_json().items() if k != "tuning"}  # a run saved before the option
-    assert TrainConfig.from_json(saved_before).tuning.precision == "fp32"
 
 
 def test_raw_content_is_prepared_once_and_gives_the_same_inputs(tiny_multimodal):

@@ -14,7 +14,8 @@ from fastapi.testclient import TestClient
 
 from iisan.errors import ConfigError
 from iisan.serving.recommender import Recommender
-from iisan.serving.service import Limits, create_app, is_loopback, read_token
+from iisan.serving.schema import MAX_HISTORY, MAX_ITEMS_PER_REQUEST, MAX_K
+from iisan.serving.service import create_app, is_loopback, read_token
 from tests.conftest import png_bytes
 
 TOKEN = "s3cret-token"
@@ -29,8 +30,7 @@ def recommender(tiny_run, tmp_path_factory) -> Recommender:
 
 @pytest.fixture(scope="module")
 def client(recommender) -> TestClient:
-    limits = Limits(max_body_bytes=64 * 1024, max_history=50, max_k=100, max_items_per_request=5)
-    return TestClient(create_app(recommender, token=TOKEN, limits=limits), raise_server_exceptions=False)
+    return TestClient(create_app(recommender, token=TOKEN, max_body_bytes=64 * 1024), raise_server_exceptions=False)
 
 
 @pytest.fixture(scope="module")
@@ -106,10 +106,10 @@ BAD_REQUESTS = [
     ("POST", "/recommend", {"history": [None]}, {}, 422),
     ("POST", "/recommend", {"history": [""]}, {}, 422),
     ("POST", "/recommend", {"history": ["x" * 300]}, {}, 422),
-    ("POST", "/recommend", {"history": [KEY] * 51}, {}, 422),
+    ("POST", "/recommend", {"history": [KEY] * (MAX_HISTORY + 1)}, {}, 422),
     ("POST", "/recommend", {"history": [KEY], "k": 0}, {}, 422),
     ("POST", "/recommend", {"history": [KEY], "k": -3}, {}, 422),
-    ("POST", "/recommend", {"history": [KEY], "k": 101}, {}, 422),
+    ("POST", "/recommend", {"history": [KEY], "k": MAX_K + 1}, {}, 422),
     ("POST", "/recommend", {"history": [KEY], "k": "ten"}, {}, 422),
     ("POST", "/recommend", {"history": [KEY], "k": 2.5}, {}, 422),
     ("POST", "/recommend", {"history": [KEY], "exclude_seen": "maybe"}, {}, 422),
@@ -140,7 +140,7 @@ BAD_REQUESTS = [
     ("POST", "/items", {"items": [{"key": "a", "text": "x", "extra": 1}]}, AUTH, 422),
     ("POST", "/items", {"items": [{"key": KEY, "text": "x"}]}, AUTH, 422),
     ("POST", "/items", {"items": [{"key": "d", "text": "x"}, {"key": "d", "text": "y"}]}, AUTH, 422),
-    ("POST", "/items", {"items": [{"key": f"m{i}", "text": "x"} for i in range(6)]}, AUTH, 422),
+    ("POST", "/items", {"items": [{"key": f"m{i}", "text": "x"} for i in range(MAX_ITEMS_PER_REQUEST + 1)]}, AUTH, 422),
     ("POST", "/items", {"items": [{"key": "a", "text": "x" * 10_001}]}, AUTH, 422),
 ]
 
@@ -363,7 +363,7 @@ def test_metrics_count_the_places_of_items_added_after_training(recommender, his
     run = tmp_path / "run"
     shutil.copytree(recommender.run_dir, run)  # a catalogue of its own: items are added below
     own = Recommender.load(run)
-    client = TestClient(create_app(own, limits=Limits(max_k=1000)), raise_server_exceptions=False)
+    client = TestClient(create_app(own), raise_server_exceptions=False)
     assert client.post("/items", json={"items": [{"key": "metric-new", "text": "green mug"}]}).status_code == 200
     answer = client.post("/recommend", json={"history": history, "k": own.num_items}).json()["items"]  # every item
     assert "metric-new" in {item["key"] for item in answer}

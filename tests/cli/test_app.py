@@ -107,13 +107,13 @@ def test_train_loss_layer_rule_and_id_offset_options(tiny_multimodal, tmp_path):
                                  "--layer-rule", "all", "--id-offset", "--weight-decay", "0.01", "--json"])
     assert result.exit_code == 0, result.output
     saved = json.loads((run / "config.json").read_text())
-    assert saved["train"]["loss"] == "sampled" and saved["train"]["negatives"] == 8 and saved["train"]["content"]["id_offset"]
+    assert saved["train"]["loss"] == "sampled" and saved["train"]["negatives"] == 8 and saved["train"]["method_options"]["id_offset"]
     assert saved["layers"] == {"text": [0, 1, 2]} and saved["train"]["side"]["layer_rule"] == "all"
     reloaded = runner.invoke(app, ["evaluate", str(run), "--split", "test", "--json"])  # the run reloads as trained
     assert reloaded.exit_code == 0 and json.loads(reloaded.stdout)["metrics"]["ndcg@10"] == pytest.approx(
         json.loads(result.stdout)["test"]["ndcg@10"], abs=1e-6)
     bad = runner.invoke(app, ["train", str(dataset), "--method", "id", "--id-offset", "--out", str(tmp_path / "x")])
-    assert bad.exit_code == 2 and "--id-offset applies to iisan and frozen" in bad.stderr
+    assert bad.exit_code == 2 and "--id-offset is an option of iisan and frozen: --method id never reads it" in bad.stderr
 
 
 def test_train_evaluate_and_resume_from_the_cli(tiny_multimodal, tmp_path):

@@ -1,0 +1,95 @@
+"""Run folders of earlier formats read as they trained (:mod:`iisan.run.migrate`); whole run
+folders of earlier releases are loaded and queried in ``tests/reliability/test_old_runs.py``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from iisan.config import TrainConfig
+from iisan.errors import ConfigError
+from iisan.method_options import ContentConfig, EncoderTuningConfig, KnnConfig
+from iisan.run.migrate import RUN_FORMAT, upgrade_run_config
+
+GROUPS = {ContentConfig: "content", KnnConfig: "knn", EncoderTuningConfig: "tuning"}
+
+
+def as_version_1(config: TrainConfig) -> dict:
+    """``config``'s ``train`` entry as version 1 wrote it: a group for every family of method
+    options, the other families' at what a method without them recorded."""
+    train = json.loads(json.dumps(config.to_json()))
+    train.pop("method_options")
+    groups = {"content": dataclasses.asdict(ContentConfig.unused()), "knn": dataclasses.asdict(KnnConfig()),
+              "tuning": dataclasses.asdict(EncoderTuningConfig())}
+    if config.method_options is not None:
+        groups[GROUPS[type(config.method_options)]] = dataclasses.asdict(config.method_options)
+    return {**train, **groups}
+
+
+def read_version_1(train: dict) -> TrainConfig:
+    return TrainConfig.from_json(upgrade_run_config({"version": 1, "train": train})["train"])
+
+
+@pytest.mark.parametrize("method", ["iisan", "id", "knn", "lora"])
+def test_a_version_1_config_reads_as_the_same_config(method):
+    config = TrainConfig.for_method(method, epochs=3)
+    assert read_version_1(as_version_1(config)) == config
+
+
+def test_runs_saved_before_schedules_and_variants_read_as_before():
+    saved = as_version_1(TrainConfig())
+    for key in ("schedule", "warmup_epochs", "samples"):
+        saved.pop(key)
+    saved["user"].pop("variant")
+    config = read_version_1(saved)
+    assert (config.schedule, config.warmup_epochs, config.samples, config.user.variant) == (
+        "constant", 0.0, "sequences", "reference")
+
+
+def test_names_renamed_since_keep_their_values():
+    old = read_version_1({"method": "iisan", "batch_size": 7, "eval_batch_size": 9})
+    assert (old.train_batch_size, old.eval_user_chunk) == (7, 9)
+
+
+def test_encoder_baselines_saved_before_their_own_options():
+    saved = as_version_1(TrainConfig.for_method("adapter"))
+    del saved["tuning"]
+    saved["side"]["bottleneck"] = 24
+    config = read_version_1(saved)
+    assert config.method_options.adapter_bottleneck == 24  # adapters took the side network's width
+    assert config.method_options.precision == "fp32"  # before the option: encoders in float32
+
+
+def test_the_blend_and_its_options_as_runs_saved_before():
+    saved = as_version_1(TrainConfig())
+    del saved["content"]["blend"]
+    assert read_version_1(saved).content.blend is False  # runs saved before blends: as they trained
+    saved = as_version_1(TrainConfig())
+    del saved["score"]["blend_whiten"]
+    assert read_version_1(saved).score.blend_whiten == "off"  # saved before whitening
+    for was, now in ((True, "on"), (False, "off")):  # saved while the option was on or off
+        saved["score"]["blend_whiten"] = was
+        assert read_version_1(saved).score.blend_whiten == now
+    # saved while the blend's options were content's: they move to the scorer's
+    earlier = as_version_1(TrainConfig())
+    earlier["content"].update(earlier.pop("score"), blend_groups=2, blend_terms=64)
+    assert read_version_1(earlier).score == TrainConfig.for_method("iisan", blend_groups=2, blend_terms=64).score
+
+
+def test_the_oldest_flat_options_find_their_groups():
+    flat = {"method": "knn", "knn_whiten": True, "lora_rank": 4, "id_offset": True}
+    config = read_version_1(flat)
+    assert config.method_options == KnnConfig(knn_whiten=True)  # the others' options were never read
+    assert config.content.id_offset is False
+
+
+def test_a_newer_format_is_one_line():
+    with pytest.raises(ConfigError, match=f"version {RUN_FORMAT + 1} was written by a newer iisan"):
+        upgrade_run_config({"version": RUN_FORMAT + 1, "train": {}})
+
+
+def test_the_current_format_passes_unchanged():
+    saved = {"version": RUN_FORMAT, "train": TrainConfig().to_json()}
+    assert upgrade_run_config(saved) is saved
