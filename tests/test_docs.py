@@ -110,3 +110,12 @@ def test_every_command_line_in_the_docs_parses(page):
             if "Missing" in str(err):  # a placeholder argument left out of an example
                 continue
             pytest.fail(f"{page.relative_to(REPO)}: {line!r}: {err}")
+
+
+def test_results_pages_open_with_the_defaults_and_read_in_minutes():
+    """Each results page says first what the defaults give and what to choose, in at most 300
+    lines; the history of experiments is in git."""
+    for page in sorted((REPO / "docs" / "results").glob("*.md")):
+        text = page.read_text(encoding="utf-8")
+        assert len(text.splitlines()) <= 300, page.name
+        assert text.split("\n## ")[1].startswith("What the defaults give"), page.name
