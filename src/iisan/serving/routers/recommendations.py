@@ -18,8 +18,8 @@ async def recommend(body: RecommendRequest, run: Run) -> JSONResponse:
     answer = await run.batcher.answer(body.query())
     items = [{**run.recommender.item(key), "score": score} for key, score in answer]
     added = sum(item["added"] for item in items)
-    run.places.labels("added").inc(added)
-    run.places.labels("trained").inc(len(items) - added)
+    run.added_places.inc(added)
+    run.trained_places.inc(len(items) - added)
     # A ready response skips re-validating our own output against the model (hot path).
     return JSONResponse({"items": items})
 
