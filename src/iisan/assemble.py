@@ -23,6 +23,7 @@ from iisan.models.terms import fill_tables
 from iisan.models.sequential import SequentialRecommender, build_item_encoder
 from iisan.models.user import UserEncoder
 from iisan.run.files import CATALOGUE_FILE, WEIGHTS_FILE, load_weights, read_run_config
+from iisan.run.migrate import catalogue_from_sources
 from iisan.scoring.scorer import BlendScorer, load_scorer, scoring_layers
 
 log = logging.getLogger(__name__)
@@ -149,8 +150,8 @@ def load_trained(run_dir: str | Path, device: torch.device | str = "cpu") -> Tra
     be elsewhere or gone (they are recorded in ``config.json`` as provenance). The model
     (and the encoders of an encoder baseline) are put on ``device``.
 
-    Runs written before the folder held its catalogue (no ``items.parquet``) are assembled
-    from their dataset and cache instead.
+    Runs written before the folder held its catalogue (no ``items.parquet``) read it from
+    their dataset (:func:`iisan.run.migrate.catalogue_from_sources`).
 
     Raises:
         DatasetError: the run folder is incomplete or damaged (one line, with the fix).
@@ -161,14 +162,12 @@ def load_trained(run_dir: str | Path, device: torch.device | str = "cpu") -> Tra
     saved = read_run_config(run_dir)
     catalogue = run_dir / CATALOGUE_FILE
     if not catalogue.is_file():
-        parts = assemble_run(run_dir, device=device)
-        return TrainedRun(parts.config, parts.model, parts.dataset.items.select("item_id", "key", "text"),
-                          {m: parts.cache.entry(m) for m in parts.scorer.layers} if parts.cache else {},
-                          getattr(parts.source, "encoders", {}), parts.scorer)
-    try:
-        items = pl.read_parquet(catalogue)
-    except (OSError, pl.exceptions.PolarsError) as err:
-        raise DatasetError(f"{catalogue} is damaged ({err}); retrain the run or restore the file") from None
+        items = catalogue_from_sources(saved)
+    else:
+        try:
+            items = pl.read_parquet(catalogue)
+        except (OSError, pl.exceptions.PolarsError) as err:
+            raise DatasetError(f"{catalogue} is damaged ({err}); retrain the run or restore the file") from None
     if items.columns[:3] != ["item_id", "key", "text"] or items["item_id"].to_list() != list(range(1, len(items) + 1)) \
             or len(items) != saved["num_items"]:
         raise DatasetError(f"{catalogue} does not hold items 1..{saved['num_items']} with key and text; "

@@ -81,8 +81,5 @@ def test_the_catalogue_table_is_made_from_the_texts_not_saved():
         loaded(torch.tensor([1]))
     loaded.fill(texts)
     assert torch.equal(loaded.table, fitted.table)
-    old = {**saved, "table": fitted.table}  # weights saved while the table was saved with them
-    loaded.upgrade_saved("", old)
-    assert set(old) == {"df", "documents"}
     with pytest.raises(ValueError, match="3 texts for a catalogue of 4"):
         loaded.fill(texts[:3])

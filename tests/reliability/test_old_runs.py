@@ -84,3 +84,12 @@ def test_a_run_on_a_machine_whose_transformers_restamped_its_encoders_takes_new_
     Recommender.load(scratch.run).add_items([{"key": "moved", "text": "a red lamp", "image": png_bytes()}])
     assert "moved" in Recommender.load(scratch.run).ids
     assert not (home / "identities.json").exists()  # nothing to migrate: the cache's identity is today's
+
+
+def test_a_run_saved_before_its_folder_held_the_catalogue_reads_it_from_its_dataset(tiny_run, old_run):
+    """Older still: no ``items.parquet``; the catalogue comes from the dataset (iisan.run.migrate)."""
+    (old_run / "items.parquet").unlink()
+    today, old = Recommender.load(tiny_run), Recommender.load(old_run)
+    assert old.keys == today.keys
+    for history in (today.keys[1:3], [today.keys[20]]):
+        assert old.recommend(history, k=5) == today.recommend(history, k=5)

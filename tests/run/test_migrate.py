@@ -7,11 +7,14 @@ import dataclasses
 import json
 
 import pytest
+import torch
 
 from iisan.config import TrainConfig
 from iisan.errors import ConfigError
 from iisan.method_options import ContentConfig, EncoderTuningConfig, KnnConfig
-from iisan.run.migrate import RUN_FORMAT, upgrade_run_config
+from iisan.run.migrate import (
+    RUN_FORMAT, model_tensors, scorer_in_model_file, upgrade_optimizer_groups, upgrade_run_config, upgrade_weights,
+)
 
 GROUPS = {ContentConfig: "content", KnnConfig: "knn", EncoderTuningConfig: "tuning"}
 
@@ -93,3 +96,64 @@ def test_a_newer_format_is_one_line():
 def test_the_current_format_passes_unchanged():
     saved = {"version": RUN_FORMAT, "train": TrainConfig().to_json()}
     assert upgrade_run_config(saved) is saved
+
+
+# Weight files: each rule against today's modules, which must load what it makes.
+
+def test_the_floor_saved_before_whitening_reads_its_states_as_they_are():
+    from iisan.models.baselines.knn import FrozenContentItems
+
+    floor = FrozenContentItems(("text",), {"text": (3, 4)})
+    today = floor.state_dict()
+    old = {k: v for k, v in today.items() if not k.startswith(("mean_", "whiten_"))}
+    upgraded = upgrade_weights(old, today)
+    floor.load_state_dict(upgraded)
+    assert torch.equal(floor.mean_text, torch.zeros(4)) and torch.equal(floor.whiten_text, torch.eye(4))
+
+
+def test_the_word_table_saved_with_the_weights_is_dropped():
+    from iisan.models.terms import TermVectors
+
+    terms = TermVectors(3, 8)
+    terms.fit(["a pen", "a gap gauge", None])
+    old = {**terms.state_dict(), "table": terms.table}
+    assert set(upgrade_weights(old, terms.state_dict())) == {"df", "documents"}
+
+
+def test_the_blend_saved_before_groups_of_users_is_one_group():
+    from iisan.scoring.blend import ScoreBlend
+
+    blend = ScoreBlend({"text": (3, 4)}, dim=4, counts=torch.tensor([0, 2, 1]))
+    today = blend.state_dict()
+    old = {k: v for k, v in today.items() if k != "group_bounds"}
+    old["alpha"], old["priors"] = torch.tensor(0.3), torch.arange(float(blend.priors.shape[1]))
+    blend.load_state_dict(upgrade_weights(old, today))
+    assert blend.alpha.tolist() == [pytest.approx(0.3)] and blend.priors.shape == (1, len(old["priors"]))
+    assert blend.group_bounds.numel() == 0
+
+
+def test_an_unknown_tensor_is_left_for_the_callers_check():
+    today = {"weight": torch.zeros(2)}
+    assert upgrade_weights({"weight": torch.ones(2), "stray": torch.ones(1)}, today).keys() == {"weight", "stray"}
+
+
+def test_optimizer_groups_saved_before_schedules_take_their_rate_as_the_base():
+    groups = upgrade_optimizer_groups([{"lr": 0.01, "params": [0]}, {"lr": 0.002, "base_lr": 0.004, "params": [1]}])
+    assert [g["base_lr"] for g in groups] == [0.01, 0.004]
+
+
+def test_a_scorer_kept_in_the_model_file_is_found_only_where_it_was_fitted(tmp_path):
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "model.safetensors"
+    save_file({"item.w": torch.zeros(1), "blend.alpha": torch.ones(1), "blend.active": torch.tensor(True)}, weights)
+    train = as_version_1(TrainConfig.for_method("iisan", epochs=3))
+    saved = upgrade_run_config({"version": 1, "train": train, "encoders": {"text": {"num_layers": 2, "hidden_size": 4}}})
+    options, shapes, tensors = scorer_in_model_file(saved, weights)
+    assert set(tensors) == {"alpha"} and shapes == {"text": (3, 4)} and options == TrainConfig.from_json(saved["train"]).score
+    assert set(model_tensors({"item.w": 1, "blend.alpha": 2})) == {"item.w"}
+    unfitted = {"item.w": torch.zeros(1), "blend.alpha": torch.ones(1), "blend.active": torch.tensor(False)}
+    save_file(unfitted, weights)
+    assert scorer_in_model_file(saved, weights) is None
+    no_blend = upgrade_run_config({"version": 1, "train": as_version_1(TrainConfig.for_method("id", epochs=3))})
+    assert scorer_in_model_file(no_blend, weights) is None

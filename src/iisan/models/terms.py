@@ -75,10 +75,6 @@ class TermVectors(nn.Module):
     def fitted(self) -> bool:
         return int(self.documents) > 0
 
-    def upgrade_saved(self, prefix: str, tensors: dict[str, torch.Tensor]) -> None:
-        """Weights saved while the table was saved with them: it is made again from the texts."""
-        tensors.pop(f"{prefix}table", None)
-
     @torch.no_grad()
     def fit(self, texts: Sequence[str | None]) -> None:
         """Count document frequencies over the catalogue's texts (item ids 1..N in order) and

@@ -35,7 +35,7 @@ from iisan.fileio import (
 )
 from iisan.run.index_store import INDEX_DIR, StoredIndex, empty_added_table, save_index, weights_digest
 from iisan.run.lock import LOCK_FILE
-from iisan.run.migrate import RUN_FORMAT, upgrade_run_config
+from iisan.run.migrate import RUN_FORMAT, model_tensors, upgrade_optimizer_groups, upgrade_run_config, upgrade_weights
 from iisan.item_rows import ItemRows
 from iisan.search import ItemIndex
 from iisan.two_stage import FirstStage
@@ -49,7 +49,6 @@ RESUME_DIR = "resume"
 SCORER_DIR = "scorer"
 SCORER_POINTER = "scorer.json"
 SCORER_WEIGHTS = "blend.safetensors"
-SCORER_IN_MODEL_WEIGHTS = "blend."  # where runs saved before kept the scorer's weights
 RESUME_FIX = "the resume state is damaged: start the run again with --force"
 # What every run's config.json holds (written by write_run_config).
 RUN_FIELDS: dict[str, Any] = {"version": int, "train": dict, "dataset": str, "dataset_fingerprint": str,
@@ -68,16 +67,8 @@ def load_weights(path: Path, module: torch.nn.Module, fix: str = "retrain the ru
     Raises:
         DatasetError: one line naming the file, what is wrong and ``fix``.
     """
-    tensors = load_tensors(path, fix)
-    # Runs saved before the scorer had files of its own kept its weights in the model's file
-    # (iisan.scoring.scorer reads them from there): not the model's.
-    for name in [n for n in tensors if n.startswith(SCORER_IN_MODEL_WEIGHTS)]:
-        del tensors[name]
-    for name, part in module.named_modules():  # weights saved by an earlier layout of a part
-        upgrade = getattr(part, "upgrade_saved", None)
-        if upgrade is not None:
-            upgrade(f"{name}." if name else "", tensors)
     expected = module.state_dict()
+    tensors = upgrade_weights(model_tensors(load_tensors(path, fix)), expected)
     missing = sorted(expected.keys() - tensors.keys())
     unexpected = sorted(tensors.keys() - expected.keys())
     reshaped = [name for name in expected.keys() & tensors.keys() if expected[name].shape != tensors[name].shape]
@@ -125,7 +116,7 @@ def load_optimizer(folder: Path, optimizer: torch.optim.Optimizer) -> None:
         for name, value in meta["scalars"].items():
             param, key = name.split(".", 1)
             state.setdefault(int(param), {})[key] = value
-        groups = meta["param_groups"]
+        groups = upgrade_optimizer_groups(meta["param_groups"])
         for group, own in zip(groups, optimizer.param_groups, strict=True):
             for key, value in group.items():
                 if key in own and key != "params" and not _same_kind(value, own[key]):

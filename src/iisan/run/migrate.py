@@ -1,20 +1,30 @@
-"""Run folders written by earlier iisan, brought to this one's format when they are read.
+"""Run folders written by earlier iisan, brought to this one's format when they are read:
+the one module that knows older layouts, so every other module reads only today's.
 
-A run's ``config.json`` carries its format version; :func:`upgrade_run_config` applies one
-step per version until the current one, so every other module reads only today's format.
-Inside version 1, options were added over many releases: a run saved before an option
-existed gets the value that reproduces what it did then (no schedule, the reference's user
-encoder, no blend, ...), which is why those defaults differ from today's.
+- ``config.json`` carries its format version; :func:`upgrade_run_config` applies one step
+  per version until the current one. Inside version 1, options were added over many
+  releases: a run saved before an option existed gets the value that reproduces what it did
+  then (no schedule, the reference's user encoder, no blend, ...), which is why those
+  defaults differ from today's.
+- Weight files: :func:`upgrade_weights` renames, reshapes and fills tensors saved by an
+  earlier layout of a part, by their names (as transformers fixes old checkpoints' keys on
+  load); :func:`scorer_in_model_file` reads a scorer saved inside the model's file.
+- The optimizer's saved groups (:func:`upgrade_optimizer_groups`) and runs saved before the
+  folder held its catalogue (:func:`catalogue_from_sources`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
-from iisan.config import ScoreConfig, SideNetworkConfig
-from iisan.errors import ConfigError
+import torch
+
+from iisan.config import ScoreConfig, SideNetworkConfig, TrainConfig
+from iisan.errors import ConfigError, DatasetError
+from iisan.fileio import load_tensors
 from iisan.method_options import ContentConfig, EncoderTuningConfig, KnnConfig
 from iisan.methods import get_method
 
@@ -87,3 +97,82 @@ def _pop_fields(data: dict[str, Any], config_class: type) -> dict[str, Any]:
 
 
 STEPS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _version_1}
+
+
+# Weight files.
+
+SCORER_IN_MODEL_WEIGHTS = "blend."  # where runs saved before the scorer had files kept its weights
+
+
+def model_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A model file's tensors without the scorer's that older runs kept in it (read by
+    :func:`scorer_in_model_file`)."""
+    return {name: t for name, t in tensors.items() if not name.startswith(SCORER_IN_MODEL_WEIGHTS)}
+
+
+def upgrade_weights(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` saved by an earlier layout, as a module whose state dict is ``expected``
+    takes them. Each rule names the era it reads; a tensor no rule knows is left for the
+    caller's check."""
+    tensors = dict(tensors)
+    for name in [n for n in tensors if n not in expected and _leaf(n) == "table"]:
+        del tensors[name]  # the word vectors' table, saved with the weights once: made again from the texts
+    for name, want in expected.items():
+        leaf, prefix = _leaf(name), name[: len(name) - len(_leaf(name))]
+        if leaf == "alpha" and name in tensors and tensors[name].dim() == 0 and want.dim() == 1:
+            # the blend before groups of users: one scalar alpha and one row of priors, as one group's
+            tensors[name] = tensors[name].reshape(1)
+            if f"{prefix}priors" in tensors:
+                tensors[f"{prefix}priors"] = tensors[f"{prefix}priors"].reshape(1, -1)
+        if name in tensors:
+            continue
+        if leaf == "group_bounds" and f"{prefix}alpha" in tensors:
+            tensors[name] = torch.zeros(0)  # one group has no bounds
+        elif leaf.startswith("mean_") and f"{prefix}whiten_{leaf[5:]}" in expected:
+            tensors[name] = torch.zeros_like(want)  # the floor before whitening: states as they are
+        elif leaf.startswith("whiten_") and f"{prefix}mean_{leaf[7:]}" in expected:
+            tensors[name] = torch.eye(len(want))
+    return tensors
+
+
+def _leaf(name: str) -> str:
+    return name.rsplit(".", 1)[-1]
+
+
+def scorer_in_model_file(saved: dict[str, Any], weights: Path) -> tuple[ScoreConfig, dict, dict] | None:
+    """A scorer saved inside the model's file (before the scorer had files of its own): its
+    options, the encoder shapes it reads, its tensors; ``None`` when the run has none there
+    (trained without a blend, or stopped before it was fitted)."""
+    train = TrainConfig.from_json(saved["train"])
+    if not train.content.blend:
+        return None
+    tensors = {name.removeprefix(SCORER_IN_MODEL_WEIGHTS): t
+               for name, t in load_tensors(weights, "retrain the run or restore the file").items()
+               if name.startswith(SCORER_IN_MODEL_WEIGHTS)}
+    if not bool(tensors.pop("active", torch.tensor(True))):
+        return None
+    shapes = {m: (int(e["num_layers"]) + 1, int(e["hidden_size"])) for m, e in saved.get("encoders", {}).items()}
+    return train.score, shapes, tensors
+
+
+def upgrade_optimizer_groups(groups: list[Any]) -> list[Any]:
+    """Saved optimizer groups as the schedule reads them: runs saved before schedules existed
+    kept no ``base_lr``; their rate was the base."""
+    return [{"base_lr": group.get("lr"), **group} if isinstance(group, dict) else group for group in groups]
+
+
+def catalogue_from_sources(saved: dict[str, Any]) -> Any:
+    """For a run written before its folder held its catalogue (no ``items.parquet``; its
+    ``config.json`` already named its encoders): the catalogue (``item_id``, ``key``,
+    ``text``, a polars DataFrame) read from the dataset it was trained on.
+
+    Raises:
+        DatasetError: that dataset is gone or changed.
+    """
+    from iisan.data.dataset import PreparedDataset
+
+    dataset = PreparedDataset.load(saved["dataset"])
+    if dataset.fingerprint != saved["dataset_fingerprint"]:
+        raise DatasetError(f"{saved['dataset']} changed since the run was trained, and the run holds no catalogue of "
+                           "its own (written by an older iisan): retrain it")
+    return dataset.items.select("item_id", "key", "text")

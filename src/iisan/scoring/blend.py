@@ -105,14 +105,6 @@ class ScoreBlend(nn.Module):
     def groups(self) -> int:
         return len(self.alpha)
 
-    def upgrade_saved(self, prefix: str, tensors: dict[str, torch.Tensor]) -> None:
-        """Weights saved before groups of users (one scalar ``alpha``, no bounds) as one group's."""
-        alpha = tensors.get(f"{prefix}alpha")
-        if alpha is not None and alpha.dim() == 0:
-            tensors[f"{prefix}alpha"] = alpha.reshape(1)
-            tensors[f"{prefix}priors"] = tensors[f"{prefix}priors"].reshape(1, -1)
-            tensors.setdefault(f"{prefix}group_bounds", torch.zeros(0))
-
     def _counts_of(self, ids: torch.Tensor) -> torch.Tensor:
         """Training occurrences of ``ids``; ids beyond the training catalogue (added later) 0."""
         known = ids < len(self.counts)

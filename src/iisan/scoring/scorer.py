@@ -30,14 +30,14 @@ from iisan.errors import ConfigError, DatasetError
 from iisan.fileio import commit_generation, current_generation, load_tensors, read_json_object
 from iisan.models.inputs import ItemFeatures
 from iisan.models.sequential import SequentialRecommender
-from iisan.run.files import SCORER_DIR, SCORER_IN_MODEL_WEIGHTS, WEIGHTS_FILE
+from iisan.run.files import SCORER_DIR, WEIGHTS_FILE
 from iisan.run.files import SCORER_POINTER as POINTER
 from iisan.run.files import SCORER_WEIGHTS as WEIGHTS
 from iisan.scoring.blend import PRIORS, ScoreBlend
 from iisan.scoring.compact import CompactStage, served_scores
 from iisan.two_stage import FirstStage
 from iisan.config import ScoreConfig
-from iisan.run.migrate import upgrade_score_options
+from iisan.run.migrate import scorer_in_model_file, upgrade_score_options, upgrade_weights
 
 SCORER_VERSION = 1
 FIX = "calibrate the run again with `iisan calibrate`"
@@ -217,20 +217,12 @@ def load_scorer(run_dir: Path, saved: dict[str, Any], model: SequentialRecommend
         calibration = record.get("calibration") or {}
         where = folder / generation / WEIGHTS
         compact = _compact_record(record.get("compact"), folder / POINTER)
-    elif _legacy_blend(saved):
-        from iisan.config import TrainConfig
-
-        options = TrainConfig.from_json(saved["train"]).score
-        shapes = {m: (int(e["num_layers"]) + 1, int(e["hidden_size"])) for m, e in saved.get("encoders", {}).items()}
-        weights = load_tensors(run_dir / WEIGHTS_FILE, "retrain the run or restore the file")
-        tensors = {name.removeprefix(SCORER_IN_MODEL_WEIGHTS): t for name, t in weights.items()
-                   if name.startswith(SCORER_IN_MODEL_WEIGHTS)}
-        calibration, compact = {}, None
-        where = run_dir / WEIGHTS_FILE
-        if not bool(tensors.pop("active", torch.tensor(True))):
-            return None  # never calibrated (stopped before training ended)
     else:
-        return None
+        old = scorer_in_model_file(saved, run_dir / WEIGHTS_FILE)
+        if old is None:
+            return None
+        (options, shapes, tensors), calibration, compact = old, {}, None
+        where = run_dir / WEIGHTS_FILE
     blend = build_blend(model, shapes, int(saved["num_items"]), options)
     if blend is None:
         raise DatasetError(f"{where}: a blend for a model that reads no content; {FIX}")
@@ -252,13 +244,6 @@ def _compact_record(raw: Any, where: Path) -> int | None:
     return raw["width"]
 
 
-def _legacy_blend(saved: dict[str, Any]) -> bool:
-    """Whether a run without scorer files was trained with a blend (kept in its model's weights)."""
-    from iisan.config import TrainConfig
-
-    return TrainConfig.from_json(saved["train"]).content.blend
-
-
 def _shapes(raw: Any, where: Path) -> dict[str, tuple[int, int]]:
     if not isinstance(raw, dict) or not all(isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) for x in v)
                                             for v in raw.values()):
@@ -268,11 +253,8 @@ def _shapes(raw: Any, where: Path) -> dict[str, tuple[int, int]]:
 
 def _load_module(module: torch.nn.Module, tensors: dict[str, torch.Tensor], where: Path, what: str) -> None:
     """A part's weights, upgraded from earlier layouts and checked like a model's."""
-    for name, part in module.named_modules():
-        upgrade = getattr(part, "upgrade_saved", None)
-        if upgrade is not None:
-            upgrade(f"{name}." if name else "", tensors)
     expected = module.state_dict()
+    tensors = upgrade_weights(tensors, expected)
     differ = sorted((expected.keys() ^ tensors.keys())
                     | {n for n in expected.keys() & tensors.keys() if expected[n].shape != tensors[n].shape})
     if differ:

@@ -195,7 +195,6 @@ def _start_or_resume(run_dir: Path, parts: Assembled, optimizer, resume: bool, d
         files = resume_folder(run_dir)
         load_weights(files / WEIGHTS_FILE, parts.model, RESUME_FIX)
         load_optimizer(files, optimizer)
-        remember_base_rates(optimizer)  # runs saved before schedules existed: their rate is the base
         if workers.is_main:
             trim_metrics(run_dir, state["epoch"])
         log.info("resuming after epoch %d (best %s %.4f at epoch %d)", state["epoch"], SELECT_METRIC, state["best"],

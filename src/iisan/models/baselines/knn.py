@@ -54,12 +54,6 @@ class FrozenContentItems(nn.Module):
     def side_parameters(self) -> list[nn.Parameter]:
         return []
 
-    def upgrade_saved(self, prefix: str, tensors: dict[str, torch.Tensor]) -> None:
-        """Runs saved before whitening existed: their states were used as they are."""
-        for m in self.layers:
-            tensors.setdefault(f"{prefix}mean_{m}", torch.zeros_like(getattr(self, f"mean_{m}")))
-            tensors.setdefault(f"{prefix}whiten_{m}", torch.eye(len(getattr(self, f"mean_{m}"))))
-
     def forward(self, features: ItemFeatures) -> torch.Tensor:
         parts = []
         for modality in self.layers:
