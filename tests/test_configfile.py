@@ -30,7 +30,8 @@ def test_a_runs_config_json_trains_the_same_run_again(tiny_multimodal, tmp_path)
                                 "--json"])
     assert again.exit_code == 0, again.output
     saved = [json.loads((run / "config.json").read_text()) for run in (first, tmp_path / "again")]
-    assert saved[0]["train"] == saved[1]["train"] and saved[0]["layers"] == saved[1]["layers"]
+    models = [json.loads((run / "model.json").read_text()) for run in (first, tmp_path / "again")]
+    assert saved[0]["train"] == saved[1]["train"] and models[0] == models[1]
     assert json.loads(again.stdout)["test"] == json.loads(trained.stdout)["test"]  # same seed: the same run
 
     changed = runner.invoke(app, ["train", "--config", str(first / "config.json"), "--out", str(tmp_path / "changed"),

@@ -132,11 +132,13 @@ def test_help_shows_method_defaults_and_uses_the_width():
     assert widest_help > 40  # descriptions get the terminal's width, not a 22-column strip
 
 
-def test_resume_takes_the_runs_options_and_refuses_others(tiny_run):
+def test_resume_takes_the_runs_model_and_a_new_recipe(tiny_run):
     from iisan.run.files import resume_settings
 
     saved, _ = resume_settings(tiny_run)
-    again, _ = resume_settings(tiny_run, {"seed": saved.seed, "epochs": saved.epochs + 2})
-    assert again == dataclasses.replace(saved, epochs=saved.epochs + 2)
-    with pytest.raises(ConfigError, match=r"--seed 99 \(the run has"):
-        resume_settings(tiny_run, {"seed": 99})
+    again, _ = resume_settings(tiny_run, {"seed": saved.seed, "epochs": saved.epochs + 2, "lr": 5e-4})
+    assert again == dataclasses.replace(saved, epochs=saved.epochs + 2, lr=5e-4)
+    with pytest.raises(ConfigError, match=r"only its recipe .* may change: --bottleneck 7 \(the run has"):
+        resume_settings(tiny_run, {"bottleneck": 7})
+    with pytest.raises(ConfigError, match=r"--method id \(the run has iisan\)"):
+        resume_settings(tiny_run, {"method": "id"})

@@ -6,12 +6,11 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from iisan.cache.store import EncoderEntry, HiddenStateCache
-from iisan.config import TrainConfig
+from iisan.config import ModelConfig, TrainConfig
 from iisan.data.dataset import PreparedDataset
 from iisan.data.split import Splits, split_sequences
 from iisan.errors import CacheMismatchError, ConfigError, DatasetError
@@ -24,6 +23,7 @@ from iisan.models.sequential import SequentialRecommender, build_item_encoder
 from iisan.models.user import UserEncoder
 from iisan.run.files import CATALOGUE_FILE, WEIGHTS_FILE, load_weights, read_run_config
 from iisan.run.migrate import catalogue_from_sources
+from iisan.run.model_file import SavedModel, read_model_config
 from iisan.scoring.scorer import BlendScorer, load_scorer, scoring_layers
 
 log = logging.getLogger(__name__)
@@ -92,14 +92,14 @@ def _model_and_source(config: TrainConfig, dataset: PreparedDataset, cache: Hidd
     choose = cache is not None and layers is None and get_method(config.method).reads == "states"
     constant = {m: cache.constant_layers(m) for m in shapes} if choose else None
     stored = {m: cache.stored_layers(m) for m in shapes} if cache is not None else None
-    model, encoders = build_model(config, shapes, dataset.num_items, entries, device, constant, layers, stored)
+    model, encoders = build_model(config.model, shapes, dataset.num_items, entries, device, constant, layers, stored)
     # a run fitted a scorer on (or will): its floor reads the last layer too
     read = scoring_layers(model, shapes) if config.content.blend else model.layers
     context = SourceContext(config, dataset, cache, entries, model, encoders, device, read)
     return model, get_method(config.method).build_source(context)
 
 
-def build_model(config: TrainConfig, shapes: dict[str, tuple[int, int]], num_items: int,
+def build_model(config: ModelConfig, shapes: dict[str, tuple[int, int]], num_items: int,
                 entries: dict[str, EncoderEntry],
                 device="cpu", constant: dict[str, tuple[int, ...]] | None = None,
                 layers: dict[str, tuple[int, ...]] | None = None,
@@ -160,6 +160,7 @@ def load_trained(run_dir: str | Path, device: torch.device | str = "cpu") -> Tra
 
     run_dir = Path(run_dir)
     saved = read_run_config(run_dir)
+    described = read_model_config(run_dir, saved)
     catalogue = run_dir / CATALOGUE_FILE
     if not catalogue.is_file():
         items = catalogue_from_sources(saved)
@@ -169,30 +170,28 @@ def load_trained(run_dir: str | Path, device: torch.device | str = "cpu") -> Tra
         except (OSError, pl.exceptions.PolarsError) as err:
             raise DatasetError(f"{catalogue} is damaged ({err}); retrain the run or restore the file") from None
     if items.columns[:3] != ["item_id", "key", "text"] or items["item_id"].to_list() != list(range(1, len(items) + 1)) \
-            or len(items) != saved["num_items"]:
-        raise DatasetError(f"{catalogue} does not hold items 1..{saved['num_items']} with key and text; "
+            or len(items) != described.num_items:
+        raise DatasetError(f"{catalogue} does not hold items 1..{described.num_items} with key and text; "
                            "retrain the run or restore the file")
     if items["key"].null_count() or items["key"].n_unique() != len(items):
         repeated = items.filter(pl.col("key").is_duplicated())["key"].unique().sort().head(3).to_list()
         raise DatasetError(f"{catalogue} repeats item keys ({', '.join(map(repr, repeated)) or 'or leaves one empty'}); "
                            "a key must name one item: retrain the run or restore the file")
-    config = TrainConfig.from_json(saved["train"])
-    entries = saved_entries(saved, run_dir)
-    shapes = {m: e.shape for m, e in entries.items()}
-    layers = {m: tuple(v) for m, v in saved["layers"].items()} or None
-    model, encoders = build_model(config, shapes, saved["num_items"], entries, device, layers=layers)
+    config = TrainConfig.from_json(saved["train"]).with_model(described.config)
+    model, encoders = build_model(described.config, described.shapes, described.num_items, described.encoders,
+                                  device, layers=described.layers or None)
     load_weights(run_dir / WEIGHTS_FILE, model)
     model.to(device).eval()
     # Serving reads the catalogue's vectors from the index: the word tables need not be made.
-    scorer = load_scorer(run_dir, saved, model)
-    return TrainedRun(config, model, items, entries, encoders, scorer.eval() if scorer else None)
+    scorer = load_scorer(run_dir, saved, described, model)
+    return TrainedRun(config, model, items, described.encoders, encoders, scorer.eval() if scorer else None)
 
 
-def require_trained_cache(saved: dict[str, Any], cache: HiddenStateCache | None, run_dir: Path,
+def require_trained_cache(described: SavedModel, cache: HiddenStateCache | None, run_dir: Path,
                           fix: str = "re-encode it with the run's settings (the left-hand values) or retrain") -> None:
     """The cache holds the states the run was trained on: for every modality the run read, the
     encoder, its weights, pooling, settings (token limits), precision and stored layers agree
-    with ``config.json`` (given the dataset, they decide the numbers).
+    with ``model.json`` (given the dataset, they decide the numbers).
 
     Raises:
         CacheMismatchError: one line naming the modality, each differing value (run -> cache),
@@ -200,21 +199,11 @@ def require_trained_cache(saved: dict[str, Any], cache: HiddenStateCache | None,
     """
     if cache is None:
         return
-    for modality, recorded in saved_entries(saved, run_dir).items():
+    for modality, recorded in described.encoders.items():
         changes = recorded.changes(cache.entry(modality), modality)
         if changes:
             raise CacheMismatchError(f"{cache.root} is not the cache {run_dir} was trained on ({modality}: "
                                      f"{'; '.join(changes)}): {fix}")
-
-
-def saved_entries(saved: dict[str, Any], run_dir: Path) -> dict[str, EncoderEntry]:
-    """The encoder entries a run's ``config.json`` recorded, by modality.
-
-    Raises:
-        DatasetError: a damaged entry.
-    """
-    return {m: EncoderEntry.from_json(e, f"{run_dir / 'config.json'} ({m} encoder)", "retrain the run or restore "
-                                      "the file", DatasetError) for m, e in saved.get("encoders", {}).items()}
 
 
 def assemble_run(run_dir: str | Path, mode: str | None = None, device: torch.device | str = "cpu",
@@ -223,17 +212,17 @@ def assemble_run(run_dir: str | Path, mode: str | None = None, device: torch.dev
     its fitted scorer unless ``scorer`` is false (one is about to be fitted again)."""
     run_dir = Path(run_dir)
     saved = read_run_config(run_dir)
-    config = TrainConfig.from_json(saved["train"])
+    described = read_model_config(run_dir, saved)
+    config = TrainConfig.from_json(saved["train"]).with_model(described.config)
     if mode is not None:
         config = dataclasses.replace(config, mode=mode)
-    layers = {m: tuple(v) for m, v in saved.get("layers", {}).items()} or None
-    assembled = assemble(saved["dataset"], saved.get("cache"), config, device=device, layers=layers)
-    require_trained_cache(saved, assembled.cache, run_dir)
+    assembled = assemble(saved["dataset"], saved.get("cache"), config, device=device, layers=described.layers or None)
+    require_trained_cache(described, assembled.cache, run_dir)
     load_weights(run_dir / WEIGHTS_FILE, assembled.model)  # loads onto the CPU model, then it moves
     assembled.model.to(device).eval()
     texts = assembled.dataset.items["text"].to_list()
     fill_tables(assembled.model, texts)  # knn's words: made again from the texts, not saved
-    fitted = load_scorer(run_dir, saved, assembled.model) if scorer else None
+    fitted = load_scorer(run_dir, saved, described, assembled.model) if scorer else None
     if fitted is not None:
         fitted.fill_terms(texts)
         assembled.scorer = fitted.eval()

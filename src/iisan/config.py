@@ -15,7 +15,9 @@ from typing import Any, Literal, get_args
 
 from iisan.errors import ConfigError
 from iisan.method_options import ContentConfig, MethodOptions, Precision
-from iisan.options import build_config, check_options, family_configs, nested_configs, option, option_specs
+from iisan.options import (
+    build_config, check_options, family_configs, flat_options, nested_configs, option, option_specs,
+)
 
 Format = Literal["iisan-tsv", "amazon2023", "csv", "movielens", "recbole"]
 Pooling = Literal["auto", "cls", "mean", "last"]
@@ -351,9 +353,46 @@ class ScoreConfig:
 
 
 @dataclass(frozen=True)
+class ModelConfig:
+    """What a model is, apart from how it is trained: the method, its side network, user
+    encoder and own options. Saved beside the weights (``RUN/model.json``, see
+    :mod:`iisan.run.model_file`); a resumed run must keep it (the recipe, every other option
+    of :class:`TrainConfig`, may change)."""
+
+    method: str
+    side: SideNetworkConfig
+    user: UserEncoderConfig
+    method_options: MethodOptions | None = None
+
+    @property
+    def content(self) -> ContentConfig:
+        """The content methods' options, or no offsets and no blend (see :attr:`TrainConfig.content`)."""
+        return self.method_options if isinstance(self.method_options, ContentConfig) else ContentConfig.unused()
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def changes_from(self, run: ModelConfig) -> list[str]:
+        """Where this model differs from ``run``'s, one ``--flag value (the run has x)`` each."""
+        mine, theirs = (flat_options(TrainConfig(**{name: getattr(config, name) for name in self.__dataclass_fields__}))
+                        for config in (self, run))
+        return [f"--{name.replace('_', '-')} {value} (the run has {theirs.get(name)})"
+                for name, value in mine.items() if theirs.get(name) != value]
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ModelConfig:
+        """Raises: ConfigError: an unknown field or a value of the wrong type (one line)."""
+        if not isinstance(data, dict) or not set(data) <= {f for f in cls.__dataclass_fields__}:
+            stray = sorted(set(data) - set(cls.__dataclass_fields__)) if isinstance(data, dict) else ["model"]
+            raise ConfigError(f"{stray[0]} is not a field of a model's config")
+        return TrainConfig.from_json(data).model
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """One training run (fields: ``iisan train --help``; a method's registry entry may
-    change some defaults, see :meth:`for_method`)."""
+    change some defaults, see :meth:`for_method`): the model it trains (:attr:`model`) and
+    the recipe it trains it with (every other field)."""
 
     method: str = option("iisan", choices=lambda: _registry().method_names(), help=lambda: _registry().methods_help())
     mode: Mode = option("cached", help="cached: read the cache; uncached: run the frozen encoders in the "
@@ -416,10 +455,19 @@ class TrainConfig:
                               f"options ({_registry().users_of(type(self.method_options))} do)")
 
     @property
+    def model(self) -> ModelConfig:
+        """The architecture part: what the model is rebuilt from and a resume must keep."""
+        return ModelConfig(self.method, self.side, self.user, self.method_options)
+
+    def with_model(self, model: ModelConfig) -> TrainConfig:
+        """This recipe for ``model`` (a trained run's, read from its ``model.json``)."""
+        return replace(self, method=model.method, side=model.side, user=model.user, method_options=model.method_options)
+
+    @property
     def content(self) -> ContentConfig:
         """The content methods' options (id offsets, the blend), or what every other method does:
         no offsets, no blend."""
-        return self.method_options if isinstance(self.method_options, ContentConfig) else ContentConfig.unused()
+        return self.model.content
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -108,7 +108,8 @@ def test_train_loss_layer_rule_and_id_offset_options(tiny_multimodal, tmp_path):
     assert result.exit_code == 0, result.output
     saved = json.loads((run / "config.json").read_text())
     assert saved["train"]["loss"] == "sampled" and saved["train"]["negatives"] == 8 and saved["train"]["method_options"]["id_offset"]
-    assert saved["layers"] == {"text": [0, 1, 2]} and saved["train"]["side"]["layer_rule"] == "all"
+    assert json.loads((run / "model.json").read_text())["layers"] == {"text": [0, 1, 2]}
+    assert saved["train"]["side"]["layer_rule"] == "all"
     reloaded = runner.invoke(app, ["evaluate", str(run), "--split", "test", "--json"])  # the run reloads as trained
     assert reloaded.exit_code == 0 and json.loads(reloaded.stdout)["metrics"]["ndcg@10"] == pytest.approx(
         json.loads(result.stdout)["test"]["ndcg@10"], abs=1e-6)

@@ -105,7 +105,7 @@ def test_a_decoder_llm_as_text_encoder_end_to_end_from_the_cli(architecture, tin
     # 2 groups of the stored layers, never a constant one (under last-token pooling layer 0
     # is the last token's embedding: constant when every title ends alike, as with Llama's
     # word-level tokenizer here), the last group ending at the final layer.
-    text_layers = saved["layers"]["text"]
+    text_layers = json.loads((run / "model.json").read_text())["layers"]["text"]
     assert len(text_layers) == 2 and text_layers[-1] == 6 and set(text_layers) <= {0, 2, 4, 6}
     assert not set(text_layers) & set(opened.constant_layers("text"))
     assert saved["train"]["side"]["dtl"] == "per_step" and saved["train"]["side"]["head"] == "compact"

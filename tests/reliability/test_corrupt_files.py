@@ -37,13 +37,24 @@ def test_damaged_run_config(scratch, content, what):
 
 
 def test_run_config_missing_a_field(scratch):
-    edit_json(scratch.run / "config.json", lambda c: c.pop("layers"))
-    one_line_error(cli("evaluate", scratch.run), "config.json", "lacks the field 'layers'")
+    edit_json(scratch.run / "config.json", lambda c: c.pop("num_items"))
+    one_line_error(cli("evaluate", scratch.run), "config.json", "lacks the field 'num_items'")
 
 
-def test_run_config_whose_width_does_not_match_the_weights(scratch):
-    edit_json(scratch.run / "config.json", lambda c: c["train"]["user"].update(dim=c["train"]["user"]["dim"] * 2))
+@pytest.mark.parametrize("command", ["evaluate", "recommend"])
+def test_model_config_missing_a_field_or_gone(scratch, command):
+    arguments = (command, scratch.run, *(("--history", "x") if command == "recommend" else ()))
+    edit_json(scratch.run / "model.json", lambda c: c.pop("layers"))
+    one_line_error(cli(*arguments), "model.json", "lacks the field 'layers'")
+    (scratch.run / "model.json").unlink()
+    one_line_error(cli(*arguments), "no model.json")
+
+
+def test_model_config_whose_width_does_not_match_the_weights(scratch):
+    """model.json, not the options in config.json, says what the weights are."""
+    edit_json(scratch.run / "model.json", lambda c: c["model"]["user"].update(dim=c["model"]["user"]["dim"] * 2))
     one_line_error(cli("evaluate", scratch.run), "model.safetensors does not match", "has shape")
+    one_line_error(cli("recommend", scratch.run, "--history", "x"), "model.safetensors does not match", "has shape")
 
 
 @pytest.mark.parametrize("field", ["hidden_size", "num_layers", "pooling"])

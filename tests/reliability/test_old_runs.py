@@ -33,6 +33,7 @@ def old_run(tiny_run, tmp_path, request) -> Path:
     # Where this machine's tiny dataset and cache are: provenance, the only paths in the file.
     old.update(dataset=today["dataset"], cache=today["cache"], dataset_fingerprint=today["dataset_fingerprint"])
     (run / "config.json").write_text(json.dumps(old))
+    (run / "model.json").unlink()  # those runs' config.json described the model
     # The blend's weights inside the model's, as that code kept them (before the scorer had files)
     weights = load_file(run / "model.safetensors")
     [blend_file] = (run / "scorer").glob("gen-*/blend.safetensors")
@@ -93,3 +94,22 @@ def test_a_run_saved_before_its_folder_held_the_catalogue_reads_it_from_its_data
     assert old.keys == today.keys
     for history in (today.keys[1:3], [today.keys[20]]):
         assert old.recommend(history, k=5) == today.recommend(history, k=5)
+
+
+def test_an_earlier_run_resumed_with_a_new_recipe_gets_its_model_json(old_run):
+    """Resuming writes today's config.json (the new recipe) and, first, the model.json that
+    format needs, from what the old config.json said of the model."""
+    import dataclasses
+
+    from iisan.config import TrainConfig
+    from iisan.training.loop import train
+
+    saved = read_run_config(old_run)
+    config = TrainConfig.from_json(saved["train"])
+    config = dataclasses.replace(config, epochs=config.epochs + 1, lr=config.lr / 2)
+    train(saved["dataset"], old_run, config, cache_dir=saved["cache"], resume=True)
+    rewritten = json.loads((old_run / "config.json").read_text())
+    assert rewritten["version"] == 3 and rewritten["train"]["lr"] == config.lr and "layers" not in rewritten
+    assert json.loads((old_run / "model.json").read_text())["layers"] == saved["model"]["layers"]
+    resumed = Recommender.load(old_run)
+    assert len(resumed.recommend([resumed.keys[1]], k=3)) == 3

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from iisan.config import TrainConfig
+from iisan.config import ModelConfig, TrainConfig
 from iisan.errors import ConfigError
 from iisan.method_options import ContentConfig, EncoderTuningConfig, KnnConfig
 from iisan.run.migrate import (
@@ -32,7 +32,11 @@ def as_version_1(config: TrainConfig) -> dict:
 
 
 def read_version_1(train: dict) -> TrainConfig:
-    return TrainConfig.from_json(upgrade_run_config({"version": 1, "train": train})["train"])
+    return TrainConfig.from_json(upgrade_run_config(version_1_file(train))["train"])
+
+
+def version_1_file(train: dict, **more) -> dict:
+    return {"version": 1, "train": train, "layers": {}, "num_items": 3, **more}
 
 
 @pytest.mark.parametrize("method", ["iisan", "id", "knn", "lora"])
@@ -148,12 +152,23 @@ def test_a_scorer_kept_in_the_model_file_is_found_only_where_it_was_fitted(tmp_p
     weights = tmp_path / "model.safetensors"
     save_file({"item.w": torch.zeros(1), "blend.alpha": torch.ones(1), "blend.active": torch.tensor(True)}, weights)
     train = as_version_1(TrainConfig.for_method("iisan", epochs=3))
-    saved = upgrade_run_config({"version": 1, "train": train, "encoders": {"text": {"num_layers": 2, "hidden_size": 4}}})
-    options, shapes, tensors = scorer_in_model_file(saved, weights)
-    assert set(tensors) == {"alpha"} and shapes == {"text": (3, 4)} and options == TrainConfig.from_json(saved["train"]).score
+    saved = upgrade_run_config(version_1_file(train))
+    options, tensors = scorer_in_model_file(saved, weights)
+    assert set(tensors) == {"alpha"} and options == TrainConfig.from_json(saved["train"]).score
     assert set(model_tensors({"item.w": 1, "blend.alpha": 2})) == {"item.w"}
     unfitted = {"item.w": torch.zeros(1), "blend.alpha": torch.ones(1), "blend.active": torch.tensor(False)}
     save_file(unfitted, weights)
     assert scorer_in_model_file(saved, weights) is None
-    no_blend = upgrade_run_config({"version": 1, "train": as_version_1(TrainConfig.for_method("id", epochs=3))})
+    no_blend = upgrade_run_config(version_1_file(as_version_1(TrainConfig.for_method("id", epochs=3))))
     assert scorer_in_model_file(no_blend, weights) is None
+
+
+def test_a_version_2_run_keeps_its_model_description_for_model_json():
+    train = TrainConfig.for_method("iisan", epochs=3).to_json()
+    encoder = {"name": "minilm", "num_layers": 2, "hidden_size": 4}
+    saved = upgrade_run_config({"version": 2, "train": train, "layers": {"text": [1, 2]}, "num_items": 7,
+                                "encoders": {"text": encoder}})
+    assert "layers" not in saved and "encoders" not in saved
+    model = saved["model"]
+    assert model["layers"] == {"text": [1, 2]} and model["num_items"] == 7 and model["encoders"] == {"text": encoder}
+    assert ModelConfig.from_json(model["model"]) == TrainConfig.from_json(train).model

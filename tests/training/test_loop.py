@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from iisan.assemble import assemble, assemble_run
-from iisan.config import SideNetworkConfig, TrainConfig, UserEncoderConfig
+from iisan.config import ModelConfig, SideNetworkConfig, TrainConfig, UserEncoderConfig
 from iisan.data.split import prefix_samples
 from iisan.errors import ConfigError
 from iisan.run.files import resume_folder
@@ -36,7 +36,7 @@ def test_train_writes_a_complete_run(tiny_multimodal, tmp_path):
     dataset, cache = tiny_multimodal
     summary = train(dataset, tmp_path / "run", FAST, cache_dir=cache)
     run = tmp_path / "run"
-    for name in ("config.json", "model.safetensors", "metrics.jsonl", "metrics.json", "resume/state.json"):
+    for name in ("config.json", "model.json", "model.safetensors", "metrics.jsonl", "metrics.json", "resume/state.json"):
         assert (run / name).is_file(), name
     assert (resume_folder(run) / "optimizer.safetensors").is_file() and resume_folder(run).name.startswith("gen-")
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -46,7 +46,10 @@ def test_train_writes_a_complete_run(tiny_multimodal, tmp_path):
     saved = json.loads((run / "config.json").read_text())
     assert TrainConfig.from_json(saved["train"]) == dataclasses.replace(  # modality auto: what the cache holds
         FAST, user=dataclasses.replace(FAST.user, max_seq_len=5), side=dataclasses.replace(FAST.side, modality="intra_inter"))
-    assert saved["layers"] == {"text": [0, 1, 2], "image": [0, 1, 2]}  # every layer, by default
+    model = json.loads((run / "model.json").read_text())  # what the weights are the weights of
+    assert model["layers"] == {"text": [0, 1, 2], "image": [0, 1, 2]}  # every layer, by default
+    assert ModelConfig.from_json(model["model"]) == TrainConfig.from_json(saved["train"]).model
+    assert set(model["encoders"]) == {"text", "image"} and model["num_items"] == saved["num_items"]
     # The run reloads to the same weights.
     reloaded = assemble_run(run)
     weights = load_file(str(run / "model.safetensors"))
@@ -94,11 +97,16 @@ def test_config_round_trip():
     assert TrainConfig.from_json(json.loads(json.dumps(config.to_json()))) == config
 
 
-def test_resume_refuses_other_options_or_data(tiny_multimodal, tmp_path):
+def test_resume_keeps_the_model_and_takes_a_new_recipe(tiny_multimodal, tmp_path):
     dataset, cache = tiny_multimodal
-    train(dataset, tmp_path / "run", dataclasses.replace(FAST, epochs=1), cache_dir=cache)
-    with pytest.raises(ConfigError, match=r"options differ.*\blr\b"):
-        train(dataset, tmp_path / "run", dataclasses.replace(FAST, lr=1e-2), cache_dir=cache, resume=True)
+    run = tmp_path / "run"
+    train(dataset, run, dataclasses.replace(FAST, epochs=1), cache_dir=cache)
+    wider = dataclasses.replace(FAST, side=dataclasses.replace(FAST.side, bottleneck=16))
+    with pytest.raises(ConfigError, match=r"model; these options change it: --bottleneck 16 \(the run has"):
+        train(dataset, run, wider, cache_dir=cache, resume=True)
+    summary = train(dataset, run, dataclasses.replace(FAST, lr=1e-2), cache_dir=cache, resume=True)
+    assert summary["epochs"] == FAST.epochs
+    assert TrainConfig.from_json(json.loads((run / "config.json").read_text())["train"]).lr == 1e-2  # recorded
 
 
 def test_tensorboard_logs_every_epoch(tiny_multimodal, tmp_path):
@@ -118,6 +126,18 @@ def test_catalogue_and_sampled_losses_train_every_method(tiny_multimodal, tmp_pa
     config = dataclasses.replace(FAST, epochs=1, method=method, method_options=None, loss=loss, negatives=16)
     summary = train(dataset, tmp_path / "run", config, cache_dir=None if method == "id" else cache)
     assert summary["epochs"] == 1 and np.isfinite(summary["test"]["mrr"])
+
+
+def test_the_model_declares_its_parameter_groups_and_the_recipe_their_rates(tiny_multimodal):
+    dataset, cache = tiny_multimodal
+    config = dataclasses.replace(FAST, lr=3e-3, side_lr=2e-3)
+    parts = assemble(dataset, cache, config)
+    groups = parts.model.parameter_groups()
+    named = [id(p) for params in groups.values() for p in params]
+    assert sorted(named) == sorted(id(p) for p in parts.model.parameters())  # each parameter once
+    assert groups["side"] and groups["id_offsets"] and groups["rest"]
+    optimizer = build_optimizer(parts)
+    assert [g["base_lr"] for g in optimizer.param_groups] == [3e-3, 2e-3, config.content.id_offset_lr]
 
 
 @pytest.mark.parametrize("loss", ["full", "sampled"])

@@ -216,7 +216,7 @@ def train(
     cache: Annotated[Path | None, typer.Option(help="Hidden-state cache from `iisan encode` (not needed for "
                                                "--method id).", show_default=False)] = None,
     resume: Annotated[bool, flag("--resume", "Continue the run in --out after its last finished epoch, with "
-                                 "its own options (--epochs may extend it).")] = False,
+                                 "its model; recipe options may change (--epochs 40, --lr 5e-4).")] = False,
     force: Annotated[bool, flag("--force", "Replace a non-empty --out.")] = False,
     tensorboard: Annotated[bool, flag("--tensorboard", "Also log to OUT/tensorboard (needs tensorboard).")]
     = False,
@@ -227,8 +227,9 @@ def train(
 ) -> None:
     """Train a recommender, keep the epoch with the best validation NDCG@10, test it.
 
-    The run folder holds config.json (the whole configuration), model.safetensors (best
-    weights), metrics.jsonl (one line per epoch) and metrics.json. Encoders of different
+    The run folder holds config.json (the options and what it trained on), model.json (the
+    model's own config) beside model.safetensors (best weights), metrics.jsonl (one line per
+    epoch) and metrics.json. Encoders of different
     depth or width need nothing more: IISAN-Versa's group layer-dropping and dimension
     transformation apply automatically.
 

@@ -7,7 +7,7 @@ import itertools
 import torch
 from torch import nn
 
-from iisan.config import TrainConfig
+from iisan.config import ModelConfig
 from iisan.methods import TowerContext, get_method
 from iisan.models.inputs import ItemFeatures
 from iisan.models.fusion import ItemTower
@@ -15,7 +15,7 @@ from iisan.models.id_offset import ContentWithIdOffset
 from iisan.models.user import UserEncoder
 
 
-def build_item_encoder(config: TrainConfig, shapes: dict[str, tuple[int, int]], num_items: int,
+def build_item_encoder(config: ModelConfig, shapes: dict[str, tuple[int, int]], num_items: int,
                        constant: dict[str, tuple[int, ...]] | None = None,
                        layers: dict[str, tuple[int, ...]] | None = None,
                        encoders: dict | None = None, poolings: dict[str, str] | None = None,
@@ -56,6 +56,20 @@ class SequentialRecommender(nn.Module):
     def layers(self) -> dict[str, tuple[int, ...]]:
         """modality -> the encoder layers the item tower reads."""
         return self.item.layers
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Every parameter, by the part it belongs to, each part trained at a rate of its own (the
+        recipe names the rates, as nanoGPT's ``configure_optimizers`` splits by role):
+        ``rest`` (user encoder, heads, fusion), ``side`` (the side network's blocks and gates, or
+        the encoder weights an encoder baseline trains), ``id_offsets`` (per-item vectors, if
+        the tower has them). In that order, the order of a saved optimizer's groups."""
+        side = list(self.item.side_parameters())
+        offsets = getattr(self.item, "offsets", None)
+        offset_params = list(offsets.parameters()) if offsets is not None else []
+        chosen = {id(p) for p in side + offset_params}
+        return {"rest": [p for p in self.parameters() if id(p) not in chosen],
+                "side": [p for p in self.parameters() if id(p) in {id(q) for q in side}],
+                "id_offsets": [p for p in self.parameters() if id(p) in {id(q) for q in offset_params}]}
 
     @property
     def catalogue_width(self) -> int:

@@ -2,7 +2,8 @@
 read back (checked). Weights in safetensors, everything else in JSON or Parquet; nothing
 pickled. ::
 
-    RUN_DIR/config.json           the run's configuration tree, dataset and cache identity
+    RUN_DIR/config.json           how the run trained (the options), on what (dataset, cache)
+    RUN_DIR/model.json            what it trained: the model's config, layers, encoders (iisan.run.model_file)
     RUN_DIR/model.safetensors     best weights (by validation NDCG@10)
     RUN_DIR/items.parquet         the trained catalogue (item_id, key, text)
     RUN_DIR/index/                the item index (see iisan.run.index_store), built when training ends
@@ -52,7 +53,7 @@ SCORER_WEIGHTS = "blend.safetensors"
 RESUME_FIX = "the resume state is damaged: start the run again with --force"
 # What every run's config.json holds (written by write_run_config).
 RUN_FIELDS: dict[str, Any] = {"version": int, "train": dict, "dataset": str, "dataset_fingerprint": str,
-                              "cache": (str, type(None)), "layers": dict, "num_items": int}
+                              "cache": (str, type(None)), "num_items": int}
 
 
 def save_weights(path: Path, module: torch.nn.Module) -> None:
@@ -166,7 +167,7 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
         config = upgrade_run_config(config)
         TrainConfig.from_json(config["train"])
     except ConfigError as err:
-        raise DatasetError(f"{path}: in 'train', {err}; retrain the run or restore the file") from None
+        raise DatasetError(f"{path}: {err}; retrain the run or restore the file") from None
     return config
 
 
@@ -232,9 +233,9 @@ def prepare_run_folder(run_dir: Path, resume: bool, force: bool) -> None:
 
 
 def write_run_config(run_dir: Path, train: dict[str, Any], dataset: Path, dataset_fingerprint: str, cache: Path | None,
-                     encoders: dict[str, Any], layers: dict[str, tuple[int, ...]], num_items: int, ranks: int) -> None:
-    """``config.json``: the training options, what the run was trained on (dataset and cache,
-    with the cache's encoder entries), the item tower's layers, the catalogue size."""
+                     num_items: int, ranks: int) -> None:
+    """``config.json``: the training options, what the run was trained on (dataset and cache),
+    the catalogue size. What the model is goes to ``model.json`` (:mod:`iisan.run.model_file`)."""
     write_json_atomic(run_dir / CONFIG_FILE, {
         "version": RUN_FORMAT,
         "iisan_version": __version__,
@@ -242,8 +243,6 @@ def write_run_config(run_dir: Path, train: dict[str, Any], dataset: Path, datase
         "dataset": str(Path(dataset).resolve()),
         "dataset_fingerprint": dataset_fingerprint,
         "cache": str(Path(cache).resolve()) if cache is not None else None,
-        "encoders": {m: e.to_json() for m, e in encoders.items()},
-        "layers": {m: list(v) for m, v in layers.items()},
         "num_items": num_items,
         "ranks": ranks,
     })
@@ -285,26 +284,25 @@ def save_resume_state(run_dir: Path, model: torch.nn.Module, optimizer: torch.op
 
 def resume_settings(run_dir: Path, options: dict[str, Any] | None = None) -> tuple[Any, Path | None]:
     """The training config and cache a killed run continues with: its own, saved in its
-    ``config.json``. ``options`` (flat, as ``iisan train`` was given them) may repeat the
-    run's values, and ``epochs`` may extend it; any other difference is refused.
+    ``config.json``, with ``options`` (flat, as ``iisan train`` was given them) changing its
+    recipe (epochs, learning rates, batch size, ...). The model (``model.json``: method, side
+    network, user encoder, the method's own options) stays the run's.
 
     Raises:
-        DatasetError: no run in ``run_dir``. ConfigError: an option that differs from the run's.
+        DatasetError: no run in ``run_dir``. ConfigError: an option that changes the model.
     """
-    import dataclasses
-
     from iisan.config import TrainConfig
     from iisan.options import flat_options
 
     saved = read_run_config(Path(run_dir))
     config = TrainConfig.from_json(saved["train"])
     options = dict(options or {})
-    if "epochs" in options:
-        config = dataclasses.replace(config, epochs=options.pop("epochs"))
-    own = flat_options(config)
-    differ = [f"--{name.replace('_', '-')} {value} (the run has {own.get(name)})" for name, value in options.items()
-              if own.get(name) != value]
+    if options.get("method", config.method) != config.method:
+        differ = [f"--method {options['method']} (the run has {config.method})"]
+    else:
+        resumed = TrainConfig.from_options({**flat_options(config), **options})
+        differ = resumed.model.changes_from(config.model)
     if differ:
-        raise ConfigError(f"--resume continues {run_dir} with its own options; only --epochs may change: "
-                          f"{'; '.join(differ)}")
-    return config, Path(saved["cache"]) if saved.get("cache") else None
+        raise ConfigError(f"--resume continues {run_dir}'s model; only its recipe (epochs, learning rates, batch size, "
+                          f"...) may change: {'; '.join(differ)}")
+    return resumed, Path(saved["cache"]) if saved.get("cache") else None

@@ -28,7 +28,9 @@ from iisan.fileio import load_tensors
 from iisan.method_options import ContentConfig, EncoderTuningConfig, KnnConfig
 from iisan.methods import get_method
 
-RUN_FORMAT = 2  # 2: a method's own options in one field (method_options); 1: one group per family
+# 3: the model's description (layers, encoders) in model.json beside its weights;
+# 2: a method's own options in one field (method_options); 1: one group per family
+RUN_FORMAT = 3
 
 # Fields renamed to say what they count; version 1 files saved before use the old names.
 RENAMED = {"batch_size": "train_batch_size", "eval_batch_size": "eval_user_chunk"}
@@ -96,7 +98,21 @@ def _pop_fields(data: dict[str, Any], config_class: type) -> dict[str, Any]:
     return {f.name: data.pop(f.name) for f in fields(config_class) if f.name in data}
 
 
-STEPS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _version_1}
+def _version_2(saved: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 kept the item tower's layers and encoders in ``config.json``; version 3 keeps
+    them with the model's config in ``model.json`` (:mod:`iisan.run.model_file`), which reads
+    this run's from the record made here."""
+    saved = dict(saved)
+    if not isinstance(saved.get("layers"), dict):
+        raise ConfigError("the item tower's layers are missing from the file")
+    train = saved["train"]
+    model = {name: train[name] for name in ("method", "side", "user", "method_options") if name in train}
+    saved["model"] = {"format": 1, "model": model, "num_items": saved["num_items"], "layers": saved.pop("layers"),
+                      "encoders": saved.pop("encoders", {})}
+    return saved
+
+
+STEPS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _version_1, 2: _version_2}
 
 
 # Weight files.
@@ -139,10 +155,10 @@ def _leaf(name: str) -> str:
     return name.rsplit(".", 1)[-1]
 
 
-def scorer_in_model_file(saved: dict[str, Any], weights: Path) -> tuple[ScoreConfig, dict, dict] | None:
+def scorer_in_model_file(saved: dict[str, Any], weights: Path) -> tuple[ScoreConfig, dict] | None:
     """A scorer saved inside the model's file (before the scorer had files of its own): its
-    options, the encoder shapes it reads, its tensors; ``None`` when the run has none there
-    (trained without a blend, or stopped before it was fitted)."""
+    options and its tensors; ``None`` when the run has none there (trained without a blend, or
+    stopped before it was fitted). ``saved``: the run's ``config.json``."""
     train = TrainConfig.from_json(saved["train"])
     if not train.content.blend:
         return None
@@ -151,8 +167,7 @@ def scorer_in_model_file(saved: dict[str, Any], weights: Path) -> tuple[ScoreCon
                if name.startswith(SCORER_IN_MODEL_WEIGHTS)}
     if not bool(tensors.pop("active", torch.tensor(True))):
         return None
-    shapes = {m: (int(e["num_layers"]) + 1, int(e["hidden_size"])) for m, e in saved.get("encoders", {}).items()}
-    return train.score, shapes, tensors
+    return train.score, tensors
 
 
 def upgrade_optimizer_groups(groups: list[Any]) -> list[Any]:

@@ -38,6 +38,7 @@ from iisan.scoring.compact import CompactStage, served_scores
 from iisan.two_stage import FirstStage
 from iisan.config import ScoreConfig
 from iisan.run.migrate import scorer_in_model_file, upgrade_score_options, upgrade_weights
+from iisan.run.model_file import SavedModel
 
 SCORER_VERSION = 1
 FIX = "calibrate the run again with `iisan calibrate`"
@@ -197,9 +198,11 @@ def saved_options(run_dir: Path, saved: dict[str, Any]) -> ScoreConfig:
     return TrainConfig.from_json(saved["train"]).score
 
 
-def load_scorer(run_dir: Path, saved: dict[str, Any], model: SequentialRecommender) -> BlendScorer | None:
+def load_scorer(run_dir: Path, saved: dict[str, Any], described: SavedModel,
+                model: SequentialRecommender) -> BlendScorer | None:
     """The run's fitted scorer around ``model`` (its weights loaded), or ``None`` when the run
-    has none (trained with ``--no-blend``, a method without a blend).
+    has none (trained with ``--no-blend``, a method without a blend). ``saved``: the run's
+    ``config.json``; ``described``: its ``model.json``.
 
     Raises:
         DatasetError: its files are damaged or do not fit the model (one line, with the fix).
@@ -221,9 +224,10 @@ def load_scorer(run_dir: Path, saved: dict[str, Any], model: SequentialRecommend
         old = scorer_in_model_file(saved, run_dir / WEIGHTS_FILE)
         if old is None:
             return None
-        (options, shapes, tensors), calibration, compact = old, {}, None
+        (options, tensors), calibration, compact = old, {}, None
+        shapes = described.shapes
         where = run_dir / WEIGHTS_FILE
-    blend = build_blend(model, shapes, int(saved["num_items"]), options)
+    blend = build_blend(model, shapes, described.num_items, options)
     if blend is None:
         raise DatasetError(f"{where}: a blend for a model that reads no content; {FIX}")
     stage = None

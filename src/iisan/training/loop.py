@@ -4,7 +4,6 @@ best checkpoint kept, resumable after a kill."""
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -28,6 +27,7 @@ from iisan.fileio import atomic_directory, read_json_object, refuse_output_over_
 from iisan.models.baselines.knn import fit_frozen_content
 from iisan.models.inputs import ItemFeatures
 from iisan.models.sequential import SequentialRecommender
+from iisan.options import flat_options
 from iisan.progress import progress
 from iisan.run.files import (
     RESUME_DIR, RESUME_FIX, WEIGHTS_FILE, append_metrics, holds_run_content, load_optimizer, load_weights,
@@ -36,10 +36,11 @@ from iisan.run.files import (
     write_run_config,
 )
 from iisan.run.lock import run_lock
+from iisan.run.model_file import MODEL_CONFIG_FILE, SavedModel, read_model_config, write_model_config
 from iisan.scoring.calibrate import fit_scorer
 from iisan.scoring.scorer import save_scorer
 from iisan.training.loss import candidate_softmax_loss, in_batch_softmax_loss, log_popularity, sampling_probabilities
-from iisan.training.schedule import lr_factor, remember_base_rates, set_rates
+from iisan.training.schedule import lr_factor, set_rates
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +188,7 @@ def _start_or_resume(run_dir: Path, parts: Assembled, optimizer, resume: bool, d
     """The loop's counters: from the run's resume state (weights and optimizer restored), or
     fresh, with the run's ``config.json`` written."""
     if resume:
-        _check_resumable(run_dir, parts)
+        _continue_record(run_dir, parts, dataset_dir, cache_dir, workers)
     if resume and optimizer is not None and (run_dir / RESUME_DIR / "state.json").is_file():
         # Every rank reads the same files, so the run folder must be on a shared filesystem.
         state = read_json_object(run_dir / RESUME_DIR / "state.json", RESUME_STATE, RESUME_FIX)
@@ -202,9 +203,8 @@ def _start_or_resume(run_dir: Path, parts: Assembled, optimizer, resume: bool, d
         return state
     if workers.is_main:
         write_run_config(run_dir, parts.config.to_json(), dataset_dir, parts.dataset.fingerprint, cache_dir,
-                         {m: parts.cache.entry(m) for m in parts.model.layers} if parts.cache else {},
-                         parts.model.layers,  # the tower's, not the scorer's
                          parts.dataset.num_items, workers.world_size)
+        write_model_config(run_dir, described_model(parts))
         trim_metrics(run_dir, 0)  # resumed before any epoch was complete: start the log over
     return {"epoch": 0, "best": -1.0, "best_epoch": 0, "bad_epochs": 0}
 
@@ -367,41 +367,59 @@ def training_step(parts: Assembled, optimizer: torch.optim.Optimizer, batch_ids:
 
 
 def build_optimizer(parts: Assembled) -> torch.optim.AdamW:
-    """AdamW with three groups: the side network at ``side_lr``, the per-item id offsets (if
-    any) at ``id_offset_lr``, everything else at ``lr`` (each group's ``base_lr``, which the
-    schedule scales step by step)."""
+    """AdamW over the model's parameter groups (:meth:`SequentialRecommender.parameter_groups`),
+    each at the recipe's rate for it, kept as the group's ``base_lr``, which the schedule
+    scales step by step."""
     config = parts.config
-    side = {id(p) for p in parts.model.item.side_parameters()}
-    offsets = getattr(parts.model.item, "offsets", None)
-    offset_params = {id(p) for p in offsets.parameters()} if offsets is not None else set()
-    groups = [{"params": [p for p in parts.model.parameters() if id(p) not in side | offset_params], "lr": config.lr}]
-    for chosen, lr in ((side, config.side_lr), (offset_params, config.content.id_offset_lr)):
-        params = [p for p in parts.model.parameters() if id(p) in chosen]
-        if params:
-            groups.append({"params": params, "lr": lr})
+    rates = {"rest": config.lr, "side": config.side_lr, "id_offsets": config.content.id_offset_lr}
+    groups = [{"params": params, "lr": rates[part], "base_lr": rates[part]}
+              for part, params in parts.model.parameter_groups().items() if params or part == "rest"]
     # Fused: one kernel per tensor instead of a dozen (bench/train_step.py times the step both
     # ways). A resumed run keeps the form its saved optimizer.json names, so runs saved before
     # continue unfused.
-    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay, fused=True)
-    remember_base_rates(optimizer)
-    return optimizer
+    return torch.optim.AdamW(groups, weight_decay=config.weight_decay, fused=True)
 
 
-def _check_resumable(run_dir: Path, parts: Assembled) -> None:
-    """A resumed run must see the same data and options (only ``epochs`` may grow)."""
+def _continue_record(run_dir: Path, parts: Assembled, dataset_dir: Path, cache_dir, workers: Workers) -> None:
+    """A resumed run's files say what it continues with: the recipe given now (logged where it
+    changed) and, for a run written before ``model.json`` existed, its model's description."""
+    described = _check_resumable(run_dir, parts)
+    before = flat_options(TrainConfig.from_json(read_run_config(run_dir)["train"]))
+    changed = [f"{name} {before.get(name)} -> {value}" for name, value in flat_options(parts.config).items()
+               if before.get(name) != value]
+    if changed:
+        log.info("resuming with a changed recipe: %s", ", ".join(changed))
+    if workers.is_main:
+        if not (run_dir / MODEL_CONFIG_FILE).is_file():  # first: a config.json of today's format needs it
+            write_model_config(run_dir, described)
+        if changed:
+            write_run_config(run_dir, parts.config.to_json(), dataset_dir, parts.dataset.fingerprint, cache_dir,
+                             parts.dataset.num_items, workers.world_size)
+
+
+def described_model(parts: Assembled) -> SavedModel:
+    """What ``model.json`` says of the model being trained: its config, size, the layers its
+    tower reads (not the scorer's) and their encoders."""
+    layers = parts.model.layers
+    encoders = {m: parts.cache.entry(m) for m in layers} if parts.cache else {}
+    return SavedModel(parts.config.model, parts.dataset.num_items, layers, encoders)
+
+
+def _check_resumable(run_dir: Path, parts: Assembled) -> SavedModel:
+    """A resumed run must train the same model (``model.json``) on the same data, from the same
+    cache; the recipe (learning rates, epochs, batch size, ...) may change."""
     saved = read_run_config(run_dir)
     if saved["dataset_fingerprint"] != parts.dataset.fingerprint:
         raise ConfigError(f"--resume: {run_dir} was trained on another dataset ({saved['dataset']})")
-    require_trained_cache(saved, parts.cache, run_dir,
+    described = read_model_config(run_dir, saved)
+    require_trained_cache(described, parts.cache, run_dir,
                           fix=f"resume with the cache it was trained on ({saved.get('cache')}) or start a new run")
-    # Read through from_json, so options added since the run was written take their old meaning.
-    before = {k: v for k, v in json.loads(json.dumps(TrainConfig.from_json(saved["train"]).to_json())).items()
-              if k != "epochs"}
-    now = {k: v for k, v in json.loads(json.dumps(parts.config.to_json())).items() if k != "epochs"}
-    changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
-    if changed:
-        raise ConfigError(f"--resume: options differ from the run's own ({', '.join(changed)}); "
-                          "resume with the same options or start a new run")
+    changed = parts.config.model.changes_from(described.config)
+    if changed or described.layers != parts.model.layers:
+        raise ConfigError(f"--resume continues {run_dir}'s model; these options change it: "
+                          f"{', '.join(changed) or 'the layers its item tower reads'}; resume with the run's own or "
+                          "start a new run")
+    return described
 
 
 def _tensorboard(run_dir: Path):

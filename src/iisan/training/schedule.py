@@ -26,12 +26,6 @@ def lr_factor(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * done))
 
 
-def remember_base_rates(optimizer: torch.optim.Optimizer) -> None:
-    """Keep each group's configured rate beside the one the schedule rewrites."""
-    for group in optimizer.param_groups:
-        group.setdefault("base_lr", group["lr"])
-
-
 def set_rates(optimizer: torch.optim.Optimizer, factor: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = group["base_lr"] * factor
