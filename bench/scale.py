@@ -70,7 +70,7 @@ def run_size(work: Path, items: int, users: int, steps: int, eval_users: int, en
     from iisan.data.split import EvalSplit
     from iisan.evaluation.ranking import evaluate_split, item_embeddings
     from iisan.assemble import assemble
-    from iisan.training.loop import build_optimizer, training_step
+    from iisan.training.step import build_optimizer, training_step
     from iisan.training.loss import log_popularity
 
     report: dict = {"items": items, "users": users, "stages": {}}

@@ -41,7 +41,7 @@ def child(job: str, work: Path, args: argparse.Namespace) -> float:
     from iisan.assemble import assemble
     from iisan.config import EncodeConfig, SideNetworkConfig, TrainConfig
     from iisan.evaluation.ranking import evaluate_split, item_embeddings
-    from iisan.training.loop import build_optimizer, training_step
+    from iisan.training.step import build_optimizer, training_step
     from iisan.training.loss import log_popularity
 
     dataset, cache = work / "scientific", work / "cache-minilm"

@@ -36,7 +36,7 @@ from iisan.config import EncodeConfig, PrepareConfig, SideNetworkConfig, TrainCo
 from iisan.data import prepare
 from iisan.evaluation.ranking import evaluate_split, item_embeddings
 from iisan.assemble import assemble
-from iisan.training.loop import build_optimizer, training_step
+from iisan.training.step import build_optimizer, training_step
 from iisan.training.loss import log_popularity
 
 SCIENTIFIC = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "amazon-scientific"

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from iisan.assemble import assemble_run
-from iisan.training.loop import build_optimizer, training_step
+from iisan.training.step import build_optimizer, training_step
 from iisan.training.loss import log_popularity
 
 BATCH = 64

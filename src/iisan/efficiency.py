@@ -92,7 +92,7 @@ def measure_method(dataset: Path, cache: Path, name: str, config: EfficiencyConf
     from iisan.devices import pick_device
     from iisan.assemble import assemble
     from iisan.distributed import Workers
-    from iisan.training.loop import build_optimizer, step_objective, training_step
+    from iisan.training.step import build_optimizer, step_objective, training_step
     from iisan.training.loss import log_popularity
 
     import peft  # noqa: F401  (imports count before the baseline, not in the footprint)

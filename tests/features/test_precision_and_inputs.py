@@ -15,7 +15,7 @@ from iisan.cache.store import HiddenStateCache
 from iisan.config import EncodeConfig, SideNetworkConfig, TrainConfig
 from iisan.errors import CacheMismatchError
 from iisan.features.live import content_inputs
-from iisan.training.loop import build_optimizer, training_step
+from iisan.training.step import build_optimizer, training_step
 from iisan.training.loss import log_popularity
 
 TEXT_ONLY = EncodeConfig(text_encoder="tiny-random-text", image_encoder=None, pooling="mean", encode_batch_size=32)

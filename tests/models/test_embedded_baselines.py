@@ -14,7 +14,8 @@ from iisan.evaluation.ranking import item_embeddings
 from iisan.features import CachedSource
 from iisan.method_options import ContentConfig
 from iisan.models.baselines.embedded import EMBEDDED_METHODS
-from iisan.training.loop import build_optimizer, train, training_step
+from iisan.training.step import build_optimizer, training_step
+from iisan.training.loop import train
 from iisan.training.loss import log_popularity
 
 CONFIG = TrainConfig(train_batch_size=16, seed=1, lr=3e-3, side_lr=3e-3, epochs=1, eval_user_chunk=64)

@@ -9,7 +9,7 @@ import torch
 
 from iisan.assemble import assemble
 from iisan.config import TrainConfig
-from iisan.training.loop import build_optimizer, training_step
+from iisan.training.step import build_optimizer, training_step
 from iisan.training.loss import log_popularity
 
 

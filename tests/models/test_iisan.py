@@ -15,7 +15,7 @@ from iisan.errors import ConfigError
 from iisan.models.inputs import ItemFeatures
 from iisan.models.iisan import GatedTower, IISANItemEncoder
 from iisan.models.sanb import SANB
-from iisan.training.loop import training_step, build_optimizer
+from iisan.training.step import build_optimizer, training_step
 from iisan.training.loss import log_popularity
 
 

@@ -15,7 +15,8 @@ from iisan.errors import ConfigError
 from iisan.models.inputs import ItemFeatures
 from iisan.models.iisan import IISANItemEncoder
 from iisan.models.versa import alignment_matrix, layer_groups
-from iisan.training.loop import build_optimizer, train, training_step
+from iisan.training.step import build_optimizer, training_step
+from iisan.training.loop import train
 from iisan.training.loss import log_popularity
 
 

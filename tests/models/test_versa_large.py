@@ -155,7 +155,7 @@ def test_the_encoder_baselines_train_a_decoder_llm(method, tiny_multimodal, tmp_
     from iisan.assemble import assemble
     from iisan.cache.encode import encode
     from iisan.config import EncodeConfig, TrainConfig
-    from iisan.training.loop import build_optimizer, training_step
+    from iisan.training.step import build_optimizer, training_step
     from iisan.training.loss import log_popularity
 
     dataset, _ = tiny_multimodal

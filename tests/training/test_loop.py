@@ -15,7 +15,8 @@ from iisan.config import ModelConfig, SideNetworkConfig, TrainConfig, UserEncode
 from iisan.data.split import prefix_samples
 from iisan.errors import ConfigError
 from iisan.run.files import resume_folder
-from iisan.training.loop import NextItemObjective, build_optimizer, train, training_step
+from iisan.training.step import NextItemObjective, build_optimizer, training_step
+from iisan.training.loop import train
 from iisan.training.loss import log_popularity
 
 FAST = TrainConfig(epochs=2, train_batch_size=32, patience=5, seed=1, eval_user_chunk=64)

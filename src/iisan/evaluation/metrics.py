@@ -13,6 +13,10 @@ import torch
 # The rank of a target that was excluded or has no score: beyond any K and any catalogue, so
 # never a hit (ranking it after the N items would make it a hit at K > N).
 MISS = torch.iinfo(torch.int64).max
+# What every choice made on validation maximises: the best epoch, the blend's weights, the
+# served first stage's width.
+SELECT_K = 10
+SELECT_METRIC = f"ndcg@{SELECT_K}"
 
 
 def pessimistic_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

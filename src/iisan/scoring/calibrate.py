@@ -36,7 +36,7 @@ import torch
 from iisan.data.split import EvalSplit, Splits
 from iisan.distributed import LOCAL, Workers
 from iisan.errors import ConfigError
-from iisan.evaluation.metrics import MISS, metrics_from_ranks, pessimistic_ranks
+from iisan.evaluation.metrics import MISS, SELECT_K, SELECT_METRIC, metrics_from_ranks, pessimistic_ranks
 from iisan.evaluation.slices import SLICE_NAMES, slice_of
 from iisan.evaluation.ranking import item_embeddings
 from iisan.features import FeatureSource
@@ -48,8 +48,6 @@ from iisan.scoring.scorer import BlendScorer, build_blend
 
 log = logging.getLogger(__name__)
 
-SELECT_K = 10
-SELECT_METRIC = f"ndcg@{SELECT_K}"
 SELECTIONS = ("overall", "balanced")
 WHITENINGS = ("off", "on", "auto")  # the floor's content: as it is, whitened, or whichever validation prefers
 # The grids: steps of 0.125 (0.05 for popularity) where fitted weights fall, chosen over

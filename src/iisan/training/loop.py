@@ -1,50 +1,55 @@
-"""``iisan train``: AdamW, gradient clipping, early stopping on validation NDCG@10,
-best checkpoint kept, resumable after a kill."""
+"""``iisan train``: AdamW, gradient clipping, early stopping on validation NDCG@10, best
+checkpoint kept, resumable after a kill.
+
+:class:`Trainer` reads in the order training happens, as RecBole's ``Trainer.fit`` and
+torchtune's recipes do: :meth:`~Trainer.setup` (the run folder, model, optimizer, counters),
+then per epoch :meth:`~Trainer.train_epoch` and :meth:`~Trainer.validate`, then
+:meth:`~Trainer.finish` (best weights, what is fitted after training, test, the catalogue).
+One step's parts are in :mod:`iisan.training.step`.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
-import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from iisan.assemble import Assembled, assemble, require_trained_cache
 from iisan.config import TrainConfig
 from iisan.data.split import prefix_samples
-from iisan.distributed import LOCAL, Workers
+from iisan.distributed import Workers
 from iisan.distributed import start as start_workers
 from iisan.distributed import stop as stop_workers
 from iisan.errors import ConfigError, MissingDependencyError, NonFiniteError
+from iisan.evaluation.metrics import SELECT_METRIC
 from iisan.evaluation.ranking import evaluate_split, item_embeddings
 from iisan.fileio import atomic_directory, read_json_object, refuse_output_over_inputs, write_json_atomic
 from iisan.models.baselines.knn import fit_frozen_content
-from iisan.models.inputs import ItemFeatures
-from iisan.models.sequential import SequentialRecommender
 from iisan.options import flat_options
 from iisan.progress import progress
 from iisan.run.files import (
     RESUME_DIR, RESUME_FIX, WEIGHTS_FILE, append_metrics, holds_run_content, load_optimizer, load_weights,
-    prepare_run_folder,
-    read_run_config, resume_folder, save_resume_state, save_weights, trim_metrics, write_catalogue,
-    write_run_config,
+    prepare_run_folder, read_run_config, resume_folder, save_resume_state, save_weights, trim_metrics,
+    write_catalogue, write_run_config,
 )
 from iisan.run.lock import run_lock
 from iisan.run.model_file import MODEL_CONFIG_FILE, SavedModel, read_model_config, write_model_config
 from iisan.scoring.calibrate import fit_scorer
 from iisan.scoring.scorer import save_scorer
-from iisan.training.loss import candidate_softmax_loss, in_batch_softmax_loss, log_popularity, sampling_probabilities
+from iisan.training.loss import log_popularity, sampling_probabilities
 from iisan.training.schedule import lr_factor, set_rates
+from iisan.training.step import build_optimizer, step_objective, training_step
 
 log = logging.getLogger(__name__)
 
-SELECT_METRIC = "ndcg@10"
 RESUME_STATE = {"epoch": int, "best": (int, float), "best_epoch": int, "bad_epochs": int}
 
 
@@ -70,6 +75,8 @@ def train(
         A summary: epochs run, best epoch, valid and test metrics, seconds per epoch,
         trainable and total parameter counts, number of ranks.
     """
+    job = TrainJob(Path(dataset_dir), Path(run_dir), config, Path(cache_dir) if cache_dir is not None else None,
+                   resume, force, tensorboard)
     workers = start_workers(distributed, device)
     if workers.device.type == "cuda":
         # Deterministic cuBLAS needs a fixed workspace; without it every matmul warns (the
@@ -82,302 +89,241 @@ def train(
     deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        return _train(Path(dataset_dir), Path(run_dir), config, cache_dir, resume, force, tensorboard, workers)
+        return _locked(job, workers)
     finally:
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
         stop_workers(workers)
 
 
-def _train(dataset_dir: Path, run_dir: Path, config: TrainConfig, cache_dir, resume: bool, force: bool,
-           tensorboard: bool, workers: Workers) -> dict[str, Any]:
-    refuse_output_over_inputs(run_dir, {"dataset": dataset_dir, "cache": cache_dir})
+@dataclass(frozen=True)
+class TrainJob:
+    """What one ``iisan train`` is asked: from which dataset and cache, into which folder, with
+    which config, and how (continue a run, replace one, log to TensorBoard)."""
+
+    dataset_dir: Path
+    run_dir: Path
+    config: TrainConfig
+    cache_dir: Path | None = None
+    resume: bool = False
+    force: bool = False
+    tensorboard: bool = False
+
+
+def _locked(job: TrainJob, workers: Workers) -> dict[str, Any]:
+    """Train under the run's lock; a run replaced (``force``) is trained beside it and swapped in whole."""
+    refuse_output_over_inputs(job.run_dir, {"dataset": job.dataset_dir, "cache": job.cache_dir})
     # The writer (rank 0) holds the run's lock from before it empties the folder to the end.
-    with run_lock(run_dir, "iisan train") if workers.is_main else contextlib.nullcontext():
-        if workers.is_main and force and not resume and holds_run_content(run_dir):
-            # Replacing a run: the new one is trained beside it and swapped in whole at the
-            # end, so a bad input (a mistyped cache) or a kill leaves the old run as it was.
-            with atomic_directory(run_dir) as work:
-                summary = _train_locked(dataset_dir, work, config, cache_dir, resume, force, tensorboard, workers)
-            return {**summary, "run": str(run_dir)}
-        return _train_locked(dataset_dir, run_dir, config, cache_dir, resume, force, tensorboard, workers)
+    with run_lock(job.run_dir, "iisan train") if workers.is_main else contextlib.nullcontext():
+        if workers.is_main and job.force and not job.resume and holds_run_content(job.run_dir):
+            # So a bad input (a mistyped cache) or a kill leaves the old run as it was.
+            with atomic_directory(job.run_dir) as work:
+                summary = Trainer(dataclasses.replace(job, run_dir=work), workers).fit()
+            return {**summary, "run": str(job.run_dir)}
+        return Trainer(job, workers).fit()
 
 
-def _train_locked(dataset_dir: Path, run_dir: Path, config: TrainConfig, cache_dir, resume: bool, force: bool,
-                  tensorboard: bool, workers: Workers) -> dict[str, Any]:
-    if workers.is_main:
-        prepare_run_folder(run_dir, resume, force)
-    else:
-        logging.getLogger("iisan").setLevel(logging.WARNING)  # one rank speaks for the run
-    workers.barrier()
-    parts = assemble(dataset_dir, cache_dir, config, device=workers.device)
-    config = parts.config
-    model = parts.model.to(workers.device)
-    # A method without trainable parameters (knn) is evaluated as it is: no epoch, no optimizer.
-    trains = any(p.requires_grad for p in model.parameters())
-    optimizer = build_optimizer(parts) if trains else None
-    log_pop = log_popularity(torch.from_numpy(parts.splits.popularity)).to(workers.device)
-    objective = step_objective(parts, log_pop, workers)
-    state = _start_or_resume(run_dir, parts, optimizer, resume, dataset_dir, cache_dir, workers)
-    writer = _tensorboard(run_dir) if tensorboard and workers.is_main else None
+class Trainer:
+    """One run's training (see the module's docstring); every rank runs one, rank 0 writes."""
 
-    # What ranks: the model while it trains, the model with its scorer once one is fitted (_finish).
-    def evaluate(items: torch.Tensor, *splits: str) -> dict[str, dict[str, float]]:
+    def __init__(self, job: TrainJob, workers: Workers) -> None:
+        self.job, self.workers = job, workers
+        self.run_dir = job.run_dir
+        self.parts: Assembled | None = None
+        self.optimizer: torch.optim.Optimizer | None = None  # None: a method with nothing to train (knn)
+        self.state = {"epoch": 0, "best": -1.0, "best_epoch": 0, "bad_epochs": 0}
+        self.best_weights: dict[str, torch.Tensor] | None = None  # in memory: ranks need not read rank 0's file
+        self.epoch_seconds: list[float] = []
+
+    def fit(self) -> dict[str, Any]:
+        """setup, then epochs until ``epochs`` or ``patience`` ends them, then finish."""
+        self.setup()
+        while self.optimizer is not None and self.state["epoch"] < self.config.epochs \
+                and self.state["bad_epochs"] < self.config.patience:
+            epoch = self.state["epoch"] + 1
+            start = time.perf_counter()
+            loss = self.train_epoch(epoch)
+            seconds = time.perf_counter() - start
+            self.end_epoch(epoch, loss, seconds, self.validate("valid")["valid"])
+        return self.finish()
+
+    @property
+    def config(self) -> TrainConfig:
+        return self.parts.config
+
+    def setup(self) -> None:
+        """The run folder, the model and its optimizer, the objective, the loop's counters (fresh,
+        or a resumed run's, with its weights and optimizer state)."""
+        job, workers = self.job, self.workers
+        if workers.is_main:
+            prepare_run_folder(self.run_dir, job.resume, job.force)
+        else:
+            logging.getLogger("iisan").setLevel(logging.WARNING)  # one rank speaks for the run
+        workers.barrier()
+        self.parts = parts = assemble(job.dataset_dir, job.cache_dir, job.config, device=workers.device)
+        parts.model.to(workers.device)
+        if any(p.requires_grad for p in parts.model.parameters()):
+            self.optimizer = build_optimizer(parts)
+        log_pop = log_popularity(torch.from_numpy(parts.splits.popularity)).to(workers.device)
+        self.objective = step_objective(parts, log_pop, workers)
+        # [samples, L + 1]: each user's window, or each of its prefixes on its own (built once)
+        self.samples = prefix_samples(parts.splits.train) if self.config.samples == "prefixes" else parts.splits.train
+        self._start_or_resume()
+        self.writer = _tensorboard(self.run_dir) if job.tensorboard and workers.is_main else None
+
+    def train_epoch(self, epoch: int) -> float:
+        """One pass over the training samples; the mean loss over batches (over all ranks)."""
+        parts, workers = self.parts, self.workers
+        parts.model.train()
+        # Dropout: reproducible per epoch (so resume matches) and different on every rank.
+        torch.manual_seed(self.config.seed * 1_000 + epoch + 7_919 * workers.rank)
+        batches = EpochBatches(self.samples, parts, epoch, workers)
+        total, steps = 0.0, 0
+        first_step = (epoch - 1) * len(batches)  # global steps before this epoch: the schedule's position
+        for batch, negatives in progress(batches, desc=f"epoch {epoch}", unit="batch", leave=False, mininterval=1,
+                                         disable=not workers.is_main):
+            set_rates(self.optimizer, lr_factor(self.config, first_step + steps, len(batches)))
+            try:
+                total += training_step(parts, self.optimizer, batch, objective=self.objective, workers=workers,
+                                       negatives=negatives)
+            except NonFiniteError as err:
+                kept = (f"the run keeps epoch {epoch - 1}, the last complete one: `--resume` continues from it"
+                        if epoch > 1 else "no epoch is complete yet: the same command starts over")
+                raise NonFiniteError(
+                    f"epoch {epoch}, step {steps + 1}: {err}, so the weights were not updated; {kept} once the cause "
+                    "is fixed (a damaged cache: rebuild it with `iisan encode --force`; a diverging recipe: lower --lr)"
+                ) from None
+            steps += 1
+        return workers.sum(total) / (workers.world_size * max(steps, 1))
+
+    def validate(self, *splits: str) -> dict[str, dict[str, float]]:
+        """Metrics of ``splits`` with what ranks now: the model while it trains, the model with its
+        scorer once :meth:`finish` fitted one (the catalogue embedded once for all splits)."""
+        parts, workers = self.parts, self.workers
+        items = item_embeddings(parts.scorer, parts.source, parts.dataset.num_items, workers)
+        self.catalogue = items
         return {split: evaluate_split(parts.scorer, items, getattr(parts.splits, split),
-                                      batch_size=config.eval_user_chunk, include_history=config.include_history,
-                                      workers=workers)
+                                      batch_size=self.config.eval_user_chunk,
+                                      include_history=self.config.include_history, workers=workers)
                 for split in splits}
 
-    def embed_catalogue() -> torch.Tensor:  # once for all splits
-        return item_embeddings(parts.scorer, parts.source, parts.dataset.num_items, workers)
-
-    best_weights = None  # kept in memory: ranks need not read back what rank 0 wrote
-    epoch_seconds = []
-    # [samples, L + 1]: each user's window, or each of its prefixes on its own (built once)
-    samples = prefix_samples(parts.splits.train) if config.samples == "prefixes" else parts.splits.train
-    while trains and state["epoch"] < config.epochs and state["bad_epochs"] < config.patience:
-        epoch = state["epoch"] + 1
-        start = time.perf_counter()
-        loss = _train_epoch(parts, samples, objective, optimizer, epoch, workers)
-        seconds = time.perf_counter() - start
-        epoch_seconds.append(seconds)
-        valid = evaluate(embed_catalogue(), "valid")["valid"]
+    def end_epoch(self, epoch: int, loss: float, seconds: float, valid: dict[str, float]) -> None:
+        """Keep the epoch's weights if validation improved; log it; save the resume state."""
+        state, model = self.state, self.parts.model
+        self.epoch_seconds.append(seconds)
         improved = valid[SELECT_METRIC] > state["best"]
         if improved:
             state.update(best=valid[SELECT_METRIC], best_epoch=epoch, bad_epochs=0)
-            best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if workers.is_main:
-                save_weights(run_dir / WEIGHTS_FILE, model)
+            self.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if self.workers.is_main:
+                save_weights(self.run_dir / WEIGHTS_FILE, model)
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch
-        if workers.is_main:
+        if self.workers.is_main:
             record = {"epoch": epoch, "loss": loss, "seconds": round(seconds, 3), "valid": valid, "best": improved}
-            append_metrics(run_dir, record)
-            if writer is not None:
-                writer.add_scalar("train/loss", loss, epoch)
-                writer.add_scalar(f"valid/{SELECT_METRIC}", valid[SELECT_METRIC], epoch)
-            save_resume_state(run_dir, model, optimizer, state)
+            append_metrics(self.run_dir, record)
+            if self.writer is not None:
+                self.writer.add_scalar("train/loss", loss, epoch)
+                self.writer.add_scalar(f"valid/{SELECT_METRIC}", valid[SELECT_METRIC], epoch)
+            save_resume_state(self.run_dir, model, self.optimizer, state)
         log.info("epoch %d  loss %.4f  valid %s %.4f  hr@10 %.4f  (%.1fs)%s", epoch, loss, SELECT_METRIC,
                  valid[SELECT_METRIC], valid["hr@10"], seconds, "  *" if improved else "")
 
-    if best_weights is not None:
-        model.load_state_dict(best_weights)
-    elif trains:  # resumed after the last epoch: the best weights are only on disk
-        load_weights(run_dir / WEIGHTS_FILE, model)
-    calibration, results = _finish(run_dir, parts, workers, embed_catalogue, evaluate)
-    if writer is not None:
-        writer.close()
-    workers.barrier()  # nobody leaves before rank 0 has written everything
-    return {
-        "run": str(run_dir),
-        "method": config.method,
-        "mode": config.mode,
-        "epochs": state["epoch"],
-        "best_epoch": state["best_epoch"],
-        "seconds_per_epoch": round(float(np.mean(epoch_seconds)), 3) if epoch_seconds else None,
-        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "total_parameters": sum(p.numel() for p in model.parameters()),
-        "ranks": workers.world_size,
-        **({"blend": calibration} if calibration else {}),
-        **results,
-    }
-
-
-def _start_or_resume(run_dir: Path, parts: Assembled, optimizer, resume: bool, dataset_dir: Path, cache_dir,
-                     workers: Workers) -> dict[str, Any]:
-    """The loop's counters: from the run's resume state (weights and optimizer restored), or
-    fresh, with the run's ``config.json`` written."""
-    if resume:
-        _continue_record(run_dir, parts, dataset_dir, cache_dir, workers)
-    if resume and optimizer is not None and (run_dir / RESUME_DIR / "state.json").is_file():
-        # Every rank reads the same files, so the run folder must be on a shared filesystem.
-        state = read_json_object(run_dir / RESUME_DIR / "state.json", RESUME_STATE, RESUME_FIX)
-        state.pop("generation", None)
-        files = resume_folder(run_dir)
-        load_weights(files / WEIGHTS_FILE, parts.model, RESUME_FIX)
-        load_optimizer(files, optimizer)
+    def finish(self) -> dict[str, Any]:
+        """With the best weights loaded: fit what is fitted after training (knn's whitening and
+        words; the scorer on validation, saved in its own files), evaluate valid and test with
+        what ranks, write ``metrics.json`` and the catalogue with its index; the run's summary."""
+        parts, workers, run_dir = self.parts, self.workers, self.run_dir
+        model, config = parts.model, parts.config
+        if self.best_weights is not None:
+            model.load_state_dict(self.best_weights)
+        elif self.optimizer is not None:  # resumed after the last epoch: the best weights are only on disk
+            load_weights(run_dir / WEIGHTS_FILE, model)
+        texts = parts.dataset.items["text"].to_list()
+        fitted = fit_frozen_content(model, parts.source, parts.dataset.num_items, texts)  # knn's whitening, words
+        # the best weights with what was fitted since; a method that trains nothing has no file yet
+        if workers.is_main and (fitted or not (run_dir / WEIGHTS_FILE).is_file()):
+            save_weights(run_dir / WEIGHTS_FILE, model)
+        calibration = None
+        if config.content.blend:  # weighed on validation
+            parts.scorer = fit_scorer(model, parts.source, parts.shapes, texts, parts.splits, config.score,
+                                      config.include_history, workers, seed=config.seed)
+            calibration = parts.scorer.calibration
+            if workers.is_main:
+                save_scorer(run_dir, parts.scorer, parts.shapes, parts.dataset.num_items)
+        results = self.validate("valid", "test")
         if workers.is_main:
-            trim_metrics(run_dir, state["epoch"])
-        log.info("resuming after epoch %d (best %s %.4f at epoch %d)", state["epoch"], SELECT_METRIC, state["best"],
-                 state["best_epoch"])
-        return state
-    if workers.is_main:
-        write_run_config(run_dir, parts.config.to_json(), dataset_dir, parts.dataset.fingerprint, cache_dir,
-                         parts.dataset.num_items, workers.world_size)
-        write_model_config(run_dir, described_model(parts))
-        trim_metrics(run_dir, 0)  # resumed before any epoch was complete: start the log over
-    return {"epoch": 0, "best": -1.0, "best_epoch": 0, "bad_epochs": 0}
+            write_json_atomic(run_dir / "metrics.json", {**results, **({"blend": calibration} if calibration else {})})
+            write_catalogue(run_dir, parts.dataset.items, self.catalogue.cpu().numpy(), parts.scorer.first_stage)
+        if self.writer is not None:
+            self.writer.close()
+        workers.barrier()  # nobody leaves before rank 0 has written everything
+        return {
+            "run": str(run_dir), "method": config.method, "mode": config.mode,
+            "epochs": self.state["epoch"], "best_epoch": self.state["best_epoch"],
+            "seconds_per_epoch": round(float(np.mean(self.epoch_seconds)), 3) if self.epoch_seconds else None,
+            "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "total_parameters": sum(p.numel() for p in model.parameters()),
+            "ranks": workers.world_size,
+            **({"blend": calibration} if calibration else {}),
+            **results,
+        }
 
-
-def _finish(run_dir: Path, parts: Assembled, workers: Workers, embed_catalogue, evaluate) -> tuple[dict | None, dict]:
-    """With the best weights loaded: fit what is fitted after training (knn's whitening and
-    words; the scorer on validation, saved in its own files), evaluate valid and test with
-    what ranks, and write ``metrics.json`` and the catalogue with its index."""
-    model, config = parts.model, parts.config
-    # knn's frozen content that is whitened or reads words: fitted on the catalogue
-    texts = parts.dataset.items["text"].to_list()
-    fitted = fit_frozen_content(model, parts.source, parts.dataset.num_items, texts)
-    # the best weights with what was fitted since; a method that trains nothing has no file yet
-    if workers.is_main and (fitted or not (run_dir / WEIGHTS_FILE).is_file()):
-        save_weights(run_dir / WEIGHTS_FILE, model)
-    scorer = None
-    if config.content.blend:  # weighed on validation
-        scorer = fit_scorer(model, parts.source, parts.shapes, texts, parts.splits, config.score,
-                            config.include_history, workers, seed=config.seed)
-    calibration = scorer.calibration if scorer is not None else None
-    if scorer is not None:
-        parts.scorer = scorer
+    def _start_or_resume(self) -> None:
+        """The loop's counters from the run's resume state (weights and optimizer restored), or
+        fresh, with the run's ``config.json`` and ``model.json`` written."""
+        job, parts, workers, run_dir = self.job, self.parts, self.workers, self.run_dir
+        if job.resume:
+            _continue_record(run_dir, parts, job.dataset_dir, job.cache_dir, workers)
+        if job.resume and self.optimizer is not None and (run_dir / RESUME_DIR / "state.json").is_file():
+            # Every rank reads the same files, so the run folder must be on a shared filesystem.
+            state = read_json_object(run_dir / RESUME_DIR / "state.json", RESUME_STATE, RESUME_FIX)
+            state.pop("generation", None)
+            files = resume_folder(run_dir)
+            load_weights(files / WEIGHTS_FILE, parts.model, RESUME_FIX)
+            load_optimizer(files, self.optimizer)
+            if workers.is_main:
+                trim_metrics(run_dir, state["epoch"])
+            log.info("resuming after epoch %d (best %s %.4f at epoch %d)", state["epoch"], SELECT_METRIC,
+                     state["best"], state["best_epoch"])
+            self.state = state
+            return
         if workers.is_main:
-            save_scorer(run_dir, scorer, parts.shapes, parts.dataset.num_items)
-    items = embed_catalogue()
-    results = evaluate(items, "valid", "test")
-    if workers.is_main:
-        write_json_atomic(run_dir / "metrics.json", {**results, **({"blend": calibration} if calibration else {})})
-        write_catalogue(run_dir, parts.dataset.items, items.cpu().numpy(), parts.scorer.first_stage)
-    return calibration, results
+            write_run_config(run_dir, parts.config.to_json(), job.dataset_dir, parts.dataset.fingerprint,
+                             job.cache_dir, parts.dataset.num_items, workers.world_size)
+            write_model_config(run_dir, described_model(parts))
+            trim_metrics(run_dir, 0)  # resumed before any epoch was complete: start the log over
 
 
-class NextItemObjective(torch.nn.Module):
-    """The training loss of one batch as a module, so that DistributedDataParallel can wrap it
-    (it synchronises gradients of what runs inside ``forward``)."""
+class EpochBatches:
+    """One epoch's batches of ``samples [S, L + 1]`` in a shuffled order (the seed's and the
+    epoch's): this rank's share of each, with the sampled negatives of ``--loss sampled`` (the
+    same draws on every rank: each rank scores all candidates)."""
 
-    def __init__(self, model: SequentialRecommender, log_pop: torch.Tensor, workers: Workers = LOCAL,
-                 loss: str = "in_batch", last_only: bool = False) -> None:
-        super().__init__()
-        self.model = model
-        self.log_pop = log_pop  # a plain attribute, not a buffer: DDP must not broadcast it
-        self.workers = workers
-        self.loss = loss
-        self.last_only = last_only  # prefix samples: only the last position's target counts
+    def __init__(self, samples: np.ndarray, parts: Assembled, epoch: int, workers: Workers) -> None:
+        self.samples, self.config, self.epoch, self.workers = samples, parts.config, epoch, workers
+        self.popularity = parts.splits.popularity
+        self.starts = range(0, len(samples), self.config.train_batch_size)
 
-    @classmethod
-    def for_run(cls, parts: Assembled, log_pop: torch.Tensor, workers: Workers = LOCAL) -> NextItemObjective:
-        config = parts.config
-        return cls(parts.model, log_pop, workers, config.loss, last_only=config.samples == "prefixes")
+    def __len__(self) -> int:
+        return len(self.starts)
 
-    def forward(self, features: ItemFeatures, inverse: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """``features`` of the distinct items the step needs (the batch's, plus every
-        candidate of the ``full`` and ``sampled`` losses); ``inverse [B, L + 1]`` maps each
-        slot to its row there; ``ids [B, L + 1]`` the slots' item ids."""
-        table = self.model.embed_items(features)
-        embeddings = table[inverse]
-        input_mask = ids[:, :-1] != 0
-        user_states = self.model.user(embeddings[:, :-1], input_mask)  # [B, L, d]
-        if self.last_only:  # the earlier positions' targets are other samples' (shorter prefixes)
-            input_mask = input_mask.clone()
-            input_mask[:, :-1] = False
-        if self.loss == "in_batch":
-            return in_batch_softmax_loss(user_states, embeddings, ids, input_mask, self.log_pop, self.workers)
-        sampled = self.loss == "sampled"
-        return candidate_softmax_loss(user_states, table, features.ids, inverse[:, 1:], input_mask,
-                                      log_q=self.log_pop[features.ids] if sampled else None,
-                                      own_items=ids if sampled else None, workers=self.workers)
-
-
-def step_objective(parts: Assembled, log_pop: torch.Tensor, workers: Workers = LOCAL) -> torch.nn.Module:
-    """The module a training step calls: the objective, wrapped in DDP when there are several ranks."""
-    objective = NextItemObjective.for_run(parts, log_pop, workers)
-    if not workers.distributed:
-        return objective
-    device_ids = [workers.device] if workers.device.type == "cuda" else None
-    return DistributedDataParallel(objective, device_ids=device_ids, broadcast_buffers=False)
-
-
-def _train_epoch(parts: Assembled, train_ids: np.ndarray, objective: torch.nn.Module,
-                 optimizer: torch.optim.Optimizer, epoch: int, workers: Workers) -> float:
-    """One pass over the training samples ``train_ids [samples, L + 1]``; the mean loss over
-    batches (over all ranks)."""
-    config, model = parts.config, parts.model
-    model.train()
-    # Dropout: reproducible per epoch (so resume matches) and different on every rank.
-    torch.manual_seed(config.seed * 1_000 + epoch + 7_919 * workers.rank)
-    order = np.random.default_rng(config.seed + epoch).permutation(len(train_ids))
-    # Sampled negatives: the same draws on every rank (each rank scores all candidates).
-    negative_rng = np.random.default_rng([config.seed, epoch])
-    probabilities = sampling_probabilities(parts.splits.popularity) if config.loss == "sampled" else None
-    total, steps = 0.0, 0
-    batches = range(0, len(order), config.train_batch_size)
-    first_step = (epoch - 1) * len(batches)  # global steps before this epoch: the schedule's position
-    for start in progress(batches, desc=f"epoch {epoch}", unit="batch", leave=False, mininterval=1,
-                      disable=not workers.is_main):
-        batch = train_ids[order[start : start + config.train_batch_size]]
-        mine = batch[workers.share(len(batch))]
-        if not len(mine):
-            # A last batch smaller than the number of ranks: this rank still has to take part
-            # in the collectives; an all-padding row adds no target, no candidate, no gradient.
-            mine = np.zeros((1, batch.shape[1]), dtype=batch.dtype)
-        negatives = None
-        if probabilities is not None:
-            negatives = negative_rng.choice(len(probabilities), size=config.negatives, p=probabilities)
-        set_rates(optimizer, lr_factor(config, first_step + steps, len(batches)))
-        try:
-            total += training_step(parts, optimizer, mine, objective=objective, workers=workers, negatives=negatives)
-        except NonFiniteError as err:
-            kept = (f"the run keeps epoch {epoch - 1}, the last complete one: `--resume` continues from it"
-                    if epoch > 1 else "no epoch is complete yet: the same command starts over")
-            raise NonFiniteError(
-                f"epoch {epoch}, step {steps + 1}: {err}, so the weights were not updated; {kept} once the cause "
-                "is fixed (a damaged cache: rebuild it with `iisan encode --force`; a diverging recipe: lower --lr)"
-            ) from None
-        steps += 1
-    return workers.sum(total) / (workers.world_size * max(steps, 1))
-
-
-def training_step(parts: Assembled, optimizer: torch.optim.Optimizer, batch_ids: np.ndarray,
-                  log_pop: torch.Tensor | None = None, objective: torch.nn.Module | None = None,
-                  workers: Workers = LOCAL, negatives: np.ndarray | None = None) -> float:
-    """One optimisation step on ``batch_ids [B, L + 1]``; returns the loss.
-
-    The item tower embeds each distinct item the loss needs once: the batch's items, with
-    ``loss="full"`` the whole catalogue, with ``loss="sampled"`` also ``negatives`` (item ids).
-
-    Give ``log_pop`` (the objective is then built for this step) or ``objective`` (from
-    :func:`step_objective`, which holds it). Under torchrun ``batch_ids`` is this rank's
-    share of the global batch, ``objective`` the DDP-wrapped :class:`NextItemObjective`,
-    and the value returned this rank's share of the global loss (their mean over ranks is
-    the global loss).
-    """
-    if objective is None:
-        if log_pop is None:
-            raise ValueError("training_step needs log_pop or an objective")
-        objective = NextItemObjective.for_run(parts, log_pop, workers)
-    device = workers.device
-    if parts.config.loss == "full":
-        unique, inverse = np.arange(parts.dataset.num_items + 1), batch_ids
-    else:
-        # Each distinct item goes through the item tower once, however often it occurs.
-        extra = negatives if parts.config.loss == "sampled" and negatives is not None else np.zeros(0, np.int64)
-        unique, inverse = np.unique(np.concatenate([batch_ids.ravel(), extra]), return_inverse=True)
-        inverse = inverse[: batch_ids.size]
-    features = parts.source.features(unique).to(device)
-    loss = objective(features, torch.from_numpy(inverse.reshape(batch_ids.shape)).to(device),
-                     torch.from_numpy(batch_ids).to(device))
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    # The norm is of the gradients after DDP averaged them, so every rank sees the same value
-    # and stops together; a NaN loss on any rank makes it NaN.
-    norm = torch.nn.utils.clip_grad_norm_(parts.model.parameters(), parts.config.grad_clip)
-    value = float(loss.detach())
-    if not (math.isfinite(value) and math.isfinite(float(norm))):
-        optimizer.zero_grad(set_to_none=True)
-        what = f"the loss is {value}" if not math.isfinite(value) else f"the gradient norm is {float(norm)}"
-        raise NonFiniteError(what)
-    optimizer.step()
-    return value
-
-
-def build_optimizer(parts: Assembled) -> torch.optim.AdamW:
-    """AdamW over the model's parameter groups (:meth:`SequentialRecommender.parameter_groups`),
-    each at the recipe's rate for it, kept as the group's ``base_lr``, which the schedule
-    scales step by step."""
-    config = parts.config
-    rates = {"rest": config.lr, "side": config.side_lr, "id_offsets": config.content.id_offset_lr}
-    groups = [{"params": params, "lr": rates[part], "base_lr": rates[part]}
-              for part, params in parts.model.parameter_groups().items() if params or part == "rest"]
-    # Fused: one kernel per tensor instead of a dozen (bench/train_step.py times the step both
-    # ways). A resumed run keeps the form its saved optimizer.json names, so runs saved before
-    # continue unfused.
-    return torch.optim.AdamW(groups, weight_decay=config.weight_decay, fused=True)
+    def __iter__(self):
+        config = self.config
+        order = np.random.default_rng(config.seed + self.epoch).permutation(len(self.samples))
+        negative_rng = np.random.default_rng([config.seed, self.epoch])
+        probabilities = sampling_probabilities(self.popularity) if config.loss == "sampled" else None
+        for start in self.starts:
+            batch = self.samples[order[start : start + config.train_batch_size]]
+            mine = batch[self.workers.share(len(batch))]
+            if not len(mine):
+                # A last batch smaller than the number of ranks: this rank still has to take part
+                # in the collectives; an all-padding row adds no target, no candidate, no gradient.
+                mine = np.zeros((1, batch.shape[1]), dtype=batch.dtype)
+            negatives = None
+            if probabilities is not None:
+                negatives = negative_rng.choice(len(probabilities), size=config.negatives, p=probabilities)
+            yield mine, negatives
 
 
 def _continue_record(run_dir: Path, parts: Assembled, dataset_dir: Path, cache_dir, workers: Workers) -> None:
