@@ -250,3 +250,23 @@ def test_recbole_without_time_keeps_file_order_and_refuses_a_bad_header(tmp_path
     (tmp_path / "bad" / "x.inter").write_text("user\titem\nu1\ti1\n")
     with pytest.raises(InputError, match="not a RecBole atomic header"):
         prepare(tmp_path / "bad", tmp_path / "ds3", PrepareConfig(format="recbole"))
+
+
+@pytest.mark.parametrize("fmt", ["movielens", "recbole"])
+def test_a_timestamp_that_is_not_a_number_is_dropped_and_counted(tmp_path, fmt):
+    """Every reader reports an unreadable timestamp the same way (one helper,
+    sources.common.drop_bad_timestamps): counted, an example line, the row dropped."""
+    src = tmp_path / "src"
+    src.mkdir()
+    rows = ["user_id:token\titem_id:token\trating:float\ttimestamp:float"]
+    rows += [f"7\t{n}\t4\t{n}" for n in range(1, 6)] + ["7\t3\t4\tsoon"]  # line 7
+    name = "ml-100k" if fmt == "movielens" else "Shop"
+    (src / f"{name}.inter").write_text("\n".join(rows) + "\n")
+    items = ["item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq"]
+    items += [f"{n}\tFilm {n}\t199{n}\tDrama" for n in range(1, 6)]
+    (src / f"{name}.item").write_text("\n".join(items) + "\n")
+    meta, problems = prepare(src, tmp_path / "ds", PrepareConfig(format=fmt, min_seq_len=3))
+    assert problems.count("invalid_timestamp") == 1
+    [example] = problems.to_json()["invalid_timestamp"]["examples"]
+    assert example["line"] == 7 and "not a number" in example["detail"]
+    assert sequences_as_keys(load(tmp_path)) == {"7": ["1", "2", "3", "4", "5"]}

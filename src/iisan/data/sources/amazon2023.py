@@ -19,7 +19,7 @@ from iisan.config import PrepareConfig
 from iisan.data.build import RawSource
 from iisan.data.lines import read_lines
 from iisan.data.problems import Problems
-from iisan.data.sources.common import chronological, drop_missing, image_source_from_options
+from iisan.data.sources.common import chronological, drop_bad_timestamps, drop_missing, image_source_from_options
 from iisan.errors import InputError
 
 REVIEW_FIELDS = {"user_id": pl.String, "parent_asin": pl.String, "timestamp": pl.Int64}
@@ -34,17 +34,8 @@ def read(source: Path, config: PrepareConfig, problems: Problems) -> RawSource:
     reviews_path, meta_path = _find_files(source)
     reviews = _parse_jsonl(read_lines(reviews_path, problems), REVIEW_FIELDS, reviews_path.name, problems)
     reviews = drop_missing(reviews, ["user_id", "parent_asin"], "missing_field", reviews_path.name, problems)
-    bad_time = reviews.filter(pl.col("timestamp").is_null())
-    problems.add_many(
-        "invalid_timestamp", reviews_path.name,
-        ((line, "timestamp missing or not an integer") for line in bad_time["line"].head(3)),
-        count=bad_time.height,
-    )
-    interactions = chronological(
-        reviews.filter(pl.col("timestamp").is_not_null()).rename(
-            {"user_id": "user", "parent_asin": "item"}
-        )
-    )
+    reviews = drop_bad_timestamps(reviews, reviews_path.name, "timestamp missing or not an integer", problems)
+    interactions = chronological(reviews.rename({"user_id": "user", "parent_asin": "item"}))
 
     meta = _parse_jsonl(read_lines(meta_path, problems), META_FIELDS, meta_path.name, problems)
     meta = drop_missing(meta, ["parent_asin"], "missing_field", meta_path.name, problems)

@@ -45,6 +45,14 @@ def drop_missing(
     return table.filter(~missing)
 
 
+def drop_bad_timestamps(inter: pl.DataFrame, file: str, detail: str, problems: Problems) -> pl.DataFrame:
+    """Drop rows whose ``timestamp`` could not be read (null), counting them as
+    ``invalid_timestamp`` with ``detail`` (what a valid one is in this format)."""
+    bad = inter.filter(pl.col("timestamp").is_null())
+    problems.add_many("invalid_timestamp", file, ((line, detail) for line in bad["line"].head(3)), count=bad.height)
+    return inter.filter(pl.col("timestamp").is_not_null())
+
+
 def chronological(inter: pl.DataFrame) -> pl.DataFrame:
     """Order ``[user, item, line, timestamp]`` rows for :class:`RawSource`.
 

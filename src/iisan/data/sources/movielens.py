@@ -18,7 +18,7 @@ from iisan.config import PrepareConfig
 from iisan.data.build import RawSource
 from iisan.data.lines import read_lines
 from iisan.data.problems import Problems
-from iisan.data.sources.common import chronological, split_columns
+from iisan.data.sources.common import chronological, drop_bad_timestamps, split_columns
 from iisan.errors import InputError, MissingDependencyError
 
 BUILTIN = "builtin"
@@ -46,13 +46,7 @@ def read(source: Path, config: PrepareConfig, problems: Problems) -> RawSource:
     inter = _body(read_lines(inter_path, problems))
     inter = split_columns(inter, ["user", "item", "rating", "timestamp"], inter_path.name, problems)
     inter = inter.with_columns(pl.col("timestamp").cast(pl.Float64, strict=False))
-    bad_time = inter.filter(pl.col("timestamp").is_null())
-    problems.add_many(
-        "invalid_timestamp", inter_path.name,
-        ((line, "timestamp is not a number") for line in bad_time["line"].head(3)),
-        count=bad_time.height,
-    )
-    inter = chronological(inter.filter(pl.col("timestamp").is_not_null()))
+    inter = chronological(drop_bad_timestamps(inter, inter_path.name, "timestamp is not a number", problems))
 
     items = _body(read_lines(item_path, problems))
     items = split_columns(items, ["key", "title", "year", "genres"], item_path.name, problems)

@@ -21,7 +21,7 @@ from iisan.config import CsvColumns, PrepareConfig
 from iisan.data.build import RawSource
 from iisan.data.lines import read_lines
 from iisan.data.problems import Problems
-from iisan.data.sources.common import chronological, drop_missing, image_source_from_options, split_columns
+from iisan.data.sources.common import chronological, drop_bad_timestamps, drop_missing, image_source_from_options, split_columns
 from iisan.errors import InputError
 
 FIELD_TYPES = ("token", "token_seq", "float", "float_seq")
@@ -45,10 +45,7 @@ def read(source: Path, config: PrepareConfig, problems: Problems) -> RawSource:
         inter = inter.with_columns(pl.col("line").cast(pl.Float64).alias("timestamp"))
     else:
         inter = inter.with_columns(pl.col(timestamp).cast(pl.Float64, strict=False).alias("timestamp"))
-        bad = inter.filter(pl.col("timestamp").is_null())
-        problems.add_many("invalid_timestamp", inter_path.name,
-                          ((line, f"{timestamp} is not a number") for line in bad["line"].head(3)), count=bad.height)
-        inter = inter.filter(pl.col("timestamp").is_not_null())
+        inter = drop_bad_timestamps(inter, inter_path.name, f"{timestamp} is not a number", problems)
     interactions = chronological(inter.select("user", "item", "line", "timestamp"))
 
     if item_path.is_file():

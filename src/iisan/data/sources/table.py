@@ -21,7 +21,7 @@ from iisan.config import PrepareConfig
 from iisan.data.build import RawSource
 from iisan.data.images import DirectoryImages, PathImages
 from iisan.data.problems import Problems
-from iisan.data.sources.common import chronological, drop_missing, require_file
+from iisan.data.sources.common import chronological, drop_bad_timestamps, drop_missing, require_file
 from iisan.errors import InputError
 from iisan.fileio import text_encoding
 
@@ -41,13 +41,8 @@ def read(source: Path, config: PrepareConfig, problems: Problems) -> RawSource:
         "line",
     )
     inter = drop_missing(inter, ["user", "item"], "missing_field", inter_path.name, problems)
-    bad_time = inter.filter(pl.col("timestamp").is_null())
-    problems.add_many(
-        "invalid_timestamp", inter_path.name,
-        ((line, "timestamp is empty or not a number/date") for line in bad_time["line"].head(3)),
-        count=bad_time.height,
-    )
-    inter = chronological(inter.filter(pl.col("timestamp").is_not_null()))
+    inter = chronological(drop_bad_timestamps(inter, inter_path.name, "timestamp is empty or not a number/date",
+                                              problems))
 
     items = _read_table(items_path, problems, string_columns=[cols.item_key, cols.text, cols.image])
     _require_columns(items, items_path, {"--item-key-col": cols.item_key, "--text-col": cols.text})
