@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from iisan.cli import app
 from iisan.cli.generated import Options, with_options
 from iisan.config import (
-    EncodeConfig, EvaluateConfig, IndexConfig, PrepareConfig, RecommendConfig, ServeConfig, SideNetworkConfig,
+    EncodeConfig, EvaluateConfig, IndexConfig, PrepareConfig, Query, ServeConfig, SideNetworkConfig,
     TrainConfig, UserEncoderConfig,
 )
 from iisan.data.synth import SynthConfig
@@ -25,7 +25,7 @@ from iisan.options import all_specs, option_specs
 
 COMMANDS = {("prepare",): PrepareConfig, ("encode",): EncodeConfig, ("train",): TrainConfig,
             ("data", "synth"): SynthConfig, ("bench", "efficiency"): EfficiencyConfig,
-            ("evaluate",): EvaluateConfig, ("recommend",): RecommendConfig, ("index", "build"): IndexConfig,
+            ("evaluate",): EvaluateConfig, ("recommend",): Query, ("index", "build"): IndexConfig,
             ("serve",): ServeConfig}
 CONFIGS = tuple(COMMANDS.values())
 

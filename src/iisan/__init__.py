@@ -33,7 +33,8 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "iisan.serving.recommender": ("Recommender",),
     "iisan.data.dataset": ("PreparedDataset",),
     "iisan.cache.store": ("HiddenStateCache",),
-    "iisan.config": ("PrepareConfig", "EncodeConfig", "TrainConfig", "SideNetworkConfig", "UserEncoderConfig"),
+    "iisan.config": ("PrepareConfig", "EncodeConfig", "TrainConfig", "ModelConfig", "SideNetworkConfig",
+                     "UserEncoderConfig", "Query"),
     "iisan.errors": ("IisanError",),
 }
 _RENAMED = {"evaluate": "evaluate_run"}

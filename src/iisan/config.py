@@ -564,15 +564,19 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
-class RecommendConfig:
-    """What ``iisan recommend`` answers, and how (the fields of a ``POST /recommend`` body)."""
+class Query:
+    """One recommendation request, the one type for it: ``iisan recommend``'s options, what
+    :meth:`iisan.serving.recommender.Recommender.recommend` takes, and what a ``POST
+    /recommend`` body becomes (:class:`iisan.serving.schema.RecommendRequest`)."""
 
     history: tuple[str, ...] | None = option(None, help="The user's item keys, oldest first, "
-                                                   "comma-separated.")
+                                                   "comma-separated; only the last max-seq-len feed the model.")
     user: str | None = option(None, help="Or a user of the run's dataset: their whole history there.")
     k: int = option(10, minimum=1, aliases=("k",), help="How many items to recommend.")
-    include_seen: bool = option(False, help="Allow items of the history in the answer.")
-    skip_unknown: bool = option(False, help="Ignore keys the catalogue does not hold.")
+    exclude_seen: bool = option(True, off_flag="include-seen",
+                                help="Leave the history's items out of the answer (--include-seen keeps them).")
+    skip_unknown: bool = option(False, help="Ignore keys the catalogue does not hold (by default they are an "
+                                            "error naming them).")
 
     def __post_init__(self) -> None:
         check_options(self)

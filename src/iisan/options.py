@@ -29,7 +29,8 @@ def option(default: Any = MISSING, *, help: str | Callable[[], str], flag: str |
            minimum: float | None = None, above: float | None = None, maximum: float | None = None,
            choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None, panel: str | None = None,
            none_word: str | None = None, aliases: tuple[str, ...] = (), default_factory: Any = MISSING,
-           cli: bool = True, families: Callable[[], tuple[type, ...]] | None = None) -> Any:
+           cli: bool = True, families: Callable[[], tuple[type, ...]] | None = None,
+           off_flag: str | None = None) -> Any:
     """A dataclass field that is also a user-facing option.
 
     Args:
@@ -48,9 +49,12 @@ def option(default: Any = MISSING, *, help: str | Callable[[], str], flag: str |
         families: for a field holding one of several config classes, chosen by another field
             (``TrainConfig.method_options``: the method's), a function giving every class it
             may hold now; their options are options of the owner too (:func:`all_specs`).
+        off_flag: a switch that is on by default: the flag turning it off, when ``no-`` and
+            the flag read worse (``include-seen`` for ``exclude_seen``).
     """
     metadata = {"help": help, "flag": flag, "minimum": minimum, "above": above, "maximum": maximum, "choices": choices,
-                "panel": panel, "none_word": none_word, "aliases": aliases, "cli": cli, "families": families}
+                "panel": panel, "none_word": none_word, "aliases": aliases, "cli": cli, "families": families,
+                "off_flag": off_flag}
     return dataclasses.field(default=default, default_factory=default_factory, metadata={"option": metadata})
 
 
@@ -73,6 +77,7 @@ class OptionSpec:
     is_list: bool  # tuple[kind, ...]
     none_word: str | None
     aliases: tuple[str, ...]
+    off_flag: str | None = None  # a switch on by default: its off flag (default: no-FLAG)
 
     @property
     def help(self) -> str:
@@ -109,7 +114,7 @@ def option_specs(config_class: type) -> tuple[OptionSpec, ...]:
             flag=meta["flag"] or f.name.replace("_", "-"), choices_from=meta["choices"] or literal,
             minimum=meta["minimum"], above=meta["above"], maximum=meta["maximum"], panel=meta["panel"], optional=optional,
             is_list=is_list,
-            none_word=meta["none_word"], aliases=meta["aliases"]))
+            none_word=meta["none_word"], aliases=meta["aliases"], off_flag=meta.get("off_flag")))
     return tuple(specs)
 
 

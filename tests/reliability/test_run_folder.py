@@ -8,6 +8,7 @@ import shutil
 import pytest
 
 from iisan.errors import DatasetError
+from iisan.search import HnswSettings
 from iisan.serving.recommender import Recommender
 from tests.reliability.conftest import cli, one_line_error
 
@@ -32,7 +33,7 @@ def test_a_moved_run_recommends_without_its_dataset_and_cache(scratch, tmp_path)
     assert result.exit_code == 0, result.output
     # Embedding the whole catalogue again is the one thing that needs them back:
     with pytest.raises(DatasetError, match="needs the run's dataset and cache"):
-        recommender.rebuild_index()
+        recommender.store.rebuild("flat", HnswSettings())
     one_line_error(cli("index", "build", moved), "needs the run's dataset and cache", "config.json")
 
 

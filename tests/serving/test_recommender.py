@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from iisan.errors import ConfigError, InputError, UnknownItemError, UnknownUserError
+from iisan.errors import ConfigError, IisanError, InputError, UnknownItemError, UnknownUserError
 from iisan.serving.intake import iter_new_items, read_new_items
 from iisan.serving.recommender import Recommender
 from tests.conftest import png_bytes
@@ -189,11 +189,11 @@ def test_a_file_item_refused_when_vetted_is_named_by_its_line(run_copy, tmp_path
 
 
 def test_a_batch_answers_like_single_queries_and_isolates_errors(recommender):
-    from iisan.serving.recommender import Query
+    from iisan.config import Query
 
     keys = recommender.keys
     queries = [Query(keys[1:4], k=3), Query(["nope"]), Query(keys[5:12], k=7, exclude_seen=False),
-               Query(keys[2:3], k=0), Query([*keys[3:6], "nope"], k=2, skip_unknown=True)]
+               Query(user="nobody"), Query([*keys[3:6], "nope"], k=2, skip_unknown=True)]
     results = recommender.recommend_many(queries)
 
     def same(batched, single):  # batched matmuls may differ in the last float bits
@@ -203,7 +203,7 @@ def test_a_batch_answers_like_single_queries_and_isolates_errors(recommender):
     same(results[0], recommender.recommend(keys[1:4], k=3))
     assert isinstance(results[1], UnknownItemError)
     same(results[2], recommender.recommend(keys[5:12], k=7, exclude_seen=False))
-    assert isinstance(results[3], ConfigError)
+    assert isinstance(results[3], IisanError)  # no such user (or no dataset): that query's error alone
     same(results[4], recommender.recommend(keys[3:6], k=2))
 
 
@@ -229,3 +229,15 @@ def test_recommendations_for_a_user_of_the_dataset(tiny_run, tmp_path):
     assert by_user.exit_code == 0 and json.loads(by_user.stdout) == json.loads(by_history.stdout)
     both = CliRunner().invoke(app, ["recommend", str(run), "--user", user, "--history", "x"])
     assert both.exit_code == 2 and "one of them" in both.stderr
+
+
+def test_one_query_type_refuses_a_bad_request_where_it_is_made():
+    """The Python API, the command line and the HTTP body share iisan.config.Query: a bad
+    request is one ConfigError when it is stated, before any model runs."""
+    from iisan.config import Query
+
+    with pytest.raises(ConfigError, match="k must be positive"):
+        Query(("a",), k=0)
+    with pytest.raises(ConfigError, match="give history .* or user"):
+        Query()
+    assert Query(["a", "b"]).history == ("a", "b") and Query(["a"]).exclude_seen

@@ -178,7 +178,7 @@ def test_concurrent_queries_are_batched_and_answered_each_their_own(recommender)
 
     from iisan.errors import UnknownItemError
     from iisan.serving.batcher import QueryBatcher
-    from iisan.serving.recommender import Query
+    from iisan.config import Query
 
     sizes = []
 

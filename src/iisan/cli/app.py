@@ -18,7 +18,7 @@ from iisan.cli.exit_codes import fail, handles_errors
 from iisan.cli.generated import ConfigFile, Options, one_of, with_options
 from iisan.cli.output import show, stderr, stdout
 from iisan.config import (
-    DEVICES, EncodeConfig, EvaluateConfig, IndexConfig, PrepareConfig, RecommendConfig, ServeConfig,
+    DEVICES, EncodeConfig, EvaluateConfig, IndexConfig, PrepareConfig, Query, ServeConfig,
     ScoreConfig, TrainConfig,
 )
 from iisan.data.synth import SynthConfig, synthesize
@@ -308,7 +308,7 @@ def quickstart(
 
 
 @command(app)
-@with_options(RecommendConfig)
+@with_options(Query)
 def recommend(run: Run, options: Options, device: Device = "auto", as_json: Json = False) -> None:
     """Top-k next items for a history of item keys, or for a known user, with titles and scores.
 
@@ -319,12 +319,12 @@ def recommend(run: Run, options: Options, device: Device = "auto", as_json: Json
     """
     from iisan.serving.recommender import Recommender
 
-    config = RecommendConfig(**options)
+    query = Query(**options)
     recommender = Recommender.load(run, device=device)
-    keys = list(config.history or recommender.history_of(config.user))
+    keys = list(query.history or recommender.history_of(query.user))
     try:
-        answer = recommender.recommend(keys, k=config.k, exclude_seen=not config.include_seen,
-                                       skip_unknown=config.skip_unknown)
+        answer = recommender.recommend(keys, k=query.k, exclude_seen=query.exclude_seen,
+                                       skip_unknown=query.skip_unknown)
     except UnknownItemError as err:
         fail(f"{err} (--skip-unknown leaves unknown keys out)")
     rows = [{**recommender.item(key), "score": round(score, 4)} for key, score in answer]
@@ -348,7 +348,7 @@ def index_build(run: Run, options: Options, device: Device = "auto", as_json: Js
 
 
 @command(index_app, "check")
-@with_options(RecommendConfig, only=("k",))
+@with_options(Query, only=("k",))
 def index_check(
     run: Run, options: Options,
     queries: Annotated[int, typer.Option(min=1, help="Test users whose histories serve as queries.")] = 1000,

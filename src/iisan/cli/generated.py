@@ -84,7 +84,7 @@ def _annotation(spec: OptionSpec, default: str) -> Any:
     flags = [f"--{spec.flag}", *(f"-{a}" for a in spec.aliases if len(a) == 1)]
     if spec.kind is bool:
         # --no-X only for what is on by default (an off switch widens every row of its panel)
-        names = [f"{f}/--no-{f[2:]}" if spec.default is True and f[1] == "-" else f for f in flags]
+        names = [f"{f}/--{spec.off_flag or 'no-' + f[2:]}" if spec.default is True and f[1] == "-" else f for f in flags]
         return Annotated[bool | None, typer.Option(*names, metavar="", **settings)]  # a flag shows no type
     if spec.choices is not None and not spec.is_list:
         word = "|".join(spec.choices)

@@ -11,7 +11,7 @@ from typing import Any
 
 from iisan.errors import RunBusyError
 
-from iisan.serving.recommender import Query
+from iisan.config import Query
 
 
 class QueryBatcher:

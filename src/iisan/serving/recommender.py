@@ -15,7 +15,6 @@ import contextlib
 import functools
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 
 from iisan.assemble import Assembled, TrainedRun, assemble_run, load_trained
-from iisan.config import IndexConfig
+from iisan.config import IndexConfig, Query
 from iisan.errors import (
     CacheMismatchError, ConfigError, DatasetError, IisanError, NonFiniteError, UnknownItemError,
 )
@@ -40,28 +39,6 @@ QUERY_SAMPLE = 1000  # validation users whose queries shape an HNSW graph
 BUILD_RECALL_QUERIES = 200  # test users whose recall a build reports (an exact search of each)
 # New items embedded at once: bounds the images and encoder states held, whatever the file's length.
 ADD_BATCH = 256
-
-
-@dataclass(frozen=True)
-class Query:
-    """One recommendation request, as the Python API (:meth:`Recommender.recommend`), ``iisan
-    recommend`` and the HTTP body (:class:`iisan.serving.schema.RecommendRequest`) state it.
-
-    Attributes:
-        history: item keys the user interacted with, oldest first; only the last
-            ``max_seq_len`` feed the model. Or, instead:
-        user: a user of the run's dataset (their history there).
-        k: how many items to answer.
-        exclude_seen: leave the history's items out of the answer.
-        skip_unknown: ignore keys the catalogue does not hold, instead of raising
-            :class:`UnknownItemError` naming them.
-    """
-
-    history: list[str] | None = None
-    k: int = 10
-    exclude_seen: bool = True
-    skip_unknown: bool = False
-    user: str | None = None
 
 
 class Recommender:
@@ -160,11 +137,6 @@ class Recommender:
         item = catalogue.ids[key]
         return {"key": key, "title": catalogue.titles[item], "added": item > self.trained_items}
 
-    def rebuild_index(self, kind: str = "flat", hnsw: HnswSettings = HnswSettings()) -> None:
-        """Recompute the trained catalogue's embeddings and store a fresh ``kind`` index,
-        keeping the items added since."""
-        self.store.rebuild(kind, hnsw)
-
     def _embed_trained(self) -> np.ndarray:
         # the assembled run's ranker: its word tables are made from the dataset's texts
         return item_embeddings(self.parts.scorer, self.parts.source, self.trained_items).cpu().numpy()
@@ -174,7 +146,7 @@ class Recommender:
 
         What the HTTP service does with requests that arrive together: a batch costs little
         more than one query. Each answer is a list of ``(key, score)`` or, for a query that
-        cannot be answered (unknown keys, empty history, bad ``k``), the error itself.
+        cannot be answered (unknown keys, no known key, an unknown user), the error itself.
         """
         results: list[list[tuple[str, float]] | IisanError] = [[] for _ in queries]
         self.store.refresh()
@@ -221,8 +193,14 @@ class Recommender:
     def recommend(self, history: list[str] | None = None, k: int = 10, exclude_seen: bool = True,
                   skip_unknown: bool = False, user: str | None = None) -> list[tuple[str, float]]:
         """The ``k`` best next items for a user who interacted with ``history`` (oldest first),
-        or for ``user`` of the run's dataset: the fields of :class:`Query`, one request's."""
-        result = self.recommend_many([Query(history, k, exclude_seen, skip_unknown, user)])[0]
+        or for ``user`` of the run's dataset: the fields of :class:`~iisan.config.Query`, one request's.
+
+        Raises:
+            ConfigError: a bad query (both or neither of history and user, ``k`` below 1).
+            UnknownItemError: keys the catalogue does not hold (unless ``skip_unknown``).
+        """
+        query = Query(history=history, user=user, k=k, exclude_seen=exclude_seen, skip_unknown=skip_unknown)
+        result = self.recommend_many([query])[0]
         if isinstance(result, IisanError):
             raise result
         return result
@@ -304,15 +282,11 @@ def known_ids(history: list[str] | IisanError | None, query: Query, ids: dict[st
     """The item ids of ``history``, ``query``'s (``ids``: key -> id), checked.
 
     Raises:
-        UnknownItemError: unknown keys (unless ``query.skip_unknown``). ConfigError: a bad query.
-        The error reading a user's history, when that is what ``history`` holds.
+        UnknownItemError: unknown keys (unless ``query.skip_unknown``). ConfigError: no known
+        key. The error reading a user's history, when that is what ``history`` holds.
     """
     if isinstance(history, IisanError):
         raise history
-    if (query.history is None) == (query.user is None):
-        raise ConfigError("give history (item keys) or user, one of them")
-    if query.k < 1:
-        raise ConfigError(f"k must be positive, got {query.k}")
     unknown = [key for key in history if key not in ids]
     if unknown and not query.skip_unknown:
         raise UnknownItemError(unknown)
@@ -334,7 +308,7 @@ def health(recommender: Recommender) -> dict[str, Any]:
         problems.append(f"catalogue parts disagree on its size ({sorted(sizes)})")
     elif catalogue.ids:
         try:
-            probe = recommender.recommend_many([Query([catalogue.keys[1]], k=1)])[0]
+            probe = recommender.recommend_many([Query(history=(catalogue.keys[1],), k=1)])[0]
         except Exception as err:  # noqa: BLE001 - reported, which is the point of a health check
             probe = err
         if isinstance(probe, Exception):

@@ -1,5 +1,5 @@
 """The HTTP bodies, as pydantic models: what validation enforces and ``/openapi.json``
-describes. A recommendation body is the service's spelling of :class:`~iisan.serving.recommender.Query`,
+describes. A recommendation body is the service's spelling of :class:`~iisan.config.Query`,
 the one request type the Python API and the command line use too."""
 
 # No ``from __future__ import annotations``: pydantic and FastAPI read these annotations at runtime.
@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from iisan.data.images import FORMATS_READ
 from iisan.serving.intake import MAX_KEY_CHARS, MAX_TEXT_CHARS
-from iisan.serving.recommender import Query
+from iisan.config import Query
 
 MAX_K = 1000  # items one answer may hold
 MAX_HISTORY = 200  # keys one history may hold
