@@ -78,9 +78,9 @@ plainfloor       | cache-mean | --blend-whiten off
 nowords          | cache-mean | --blend-terms 0
 noblend          | cache-mean | --no-blend
 knn              | cache-mean | --method knn
-knn-whiten       | cache-mean | --method knn --knn-whiten
+knn-whiten       | cache-mean | --method knn --knn-whiten on
 knn-words        | cache-mean | --method knn --knn-terms 512
-knn-whiten-words | cache-mean | --method knn --knn-whiten --knn-terms 512
+knn-whiten-words | cache-mean | --method knn --knn-whiten on --knn-terms 512
 frozen-noblend   | cache-mean | --method frozen --no-blend
 patience10       | cache-mean | --patience 10 --no-blend
 bottleneck128    | cache-mean | --bottleneck 128 --no-blend

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from iisan.errors import ConfigError
-from iisan.method_options import ContentConfig, MethodOptions, Precision
+from iisan.method_options import ContentConfig, MethodOptions, Precision, Whitening
 from iisan.options import (
     build_config, check_options, family_configs, flat_options, nested_configs, option, option_specs,
 )
@@ -305,7 +305,6 @@ class UserEncoderConfig:
 # The scorer fitted after training (iisan.scoring).
 
 BlendSelect = Literal["overall", "balanced"]  # see iisan.scoring.calibrate
-BlendWhiten = Literal["auto", "on", "off"]  # see iisan.scoring.calibrate
 
 SCORE_PANEL = "New and rare items"
 
@@ -325,7 +324,7 @@ class ScoreConfig:
              "text, hashed; fitted on the catalogue's texts) that the blend's floor adds to the frozen "
              "content's cosine: the exact brand names, model numbers and sizes a sentence encoder blurs. "
              "0: the frozen content alone.")
-    blend_whiten: BlendWhiten = option(
+    blend_whiten: Whitening = option(
         "auto", panel=SCORE_PANEL,
         help="Whiten the content the blend's floor reads (each encoder's catalogue mean removed, its "
              "covariance made the identity, fitted on the catalogue after training) so that directions every "

@@ -15,6 +15,9 @@ from typing import Literal
 from iisan.options import check_options, option
 
 Precision = Literal["auto", "fp32", "bf16"]  # encoders' compute precision; see devices.compute_dtype
+# The content floor's whitening (--knn-whiten, --blend-whiten): off, on, or whichever validation
+# prefers; chosen by iisan.models.baselines.knn.choose_whitening for both.
+Whitening = Literal["auto", "on", "off"]
 
 CONTENT = "New and rare items"
 TUNING = "Encoder baselines (fft, adapter, lora, bitfit)"
@@ -59,10 +62,11 @@ class ContentConfig(MethodOptions):
 class KnnConfig(MethodOptions):
     """The content-only floor's own option (``knn``)."""
 
-    knn_whiten: bool = option(
-        False, panel=CONTENT,
-        help="knn: whiten the content before the cosine, as --blend-whiten does for the blend's floor (fitted "
-             "on the catalogue). Off by default: the plain cosine is the floor the results compare with.")
+    knn_whiten: Whitening = option(
+        "off", panel=CONTENT,
+        help="knn: whiten the content before the cosine (fitted on the catalogue), as --blend-whiten does for the "
+             "blend's floor: on, off, or auto (both ways, validation keeps the better). Off by default: the plain "
+             "cosine is the floor the results compare with.")
     knn_terms: int = option(
         0, minimum=0, maximum=8192, panel=CONTENT,
         help="knn: add the cosine of the items' word vectors (as --blend-terms: TF-IDF over words and pairs "

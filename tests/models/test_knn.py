@@ -90,15 +90,26 @@ def test_a_whitened_knn_run_scores_cosines_of_whitened_content(tiny_multimodal, 
     from iisan.assemble import load_trained
 
     dataset, cache = tiny_multimodal
-    summary = train(dataset, tmp_path / "knn", TrainConfig(method="knn", method_options=KnnConfig(knn_whiten=True)),
+    summary = train(dataset, tmp_path / "knn", TrainConfig(method="knn", method_options=KnnConfig(knn_whiten="on")),
                     cache_dir=cache)
     whitened, plain = _floor_by_hand(dataset, cache, "test", whiten=True), _floor_by_hand(dataset, cache, "test")
     assert whitened != plain  # the tiny set's content is anisotropic enough to reorder items
     for key, value in whitened.items():
         assert summary["test"][key] == pytest.approx(value, abs=1e-6), key
     assert load_trained(tmp_path / "knn").model.item.mean_text.abs().sum() > 0  # the fit was saved
-    assert TrainConfig(method="knn").method_options.knn_whiten is False
+    assert TrainConfig(method="knn").method_options.knn_whiten == "off"
     assert TrainConfig(method="iisan").method_options == ContentConfig()
+
+
+def test_knn_whiten_auto_keeps_the_way_validation_prefers(tiny_multimodal, tmp_path):
+    """auto: fitted both ways through choose_whitening, the one --blend-whiten uses; the run
+    scores as the kept way does."""
+    dataset, cache = tiny_multimodal
+    runs = {way: train(dataset, tmp_path / way, TrainConfig(method="knn", method_options=KnnConfig(knn_whiten=way)),
+                       cache_dir=cache) for way in ("on", "off", "auto")}
+    better = max(("on", "off"), key=lambda way: (runs[way]["valid"]["ndcg@10"], way == "off"))  # a tie: as it is
+    assert runs["auto"]["test"]["ndcg@10"] == pytest.approx(runs[better]["test"]["ndcg@10"], abs=1e-6)
+    assert runs["auto"]["valid"]["ndcg@10"] == pytest.approx(max(runs[w]["valid"]["ndcg@10"] for w in ("on", "off")))
 
 
 def test_a_knn_run_with_words_adds_their_cosine(tiny_multimodal, tmp_path):

@@ -88,7 +88,7 @@ def test_the_blend_and_its_options_as_runs_saved_before():
 def test_the_oldest_flat_options_find_their_groups():
     flat = {"method": "knn", "knn_whiten": True, "lora_rank": 4, "id_offset": True}
     config = read_version_1(flat)
-    assert config.method_options == KnnConfig(knn_whiten=True)  # the others' options were never read
+    assert config.method_options == KnnConfig(knn_whiten="on")  # the others' options were never read
     assert config.content.id_offset is False
 
 

@@ -101,11 +101,15 @@ def _pop_fields(data: dict[str, Any], config_class: type) -> dict[str, Any]:
 def _version_2(saved: dict[str, Any]) -> dict[str, Any]:
     """Version 2 kept the item tower's layers and encoders in ``config.json``; version 3 keeps
     them with the model's config in ``model.json`` (:mod:`iisan.run.model_file`), which reads
-    this run's from the record made here."""
+    this run's from the record made here. ``knn_whiten`` was on or off; now on, off or auto."""
     saved = dict(saved)
     if not isinstance(saved.get("layers"), dict):
         raise ConfigError("the item tower's layers are missing from the file")
-    train = saved["train"]
+    train = dict(saved["train"])
+    knn = train.get("method_options")
+    if isinstance(knn, dict) and isinstance(knn.get("knn_whiten"), bool):  # on or off, before auto existed
+        train["method_options"] = {**knn, "knn_whiten": "on" if knn["knn_whiten"] else "off"}
+    saved["train"] = train
     model = {name: train[name] for name in ("method", "side", "user", "method_options") if name in train}
     saved["model"] = {"format": 1, "model": model, "num_items": saved["num_items"], "layers": saved.pop("layers"),
                       "encoders": saved.pop("encoders", {})}

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, get_args
 
 import numpy as np
 import torch
@@ -44,12 +44,14 @@ from iisan.models.sequential import SequentialRecommender
 from iisan.scoring.blend import PRIORS
 from iisan.scoring.compact import CANDIDATE_GRID, TOLERANCE, CompactStage, served_scores
 from iisan.config import ScoreConfig
+from iisan.method_options import Whitening
+from iisan.models.baselines.knn import choose_whitening
 from iisan.scoring.scorer import BlendScorer, build_blend
 
 log = logging.getLogger(__name__)
 
 SELECTIONS = ("overall", "balanced")
-WHITENINGS = ("off", "on", "auto")  # the floor's content: as it is, whitened, or whichever validation prefers
+WHITENINGS = get_args(Whitening)  # the floor's content: whichever validation prefers, whitened, as it is
 # The grids: steps of 0.125 (0.05 for popularity) where fitted weights fall, chosen over
 # coarser steps on the validation users calibration leaves out (docs/results/new-and-rare-items.md).
 ALPHAS = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0, 1.25, 1.5, 2.0)  # the floor's weight, in sds
@@ -184,22 +186,7 @@ def calibrate_blend(scorer: BlendScorer, source: FeatureSource, num_items: int, 
     def fit() -> dict[str, Any]:
         return _calibrate(scorer, source, num_items, valid, include_history, workers, seed, select)
 
-    content.reset_whitening()
-    if whiten == "off":
-        return {**fit(), "whitened": False}
-    content.fit_whitening(source, num_items)
-    whitened = {**fit(), "whitened": True}
-    if whiten == "on":
-        return whitened
-    kept = {name: value.clone() for name, value in scorer.blend.state_dict().items()}
-    content.reset_whitening()
-    unwhitened = {**fit(), "whitened": False}
-    chosen = whitened if whitened["valid_after"] > unwhitened["valid_after"] else unwhitened
-    if chosen is whitened:
-        scorer.blend.load_state_dict(kept)
-    log.info("blend: whitened content %s (valid %.4f whitened, %.4f as it is)", "kept" if chosen is whitened
-             else "not kept", whitened["valid_after"], unwhitened["valid_after"])
-    return {**chosen, "valid_whitened": whitened["valid_after"], "valid_unwhitened": unwhitened["valid_after"]}
+    return choose_whitening(content, source, num_items, whiten, fit, scorer.blend, "blend")
 
 
 def _calibrate(scorer: BlendScorer, source: FeatureSource, num_items: int, valid: EvalSplit,

@@ -240,7 +240,8 @@ class Trainer:
         elif self.optimizer is not None:  # resumed after the last epoch: the best weights are only on disk
             load_weights(run_dir / WEIGHTS_FILE, model)
         texts = parts.dataset.items["text"].to_list()
-        fitted = fit_frozen_content(model, parts.source, parts.dataset.num_items, texts)  # knn's whitening, words
+        fitted = fit_frozen_content(model, parts.source, parts.dataset.num_items, texts,  # knn's words, whitening
+                                    criterion=lambda: self.validate("valid")["valid"][SELECT_METRIC])
         # the best weights with what was fitted since; a method that trains nothing has no file yet
         if workers.is_main and (fitted or not (run_dir / WEIGHTS_FILE).is_file()):
             save_weights(run_dir / WEIGHTS_FILE, model)

@@ -13,6 +13,10 @@ and rare items it needs no interaction at all to work.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
@@ -20,6 +24,8 @@ from torch.nn import functional as F
 
 from iisan.models.inputs import ItemFeatures
 from iisan.models.terms import TermVectors
+
+log = logging.getLogger(__name__)
 
 # Weight of the item k steps before the last one: 0.5 ** k. Chosen on Scientific's
 # validation split over {0.5, 0.8, 1.0} (README, "New and rare items").
@@ -40,10 +46,10 @@ class FrozenContentItems(nn.Module):
     with the whitening, :func:`fit_frozen_content`), each item's term vector follows the states.
     """
 
-    def __init__(self, modalities: tuple[str, ...], shapes: dict[str, tuple[int, int]], whiten: bool = False,
+    def __init__(self, modalities: tuple[str, ...], shapes: dict[str, tuple[int, int]], whiten: str = "off",
                  terms: TermVectors | None = None) -> None:
         super().__init__()
-        self.whiten = whiten  # whether fit_frozen_content fits it
+        self.whiten = whiten  # how fit_frozen_content fits it: off, on, auto (see choose_whitening)
         self.terms = terms
         self.layers = {m: (shapes[m][0] - 1,) for m in modalities}  # the last layer: always cached
         self.dim = sum(shapes[m][1] for m in modalities) + (terms.dims if terms is not None else 0)
@@ -95,19 +101,51 @@ class FrozenContentItems(nn.Module):
             getattr(self, f"whiten_{m}").copy_(((vectors * scale) @ vectors.T).float())
 
 
-def fit_frozen_content(model: nn.Module, source, num_items: int, texts) -> int:
+def fit_frozen_content(model: nn.Module, source, num_items: int, texts,
+                       criterion: Callable[[], float] | None = None) -> int:
     """Fit what :class:`FrozenContentItems` in ``model`` were built to fit, on the catalogue:
-    the whitening (``knn --knn-whiten``) and the term vectors (``knn --knn-terms``; on
-    ``texts``, the item texts by id 1..N). How many modules were fitted."""
+    the term vectors (``knn --knn-terms``; on ``texts``, the item texts by id 1..N), then the
+    whitening (``knn --knn-whiten``; ``auto`` keeps the way with the higher ``criterion()``,
+    the model's validation metric). How many modules were fitted."""
     fitted = 0
     for module in model.modules():
-        if isinstance(module, FrozenContentItems) and (module.whiten or module.terms is not None):
-            if module.whiten:
-                module.fit_whitening(source, num_items)
+        if isinstance(module, FrozenContentItems) and (module.whiten != "off" or module.terms is not None):
             if module.terms is not None:
                 module.terms.fit(texts)
+            if module.whiten != "off":
+                if module.whiten == "auto" and criterion is None:
+                    raise ValueError("knn_whiten auto chooses on validation: give fit_frozen_content a criterion")
+                choose_whitening(module, source, num_items, module.whiten,
+                                 lambda: {"valid_after": criterion() if criterion else 0.0}, module, "knn")
             fitted += 1
     return fitted
+
+
+def choose_whitening(content: FrozenContentItems, source, num_items: int, whiten: str,
+                     fit: Callable[[], dict[str, Any]], owner: nn.Module, what: str) -> dict[str, Any]:
+    """The one way a floor's whitening is decided, for ``--knn-whiten`` and ``--blend-whiten``:
+    ``fit()`` (what is fitted on the content, returning its validation ``valid_after``: the
+    blend's weights; for knn, nothing but the measure) is run with the content as it is
+    (``off``), whitened on the catalogue (``on``), or both ways, keeping the better (``auto``;
+    a tie keeps it as it is): ``owner``'s state (the content and what ``fit`` set) is put back
+    to the way kept. Returns ``fit()``'s result with ``"whitened"``; ``auto`` adds
+    ``"valid_whitened"`` and ``"valid_unwhitened"``."""
+    content.reset_whitening()
+    if whiten == "off":
+        return {**fit(), "whitened": False}
+    content.fit_whitening(source, num_items)
+    whitened = {**fit(), "whitened": True}
+    if whiten == "on":
+        return whitened
+    kept = {name: value.clone() for name, value in owner.state_dict().items()}
+    content.reset_whitening()
+    unwhitened = {**fit(), "whitened": False}
+    chosen = whitened if whitened["valid_after"] > unwhitened["valid_after"] else unwhitened
+    if chosen is whitened:
+        owner.load_state_dict(kept)
+    log.info("%s: whitened content %s (valid %.4f whitened, %.4f as it is)", what,
+             "kept" if chosen is whitened else "not kept", whitened["valid_after"], unwhitened["valid_after"])
+    return {**chosen, "valid_whitened": whitened["valid_after"], "valid_unwhitened": unwhitened["valid_after"]}
 
 
 class RecencyMean(nn.Module):
