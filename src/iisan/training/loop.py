@@ -290,9 +290,10 @@ class Trainer:
             self.state = state
             return
         if workers.is_main:
+            # model.json first: config.json is what says the folder holds a run to continue
+            write_model_config(run_dir, described_model(parts))
             write_run_config(run_dir, parts.config.to_json(), job.dataset_dir, parts.dataset.fingerprint,
                              job.cache_dir, parts.dataset.num_items, workers.world_size)
-            write_model_config(run_dir, described_model(parts))
             trim_metrics(run_dir, 0)  # resumed before any epoch was complete: start the log over
 
 
