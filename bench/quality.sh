@@ -96,6 +96,8 @@ prefixes         | cache-mean | --samples prefixes --train-batch-size 256 --no-b
 batch256         | cache-mean | --train-batch-size 256 --no-blend
 id-b256          | none       | $BEFORE --method id --train-batch-size 256
 id-inbatch       | none       | --method id $PAPER
+unisrec          | cache-mean | --method unisrec
+unisrec-inductive | cache-mean | --method unisrec --unisrec-setting inductive
 EOF
 )
 # Each lever row differs from one other row in one setting:
@@ -124,7 +126,9 @@ EOF
 #   defaults vs noblend: the score blended with the content floor's and priors for cold and
 #   tail items, weighed on validation (today's default; every row that says --no-blend, and
 #   BEFORE, scores as trained); knn: the content-only floor (no training); frozen vs
-#   frozen-noblend: the blend on frozen features. The slice table (--slices) is what the
+#   frozen-noblend: the blend on frozen features. unisrec, unisrec-inductive: the content peer
+#   (UniSRec) with its authors' fine-tuning recipe (full-catalogue loss on every prefix, 256 a
+#   batch), transductive (text + item ids) and inductive (text alone). The slice table (--slices) is what the
 #   blend is for: new and rare targets.
 #
 # On a GPU, `DEVICE=cuda JOBS=16 bash bench/quality.sh` runs 16 at once on the one GPU (the

@@ -21,6 +21,7 @@ Whitening = Literal["auto", "on", "off"]
 
 CONTENT = "New and rare items"
 TUNING = "Encoder baselines (fft, adapter, lora, bitfit)"
+UNISREC = "UniSRec (the content peer)"
 
 
 class MethodOptions:
@@ -88,3 +89,27 @@ class EncoderTuningConfig(MethodOptions):
         help="Compute precision of the encoders that fft, adapter, lora and bitfit run and train: auto (bf16 "
              "autocast on a GPU that supports it, else fp32), fp32 or bf16. uncached mode runs its frozen "
              "encoders at the cache's precision; the side network and user encoder stay fp32.")
+
+
+UnisrecSetting = Literal["transductive", "inductive"]
+
+
+@dataclass(frozen=True)
+class UnisrecConfig(MethodOptions):
+    """The content peer's options (``unisrec``: :mod:`iisan.models.baselines.unisrec`)."""
+
+    unisrec_setting: UnisrecSetting = option(
+        "transductive", panel=UNISREC,
+        help="unisrec: transductive (the adapted text plus a learned item-id embedding) or inductive (the "
+             "adapted text alone: a new item is ranked as a trained one is).")
+    unisrec_experts: int = option(8, minimum=1, panel=UNISREC,
+                                  help="unisrec: parametric whitening experts in the adaptor (the paper's 8).")
+    unisrec_dropout: float = option(0.2, minimum=0, panel=UNISREC,
+                                    help="unisrec: dropout on the frozen text embedding inside each expert.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.unisrec_dropout < 1:
+            from iisan.errors import ConfigError
+
+            raise ConfigError(f"unisrec_dropout must be in [0, 1), got {self.unisrec_dropout}")

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from iisan.errors import ConfigError
 
-from iisan.method_options import ContentConfig, EncoderTuningConfig, KnnConfig
+from iisan.method_options import ContentConfig, EncoderTuningConfig, KnnConfig, UnisrecConfig
 from iisan.options import OptionSpec, describe_default
 
 if TYPE_CHECKING:
@@ -184,6 +184,14 @@ for _name, _summary, _defaults in (
 ):
     register_method(Method(_name, _summary, reads="raw", defaults=_defaults, options=EncoderTuningConfig,
                            tower=f"iisan.models.baselines.embedded:{_name}_tower"))
+# UniSRec fine-tunes with a cross-entropy over the whole catalogue on every prefix (the
+# authors' code builds on RecBole), which these defaults follow.
+register_method(Method(
+    "unisrec", "the content peer (UniSRec, KDD 2022): a mixture of parametric whitenings over the frozen last "
+               "text layer, --unisrec-setting transductive (plus item ids) or inductive",
+    reads="states", tower="iisan.models.baselines.unisrec:build_tower",
+    user="iisan.models.baselines.unisrec:build_user", options=UnisrecConfig,
+    defaults={"loss": "full", "samples": "prefixes", "train_batch_size": 256}))
 register_method(Method(
     "knn", "the content-only floor: cosine of frozen last-layer states to the history's, no training",
     reads="states", tower="iisan.models.baselines.knn:build_tower",
