@@ -16,7 +16,7 @@ from typing import Any, Literal, get_args
 from iisan.errors import ConfigError
 from iisan.method_options import ContentConfig, MethodOptions, Precision, Whitening
 from iisan.options import (
-    build_config, check_options, family_configs, flat_options, nested_configs, option, option_specs,
+    build_config, check_options, differing_options, family_configs, nested_configs, option, option_specs,
 )
 
 Format = Literal["iisan-tsv", "amazon2023", "csv", "movielens", "recbole"]
@@ -373,10 +373,10 @@ class ModelConfig:
 
     def changes_from(self, run: ModelConfig) -> list[str]:
         """Where this model differs from ``run``'s, one ``--flag value (the run has x)`` each."""
-        mine, theirs = (flat_options(TrainConfig(**{name: getattr(config, name) for name in self.__dataclass_fields__}))
+        mine, theirs = (TrainConfig(**{name: getattr(config, name) for name in self.__dataclass_fields__})
                         for config in (self, run))
-        return [f"--{name.replace('_', '-')} {value} (the run has {theirs.get(name)})"
-                for name, value in mine.items() if theirs.get(name) != value]
+        return [f"--{name.replace('_', '-')} {value} (the run has {old})"
+                for name, value, old in differing_options(mine, theirs)]
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ModelConfig:

@@ -275,6 +275,13 @@ def flat_options(config: Any) -> dict[str, Any]:
     return values
 
 
+def differing_options(config: Any, other: Any) -> list[tuple[str, Any, Any]]:
+    """``(name, value in config, value in other)`` for every option whose values differ, flat
+    (nested and family options included)."""
+    mine, theirs = flat_options(config), flat_options(other)
+    return [(name, value, theirs.get(name)) for name, value in mine.items() if theirs.get(name) != value]
+
+
 def _names(config_class: type) -> set[str]:
     return {spec.name for spec in all_specs(config_class)}
 

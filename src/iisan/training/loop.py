@@ -33,7 +33,7 @@ from iisan.evaluation.metrics import SELECT_METRIC
 from iisan.evaluation.ranking import evaluate_split, item_embeddings
 from iisan.fileio import atomic_directory, read_json_object, refuse_output_over_inputs, write_json_atomic
 from iisan.models.baselines.knn import fit_frozen_content
-from iisan.options import flat_options
+from iisan.options import differing_options
 from iisan.progress import progress
 from iisan.run.files import (
     RESUME_DIR, RESUME_FIX, WEIGHTS_FILE, append_metrics, holds_run_content, load_optimizer, load_weights,
@@ -331,10 +331,9 @@ class EpochBatches:
 def _continue_record(run_dir: Path, parts: Assembled, dataset_dir: Path, cache_dir, workers: Workers) -> None:
     """A resumed run's files say what it continues with: the recipe given now (logged where it
     changed) and, for a run written before ``model.json`` existed, its model's description."""
-    described = _check_resumable(run_dir, parts)
-    before = flat_options(TrainConfig.from_json(read_run_config(run_dir)["train"]))
-    changed = [f"{name} {before.get(name)} -> {value}" for name, value in flat_options(parts.config).items()
-               if before.get(name) != value]
+    saved, described = _check_resumable(run_dir, parts)
+    changed = [f"{name} {old} -> {value}"
+               for name, value, old in differing_options(parts.config, TrainConfig.from_json(saved["train"]))]
     if changed:
         log.info("resuming with a changed recipe: %s", ", ".join(changed))
     if workers.is_main:
@@ -353,9 +352,10 @@ def described_model(parts: Assembled) -> SavedModel:
     return SavedModel(parts.config.model, parts.dataset.num_items, layers, encoders)
 
 
-def _check_resumable(run_dir: Path, parts: Assembled) -> SavedModel:
+def _check_resumable(run_dir: Path, parts: Assembled) -> tuple[dict[str, Any], SavedModel]:
     """A resumed run must train the same model (``model.json``) on the same data, from the same
-    cache; the recipe (learning rates, epochs, batch size, ...) may change."""
+    cache; the recipe (learning rates, epochs, batch size, ...) may change. The run's
+    ``config.json`` and model description, as read."""
     saved = read_run_config(run_dir)
     if saved["dataset_fingerprint"] != parts.dataset.fingerprint:
         raise ConfigError(f"--resume: {run_dir} was trained on another dataset ({saved['dataset']})")
@@ -367,7 +367,7 @@ def _check_resumable(run_dir: Path, parts: Assembled) -> SavedModel:
         raise ConfigError(f"--resume continues {run_dir}'s model; these options change it: "
                           f"{', '.join(changed) or 'the layers its item tower reads'}; resume with the run's own or "
                           "start a new run")
-    return described
+    return saved, described
 
 
 def _tensorboard(run_dir: Path):

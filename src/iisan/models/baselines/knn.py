@@ -115,8 +115,9 @@ def fit_frozen_content(model: nn.Module, source, num_items: int, texts,
             if module.whiten != "off":
                 if module.whiten == "auto" and criterion is None:
                     raise ValueError("knn_whiten auto chooses on validation: give fit_frozen_content a criterion")
-                choose_whitening(module, source, num_items, module.whiten,
-                                 lambda: {"valid_after": criterion() if criterion else 0.0}, module, "knn")
+                # only auto compares: on and off need no validation pass
+                measure = (lambda: {"valid_after": criterion()}) if module.whiten == "auto" else dict
+                choose_whitening(module, source, num_items, module.whiten, measure, module, "knn")
             fitted += 1
     return fitted
 
