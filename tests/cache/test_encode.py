@@ -160,9 +160,10 @@ def test_open_refuses_missing_and_unfinished(tmp_path):
 
 @pytest.fixture(scope="module")
 def many_items(tmp_path_factory) -> Path:
-    """20,000 items with text, so that encoding takes long enough to be killed part way."""
+    """6,000 items with text, encoded 4 at a time: long enough to be killed part way (the
+    test stops it past 5%), short enough that encoding them twice more stays quick."""
     root = tmp_path_factory.mktemp("many")
-    n = 20_000
+    n = 6_000
     items = {f"k{i}": f"item number {i} with title words {i % 97}" for i in range(n)}
     users = [f"u{u}\t" + " ".join(f"k{(5 * u + j) % n}" for j in range(5)) for u in range(n // 5)]
     write_tsv_source(root / "src", items, users)
@@ -197,7 +198,7 @@ def test_kill_9_then_resume_is_bit_identical(many_items, tmp_path):
     command = [sys.executable, "-m", "iisan", "-q", "encode", str(many_items), "--out", str(tmp_path / "killed"), *args]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
     flags = done_path(tmp_path / "killed", "text")
-    total = 20_001
+    total = 6_001
     deadline = time.monotonic() + 120
     done = 0
     while time.monotonic() < deadline and process.poll() is None:
