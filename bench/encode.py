@@ -108,10 +108,10 @@ def main() -> None:
     text_dataset = args.text_dataset
     if text_dataset is None:
         text_dataset = args.out / "scientific"
-        prepare(SCIENTIFIC, text_dataset, PrepareConfig(format="iisan-tsv"))
+        prepare(SCIENTIFIC, text_dataset, PrepareConfig(format="iisan-tsv", keep_last=13))
     synthesize(args.out / "synth-src", SynthConfig(items=args.image_items, users=args.image_items, image_size=256,
                                                    categories=10, colours=8, seed=0), force=True)
-    prepare(args.out / "synth-src", args.out / "synth", PrepareConfig(format="iisan-tsv"))
+    prepare(args.out / "synth-src", args.out / "synth", PrepareConfig(format="iisan-tsv", keep_last=13))
 
     config = EncodeConfig(text_encoder=args.text_encoder, image_encoder=None, encode_batch_size=args.encode_batch_size)
     report = {"torch_threads": torch.get_num_threads(),

@@ -22,7 +22,7 @@ case "$TEXT" in tiny-*) POOLING=mean; IMAGE_SIZE=32 ;; esac  # a random tiny BER
 mkdir -p "$WORK"
 
 [ -f "$WORK/src/synth.json" ] || iisan data synth --items 2000 --users 1000 --out "$WORK/src"
-[ -f "$WORK/synth/dataset.json" ] || iisan prepare "$WORK/src" --format iisan-tsv --out "$WORK/synth"
+[ -f "$WORK/synth/dataset.json" ] || iisan prepare "$WORK/src" --format iisan-tsv --keep-last 13 --out "$WORK/synth"
 CACHE="$WORK/cache-$TEXT-$IMAGE"
 iisan encode "$WORK/synth" --out "$CACHE" --text-encoder "$TEXT" --image-encoder "$IMAGE" \
   --pooling "$POOLING" --image-size "$IMAGE_SIZE"

@@ -43,7 +43,7 @@ THREADS=""
 [ "$JOBS" -gt 1 ] && THREADS="--threads 1"
 mkdir -p "$WORK"
 
-[ -f "$WORK/scientific/dataset.json" ] || iisan prepare "$SCIENTIFIC" --format iisan-tsv --out "$WORK/scientific"
+[ -f "$WORK/scientific/dataset.json" ] || iisan prepare "$SCIENTIFIC" --format iisan-tsv --keep-last 13 --out "$WORK/scientific"
 # The paper's pooling (first token) and the encoder's own (minilm: masked mean, the default).
 iisan encode "$WORK/scientific" --out "$WORK/cache-cls" --image-encoder none --pooling cls --precision fp32 --device "$DEVICE"
 iisan encode "$WORK/scientific" --out "$WORK/cache-mean" --image-encoder none --precision fp32 --device "$DEVICE"

@@ -65,7 +65,7 @@ def run_size(work: Path, items: int, users: int, steps: int, eval_users: int, en
     import torch
 
     from iisan.cache.encode import encode
-    from iisan.config import EncodeConfig, PrepareConfig, SideNetworkConfig, TrainConfig
+    from iisan.config import EncodeConfig, PrepareConfig, SideNetworkConfig, TrainConfig, UserEncoderConfig
     from iisan.data import prepare
     from iisan.data.split import EvalSplit
     from iisan.evaluation.ranking import evaluate_split, item_embeddings
@@ -87,14 +87,16 @@ def run_size(work: Path, items: int, users: int, steps: int, eval_users: int, en
     report["baseline_rss_mb"] = round(rss_mb("VmHWM"), 1)
     if not (dataset / "dataset.json").is_file():
         stage("source", lambda: write_source(source, items, users, seed=0))
-        stage("prepare", lambda: prepare(source, dataset, PrepareConfig(format="iisan-tsv", max_seq_len=SEQUENCE_LENGTH - 3)))
+        stage("prepare", lambda: prepare(source, dataset, PrepareConfig(format="iisan-tsv")))
     config = EncodeConfig(text_encoder=str(encoder), image_encoder=None, max_text_tokens=4, encode_batch_size=512,
                           workers=1)
     encoded = stage("encode", lambda: encode(dataset, cache, config))
     report["encode_items_per_second"] = encoded["modalities"]["text"]["items_per_second"]
     report["cache_gb"] = round(sum(p.stat().st_blocks * 512 for p in cache.iterdir()) / 1e9, 2)
 
-    train_config = TrainConfig(train_batch_size=BATCH_SIZE, side=SideNetworkConfig(modality="text"))
+    # an input of 7: each sequence of 10 is one training window (7 inputs + valid + test + one shift)
+    train_config = TrainConfig(train_batch_size=BATCH_SIZE, side=SideNetworkConfig(modality="text"),
+                               user=UserEncoderConfig(max_seq_len=SEQUENCE_LENGTH - 3))
     parts = stage("assemble", lambda: assemble(dataset, cache, train_config))
     optimizer = build_optimizer(parts)
     log_pop = log_popularity(torch.from_numpy(parts.splits.popularity))

@@ -45,7 +45,7 @@ SCIENTIFIC = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" 
 def build_inputs(work: Path) -> tuple[Path, Path]:
     dataset, cache = work / "scientific", work / "cache-minilm"
     if not (dataset / "dataset.json").is_file():
-        prepare(SCIENTIFIC, dataset, PrepareConfig(format="iisan-tsv"))
+        prepare(SCIENTIFIC, dataset, PrepareConfig(format="iisan-tsv", keep_last=13))
     encode(dataset, cache, EncodeConfig(text_encoder="minilm", image_encoder=None))  # resumes; no-op when complete
     return dataset, cache
 

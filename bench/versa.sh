@@ -20,7 +20,7 @@ HERE=$(dirname "$0")
 mkdir -p "$WORK"
 
 [ -f "$WORK/src/synth.json" ] || iisan data synth --items 2000 --users 1000 --out "$WORK/src"
-[ -f "$WORK/synth/dataset.json" ] || iisan prepare "$WORK/src" --format iisan-tsv --out "$WORK/synth"
+[ -f "$WORK/synth/dataset.json" ] || iisan prepare "$WORK/src" --format iisan-tsv --keep-last 13 --out "$WORK/synth"
 
 run() {  # run PAIR LABEL [train options...]
   local pair=$1 label=$2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 
@@ -63,10 +64,10 @@ def iisan_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def small_source(tmp_path: Path) -> Path:
-    """Six items, four users; user u4 is too short, u1 is longer than max_seq_len + 3 = 6."""
+    """Six items, four users; user u4 is too short, u1 is longer than the others (8 items)."""
     items = {f"i{n}": f"Item &amp; number  {n}" for n in range(1, 7)}
     users = [
-        "u1\ti1 i2 i3 i4 i5 i6 i1 i2",  # 8 items: keeps the last 6
+        "u1\ti1 i2 i3 i4 i5 i6 i1 i2",  # 8 items: --keep-last 6 keeps i3 .. i2
         "u2\ti3 i3 i4 i5 i6",
         "u3\ti6 i5 i4 i3 i2",
         "u4\ti1 i2",  # shorter than min_seq_len: dropped
@@ -94,6 +95,8 @@ def tiny_run(tiny_multimodal, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("tiny-run") / "run"
     config = TrainConfig.for_method("iisan", epochs=2, train_batch_size=32, seed=1, eval_user_chunk=64,
                                     blend_groups=1, blend_terms=0, serve_width=0)
+    # an input of 5, as the runs the old config files in tests/fixtures describe
+    config = dataclasses.replace(config, user=dataclasses.replace(config.user, max_seq_len=5))
     train(dataset, run, config, cache_dir=cache)
     return run
 

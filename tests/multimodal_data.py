@@ -24,7 +24,7 @@ def build_tiny_multimodal(
     """Synthetic set + tiny-encoder cache; ``image_layers`` builds an image encoder of another shape."""
     synthesize(root / "src", SynthConfig(items=items, users=users, categories=4, colours=3, image_size=24,
                                          missing_image_rate=0.1, seed=seed))
-    prepare(root / "src", root / "ds", PrepareConfig(format="iisan-tsv", max_seq_len=5))
+    prepare(root / "src", root / "ds", PrepareConfig(format="iisan-tsv", keep_last=8))
     config = TINY_ENCODE
     if image_layers is not None:
         folder = build_tiny_encoder(root / "image-encoder", "image", hidden=image_hidden, layers=image_layers,

@@ -63,8 +63,6 @@ def assemble(dataset_dir: str | Path, cache_dir: str | Path | None, config: Trai
         CacheMismatchError: the cache belongs to another dataset.
     """
     dataset = PreparedDataset.load(dataset_dir)
-    # The model's input length is the one the dataset was prepared for.
-    config = dataclasses.replace(config, user=dataclasses.replace(config.user, max_seq_len=int(dataset.meta["max_seq_len"])))
     cache = None
     shapes: dict[str, tuple[int, int]] = {}
     if get_method(config.method).needs_cache:

@@ -300,14 +300,20 @@ def one_of(values: tuple[str, ...]) -> Callable[[str], str]:
     return parse
 
 
+def command_position(args: list[str]) -> int:
+    """Where the command is in ``args``, after the global options (``len(args)``: none)."""
+    position = 0
+    while position < len(args) and args[position].startswith("-"):
+        position += 2 if args[position] == "--threads" else 1
+    return position
+
+
 def renamed_flags(args: list[str], specs_of: Callable[[str], Iterable[OptionSpec]]) -> list[str]:
     """The command line ``args`` with each flag renamed since a release written by its new name,
     with a warning (``iisan encode --batch-size 8`` is ``--encode-batch-size 8``): the older long
     names of a command's options (``specs_of(command)``), which ``--config`` files accept too.
     Nothing after ``--`` changes."""
-    position = 0
-    while position < len(args) and args[position].startswith("-"):  # global options before the command
-        position += 2 if args[position] == "--threads" else 1
+    position = command_position(args)
     if position >= len(args):
         return list(args)
     renamed = {f"--{alias}": f"--{spec.flag}" for spec in specs_of(args[position])

@@ -209,11 +209,13 @@ def test_quickstart_end_to_end_with_a_tiny_encoder(tmp_path):
 
 @pytest.mark.slow
 def test_quickstart_with_minilm_learns(tmp_path):
-    result = runner.invoke(app, ["quickstart", "--out", str(tmp_path / "qs"), "--json"])
+    # three epochs of the default 30 (early stopping ends it near 17): half a minute
+    result = runner.invoke(app, ["quickstart", "--out", str(tmp_path / "qs"), "--epochs", "3", "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    # Popularity alone gives about 0.05 HR@10 here; a trained model must clear it.
-    assert summary["test"]["hr@10"] > 0.05
+    assert summary["counts"]["interactions"] == 100_000  # every rating: whole histories
+    # Popularity alone gives 0.084 HR@10 here (history excluded); three epochs reached 0.17.
+    assert summary["test"]["hr@10"] > 0.12
 
 
 def test_recommend_index_and_items_from_the_cli(tiny_run, tmp_path):

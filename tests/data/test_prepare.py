@@ -13,13 +13,27 @@ from iisan.errors import ConfigError, DatasetError
 from tests.conftest import SCIENTIFIC
 
 
-def test_keeps_recent_items_numbers_by_first_appearance(small_source, tmp_path):
-    config = PrepareConfig(format="iisan-tsv", max_seq_len=3, min_seq_len=5)
+def test_keeps_every_interaction_by_default(small_source, tmp_path):
+    meta, problems = prepare(small_source, tmp_path / "ds", PrepareConfig(format="iisan-tsv"))
+    ds = PreparedDataset.load(tmp_path / "ds")
+
+    assert not problems
+    # u1's whole history, 8 items with repeats; u4 (2 items) is too short and dropped.
+    assert ds.sequences["user_key"].to_list() == ["u1", "u2", "u3"]
+    keys = dict(zip(ds.items["item_id"], ds.items["key"]))
+    assert [keys[i] for i in ds.sequences["items"][0]] == ["i1", "i2", "i3", "i4", "i5", "i6", "i1", "i2"]
+    assert ds.items["key"].to_list() == ["i1", "i2", "i3", "i4", "i5", "i6"]
+    assert meta["counts"]["interactions"] == 18
+    assert meta["keep_last"] == 0 and "older_than_keep_last" not in meta["filtered"]
+
+
+def test_keep_last_is_the_reference_protocol(small_source, tmp_path):
+    config = PrepareConfig(format="iisan-tsv", keep_last=6, min_seq_len=5)
     meta, problems = prepare(small_source, tmp_path / "ds", config)
     ds = PreparedDataset.load(tmp_path / "ds")
 
     assert not problems
-    # u1 keeps its last 6 = max_seq_len + 3 items; u4 (2 items) is dropped.
+    # u1 keeps its last 6 items; u4 (2 items) is dropped.
     assert ds.sequences["user_key"].to_list() == ["u1", "u2", "u3"]
     keys = dict(zip(ds.items["item_id"], ds.items["key"]))
     as_keys = [[keys[i] for i in seq] for seq in ds.sequences["items"].to_list()]
@@ -35,7 +49,8 @@ def test_keeps_recent_items_numbers_by_first_appearance(small_source, tmp_path):
         "users": 3, "items": 6, "interactions": 16, "items_with_text": 6, "items_with_image": 0,
     }
     assert meta["filtered"]["short_users"] == 1
-    assert meta["filtered"]["truncated_interactions"] == 2
+    assert meta["filtered"]["older_than_keep_last"] == 2
+    assert meta["keep_last"] == 6
 
 
 def test_text_is_cleaned(small_source, tmp_path):
@@ -47,7 +62,7 @@ def test_text_is_cleaned(small_source, tmp_path):
 def test_dataset_json_has_required_fields(small_source, tmp_path):
     prepare(small_source, tmp_path / "ds", PrepareConfig(format="iisan-tsv"))
     meta = json.loads((tmp_path / "ds" / "dataset.json").read_text())
-    for key in ("counts", "source", "format", "max_seq_len", "min_seq_len", "fingerprint", "version"):
+    for key in ("counts", "source", "format", "keep_last", "min_seq_len", "fingerprint", "version"):
         assert key in meta
     assert set(meta["counts"]) >= {"users", "items", "interactions"}
     assert meta["synthetic"] is False
@@ -67,8 +82,8 @@ def test_fingerprint_is_stable_and_content_sensitive(small_source, tmp_path):
 def test_rerun_replaces_dataset_but_refuses_foreign_folder(small_source, tmp_path):
     out = tmp_path / "ds"
     prepare(small_source, out, PrepareConfig(format="iisan-tsv"))
-    prepare(small_source, out, PrepareConfig(format="iisan-tsv", max_seq_len=2))
-    assert PreparedDataset.load(out).meta["max_seq_len"] == 2
+    prepare(small_source, out, PrepareConfig(format="iisan-tsv", keep_last=5))
+    assert PreparedDataset.load(out).meta["keep_last"] == 5
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
@@ -102,9 +117,9 @@ def test_load_refuses_other_version(small_source, tmp_path):
     "kwargs, match",
     [
         ({"format": "xml"}, "format must be one of"),
-        ({"format": "csv", "max_seq_len": 0}, "max_seq_len"),
+        ({"format": "csv", "keep_last": -1}, "keep_last"),
         ({"format": "csv", "min_seq_len": 2}, "min_seq_len"),
-        ({"format": "csv", "max_seq_len": 2, "min_seq_len": 9}, "cannot exceed"),
+        ({"format": "csv", "keep_last": 5, "min_seq_len": 9}, "cannot exceed"),
         ({"format": "csv", "kcore": -1}, "kcore"),
     ],
 )
@@ -124,3 +139,6 @@ def test_scientific_matches_reference_counts(tmp_path):
     ds = PreparedDataset.load(tmp_path / "sci")
     lengths = ds.sequences["items"].list.len()
     assert lengths.min() == 5 and lengths.max() == 13
+    # it comes cut to the reference protocol: --keep-last 13 prepares the very same data
+    cut, _ = prepare(SCIENTIFIC, tmp_path / "cut", PrepareConfig(format="iisan-tsv", keep_last=13))
+    assert cut["fingerprint"] == meta["fingerprint"] and cut["filtered"]["older_than_keep_last"] == 0

@@ -170,10 +170,13 @@ def test_image_content_changes_fingerprint(tmp_path):
 def test_movielens_builtin(tmp_path):
     meta, problems = prepare("builtin", tmp_path / "ds", PrepareConfig(format="movielens"))
     ds = load(tmp_path)
-    # All 943 ML-100K users rated at least 20 movies, so each keeps exactly 13.
     assert meta["counts"]["users"] == 943
-    assert meta["counts"]["interactions"] == 943 * 13
+    assert meta["counts"]["interactions"] == 100_000  # every rating
     assert not problems
+    # All 943 ML-100K users rated at least 20 movies, so with the reference protocol each keeps 13.
+    cut, _ = prepare("builtin", tmp_path / "cut", PrepareConfig(format="movielens", keep_last=13))
+    assert cut["counts"]["interactions"] == 943 * 13
+    assert cut["filtered"]["older_than_keep_last"] == 100_000 - 943 * 13
     toy_story = ds.items.filter(pl.col("key") == "1")["text"]
     assert toy_story.to_list() in ([], ["Toy Story (1995). Genres: Animation, Children's, Comedy"])
     texts = ds.items["text"].to_list()

@@ -6,7 +6,7 @@ from iisan.data.stats import dataset_stats
 
 
 def test_stats_on_hand_checked_data(small_source, tmp_path):
-    prepare(small_source, tmp_path / "ds", PrepareConfig(format="iisan-tsv", max_seq_len=3))
+    prepare(small_source, tmp_path / "ds", PrepareConfig(format="iisan-tsv", keep_last=6))
     stats = dataset_stats(PreparedDataset.load(tmp_path / "ds"))
     assert stats["counts"] == {"users": 3, "items": 6, "interactions": 16}
     assert stats["sequence_length"]["histogram"] == {5: 2, 6: 1}

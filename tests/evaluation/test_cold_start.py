@@ -43,7 +43,7 @@ def cold_dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("cold")
     synthesize(root / "src", SynthConfig(items=120, users=150, categories=4, colours=3, image_size=24,
                                          missing_image_rate=0.1, seed=5))
-    prepare(root / "src", root / "ds", PrepareConfig(format="iisan-tsv", max_seq_len=5, cold_items=0.15))
+    prepare(root / "src", root / "ds", PrepareConfig(format="iisan-tsv", keep_last=8, cold_items=0.15))
     encode(root / "ds", root / "cache", TINY_ENCODE)
     return root / "ds", root / "cache"
 

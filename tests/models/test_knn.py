@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from iisan.cache.store import HiddenStateCache
-from iisan.config import TrainConfig
+from iisan.config import TrainConfig, UserEncoderConfig
 from iisan.method_options import ContentConfig, KnnConfig
 from iisan.data.dataset import PreparedDataset
 from iisan.data.split import split_sequences
@@ -58,7 +58,7 @@ def _floor_by_hand(dataset_dir, cache_dir, split: str, whiten: bool = False, wor
     items = np.concatenate(vectors, axis=1)
     items[0] = 0
     flat, offsets = dataset.sequence_arrays()
-    splits = split_sequences(flat, offsets, int(dataset.meta["max_seq_len"]), dataset.num_items)
+    splits = split_sequences(flat, offsets, UserEncoderConfig().max_seq_len, dataset.num_items)
     target = getattr(splits, split)
     users = np.zeros((len(target.targets), items.shape[1]), dtype=np.float32)
     for j in range(target.inputs.shape[1]):  # the last input weighs 1, the one before RECENCY_DECAY, ...

@@ -73,6 +73,16 @@ def test_a_renamed_flag_keeps_working_with_a_warning(tmp_path):
     assert "not a prepared dataset" in done.stderr  # the flag was read: the command went on to its input
 
 
+def test_a_retired_flag_says_where_its_work_went(tmp_path):
+    """issue 48: prepare's --max-seq-len cut histories; prepare keeps them whole now, and the
+    one line names --keep-last and train's --max-seq-len instead of guessing --min-seq-len."""
+    done = subprocess.run([sys.executable, "-m", "iisan", "prepare", "builtin", "-f", "movielens", "--out",
+                           str(tmp_path / "ds"), "--max-seq-len", "10"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and not (tmp_path / "ds").exists()
+    assert "--keep-last 13" in done.stderr and "iisan train --max-seq-len" in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
 def test_the_quality_bench_says_where_its_data_comes_from_when_it_is_missing(tmp_path):
     import os
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from iisan.config import TrainConfig
+from iisan.config import TrainConfig, UserEncoderConfig
 from iisan.errors import ConfigError
 from iisan.scoring.blend import ScoreBlend
 from iisan.models.inputs import ItemFeatures
@@ -152,7 +152,7 @@ def summary_split(dataset, name):
     from iisan.data.split import split_sequences
 
     data = PreparedDataset.load(dataset)
-    splits = split_sequences(*data.sequence_arrays(), int(data.meta["max_seq_len"]), data.num_items)
+    splits = split_sequences(*data.sequence_arrays(), UserEncoderConfig().max_seq_len, data.num_items)
     return getattr(splits, name)
 
 

@@ -12,7 +12,6 @@ from safetensors.torch import load_file
 
 from iisan.assemble import assemble, assemble_run
 from iisan.config import ModelConfig, SideNetworkConfig, TrainConfig, UserEncoderConfig
-from iisan.data.split import prefix_samples
 from iisan.errors import ConfigError
 from iisan.run.files import resume_folder
 from iisan.training.step import NextItemObjective, build_optimizer, training_step
@@ -46,7 +45,7 @@ def test_train_writes_a_complete_run(tiny_multimodal, tmp_path):
     assert summary["trainable_parameters"] == summary["total_parameters"] > 0  # encoders are not in the model
     saved = json.loads((run / "config.json").read_text())
     assert TrainConfig.from_json(saved["train"]) == dataclasses.replace(  # modality auto: what the cache holds
-        FAST, user=dataclasses.replace(FAST.user, max_seq_len=5), side=dataclasses.replace(FAST.side, modality="intra_inter"))
+        FAST, side=dataclasses.replace(FAST.side, modality="intra_inter"))
     model = json.loads((run / "model.json").read_text())  # what the weights are the weights of
     assert model["layers"] == {"text": [0, 1, 2], "image": [0, 1, 2]}  # every layer, by default
     assert ModelConfig.from_json(model["model"]) == TrainConfig.from_json(saved["train"]).model
@@ -179,8 +178,8 @@ def test_a_prefix_batch_scores_only_each_rows_last_target(tiny_multimodal):
     parts = assemble(dataset, cache, dataclasses.replace(FAST, samples="prefixes", loss="full"))
     parts.model.eval()  # no dropout: the same states in both computations
     log_pop = log_popularity(torch.from_numpy(parts.splits.popularity))
-    rows = prefix_samples(parts.splits.train[:6])
-    assert len(rows) > 6  # several prefixes per user
+    rows = parts.splits.prefixes[:: len(parts.splits.prefixes) // 40]  # prefixes long and short
+    assert (rows[:, -3] == 0).any() and (rows[:, -3] != 0).any()
     objective = NextItemObjective.for_run(parts, log_pop)
     with torch.no_grad():
         features = parts.source.features(np.arange(parts.dataset.num_items + 1))

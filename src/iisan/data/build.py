@@ -101,7 +101,7 @@ def build_dataset(
         "format": config.format,
         "source": source,
         "synthetic": bool(raw.info.get("synthetic")),
-        "max_seq_len": config.max_seq_len,
+        "keep_last": config.keep_last,
         "min_seq_len": config.min_seq_len,
         "kcore": config.effective_kcore,
         "counts": {
@@ -147,9 +147,10 @@ def _filter_sequences(inter: pl.DataFrame, config: PrepareConfig, problems: Prob
         inter, cold_users = hold_out(inter, held)
         filtered["cold_start_removed_interactions"] = before - inter.height
 
-    inter, short_users, truncated = _keep_recent(inter, config.keep_len, config.min_seq_len)
+    inter, short_users, older = _keep_recent(inter, config.keep_last, config.min_seq_len)
     filtered["short_users"] = short_users
-    filtered["truncated_interactions"] = truncated
+    if config.keep_last:
+        filtered["older_than_keep_last"] = older
     if inter.height == 0:
         raise InputError(
             f"no user has at least {config.min_seq_len} interactions after filtering "
@@ -162,7 +163,7 @@ def _write_cold_start(held: pl.Series, users: pl.DataFrame, vocab: pl.DataFrame,
                       raw: RawSource, config: PrepareConfig, out_dir: Path,
                       problems: Problems) -> dict[str, int]:
     """Write the held-out items' content and the cold-start users (their history as item ids
-    of the catalogue, the last ``keep_len`` known ones); the counts for ``dataset.json``."""
+    of the catalogue, every known one or the last ``keep_last``); the counts for ``dataset.json``."""
     # Ids after the catalogue's, as `items add` would give them: their images get unique names.
     cold = pl.DataFrame({"item": held}).with_columns(
         pl.int_range(vocab.height + 1, vocab.height + held.len() + 1, dtype=pl.Int32).alias("item_id"))
@@ -172,7 +173,7 @@ def _write_cold_start(held: pl.Series, users: pl.DataFrame, vocab: pl.DataFrame,
     ids = dict(zip(vocab["item"].to_list(), vocab["item_id"].to_list()))
     rows = []
     for user, history, target in users.iter_rows():
-        known = [ids[key] for key in history if key in ids][-config.keep_len:]
+        known = [ids[key] for key in history if key in ids][-config.keep_last:]  # [-0:]: all
         if known:  # a user whose every earlier item left the catalogue has nothing to go on
             rows.append((user, known, target))
     pl.DataFrame(rows, schema={"user_key": pl.String, "history": pl.List(pl.Int32), "target": pl.String},
@@ -229,8 +230,9 @@ def _kcore(inter: pl.DataFrame, k: int) -> pl.DataFrame:
         inter = kept
 
 
-def _keep_recent(inter: pl.DataFrame, keep_len: int, min_len: int) -> tuple[pl.DataFrame, int, int]:
-    """Keep each user's last ``keep_len`` items; drop users left with fewer than ``min_len``.
+def _keep_recent(inter: pl.DataFrame, keep_last: int, min_len: int) -> tuple[pl.DataFrame, int, int]:
+    """Keep each user's last ``keep_last`` items (every one when 0); drop users left with fewer
+    than ``min_len``.
 
     Returns the kept rows, the number of users dropped and of older interactions cut.
     """
@@ -240,6 +242,7 @@ def _keep_recent(inter: pl.DataFrame, keep_len: int, min_len: int) -> tuple[pl.D
     if run.size == 0:
         return inter, 0, 0
     position, length = positions_in_runs(run)
+    keep_len = keep_last or run.size
     recent = position >= length - keep_len
     long_enough = np.minimum(length, keep_len) >= min_len  # per row: its user's
     keep = recent & long_enough

@@ -23,7 +23,7 @@ from iisan.fileio import read_json_object, require_fields
 
 DATASET_VERSION = 1
 REPREPARE = "rerun `iisan prepare`"
-META_FIELDS = {"version": int, "fingerprint": str, "max_seq_len": int, "counts": dict}
+META_FIELDS = {"version": int, "fingerprint": str, "counts": dict}
 ITEMS_FILE = "items.parquet"
 SEQUENCES_FILE = "sequences.parquet"
 META_FILE = "dataset.json"

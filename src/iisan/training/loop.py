@@ -24,7 +24,7 @@ import torch
 
 from iisan.assemble import Assembled, assemble, require_trained_cache
 from iisan.config import TrainConfig
-from iisan.data.split import prefix_samples
+from iisan.data.split import Windows
 from iisan.distributed import Workers
 from iisan.distributed import start as start_workers
 from iisan.distributed import stop as stop_workers
@@ -165,8 +165,10 @@ class Trainer:
             self.optimizer = build_optimizer(parts)
         log_pop = log_popularity(torch.from_numpy(parts.splits.popularity)).to(workers.device)
         self.objective = step_objective(parts, log_pop, workers)
-        # [samples, L + 1]: each user's window, or each of its prefixes on its own (built once)
-        self.samples = prefix_samples(parts.splits.train) if self.config.samples == "prefixes" else parts.splits.train
+        # every training transition: in windows of L + 1 items, or a window per target
+        self.samples = parts.splits.prefixes if self.config.samples == "prefixes" else parts.splits.train
+        log.info("training on %s transitions of %s users: %s samples (%s)", f"{len(parts.splits.prefixes):,}",
+                 f"{len(parts.splits.valid.targets):,}", f"{len(self.samples):,}", self.config.samples)
         self._start_or_resume()
         self.writer = _tensorboard(self.run_dir) if job.tensorboard and workers.is_main else None
 
@@ -298,11 +300,11 @@ class Trainer:
 
 
 class EpochBatches:
-    """One epoch's batches of ``samples [S, L + 1]`` in a shuffled order (the seed's and the
+    """One epoch's batches of ``samples`` (windows of ``L + 1`` items) in a shuffled order (the seed's and the
     epoch's): this rank's share of each, with the sampled negatives of ``--loss sampled`` (the
     same draws on every rank: each rank scores all candidates)."""
 
-    def __init__(self, samples: np.ndarray, parts: Assembled, epoch: int, workers: Workers) -> None:
+    def __init__(self, samples: Windows, parts: Assembled, epoch: int, workers: Workers) -> None:
         self.samples, self.config, self.epoch, self.workers = samples, parts.config, epoch, workers
         self.popularity = parts.splits.popularity
         self.starts = range(0, len(samples), self.config.train_batch_size)
