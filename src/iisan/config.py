@@ -132,6 +132,13 @@ class PrepareConfig:
         return out
 
 
+# Flags a command no longer takes because what they did moved: the one line that says where.
+RETIRED_FLAGS = {
+    ("prepare", "--max-seq-len"): "prepare keeps each user's whole history now; --keep-last N keeps their last N "
+                                  "(--keep-last 13 is the reference protocol, --max-seq-len 10 before), and the "
+                                  "model's input length is `iisan train --max-seq-len`",
+}
+
 STORE = "What the cache stores"
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import sys
 import types
 import typing
 from collections.abc import Callable, Iterable
@@ -308,11 +309,13 @@ def command_position(args: list[str]) -> int:
     return position
 
 
-def renamed_flags(args: list[str], specs_of: Callable[[str], Iterable[OptionSpec]]) -> list[str]:
+def renamed_flags(args: list[str], specs_of: Callable[[str], Iterable[OptionSpec]],
+                  retired: dict[tuple[str, str], str] | None = None) -> list[str]:
     """The command line ``args`` with each flag renamed since a release written by its new name,
     with a warning (``iisan encode --batch-size 8`` is ``--encode-batch-size 8``): the older long
     names of a command's options (``specs_of(command)``), which ``--config`` files accept too.
-    Nothing after ``--`` changes."""
+    A flag its command no longer takes because its work moved (``retired[(command, flag)]``
+    says where) stops with that one line and exit code 2. Nothing after ``--`` changes."""
     position = command_position(args)
     if position >= len(args):
         return list(args)
@@ -323,6 +326,9 @@ def renamed_flags(args: list[str], specs_of: Callable[[str], Iterable[OptionSpec
         if arg == "--":
             return out + list(args[n:])
         name, equals, value = arg.partition("=")
+        if (args[position], name) in (retired or {}):
+            print(f"Error: {name}: {retired[args[position], name]}", file=sys.stderr)
+            raise SystemExit(2)
         if name in renamed:
             log.warning("%s is now called %s; the old name will be removed in a later release", name, renamed[name])
             arg = renamed[name] + equals + value

@@ -17,10 +17,8 @@ from iisan import __version__
 from iisan.cli.exit_codes import fail, handles_errors
 from iisan.cli.generated import ConfigFile, Options, one_of, with_options
 from iisan.cli.output import show, stderr, stdout
-from iisan.config import (
-    DEVICES, EncodeConfig, EvaluateConfig, IndexConfig, PrepareConfig, Query, ServeConfig,
-    ScoreConfig, TrainConfig,
-)
+from iisan.config import (DEVICES, EncodeConfig, EvaluateConfig, IndexConfig, PrepareConfig, Query, ScoreConfig,
+                          ServeConfig, TrainConfig)
 from iisan.data.synth import SynthConfig, synthesize
 from iisan.efficiency import EfficiencyConfig, run_efficiency
 from iisan.errors import ConfigError, UnknownItemError
