@@ -40,7 +40,7 @@ iisan -q bench efficiency "$WORK/synth" --out "$WORK/efficiency" --train-batch-s
 cat "$WORK/efficiency/efficiency.md"
 
 echo "== 2. Scientific epochs and evaluation ($DEVICE)"
-[ -f "$WORK/scientific/dataset.json" ] || iisan -q prepare "$SCIENTIFIC" --format iisan-tsv --out "$WORK/scientific"
+[ -f "$WORK/scientific/dataset.json" ] || iisan -q prepare "$SCIENTIFIC" --format iisan-tsv --keep-last 13 --out "$WORK/scientific"
 iisan -q encode "$WORK/scientific" --out "$WORK/cache-minilm" --text-encoder minilm --image-encoder none \
   --device "$DEVICE" --json > "$WORK/encode.json"
 for method in iisan fft; do
