@@ -81,7 +81,7 @@ class PrepareConfig:
         0, minimum=0,
         help="Keep only each user's last N interactions (and count the older ones); 0 keeps every one. "
              "13 is the reference protocol (a model input of 10, the valid and test targets, one shift), "
-             "as the reference data sets come: the benchmarks on them use it.")
+             "as the reference code prepares its data sets: the benchmarks on them use it.")
     min_seq_len: int = option(5, minimum=3,  # leave-one-out needs a training transition plus valid and test
                               help="Drop users with fewer kept items (and count them).")
     kcore: int | None = option(None, minimum=0,

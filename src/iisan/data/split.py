@@ -17,6 +17,7 @@ Per user with sequence ``seq`` (the whole history, or its last ``--keep-last`` i
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,10 +69,15 @@ class Windows:
 @dataclass(frozen=True)
 class Splits:
     train: Windows  # [S] windows of max_seq_len + 1 items: every training transition once
-    prefixes: Windows  # one window per training target, ending at it
     valid: EvalSplit
     test: EvalSplit
     popularity: np.ndarray  # [N + 1] counts in the training parts
+
+    @functools.cached_property
+    def prefixes(self) -> Windows:
+        """One window per training target, ending at it (``--samples prefixes``): built on
+        first use, from the training parts validation already names."""
+        return prefix_windows(self.valid.flat, self.valid.history_start, self.valid.history_end, self.train.width - 1)
 
 
 def positions_in_runs(run: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -126,7 +132,6 @@ def split_sequences(flat: np.ndarray, offsets: np.ndarray, max_seq_len: int, num
     popularity = np.bincount(flat[in_train], minlength=num_items + 1)
     return Splits(
         train=sequence_windows(flat, start, train_end, max_seq_len),
-        prefixes=prefix_windows(flat, start, train_end, max_seq_len),
         valid=EvalSplit(last_items(flat, start, end - 2, max_seq_len), flat[end - 2], flat, start, end - 2,
                         popularity[flat[end - 2]]),
         test=EvalSplit(last_items(flat, start, end - 1, max_seq_len), flat[end - 1], flat, start, end - 1,
